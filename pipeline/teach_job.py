@@ -1,0 +1,252 @@
+"""The teacher job: a Ray job with one unit of work per shard.
+
+The driver opens (or creates) the cache, registers the teachers, and hands every shard that
+is not done to a pool of Ray actors. Each actor holds the teachers, reads its shard, builds
+every planned view, runs the teachers and writes the shard's whole chunk-aligned region, then
+its checksum, then its done flag. A rerun skips done shards and rewrites any other region,
+so an interrupted job resumes where it stopped. This is the only module that imports Ray.
+"""
+
+import logging
+import os
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import fsspec
+import ray
+import torch
+from tqdm import tqdm
+
+from pipeline.manifest import Manifest
+from pipeline.plan import ViewPlan
+from pipeline.store import CacheStore
+from pipeline.teacher_targets import read_shard_images, shard_targets
+from pipeline.teachers import load_teacher
+
+
+@dataclass(frozen=True)
+class TeacherSource:
+    """Where a teacher's weights are and how to build it (``arch`` only for published weights)."""
+
+    location: str
+    name: str | None = None
+    arch: str | None = None
+    resolution: int | None = None
+
+
+@dataclass
+class TeachConfig:
+    """Options of one teacher pass (see ``kdcache teach --help``)."""
+
+    manifest: str
+    cache: str
+    teachers: list[TeacherSource]
+    plan: ViewPlan = field(default_factory=ViewPlan)
+    topk: int = 10
+    splits: list[str] = field(default_factory=lambda: ["train"])
+    batch_size: int = 256
+    workers: int | None = None
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float | None = None
+    precision: str = "auto"
+    address: str | None = None
+    only_shards: list[int] | None = None
+    progress: bool = True
+
+
+@dataclass
+class TeachSummary:
+    """What a teacher pass did."""
+
+    cache: str
+    shards_done: list[str] = field(default_factory=list)
+    shards_skipped: list[str] = field(default_factory=list)
+    shards_failed: dict[str, str] = field(default_factory=dict)
+    views: int = 0
+    seconds: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)
+    cache_bytes: int = 0
+
+    def lines(self) -> list[str]:
+        rate = self.views / self.seconds if self.seconds else 0.0
+        parts = ", ".join(f"{k} {v:.1f}s" for k, v in sorted(self.timings.items()))
+        lines = [
+            f"teach: {len(self.shards_done)} shards computed, {len(self.shards_skipped)} skipped "
+            f"(already done), {len(self.shards_failed)} failed",
+            f"teach: {self.views} views in {self.seconds:.1f}s ({rate:.0f} views/s); "
+            f"worker time: {parts or '-'}",
+            f"teach: cache {self.cache} holds {self.cache_bytes / 2**20:.1f} MiB",
+        ]
+        lines += [f"teach: FAILED {name}: {why}" for name, why in self.shards_failed.items()]
+        return lines
+
+
+class TeachFailed(RuntimeError):
+    """Some shards could not be computed; the others were written."""
+
+
+class ShardWorker:
+    """A Ray actor holding the teachers; computes and writes whole shards."""
+
+    def __init__(self, config: TeachConfig, device: str, threads: int):
+        torch.set_num_threads(max(1, threads))
+        self.config = config
+        self.device = torch.device(device)
+        self.manifest = Manifest.read(config.manifest)
+        self.store = CacheStore.open(config.cache, mode="r+")
+        self.teachers = [
+            load_teacher(
+                t.location,
+                name=t.name,
+                arch=t.arch,
+                num_classes=self.manifest.num_classes,
+                in_chans=self.manifest.channels,
+                resolution=t.resolution,
+                device=self.device,
+            )
+            for t in config.teachers
+        ]
+        self.precision = config.precision
+        if self.precision == "auto":
+            self.precision = "bf16" if self.device.type == "cuda" else "fp32"
+
+    def process(self, shard_id: int) -> dict:
+        """Compute and write one shard for every teacher that has not finished it."""
+        shard = self.manifest.shards[shard_id]
+        pending = [t for t in self.teachers if not self.store.shard_done(t.name)[shard_id]]
+        timings: dict[str, float] = defaultdict(float)
+        if not pending:
+            return {"views": 0, "timings": timings, "skipped": True}
+        began = time.perf_counter()
+        images = read_shard_images(self.manifest, shard)
+        params = self.store.plan.shard_params(self.manifest, shard)
+        timings["decode"] += time.perf_counter() - began
+        targets = shard_targets(
+            pending,
+            images,
+            params,
+            topk=self.store.topk,
+            batch_size=self.config.batch_size,
+            precision=self.precision,
+            timings=timings,
+        )
+        began = time.perf_counter()
+        for name, block in targets.items():
+            self.store.write_shard(name, shard, block)
+        timings["write"] += time.perf_counter() - began
+        return {"views": len(images) * params.shape[1] * len(pending), "timings": timings}
+
+
+def _prepare_store(config: TeachConfig, manifest: Manifest) -> tuple[CacheStore, list[str]]:
+    """Open or create the cache, check it matches, register every teacher; return their names."""
+    try:
+        store = CacheStore.open(config.cache, mode="r+")
+    except FileNotFoundError:
+        store = CacheStore.create(
+            config.cache, manifest=manifest, plan=config.plan, topk=config.topk, splits=config.splits
+        )
+    store.check_matches(manifest, plan=config.plan, topk=config.topk, splits=config.splits)
+    names = []
+    for source in config.teachers:
+        teacher = load_teacher(
+            source.location,
+            name=source.name,
+            arch=source.arch,
+            num_classes=manifest.num_classes,
+            in_chans=manifest.channels,
+            resolution=source.resolution,
+        )
+        store.add_teacher(teacher.identity())
+        names.append(teacher.name)
+    if len(set(names)) != len(names):
+        raise ValueError(f"teachers need distinct names, got {names}; use --teacher NAME=PATH")
+    return store, names
+
+
+def _start_ray(address: str | None, num_cpus_local: int | None) -> None:
+    if ray.is_initialized():
+        return
+    logging.getLogger("ray").setLevel(logging.WARNING)
+    options = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    if address is None:
+        options["num_cpus"] = num_cpus_local or os.cpu_count()
+    ray.init(address=address, **options)
+
+
+def _cache_bytes(location: str) -> int:
+    fs, path = fsspec.core.url_to_fs(location)
+    return int(fs.du(path))
+
+
+def run_teach(config: TeachConfig) -> TeachSummary:
+    """Run the teacher pass; raise :class:`TeachFailed` (after finishing the rest) if shards fail."""
+    began = time.perf_counter()
+    manifest = Manifest.read(config.manifest)
+    store, names = _prepare_store(config, manifest)
+    shards = manifest.shards_of(config.splits)
+    if config.only_shards is not None:
+        shards = [s for s in shards if s.id in set(config.only_shards)]
+    done = [store.shard_done(name) for name in names]
+    summary = TeachSummary(cache=config.cache)
+    todo = []
+    for shard in shards:
+        if all(flags[shard.id] for flags in done):
+            summary.shards_skipped.append(shard.file)
+        else:
+            todo.append(shard)
+    if todo:
+        _run_shards(config, manifest, todo, summary)
+    summary.seconds = time.perf_counter() - began
+    summary.cache_bytes = _cache_bytes(config.cache)
+    if summary.shards_failed:
+        raise TeachFailed("\n".join(summary.lines()))
+    return summary
+
+
+def _run_shards(config: TeachConfig, manifest: Manifest, todo: list, summary: TeachSummary) -> None:
+    _start_ray(config.address, None)
+    gpus = config.gpus_per_worker
+    if gpus is None:
+        gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+    cpus = ray.cluster_resources().get("CPU", 1)
+    workers = config.workers or max(1, int(cpus // config.cpus_per_worker))
+    workers = min(workers, len(todo))
+    actor = ray.remote(ShardWorker).options(
+        num_cpus=config.cpus_per_worker, num_gpus=gpus, max_restarts=2, max_task_retries=2
+    )
+    device = "cuda" if gpus > 0 else "cpu"
+    pool = [actor.remote(config, device, int(config.cpus_per_worker)) for _ in range(workers)]
+    queue = list(todo)
+    running = {}
+    for worker in pool:
+        if queue:
+            shard = queue.pop(0)
+            running[worker.process.remote(shard.id)] = (worker, shard)
+    timings: dict[str, float] = defaultdict(float)
+    bar = tqdm(total=len(todo), desc="teach", unit="shard", disable=None if config.progress else True)
+    while running:
+        ready, _ = ray.wait(list(running), num_returns=1)
+        worker, shard = running.pop(ready[0])
+        try:
+            result = ray.get(ready[0])
+        except Exception as error:  # a failing shard is reported; the others go on
+            cause = getattr(error, "cause", None) or error
+            summary.shards_failed[shard.file] = str(cause).strip().splitlines()[-1]
+        else:
+            if result.get("skipped"):
+                summary.shards_skipped.append(shard.file)
+            else:
+                summary.shards_done.append(shard.file)
+            summary.views += result["views"]
+            for key, value in result["timings"].items():
+                timings[key] += value
+        bar.update()
+        bar.set_postfix(views_per_s=f"{summary.views / max(bar.format_dict['elapsed'], 1e-9):.0f}")
+        if queue:
+            next_shard = queue.pop(0)
+            running[worker.process.remote(next_shard.id)] = (worker, next_shard)
+    bar.close()
+    summary.timings = dict(timings)
+    for worker in pool:
+        ray.kill(worker)

@@ -1,0 +1,113 @@
+"""One shard through the teachers: read and check the tar, build every planned view, run the
+teachers in batches and reduce their logits to top-k targets. No Ray here: the job calls this."""
+
+import contextlib
+import time
+from collections import defaultdict
+
+import numpy as np
+import torch
+import webdataset as wds
+
+from pipeline.manifest import Manifest, ShardInfo
+from pipeline.store import ShardTargets, index_dtype
+from pipeline.teachers import Teacher
+from pipeline.views import decode_image, normalize, render_view
+
+IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp", "bmp")
+
+
+class ShardError(RuntimeError):
+    """A shard's tar cannot be read or does not hold what the manifest says."""
+
+
+def read_shard_images(manifest: Manifest, shard: ShardInfo) -> list[torch.Tensor]:
+    """Decode every image of a shard, checking keys and count against the manifest."""
+    url = manifest.shard_url(shard)
+    expected = manifest.shard_keys(shard)
+    images, keys = [], []
+    try:
+        for sample in wds.DataPipeline(wds.SimpleShardList([url]), wds.tarfile_to_samples()):
+            ext = next((e for e in IMAGE_EXTENSIONS if e in sample), None)
+            if ext is None:
+                raise ShardError(f"{url}: sample {sample['__key__']} has no image")
+            keys.append(sample["__key__"])
+            images.append(decode_image(sample[ext], manifest.channels))
+    except ShardError:
+        raise
+    except Exception as error:  # tarfile, PIL and I/O errors all mean a bad shard
+        raise ShardError(f"{url}: unreadable after {len(keys)} samples: {error}") from error
+    if keys != expected:
+        position = next((i for i, (a, b) in enumerate(zip(keys, expected, strict=False)) if a != b), None)
+        detail = (
+            f"key {keys[position]!r} at position {position}, manifest has {expected[position]!r}"
+            if position is not None
+            else f"{len(keys)} samples, manifest lists {len(expected)}"
+        )
+        raise ShardError(f"{url}: shard does not match the manifest: {detail}")
+    return images
+
+
+def autocast_for(device: torch.device, precision: str):
+    """bf16/fp16 autocast on CUDA when asked; full precision otherwise."""
+    if precision == "fp32" or device.type != "cuda":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+def reduce_logits(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(top-k logits descending, their class ids, logsumexp over all classes), from fp32 logits."""
+    logits = logits.float()
+    values, index = logits.topk(k, dim=-1, largest=True, sorted=True)
+    return values, index, torch.logsumexp(logits, dim=-1)
+
+
+@torch.inference_mode()
+def shard_targets(
+    teachers: list[Teacher],
+    images: list[torch.Tensor],
+    params: np.ndarray,
+    *,
+    topk: int,
+    batch_size: int = 256,
+    precision: str = "fp32",
+    timings: dict | None = None,
+) -> dict[str, ShardTargets]:
+    """Targets of every (image, view) for each teacher: params is (n, V, P) as the plan made it."""
+    timings = timings if timings is not None else defaultdict(float)
+    n, v = params.shape[:2]
+    pairs = [(i, j) for i in range(n) for j in range(v)]
+    results = {}
+    for teacher in teachers:
+        spec = teacher.spec
+        device = next(teacher.model.parameters()).device
+        logits_out = np.empty((n * v, topk), dtype=np.float16)
+        index_out = np.empty((n * v, topk), dtype=np.int64)
+        lse_out = np.empty((n * v,), dtype=np.float32)
+        for start in range(0, len(pairs), batch_size):
+            chunk = pairs[start : start + batch_size]
+            began = time.perf_counter()
+            batch = torch.stack([render_view(images[i], params[i, j], spec.resolution) for i, j in chunk])
+            batch = normalize(batch, spec.mean, spec.std)
+            timings["augment"] += time.perf_counter() - began
+            began = time.perf_counter()
+            batch = batch.to(device, non_blocking=True)
+            if device.type == "cuda":
+                batch = batch.contiguous(memory_format=torch.channels_last)
+            with autocast_for(device, precision):
+                logits = teacher.model(batch)
+            values, index, lse = reduce_logits(logits, topk)
+            stop = start + len(chunk)
+            logits_out[start:stop] = values.cpu().numpy().astype(np.float16)
+            index_out[start:stop] = index.cpu().numpy()
+            lse_out[start:stop] = lse.cpu().numpy()
+            timings["infer"] += time.perf_counter() - began
+        results[teacher.name] = ShardTargets(
+            params=params,
+            topk_logits=logits_out.reshape(n, v, topk),
+            topk_index=index_out.reshape(n, v, topk).astype(index_dtype(spec.num_classes)),
+            logsumexp=lse_out.reshape(n, v),
+        )
+    return results
+

@@ -1,0 +1,35 @@
+"""Paths and fsspec URLs treated alike: local paths, ``file://``, ``s3://`` (with s3fs) and so on."""
+
+import posixpath
+
+import fsspec
+
+
+def is_url(location: str) -> bool:
+    """True for ``scheme://...`` locations."""
+    return "://" in location
+
+
+def join(base: str, relative: str) -> str:
+    """``relative`` resolved against the folder ``base``; absolute paths and URLs pass through."""
+    if is_url(relative) or relative.startswith("/"):
+        return relative
+    return posixpath.join(base.rstrip("/"), relative)
+
+
+def parent(location: str) -> str:
+    """The folder holding ``location``."""
+    return posixpath.dirname(location.rstrip("/")) or "."
+
+
+def local_path(location: str) -> str | None:
+    """The filesystem path for a local location (plain path or ``file://``), else None."""
+    if location.startswith("file://"):
+        return location[len("file://") :]
+    return None if is_url(location) else location
+
+
+def exists(location: str) -> bool:
+    """Whether a file or folder exists at ``location``."""
+    fs, path = fsspec.core.url_to_fs(location)
+    return fs.exists(path)

@@ -1,0 +1,90 @@
+"""Shared fixtures: a real Fashion-MNIST slice, a trained RegNetY teacher, a real Ray cache."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest  # noqa: E402
+
+from pipeline.manifest import Manifest  # noqa: E402
+from pipeline.plan import ViewPlan  # noqa: E402
+from pipeline.shard import write_shards  # noqa: E402
+from pipeline.sources import fashion_mnist  # noqa: E402
+
+SHARD_SIZE = 100
+TRAIN_ROWS = 450  # four full shards and a short one
+TEST_ROWS = 200
+PLAN = ViewPlan(seed=3, views=3)
+TOPK = 4
+
+
+def make_shards(root, train_rows=TRAIN_ROWS, test_rows=TEST_ROWS) -> Manifest:
+    return write_shards(
+        fashion_mnist(),
+        str(root),
+        shard_size=SHARD_SIZE,
+        limits={"train": train_rows, "test": test_rows},
+        progress=False,
+    )
+
+
+@pytest.fixture(scope="session")
+def data(tmp_path_factory) -> Manifest:
+    """Fashion-MNIST slice: 450 train rows in 5 shards (last one short), 200 test rows."""
+    return make_shards(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="session")
+def teacher_path(data, tmp_path_factory) -> str:
+    """A regnety_002 teacher trained for one epoch on the slice, at 32 px (kdcache checkpoint)."""
+    from trainer.engine import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("teacher")
+    train(
+        TrainConfig(
+            manifest=data.location,
+            out=str(out),
+            model="regnety_002",
+            resolution=32,
+            epochs=1,
+            batch_size=64,
+            lr=3e-3,
+            workers=0,
+            progress=False,
+        )
+    )
+    return str(out / "checkpoint.pth")
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A real local Ray cluster (2 CPUs) shared by the session."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def teach(data, teacher_path, cache, **options):
+    from pipeline.teach_job import TeachConfig, TeacherSource, run_teach
+
+    config = TeachConfig(
+        manifest=data.location,
+        cache=str(cache),
+        teachers=[TeacherSource(teacher_path, name="regnet")],
+        plan=options.pop("plan", PLAN),
+        topk=options.pop("topk", TOPK),
+        batch_size=options.pop("batch_size", 128),
+        progress=False,
+        **options,
+    )
+    return run_teach(config)
+
+
+@pytest.fixture(scope="session")
+def cache(data, teacher_path, ray_local, tmp_path_factory) -> str:
+    """A complete cache of the slice's train split: 3 views, top-4, teacher 'regnet'."""
+    location = str(tmp_path_factory.mktemp("cache") / "cache.zarr")
+    teach(data, teacher_path, location)
+    return location

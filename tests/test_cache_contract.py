@@ -1,0 +1,82 @@
+"""The cache on disk matches the kdcache/1 contract, and holds the teacher's outputs."""
+
+import numpy as np
+import torch
+import zarr
+
+from pipeline.plan import PARAM_NAMES
+from pipeline.store import FORMAT, CacheStore, region_checksum
+from pipeline.teachers import load_teacher
+from tests.conftest import PLAN, SHARD_SIZE, TOPK
+from trainer.loader import TrainViews
+from trainer.targets import CachedTargets
+
+
+def test_arrays_dtypes_shapes_chunks_and_attrs(cache, data, teacher_path):
+    group = zarr.open_group(cache, mode="r")
+    n, v, k, s = data.num_rows, PLAN.views, TOPK, len(data.shards)
+    assert group.attrs["format"] == FORMAT
+    assert group["params"].dtype == np.float32
+    assert group["params"].shape == (n, v, len(PARAM_NAMES))
+    assert group["params"].chunks == (SHARD_SIZE, v, len(PARAM_NAMES))
+    teacher = group["teachers/regnet"]
+    expected = {
+        "topk_logits": (np.float16, (n, v, k), (SHARD_SIZE, v, k)),
+        "topk_index": (np.int16, (n, v, k), (SHARD_SIZE, v, k)),
+        "logsumexp": (np.float32, (n, v), (SHARD_SIZE, v)),
+        "shard_done": (np.uint8, (s,), (1,)),
+        "shard_checksum": (np.uint64, (s,), (1,)),
+    }
+    for name, (dtype, shape, chunks) in expected.items():
+        array = teacher[name]
+        assert (array.dtype, array.shape, array.chunks) == (np.dtype(dtype), shape, chunks), name
+    attrs = group.attrs.asdict()
+    assert attrs["dataset"]["fingerprint"] == data.fingerprint
+    assert attrs["plan"]["seed"] == PLAN.seed and attrs["plan"]["views"] == PLAN.views
+    assert attrs["plan"]["param_names"] == list(PARAM_NAMES)
+    assert attrs["topk"] == TOPK and attrs["splits"] == ["train"]
+    assert attrs["tool_version"]
+    identity = teacher.attrs.asdict()
+    assert identity["arch"] == "regnety_002"
+    assert identity["weights_sha256"] == load_teacher(teacher_path).weights_sha256
+    assert identity["preprocessing"]["resolution"] == 32
+
+
+def test_ledger_values_and_unwritten_rows(cache, data):
+    store = CacheStore.open(cache)
+    done = store.shard_done("regnet")
+    assert done.tolist() == [s.split == "train" for s in data.shards]
+    checksums = store.shard_checksums("regnet")
+    for shard in data.shards_of("train"):
+        block = store.read_shard("regnet", shard)
+        assert region_checksum(block) == checksums[shard.id]
+        np.testing.assert_array_equal(block.params, PLAN.shard_params(data, shard))
+        assert np.isfinite(block.topk_logits.astype(np.float32)).all()
+        assert (np.diff(block.topk_logits.astype(np.float32), axis=-1) <= 0).all()  # descending
+    group = zarr.open_group(cache, mode="r")
+    # rows of the short shard's tail and of the test shards were never written
+    assert np.isnan(group["teachers/regnet/topk_logits"][450:500]).all()
+    assert (group["teachers/regnet/topk_index"][500:] == -1).all()
+    assert (group["teachers/regnet/shard_checksum"][5:] == 0).all()
+
+
+def test_cached_topk_equals_teacher_on_the_trainers_replayed_view(cache, data, teacher_path):
+    teacher = load_teacher(teacher_path)
+    source = CachedTargets(cache, data)
+    spec = teacher.spec
+    views = TrainViews(data, source, resolution=spec.resolution, mean=spec.mean, std=spec.std)
+    sampled = {7, 123, 249, 333, 449}
+    for epoch in range(PLAN.views):
+        views.set_epoch(epoch)
+        picked = [s for s in views.iter_views(data.shards_of("train")) if s[5] in sampled]
+        assert len(picked) == len(sampled)
+        images = torch.stack([s[0] for s in picked])
+        with torch.inference_mode():
+            logits = teacher.model(images)
+        for (_, label, topk_logits, topk_index, lse, row, view), full in zip(picked, logits, strict=True):
+            assert view == epoch
+            values, index = full.topk(TOPK)
+            torch.testing.assert_close(topk_logits, values.half().float(), rtol=2e-3, atol=2e-3)
+            assert topk_index.tolist() == index.tolist()
+            torch.testing.assert_close(lse, torch.logsumexp(full, 0), rtol=1e-5, atol=1e-5)
+            assert label == data.labels[row]

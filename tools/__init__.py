@@ -1,0 +1,1 @@
+"""kdcache operator commands: the ``kdcache`` CLI, demo, inspection and benchmarks."""

@@ -1,0 +1,37 @@
+"""The ``kdcache`` command."""
+
+import argparse
+import sys
+
+import pipeline
+from pipeline.cli import add_shard_parser, add_teach_parser
+from tools.demo import add_demo_parser
+from trainer.cli import add_train_parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kdcache",
+        description="Cache teacher outputs once on replayable augmented views, then distil "
+        "students from the cache at the cost of plain training.",
+    )
+    parser.add_argument("--version", action="version", version=f"kdcache {pipeline.__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_shard_parser(commands)
+    add_teach_parser(commands)
+    add_train_parser(commands)
+    add_demo_parser(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except (FileNotFoundError, FileExistsError, ValueError) as error:
+        print(f"kdcache {args.command}: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

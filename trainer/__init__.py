@@ -1,0 +1,1 @@
+"""kdcache trainer: streams shards, replays planned views, joins cached teacher targets, trains students."""

@@ -1,0 +1,28 @@
+"""Test accuracy of a student: the combined prediction, and each head of a distilled ViT."""
+
+import torch
+
+
+@torch.inference_mode()
+def evaluate(model: torch.nn.Module, loader, device: torch.device) -> dict[str, float]:
+    """Top-1 accuracy (%) over the loader. For a DeiT student (``head_dist``) also per head;
+    the combined prediction is timm's: the mean of the two heads' logits."""
+    model.eval()
+    two_heads = hasattr(model, "head_dist")
+    correct = {"acc": 0, "acc_cls": 0, "acc_dist": 0}
+    total = 0
+    for images, labels in loader:
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        if two_heads:
+            features = model.forward_features(images)
+            class_logits = model.head(features[:, 0])
+            dist_logits = model.head_dist(features[:, 1])
+            combined = (class_logits + dist_logits) / 2
+            correct["acc_cls"] += (class_logits.argmax(-1) == labels).sum().item()
+            correct["acc_dist"] += (dist_logits.argmax(-1) == labels).sum().item()
+        else:
+            combined = model(images)
+        correct["acc"] += (combined.argmax(-1) == labels).sum().item()
+        total += labels.numel()
+    keys = ("acc", "acc_cls", "acc_dist") if two_heads else ("acc",)
+    return {key: 100.0 * correct[key] / max(total, 1) for key in keys}

@@ -1,0 +1,145 @@
+"""Streaming loaders: WebDataset shards -> replayed views joined with their teacher targets."""
+
+import random
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+import webdataset as wds
+from torch.utils.data import DataLoader, IterableDataset
+
+from pipeline.manifest import Manifest, ShardInfo
+from pipeline.teacher_targets import IMAGE_EXTENSIONS
+from pipeline.views import decode_image, normalize, render_full, render_view
+from trainer.targets import CachedTargets, PlannedViews
+
+
+def view_for_epoch(epoch: int, num_views: int) -> int:
+    """The view a sample is shown in ``epoch``: views are cycled, epoch e uses view e mod V."""
+    return epoch % num_views
+
+
+def _image(sample: dict) -> bytes:
+    for ext in IMAGE_EXTENSIONS:
+        if ext in sample:
+            return sample[ext]
+    raise ValueError(f"{sample.get('__url__')}: sample {sample['__key__']} has no image")
+
+
+class _ShardStream(IterableDataset):
+    """Shared parts: shard list split by node and worker, tar reading, key -> row lookup."""
+
+    def __init__(self, manifest: Manifest, shards: list[ShardInfo], resolution: int, mean, std):
+        self.manifest = manifest
+        self.shards = shards
+        self.resolution = resolution
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _samples(self, shards: list[ShardInfo]) -> Iterator[tuple[dict, int]]:
+        urls = [self.manifest.shard_url(s) for s in shards]
+        stages = [wds.SimpleShardList(urls), wds.split_by_node, wds.split_by_worker]
+        key_to_row, labels = self.manifest.key_to_row, self.manifest.labels
+        for sample in wds.DataPipeline(*stages, wds.tarfile_to_samples()):
+            row = key_to_row.get(sample["__key__"])
+            if row is None:
+                raise ValueError(f"{sample['__url__']}: key {sample['__key__']} is not in the manifest")
+            label = int(sample["cls"])
+            if label != labels[row]:
+                raise ValueError(
+                    f"{sample['__url__']}: {sample['__key__']} has label {label}, "
+                    f"the manifest says {labels[row]}"
+                )
+            yield sample, row
+
+
+class TrainViews(_ShardStream):
+    """Training samples: each sample's view for the epoch, with its teacher targets.
+
+    Yields ``(image, label, topk_logits, topk_index, logsumexp, row, view)``; the targets are
+    empty when training without a cache. Shards are shuffled per epoch (seeded), split by node and
+    DataLoader worker, and samples pass a seeded shuffle buffer.
+    """
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        source: CachedTargets | PlannedViews,
+        *,
+        resolution: int,
+        mean,
+        std,
+        seed: int = 0,
+        shuffle_buffer: int = 2000,
+        split: str = "train",
+    ):
+        super().__init__(manifest, manifest.shards_of(split), resolution, mean, std)
+        self.source = source
+        self.seed = seed
+        self.shuffle_buffer = shuffle_buffer
+
+    def __len__(self) -> int:
+        return sum(s.num_rows for s in self.shards)
+
+    def iter_views(self, shards: list[ShardInfo]) -> Iterator[tuple]:
+        """The given shards' samples in tar order, each in its view for the current epoch."""
+        view = view_for_epoch(self.epoch, self.source.plan.views)
+        current, block = None, None
+        for sample, row in self._samples(shards):
+            shard_id, position = divmod(row, self.manifest.shard_size)
+            if shard_id != current:
+                current, block = shard_id, self.source.block(self.manifest.shards[shard_id])
+            image = decode_image(_image(sample), self.manifest.channels)
+            pixels = render_view(image, block.params[position, view], self.resolution)
+            yield (
+                normalize(pixels, self.mean, self.std),
+                int(sample["cls"]),
+                torch.from_numpy(block.topk_logits[position, view].astype(np.float32)),
+                torch.from_numpy(block.topk_index[position, view].astype(np.int64)),
+                torch.tensor(float(block.logsumexp[position, view])),
+                row,
+                view,
+            )
+
+    def __iter__(self):
+        order = list(self.shards)
+        random.Random(f"shards-{self.seed}-{self.epoch}").shuffle(order)
+        rank, _, worker, _ = wds.utils.pytorch_worker_info()
+        rng = random.Random(f"samples-{self.seed}-{self.epoch}-{rank}-{worker}")
+        stream = self.iter_views(order)
+        if self.shuffle_buffer > 1:
+            initial = min(100, self.shuffle_buffer)
+            stream = wds.shuffle(self.shuffle_buffer, initial, rng=rng)(stream)
+        return iter(stream)
+
+
+class EvalViews(_ShardStream):
+    """Evaluation samples: whole images at the model's resolution, ``(image, label)``."""
+
+    def __init__(self, manifest: Manifest, *, resolution: int, mean, std, split: str = "test"):
+        super().__init__(manifest, manifest.shards_of(split), resolution, mean, std)
+
+    def __len__(self) -> int:
+        return sum(s.num_rows for s in self.shards)
+
+    def __iter__(self):
+        for sample, _ in self._samples(self.shards):
+            image = decode_image(_image(sample), self.manifest.channels)
+            pixels = render_full(image, self.resolution)
+            yield normalize(pixels, self.mean, self.std), int(sample["cls"])
+
+
+def make_loader(dataset: IterableDataset, batch_size: int, workers: int, pin_memory: bool) -> DataLoader:
+    """A DataLoader over a streaming dataset (workers get disjoint shards)."""
+    workers = min(workers, len(dataset.shards))
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        persistent_workers=False,
+        prefetch_factor=4 if workers > 0 else None,
+    )
