@@ -33,15 +33,28 @@ def add_shard_parser(commands) -> None:
         "fixed number of samples per shard, and manifest.parquet (row, key, shard, label, split) "
         "with the dataset fingerprint.",
     )
-    parser.add_argument("--source", default="fashion-mnist",
-                        help="'fashion-mnist' (Debian package files), a folder of IDX files, "
-                        "or an ImageFolder root with train/ and test/ (default: %(default)s)")
+    parser.add_argument(
+        "--source",
+        default="fashion-mnist",
+        help="'fashion-mnist' (Debian package files), a folder of IDX files, "
+        "or an ImageFolder root with train/ and test/ (default: %(default)s)",
+    )
     parser.add_argument("--out", required=True, help="output folder or URL")
-    parser.add_argument("--shard-size", type=int, default=1000,
-                        help="samples per tar shard; also the cache's chunk length (default: %(default)s)")
+    parser.add_argument(
+        "--shard-size",
+        type=int,
+        default=1000,
+        help="samples per tar shard; also the cache's chunk length (default: %(default)s)",
+    )
     parser.add_argument("--splits", nargs="+", default=["train", "test"], help="splits to write")
-    parser.add_argument("--limit", type=_split_limit, action="append", default=[], metavar="SPLIT=N",
-                        help="keep only the first N samples of SPLIT (repeatable)")
+    parser.add_argument(
+        "--limit",
+        type=_split_limit,
+        action="append",
+        default=[],
+        metavar="SPLIT=N",
+        help="keep only the first N samples of SPLIT (repeatable)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing manifest")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(run=run_shard)  # fmt: skip
@@ -82,31 +95,78 @@ def add_teach_parser(commands) -> None:
         "run the teacher(s), write top-k logits, class ids, logsumexp and view params into the "
         "Zarr cache, then mark the shard done. Rerunning skips done shards.",
     )
-    parser.add_argument("--data", required=True, help="folder holding manifest.parquet (or its path)")
+    parser.add_argument(
+        "--data", required=True, help="folder holding manifest.parquet (or its path)"
+    )
     parser.add_argument("--cache", required=True, help="cache location (created if missing)")
-    parser.add_argument("--teacher", action="append", required=True, metavar="[NAME=]PATH",
-                        help="teacher weights: a kdcache checkpoint, or published timm weights "
-                        "with --teacher-arch (repeatable for several teachers)")
-    parser.add_argument("--teacher-arch", action="append", default=[],
-                        help="timm architecture of published weights, one per --teacher in order")
-    parser.add_argument("--teacher-resolution", type=int, default=None,
-                        help="teacher input size (default: the checkpoint's)")
-    parser.add_argument("--topk", type=int, default=None,
-                        help="logits kept per view (default: the existing cache's, else 10)")
-    parser.add_argument("--splits", nargs="+", default=None,
-                        help="splits to cache (default: the existing cache's, else train)")
-    parser.add_argument("--batch-size", type=int, default=256, help="inference batch (default: %(default)s)")
-    parser.add_argument("--workers", type=int, default=None,
-                        help="Ray actors (default: cluster CPUs / --cpus-per-worker)")
-    parser.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs per actor (default: 1)")
-    parser.add_argument("--gpus-per-worker", type=float, default=None,
-                        help="GPUs per actor (default: 1 if the cluster has GPUs, else 0)")
-    parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
-                        help="inference precision on CUDA (auto: bf16); CPU runs fp32")
-    parser.add_argument("--address", default=None,
-                        help="Ray cluster address, e.g. ray://head:10001 or auto (default: start a local Ray)")
-    parser.add_argument("--only-shards", type=_shard_ids, default=None, metavar="IDS",
-                        help="process only these shard ids, e.g. 0-9,12")
+    parser.add_argument(
+        "--teacher",
+        action="append",
+        required=True,
+        metavar="[NAME=]PATH",
+        help="teacher weights: a kdcache checkpoint, or published timm weights "
+        "with --teacher-arch (repeatable for several teachers)",
+    )
+    parser.add_argument(
+        "--teacher-arch",
+        action="append",
+        default=[],
+        help="timm architecture of published weights, one per --teacher in order",
+    )
+    parser.add_argument(
+        "--teacher-resolution",
+        type=int,
+        default=None,
+        help="teacher input size (default: the checkpoint's)",
+    )
+    parser.add_argument(
+        "--topk",
+        type=int,
+        default=None,
+        help="logits kept per view (default: the existing cache's, else 10)",
+    )
+    parser.add_argument(
+        "--splits",
+        nargs="+",
+        default=None,
+        help="splits to cache (default: the existing cache's, else train)",
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=256, help="inference batch (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="Ray actors (default: cluster CPUs / --cpus-per-worker)",
+    )
+    parser.add_argument(
+        "--cpus-per-worker", type=float, default=1.0, help="CPUs per actor (default: 1)"
+    )
+    parser.add_argument(
+        "--gpus-per-worker",
+        type=float,
+        default=None,
+        help="GPUs per actor (default: 1 if the cluster has GPUs, else 0)",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        default="auto",
+        help="inference precision on CUDA (auto: bf16); CPU runs fp32",
+    )
+    parser.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster address, e.g. ray://head:10001 or auto (default: start a local Ray)",
+    )
+    parser.add_argument(
+        "--only-shards",
+        type=_shard_ids,
+        default=None,
+        metavar="IDS",
+        help="process only these shard ids, e.g. 0-9,12",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     add_plan_arguments(parser, defaults_from="the existing cache's plan, else the plan defaults")
     parser.set_defaults(run=run_teach)  # fmt: skip
@@ -116,7 +176,9 @@ def run_teach(args: argparse.Namespace) -> None:
     from pipeline.store import CacheStore
     from pipeline.teach_job import TeachConfig, TeachFailed, run_teach
 
-    teachers = [replace(_teacher_source(t), resolution=args.teacher_resolution) for t in args.teacher]
+    teachers = [
+        replace(_teacher_source(t), resolution=args.teacher_resolution) for t in args.teacher
+    ]
     if args.teacher_arch and len(args.teacher_arch) != len(teachers):
         raise SystemExit(
             f"kdcache teach: {len(args.teacher_arch)} --teacher-arch for {len(teachers)} --teacher"

@@ -25,5 +25,7 @@ def read_idx(path: str | Path) -> np.ndarray:
     expected = int(np.prod(shape)) * dtype.itemsize
     body = data[4 + 4 * ndim :]
     if len(body) != expected:
-        raise ValueError(f"{path}: expected {expected} data bytes for shape {shape}, found {len(body)}")
+        raise ValueError(
+            f"{path}: expected {expected} data bytes for shape {shape}, found {len(body)}"
+        )
     return np.frombuffer(body, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))

@@ -73,7 +73,9 @@ class ViewPlan:
         if not 0 < low <= high <= 1:
             raise ValueError(f"plan: crop_scale must satisfy 0 < low <= high <= 1, got {low, high}")
         if not 0 < self.crop_ratio[0] <= self.crop_ratio[1]:
-            raise ValueError(f"plan: crop_ratio must satisfy 0 < low <= high, got {self.crop_ratio}")
+            raise ValueError(
+                f"plan: crop_ratio must satisfy 0 < low <= high, got {self.crop_ratio}"
+            )
         if not 0 <= self.flip_prob <= 1:
             raise ValueError(f"plan: flip_prob must lie in [0, 1], got {self.flip_prob}")
 

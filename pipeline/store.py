@@ -146,7 +146,9 @@ class CacheStore:
                 f"manifest {manifest.fingerprint[:12]} ({manifest.location})"
             )
         elif dataset["shard_size"] != manifest.shard_size:
-            found.append(f"dataset.shard_size: cache {dataset['shard_size']} vs {manifest.shard_size}")
+            found.append(
+                f"dataset.shard_size: cache {dataset['shard_size']} vs {manifest.shard_size}"
+            )
         if plan is not None:
             found += [d.replace(" vs ", " in cache vs ", 1) for d in self.plan.differences(plan)]
         if topk is not None and topk != self.topk:
@@ -171,7 +173,9 @@ class CacheStore:
 
     def _teacher(self, name: str) -> zarr.Group:
         if name not in self.teacher_names:
-            raise CacheMismatch(f"{self.location}: no teacher {name!r}; it has {self.teacher_names}")
+            raise CacheMismatch(
+                f"{self.location}: no teacher {name!r}; it has {self.teacher_names}"
+            )
         return self.group["teachers"][name]
 
     def add_teacher(self, identity: dict) -> None:

@@ -144,7 +144,11 @@ def _prepare_store(config: TeachConfig, manifest: Manifest) -> tuple[CacheStore,
         store = CacheStore.open(config.cache, mode="r+")
     except FileNotFoundError:
         store = CacheStore.create(
-            config.cache, manifest=manifest, plan=config.plan, topk=config.topk, splits=config.splits
+            config.cache,
+            manifest=manifest,
+            plan=config.plan,
+            topk=config.topk,
+            splits=config.splits,
         )
     store.check_matches(manifest, plan=config.plan, topk=config.topk, splits=config.splits)
     names = []
@@ -164,13 +168,14 @@ def _prepare_store(config: TeachConfig, manifest: Manifest) -> tuple[CacheStore,
     return store, names
 
 
-def _start_ray(address: str | None, num_cpus_local: int | None) -> None:
+def _start_ray(address: str | None) -> None:
+    """Connect to ``address``, or start a local Ray with this machine's CPUs."""
     if ray.is_initialized():
         return
     logging.getLogger("ray").setLevel(logging.WARNING)
-    options = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    options = dict(log_to_driver=False, logging_level=logging.WARNING)
     if address is None:
-        options["num_cpus"] = num_cpus_local or os.cpu_count()
+        options.update(num_cpus=os.cpu_count(), include_dashboard=False)
     ray.init(address=address, **options)
 
 
@@ -205,7 +210,7 @@ def run_teach(config: TeachConfig) -> TeachSummary:
 
 
 def _run_shards(config: TeachConfig, manifest: Manifest, todo: list, summary: TeachSummary) -> None:
-    _start_ray(config.address, None)
+    _start_ray(config.address)
     gpus = config.gpus_per_worker
     if gpus is None:
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
@@ -224,7 +229,9 @@ def _run_shards(config: TeachConfig, manifest: Manifest, todo: list, summary: Te
             shard = queue.pop(0)
             running[worker.process.remote(shard.id)] = (worker, shard)
     timings: dict[str, float] = defaultdict(float)
-    bar = tqdm(total=len(todo), desc="teach", unit="shard", disable=None if config.progress else True)
+    bar = tqdm(
+        total=len(todo), desc="teach", unit="shard", disable=None if config.progress else True
+    )
     while running:
         ready, _ = ray.wait(list(running), num_returns=1)
         worker, shard = running.pop(ready[0])

@@ -38,7 +38,9 @@ def read_shard_images(manifest: Manifest, shard: ShardInfo) -> list[torch.Tensor
     except Exception as error:  # tarfile, PIL and I/O errors all mean a bad shard
         raise ShardError(f"{url}: unreadable after {len(keys)} samples: {error}") from error
     if keys != expected:
-        position = next((i for i, (a, b) in enumerate(zip(keys, expected, strict=False)) if a != b), None)
+        position = next(
+            (i for i, (a, b) in enumerate(zip(keys, expected, strict=False)) if a != b), None
+        )
         detail = (
             f"key {keys[position]!r} at position {position}, manifest has {expected[position]!r}"
             if position is not None
@@ -88,7 +90,9 @@ def shard_targets(
         for start in range(0, len(pairs), batch_size):
             chunk = pairs[start : start + batch_size]
             began = time.perf_counter()
-            batch = torch.stack([render_view(images[i], params[i, j], spec.resolution) for i, j in chunk])
+            batch = torch.stack(
+                [render_view(images[i], params[i, j], spec.resolution) for i, j in chunk]
+            )
             batch = normalize(batch, spec.mean, spec.std)
             timings["augment"] += time.perf_counter() - began
             began = time.perf_counter()
@@ -110,4 +114,3 @@ def shard_targets(
             logsumexp=lse_out.reshape(n, v),
         )
     return results
-

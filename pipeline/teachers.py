@@ -78,7 +78,9 @@ def load_teacher(
             ("in_chans", in_chans, spec.in_chans),
         ):
             if wanted is not None and wanted != found:
-                raise ValueError(f"{location}: checkpoint has {option}={found!r}, asked for {wanted!r}")
+                raise ValueError(
+                    f"{location}: checkpoint has {option}={found!r}, asked for {wanted!r}"
+                )
         if resolution is not None:
             spec = ModelSpec.from_dict({**spec.to_dict(), "resolution": resolution})
         model = create_model(spec, checkpoint_path=path)

@@ -23,15 +23,17 @@ class DemoConfig:
     shard_size: int = 1000
     teacher: str = "regnety_002"
     teacher_resolution: int = 32
-    teacher_epochs: int = 4
+    teacher_epochs: int = 3
+    teacher_lr: float = 5e-3
     views: int = 4
+    crop_scale: tuple[float, float] = (0.35, 1.0)
     topk: int = 5
     student: str = "deit_tiny_distilled_patch16_224"
     student_args: dict = field(
-        default_factory=lambda: {"patch_size": 4, "embed_dim": 96, "depth": 4, "num_heads": 3}
+        default_factory=lambda: {"patch_size": 7, "embed_dim": 128, "depth": 6, "num_heads": 4}
     )
     student_resolution: int = 28
-    student_epochs: int = 4
+    student_epochs: int = 2
     batch_size: int = 128
     lr: float = 2e-3
     alpha: float = 0.5
@@ -88,11 +90,10 @@ def run_demo(out: str, config: DemoConfig, progress: bool = True) -> dict:
             progress=progress,
         ),
     )
-    plan = ViewPlan(seed=config.seed, views=config.views)
+    plan = ViewPlan(seed=config.seed, views=config.views, crop_scale=config.crop_scale)
     common = dict(
         manifest=manifest_path,
         batch_size=config.batch_size,
-        lr=config.lr,
         seed=config.seed,
         workers=config.workers,
         plan=asdict(plan),
@@ -107,6 +108,7 @@ def run_demo(out: str, config: DemoConfig, progress: bool = True) -> dict:
                 model=config.teacher,
                 resolution=config.teacher_resolution,
                 epochs=config.teacher_epochs,
+                lr=config.teacher_lr,
                 **common,
             )
         ),
@@ -134,6 +136,7 @@ def run_demo(out: str, config: DemoConfig, progress: bool = True) -> dict:
         model_args=config.student_args,
         resolution=config.student_resolution,
         epochs=config.student_epochs,
+        lr=config.lr,
         **common,
     )
     no_kd = phase(
@@ -170,9 +173,10 @@ def run_demo(out: str, config: DemoConfig, progress: bool = True) -> dict:
         "seconds": {**seconds, "total": round(sum(seconds.values()), 1)},
         "config": asdict(config),
     }
+    text = json.dumps(report, indent=2)
     with open(os.path.join(out, "report.json"), "w") as f:
-        json.dump(report, f, indent=2)
-    return report
+        f.write(text)
+    return json.loads(text)
 
 
 def format_table(report: dict) -> str:

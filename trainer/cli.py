@@ -31,39 +31,83 @@ def add_train_parser(commands) -> None:
 
 
 def configure_train_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", required=True, help="folder holding manifest.parquet (or its path)")
-    parser.add_argument("--out", required=True, help="run folder for config, metrics and checkpoint")
-    parser.add_argument("--model", required=True, help="timm architecture, e.g. regnety_002 or "
-                        "deit_tiny_distilled_patch16_224")
-    parser.add_argument("--model-arg", type=_model_arg, action="append", default=[], metavar="KEY=VALUE",
-                        help="extra timm model kwarg, e.g. patch_size=4 embed_dim=96 (repeatable)")
-    parser.add_argument("--resolution", type=int, default=None,
-                        help="input size (default: the source image height)")
+    parser.add_argument(
+        "--data", required=True, help="folder holding manifest.parquet (or its path)"
+    )
+    parser.add_argument(
+        "--out", required=True, help="run folder for config, metrics and checkpoint"
+    )
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="timm architecture, e.g. regnety_002 or deit_tiny_distilled_patch16_224",
+    )
+    parser.add_argument(
+        "--model-arg",
+        type=_model_arg,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra timm model kwarg, e.g. patch_size=4 embed_dim=96 (repeatable)",
+    )
+    parser.add_argument(
+        "--resolution", type=int, default=None, help="input size (default: the source image height)"
+    )
     kd = parser.add_argument_group("distillation")
-    kd.add_argument("--kd", choices=KD_MODES, default="none", help="distillation mode (default: none)")
+    kd.add_argument(
+        "--kd", choices=KD_MODES, default="none", help="distillation mode (default: none)"
+    )
     kd.add_argument("--cache", default=None, help="teacher cache made by kdcache teach")
-    kd.add_argument("--teacher-name", default=None, help="which teacher of the cache (default: its only one)")
-    kd.add_argument("--alpha", type=float, default=0.5, help="weight of the teacher term (default: 0.5)")
-    kd.add_argument("--tau", type=float, default=1.0, help="soft distillation temperature (default: 1)")
-    kd.add_argument("--kl-reduction", choices=KL_REDUCTIONS, default="batchmean",
-                        help="batchmean (timm) or deit (sum/numel, DeiT's code) (default: batchmean)")
-    kd.add_argument("--label-smoothing", type=float, default=0.0, help="on the label term (default: 0)")
+    kd.add_argument(
+        "--teacher-name", default=None, help="which teacher of the cache (default: its only one)"
+    )
+    kd.add_argument(
+        "--alpha", type=float, default=0.5, help="weight of the teacher term (default: 0.5)"
+    )
+    kd.add_argument(
+        "--tau", type=float, default=1.0, help="soft distillation temperature (default: 1)"
+    )
+    kd.add_argument(
+        "--kl-reduction",
+        choices=KL_REDUCTIONS,
+        default="batchmean",
+        help="batchmean (timm) or deit (sum/numel, DeiT's code) (default: batchmean)",
+    )
+    kd.add_argument(
+        "--label-smoothing", type=float, default=0.0, help="on the label term (default: 0)"
+    )
     opt = parser.add_argument_group("optimisation")
     opt.add_argument("--epochs", type=int, default=10, help="default: %(default)s")
     opt.add_argument("--batch-size", type=int, default=128, help="default: %(default)s")
-    opt.add_argument("--lr", type=float, default=1e-3, help="AdamW peak learning rate (default: %(default)s)")
+    opt.add_argument(
+        "--lr", type=float, default=1e-3, help="AdamW peak learning rate (default: %(default)s)"
+    )
     opt.add_argument("--weight-decay", type=float, default=0.05, help="default: %(default)s")
-    opt.add_argument("--warmup-epochs", type=float, default=1.0, help="linear warm-up (default: %(default)s)")
-    opt.add_argument("--min-lr", type=float, default=1e-5, help="cosine floor (default: %(default)s)")
-    opt.add_argument("--clip-grad", type=float, default=None, help="clip gradient norm to this value")
+    opt.add_argument(
+        "--warmup-epochs", type=float, default=1.0, help="linear warm-up (default: %(default)s)"
+    )
+    opt.add_argument(
+        "--min-lr", type=float, default=1e-5, help="cosine floor (default: %(default)s)"
+    )
+    opt.add_argument(
+        "--clip-grad", type=float, default=None, help="clip gradient norm to this value"
+    )
     run = parser.add_argument_group("run")
-    run.add_argument("--seed", type=int, default=0, help="training seed: init, data order (default: 0)")
-    run.add_argument("--workers", type=int, default=2, help="DataLoader workers (default: %(default)s)")
-    run.add_argument("--shuffle-buffer", type=int, default=2000, help="samples (default: %(default)s)")
+    run.add_argument(
+        "--seed", type=int, default=0, help="training seed: init, data order (default: 0)"
+    )
+    run.add_argument(
+        "--workers", type=int, default=2, help="DataLoader workers (default: %(default)s)"
+    )
+    run.add_argument(
+        "--shuffle-buffer", type=int, default=2000, help="samples (default: %(default)s)"
+    )
     run.add_argument("--device", default="auto", help="auto (cuda if present), cpu or cuda[:N]")
     run.add_argument("--amp", action="store_true", help="bf16 autocast (use on CUDA)")
     run.add_argument("--quiet", action="store_true", help="no progress output")
-    add_plan_arguments(parser, defaults_from="the cache's plan with --cache, else the plan defaults")
+    add_plan_arguments(
+        parser, defaults_from="the cache's plan with --cache, else the plan defaults"
+    )
     parser.set_defaults(run=run_train)  # fmt: skip
 
 

@@ -17,6 +17,7 @@ from tqdm import tqdm
 from pipeline.manifest import Manifest
 from pipeline.models import ModelSpec, create_model, save_checkpoint
 from pipeline.plan import ViewPlan
+from pipeline.views import normalize
 from trainer.evaluate import evaluate
 from trainer.loader import EvalViews, TrainViews, make_loader
 from trainer.losses import DistillationLoss
@@ -112,18 +113,23 @@ def train(config: TrainConfig) -> dict:
         label_smoothing=config.label_smoothing,
         kl_reduction=config.kl_reduction,
     )
-    stream_options = dict(resolution=spec.resolution, mean=spec.mean, std=spec.std)
     train_set = TrainViews(
-        manifest, source, seed=config.seed, shuffle_buffer=config.shuffle_buffer, **stream_options
+        manifest,
+        source,
+        resolution=spec.resolution,
+        seed=config.seed,
+        shuffle_buffer=config.shuffle_buffer,
     )
     pin = device.type == "cuda"
     train_loader = make_loader(train_set, config.batch_size, config.workers, pin)
-    test_loader = make_loader(EvalViews(manifest, **stream_options), 256, config.workers, pin)
+    test_set = EvalViews(manifest, resolution=spec.resolution)
+    test_loader = make_loader(test_set, 256, config.workers, pin)
+
+    def prepare(images: torch.Tensor) -> torch.Tensor:
+        return normalize(images, spec.mean, spec.std)
 
     steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
-    optimizer = create_optimizer_v2(
-        model, "adamw", lr=config.lr, weight_decay=config.weight_decay
-    )
+    optimizer = create_optimizer_v2(model, "adamw", lr=config.lr, weight_decay=config.weight_decay)
     scheduler = CosineLRScheduler(
         optimizer,
         t_initial=max(1, config.epochs * steps_per_epoch),
@@ -145,11 +151,19 @@ def train(config: TrainConfig) -> dict:
         train_set.set_epoch(epoch)
         sums = {"loss": 0.0, "ce": 0.0, "kd": 0.0}
         seen, began = 0, time.perf_counter()
-        bar = tqdm(train_loader, total=steps_per_epoch, desc=f"epoch {epoch}", disable=None if config.progress else True, leave=False)
+        bar = tqdm(
+            train_loader,
+            total=steps_per_epoch,
+            desc=f"epoch {epoch}",
+            disable=None if config.progress else True,
+            leave=False,
+        )
         for images, labels, topk_logits, topk_index, logsumexp, _, _ in bar:
-            images = images.to(device, non_blocking=True)
+            images = prepare(images.to(device, non_blocking=True))
             labels = labels.to(device, non_blocking=True)
-            targets = [t.to(device, non_blocking=True) for t in (topk_logits, topk_index, logsumexp)]
+            targets = [
+                t.to(device, non_blocking=True) for t in (topk_logits, topk_index, logsumexp)
+            ]
             with autocast:
                 outputs = model(images)
             loss, parts = criterion(outputs, labels, *targets)
@@ -167,7 +181,7 @@ def train(config: TrainConfig) -> dict:
             sums["kd"] += parts["kd"].item() * batch
             bar.set_postfix(loss=f"{loss.item():.3f}")
         train_seconds = time.perf_counter() - began
-        accuracy = evaluate(model, test_loader, device)
+        accuracy = evaluate(model, test_loader, device, prepare)
         row = {
             "epoch": epoch,
             "lr": optimizer.param_groups[0]["lr"],
@@ -184,7 +198,9 @@ def train(config: TrainConfig) -> dict:
             writer = csv.DictWriter(f, fieldnames=list(row))
             writer.writeheader()
             writer.writerows(rows)
-        save_checkpoint(os.path.join(config.out, "checkpoint.pth"), model, spec, epoch=epoch, metrics=row)
+        save_checkpoint(
+            os.path.join(config.out, "checkpoint.pth"), model, spec, epoch=epoch, metrics=row
+        )
         if config.progress:
             print(
                 f"epoch {epoch}: loss {row['train_loss']:.4f} (ce {row['train_ce']:.4f}, "

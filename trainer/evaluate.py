@@ -1,18 +1,25 @@
 """Test accuracy of a student: the combined prediction, and each head of a distilled ViT."""
 
+from collections.abc import Callable
+
 import torch
 
 
 @torch.inference_mode()
-def evaluate(model: torch.nn.Module, loader, device: torch.device) -> dict[str, float]:
-    """Top-1 accuracy (%) over the loader. For a DeiT student (``head_dist``) also per head;
-    the combined prediction is timm's: the mean of the two heads' logits."""
+def evaluate(
+    model: torch.nn.Module, loader, device: torch.device, prepare: Callable
+) -> dict[str, float]:
+    """Top-1 accuracy (%) over the loader; ``prepare`` normalises a batch already on the device.
+
+    For a DeiT student (``head_dist``) also per head; the combined prediction is timm's: the
+    mean of the two heads' logits."""
     model.eval()
     two_heads = hasattr(model, "head_dist")
     correct = {"acc": 0, "acc_cls": 0, "acc_dist": 0}
     total = 0
     for images, labels in loader:
-        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        images = prepare(images.to(device, non_blocking=True))
+        labels = labels.to(device, non_blocking=True)
         if two_heads:
             features = model.forward_features(images)
             class_logits = model.head(features[:, 0])

@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from pipeline.manifest import Manifest, ShardInfo
 from pipeline.teacher_targets import IMAGE_EXTENSIONS
-from pipeline.views import decode_image, normalize, render_full, render_view
+from pipeline.views import decode_image, render_full, render_view
 from trainer.targets import CachedTargets, PlannedViews
 
 
@@ -29,11 +29,10 @@ def _image(sample: dict) -> bytes:
 class _ShardStream(IterableDataset):
     """Shared parts: shard list split by node and worker, tar reading, key -> row lookup."""
 
-    def __init__(self, manifest: Manifest, shards: list[ShardInfo], resolution: int, mean, std):
+    def __init__(self, manifest: Manifest, shards: list[ShardInfo], resolution: int):
         self.manifest = manifest
         self.shards = shards
         self.resolution = resolution
-        self.mean, self.std = tuple(mean), tuple(std)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -46,7 +45,9 @@ class _ShardStream(IterableDataset):
         for sample in wds.DataPipeline(*stages, wds.tarfile_to_samples()):
             row = key_to_row.get(sample["__key__"])
             if row is None:
-                raise ValueError(f"{sample['__url__']}: key {sample['__key__']} is not in the manifest")
+                raise ValueError(
+                    f"{sample['__url__']}: key {sample['__key__']} is not in the manifest"
+                )
             label = int(sample["cls"])
             if label != labels[row]:
                 raise ValueError(
@@ -59,8 +60,9 @@ class _ShardStream(IterableDataset):
 class TrainViews(_ShardStream):
     """Training samples: each sample's view for the epoch, with its teacher targets.
 
-    Yields ``(image, label, topk_logits, topk_index, logsumexp, row, view)``; the targets are
-    empty when training without a cache. Shards are shuffled per epoch (seeded), split by node and
+    Yields ``(image, label, topk_logits, topk_index, logsumexp, row, view)``: the image on
+    [0, 1] (the training loop normalises whole batches on the device), the targets empty when
+    training without a cache. Shards are shuffled per epoch (seeded), split by node and
     DataLoader worker, and samples pass a seeded shuffle buffer.
     """
 
@@ -70,13 +72,11 @@ class TrainViews(_ShardStream):
         source: CachedTargets | PlannedViews,
         *,
         resolution: int,
-        mean,
-        std,
         seed: int = 0,
         shuffle_buffer: int = 2000,
         split: str = "train",
     ):
-        super().__init__(manifest, manifest.shards_of(split), resolution, mean, std)
+        super().__init__(manifest, manifest.shards_of(split), resolution)
         self.source = source
         self.seed = seed
         self.shuffle_buffer = shuffle_buffer
@@ -93,9 +93,8 @@ class TrainViews(_ShardStream):
             if shard_id != current:
                 current, block = shard_id, self.source.block(self.manifest.shards[shard_id])
             image = decode_image(_image(sample), self.manifest.channels)
-            pixels = render_view(image, block.params[position, view], self.resolution)
             yield (
-                normalize(pixels, self.mean, self.std),
+                render_view(image, block.params[position, view], self.resolution),
                 int(sample["cls"]),
                 torch.from_numpy(block.topk_logits[position, view].astype(np.float32)),
                 torch.from_numpy(block.topk_index[position, view].astype(np.int64)),
@@ -117,10 +116,10 @@ class TrainViews(_ShardStream):
 
 
 class EvalViews(_ShardStream):
-    """Evaluation samples: whole images at the model's resolution, ``(image, label)``."""
+    """Evaluation samples: whole images at the model's resolution on [0, 1], ``(image, label)``."""
 
-    def __init__(self, manifest: Manifest, *, resolution: int, mean, std, split: str = "test"):
-        super().__init__(manifest, manifest.shards_of(split), resolution, mean, std)
+    def __init__(self, manifest: Manifest, *, resolution: int, split: str = "test"):
+        super().__init__(manifest, manifest.shards_of(split), resolution)
 
     def __len__(self) -> int:
         return sum(s.num_rows for s in self.shards)
@@ -128,11 +127,12 @@ class EvalViews(_ShardStream):
     def __iter__(self):
         for sample, _ in self._samples(self.shards):
             image = decode_image(_image(sample), self.manifest.channels)
-            pixels = render_full(image, self.resolution)
-            yield normalize(pixels, self.mean, self.std), int(sample["cls"])
+            yield render_full(image, self.resolution), int(sample["cls"])
 
 
-def make_loader(dataset: IterableDataset, batch_size: int, workers: int, pin_memory: bool) -> DataLoader:
+def make_loader(
+    dataset: IterableDataset, batch_size: int, workers: int, pin_memory: bool
+) -> DataLoader:
     """A DataLoader over a streaming dataset (workers get disjoint shards)."""
     workers = min(workers, len(dataset.shards))
     return DataLoader(

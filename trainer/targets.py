@@ -51,7 +51,9 @@ class CachedTargets:
         names = self.store.teacher_names
         if teacher is None:
             if len(names) != 1:
-                raise CacheMismatch(f"{location}: holds teachers {names}; pick one with --teacher-name")
+                raise CacheMismatch(
+                    f"{location}: holds teachers {names}; pick one with --teacher-name"
+                )
             teacher = names[0]
         self.teacher = teacher
         identity = self.store.teacher_identity(teacher)
