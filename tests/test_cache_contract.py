@@ -7,6 +7,7 @@ import zarr
 from pipeline.plan import PARAM_NAMES
 from pipeline.store import FORMAT, CacheStore, region_checksum
 from pipeline.teachers import load_teacher
+from pipeline.views import normalize
 from tests.conftest import PLAN, SHARD_SIZE, TOPK
 from trainer.loader import TrainViews
 from trainer.targets import CachedTargets
@@ -64,16 +65,18 @@ def test_cached_topk_equals_teacher_on_the_trainers_replayed_view(cache, data, t
     teacher = load_teacher(teacher_path)
     source = CachedTargets(cache, data)
     spec = teacher.spec
-    views = TrainViews(data, source, resolution=spec.resolution, mean=spec.mean, std=spec.std)
+    views = TrainViews(data, source, resolution=spec.resolution)
     sampled = {7, 123, 249, 333, 449}
     for epoch in range(PLAN.views):
         views.set_epoch(epoch)
         picked = [s for s in views.iter_views(data.shards_of("train")) if s[5] in sampled]
         assert len(picked) == len(sampled)
-        images = torch.stack([s[0] for s in picked])
+        images = normalize(torch.stack([s[0] for s in picked]), spec.mean, spec.std)
         with torch.inference_mode():
             logits = teacher.model(images)
-        for (_, label, topk_logits, topk_index, lse, row, view), full in zip(picked, logits, strict=True):
+        for (_, label, topk_logits, topk_index, lse, row, view), full in zip(
+            picked, logits, strict=True
+        ):
             assert view == epoch
             values, index = full.topk(TOPK)
             torch.testing.assert_close(topk_logits, values.half().float(), rtol=2e-3, atol=2e-3)

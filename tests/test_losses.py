@@ -19,7 +19,11 @@ def test_topk_with_all_classes_equals_full_logit_distillation():
     torch.testing.assert_close(rebuilt, teacher)
     for tau in (1.0, 4.0):
         expected = (
-            F.kl_div(F.log_softmax(student / tau, -1), F.softmax(teacher / tau, -1), reduction="batchmean")
+            F.kl_div(
+                F.log_softmax(student / tau, -1),
+                F.softmax(teacher / tau, -1),
+                reduction="batchmean",
+            )
             * tau**2
         )
         got = soft_distillation(student, rebuilt, tau, "batchmean")

@@ -25,7 +25,9 @@ def test_seed_row_and_view_each_change_the_params():
 
 
 def test_crops_follow_random_resized_crop_bounds():
-    plan = ViewPlan(seed=0, views=4, crop_scale=(0.3, 0.9), crop_ratio=(0.75, 4 / 3), flip_prob=0.25)
+    plan = ViewPlan(
+        seed=0, views=4, crop_scale=(0.3, 0.9), crop_ratio=(0.75, 4 / 3), flip_prob=0.25
+    )
     params = plan.params(np.arange(5000), np.ones(5000)).reshape(-1, len(PARAM_NAMES))
     top, left, height, width, flip = params.T
     area = height * width
@@ -52,7 +54,9 @@ def test_wide_source_falls_back_to_centre_crop_within_ratio():
 def test_attrs_round_trip_and_bad_plans_are_refused():
     plan = ViewPlan(seed=5, views=2, crop_scale=(0.5, 1.0))
     assert ViewPlan.from_attrs(plan.to_attrs()) == plan
-    assert plan.differences(ViewPlan(seed=6, views=2, crop_scale=(0.5, 1.0))) == ["plan.seed: 5 vs 6"]
+    assert plan.differences(ViewPlan(seed=6, views=2, crop_scale=(0.5, 1.0))) == [
+        "plan.seed: 5 vs 6"
+    ]
     with pytest.raises(ValueError, match="crop_scale"):
         ViewPlan(crop_scale=(0.5, 1.5))
     with pytest.raises(ValueError, match="params_layout"):

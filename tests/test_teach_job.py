@@ -22,7 +22,9 @@ def _arrays(location):
     return {name: group[name][:] for name in ARRAYS}
 
 
-def test_interrupted_job_resumes_without_recomputing(tmp_path, data, teacher_path, cache, ray_local):
+def test_interrupted_job_resumes_without_recomputing(
+    tmp_path, data, teacher_path, cache, ray_local
+):
     location = str(tmp_path / "cache.zarr")
     first = teach(data, teacher_path, location, only_shards=[0, 2])
     assert sorted(first.shards_done) == ["shards/train-000000.tar", "shards/train-000002.tar"]
@@ -46,7 +48,9 @@ def test_interrupted_job_resumes_without_recomputing(tmp_path, data, teacher_pat
     assert third.shards_done == [] and third.views == 0 and len(third.shards_skipped) == 5
 
 
-def test_mismatched_options_leave_the_cache_untouched(tmp_path, data, teacher_path, cache, ray_local):
+def test_mismatched_options_leave_the_cache_untouched(
+    tmp_path, data, teacher_path, cache, ray_local
+):
     before = _arrays(cache)
     with pytest.raises(CacheMismatch, match="topk: 4 in cache vs 6"):
         teach(data, teacher_path, cache, topk=6)
@@ -57,7 +61,9 @@ def test_mismatched_options_leave_the_cache_untouched(tmp_path, data, teacher_pa
         np.testing.assert_array_equal(before[name], after[name])
 
 
-def test_corrupt_shard_is_reported_by_name_and_others_finish(tmp_path, data, teacher_path, ray_local):
+def test_corrupt_shard_is_reported_by_name_and_others_finish(
+    tmp_path, data, teacher_path, ray_local
+):
     copy = tmp_path / "data"
     shutil.copytree(data.location.rsplit("/", 1)[0], copy)
     tar = copy / "shards" / "train-000003.tar"

@@ -1,0 +1,52 @@
+"""The kdcache command line: help for every command, clear one-line errors."""
+
+import subprocess
+import sys
+
+import pytest
+
+COMMANDS = ["shard", "teach", "train", "demo"]
+
+
+def _kdcache(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "tools.cli", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_help_describes_every_command():
+    result = _kdcache("--help")
+    assert result.returncode == 0
+    for command in COMMANDS:
+        assert command in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("command", "options"),
+    [
+        ("shard", ["--source", "--shard-size", "--limit"]),
+        ("teach", ["--teacher", "--topk", "--views", "--plan-seed", "--address", "--batch-size"]),
+        ("train", ["--kd", "--cache", "--alpha", "--tau", "--model", "--epochs"]),
+        ("demo", ["--out", "--quick"]),
+    ],
+)
+def test_each_command_documents_its_options(command, options):
+    result = _kdcache(command, "--help")
+    assert result.returncode == 0
+    for option in options:
+        assert option in result.stdout
+
+
+def test_cli_shards_and_refuses_a_wrong_cache(tmp_path, data, cache):
+    result = _kdcache("shard", "--out", str(tmp_path / "d"), "--limit", "train=150", "--limit",
+                      "test=20", "--shard-size", "50", "--quiet")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "4 shards" in result.stdout and (tmp_path / "d" / "manifest.parquet").exists()
+    result = _kdcache("train", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "run"),
+                      "--model", "resnet10t", "--kd", "soft", "--cache", cache, "--quiet")  # fmt: skip
+    assert result.returncode == 2
+    assert "dataset.fingerprint" in result.stderr and "Traceback" not in result.stderr
+    result = _kdcache(
+        "teach", "--data", str(tmp_path / "nowhere"), "--cache", "c", "--teacher", "t"
+    )
+    assert result.returncode == 2 and "no manifest here" in result.stderr

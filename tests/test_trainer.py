@@ -1,0 +1,92 @@
+"""The trainer: refuses caches that do not fit, trains DeiT students with cached KD."""
+
+import csv
+import json
+
+import pytest
+import torch
+
+from pipeline.models import read_checkpoint_meta
+from pipeline.store import CacheMismatch
+from tests.conftest import PLAN, make_shards, teach
+from trainer.engine import TrainConfig, train
+from trainer.loader import TrainViews
+from trainer.targets import CachedTargets, PlannedViews
+
+DEIT = "deit_tiny_distilled_patch16_224"
+DEIT_ARGS = {"patch_size": 7, "embed_dim": 32, "depth": 1, "num_heads": 2}
+
+
+def _config(data, out, **options):
+    values = dict(
+        manifest=data.location,
+        out=str(out),
+        model=DEIT,
+        model_args=DEIT_ARGS,
+        epochs=1,
+        batch_size=64,
+        workers=0,
+        progress=False,
+    )
+    return TrainConfig(**{**values, **options})
+
+
+def test_refuses_cache_of_other_shards(tmp_path, cache):
+    other = make_shards(tmp_path / "other", train_rows=440)
+    with pytest.raises(CacheMismatch, match="dataset.fingerprint"):
+        train(_config(other, tmp_path / "run", kd="soft", cache=cache))
+    assert not (tmp_path / "run" / "metrics.csv").exists()
+
+
+def test_refuses_cache_of_other_plan(tmp_path, data, cache):
+    with pytest.raises(CacheMismatch, match=r"plan.seed: 3 in cache vs 4"):
+        train(_config(data, tmp_path / "run", kd="soft", cache=cache, plan={"seed": 4}))
+    with pytest.raises(CacheMismatch, match=r"plan.crop_scale"):
+        train(
+            _config(data, tmp_path / "run", kd="soft", cache=cache, plan={"crop_scale": (0.5, 1.0)})
+        )
+
+
+def test_refuses_incomplete_cache_and_kd_without_cache(tmp_path, data, teacher_path, ray_local):
+    partial = str(tmp_path / "partial.zarr")
+    teach(data, teacher_path, partial, only_shards=[0, 1, 2])
+    with pytest.raises(CacheMismatch, match="has not finished 2 train shards.*train-000003.tar"):
+        train(_config(data, tmp_path / "run", kd="soft", cache=partial))
+    with pytest.raises(ValueError, match="--kd soft needs --cache"):
+        train(_config(data, tmp_path / "run", kd="soft"))
+
+
+def test_views_without_cache_equal_the_cached_views(data, cache):
+    cached = TrainViews(data, CachedTargets(cache, data), resolution=28)
+    planned = TrainViews(data, PlannedViews(PLAN, data), resolution=28)
+    for views in (cached, planned):
+        views.set_epoch(2)
+    shards = data.shards_of("train")[3:4]
+    for a, b in zip(cached.iter_views(shards), planned.iter_views(shards), strict=True):
+        assert torch.equal(a[0], b[0]) and a[5:] == b[5:]
+
+
+def test_deit_student_learns_from_cached_soft_targets(tmp_path, data, cache):
+    out = tmp_path / "run"
+    final = train(
+        _config(data, out, kd="soft", cache=cache, epochs=3, tau=2.0, lr=3e-3, warmup_epochs=0)
+    )
+    with open(out / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
+    assert all(float(r["train_kd"]) > 0 and float(r["train_ce"]) > 0 for r in rows)
+    assert int(rows[0]["train_images"]) == 450
+    assert {"test_acc", "test_acc_cls", "test_acc_dist"} <= set(rows[0])
+    assert float(rows[-1]["train_kd"]) < float(rows[0]["train_kd"])  # it learns the teacher
+    assert final == {k: pytest.approx(float(v)) for k, v in rows[-1].items()}
+    config = json.loads((out / "config.json").read_text())
+    assert config["plan"]["seed"] == PLAN.seed and config["teacher"]["name"] == "regnet"
+    meta = read_checkpoint_meta(str(out / "checkpoint.pth"))
+    assert meta["spec"]["arch"] == DEIT and meta["epoch"] == 2
+
+
+def test_hard_distillation_and_one_head_student(tmp_path, data, cache):
+    final = train(
+        _config(data, tmp_path / "run", model="resnet10t", model_args={}, kd="hard", cache=cache)
+    )
+    assert "test_acc_cls" not in final and final["train_kd"] > 0
