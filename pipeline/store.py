@@ -218,6 +218,10 @@ class CacheStore:
         """Boolean per shard: region fully written and checksummed."""
         return self._teacher(teacher)["shard_done"][:].astype(bool)
 
+    def is_done(self, teacher: str, shard_id: int) -> bool:
+        """Whether one shard is done (reads only that shard's ledger chunk)."""
+        return bool(self._teacher(teacher)["shard_done"][shard_id])
+
     def shard_checksums(self, teacher: str) -> np.ndarray:
         return self._teacher(teacher)["shard_checksum"][:]
 

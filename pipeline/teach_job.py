@@ -22,7 +22,7 @@ from pipeline.manifest import Manifest
 from pipeline.plan import ViewPlan
 from pipeline.store import CacheStore
 from pipeline.teacher_targets import read_shard_images, shard_targets
-from pipeline.teachers import load_teacher
+from pipeline.teachers import Teacher, load_teacher
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,18 @@ class TeacherSource:
     name: str | None = None
     arch: str | None = None
     resolution: int | None = None
+
+    def load(self, manifest: Manifest, device: str | torch.device = "cpu") -> Teacher:
+        """The teacher, sized for the manifest's classes and channels."""
+        return load_teacher(
+            self.location,
+            name=self.name,
+            arch=self.arch,
+            num_classes=manifest.num_classes,
+            in_chans=manifest.channels,
+            resolution=self.resolution,
+            device=device,
+        )
 
 
 @dataclass
@@ -95,18 +107,7 @@ class ShardWorker:
         self.device = torch.device(device)
         self.manifest = Manifest.read(config.manifest)
         self.store = CacheStore.open(config.cache, mode="r+")
-        self.teachers = [
-            load_teacher(
-                t.location,
-                name=t.name,
-                arch=t.arch,
-                num_classes=self.manifest.num_classes,
-                in_chans=self.manifest.channels,
-                resolution=t.resolution,
-                device=self.device,
-            )
-            for t in config.teachers
-        ]
+        self.teachers = [t.load(self.manifest, self.device) for t in config.teachers]
         self.precision = config.precision
         if self.precision == "auto":
             self.precision = "bf16" if self.device.type == "cuda" else "fp32"
@@ -114,7 +115,7 @@ class ShardWorker:
     def process(self, shard_id: int) -> dict:
         """Compute and write one shard for every teacher that has not finished it."""
         shard = self.manifest.shards[shard_id]
-        pending = [t for t in self.teachers if not self.store.shard_done(t.name)[shard_id]]
+        pending = [t for t in self.teachers if not self.store.is_done(t.name, shard_id)]
         timings: dict[str, float] = defaultdict(float)
         if not pending:
             return {"views": 0, "timings": timings, "skipped": True}
@@ -153,14 +154,7 @@ def _prepare_store(config: TeachConfig, manifest: Manifest) -> tuple[CacheStore,
     store.check_matches(manifest, plan=config.plan, topk=config.topk, splits=config.splits)
     names = []
     for source in config.teachers:
-        teacher = load_teacher(
-            source.location,
-            name=source.name,
-            arch=source.arch,
-            num_classes=manifest.num_classes,
-            in_chans=manifest.channels,
-            resolution=source.resolution,
-        )
+        teacher = source.load(manifest)
         store.add_teacher(teacher.identity())
         names.append(teacher.name)
     if len(set(names)) != len(names):
