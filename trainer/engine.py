@@ -85,6 +85,30 @@ def _config_json(config: TrainConfig, source, spec: ModelSpec) -> dict:
     return values
 
 
+def _train_epoch(model, batches, optimizer, scheduler, updates: int, step, clip_grad):
+    """One pass over ``batches``; returns (summed loss parts, samples seen, updates so far).
+
+    Loss parts are summed on the device and read once at the end (no per-step sync).
+    """
+    model.train()
+    sums: dict[str, torch.Tensor] = {}
+    seen = 0
+    for batch in batches:
+        loss, parts = step(batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip_grad:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+        optimizer.step()
+        updates += 1
+        scheduler.step_update(updates)
+        size = batch[1].numel()
+        seen += size
+        for name, value in {"loss": loss.detach(), **parts}.items():
+            sums[name] = sums.get(name, 0) + value * size
+    return {name: float(value) for name, value in sums.items()}, seen, updates
+
+
 def train(config: TrainConfig) -> dict:
     """Train a student (or a teacher, with ``kd='none'``); return the final metrics row."""
     _seed_everything(config.seed)
@@ -128,6 +152,15 @@ def train(config: TrainConfig) -> dict:
     def prepare(images: torch.Tensor) -> torch.Tensor:
         return normalize(images, spec.mean, spec.std)
 
+    def step(batch) -> tuple[torch.Tensor, dict]:
+        images, labels, topk_logits, topk_index, logsumexp, _, _ = batch
+        images = prepare(images.to(device, non_blocking=True))
+        labels = labels.to(device, non_blocking=True)
+        targets = [t.to(device, non_blocking=True) for t in (topk_logits, topk_index, logsumexp)]
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp):
+            outputs = model(images)
+        return criterion(outputs, labels, *targets)
+
     steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
     optimizer = create_optimizer_v2(model, "adamw", lr=config.lr, weight_decay=config.weight_decay)
     scheduler = CosineLRScheduler(
@@ -138,7 +171,6 @@ def train(config: TrainConfig) -> dict:
         warmup_lr_init=config.lr / 100,
         t_in_epochs=False,
     )
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp)
 
     os.makedirs(config.out, exist_ok=True)
     with open(os.path.join(config.out, "config.json"), "w") as f:
@@ -147,10 +179,8 @@ def train(config: TrainConfig) -> dict:
     rows: list[dict] = []
     updates = 0
     for epoch in range(config.epochs):
-        model.train()
         train_set.set_epoch(epoch)
-        sums = {"loss": 0.0, "ce": 0.0, "kd": 0.0}
-        seen, began = 0, time.perf_counter()
+        began = time.perf_counter()
         bar = tqdm(
             train_loader,
             total=steps_per_epoch,
@@ -158,36 +188,15 @@ def train(config: TrainConfig) -> dict:
             disable=None if config.progress else True,
             leave=False,
         )
-        for images, labels, topk_logits, topk_index, logsumexp, _, _ in bar:
-            images = prepare(images.to(device, non_blocking=True))
-            labels = labels.to(device, non_blocking=True)
-            targets = [
-                t.to(device, non_blocking=True) for t in (topk_logits, topk_index, logsumexp)
-            ]
-            with autocast:
-                outputs = model(images)
-            loss, parts = criterion(outputs, labels, *targets)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.clip_grad:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad)
-            optimizer.step()
-            updates += 1
-            scheduler.step_update(updates)
-            batch = labels.numel()
-            seen += batch
-            sums["loss"] += loss.item() * batch
-            sums["ce"] += parts["ce"].item() * batch
-            sums["kd"] += parts["kd"].item() * batch
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+        sums, seen, updates = _train_epoch(
+            model, bar, optimizer, scheduler, updates, step, config.clip_grad
+        )
         train_seconds = time.perf_counter() - began
         accuracy = evaluate(model, test_loader, device, prepare)
         row = {
             "epoch": epoch,
             "lr": optimizer.param_groups[0]["lr"],
-            "train_loss": sums["loss"] / max(seen, 1),
-            "train_ce": sums["ce"] / max(seen, 1),
-            "train_kd": sums["kd"] / max(seen, 1),
+            **{f"train_{k}": v / max(seen, 1) for k, v in sums.items()},
             "train_images": seen,
             "train_images_per_s": seen / train_seconds,
             **{f"test_{k}": v for k, v in accuracy.items()},
