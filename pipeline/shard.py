@@ -75,7 +75,8 @@ def write_shards(
                 shard_id = len(shards)
                 file = f"shards/{split}-{sum(s.split == split for s in shards):06d}.tar"
                 shards.append(ShardInfo(shard_id, file, split, 0))
-                writer = wds.TarWriter(fs.open(urls.join(out_path, file), "wb"))
+                # a fixed integer mtime: byte-identical tars on every run, and no PAX headers
+                writer = wds.TarWriter(fs.open(urls.join(out_path, file), "wb"), mtime=0)
                 count = 0
             if split == "train":
                 stats.add(decode_image(sample.image, source.channels))

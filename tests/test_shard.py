@@ -41,6 +41,9 @@ def test_tars_hold_the_images_and_labels_of_the_idx_files(data):
 def test_fingerprint_is_stable_and_follows_content(tmp_path, data):
     again = make_shards(tmp_path / "again")
     assert again.fingerprint == data.fingerprint
+    for shard in data.shards:  # byte-identical tars
+        with open(data.shard_url(shard), "rb") as a, open(again.shard_url(shard), "rb") as b:
+            assert a.read() == b.read()
     fewer = make_shards(tmp_path / "fewer", train_rows=TRAIN_ROWS - 1)
     assert fewer.fingerprint != data.fingerprint
 
