@@ -8,7 +8,7 @@ if [ ! -d /usr/share/datasets/fashion-mnist ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null
 fi
-python3 -m pip install -q --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
+python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore torch==2.14.1 torchvision==0.29.1
 extra=""
 [ "${1:-}" = "--dev" ] && extra="[dev]"
-python3 -m pip install -q --disable-pip-version-check -e ".${extra}"
+python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore -e ".${extra}"
