@@ -1,24 +1,26 @@
 """The cache store (format ``kdcache/1``): a Zarr v3 group of teacher targets per view.
 
-Part of the contract between ``pipeline`` and ``trainer``. Layout::
+Part of the contract between ``pipeline`` and ``trainer``. Layout (N rows, V views, K, S shards)::
 
-    cache.zarr/                      attrs: format, dataset, splits, plan, topk, tool_version, created
-      params          float32 (N, V, P)  view params (names in attrs.plan.param_names); NaN = unwritten
-      teachers/<name>/                   attrs: teacher identity (arch, weights sha256, preprocessing)
-        topk_logits     float16 (N, V, K)  the K largest logits, descending; NaN = unwritten
-        topk_index      int16|int32 (N, V, K)  their class ids; -1 = unwritten
-        logsumexp       float32 (N, V)     log sum exp over all logits
-        shard_done      uint8 (S,)         1 once the shard's region is written and checksummed
-        shard_checksum  uint64 (S,)        blake2b-64 of the shard's region (see ``region_checksum``)
+    cache.zarr/          attrs: format, dataset, splits, plan, topk, tool_version, created
+      params             float32 (N, V, P)  view params (names in attrs.plan.param_names)
+      teachers/<name>/   attrs: teacher identity (arch, weights sha256, preprocessing)
+        topk_logits      float16 (N, V, K)  the K largest logits, descending
+        topk_index       int16|int32 (N, V, K)  their class ids
+        logsumexp        float32 (N, V)     log sum exp over all logits
+        shard_done       uint8 (S, V)       1 once view v of shard s is written and checksummed
+        shard_checksum   uint64 (S, V)      blake2b-64 of that region (see ``region_checksum``)
 
-N is the manifest's row-id space (shard s owns rows s*shard_size ...); chunks along rows are
-one shard long, and the ledger arrays have one chunk per shard, so every writer owns whole
-chunks and concurrent shard writers never share one.
+Unwritten values read as NaN (floats) or -1 (class ids). N is the manifest's row-id space
+(shard s owns rows s*shard_size ...). Chunks are one shard long and one view wide, and the
+ledger has one chunk per (shard, view): every writer owns whole chunks, and adding views
+(:meth:`CacheStore.grow_views`) never rewrites a chunk of an existing view. ``attrs.plan.views``
+counts the complete views; arrays may be wider while views are being added.
 """
 
 import datetime
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import zarr
@@ -30,17 +32,22 @@ from pipeline.plan import PARAM_NAMES, ViewPlan
 
 FORMAT = "kdcache/1"
 TARGET_ARRAYS = ("topk_logits", "topk_index", "logsumexp")
+LEDGER_ARRAYS = ("shard_done", "shard_checksum")
 _COMPRESSORS = (BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle"),)
 
 
 @dataclass
 class ShardTargets:
-    """One shard's block: params (n, V, P) and a teacher's targets for the same rows."""
+    """A shard's block for some views: params (n, v, P) and a teacher's targets for them."""
 
     params: np.ndarray
     topk_logits: np.ndarray
     topk_index: np.ndarray
     logsumexp: np.ndarray
+
+    def view(self, index: int) -> "ShardTargets":
+        """The block of one of its views (keeping a view axis of length 1)."""
+        return ShardTargets(**{k: v[:, index : index + 1] for k, v in self.__dict__.items()})
 
 
 def region_checksum(block: ShardTargets) -> int:
@@ -99,21 +106,15 @@ class CacheStore:
         if not 1 <= topk <= manifest.num_classes:
             raise ValueError(f"--topk must lie in 1..{manifest.num_classes}, got {topk}")
         group = zarr.open_group(location, mode="w-")
-        n, v = manifest.num_rows, plan.views
-        group.create_array(
-            "params",
-            shape=(n, v, len(PARAM_NAMES)),
-            chunks=(manifest.shard_size, v, len(PARAM_NAMES)),
-            dtype="float32",
-            fill_value=np.nan,
-            compressors=_COMPRESSORS,
-        )
+        n, v, p = manifest.num_rows, plan.views, len(PARAM_NAMES)
+        _create(group, "params", (n, v, p), (manifest.shard_size, 1, p), "float32", np.nan)
         group.require_group("teachers")
         group.attrs.update(
             {
                 "dataset": {
                     "name": manifest.meta["dataset"],
                     "fingerprint": manifest.fingerprint,
+                    "manifest": manifest.location,
                     "num_rows": n,
                     "num_shards": len(manifest.shards),
                     "shard_size": manifest.shard_size,
@@ -137,7 +138,10 @@ class CacheStore:
         topk: int | None = None,
         splits: list[str] | None = None,
     ) -> list[str]:
-        """Every field in which this cache differs from what it is being used with."""
+        """Every field in which this cache differs from what it is being used with.
+
+        Fewer views than the cache holds is no mismatch: views are a prefix-stable sequence.
+        """
         found = []
         dataset = self.attrs["dataset"]
         if dataset["fingerprint"] != manifest.fingerprint:
@@ -150,6 +154,8 @@ class CacheStore:
                 f"dataset.shard_size: cache {dataset['shard_size']} vs {manifest.shard_size}"
             )
         if plan is not None:
+            if plan.views <= self.plan.views:
+                plan = replace(plan, views=self.plan.views)
             found += [d.replace(" vs ", " in cache vs ", 1) for d in self.plan.differences(plan)]
         if topk is not None and topk != self.topk:
             found.append(f"topk: {self.topk} in cache vs {topk}")
@@ -192,67 +198,101 @@ class CacheStore:
                 raise CacheMismatch(f"{self.location}: " + "; ".join(differing))
             return
         dataset = self.attrs["dataset"]
-        n, v, k, s = dataset["num_rows"], self.plan.views, self.topk, dataset["num_shards"]
+        n, k, s = dataset["num_rows"], self.topk, dataset["num_shards"]
+        v, rows = self.array_views, self.shard_size
         group = self.group["teachers"].create_group(name)
-        rows = self.shard_size
-        specs = {
-            "topk_logits": ((n, v, k), (rows, v, k), "float16", np.nan),
-            "topk_index": ((n, v, k), (rows, v, k), index_dtype(dataset["num_classes"]), -1),
-            "logsumexp": ((n, v), (rows, v), "float32", np.nan),
-            "shard_done": ((s,), (1,), "uint8", 0),
-            "shard_checksum": ((s,), (1,), "uint64", 0),
-        }
-        for array, (shape, chunks, dtype, fill) in specs.items():
-            group.create_array(
-                array,
-                shape=shape,
-                chunks=chunks,
-                dtype=dtype,
-                fill_value=fill,
-                compressors=_COMPRESSORS,
-            )
+        classes = index_dtype(dataset["num_classes"])
+        _create(group, "topk_logits", (n, v, k), (rows, 1, k), "float16", np.nan)
+        _create(group, "topk_index", (n, v, k), (rows, 1, k), classes, -1)
+        _create(group, "logsumexp", (n, v), (rows, 1), "float32", np.nan)
+        _create(group, "shard_done", (s, v), (1, 1), "uint8", 0)
+        _create(group, "shard_checksum", (s, v), (1, 1), "uint64", 0)
         group.attrs.update(identity)
 
+    # -- views ---------------------------------------------------------------------------------
+    @property
+    def array_views(self) -> int:
+        """Views the arrays have room for (more than ``plan.views`` while views are added)."""
+        return self.group["params"].shape[1]
+
+    def grow_views(self, views: int) -> None:
+        """Widen every array to ``views`` views; existing chunks are not touched."""
+        if views <= self.array_views:
+            return
+        arrays = [self.group["params"]]
+        for name in self.teacher_names:
+            arrays += [self._teacher(name)[a] for a in (*TARGET_ARRAYS, *LEDGER_ARRAYS)]
+        for array in arrays:
+            array.resize((array.shape[0], views, *array.shape[2:]))
+
+    def publish_views(self, views: int, shard_ids: list[int]) -> None:
+        """Declare views ``0..views-1`` complete (``attrs.plan.views``): every teacher must have
+        them for every one of ``shard_ids`` (the cache's splits)."""
+        for name in self.teacher_names:
+            if not self.views_done(name)[shard_ids, :views].all():
+                raise RuntimeError(
+                    f"{self.location}: teacher {name} lacks some of views 0..{views - 1}"
+                )
+        plan = {**self.attrs["plan"], "views": views}
+        self.group.attrs["plan"] = plan
+        self.attrs["plan"] = plan
+        self.plan = ViewPlan.from_attrs(plan)
+
     # -- ledger and regions --------------------------------------------------------------------
-    def shard_done(self, teacher: str) -> np.ndarray:
-        """Boolean per shard: region fully written and checksummed."""
+    def views_done(self, teacher: str) -> np.ndarray:
+        """Boolean (S, array views): view v of shard s written and checksummed."""
         return self._teacher(teacher)["shard_done"][:].astype(bool)
 
-    def is_done(self, teacher: str, shard_id: int) -> bool:
-        """Whether one shard is done (reads only that shard's ledger chunk)."""
-        return bool(self._teacher(teacher)["shard_done"][shard_id])
+    def shard_done(self, teacher: str) -> np.ndarray:
+        """Boolean per shard: all of the plan's views written and checksummed."""
+        return self.views_done(teacher)[:, : self.plan.views].all(axis=1)
+
+    def pending_views(self, teacher: str, shard_id: int, views: int) -> list[int]:
+        """Views among ``0..views-1`` of a shard not yet done (reads that shard's ledger row)."""
+        done = self._teacher(teacher)["shard_done"][shard_id, :views]
+        return [v for v in range(views) if not done[v]]
 
     def shard_checksums(self, teacher: str) -> np.ndarray:
+        """(S, array views) checksums; 0 where not written."""
         return self._teacher(teacher)["shard_checksum"][:]
 
     def _rows(self, shard: ShardInfo) -> slice:
         start = shard.id * self.shard_size
         return slice(start, start + shard.num_rows)
 
-    def write_shard(self, teacher: str, shard: ShardInfo, block: ShardTargets) -> int:
-        """Write a shard's whole region, then its checksum, then mark it done; return the checksum.
+    def write_shard(
+        self, teacher: str, shard: ShardInfo, views: list[int], block: ShardTargets
+    ) -> list[int]:
+        """Write ``views`` of a shard (block axis 1 in that order), then checksums, then done flags.
 
-        Any earlier partial write of the region (a crash) is overwritten, never trusted.
+        An earlier partial write of these regions (a crash) is overwritten, never trusted.
         """
         group = self._teacher(teacher)
         rows = self._rows(shard)
-        self.group["params"][rows] = block.params
-        for name in TARGET_ARRAYS:
-            group[name][rows] = getattr(block, name)
-        checksum = region_checksum(block)
-        group["shard_checksum"][shard.id] = np.uint64(checksum)
-        group["shard_done"][shard.id] = 1
-        return checksum
+        checksums = []
+        for index, view in enumerate(views):
+            part = block.view(index)
+            self.group["params"][rows, view : view + 1] = part.params
+            for name in TARGET_ARRAYS:
+                group[name][rows, view : view + 1] = getattr(part, name)
+            checksums.append(region_checksum(part))
+        for view, checksum in zip(views, checksums, strict=True):
+            group["shard_checksum"][shard.id, view] = np.uint64(checksum)
+        for view in views:
+            group["shard_done"][shard.id, view] = 1
+        return checksums
 
-    def read_shard(self, teacher: str, shard: ShardInfo) -> ShardTargets:
-        """A shard's whole block: one read per array."""
+    def read_shard(self, teacher: str, shard: ShardInfo, views: int | None = None) -> ShardTargets:
+        """Views ``0..views-1`` (default: the plan's) of a shard's block: one read per array."""
         group = self._teacher(teacher)
-        rows = self._rows(shard)
+        rows, columns = self._rows(shard), slice(0, self.plan.views if views is None else views)
         return ShardTargets(
-            params=self.group["params"][rows],
-            **{name: group[name][rows] for name in TARGET_ARRAYS},
+            params=self.group["params"][rows, columns],
+            **{name: group[name][rows, columns] for name in TARGET_ARRAYS},
         )
 
-    def read_params(self, shard: ShardInfo) -> np.ndarray:
-        """A shard's stored view params (n, V, P)."""
-        return self.group["params"][self._rows(shard)]
+
+def _create(group: zarr.Group, name: str, shape, chunks, dtype: str, fill) -> None:
+    group.create_array(
+        name, shape=shape, chunks=chunks, dtype=dtype, fill_value=fill, compressors=_COMPRESSORS
+    )

@@ -11,7 +11,7 @@ import logging
 import os
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import fsspec
 import ray
@@ -20,8 +20,8 @@ from tqdm import tqdm
 
 from pipeline.manifest import Manifest
 from pipeline.plan import ViewPlan
-from pipeline.store import CacheStore
-from pipeline.teacher_targets import read_shard_images, shard_targets
+from pipeline.store import CacheMismatch, CacheStore
+from pipeline.teacher_targets import read_shard_images, teacher_targets
 from pipeline.teachers import Teacher, load_teacher
 
 
@@ -113,30 +113,37 @@ class ShardWorker:
             self.precision = "bf16" if self.device.type == "cuda" else "fp32"
 
     def process(self, shard_id: int) -> dict:
-        """Compute and write one shard for every teacher that has not finished it."""
+        """Compute and write, for every teacher, the views of one shard it has not finished."""
         shard = self.manifest.shards[shard_id]
-        pending = [t for t in self.teachers if not self.store.is_done(t.name, shard_id)]
+        views = self.config.plan.views
+        pending = {t.name: self.store.pending_views(t.name, shard_id, views) for t in self.teachers}
         timings: dict[str, float] = defaultdict(float)
-        if not pending:
+        if not any(pending.values()):
             return {"views": 0, "timings": timings, "skipped": True}
         began = time.perf_counter()
         images = read_shard_images(self.manifest, shard)
-        params = self.store.plan.shard_params(self.manifest, shard)
+        rows = self.manifest.shard_rows(shard)
         timings["decode"] += time.perf_counter() - began
-        targets = shard_targets(
-            pending,
-            images,
-            params,
-            topk=self.store.topk,
-            batch_size=self.config.batch_size,
-            precision=self.precision,
-            timings=timings,
-        )
-        began = time.perf_counter()
-        for name, block in targets.items():
-            self.store.write_shard(name, shard, block)
-        timings["write"] += time.perf_counter() - began
-        return {"views": len(images) * params.shape[1] * len(pending), "timings": timings}
+        computed = 0
+        for teacher in self.teachers:
+            wanted = pending[teacher.name]
+            if not wanted:
+                continue
+            params = self.config.plan.params(rows, self.manifest.aspect[rows], views=wanted)
+            block = teacher_targets(
+                teacher,
+                images,
+                params,
+                topk=self.store.topk,
+                batch_size=self.config.batch_size,
+                precision=self.precision,
+                timings=timings,
+            )
+            began = time.perf_counter()
+            self.store.write_shard(teacher.name, shard, wanted, block)
+            timings["write"] += time.perf_counter() - began
+            computed += len(images) * len(wanted)
+        return {"views": computed, "timings": timings}
 
 
 def _prepare_store(config: TeachConfig, manifest: Manifest) -> tuple[CacheStore, list[str]]:
@@ -151,7 +158,15 @@ def _prepare_store(config: TeachConfig, manifest: Manifest) -> tuple[CacheStore,
             topk=config.topk,
             splits=config.splits,
         )
-    store.check_matches(manifest, plan=config.plan, topk=config.topk, splits=config.splits)
+    # more views than the cache has is an extension: the same plan, views appended
+    fewer = replace(config.plan, views=min(config.plan.views, store.plan.views))
+    store.check_matches(manifest, plan=fewer, topk=config.topk, splits=config.splits)
+    if config.plan.views < store.plan.views:
+        raise CacheMismatch(
+            f"{config.cache}: holds {store.plan.views} views; asked for {config.plan.views} "
+            "(views are never removed; ask for at least the cache's)"
+        )
+    store.grow_views(config.plan.views)
     names = []
     for source in config.teachers:
         teacher = source.load(manifest)
@@ -186,7 +201,7 @@ def run_teach(config: TeachConfig) -> TeachSummary:
     shards = manifest.shards_of(config.splits)
     if config.only_shards is not None:
         shards = [s for s in shards if s.id in set(config.only_shards)]
-    done = [store.shard_done(name) for name in names]
+    done = [store.views_done(name)[:, : config.plan.views].all(axis=1) for name in names]
     summary = TeachSummary(cache=config.cache)
     todo = []
     for shard in shards:
@@ -196,6 +211,10 @@ def run_teach(config: TeachConfig) -> TeachSummary:
             todo.append(shard)
     if todo:
         _run_shards(config, manifest, todo, summary)
+    if not summary.shards_failed and config.plan.views > store.plan.views:
+        split_shards = [shard.id for shard in manifest.shards_of(config.splits)]
+        if all(store.views_done(n)[split_shards, : config.plan.views].all() for n in names):
+            store.publish_views(config.plan.views, split_shards)
     summary.seconds = time.perf_counter() - began
     summary.cache_bytes = _cache_bytes(config.cache)
     if summary.shards_failed:

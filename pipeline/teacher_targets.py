@@ -66,8 +66,8 @@ def reduce_logits(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Ten
 
 
 @torch.inference_mode()
-def shard_targets(
-    teachers: list[Teacher],
+def teacher_targets(
+    teacher: Teacher,
     images: list[torch.Tensor],
     params: np.ndarray,
     *,
@@ -75,42 +75,39 @@ def shard_targets(
     batch_size: int = 256,
     precision: str = "fp32",
     timings: dict | None = None,
-) -> dict[str, ShardTargets]:
-    """Targets of every (image, view) for each teacher: params is (n, V, P) as the plan made it."""
+) -> ShardTargets:
+    """A teacher's targets for every (image, view): ``params`` is (n, v, P) as the plan made it."""
     timings = timings if timings is not None else defaultdict(float)
     n, v = params.shape[:2]
     pairs = [(i, j) for i in range(n) for j in range(v)]
-    results = {}
-    for teacher in teachers:
-        spec = teacher.spec
-        device = next(teacher.model.parameters()).device
-        logits_out = np.empty((n * v, topk), dtype=np.float16)
-        index_out = np.empty((n * v, topk), dtype=np.int64)
-        lse_out = np.empty((n * v,), dtype=np.float32)
-        for start in range(0, len(pairs), batch_size):
-            chunk = pairs[start : start + batch_size]
-            began = time.perf_counter()
-            batch = torch.stack(
-                [render_view(images[i], params[i, j], spec.resolution) for i, j in chunk]
-            )
-            batch = normalize(batch, spec.mean, spec.std)
-            timings["augment"] += time.perf_counter() - began
-            began = time.perf_counter()
-            batch = batch.to(device, non_blocking=True)
-            if device.type == "cuda":
-                batch = batch.contiguous(memory_format=torch.channels_last)
-            with autocast_for(device, precision):
-                logits = teacher.model(batch)
-            values, index, lse = reduce_logits(logits, topk)
-            stop = start + len(chunk)
-            logits_out[start:stop] = values.cpu().numpy().astype(np.float16)
-            index_out[start:stop] = index.cpu().numpy()
-            lse_out[start:stop] = lse.cpu().numpy()
-            timings["infer"] += time.perf_counter() - began
-        results[teacher.name] = ShardTargets(
-            params=params,
-            topk_logits=logits_out.reshape(n, v, topk),
-            topk_index=index_out.reshape(n, v, topk).astype(index_dtype(spec.num_classes)),
-            logsumexp=lse_out.reshape(n, v),
+    spec = teacher.spec
+    device = next(teacher.model.parameters()).device
+    logits_out = np.empty((n * v, topk), dtype=np.float16)
+    index_out = np.empty((n * v, topk), dtype=np.int64)
+    lse_out = np.empty((n * v,), dtype=np.float32)
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start : start + batch_size]
+        began = time.perf_counter()
+        batch = torch.stack(
+            [render_view(images[i], params[i, j], spec.resolution) for i, j in chunk]
         )
-    return results
+        batch = normalize(batch, spec.mean, spec.std)
+        timings["augment"] += time.perf_counter() - began
+        began = time.perf_counter()
+        batch = batch.to(device, non_blocking=True)
+        if device.type == "cuda":
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        with autocast_for(device, precision):
+            logits = teacher.model(batch)
+        values, index, lse = reduce_logits(logits, topk)
+        stop = start + len(chunk)
+        logits_out[start:stop] = values.cpu().numpy().astype(np.float16)
+        index_out[start:stop] = index.cpu().numpy()
+        lse_out[start:stop] = lse.cpu().numpy()
+        timings["infer"] += time.perf_counter() - began
+    return ShardTargets(
+        params=params,
+        topk_logits=logits_out.reshape(n, v, topk),
+        topk_index=index_out.reshape(n, v, topk).astype(index_dtype(spec.num_classes)),
+        logsumexp=lse_out.reshape(n, v),
+    )

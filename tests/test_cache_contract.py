@@ -19,14 +19,14 @@ def test_arrays_dtypes_shapes_chunks_and_attrs(cache, data, teacher_path):
     assert group.attrs["format"] == FORMAT
     assert group["params"].dtype == np.float32
     assert group["params"].shape == (n, v, len(PARAM_NAMES))
-    assert group["params"].chunks == (SHARD_SIZE, v, len(PARAM_NAMES))
+    assert group["params"].chunks == (SHARD_SIZE, 1, len(PARAM_NAMES))
     teacher = group["teachers/regnet"]
     expected = {
-        "topk_logits": (np.float16, (n, v, k), (SHARD_SIZE, v, k)),
-        "topk_index": (np.int16, (n, v, k), (SHARD_SIZE, v, k)),
-        "logsumexp": (np.float32, (n, v), (SHARD_SIZE, v)),
-        "shard_done": (np.uint8, (s,), (1,)),
-        "shard_checksum": (np.uint64, (s,), (1,)),
+        "topk_logits": (np.float16, (n, v, k), (SHARD_SIZE, 1, k)),
+        "topk_index": (np.int16, (n, v, k), (SHARD_SIZE, 1, k)),
+        "logsumexp": (np.float32, (n, v), (SHARD_SIZE, 1)),
+        "shard_done": (np.uint8, (s, v), (1, 1)),
+        "shard_checksum": (np.uint64, (s, v), (1, 1)),
     }
     for name, (dtype, shape, chunks) in expected.items():
         array = teacher[name]
@@ -50,7 +50,8 @@ def test_ledger_values_and_unwritten_rows(cache, data):
     checksums = store.shard_checksums("regnet")
     for shard in data.shards_of("train"):
         block = store.read_shard("regnet", shard)
-        assert region_checksum(block) == checksums[shard.id]
+        for view in range(PLAN.views):
+            assert region_checksum(block.view(view)) == checksums[shard.id, view]
         np.testing.assert_array_equal(block.params, PLAN.shard_params(data, shard))
         assert np.isfinite(block.topk_logits.astype(np.float32)).all()
         assert (np.diff(block.topk_logits.astype(np.float32), axis=-1) <= 0).all()  # descending
@@ -59,6 +60,7 @@ def test_ledger_values_and_unwritten_rows(cache, data):
     assert np.isnan(group["teachers/regnet/topk_logits"][450:500]).all()
     assert (group["teachers/regnet/topk_index"][500:] == -1).all()
     assert (group["teachers/regnet/shard_checksum"][5:] == 0).all()
+    assert (group["teachers/regnet/shard_done"][5:] == 0).all()
 
 
 def test_cached_topk_equals_teacher_on_the_trainers_replayed_view(cache, data, teacher_path):

@@ -54,7 +54,7 @@ def test_mismatched_options_leave_the_cache_untouched(
     before = _arrays(cache)
     with pytest.raises(CacheMismatch, match="topk: 4 in cache vs 6"):
         teach(data, teacher_path, cache, topk=6)
-    with pytest.raises(CacheMismatch, match="plan.views: 3 in cache vs 2"):
+    with pytest.raises(CacheMismatch, match="holds 3 views; asked for 2"):
         teach(data, teacher_path, cache, plan=type(PLAN)(seed=PLAN.seed, views=2))
     after = _arrays(cache)
     for name in ARRAYS:
@@ -73,5 +73,5 @@ def test_corrupt_shard_is_reported_by_name_and_others_finish(
     with pytest.raises(TeachFailed, match="train-000003.tar") as failure:
         teach(manifest, teacher_path, location)
     assert "4 shards computed, 0 skipped (already done), 1 failed" in str(failure.value)
-    done = CacheStore.open(location).shard_done("regnet")
+    done = CacheStore.open(location).shard_done("regnet")  # per shard: all views done
     assert done.tolist() == [True, True, True, False, True, False, False]

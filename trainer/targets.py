@@ -43,10 +43,11 @@ class CachedTargets:
         plan: dict | None = None,
         split: str = "train",
     ):
-        """``plan`` holds the plan fields the run asked for; each must equal the cache's."""
+        """``plan`` holds the plan fields the run asked for; each must equal the cache's, but
+        ``views`` may be fewer than the cache holds (the first ones are used)."""
         self.store = CacheStore.open(location)
-        self.store.check_matches(manifest, plan=replace(self.store.plan, **(plan or {})))
-        self.plan = self.store.plan
+        self.plan = replace(self.store.plan, **(plan or {}))
+        self.store.check_matches(manifest, plan=self.plan)
         self.manifest = manifest
         names = self.store.teacher_names
         if teacher is None:
@@ -72,4 +73,4 @@ class CachedTargets:
         self.topk = self.store.topk
 
     def block(self, shard: ShardInfo) -> ShardTargets:
-        return self.store.read_shard(self.teacher, shard)
+        return self.store.read_shard(self.teacher, shard, views=self.plan.views)
