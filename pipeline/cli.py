@@ -4,6 +4,7 @@ import argparse
 import sys
 from dataclasses import replace
 
+from pipeline.catalog import catalog_root
 from pipeline.plan import ViewPlan
 from pipeline.plan_options import add_plan_arguments, plan_overrides
 
@@ -98,7 +99,18 @@ def add_teach_parser(commands) -> None:
     parser.add_argument(
         "--data", required=True, help="folder holding manifest.parquet (or its path)"
     )
-    parser.add_argument("--cache", required=True, help="cache location (created if missing)")
+    parser.add_argument(
+        "--cache",
+        default=None,
+        help="cache location, created if missing (default with a catalogue: "
+        "the catalogue's cache of that identity, or ROOT/caches/<identity>.zarr)",
+    )
+    parser.add_argument(
+        "--catalog",
+        default=None,
+        help="catalogue root: reuse a complete cache of the same identity, record "
+        "this one (default: $KDCACHE_CATALOG; none if unset)",
+    )
     parser.add_argument(
         "--teacher",
         action="append",
@@ -186,6 +198,8 @@ def run_teach(args: argparse.Namespace) -> None:
     for index, arch in enumerate(args.teacher_arch):
         teachers[index] = replace(teachers[index], arch=arch)
     try:
+        if args.cache is None:
+            raise FileNotFoundError
         existing = CacheStore.open(args.cache)
         plan = replace(existing.plan, **plan_overrides(args))
         topk, splits = args.topk or existing.topk, args.splits or existing.attrs["splits"]
@@ -206,6 +220,7 @@ def run_teach(args: argparse.Namespace) -> None:
         precision=args.precision,
         address=args.address,
         only_shards=args.only_shards,
+        catalog=catalog_root(args.catalog),
         progress=not args.quiet,
     )
     try:
@@ -214,3 +229,52 @@ def run_teach(args: argparse.Namespace) -> None:
         print(error, file=sys.stderr)
         raise SystemExit(1) from None
     print("\n".join(summary.lines()))
+
+
+def add_catalog_parser(commands) -> None:
+    parser = commands.add_parser(
+        "catalog",
+        help="list the caches of a catalogue, with filters",
+        description="List the catalogue's caches, one row per (cache, teacher): identity, "
+        "dataset fingerprint, teacher and weights hash, plan, K, completeness, size. The table "
+        "is ROOT/catalog/*.parquet, readable by pandas, pyarrow or duckdb.",
+    )
+    parser.add_argument(
+        "--catalog", default=None, help="catalogue root (default: $KDCACHE_CATALOG)"
+    )
+    parser.add_argument(
+        "--data", default=None, help="only caches of this dataset (manifest folder)"
+    )
+    parser.add_argument("--teacher", default=None, help="only this teacher name or architecture")
+    parser.add_argument("--plan-seed", type=int, default=None, help="only this plan seed")
+    parser.add_argument("--all", action="store_true", help="include unfinished caches")
+    parser.add_argument("--json", action="store_true", help="JSON lines instead of a table")
+    parser.set_defaults(run=run_catalog)
+
+
+def run_catalog(args: argparse.Namespace) -> None:
+    import json
+
+    from pipeline.catalog import Catalog
+    from pipeline.manifest import Manifest
+
+    root = catalog_root(args.catalog)
+    if root is None:
+        raise ValueError("no catalogue: pass --catalog ROOT or set $KDCACHE_CATALOG")
+    rows = Catalog(root).find(
+        fingerprint=Manifest.read(args.data).fingerprint if args.data else None,
+        plan={"seed": args.plan_seed} if args.plan_seed is not None else None,
+        teacher=args.teacher,
+        complete=not args.all,
+    )
+    if args.json:
+        for row in rows:
+            print(json.dumps(row))
+        return
+    columns = ("identity", "teacher", "arch", "fingerprint", "plan_seed", "views", "topk",
+               "complete", "bytes", "cache")  # fmt: skip
+    widths = {"identity": 12, "fingerprint": 12}
+    print("  ".join(c[: widths.get(c, 40)] for c in columns))
+    for row in rows:
+        print("  ".join(str(row[c])[: widths.get(c, 200)] for c in columns))
+    print(f"catalog: {len(rows)} entries in {root}")

@@ -18,6 +18,8 @@ import ray
 import torch
 from tqdm import tqdm
 
+from pipeline import urls
+from pipeline.catalog import Catalog, identity_key
 from pipeline.manifest import Manifest
 from pipeline.plan import ViewPlan
 from pipeline.store import CacheMismatch, CacheStore
@@ -52,7 +54,7 @@ class TeachConfig:
     """Options of one teacher pass (see ``kdcache teach --help``)."""
 
     manifest: str
-    cache: str
+    cache: str | None
     teachers: list[TeacherSource]
     plan: ViewPlan = field(default_factory=ViewPlan)
     topk: int = 10
@@ -64,6 +66,7 @@ class TeachConfig:
     precision: str = "auto"
     address: str | None = None
     only_shards: list[int] | None = None
+    catalog: str | None = None
     progress: bool = True
 
 
@@ -79,8 +82,11 @@ class TeachSummary:
     seconds: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)
     cache_bytes: int = 0
+    reused: bool = False
 
     def lines(self) -> list[str]:
+        if self.reused:
+            return [f"teach: reused {self.cache} from the catalogue; nothing computed"]
         rate = self.views / self.seconds if self.seconds else 0.0
         parts = ", ".join(f"{k} {v:.1f}s" for k, v in sorted(self.timings.items()))
         lines = [
@@ -146,7 +152,9 @@ class ShardWorker:
         return {"views": computed, "timings": timings}
 
 
-def _prepare_store(config: TeachConfig, manifest: Manifest) -> tuple[CacheStore, list[str]]:
+def _prepare_store(
+    config: TeachConfig, manifest: Manifest, identities: list[dict]
+) -> tuple[CacheStore, list[str]]:
     """Open or create the cache, check it matches, register every teacher; return their names."""
     try:
         store = CacheStore.open(config.cache, mode="r+")
@@ -167,14 +175,30 @@ def _prepare_store(config: TeachConfig, manifest: Manifest) -> tuple[CacheStore,
             "(views are never removed; ask for at least the cache's)"
         )
     store.grow_views(config.plan.views)
-    names = []
-    for source in config.teachers:
-        teacher = source.load(manifest)
-        store.add_teacher(teacher.identity())
-        names.append(teacher.name)
-    if len(set(names)) != len(names):
-        raise ValueError(f"teachers need distinct names, got {names}; use --teacher NAME=PATH")
-    return store, names
+    for identity in identities:
+        store.add_teacher(identity)
+    return store, [identity["name"] for identity in identities]
+
+
+def _requested_attrs(config: TeachConfig, manifest: Manifest) -> dict:
+    """The cache attrs that a run with ``config`` has or would create."""
+    return {
+        "dataset": {"fingerprint": manifest.fingerprint},
+        "plan": config.plan.to_attrs(),
+        "topk": config.topk,
+        "splits": config.splits,
+    }
+
+
+def _reusable_cache(catalog: Catalog, keys: list[str], views: int) -> str | None:
+    """One existing cache that holds every requested teacher, complete, with enough views."""
+    rows = [catalog.lookup(key) for key in keys]
+    if any(row is None or not row["complete"] or row["views"] < views for row in rows):
+        return None
+    locations = {row["cache"] for row in rows}
+    if len(locations) != 1 or not urls.exists(next(iter(locations))):
+        return None
+    return locations.pop()
 
 
 def _start_ray(address: str | None) -> None:
@@ -197,7 +221,21 @@ def run_teach(config: TeachConfig) -> TeachSummary:
     """Run the teacher pass; raise :class:`TeachFailed` (after finishing the rest) if shards fail."""
     began = time.perf_counter()
     manifest = Manifest.read(config.manifest)
-    store, names = _prepare_store(config, manifest)
+    identities = [source.load(manifest).identity() for source in config.teachers]
+    names = [identity["name"] for identity in identities]
+    if len(set(names)) != len(names):
+        raise ValueError(f"teachers need distinct names, got {names}; use --teacher NAME=PATH")
+    catalog = Catalog(config.catalog) if config.catalog else None
+    if catalog is not None:
+        keys = [identity_key(_requested_attrs(config, manifest), i) for i in identities]
+        reusable = _reusable_cache(catalog, keys, config.plan.views)
+        if reusable is not None:
+            return TeachSummary(cache=reusable, reused=True, cache_bytes=_cache_bytes(reusable))
+        if config.cache is None:
+            config = replace(config, cache=catalog.default_cache_location(keys[0]))
+    elif config.cache is None:
+        raise ValueError("teach needs --cache, or a catalogue (--catalog or $KDCACHE_CATALOG)")
+    store, names = _prepare_store(config, manifest, identities)
     shards = manifest.shards_of(config.splits)
     if config.only_shards is not None:
         shards = [s for s in shards if s.id in set(config.only_shards)]
@@ -217,6 +255,8 @@ def run_teach(config: TeachConfig) -> TeachSummary:
             store.publish_views(config.plan.views, split_shards)
     summary.seconds = time.perf_counter() - began
     summary.cache_bytes = _cache_bytes(config.cache)
+    if catalog is not None:
+        catalog.record(CacheStore.open(config.cache), manifest)
     if summary.shards_failed:
         raise TeachFailed("\n".join(summary.lines()))
     return summary

@@ -72,7 +72,7 @@ def teach(data, teacher_path, cache, **options):
 
     config = TeachConfig(
         manifest=data.location,
-        cache=str(cache),
+        cache=None if cache is None else str(cache),
         teachers=[TeacherSource(teacher_path, name="regnet")],
         plan=options.pop("plan", PLAN),
         topk=options.pop("topk", TOPK),

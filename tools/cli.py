@@ -4,7 +4,7 @@ import argparse
 import sys
 
 import pipeline
-from pipeline.cli import add_shard_parser, add_teach_parser
+from pipeline.cli import add_catalog_parser, add_shard_parser, add_teach_parser
 from tools.demo import add_demo_parser
 from trainer.cli import add_train_parser
 
@@ -20,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_shard_parser(commands)
     add_teach_parser(commands)
     add_train_parser(commands)
+    add_catalog_parser(commands)
     add_demo_parser(commands)
     return parser
 

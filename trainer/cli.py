@@ -57,7 +57,17 @@ def configure_train_parser(parser: argparse.ArgumentParser) -> None:
     kd.add_argument(
         "--kd", choices=KD_MODES, default="none", help="distillation mode (default: none)"
     )
-    kd.add_argument("--cache", default=None, help="teacher cache made by kdcache teach")
+    kd.add_argument(
+        "--cache",
+        default=None,
+        help="teacher cache made by kdcache teach, or 'auto': the one catalogue entry "
+        "that fits the data, plan options and --teacher-name",
+    )
+    kd.add_argument(
+        "--catalog",
+        default=None,
+        help="catalogue root for --cache auto (default: $KDCACHE_CATALOG)",
+    )
     kd.add_argument(
         "--teacher-name", default=None, help="which teacher of the cache (default: its only one)"
     )
@@ -122,6 +132,7 @@ def run_train(args: argparse.Namespace) -> None:
         resolution=args.resolution,
         kd=args.kd,
         cache=args.cache,
+        catalog=args.catalog,
         teacher_name=args.teacher_name,
         plan=plan_overrides(args),
         alpha=args.alpha,

@@ -14,6 +14,7 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 from tqdm import tqdm
 
+from pipeline.catalog import catalog_root, resolve_cache
 from pipeline.manifest import Manifest
 from pipeline.models import ModelSpec, create_model, save_checkpoint
 from pipeline.plan import ViewPlan
@@ -34,7 +35,8 @@ class TrainConfig:
     model_args: dict = field(default_factory=dict)
     resolution: int | None = None
     kd: str = "none"
-    cache: str | None = None
+    cache: str | None = None  # a location, or "auto" to pick from the catalogue
+    catalog: str | None = None
     teacher_name: str | None = None
     plan: dict = field(default_factory=dict)  # plan fields; with a cache, checked against it
     alpha: float = 0.5
@@ -71,8 +73,14 @@ def _device(name: str) -> torch.device:
 def _views_source(config: TrainConfig, manifest: Manifest) -> CachedTargets | PlannedViews:
     if config.kd != "none" and config.cache is None:
         raise ValueError(f"--kd {config.kd} needs --cache (a cache made by kdcache teach)")
-    if config.cache is not None:
-        return CachedTargets(config.cache, manifest, teacher=config.teacher_name, plan=config.plan)
+    cache, teacher = config.cache, config.teacher_name
+    if cache == "auto":
+        root = catalog_root(config.catalog)
+        cache, teacher = resolve_cache(root, manifest.fingerprint, config.plan, teacher)
+        if config.progress:
+            print(f"train: --cache auto picked {cache} (teacher {teacher})", flush=True)
+    if cache is not None:
+        return CachedTargets(cache, manifest, teacher=teacher, plan=config.plan)
     return PlannedViews(ViewPlan(**config.plan), manifest)
 
 
@@ -81,6 +89,7 @@ def _config_json(config: TrainConfig, source, spec: ModelSpec) -> dict:
     values["plan"] = source.plan.to_attrs()
     values["spec"] = spec.to_dict()
     if isinstance(source, CachedTargets):
+        values["cache"] = source.store.location
         values["teacher"] = source.store.teacher_identity(source.teacher)
     return values
 

@@ -1,0 +1,70 @@
+"""The catalogue: reuse of identical teacher passes, new entries for any identity change,
+and ``--cache auto``."""
+
+from dataclasses import replace
+
+import pyarrow.dataset as ds
+import pytest
+import torch
+
+from pipeline.catalog import Catalog, resolve_cache
+from pipeline.store import CacheStore
+from tests.conftest import PLAN, make_shards, teach
+from trainer.engine import TrainConfig, train
+
+
+def test_identity_reuse_new_entries_and_auto_pick(tmp_path, data, teacher_path, cache, ray_local):
+    root = str(tmp_path / "catalog")
+    catalog = Catalog(root)
+    catalog.record(CacheStore.open(cache), data)
+
+    # same identity: nothing computed, the existing cache is named, --cache is not created
+    again = teach(data, teacher_path, None, catalog=root)
+    assert again.reused and again.cache == cache and again.views == 0
+    elsewhere = tmp_path / "elsewhere.zarr"
+    assert teach(data, teacher_path, str(elsewhere), catalog=root).cache == cache
+    assert not elsewhere.exists()
+    # fewer views than the cache holds is the same identity too
+    assert teach(data, teacher_path, None, catalog=root, plan=replace(PLAN, views=2)).reused
+
+    # every identity change is a new entry
+    seed5 = teach(data, teacher_path, None, catalog=root, plan=replace(PLAN, seed=5))
+    assert not seed5.reused and seed5.cache.startswith(root) and len(seed5.shards_done) == 5
+    teach(data, teacher_path, None, catalog=root, topk=3, only_shards=[0])
+    state = torch.load(teacher_path, weights_only=True)
+    state["model"]["head.fc.bias"] += 0.5
+    other_weights = str(tmp_path / "other.pth")
+    torch.save(state, other_weights)
+    teach(data, other_weights, None, catalog=root, only_shards=[0])
+    other_data = make_shards(tmp_path / "other-data", train_rows=440)
+    teach(other_data, teacher_path, None, catalog=root, only_shards=[0])
+    rows = catalog.rows()
+    assert len(rows) == 5 and len({r["identity"] for r in rows}) == 5
+    assert sorted(r["complete"] for r in rows) == [False, False, False, True, True]
+    assert ds.dataset(f"{root}/catalog").to_table().num_rows == 5  # readable as one table
+
+    # --cache auto: ambiguous, narrowed, missing
+    with pytest.raises(ValueError, match="2 caches fit"):
+        resolve_cache(root, data.fingerprint, {}, None)
+    assert resolve_cache(root, data.fingerprint, {"seed": 5}, None) == (seed5.cache, "regnet")
+    assert resolve_cache(root, data.fingerprint, {"seed": 3, "views": 2}, "regnety_002")[0] == cache
+    with pytest.raises(FileNotFoundError, match="no complete cache"):
+        resolve_cache(root, data.fingerprint, {"seed": 9}, None)
+    with pytest.raises(FileNotFoundError, match="1 unfinished"):
+        resolve_cache(root, other_data.fingerprint, {}, None)
+    run = tmp_path / "run"
+    train(
+        TrainConfig(
+            manifest=data.location,
+            out=str(run),
+            model="resnet10t",
+            kd="soft",
+            cache="auto",
+            catalog=root,
+            plan={"seed": 5},
+            epochs=1,
+            workers=0,
+            progress=False,
+        )
+    )
+    assert f'"cache": "{seed5.cache}"' in (run / "config.json").read_text()
