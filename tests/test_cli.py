@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-COMMANDS = ["shard", "teach", "train", "demo"]
+COMMANDS = ["shard", "teach", "train", "catalog", "inspect", "verify", "demo"]
 
 
 def _kdcache(*args):
@@ -25,8 +25,11 @@ def test_help_describes_every_command():
     ("command", "options"),
     [
         ("shard", ["--source", "--shard-size", "--limit"]),
-        ("teach", ["--teacher", "--topk", "--views", "--plan-seed", "--address", "--batch-size"]),
-        ("train", ["--kd", "--cache", "--alpha", "--tau", "--model", "--epochs"]),
+        ("teach", ["--teacher", "--topk", "--views", "--plan-seed", "--address", "--catalog"]),
+        ("train", ["--kd", "--cache", "--catalog", "--alpha", "--tau", "--model", "--epochs"]),
+        ("catalog", ["--catalog", "--data", "--teacher", "--json"]),
+        ("inspect", ["--data", "--json", "--plot"]),
+        ("verify", ["--samples", "--teacher", "--data"]),
         ("demo", ["--out", "--quick"]),
     ],
 )

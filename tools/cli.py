@@ -6,6 +6,8 @@ import sys
 import pipeline
 from pipeline.cli import add_catalog_parser, add_shard_parser, add_teach_parser
 from tools.demo import add_demo_parser
+from tools.inspect_cache import add_inspect_parser
+from tools.verify_cache import add_verify_parser
 from trainer.cli import add_train_parser
 
 
@@ -21,6 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_teach_parser(commands)
     add_train_parser(commands)
     add_catalog_parser(commands)
+    add_inspect_parser(commands)
+    add_verify_parser(commands)
     add_demo_parser(commands)
     return parser
 

@@ -1,0 +1,63 @@
+"""inspect's figures equal values computed straight from the arrays; verify catches one
+altered value and names its row."""
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from tests.conftest import PLAN, TOPK
+from tools.cli import main
+from tools.inspect_cache import format_report, inspect_cache, plot_report
+from tools.verify_cache import verify_cache
+
+
+def test_inspect_matches_the_arrays(tmp_path, data, cache):
+    report = inspect_cache(cache)
+    group = zarr.open_group(cache, mode="r")["teachers/regnet"]
+    index = group["topk_index"][:450]
+    logits = group["topk_logits"][:450].astype(np.float64)
+    lse = group["logsumexp"][:450]
+    labels = data.labels[:450]
+    teacher = report["teachers"]["regnet"]
+    assert (teacher["shards_done"], teacher["shards_total"], teacher["missing"]) == (5, 5, [])
+    per_view = [(index[:, v, 0] == labels).mean() * 100 for v in range(PLAN.views)]
+    assert teacher["accuracy_per_view"] == pytest.approx(per_view)
+    assert teacher["accuracy"] == pytest.approx(np.mean(per_view))
+    assert teacher["view_agreement"]["0-2"] == pytest.approx(
+        (index[:, 0, 0] == index[:, 2, 0]).mean()
+    )
+    tail = 1 - np.exp(logits - lse[..., None]).sum(-1)
+    assert teacher["tail_mass"]["p50"] == pytest.approx(np.median(tail))
+    assert teacher["topk_mass"]["mean"] == pytest.approx(1 - tail.mean())
+    disk = sum(p.stat().st_size for p in Path(cache).rglob("*") if p.is_file())
+    assert report["storage"]["bytes_on_disk"] == disk
+    assert report["storage"]["bytes_per_view"] == pytest.approx(disk / (450 * PLAN.views))
+    raw = 450 * PLAN.views * (TOPK * 2 + TOPK * 2 + 4 + 5 * 4)
+    assert report["storage"]["compression_ratio"] == pytest.approx(raw / disk)
+    assert "regnety_002" in format_report(report)
+    plot_report(report, str(tmp_path / "inspect.png"))
+    assert (tmp_path / "inspect.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_verify_passes_then_names_an_altered_row(tmp_path, data, cache):
+    fresh = verify_cache(cache, samples=40)
+    assert fresh.ok, fresh.problems
+    assert fresh.regions_checked == 5 * PLAN.views and fresh.views_recomputed == 40
+    assert fresh.largest_logit_diff < 2e-2
+
+    copy = str(tmp_path / "cache.zarr")
+    shutil.copytree(cache, copy)
+    group = zarr.open_group(copy, mode="r+")
+    logits = group["teachers/regnet/topk_logits"]
+    logits[237, 1, 0] = logits[237, 1, 0] + 1.5  # one stored value altered on disk
+    altered = verify_cache(copy, samples=10)
+    assert not altered.ok
+    assert "shards/train-000002.tar view 1 (teacher regnet): checksum mismatch" in altered.problems
+    assert any("row 237 view 1" in p for p in altered.problems)
+    assert not any("row 236" in p or "row 238" in p for p in altered.problems)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["verify", copy, "--samples", "4"])
+    assert exit_info.value.code == 1

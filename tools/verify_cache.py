@@ -1,0 +1,202 @@
+"""``kdcache verify``: recompute a sample of cached views with the teacher, and check every
+done region's checksum; any mismatch is reported with its shard and row."""
+
+import argparse
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pipeline.manifest import Manifest, ShardInfo
+from pipeline.store import CacheStore, ShardTargets, region_checksum
+from pipeline.teacher_targets import read_shard_images, teacher_targets
+from pipeline.teachers import Teacher, load_teacher
+from tools.cache_manifest import manifest_for
+
+LOGIT_TOLERANCE = 2e-2  # fp16 storage plus batch-dependent float sums
+
+
+@dataclass
+class VerifyReport:
+    """What verify found; ``ok`` is False on any mismatch."""
+
+    cache: str
+    regions_checked: int = 0
+    views_recomputed: int = 0
+    largest_logit_diff: float = 0.0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def lines(self) -> list[str]:
+        status = "OK" if self.ok else f"FAILED ({len(self.problems)} problems)"
+        return [
+            f"verify {self.cache}: {status}",
+            f"verify: {self.regions_checked} (shard, view) checksums checked, "
+            f"{self.views_recomputed} views recomputed, largest logit difference "
+            f"{self.largest_logit_diff:.4g} (tolerance {LOGIT_TOLERANCE})",
+            *[f"verify: {problem}" for problem in self.problems[:50]],
+        ]
+
+
+def _compare(
+    report: VerifyReport,
+    shard: ShardInfo,
+    rows: np.ndarray,
+    view: int,
+    stored: ShardTargets,
+    fresh: ShardTargets,
+    teacher: str,
+) -> None:
+    """Record rows whose stored view differs from the recomputed one (stored/fresh: (n, 1, ...))."""
+    diff = np.abs(stored.topk_logits.astype(np.float32) - fresh.topk_logits.astype(np.float32))
+    diff = np.nan_to_num(diff, nan=np.inf)[:, 0]
+    report.largest_logit_diff = max(report.largest_logit_diff, float(diff.max(initial=0)))
+    index_bad = (stored.topk_index != fresh.topk_index)[:, 0]
+    # a swapped pair of near-equal logits is not a mismatch
+    index_bad &= ~(
+        np.abs(np.diff(fresh.topk_logits.astype(np.float32), axis=-1)) < LOGIT_TOLERANCE
+    ).any(-1)[:, 0, None]
+    lse_bad = np.abs(stored.logsumexp - fresh.logsumexp)[:, 0] > LOGIT_TOLERANCE
+    params_bad = (stored.params != fresh.params).any(-1)[:, 0]
+    bad = (diff > LOGIT_TOLERANCE).any(-1) | index_bad.any(-1) | lse_bad | params_bad
+    for position in np.flatnonzero(bad):
+        report.problems.append(
+            f"{shard.file} row {rows[position]} view {view} (teacher {teacher}): stored values "
+            f"differ from the teacher's (largest logit difference {diff[position].max():.4g})"
+        )
+
+
+def _recompute(
+    teacher: Teacher, store: CacheStore, manifest: Manifest, shard: ShardInfo, positions, view: int
+) -> ShardTargets:
+    images = read_shard_images(manifest, shard)
+    rows = manifest.shard_rows(shard)[positions]
+    params = store.plan.params(rows, manifest.aspect[rows], views=[view])
+    return teacher_targets(teacher, [images[p] for p in positions], params, topk=store.topk)
+
+
+def verify_cache(
+    location: str,
+    data: str | None = None,
+    *,
+    samples: int = 64,
+    seed: int = 0,
+    teachers: dict[str, str] | None = None,
+) -> VerifyReport:
+    """Check every done region's checksum (recomputing any failing region row by row), and
+    recompute ``samples`` random (row, view) pairs per teacher."""
+    store = CacheStore.open(location)
+    manifest = manifest_for(store, data)
+    report = VerifyReport(cache=location)
+    rng = np.random.default_rng(seed)
+    shards = manifest.shards_of(store.attrs["splits"])
+    for name in store.teacher_names:
+        identity = store.teacher_identity(name)
+        teacher = load_teacher(
+            (teachers or {}).get(name, identity["source"]),
+            name=name,
+            arch=identity["arch"],
+            num_classes=identity["num_classes"],
+            in_chans=identity["preprocessing"]["in_chans"],
+            resolution=identity["preprocessing"]["resolution"],
+        )
+        if teacher.weights_sha256 != identity["weights_sha256"]:
+            report.problems.append(
+                f"teacher {name}: weights at {teacher.source} have sha256 "
+                f"{teacher.weights_sha256[:12]}, the cache was made with {identity['weights_sha256'][:12]}"
+            )
+            continue
+        done = store.views_done(name)
+        checksums = store.shard_checksums(name)
+        sampled = []
+        for shard in shards:
+            done_views = [v for v in range(store.plan.views) if done[shard.id, v]]
+            if not done_views:
+                continue
+            block = store.read_shard(name, shard)
+            everything = np.arange(shard.num_rows)
+            for view in done_views:
+                report.regions_checked += 1
+                if region_checksum(block.view(view)) != checksums[shard.id, view]:
+                    report.problems.append(
+                        f"{shard.file} view {view} (teacher {name}): checksum mismatch"
+                    )
+                    fresh = _recompute(teacher, store, manifest, shard, everything, view)
+                    report.views_recomputed += shard.num_rows
+                    _compare(
+                        report,
+                        shard,
+                        manifest.shard_rows(shard),
+                        view,
+                        block.view(view),
+                        fresh,
+                        name,
+                    )
+                sampled += [(shard, view, p) for p in everything]
+        picks = (
+            rng.choice(len(sampled), size=min(samples, len(sampled)), replace=False)
+            if sampled
+            else []
+        )
+        by_region: dict[tuple[int, int], list[int]] = {}
+        for pick in picks:
+            shard, view, position = sampled[pick]
+            by_region.setdefault((shard.id, view), []).append(position)
+        for (shard_id, view), positions in sorted(by_region.items()):
+            shard = manifest.shards[shard_id]
+            positions = np.array(sorted(positions))
+            stored = store.read_shard(name, shard)
+            stored = ShardTargets(
+                **{k: v[positions, view : view + 1] for k, v in stored.__dict__.items()}
+            )
+            fresh = _recompute(teacher, store, manifest, shard, positions, view)
+            report.views_recomputed += len(positions)
+            _compare(
+                report, shard, manifest.shard_rows(shard)[positions], view, stored, fresh, name
+            )
+    return report
+
+
+def _teacher_override(text: str) -> tuple[str, str]:
+    name, sep, location = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected NAME=PATH, got {text!r}")
+    return name, location
+
+
+def add_verify_parser(commands) -> None:
+    parser = commands.add_parser(
+        "verify",
+        help="recompute sampled views with the teacher and check every region's checksum",
+        description="Check the checksum of every done (shard, view) region against its data "
+        "(a failing region is recomputed row by row), and recompute a random sample of "
+        "(row, view) with the teacher, reporting the largest logit difference and top-k "
+        "mismatches. Exits 1 on any mismatch, naming shard and row.",
+    )
+    parser.add_argument("cache", help="cache location")
+    parser.add_argument(
+        "--data", default=None, help="manifest folder (default: the one the cache records)"
+    )
+    parser.add_argument(
+        "--samples", type=int, default=64, help="(row, view) pairs recomputed per teacher"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sample (default: 0)")
+    parser.add_argument("--teacher", type=_teacher_override, action="append", default=[],
+                        metavar="NAME=PATH", help="weights of a teacher if moved since teaching")  # fmt: skip
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.set_defaults(run=run_verify)
+
+
+def run_verify(args: argparse.Namespace) -> None:
+    report = verify_cache(
+        args.cache, args.data, samples=args.samples, seed=args.seed, teachers=dict(args.teacher)
+    )
+    if args.json:
+        print(json.dumps({**report.__dict__, "ok": report.ok}, indent=2))
+    else:
+        print("\n".join(report.lines()))
+    if not report.ok:
+        raise SystemExit(1)
