@@ -231,8 +231,10 @@ def run_teach(config: TeachConfig) -> TeachSummary:
         reusable = _reusable_cache(catalog, keys, config.plan.views)
         if reusable is not None:
             return TeachSummary(cache=reusable, reused=True, cache_bytes=_cache_bytes(reusable))
-        if config.cache is None:
-            config = replace(config, cache=catalog.default_cache_location(keys[0]))
+        if config.cache is None:  # resume the catalogue's cache of this identity, or start one
+            known = catalog.lookup(keys[0])
+            location = known["cache"] if known else catalog.default_cache_location(keys[0])
+            config = replace(config, cache=location)
     elif config.cache is None:
         raise ValueError("teach needs --cache, or a catalogue (--catalog or $KDCACHE_CATALOG)")
     store, names = _prepare_store(config, manifest, identities)
