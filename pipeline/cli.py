@@ -5,12 +5,13 @@ import sys
 from dataclasses import replace
 
 from pipeline.catalog import catalog_root
+from pipeline.cli_types import key_value
 from pipeline.plan import ViewPlan
 from pipeline.plan_options import add_plan_arguments, plan_overrides
 
 
 def _split_limit(text: str) -> tuple[str, int]:
-    split, _, count = text.partition("=")
+    split, count = key_value(text, "SPLIT=N (e.g. train=5000)")
     if not count.isdigit():
         raise argparse.ArgumentTypeError(f"expected SPLIT=N (e.g. train=5000), got {text!r}")
     return split, int(count)

@@ -4,9 +4,11 @@ done region's checksum; any mismatch is reported with its shard and row."""
 import argparse
 import json
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 
+from pipeline.cli_types import key_value
 from pipeline.manifest import Manifest, ShardInfo
 from pipeline.store import CacheStore, ShardTargets, region_checksum
 from pipeline.teacher_targets import read_shard_images, teacher_targets
@@ -160,13 +162,6 @@ def verify_cache(
     return report
 
 
-def _teacher_override(text: str) -> tuple[str, str]:
-    name, sep, location = text.partition("=")
-    if not sep:
-        raise argparse.ArgumentTypeError(f"expected NAME=PATH, got {text!r}")
-    return name, location
-
-
 def add_verify_parser(commands) -> None:
     parser = commands.add_parser(
         "verify",
@@ -184,7 +179,7 @@ def add_verify_parser(commands) -> None:
         "--samples", type=int, default=64, help="(row, view) pairs recomputed per teacher"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the sample (default: 0)")
-    parser.add_argument("--teacher", type=_teacher_override, action="append", default=[],
+    parser.add_argument("--teacher", type=partial(key_value, form="NAME=PATH"), action="append", default=[],
                         metavar="NAME=PATH", help="weights of a teacher if moved since teaching")  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.set_defaults(run=run_verify)

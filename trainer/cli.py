@@ -2,15 +2,15 @@
 
 import argparse
 import ast
+from dataclasses import fields
 
+from pipeline.cli_types import key_value
 from pipeline.plan_options import add_plan_arguments, plan_overrides
 from trainer.losses import KD_MODES, KL_REDUCTIONS
 
 
 def _model_arg(text: str) -> tuple[str, object]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    key, value = key_value(text)
     try:
         return key, ast.literal_eval(value)
     except (ValueError, SyntaxError):
@@ -124,33 +124,13 @@ def configure_train_parser(parser: argparse.ArgumentParser) -> None:
 def run_train(args: argparse.Namespace) -> None:
     from trainer.engine import TrainConfig, train
 
+    # options named as the config fields, plus the few that are spelled differently
+    same_name = {f.name for f in fields(TrainConfig)} & set(vars(args))
     config = TrainConfig(
+        **{name: getattr(args, name) for name in same_name},
         manifest=args.data,
-        out=args.out,
-        model=args.model,
         model_args=dict(args.model_arg),
-        resolution=args.resolution,
-        kd=args.kd,
-        cache=args.cache,
-        catalog=args.catalog,
-        teacher_name=args.teacher_name,
         plan=plan_overrides(args),
-        alpha=args.alpha,
-        tau=args.tau,
-        kl_reduction=args.kl_reduction,
-        label_smoothing=args.label_smoothing,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        warmup_epochs=args.warmup_epochs,
-        min_lr=args.min_lr,
-        clip_grad=args.clip_grad,
-        seed=args.seed,
-        workers=args.workers,
-        device=args.device,
-        amp=args.amp,
-        shuffle_buffer=args.shuffle_buffer,
         progress=not args.quiet,
     )
     final = train(config)
