@@ -7,10 +7,10 @@ from collections import defaultdict
 
 import numpy as np
 import torch
-import webdataset as wds
 
 from pipeline.manifest import Manifest, ShardInfo
 from pipeline.store import ShardTargets, index_dtype
+from pipeline.tar_reader import tar_samples
 from pipeline.teachers import Teacher
 from pipeline.views import decode_image, normalize, render_view
 
@@ -27,7 +27,7 @@ def read_shard_images(manifest: Manifest, shard: ShardInfo) -> list[torch.Tensor
     expected = manifest.shard_keys(shard)
     images, keys = [], []
     try:
-        for sample in wds.DataPipeline(wds.SimpleShardList([url]), wds.tarfile_to_samples()):
+        for sample in tar_samples([url]):
             ext = next((e for e in IMAGE_EXTENSIONS if e in sample), None)
             if ext is None:
                 raise ShardError(f"{url}: sample {sample['__key__']} has no image")
@@ -76,38 +76,41 @@ def teacher_targets(
     precision: str = "fp32",
     timings: dict | None = None,
 ) -> ShardTargets:
-    """A teacher's targets for every (image, view): ``params`` is (n, v, P) as the plan made it."""
+    """A teacher's targets for every (image, view): ``params`` is (n, v, P) as the plan made it.
+
+    Batches never span two views, so a view's values do not depend on which other views are
+    computed with it (a resumed shard computes exactly what an uninterrupted run did).
+    """
     timings = timings if timings is not None else defaultdict(float)
     n, v = params.shape[:2]
-    pairs = [(i, j) for i in range(n) for j in range(v)]
     spec = teacher.spec
     device = next(teacher.model.parameters()).device
-    logits_out = np.empty((n * v, topk), dtype=np.float16)
-    index_out = np.empty((n * v, topk), dtype=np.int64)
-    lse_out = np.empty((n * v,), dtype=np.float32)
-    for start in range(0, len(pairs), batch_size):
-        chunk = pairs[start : start + batch_size]
-        began = time.perf_counter()
-        batch = torch.stack(
-            [render_view(images[i], params[i, j], spec.resolution) for i, j in chunk]
-        )
-        batch = normalize(batch, spec.mean, spec.std)
-        timings["augment"] += time.perf_counter() - began
-        began = time.perf_counter()
-        batch = batch.to(device, non_blocking=True)
-        if device.type == "cuda":
-            batch = batch.contiguous(memory_format=torch.channels_last)
-        with autocast_for(device, precision):
-            logits = teacher.model(batch)
-        values, index, lse = reduce_logits(logits, topk)
-        stop = start + len(chunk)
-        logits_out[start:stop] = values.cpu().numpy().astype(np.float16)
-        index_out[start:stop] = index.cpu().numpy()
-        lse_out[start:stop] = lse.cpu().numpy()
-        timings["infer"] += time.perf_counter() - began
+    logits_out = np.empty((n, v, topk), dtype=np.float16)
+    index_out = np.empty((n, v, topk), dtype=np.int64)
+    lse_out = np.empty((n, v), dtype=np.float32)
+    for view in range(v):
+        for start in range(0, n, batch_size):
+            rows = range(start, min(start + batch_size, n))
+            began = time.perf_counter()
+            batch = torch.stack(
+                [render_view(images[i], params[i, view], spec.resolution) for i in rows]
+            )
+            batch = normalize(batch, spec.mean, spec.std)
+            timings["augment"] += time.perf_counter() - began
+            began = time.perf_counter()
+            batch = batch.to(device, non_blocking=True)
+            if device.type == "cuda":
+                batch = batch.contiguous(memory_format=torch.channels_last)
+            with autocast_for(device, precision):
+                logits = teacher.model(batch)
+            values, index, lse = reduce_logits(logits, topk)
+            logits_out[rows.start : rows.stop, view] = values.cpu().numpy().astype(np.float16)
+            index_out[rows.start : rows.stop, view] = index.cpu().numpy()
+            lse_out[rows.start : rows.stop, view] = lse.cpu().numpy()
+            timings["infer"] += time.perf_counter() - began
     return ShardTargets(
         params=params,
-        topk_logits=logits_out.reshape(n, v, topk),
-        topk_index=index_out.reshape(n, v, topk).astype(index_dtype(spec.num_classes)),
-        logsumexp=lse_out.reshape(n, v),
+        topk_logits=logits_out,
+        topk_index=index_out.astype(index_dtype(spec.num_classes)),
+        logsumexp=lse_out,
     )
