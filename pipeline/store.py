@@ -27,6 +27,7 @@ import zarr
 from zarr.codecs import BloscCodec
 
 import pipeline
+from pipeline import urls
 from pipeline.manifest import Manifest, ShardInfo
 from pipeline.plan import PARAM_NAMES, ViewPlan
 
@@ -87,7 +88,7 @@ class CacheStore:
     def open(cls, location: str, mode: str = "r") -> "CacheStore":
         """Open an existing cache: ``mode`` ``r`` to read, ``r+`` to write."""
         try:
-            group = zarr.open_group(location, mode=mode)
+            group = zarr.open_group(_zarr_location(location), mode=mode)
         except FileNotFoundError as error:
             raise FileNotFoundError(f"{location}: no cache here") from error
         return cls(location, group)
@@ -105,7 +106,7 @@ class CacheStore:
         """Create an empty cache for ``manifest`` and ``plan``; ``format`` is written last."""
         if not 1 <= topk <= manifest.num_classes:
             raise ValueError(f"--topk must lie in 1..{manifest.num_classes}, got {topk}")
-        group = zarr.open_group(location, mode="w-")
+        group = zarr.open_group(_zarr_location(location), mode="w-")
         n, v, p = manifest.num_rows, plan.views, len(PARAM_NAMES)
         _create(group, "params", (n, v, p), (manifest.shard_size, 1, p), "float32", np.nan)
         group.require_group("teachers")
@@ -290,6 +291,11 @@ class CacheStore:
             params=self.group["params"][rows, columns],
             **{name: group[name][rows, columns] for name in TARGET_ARRAYS},
         )
+
+
+def _zarr_location(location: str) -> str:
+    """Local locations as plain paths (zarr's fsspec store cannot create ``file://`` groups)."""
+    return urls.local_path(location) or location
 
 
 def _create(group: zarr.Group, name: str, shape, chunks, dtype: str, fill) -> None:

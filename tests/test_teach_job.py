@@ -75,3 +75,15 @@ def test_corrupt_shard_is_reported_by_name_and_others_finish(
     assert "4 shards computed, 0 skipped (already done), 1 failed" in str(failure.value)
     done = CacheStore.open(location).shard_done("regnet")  # per shard: all views done
     assert done.tolist() == [True, True, True, False, True, False, False]
+
+
+def test_fsspec_urls_for_shards_manifest_and_cache(tmp_path, data, teacher_path, cache, ray_local):
+    manifest = Manifest.read("file://" + data.location)
+    assert manifest.shard_url(manifest.shards[0]).startswith("file://")
+    location = "file://" + str(tmp_path / "cache.zarr")
+    summary = teach(manifest, teacher_path, location, only_shards=[1])
+    assert summary.shards_done == ["shards/train-000001.tar"]
+    local = zarr.open_group(str(tmp_path / "cache.zarr"), mode="r")
+    reference = zarr.open_group(cache, mode="r")
+    for name in ARRAYS[:4]:
+        np.testing.assert_array_equal(local[name][100:200], reference[name][100:200], err_msg=name)

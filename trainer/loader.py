@@ -9,6 +9,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset
 
 from pipeline.manifest import Manifest, ShardInfo
+from pipeline.tar_reader import tar_samples
 from pipeline.teacher_targets import IMAGE_EXTENSIONS
 from pipeline.views import decode_image, render_full, render_view
 from trainer.targets import CachedTargets, PlannedViews
@@ -40,9 +41,8 @@ class _ShardStream(IterableDataset):
 
     def _samples(self, shards: list[ShardInfo]) -> Iterator[tuple[dict, int]]:
         urls = [self.manifest.shard_url(s) for s in shards]
-        stages = [wds.SimpleShardList(urls), wds.split_by_node, wds.split_by_worker]
         key_to_row, labels = self.manifest.key_to_row, self.manifest.labels
-        for sample in wds.DataPipeline(*stages, wds.tarfile_to_samples()):
+        for sample in tar_samples(urls, wds.split_by_node, wds.split_by_worker):
             row = key_to_row.get(sample["__key__"])
             if row is None:
                 raise ValueError(
