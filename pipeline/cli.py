@@ -180,6 +180,13 @@ def add_teach_parser(commands) -> None:
         metavar="IDS",
         help="process only these shard ids, e.g. 0-9,12",
     )
+    parser.add_argument(
+        "--lock-timeout",
+        type=float,
+        default=120.0,
+        metavar="SECONDS",
+        help="take over a run lock whose heartbeat is this old (default: 120)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     add_plan_arguments(parser, defaults_from="the existing cache's plan, else the plan defaults")
     parser.set_defaults(run=run_teach)  # fmt: skip
@@ -222,6 +229,7 @@ def run_teach(args: argparse.Namespace) -> None:
         address=args.address,
         only_shards=args.only_shards,
         catalog=catalog_root(args.catalog),
+        lock_stale_after=args.lock_timeout,
         progress=not args.quiet,
     )
     try:

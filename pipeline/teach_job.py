@@ -22,6 +22,7 @@ from pipeline import urls
 from pipeline.catalog import Catalog, identity_key
 from pipeline.manifest import Manifest
 from pipeline.plan import ViewPlan
+from pipeline.run_lock import CacheBusy, RunLock, lock_holder
 from pipeline.store import CacheMismatch, CacheStore
 from pipeline.teacher_targets import read_shard_images, teacher_targets
 from pipeline.teachers import Teacher, load_teacher
@@ -67,7 +68,9 @@ class TeachConfig:
     address: str | None = None
     only_shards: list[int] | None = None
     catalog: str | None = None
+    lock_stale_after: float = 120.0
     progress: bool = True
+    run_id: str | None = None  # set by run_teach: the run lock this run holds
 
 
 @dataclass
@@ -146,16 +149,18 @@ class ShardWorker:
                 timings=timings,
             )
             began = time.perf_counter()
+            if lock_holder(self.config.cache) != self.config.run_id:
+                raise CacheBusy(
+                    f"{self.config.cache}: this run lost its lock; not writing {shard.file}"
+                )
             self.store.write_shard(teacher.name, shard, wanted, block)
             timings["write"] += time.perf_counter() - began
             computed += len(images) * len(wanted)
         return {"views": computed, "timings": timings}
 
 
-def _prepare_store(
-    config: TeachConfig, manifest: Manifest, identities: list[dict]
-) -> tuple[CacheStore, list[str]]:
-    """Open or create the cache, check it matches, register every teacher; return their names."""
+def _prepare_store(config: TeachConfig, manifest: Manifest, identities: list[dict]) -> CacheStore:
+    """Open or create the cache, check it matches (more views: an extension), register teachers."""
     try:
         store = CacheStore.open(config.cache, mode="r+")
     except FileNotFoundError:
@@ -177,7 +182,7 @@ def _prepare_store(
     store.grow_views(config.plan.views)
     for identity in identities:
         store.add_teacher(identity)
-    return store, [identity["name"] for identity in identities]
+    return store
 
 
 def _requested_attrs(config: TeachConfig, manifest: Manifest) -> dict:
@@ -201,7 +206,7 @@ def _reusable_cache(catalog: Catalog, keys: list[str], views: int) -> str | None
     return locations.pop()
 
 
-def _start_ray(address: str | None) -> None:
+def start_ray(address: str | None) -> None:
     """Connect to ``address``, or start a local Ray with this machine's CPUs."""
     if ray.is_initialized():
         return
@@ -237,7 +242,23 @@ def run_teach(config: TeachConfig) -> TeachSummary:
             config = replace(config, cache=location)
     elif config.cache is None:
         raise ValueError("teach needs --cache, or a catalogue (--catalog or $KDCACHE_CATALOG)")
-    store, names = _prepare_store(config, manifest, identities)
+    with RunLock(config.cache, config.lock_stale_after) as lock:
+        config = replace(config, run_id=lock.owner["run"])
+        store = _prepare_store(config, manifest, identities)
+        summary = _teach_shards(config, manifest, store, names)
+        summary.seconds = time.perf_counter() - began
+        summary.cache_bytes = _cache_bytes(config.cache)
+        if catalog is not None:
+            catalog.record(CacheStore.open(config.cache), manifest)
+    if summary.shards_failed:
+        raise TeachFailed("\n".join(summary.lines()))
+    return summary
+
+
+def _teach_shards(
+    config: TeachConfig, manifest: Manifest, store: CacheStore, names: list[str]
+) -> TeachSummary:
+    """Compute every shard some teacher lacks views of; publish added views when complete."""
     shards = manifest.shards_of(config.splits)
     if config.only_shards is not None:
         shards = [s for s in shards if s.id in set(config.only_shards)]
@@ -255,17 +276,11 @@ def run_teach(config: TeachConfig) -> TeachSummary:
         split_shards = [shard.id for shard in manifest.shards_of(config.splits)]
         if all(store.views_done(n)[split_shards, : config.plan.views].all() for n in names):
             store.publish_views(config.plan.views, split_shards)
-    summary.seconds = time.perf_counter() - began
-    summary.cache_bytes = _cache_bytes(config.cache)
-    if catalog is not None:
-        catalog.record(CacheStore.open(config.cache), manifest)
-    if summary.shards_failed:
-        raise TeachFailed("\n".join(summary.lines()))
     return summary
 
 
 def _run_shards(config: TeachConfig, manifest: Manifest, todo: list, summary: TeachSummary) -> None:
-    _start_ray(config.address)
+    start_ray(config.address)
     gpus = config.gpus_per_worker
     if gpus is None:
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0

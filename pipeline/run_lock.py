@@ -1,0 +1,106 @@
+"""One writing run per cache: a lock file with a heartbeat.
+
+``kdcache teach`` takes ``<cache>.run-lock.json`` (beside the store) before it writes anything and keeps it
+fresh from a background thread. Another run refuses to start while the lock is held by a
+live run; a lock whose heartbeat is older than ``stale_after`` seconds, or whose process is
+gone (same host), is taken over. Each shard region has one writer inside a run (one Ray
+actor call per shard), so with one run per cache no two writers ever share a chunk; and a
+worker checks that its run still holds the lock right before it writes (a fence against
+workers that outlive a killed driver).
+"""
+
+import json
+import os
+import socket
+import threading
+import time
+import uuid
+
+import fsspec
+
+
+class CacheBusy(RuntimeError):
+    """Another live run is writing this cache."""
+
+
+def lock_holder(cache: str) -> str | None:
+    """The run id holding ``cache``'s lock, if any (writers check it just before writing,
+    so a worker left over from a dead run never writes once another run took over)."""
+    fs, path = fsspec.core.url_to_fs(cache.rstrip("/") + ".run-lock.json")
+    try:
+        with fs.open(path, "r") as f:
+            return json.load(f).get("run")
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class RunLock:
+    """Context manager holding a cache's run lock (see the module docstring)."""
+
+    def __init__(self, cache: str, stale_after: float = 120.0):
+        self.location = cache.rstrip("/") + ".run-lock.json"
+        self.cache = cache
+        self.stale_after = stale_after
+        self.owner = {"run": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid()}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.fs, self.path = fsspec.core.url_to_fs(self.location)
+
+    def _read(self) -> dict | None:
+        try:
+            with self.fs.open(self.path, "r") as f:
+                return json.load(f)
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    def _write(self) -> None:
+        temporary = f"{self.path}.{self.owner['run']}.tmp"
+        with self.fs.open(temporary, "w") as f:
+            json.dump({**self.owner, "heartbeat": time.time()}, f)
+        self.fs.mv(temporary, self.path)
+
+    def _holder_alive(self, held: dict) -> bool:
+        if time.time() - held.get("heartbeat", 0) > self.stale_after:
+            return False
+        if held.get("host") == self.owner["host"]:
+            return _process_alive(int(held.get("pid", -1)))
+        return True
+
+    def __enter__(self) -> "RunLock":
+        held = self._read()
+        if held is not None and held.get("run") != self.owner["run"] and self._holder_alive(held):
+            age = time.time() - held.get("heartbeat", 0)
+            raise CacheBusy(
+                f"{self.cache} is being written by run {held.get('run', '?')[:8]} "
+                f"(host {held.get('host')}, pid {held.get('pid')}, heartbeat {age:.0f}s ago); "
+                f"wait for it, or remove {self.location} if that run is dead"
+            )
+        self.fs.makedirs(self.fs._parent(self.path), exist_ok=True)
+        self._write()
+        time.sleep(0.05)  # two runs starting together: the last writer wins, the other backs off
+        if (self._read() or {}).get("run") != self.owner["run"]:
+            raise CacheBusy(f"{self.cache}: another run took the lock first")
+        self._thread = threading.Thread(target=self._beat, daemon=True)
+        self._thread.start()
+        return self
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.stale_after / 4):
+            self._write()
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if (self._read() or {}).get("run") == self.owner["run"]:
+            self.fs.rm(self.path)

@@ -1,0 +1,99 @@
+"""SIGKILL the teacher job at several points, rerun it, and get the uninterrupted cache;
+two runs on one cache are kept apart by the run lock."""
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import psutil
+import pytest
+import zarr
+
+from pipeline.run_lock import CacheBusy, RunLock
+from tests.conftest import PLAN, TOPK, teach
+
+ARRAYS = ["params"] + [
+    f"teachers/regnet/{name}"
+    for name in ("topk_logits", "topk_index", "logsumexp", "shard_done", "shard_checksum")
+]
+
+
+def _teach_process(data, teacher_path, cache) -> subprocess.Popen:
+    command = [
+        sys.executable, "-m", "tools.cli", "teach", "--data", data.location, "--cache", cache,
+        "--teacher", f"regnet={teacher_path}", "--views", str(PLAN.views),
+        "--plan-seed", str(PLAN.seed), "--topk", str(TOPK), "--batch-size", "128",
+        "--workers", "1", "--quiet",
+    ]  # fmt: skip
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _kill_everything(process: subprocess.Popen) -> None:
+    """SIGKILL the job and every process it started (its local Ray too), as a lost node."""
+    tree = psutil.Process(process.pid)
+    victims = [tree, *tree.children(recursive=True)]
+    for victim in victims:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            victim.send_signal(signal.SIGKILL)
+    psutil.wait_procs(victims, timeout=30)
+
+
+def _regions_done(cache: str) -> int:
+    try:
+        return int(zarr.open_group(cache, mode="r")["teachers/regnet/shard_done"][:].sum())
+    except Exception:  # not created yet
+        return 0
+
+
+@pytest.mark.parametrize("kill_after", [1, 6, 12])  # regions done when killed
+def test_sigkill_then_rerun_gives_the_uninterrupted_cache(
+    tmp_path, data, teacher_path, cache, ray_local, kill_after
+):
+    location = str(tmp_path / "cache.zarr")
+    process = _teach_process(data, teacher_path, location)
+    deadline = time.monotonic() + 120
+    while _regions_done(location) < kill_after:
+        assert process.poll() is None, process.stderr.read().decode()
+        assert time.monotonic() < deadline, "the job made no progress"
+        time.sleep(0.02)
+    _kill_everything(process)
+    done = zarr.open_group(location, mode="r")["teachers/regnet/shard_done"][:5].astype(bool)
+    assert kill_after <= done.sum() < 5 * PLAN.views, "killed too late to test a resume"
+
+    summary = teach(data, teacher_path, location)
+    rows = np.array([s.num_rows for s in data.shards_of("train")])
+    assert summary.views == int((~done * rows[:, None]).sum())  # done regions are not redone
+    resumed = zarr.open_group(location, mode="r")
+    uninterrupted = zarr.open_group(cache, mode="r")
+    for name in ARRAYS:
+        np.testing.assert_array_equal(resumed[name][:], uninterrupted[name][:], err_msg=name)
+    again = teach(data, teacher_path, location)
+    assert again.views == 0 and again.shards_done == []
+
+
+def test_a_live_run_keeps_others_out_and_a_dead_one_does_not(tmp_path):
+    cache = str(tmp_path / "cache.zarr")
+    with RunLock(cache, stale_after=60), pytest.raises(CacheBusy, match="is being written by run"):
+        RunLock(cache, stale_after=60).__enter__()
+    assert not os.path.exists(cache + ".run-lock.json")  # released on exit
+    # a lock left by a process that is gone (same host) is taken over at once
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True
+    )
+    with open(cache + ".run-lock.json", "w") as f:
+        json.dump({"run": "x" * 32, "host": os.uname().nodename, "pid": int(dead.stdout),
+                   "heartbeat": time.time()}, f)  # fmt: skip
+    with RunLock(cache, stale_after=60):
+        pass
+    # a lock from another host is honoured until its heartbeat is stale
+    with open(cache + ".run-lock.json", "w") as f:
+        json.dump({"run": "y" * 32, "host": "elsewhere", "pid": 1, "heartbeat": time.time() - 5}, f)
+    with pytest.raises(CacheBusy, match="host elsewhere"):
+        RunLock(cache, stale_after=60).__enter__()
+    with RunLock(cache, stale_after=2):
+        pass
