@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-COMMANDS = ["shard", "teach", "train", "catalog", "inspect", "verify", "demo"]
+COMMANDS = ["shard", "teach", "train", "catalog", "inspect", "verify", "demo", "bench-teach"]
 
 
 def _kdcache(*args):
@@ -31,6 +31,7 @@ def test_help_describes_every_command():
         ("inspect", ["--data", "--json", "--plot"]),
         ("verify", ["--samples", "--teacher", "--data"]),
         ("demo", ["--out", "--quick"]),
+        ("bench-teach", ["--teacher", "--resolution", "--batch-size", "--views"]),
     ],
 )
 def test_each_command_documents_its_options(command, options):
@@ -53,3 +54,11 @@ def test_cli_shards_and_refuses_a_wrong_cache(tmp_path, data, cache):
         "teach", "--data", str(tmp_path / "nowhere"), "--cache", "c", "--teacher", "t"
     )
     assert result.returncode == 2 and "no manifest here" in result.stderr
+
+
+def test_training_and_the_cli_never_import_ray():
+    code = "import sys, tools.cli, trainer.engine; print('ray' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert result.stdout.strip() == "False", result.stderr

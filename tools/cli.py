@@ -5,6 +5,7 @@ import sys
 
 import pipeline
 from pipeline.cli import add_catalog_parser, add_shard_parser, add_teach_parser
+from tools.bench_teach import add_bench_parser
 from tools.demo import add_demo_parser
 from tools.inspect_cache import add_inspect_parser
 from tools.verify_cache import add_verify_parser
@@ -26,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_inspect_parser(commands)
     add_verify_parser(commands)
     add_demo_parser(commands)
+    add_bench_parser(commands)
     return parser
 
 
