@@ -85,6 +85,7 @@ class TeachSummary:
     seconds: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)
     cache_bytes: int = 0
+    startup_seconds: float = 0.0
     reused: bool = False
 
     def lines(self) -> list[str]:
@@ -95,8 +96,8 @@ class TeachSummary:
         lines = [
             f"teach: {len(self.shards_done)} shards computed, {len(self.shards_skipped)} skipped "
             f"(already done), {len(self.shards_failed)} failed",
-            f"teach: {self.views} views in {self.seconds:.1f}s ({rate:.0f} views/s); "
-            f"worker time: {parts or '-'}",
+            f"teach: {self.views} views in {self.seconds:.1f}s ({rate:.0f} views/s; "
+            f"{self.startup_seconds:.1f}s starting workers); worker time: {parts or '-'}",
             f"teach: cache {self.cache} holds {self.cache_bytes / 2**20:.1f} MiB",
         ]
         lines += [f"teach: FAILED {name}: {why}" for name, why in self.shards_failed.items()]
@@ -120,6 +121,10 @@ class ShardWorker:
         self.precision = config.precision
         if self.precision == "auto":
             self.precision = "bf16" if self.device.type == "cuda" else "fp32"
+
+    def ready(self) -> bool:
+        """Answers once the actor has loaded its teachers."""
+        return True
 
     def process(self, shard_id: int) -> dict:
         """Compute and write, for every teacher, the views of one shard it has not finished."""
@@ -291,7 +296,10 @@ def _run_shards(config: TeachConfig, manifest: Manifest, todo: list, summary: Te
         num_cpus=config.cpus_per_worker, num_gpus=gpus, max_restarts=2, max_task_retries=2
     )
     device = "cuda" if gpus > 0 else "cpu"
+    began = time.perf_counter()
     pool = [actor.remote(config, device, int(config.cpus_per_worker)) for _ in range(workers)]
+    ray.get([worker.ready.remote() for worker in pool])
+    summary.startup_seconds = time.perf_counter() - began
     queue = list(todo)
     running = {}
     for worker in pool:

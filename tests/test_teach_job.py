@@ -87,3 +87,12 @@ def test_fsspec_urls_for_shards_manifest_and_cache(tmp_path, data, teacher_path,
     reference = zarr.open_group(cache, mode="r")
     for name in ARRAYS[:4]:
         np.testing.assert_array_equal(local[name][100:200], reference[name][100:200], err_msg=name)
+
+
+def test_one_worker_gives_the_same_cache_as_two(tmp_path, data, teacher_path, cache, ray_local):
+    assert ray_local.cluster_resources()["CPU"] >= 2  # the session cache was made by 2 actors
+    location = str(tmp_path / "cache.zarr")
+    teach(data, teacher_path, location, workers=1)
+    one, two = _arrays(location), _arrays(cache)
+    for name in ARRAYS:
+        np.testing.assert_array_equal(one[name], two[name], err_msg=name)

@@ -104,6 +104,8 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         "raw_views_per_s": views / raw_seconds,
         "teach_views_per_s": views / teach_seconds,
         "ratio": raw_seconds / teach_seconds,
+        "steady_ratio": raw_seconds / (teach_seconds - summary.startup_seconds),
+        "startup_seconds": summary.startup_seconds,
         "worker_seconds": summary.timings,
         "worker_share": {k: v / worker_total for k, v in summary.timings.items()},
         "raw_seconds": raw_seconds,
@@ -124,9 +126,9 @@ def add_bench_parser(commands) -> None:
         "--resolution", type=int, default=64, help="teacher input size (default: %(default)s)"
     )
     parser.add_argument(
-        "--images", type=int, default=2000, help="Fashion-MNIST train images (default: %(default)s)"
+        "--images", type=int, default=10000, help="Fashion-MNIST train images (default: %(default)s)"
     )
-    parser.add_argument("--shard-size", type=int, default=500, help="default: %(default)s")
+    parser.add_argument("--shard-size", type=int, default=1000, help="default: %(default)s")
     parser.add_argument("--views", type=int, default=2, help="default: %(default)s")
     parser.add_argument("--topk", type=int, default=5, help="default: %(default)s")
     parser.add_argument("--batch-size", type=int, default=128, help="default: %(default)s")
@@ -146,6 +148,8 @@ def run_bench_command(args: argparse.Namespace) -> None:
         f"  raw model(x) on prepared batches: {result['raw_views_per_s']:8.1f} views/s\n"
         f"  kdcache teach (whole path):       {result['teach_views_per_s']:8.1f} views/s\n"
         f"  ratio teach / raw:                {result['ratio']:8.3f}\n"
+        f"  the same without starting workers ({result['startup_seconds']:.1f}s: Ray actors importing "
+        f"torch and loading the teacher): {result['steady_ratio']:.3f}\n"
         "  worker time: "
         + ", ".join(f"{k} {100 * v:.1f}%" for k, v in sorted(result["worker_share"].items()))
     )
