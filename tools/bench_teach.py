@@ -126,7 +126,10 @@ def add_bench_parser(commands) -> None:
         "--resolution", type=int, default=64, help="teacher input size (default: %(default)s)"
     )
     parser.add_argument(
-        "--images", type=int, default=10000, help="Fashion-MNIST train images (default: %(default)s)"
+        "--images",
+        type=int,
+        default=10000,
+        help="Fashion-MNIST train images (default: %(default)s)",
     )
     parser.add_argument("--shard-size", type=int, default=1000, help="default: %(default)s")
     parser.add_argument("--views", type=int, default=2, help="default: %(default)s")
