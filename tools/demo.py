@@ -7,6 +7,7 @@ twice on the same views and seed (no KD, cached KD) -> report.json and a table.
 import argparse
 import json
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
 
@@ -115,8 +116,6 @@ def run_demo(out: str, config: DemoConfig, progress: bool = True) -> dict:
     )
     os.replace(os.path.join(teacher_run, "checkpoint.pth"), teacher_path)
     if os.path.exists(cache):
-        import shutil
-
         shutil.rmtree(cache)
     summary = phase(
         "teach",
