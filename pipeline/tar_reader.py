@@ -10,6 +10,20 @@ import fsspec
 import webdataset as wds
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
+IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp", "bmp")
+
+
+class ShardError(ValueError):
+    """A shard's tar cannot be read or does not hold what the manifest says."""
+
+
+def sample_image(sample: dict) -> bytes:
+    """The encoded image of a tar sample, whatever its extension."""
+    for ext in IMAGE_EXTENSIONS:
+        if ext in sample:
+            return sample[ext]
+    raise ShardError(f"{sample.get('__url__')}: sample {sample['__key__']} has no image")
+
 
 def _open_streams(sources: Iterable[dict]) -> Iterator[dict]:
     for source in sources:

@@ -10,15 +10,9 @@ import torch
 
 from pipeline.manifest import Manifest, ShardInfo
 from pipeline.store import ShardTargets, index_dtype
-from pipeline.tar_reader import tar_samples
+from pipeline.tar_reader import ShardError, sample_image, tar_samples
 from pipeline.teachers import Teacher
 from pipeline.views import decode_image, normalize, render_view
-
-IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp", "bmp")
-
-
-class ShardError(RuntimeError):
-    """A shard's tar cannot be read or does not hold what the manifest says."""
 
 
 def read_shard_images(manifest: Manifest, shard: ShardInfo) -> list[torch.Tensor]:
@@ -28,11 +22,8 @@ def read_shard_images(manifest: Manifest, shard: ShardInfo) -> list[torch.Tensor
     images, keys = [], []
     try:
         for sample in tar_samples([url]):
-            ext = next((e for e in IMAGE_EXTENSIONS if e in sample), None)
-            if ext is None:
-                raise ShardError(f"{url}: sample {sample['__key__']} has no image")
             keys.append(sample["__key__"])
-            images.append(decode_image(sample[ext], manifest.channels))
+            images.append(decode_image(sample_image(sample), manifest.channels))
     except ShardError:
         raise
     except Exception as error:  # tarfile, PIL and I/O errors all mean a bad shard

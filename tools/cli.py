@@ -5,6 +5,7 @@ import sys
 
 import pipeline
 from pipeline.cli import add_catalog_parser, add_shard_parser, add_teach_parser
+from pipeline.run_lock import CacheBusy
 from tools.bench_teach import add_bench_parser
 from tools.demo import add_demo_parser
 from tools.inspect_cache import add_inspect_parser
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
-    except (FileNotFoundError, FileExistsError, ValueError) as error:
+    except (FileNotFoundError, FileExistsError, ValueError, CacheBusy) as error:
         print(f"kdcache {args.command}: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
 

@@ -9,8 +9,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset
 
 from pipeline.manifest import Manifest, ShardInfo
-from pipeline.tar_reader import tar_samples
-from pipeline.teacher_targets import IMAGE_EXTENSIONS
+from pipeline.tar_reader import sample_image, tar_samples
 from pipeline.views import decode_image, render_full, render_view
 from trainer.targets import CachedTargets, PlannedViews
 
@@ -18,13 +17,6 @@ from trainer.targets import CachedTargets, PlannedViews
 def view_for_epoch(epoch: int, num_views: int) -> int:
     """The view a sample is shown in ``epoch``: views are cycled, epoch e uses view e mod V."""
     return epoch % num_views
-
-
-def _image(sample: dict) -> bytes:
-    for ext in IMAGE_EXTENSIONS:
-        if ext in sample:
-            return sample[ext]
-    raise ValueError(f"{sample.get('__url__')}: sample {sample['__key__']} has no image")
 
 
 class _ShardStream(IterableDataset):
@@ -92,7 +84,7 @@ class TrainViews(_ShardStream):
             shard_id, position = divmod(row, self.manifest.shard_size)
             if shard_id != current:
                 current, block = shard_id, self.source.block(self.manifest.shards[shard_id])
-            image = decode_image(_image(sample), self.manifest.channels)
+            image = decode_image(sample_image(sample), self.manifest.channels)
             yield (
                 render_view(image, block.params[position, view], self.resolution),
                 int(sample["cls"]),
@@ -126,7 +118,7 @@ class EvalViews(_ShardStream):
 
     def __iter__(self):
         for sample, _ in self._samples(self.shards):
-            image = decode_image(_image(sample), self.manifest.channels)
+            image = decode_image(sample_image(sample), self.manifest.channels)
             yield render_full(image, self.resolution), int(sample["cls"])
 
 
