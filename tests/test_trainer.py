@@ -2,6 +2,7 @@
 
 import csv
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -90,3 +91,13 @@ def test_hard_distillation_and_one_head_student(tmp_path, data, cache):
         _config(data, tmp_path / "run", model="resnet10t", model_args={}, kd="hard", cache=cache)
     )
     assert "test_acc_cls" not in final and final["train_kd"] > 0
+
+
+def test_soft_distillation_with_each_tail_option_trains(tmp_path, data, cache):
+    for tail in ("renormalize", "bucket"):
+        config = _config(
+            data, tmp_path / tail, model="resnet10t", model_args={}, kd="soft", cache=cache
+        )
+        final = train(replace(config, tail=tail, tau=2.0))
+        assert final["train_kd"] > 0
+        assert json.loads((tmp_path / tail / "config.json").read_text())["tail"] == tail

@@ -6,7 +6,7 @@ from dataclasses import fields
 
 from pipeline.cli_types import key_value
 from pipeline.plan_options import add_plan_arguments, plan_overrides
-from trainer.losses import KD_MODES, KL_REDUCTIONS
+from trainer.losses import KD_MODES, KL_REDUCTIONS, TAIL_MODES
 
 
 def _model_arg(text: str) -> tuple[str, object]:
@@ -82,6 +82,13 @@ def configure_train_parser(parser: argparse.ArgumentParser) -> None:
         choices=KL_REDUCTIONS,
         default="batchmean",
         help="batchmean (timm) or deit (sum/numel, DeiT's code) (default: batchmean)",
+    )
+    kd.add_argument(
+        "--tail",
+        choices=TAIL_MODES,
+        default="uniform",
+        help="what soft KD does with the teacher's mass outside the top-k: spread it evenly "
+        "(uniform), drop it and renormalise, or keep one 'other' bucket (default: uniform)",
     )
     kd.add_argument(
         "--label-smoothing", type=float, default=0.0, help="on the label term (default: 0)"

@@ -42,6 +42,7 @@ class TrainConfig:
     alpha: float = 0.5
     tau: float = 1.0
     kl_reduction: str = "batchmean"
+    tail: str = "uniform"
     label_smoothing: float = 0.0
     epochs: int = 10
     batch_size: int = 128
@@ -145,6 +146,7 @@ def train(config: TrainConfig) -> dict:
         tau=config.tau,
         label_smoothing=config.label_smoothing,
         kl_reduction=config.kl_reduction,
+        tail=config.tail,
     )
     train_set = TrainViews(
         manifest,
