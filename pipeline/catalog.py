@@ -81,7 +81,7 @@ class Catalog:
         """Write (or refresh) one row per teacher of ``store``; return the rows."""
         fs, folder = fsspec.core.url_to_fs(self.folder)
         fs.makedirs(folder, exist_ok=True)
-        stored_bytes = int(fsspec.core.url_to_fs(store.location)[0].du(store.location))
+        stored_bytes = urls.disk_bytes(store.location)
         split_shards = [s.id for s in manifest.shards_of(store.attrs["splits"])]
         now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
         rows = []

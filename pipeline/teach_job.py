@@ -13,7 +13,6 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
 
-import fsspec
 import ray
 import torch
 from tqdm import tqdm
@@ -222,11 +221,6 @@ def start_ray(address: str | None) -> None:
     ray.init(address=address, **options)
 
 
-def _cache_bytes(location: str) -> int:
-    fs, path = fsspec.core.url_to_fs(location)
-    return int(fs.du(path))
-
-
 def run_teach(config: TeachConfig) -> TeachSummary:
     """Run the teacher pass; raise :class:`TeachFailed` (after finishing the rest) if shards fail."""
     began = time.perf_counter()
@@ -240,7 +234,7 @@ def run_teach(config: TeachConfig) -> TeachSummary:
         keys = [identity_key(_requested_attrs(config, manifest), i) for i in identities]
         reusable = _reusable_cache(catalog, keys, config.plan.views)
         if reusable is not None:
-            return TeachSummary(cache=reusable, reused=True, cache_bytes=_cache_bytes(reusable))
+            return TeachSummary(cache=reusable, reused=True, cache_bytes=urls.disk_bytes(reusable))
         if config.cache is None:  # resume the catalogue's cache of this identity, or start one
             known = catalog.lookup(keys[0])
             location = known["cache"] if known else catalog.default_cache_location(keys[0])
@@ -252,7 +246,7 @@ def run_teach(config: TeachConfig) -> TeachSummary:
         store = _prepare_store(config, manifest, identities)
         summary = _teach_shards(config, manifest, store, names)
         summary.seconds = time.perf_counter() - began
-        summary.cache_bytes = _cache_bytes(config.cache)
+        summary.cache_bytes = urls.disk_bytes(config.cache)
         if catalog is not None:
             catalog.record(CacheStore.open(config.cache), manifest)
     if summary.shards_failed:

@@ -29,6 +29,12 @@ def local_path(location: str) -> str | None:
     return None if is_url(location) else location
 
 
+def disk_bytes(location: str) -> int:
+    """Bytes stored at ``location`` (a file, or everything under a folder); 0 if absent."""
+    fs, path = fsspec.core.url_to_fs(location)
+    return int(fs.du(path)) if fs.exists(path) else 0
+
+
 def exists(location: str) -> bool:
     """Whether a file or folder exists at ``location``."""
     fs, path = fsspec.core.url_to_fs(location)

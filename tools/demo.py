@@ -11,8 +11,6 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
 
-import fsspec
-
 
 @dataclass(frozen=True)
 class DemoConfig:
@@ -49,11 +47,6 @@ PRESETS = {
         train_limit=8000, test_limit=2000, teacher_epochs=3, views=2, student_epochs=2
     ),
 }
-
-
-def _bytes_under(location: str) -> int:
-    fs, path = fsspec.core.url_to_fs(location)
-    return int(fs.du(path))
 
 
 def run_demo(out: str, config: DemoConfig, progress: bool = True) -> dict:
@@ -162,8 +155,8 @@ def run_demo(out: str, config: DemoConfig, progress: bool = True) -> dict:
         "student_kd_acc": round(kd["test_acc"], 2),
         "num_views": config.views,
         "topk": config.topk,
-        "cache_bytes": _bytes_under(cache),
-        "cache_bytes_per_view": round(_bytes_under(cache) / (train_rows * config.views), 2),
+        "cache_bytes": summary.cache_bytes,
+        "cache_bytes_per_view": round(summary.cache_bytes / (train_rows * config.views), 2),
         "train_samples": train_rows,
         "test_samples": sum(s.num_rows for s in manifest.shards_of("test")),
         "teacher_images_per_s": round(teacher["train_images_per_s"], 1),

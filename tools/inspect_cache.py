@@ -7,6 +7,7 @@ import json
 import fsspec
 import numpy as np
 
+from pipeline import urls
 from pipeline.manifest import Manifest
 from pipeline.store import TARGET_ARRAYS, CacheStore
 from tools.cache_manifest import manifest_for
@@ -17,11 +18,6 @@ def _quantiles(values: np.ndarray) -> dict[str, float]:
         return {}
     p05, p50, p95 = np.quantile(values, [0.05, 0.5, 0.95])
     return {"mean": float(values.mean()), "p05": float(p05), "p50": float(p50), "p95": float(p95)}
-
-
-def _disk_bytes(location: str) -> int:
-    fs, path = fsspec.core.url_to_fs(location)
-    return int(fs.du(path)) if fs.exists(path) else 0
 
 
 def inspect_cache(location: str, data: str | None = None) -> dict:
@@ -88,7 +84,7 @@ def inspect_cache(location: str, data: str | None = None) -> dict:
         if written
         else 0
     )
-    disk = _disk_bytes(location)
+    disk = urls.disk_bytes(location)
     report["storage"] = {
         "bytes_on_disk": disk,
         "bytes_raw": raw_bytes,
