@@ -23,15 +23,24 @@ class CacheBusy(RuntimeError):
     """Another live run is writing this cache."""
 
 
+def lock_location(cache: str) -> str:
+    """Where ``cache``'s run lock lives: beside the store."""
+    return cache.rstrip("/") + ".run-lock.json"
+
+
+def _read_lock(location: str) -> dict | None:
+    fs, path = fsspec.core.url_to_fs(location)
+    try:
+        with fs.open(path, "r") as f:
+            return json.load(f)
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
 def lock_holder(cache: str) -> str | None:
     """The run id holding ``cache``'s lock, if any (writers check it just before writing,
     so a worker left over from a dead run never writes once another run took over)."""
-    fs, path = fsspec.core.url_to_fs(cache.rstrip("/") + ".run-lock.json")
-    try:
-        with fs.open(path, "r") as f:
-            return json.load(f).get("run")
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
+    return (_read_lock(lock_location(cache)) or {}).get("run")
 
 
 def _process_alive(pid: int) -> bool:
@@ -48,7 +57,7 @@ class RunLock:
     """Context manager holding a cache's run lock (see the module docstring)."""
 
     def __init__(self, cache: str, stale_after: float = 120.0):
-        self.location = cache.rstrip("/") + ".run-lock.json"
+        self.location = lock_location(cache)
         self.cache = cache
         self.stale_after = stale_after
         self.owner = {"run": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid()}
@@ -57,11 +66,7 @@ class RunLock:
         self.fs, self.path = fsspec.core.url_to_fs(self.location)
 
     def _read(self) -> dict | None:
-        try:
-            with self.fs.open(self.path, "r") as f:
-                return json.load(f)
-        except (FileNotFoundError, json.JSONDecodeError):
-            return None
+        return _read_lock(self.location)
 
     def _write(self) -> None:
         temporary = f"{self.path}.{self.owner['run']}.tmp"
