@@ -150,10 +150,6 @@ class CacheStore:
                 f"dataset.fingerprint: cache {dataset['fingerprint'][:12]} vs "
                 f"manifest {manifest.fingerprint[:12]} ({manifest.location})"
             )
-        elif dataset["shard_size"] != manifest.shard_size:
-            found.append(
-                f"dataset.shard_size: cache {dataset['shard_size']} vs {manifest.shard_size}"
-            )
         if plan is not None:
             if plan.views <= self.plan.views:
                 plan = replace(plan, views=self.plan.views)
