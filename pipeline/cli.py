@@ -1,6 +1,7 @@
 """``kdcache shard`` and ``kdcache teach``."""
 
 import argparse
+import contextlib
 import sys
 from dataclasses import replace
 
@@ -205,13 +206,14 @@ def run_teach(args: argparse.Namespace) -> None:
         )
     for index, arch in enumerate(args.teacher_arch):
         teachers[index] = replace(teachers[index], arch=arch)
-    try:
-        if args.cache is None:
-            raise FileNotFoundError
-        existing = CacheStore.open(args.cache)
+    existing = None
+    if args.cache is not None:
+        with contextlib.suppress(FileNotFoundError):
+            existing = CacheStore.open(args.cache)
+    if existing is not None:  # unset options default to the existing cache's
         plan = replace(existing.plan, **plan_overrides(args))
         topk, splits = args.topk or existing.topk, args.splits or existing.attrs["splits"]
-    except FileNotFoundError:
+    else:
         plan = ViewPlan(**plan_overrides(args))
         topk, splits = args.topk or 10, args.splits or ["train"]
     config = TeachConfig(
