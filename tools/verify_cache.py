@@ -72,9 +72,14 @@ def _compare(
 
 
 def _recompute(
-    teacher: Teacher, store: CacheStore, manifest: Manifest, shard: ShardInfo, positions, view: int
+    teacher: Teacher,
+    store: CacheStore,
+    manifest: Manifest,
+    shard: ShardInfo,
+    images: list,
+    positions: np.ndarray,
+    view: int,
 ) -> ShardTargets:
-    images = read_shard_images(manifest, shard)
     rows = manifest.shard_rows(shard)[positions]
     params = store.plan.params(rows, manifest.aspect[rows], views=[view])
     return teacher_targets(teacher, [images[p] for p in positions], params, topk=store.topk)
@@ -113,52 +118,47 @@ def verify_cache(
             continue
         done = store.views_done(name)
         checksums = store.shard_checksums(name)
-        sampled = []
-        for shard in shards:
-            done_views = [v for v in range(store.plan.views) if done[shard.id, v]]
-            if not done_views:
-                continue
-            block = store.read_shard(name, shard)
-            everything = np.arange(shard.num_rows)
-            for view in done_views:
-                report.regions_checked += 1
-                if region_checksum(block.view(view)) != checksums[shard.id, view]:
-                    report.problems.append(
-                        f"{shard.file} view {view} (teacher {name}): checksum mismatch"
-                    )
-                    fresh = _recompute(teacher, store, manifest, shard, everything, view)
-                    report.views_recomputed += shard.num_rows
-                    _compare(
-                        report,
-                        shard,
-                        manifest.shard_rows(shard),
-                        view,
-                        block.view(view),
-                        fresh,
-                        name,
-                    )
-                sampled += [(shard, view, p) for p in everything]
-        picks = (
-            rng.choice(len(sampled), size=min(samples, len(sampled)), replace=False)
-            if sampled
-            else []
-        )
-        by_region: dict[tuple[int, int], list[int]] = {}
+        done_views = {s.id: [v for v in range(store.plan.views) if done[s.id, v]] for s in shards}
+        sampled = [
+            (shard.id, view, position)
+            for shard in shards
+            for view in done_views[shard.id]
+            for position in range(shard.num_rows)
+        ]
+        picks = rng.choice(len(sampled), size=min(samples, len(sampled)), replace=False)
+        picked: dict[int, dict[int, list[int]]] = {}
         for pick in picks:
-            shard, view, position = sampled[pick]
-            by_region.setdefault((shard.id, view), []).append(position)
-        for (shard_id, view), positions in sorted(by_region.items()):
-            shard = manifest.shards[shard_id]
-            positions = np.array(sorted(positions))
-            stored = store.read_shard(name, shard)
-            stored = ShardTargets(
-                **{k: v[positions, view : view + 1] for k, v in stored.__dict__.items()}
-            )
-            fresh = _recompute(teacher, store, manifest, shard, positions, view)
-            report.views_recomputed += len(positions)
-            _compare(
-                report, shard, manifest.shard_rows(shard)[positions], view, stored, fresh, name
-            )
+            shard_id, view, position = sampled[pick]
+            picked.setdefault(shard_id, {}).setdefault(view, []).append(position)
+        for shard in shards:
+            if not done_views[shard.id]:
+                continue
+            block = store.read_shard(name, shard)  # one read per shard for checksums and samples
+            rows = manifest.shard_rows(shard)
+            images = None
+            for view in done_views[shard.id]:
+                report.regions_checked += 1
+                if region_checksum(block.view(view)) == checksums[shard.id, view]:
+                    continue
+                report.problems.append(
+                    f"{shard.file} view {view} (teacher {name}): checksum mismatch"
+                )
+                if images is None:
+                    images = read_shard_images(manifest, shard)
+                everything = np.arange(shard.num_rows)
+                fresh = _recompute(teacher, store, manifest, shard, images, everything, view)
+                report.views_recomputed += shard.num_rows
+                _compare(report, shard, rows, view, block.view(view), fresh, name)
+            for view, positions in sorted(picked.get(shard.id, {}).items()):
+                positions = np.array(sorted(positions))
+                if images is None:
+                    images = read_shard_images(manifest, shard)
+                stored = ShardTargets(
+                    **{k: v[positions, view : view + 1] for k, v in block.__dict__.items()}
+                )
+                fresh = _recompute(teacher, store, manifest, shard, images, positions, view)
+                report.views_recomputed += len(positions)
+                _compare(report, shard, rows[positions], view, stored, fresh, name)
     return report
 
 
