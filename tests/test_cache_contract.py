@@ -71,17 +71,20 @@ def test_cached_topk_equals_teacher_on_the_trainers_replayed_view(cache, data, t
     sampled = {7, 123, 249, 333, 449}
     for epoch in range(PLAN.views):
         views.set_epoch(epoch)
-        picked = [s for s in views.iter_views(data.shards_of("train")) if s[5] in sampled]
+        picked = [s for s in views.iter_views(data.shards_of("train")) if s["row"] in sampled]
         assert len(picked) == len(sampled)
-        images = normalize(torch.stack([s[0] for s in picked]), spec.mean, spec.std)
+        images = normalize(torch.stack([s["image"] for s in picked]), spec.mean, spec.std)
         with torch.inference_mode():
             logits = teacher.model(images)
-        for (_, label, topk_logits, topk_index, lse, row, view), full in zip(
-            picked, logits, strict=True
-        ):
-            assert view == epoch
+        for sample, full in zip(picked, logits, strict=True):
+            assert sample["view"] == epoch
+            target = sample["targets"]["regnet"]
             values, index = full.topk(TOPK)
-            torch.testing.assert_close(topk_logits, values.half().float(), rtol=2e-3, atol=2e-3)
-            assert topk_index.tolist() == index.tolist()
-            torch.testing.assert_close(lse, torch.logsumexp(full, 0), rtol=1e-5, atol=1e-5)
-            assert label == data.labels[row]
+            torch.testing.assert_close(
+                target["topk_logits"], values.half().float(), rtol=2e-3, atol=2e-3
+            )
+            assert target["topk_index"].tolist() == index.tolist()
+            torch.testing.assert_close(
+                target["logsumexp"], torch.logsumexp(full, 0), rtol=1e-5, atol=1e-5
+            )
+            assert sample["label"] == data.labels[sample["row"]]

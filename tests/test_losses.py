@@ -18,6 +18,11 @@ def _full_targets(logits: torch.Tensor, k: int):
     return values, index, torch.logsumexp(logits, dim=-1)
 
 
+def _batch_targets(logits: torch.Tensor, k: int) -> dict:
+    values, index, lse = _full_targets(logits, k)
+    return {"t": {"topk_logits": values, "topk_index": index, "logsumexp": lse}}
+
+
 def _full_kd(student, teacher, tau):
     """tau^2 KL(softmax(teacher/tau) || softmax(student/tau)), batch mean, written out."""
     p = torch.softmax(teacher / tau, -1)
@@ -82,17 +87,17 @@ def test_distillation_loss_heads_and_modes():
     torch.manual_seed(2)
     labels = torch.randint(0, C, (6,))
     teacher = torch.randn(6, C)
-    targets = _full_targets(teacher, C)
+    targets = _batch_targets(teacher, C)
     cls, dist = torch.randn(6, C), torch.randn(6, C)
     hard = DistillationLoss("hard", C, alpha=0.5)
-    loss, parts = hard((cls, dist), labels, *targets)
+    loss, parts = hard((cls, dist), labels, targets)
     expected = 0.5 * F.cross_entropy(cls, labels) + 0.5 * F.cross_entropy(dist, teacher.argmax(-1))
     torch.testing.assert_close(loss, expected)
     soft = DistillationLoss("soft", C, alpha=0.3, tau=2.0)
-    loss, parts = soft(cls, labels, *targets)
+    loss, parts = soft(cls, labels, targets)
     kd = _full_kd(cls, teacher, 2.0)
     torch.testing.assert_close(loss, 0.7 * F.cross_entropy(cls, labels) + 0.3 * kd)
-    none_loss, parts = DistillationLoss("none", C)(cls, labels, *targets)
+    none_loss, parts = DistillationLoss("none", C)(cls, labels, targets)
     torch.testing.assert_close(none_loss, F.cross_entropy(cls, labels))
     assert parts["kd"] == 0
     with pytest.raises(ValueError, match="--kd"):

@@ -112,7 +112,7 @@ def _train_epoch(model, batches, optimizer, scheduler, updates: int, step, clip_
         optimizer.step()
         updates += 1
         scheduler.step_update(updates)
-        size = batch[1].numel()
+        size = batch["label"].numel()
         seen += size
         for name, value in {"loss": loss.detach(), **parts}.items():
             sums[name] = sums.get(name, 0) + value * size
@@ -164,13 +164,15 @@ def train(config: TrainConfig) -> dict:
         return normalize(images, spec.mean, spec.std)
 
     def step(batch) -> tuple[torch.Tensor, dict]:
-        images, labels, topk_logits, topk_index, logsumexp, _, _ = batch
-        images = prepare(images.to(device, non_blocking=True))
-        labels = labels.to(device, non_blocking=True)
-        targets = [t.to(device, non_blocking=True) for t in (topk_logits, topk_index, logsumexp)]
+        images = prepare(batch["image"].to(device, non_blocking=True))
+        labels = batch["label"].to(device, non_blocking=True)
+        targets = {
+            name: {k: t.to(device, non_blocking=True) for k, t in arrays.items()}
+            for name, arrays in batch["targets"].items()
+        }
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp):
             outputs = model(images)
-        return criterion(outputs, labels, *targets)
+        return criterion(outputs, labels, targets)
 
     steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
     optimizer = create_optimizer_v2(model, "adamw", lr=config.lr, weight_decay=config.weight_decay)

@@ -9,6 +9,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset
 
 from pipeline.manifest import Manifest, ShardInfo
+from pipeline.store import ShardTargets
 from pipeline.tar_reader import sample_image, tar_samples
 from pipeline.views import decode_image, render_full, render_view
 from trainer.targets import CachedTargets, PlannedViews
@@ -17,6 +18,15 @@ from trainer.targets import CachedTargets, PlannedViews
 def view_for_epoch(epoch: int, num_views: int) -> int:
     """The view a sample is shown in ``epoch``: views are cycled, epoch e uses view e mod V."""
     return epoch % num_views
+
+
+def view_targets(block: ShardTargets, position: int, view: int) -> dict[str, torch.Tensor]:
+    """One sample's targets for one view, as tensors (fp32 logits, int64 class ids)."""
+    return {
+        "topk_logits": torch.from_numpy(block.topk_logits[position, view].astype(np.float32)),
+        "topk_index": torch.from_numpy(block.topk_index[position, view].astype(np.int64)),
+        "logsumexp": torch.tensor(float(block.logsumexp[position, view])),
+    }
 
 
 class _ShardStream(IterableDataset):
@@ -52,10 +62,11 @@ class _ShardStream(IterableDataset):
 class TrainViews(_ShardStream):
     """Training samples: each sample's view for the epoch, with its teacher targets.
 
-    Yields ``(image, label, topk_logits, topk_index, logsumexp, row, view)``: the image on
-    [0, 1] (the training loop normalises whole batches on the device), the targets empty when
-    training without a cache. Shards are shuffled per epoch (seeded), split by node and
-    DataLoader worker, and samples pass a seeded shuffle buffer.
+    Yields dicts ``image`` (on [0, 1]; the training loop normalises whole batches on the
+    device), ``label``, ``row``, ``view`` and ``targets``: per teacher name a dict of
+    ``topk_logits``, ``topk_index`` and ``logsumexp`` (no teachers without a cache).
+    Shards are shuffled per epoch (seeded), split by node and DataLoader worker, and samples
+    pass a seeded shuffle buffer.
     """
 
     def __init__(
@@ -76,7 +87,7 @@ class TrainViews(_ShardStream):
     def __len__(self) -> int:
         return sum(s.num_rows for s in self.shards)
 
-    def iter_views(self, shards: list[ShardInfo]) -> Iterator[tuple]:
+    def iter_views(self, shards: list[ShardInfo]) -> Iterator[dict]:
         """The given shards' samples in tar order, each in its view for the current epoch."""
         view = view_for_epoch(self.epoch, self.source.plan.views)
         current, block = None, None
@@ -85,15 +96,16 @@ class TrainViews(_ShardStream):
             if shard_id != current:
                 current, block = shard_id, self.source.block(self.manifest.shards[shard_id])
             image = decode_image(sample_image(sample), self.manifest.channels)
-            yield (
-                render_view(image, block.params[position, view], self.resolution),
-                int(sample["cls"]),
-                torch.from_numpy(block.topk_logits[position, view].astype(np.float32)),
-                torch.from_numpy(block.topk_index[position, view].astype(np.int64)),
-                torch.tensor(float(block.logsumexp[position, view])),
-                row,
-                view,
-            )
+            yield {
+                "image": render_view(image, block.params[position, view], self.resolution),
+                "label": int(sample["cls"]),
+                "row": row,
+                "view": view,
+                "targets": {
+                    name: view_targets(targets, position, view)
+                    for name, targets in block.targets.items()
+                },
+            }
 
     def __iter__(self):
         order = list(self.shards)

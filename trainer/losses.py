@@ -132,17 +132,25 @@ class DistillationLoss(torch.nn.Module):
         self.label_smoothing, self.kl_reduction = label_smoothing, kl_reduction
         self.tail = tail
 
-    def forward(self, outputs, labels, topk_logits, topk_index, logsumexp):
+    def forward(
+        self, outputs, labels: torch.Tensor, targets: dict[str, dict[str, torch.Tensor]]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``outputs``: logits, or (class, distillation) logits of a DeiT student; ``targets``:
+        per teacher name its batched ``topk_logits``, ``topk_index`` and ``logsumexp``."""
         class_logits, dist_logits = outputs if isinstance(outputs, tuple) else (outputs, outputs)
         ce = F.cross_entropy(class_logits.float(), labels, label_smoothing=self.label_smoothing)
         if self.kd == "none":
             return ce, {"ce": ce.detach(), "kd": torch.zeros_like(ce).detach()}
+        if len(targets) != 1:
+            raise ValueError(f"--kd {self.kd} needs one teacher's targets, got {sorted(targets)}")
+        (teacher,) = targets.values()
+        topk_logits, topk_index = teacher["topk_logits"], teacher["topk_index"]
         if self.kd == "soft":
             student_log, teacher_log = distillation_bins(
                 dist_logits,
                 topk_logits,
                 topk_index,
-                logsumexp,
+                teacher["logsumexp"],
                 self.num_classes,
                 self.tau,
                 self.tail,

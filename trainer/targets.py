@@ -4,13 +4,21 @@ With a cache, a shard's stored params and targets are read in one go (one Zarr r
 per shard); without one, the params come from the plan and there are no targets.
 """
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from pipeline.manifest import Manifest, ShardInfo
 from pipeline.plan import ViewPlan
 from pipeline.store import CacheMismatch, CacheStore, ShardTargets
+
+
+@dataclass
+class ShardBlock:
+    """A shard's view params (n, v, P) and, per teacher name, its cached targets."""
+
+    params: np.ndarray
+    targets: dict[str, ShardTargets]
 
 
 class PlannedViews:
@@ -21,14 +29,8 @@ class PlannedViews:
         self.manifest = manifest
         self.topk = 0
 
-    def block(self, shard: ShardInfo) -> ShardTargets:
-        n, v = shard.num_rows, self.plan.views
-        return ShardTargets(
-            params=self.plan.shard_params(self.manifest, shard),
-            topk_logits=np.zeros((n, v, 0), np.float16),
-            topk_index=np.zeros((n, v, 0), np.int64),
-            logsumexp=np.zeros((n, v), np.float32),
-        )
+    def block(self, shard: ShardInfo) -> ShardBlock:
+        return ShardBlock(self.plan.shard_params(self.manifest, shard), {})
 
 
 class CachedTargets:
@@ -72,5 +74,6 @@ class CachedTargets:
             )
         self.topk = self.store.topk
 
-    def block(self, shard: ShardInfo) -> ShardTargets:
-        return self.store.read_shard(self.teacher, shard, views=self.plan.views)
+    def block(self, shard: ShardInfo) -> ShardBlock:
+        targets = self.store.read_shard(self.teacher, shard, views=self.plan.views)
+        return ShardBlock(targets.params, {self.teacher: targets})
