@@ -23,6 +23,7 @@ import hashlib
 from dataclasses import dataclass, replace
 
 import numpy as np
+import torch
 import zarr
 from zarr.codecs import BloscCodec
 
@@ -58,6 +59,14 @@ def region_checksum(block: ShardTargets) -> int:
         values = np.ascontiguousarray(getattr(block, name))
         digest.update(values.astype(values.dtype.newbyteorder("<")).tobytes())
     return int.from_bytes(digest.digest(), "little")
+
+
+def reduce_logits(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What a cache keeps of a teacher's logits: (top-k logits descending, their class ids,
+    logsumexp over all classes), computed in fp32 (the cache then stores the logits as fp16)."""
+    logits = logits.float()
+    values, index = logits.topk(k, dim=-1, largest=True, sorted=True)
+    return values, index, torch.logsumexp(logits, dim=-1)
 
 
 def index_dtype(num_classes: int) -> str:

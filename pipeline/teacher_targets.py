@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from pipeline.manifest import Manifest, ShardInfo
-from pipeline.store import ShardTargets, index_dtype
+from pipeline.store import ShardTargets, index_dtype, reduce_logits
 from pipeline.tar_reader import ShardError, sample_image, tar_samples
 from pipeline.teachers import Teacher
 from pipeline.views import decode_image, normalize, render_view
@@ -47,13 +47,6 @@ def autocast_for(device: torch.device, precision: str):
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast("cuda", dtype=dtype)
-
-
-def reduce_logits(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(top-k logits descending, their class ids, logsumexp over all classes), from fp32 logits."""
-    logits = logits.float()
-    values, index = logits.topk(k, dim=-1, largest=True, sorted=True)
-    return values, index, torch.logsumexp(logits, dim=-1)
 
 
 @torch.inference_mode()

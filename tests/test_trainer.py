@@ -53,7 +53,9 @@ def test_refuses_incomplete_cache_and_kd_without_cache(tmp_path, data, teacher_p
     teach(data, teacher_path, partial, only_shards=[0, 1, 2])
     with pytest.raises(CacheMismatch, match="has not finished 2 train shards.*train-000003.tar"):
         train(_config(data, tmp_path / "run", kd="soft", cache=partial))
-    with pytest.raises(ValueError, match="--kd soft needs --cache"):
+    with pytest.raises(
+        ValueError, match="--kd soft with --teacher none: distillation needs a teacher"
+    ):
         train(_config(data, tmp_path / "run", kd="soft"))
 
 
@@ -83,7 +85,7 @@ def test_deit_student_learns_from_cached_soft_targets(tmp_path, data, cache):
     assert float(rows[-1]["train_kd"]) < float(rows[0]["train_kd"])  # it learns the teacher
     assert final == {k: pytest.approx(float(v)) for k, v in rows[-1].items()}
     config = json.loads((out / "config.json").read_text())
-    assert config["plan"]["seed"] == PLAN.seed and config["teacher"]["name"] == "regnet"
+    assert config["plan"]["seed"] == PLAN.seed and config["teacher_identity"]["name"] == "regnet"
     meta = read_checkpoint_meta(str(out / "checkpoint.pth"))
     assert meta["spec"]["arch"] == DEIT and meta["epoch"] == 2
 

@@ -6,7 +6,7 @@ from dataclasses import fields
 
 from pipeline.cli_types import key_value
 from pipeline.plan_options import add_plan_arguments, plan_overrides
-from trainer.losses import KD_MODES, KL_REDUCTIONS, TAIL_MODES
+from trainer.losses import KD_MODES, KL_REDUCTIONS, TAIL_MODES, TEACHER_MODES
 
 
 def _model_arg(text: str) -> tuple[str, object]:
@@ -56,6 +56,30 @@ def configure_train_parser(parser: argparse.ArgumentParser) -> None:
     kd = parser.add_argument_group("distillation")
     kd.add_argument(
         "--kd", choices=KD_MODES, default="none", help="distillation mode (default: none)"
+    )
+    kd.add_argument(
+        "--teacher",
+        choices=TEACHER_MODES,
+        default=None,
+        help="where targets come from: cached (--cache), online (the teacher runs on every "
+        "batch's views, DeiT's way: --teacher-checkpoint) or none "
+        "(default: cached with --cache, else none)",
+    )
+    kd.add_argument(
+        "--teacher-checkpoint",
+        default=None,
+        metavar="CKPT",
+        help="online teacher: a kdcache checkpoint, or published timm weights with --teacher-arch",
+    )
+    kd.add_argument(
+        "--teacher-arch", default=None, help="timm architecture of published online weights"
+    )
+    kd.add_argument(
+        "--topk",
+        type=int,
+        default=None,
+        help="online: reduce the teacher's logits to top-k + logsumexp like a cache of that K, "
+        "for like-for-like comparisons (default: all classes)",
     )
     kd.add_argument(
         "--cache",
@@ -109,6 +133,13 @@ def configure_train_parser(parser: argparse.ArgumentParser) -> None:
     opt.add_argument(
         "--clip-grad", type=float, default=None, help="clip gradient norm to this value"
     )
+    opt.add_argument(
+        "--ema-decay",
+        type=float,
+        default=None,
+        help="keep an EMA of the weights with this decay (e.g. 0.999); evaluated every epoch "
+        "and saved as checkpoint-ema.pth",
+    )
     run = parser.add_argument_group("run")
     run.add_argument(
         "--seed", type=int, default=0, help="training seed: init, data order (default: 0)"
@@ -121,6 +152,18 @@ def configure_train_parser(parser: argparse.ArgumentParser) -> None:
     )
     run.add_argument("--device", default="auto", help="auto (cuda if present), cpu or cuda[:N]")
     run.add_argument("--amp", action="store_true", help="bf16 autocast (use on CUDA)")
+    run.add_argument(
+        "--compile", action="store_true", help="torch.compile the student (pays off on GPUs)"
+    )
+    run.add_argument(
+        "--tensorboard", action="store_true", help="also log to RUN/tensorboard (TensorBoard)"
+    )
+    run.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its resume.pth (same options), exactly where it "
+        "stopped: after an epoch, or mid-epoch after SIGTERM",
+    )
     run.add_argument("--quiet", action="store_true", help="no progress output")
     add_plan_arguments(
         parser, defaults_from="the cache's plan with --cache, else the plan defaults"
@@ -130,6 +173,7 @@ def configure_train_parser(parser: argparse.ArgumentParser) -> None:
 
 def run_train(args: argparse.Namespace) -> None:
     from trainer.engine import TrainConfig, train
+    from trainer.resume import Stopped
 
     # options named as the config fields, plus the few that are spelled differently
     same_name = {f.name for f in fields(TrainConfig)} & set(vars(args))
@@ -140,5 +184,9 @@ def run_train(args: argparse.Namespace) -> None:
         plan=plan_overrides(args),
         progress=not args.quiet,
     )
-    final = train(config)
+    try:
+        final = train(config)
+    except Stopped as stopped:
+        print(f"train: stopped ({stopped}); continue with the same command and --resume")
+        raise SystemExit(143) from None
     print(f"train: final test accuracy {final['test_acc']:.2f}% -> {args.out}")

@@ -1,8 +1,10 @@
-"""The training loop: one student, one run folder (config.json, metrics.csv, checkpoint.pth)."""
+"""The training loop: one student, one run folder (config.json, metrics.csv, checkpoints).
 
-import csv
+Runs alone or under torchrun (DDP, one process per device), checkpoints every epoch and on
+SIGTERM, and resumes exactly (:mod:`trainer.resume`).
+"""
+
 import json
-import math
 import os
 import random
 import time
@@ -12,6 +14,8 @@ import numpy as np
 import torch
 from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
+from timm.utils import ModelEmaV3
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from pipeline.catalog import catalog_root, resolve_cache
@@ -19,10 +23,26 @@ from pipeline.manifest import Manifest
 from pipeline.models import ModelSpec, create_model, save_checkpoint
 from pipeline.plan import ViewPlan
 from pipeline.views import normalize
-from trainer.evaluate import evaluate
+from trainer.distributed import World, check_in_sync, start_world, stop_world, sum_across
+from trainer.evaluate import accuracy, count_correct
 from trainer.loader import EvalViews, TrainViews, make_loader
-from trainer.losses import DistillationLoss
+from trainer.losses import TEACHER_MODES, DistillationLoss
+from trainer.online import OnlineTeacher
+from trainer.resume import (
+    RESUME_FILE,
+    Progress,
+    StopOnSignal,
+    Stopped,
+    load_state,
+    progress_from,
+    restore_rng,
+    save_state,
+)
+from trainer.run_log import RunLog
 from trainer.targets import CachedTargets, PlannedViews
+
+_STEP_LOG_EVERY = 50  # updates between per-step TensorBoard scalars
+_STOP_CHECK_EVERY = 10  # under DDP, steps between agreeing on a SIGTERM (one all-reduce)
 
 
 @dataclass
@@ -35,9 +55,13 @@ class TrainConfig:
     model_args: dict = field(default_factory=dict)
     resolution: int | None = None
     kd: str = "none"
+    teacher: str | None = None  # none | cached | online; default cached with a cache, else none
     cache: str | None = None  # a location, or "auto" to pick from the catalogue
     catalog: str | None = None
     teacher_name: str | None = None
+    teacher_checkpoint: str | None = None  # the online teacher
+    teacher_arch: str | None = None  # architecture of published weights (online)
+    topk: int | None = None  # online targets reduced to top-k like a cache (default: all)
     plan: dict = field(default_factory=dict)  # plan fields; with a cache, checked against it
     alpha: float = 0.5
     tau: float = 1.0
@@ -51,11 +75,15 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     min_lr: float = 1e-5
     clip_grad: float | None = None
+    ema_decay: float | None = None
     seed: int = 0
     workers: int = 2
     device: str = "auto"
     amp: bool = False
+    compile: bool = False
     shuffle_buffer: int = 2000
+    tensorboard: bool = False
+    resume: bool = False
     progress: bool = True
 
 
@@ -65,15 +93,26 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+def teacher_mode(config: TrainConfig) -> str:
+    """Where the distillation targets come from, checked against the other options."""
+    mode = config.teacher or ("cached" if config.cache else "none")
+    if mode not in TEACHER_MODES:
+        raise ValueError(f"--teacher must be one of {TEACHER_MODES}, got {mode!r}")
+    if (config.kd == "none") != (mode == "none"):
+        raise ValueError(
+            f"--kd {config.kd} with --teacher {mode}: distillation needs a teacher "
+            "(--cache for cached targets, --teacher online --teacher-checkpoint for online)"
+            if mode == "none"
+            else f"--teacher {mode} needs --kd soft or hard"
+        )
+    if mode == "online" and config.teacher_checkpoint is None:
+        raise ValueError("--teacher online needs --teacher-checkpoint")
+    if mode != "cached" and config.cache is not None:
+        raise ValueError(f"--cache holds cached targets; --teacher {mode} does not use one")
+    return mode
 
 
 def _views_source(config: TrainConfig, manifest: Manifest) -> CachedTargets | PlannedViews:
-    if config.kd != "none" and config.cache is None:
-        raise ValueError(f"--kd {config.kd} needs --cache (a cache made by kdcache teach)")
     cache, teacher = config.cache, config.teacher_name
     if cache == "auto":
         root = catalog_root(config.catalog)
@@ -85,44 +124,42 @@ def _views_source(config: TrainConfig, manifest: Manifest) -> CachedTargets | Pl
     return PlannedViews(ViewPlan(**config.plan), manifest)
 
 
-def _config_json(config: TrainConfig, source, spec: ModelSpec) -> dict:
+def _config_json(config: TrainConfig, source, spec: ModelSpec, online) -> dict:
     values = asdict(config)
     values["plan"] = source.plan.to_attrs()
     values["spec"] = spec.to_dict()
     if isinstance(source, CachedTargets):
         values["cache"] = source.store.location
-        values["teacher"] = source.store.teacher_identity(source.teacher)
-    return values
+        values["teacher_identity"] = source.store.teacher_identity(source.teacher)
+    if online is not None:
+        values["teacher_identity"] = online.teacher.identity()
+        values["topk"] = online.topk
+    return json.loads(json.dumps(values))  # as read back from config.json
 
 
-def _train_epoch(model, batches, optimizer, scheduler, updates: int, step, clip_grad):
-    """One pass over ``batches``; returns (summed loss parts, samples seen, updates so far).
-
-    Loss parts are summed on the device and read once at the end (no per-step sync).
-    """
-    model.train()
-    sums: dict[str, torch.Tensor] = {}
-    seen = 0
-    for batch in batches:
-        loss, parts = step(batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if clip_grad:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
-        optimizer.step()
-        updates += 1
-        scheduler.step_update(updates)
-        size = batch["label"].numel()
-        seen += size
-        for name, value in {"loss": loss.detach(), **parts}.items():
-            sums[name] = sums.get(name, 0) + value * size
-    return {name: float(value) for name, value in sums.items()}, seen, updates
+def _agreed(flag: bool, world: World, device: torch.device) -> bool:
+    """True when any rank raised ``flag`` (every rank gets the same answer)."""
+    return bool(sum_across({"flag": float(flag)}, world, device)["flag"])
 
 
 def train(config: TrainConfig) -> dict:
-    """Train a student (or a teacher, with ``kd='none'``); return the final metrics row."""
+    """Train a student (or a teacher, with ``kd='none'``); return the final metrics row.
+
+    Under torchrun every rank calls this; rank 0 writes the run folder. Raises
+    :class:`~trainer.resume.Stopped` after saving a resumable state when sent SIGTERM.
+    """
+    world, device = start_world(config.device)
+    try:
+        return _train(config, world, device)
+    finally:
+        stop_world(world)
+
+
+def _train(config: TrainConfig, world: World, device: torch.device) -> dict:
+    if config.epochs < 1:
+        raise ValueError(f"--epochs must be at least 1, got {config.epochs}")
     _seed_everything(config.seed)
-    device = _device(config.device)
+    mode = teacher_mode(config)
     manifest = Manifest.read(config.manifest)
     source = _views_source(config, manifest)
     resolution = config.resolution or max(manifest.table["height"].to_numpy().max(), 1)
@@ -135,10 +172,20 @@ def train(config: TrainConfig) -> dict:
         std=manifest.pixel_std,
         model_args=config.model_args,
     )
-    model = create_model(spec).to(device)
-    distilled = hasattr(model, "set_distilled_training")
-    if distilled:
-        model.set_distilled_training(config.kd != "none")
+    net = create_model(spec).to(device)
+    if hasattr(net, "set_distilled_training"):
+        net.set_distilled_training(config.kd != "none")
+    online = None
+    if mode == "online":
+        online = OnlineTeacher(
+            config.teacher_checkpoint,
+            num_classes=manifest.num_classes,
+            in_chans=manifest.channels,
+            device=device,
+            topk=config.topk,
+            arch=config.teacher_arch,
+            amp=config.amp,
+        )
     criterion = DistillationLoss(
         config.kd,
         manifest.num_classes,
@@ -154,6 +201,7 @@ def train(config: TrainConfig) -> dict:
         resolution=spec.resolution,
         seed=config.seed,
         shuffle_buffer=config.shuffle_buffer,
+        teacher_resolution=online.resolution if online else None,
     )
     pin = device.type == "cuda"
     train_loader = make_loader(train_set, config.batch_size, config.workers, pin)
@@ -163,71 +211,227 @@ def train(config: TrainConfig) -> dict:
     def prepare(images: torch.Tensor) -> torch.Tensor:
         return normalize(images, spec.mean, spec.std)
 
-    def step(batch) -> tuple[torch.Tensor, dict]:
+    def step(model, batch) -> tuple[torch.Tensor, dict]:
         images = prepare(batch["image"].to(device, non_blocking=True))
         labels = batch["label"].to(device, non_blocking=True)
-        targets = {
-            name: {k: t.to(device, non_blocking=True) for k, t in arrays.items()}
-            for name, arrays in batch["targets"].items()
-        }
+        if online is not None:
+            targets = {"online": online(batch["teacher_image"])}
+        else:
+            targets = {
+                name: {k: t.to(device, non_blocking=True) for k, t in arrays.items()}
+                for name, arrays in batch["targets"].items()
+            }
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp):
             outputs = model(images)
         return criterion(outputs, labels, targets)
 
-    steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
-    optimizer = create_optimizer_v2(model, "adamw", lr=config.lr, weight_decay=config.weight_decay)
+    epoch_steps = [
+        train_set.epoch_steps(e, config.batch_size, config.workers, world.size)
+        for e in range(config.epochs)
+    ]
+    optimizer = create_optimizer_v2(net, "adamw", lr=config.lr, weight_decay=config.weight_decay)
     scheduler = CosineLRScheduler(
         optimizer,
-        t_initial=max(1, config.epochs * steps_per_epoch),
+        t_initial=max(1, sum(epoch_steps)),
         lr_min=config.min_lr,
-        warmup_t=int(config.warmup_epochs * steps_per_epoch),
+        warmup_t=int(config.warmup_epochs * epoch_steps[0]) if epoch_steps else 0,
         warmup_lr_init=config.lr / 100,
         t_in_epochs=False,
     )
-
-    os.makedirs(config.out, exist_ok=True)
-    with open(os.path.join(config.out, "config.json"), "w") as f:
-        json.dump(_config_json(config, source, spec), f, indent=2)
-    metrics_path = os.path.join(config.out, "metrics.csv")
-    rows: list[dict] = []
-    updates = 0
-    for epoch in range(config.epochs):
-        train_set.set_epoch(epoch)
-        began = time.perf_counter()
-        bar = tqdm(
-            train_loader,
-            total=steps_per_epoch,
-            desc=f"epoch {epoch}",
-            disable=None if config.progress else True,
-            leave=False,
-        )
-        sums, seen, updates = _train_epoch(
-            model, bar, optimizer, scheduler, updates, step, config.clip_grad
-        )
-        train_seconds = time.perf_counter() - began
-        accuracy = evaluate(model, test_loader, device, prepare)
-        row = {
-            "epoch": epoch,
-            "lr": optimizer.param_groups[0]["lr"],
-            **{f"train_{k}": v / max(seen, 1) for k, v in sums.items()},
-            "train_images": seen,
-            "train_images_per_s": seen / train_seconds,
-            **{f"test_{k}": v for k, v in accuracy.items()},
-            "seconds": time.perf_counter() - began,
-        }
-        rows.append(row)
-        with open(metrics_path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(row))
-            writer.writeheader()
-            writer.writerows(rows)
-        save_checkpoint(
-            os.path.join(config.out, "checkpoint.pth"), model, spec, epoch=epoch, metrics=row
-        )
-        if config.progress:
+    ema = ModelEmaV3(net, decay=config.ema_decay) if config.ema_decay else None
+    run_config = _config_json(config, source, spec, online)
+    resume_path = os.path.join(config.out, RESUME_FILE)
+    progress = Progress()
+    if config.resume:
+        state = load_state(resume_path, run_config)
+        net.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
+        restore_rng(state)
+        progress = progress_from(state, device)
+        scheduler.step_update(progress.updates)
+        if world.is_main and config.progress:
             print(
-                f"epoch {epoch}: loss {row['train_loss']:.4f} (ce {row['train_ce']:.4f}, "
-                f"kd {row['train_kd']:.4f}), {row['train_images_per_s']:.0f} img/s, "
-                f"test acc {row['test_acc']:.2f}%",
+                f"train: resuming {config.out} at epoch {progress.epoch}, "
+                f"step {progress.step}/{epoch_steps[min(progress.epoch, config.epochs - 1)]}",
                 flush=True,
             )
-    return rows[-1]
+    model = net
+    if world.distributed:
+        model = DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None)
+    if config.compile:
+        model = torch.compile(model)
+
+    log = None
+    if world.is_main:
+        os.makedirs(config.out, exist_ok=True)
+        with open(os.path.join(config.out, "config.json"), "w") as f:
+            json.dump(run_config, f, indent=2)
+        log = RunLog(config.out, tensorboard=config.tensorboard, rows=progress.rows)
+
+    def save(epoch_row: dict | None) -> None:
+        if not world.is_main:
+            return
+        if epoch_row is not None:
+            for suffix, weights in (("", net), ("-ema", ema.module if ema else None)):
+                if weights is not None:
+                    save_checkpoint(
+                        os.path.join(config.out, f"checkpoint{suffix}.pth"),
+                        weights,
+                        spec,
+                        epoch=epoch_row["epoch"],
+                        metrics=epoch_row,
+                    )
+        save_state(
+            resume_path,
+            config=run_config,
+            model=net,
+            optimizer=optimizer,
+            ema=ema,
+            progress=progress,
+        )
+
+    try:
+        with StopOnSignal() as stop:
+            for epoch in range(progress.epoch, config.epochs):
+                train_set.set_epoch(epoch)
+                began = time.perf_counter()
+                fresh = _train_epoch(
+                    model,
+                    net,
+                    train_loader,
+                    lambda batch: step(model, batch),
+                    optimizer,
+                    scheduler,
+                    ema,
+                    progress,
+                    epoch_steps[epoch],
+                    clip_grad=config.clip_grad,
+                    stop=lambda step: _stop_now(stop, step, world, device),
+                    log=log,
+                    bar=config.progress and world.is_main,
+                )
+                if progress.step < epoch_steps[epoch]:
+                    save(None)
+                    raise Stopped(f"SIGTERM at epoch {epoch}, step {progress.step}")
+                train_seconds = time.perf_counter() - began
+                check_in_sync(net, world, device)
+                sums = sum_across(
+                    {name: float(v) for name, v in progress.sums.items()}
+                    | {"images": progress.seen, "fresh": fresh},
+                    world,
+                    device,
+                )
+                images = sums.pop("images")
+                fresh_images = sums.pop("fresh")
+                scores = accuracy(
+                    sum_across(count_correct(net, test_loader, device, prepare), world, device)
+                )
+                if ema is not None:
+                    counts = count_correct(ema.module, test_loader, device, prepare)
+                    scores |= accuracy(sum_across(counts, world, device), prefix="ema_")
+                row = {
+                    "epoch": epoch,
+                    "lr": optimizer.param_groups[0]["lr"],
+                    **{f"train_{k}": v / max(images, 1) for k, v in sums.items()},
+                    "train_images": int(images),
+                    "train_images_per_s": fresh_images / train_seconds,
+                    **{f"test_{k}": v for k, v in scores.items()},
+                    "seconds": time.perf_counter() - began,
+                }
+                progress = Progress(epoch + 1, 0, progress.updates, {}, 0, [*progress.rows, row])
+                if log is not None:
+                    log.add_epoch(row)
+                save(row)
+                if world.is_main and config.progress:
+                    _print_epoch(row)
+                if _agreed(stop.requested, world, device) and epoch + 1 < config.epochs:
+                    raise Stopped(f"SIGTERM after epoch {epoch}")
+    finally:
+        if log is not None:
+            log.close()
+    return progress.rows[-1]
+
+
+def _stop_now(stop: StopOnSignal, step: int, world: World, device: torch.device) -> bool:
+    """Whether to stop after this step: at once alone, at an agreed step under DDP."""
+    if not world.distributed:
+        return stop.requested
+    return step % _STOP_CHECK_EVERY == 0 and _agreed(stop.requested, world, device)
+
+
+def _train_epoch(
+    model,
+    net: torch.nn.Module,
+    loader,
+    step,
+    optimizer,
+    scheduler,
+    ema,
+    progress: Progress,
+    steps: int,
+    *,
+    clip_grad: float | None,
+    stop,
+    log: RunLog | None,
+    bar: bool,
+) -> int:
+    """Train ``progress.epoch`` up to ``steps`` batches, updating ``progress`` in place; skip
+    the batches a resumed epoch already did. ``model`` is what trains (maybe DDP-wrapped or
+    compiled), ``net`` the plain module (EMA source). Returns the images trained on here.
+
+    Loss parts are summed on the device and read at the epoch's end (no per-step sync).
+    """
+    model.train()
+    batches = iter(loader)
+    for _ in range(progress.step):  # same order as the interrupted run: skip what it did
+        next(batches)
+    fresh = 0
+    with tqdm(
+        total=steps,
+        initial=progress.step,
+        desc=f"epoch {progress.epoch}",
+        disable=not bar,
+        leave=False,
+    ) as shown:
+        while progress.step < steps:
+            batch = next(batches)
+            loss, parts = step(batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if clip_grad:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+            optimizer.step()
+            progress.updates += 1
+            scheduler.step_update(progress.updates)
+            if ema is not None:
+                ema.update(net, step=progress.updates)
+            size = batch["label"].numel()
+            progress.step += 1
+            progress.seen += size
+            fresh += size
+            for name, value in {"loss": loss.detach(), **parts}.items():
+                progress.sums[name] = progress.sums.get(name, 0) + value * size
+            if (
+                log is not None
+                and log.writer is not None
+                and progress.updates % _STEP_LOG_EVERY == 0
+            ):
+                log.add_step(
+                    progress.updates, {"loss": loss.item(), "lr": optimizer.param_groups[0]["lr"]}
+                )
+            shown.update()
+            if stop(progress.step):
+                break
+    return fresh
+
+
+def _print_epoch(row: dict) -> None:
+    ema = f", EMA {row['test_ema_acc']:.2f}%" if "test_ema_acc" in row else ""
+    print(
+        f"epoch {row['epoch']}: loss {row['train_loss']:.4f} (ce {row['train_ce']:.4f}, "
+        f"kd {row['train_kd']:.4f}), {row['train_images_per_s']:.0f} img/s, "
+        f"test acc {row['test_acc']:.2f}%{ema}",
+        flush=True,
+    )

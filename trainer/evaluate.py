@@ -6,16 +6,18 @@ import torch
 
 
 @torch.inference_mode()
-def evaluate(
+def count_correct(
     model: torch.nn.Module, loader, device: torch.device, prepare: Callable
-) -> dict[str, float]:
-    """Top-1 accuracy (%) over the loader; ``prepare`` normalises a batch already on the device.
+) -> dict[str, int]:
+    """Correct top-1 predictions over the loader (``total``: images seen); ``prepare``
+    normalises a batch already on the device.
 
-    For a DeiT student (``head_dist``) also per head; the combined prediction is timm's: the
-    mean of the two heads' logits."""
+    ``acc`` is the model's eval-mode prediction. For a DeiT student (``head_dist``) also each
+    head alone (``acc_cls``, ``acc_dist``); its combined prediction is timm's: the argmax of the
+    mean of the two heads' logits (DeiT's reference code does the same)."""
     model.eval()
     two_heads = hasattr(model, "head_dist")
-    correct = {"acc": 0, "acc_cls": 0, "acc_dist": 0}
+    correct = dict.fromkeys(("acc", "acc_cls", "acc_dist") if two_heads else ("acc",), 0)
     total = 0
     for images, labels in loader:
         images = prepare(images.to(device, non_blocking=True))
@@ -31,5 +33,10 @@ def evaluate(
             combined = model(images)
         correct["acc"] += (combined.argmax(-1) == labels).sum().item()
         total += labels.numel()
-    keys = ("acc", "acc_cls", "acc_dist") if two_heads else ("acc",)
-    return {key: 100.0 * correct[key] / max(total, 1) for key in keys}
+    return {**correct, "total": total}
+
+
+def accuracy(counts: dict[str, float], prefix: str = "") -> dict[str, float]:
+    """Percentages from :func:`count_correct`'s counts (summed over ranks)."""
+    total = max(counts["total"], 1)
+    return {f"{prefix}{k}": 100.0 * v / total for k, v in counts.items() if k != "total"}

@@ -1,5 +1,6 @@
 """Streaming loaders: WebDataset shards -> replayed views joined with their teacher targets."""
 
+import math
 import random
 from collections.abc import Iterator
 
@@ -64,7 +65,9 @@ class TrainViews(_ShardStream):
 
     Yields dicts ``image`` (on [0, 1]; the training loop normalises whole batches on the
     device), ``label``, ``row``, ``view`` and ``targets``: per teacher name a dict of
-    ``topk_logits``, ``topk_index`` and ``logsumexp`` (no teachers without a cache).
+    ``topk_logits``, ``topk_index`` and ``logsumexp`` (no teachers without a cache). With a
+    ``teacher_resolution`` (an online teacher) also ``teacher_image``: the same view rendered
+    at the teacher's input size.
     Shards are shuffled per epoch (seeded), split by node and DataLoader worker, and samples
     pass a seeded shuffle buffer.
     """
@@ -78,14 +81,43 @@ class TrainViews(_ShardStream):
         seed: int = 0,
         shuffle_buffer: int = 2000,
         split: str = "train",
+        teacher_resolution: int | None = None,
     ):
         super().__init__(manifest, manifest.shards_of(split), resolution)
         self.source = source
         self.seed = seed
         self.shuffle_buffer = shuffle_buffer
+        self.teacher_resolution = teacher_resolution
 
     def __len__(self) -> int:
         return sum(s.num_rows for s in self.shards)
+
+    def epoch_order(self, epoch: int) -> list[ShardInfo]:
+        """The epoch's shard order (seeded); rank r of W then reads ``order[r::W]``."""
+        order = list(self.shards)
+        random.Random(f"shards-{self.seed}-{epoch}").shuffle(order)
+        return order
+
+    def epoch_steps(self, epoch: int, batch_size: int, workers: int, world_size: int = 1) -> int:
+        """Batches every rank trains on in ``epoch``: the fewest any rank's loader yields.
+
+        A rank's DataLoader workers each batch their own shards (the last batch of each may be
+        short). Alone, a rank trains on all of its batches; under DDP every rank must take the
+        same number of steps, so each stops at the smallest rank's count and skips the rest of
+        its samples for this epoch (other samples each epoch, since the shard order changes).
+        """
+        order = self.epoch_order(epoch)
+        counts = []
+        for rank in range(world_size):
+            shards = order[rank::world_size]
+            loaders = max(1, min(workers, len(self.shards)))
+            counts.append(
+                sum(
+                    math.ceil(sum(s.num_rows for s in shards[w::loaders]) / batch_size)
+                    for w in range(loaders)
+                )
+            )
+        return min(counts)
 
     def iter_views(self, shards: list[ShardInfo]) -> Iterator[dict]:
         """The given shards' samples in tar order, each in its view for the current epoch."""
@@ -96,8 +128,9 @@ class TrainViews(_ShardStream):
             if shard_id != current:
                 current, block = shard_id, self.source.block(self.manifest.shards[shard_id])
             image = decode_image(sample_image(sample), self.manifest.channels)
-            yield {
-                "image": render_view(image, block.params[position, view], self.resolution),
+            params = block.params[position, view]
+            item = {
+                "image": render_view(image, params, self.resolution),
                 "label": int(sample["cls"]),
                 "row": row,
                 "view": view,
@@ -106,13 +139,16 @@ class TrainViews(_ShardStream):
                     for name, targets in block.targets.items()
                 },
             }
+            if self.teacher_resolution == self.resolution:
+                item["teacher_image"] = item["image"]
+            elif self.teacher_resolution is not None:
+                item["teacher_image"] = render_view(image, params, self.teacher_resolution)
+            yield item
 
     def __iter__(self):
-        order = list(self.shards)
-        random.Random(f"shards-{self.seed}-{self.epoch}").shuffle(order)
         rank, _, worker, _ = wds.utils.pytorch_worker_info()
         rng = random.Random(f"samples-{self.seed}-{self.epoch}-{rank}-{worker}")
-        stream = self.iter_views(order)
+        stream = self.iter_views(self.epoch_order(self.epoch))
         if self.shuffle_buffer > 1:
             initial = min(100, self.shuffle_buffer)
             stream = wds.shuffle(self.shuffle_buffer, initial, rng=rng)(stream)

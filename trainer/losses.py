@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 KD_MODES = ("none", "soft", "hard")
+TEACHER_MODES = ("none", "cached", "online")  # where the targets come from (train --teacher)
 KL_REDUCTIONS = ("batchmean", "deit")
 TAIL_MODES = ("uniform", "renormalize", "bucket")
 _TAIL_FLOOR = 1e-12
