@@ -5,7 +5,17 @@ import sys
 
 import pytest
 
-COMMANDS = ["shard", "teach", "train", "catalog", "inspect", "verify", "demo", "bench-teach"]
+COMMANDS = [
+    "shard",
+    "teach",
+    "train",
+    "catalog",
+    "inspect",
+    "verify",
+    "plot",
+    "demo",
+    "bench-teach",
+]
 
 
 def _kdcache(*args):
@@ -27,6 +37,11 @@ def test_help_describes_every_command():
         ("shard", ["--source", "--shard-size", "--limit"]),
         ("teach", ["--teacher", "--topk", "--views", "--plan-seed", "--address", "--catalog"]),
         ("train", ["--kd", "--cache", "--catalog", "--alpha", "--tau", "--model", "--epochs"]),
+        (
+            "train",
+            ["--teacher", "--teacher-checkpoint", "--resume", "--ema-decay", "--tensorboard"],
+        ),
+        ("plot", ["--out", "--label"]),
         ("catalog", ["--catalog", "--data", "--teacher", "--json"]),
         ("inspect", ["--data", "--json", "--plot"]),
         ("verify", ["--samples", "--teacher", "--data"]),
@@ -54,6 +69,8 @@ def test_cli_shards_and_refuses_a_wrong_cache(tmp_path, data, cache):
         "teach", "--data", str(tmp_path / "nowhere"), "--cache", "c", "--teacher", "t"
     )
     assert result.returncode == 2 and "no manifest here" in result.stderr
+    result = _kdcache("plot", str(tmp_path / "no-run"), "--out", str(tmp_path / "p.png"))
+    assert result.returncode == 2 and "no-run/metrics.csv: no metrics" in result.stderr
 
 
 def test_training_and_the_cli_never_import_ray():

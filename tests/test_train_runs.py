@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from tests.conftest import TOPK
+from tools.plot_runs import plot_runs
 from trainer.engine import TrainConfig, train
 from trainer.loader import TrainViews
 from trainer.resume import RESUME_FILE
@@ -79,9 +80,10 @@ def test_sigterm_mid_epoch_then_resume_matches_the_uninterrupted_run(tmp_path, d
     subprocess.run(_train_command(data, cache, whole, *extra), check=True)
     cut = tmp_path / "cut"
     job = subprocess.Popen(_train_command(data, cache, cut, *extra), stdout=subprocess.PIPE)
-    while not (cut / "metrics.csv").exists():  # epoch 0 done: stop it inside epoch 1
+    while not (cut / RESUME_FILE).exists():  # epoch 0 saved ...
         assert job.poll() is None, "the run ended before it could be stopped"
         time.sleep(0.02)
+    time.sleep(0.5)  # ... and epoch 1 under way (it takes seconds): stop it there
     job.send_signal(signal.SIGTERM)
     assert job.wait(timeout=120) == 143
     assert b"--resume" in job.stdout.read()
@@ -107,6 +109,11 @@ def test_sigterm_mid_epoch_then_resume_matches_the_uninterrupted_run(tmp_path, d
     )
     assert result.returncode == 2
     assert b"saved run has epochs=2, this run 3" in result.stderr
+
+    png = tmp_path / "curves.png"
+    panels = plot_runs([str(whole), str(cut)], str(png))
+    assert panels[:2] == ["test_acc", "test_ema_acc"] and "train_kd" in panels
+    assert png.stat().st_size > 10_000
 
 
 def test_torchrun_two_processes_train_one_model(tmp_path, data, cache):

@@ -9,6 +9,7 @@ from pipeline.run_lock import CacheBusy
 from tools.bench_teach import add_bench_parser
 from tools.demo import add_demo_parser
 from tools.inspect_cache import add_inspect_parser
+from tools.plot_runs import add_plot_parser
 from tools.verify_cache import add_verify_parser
 from trainer.cli import add_train_parser
 
@@ -27,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_catalog_parser(commands)
     add_inspect_parser(commands)
     add_verify_parser(commands)
+    add_plot_parser(commands)
     add_demo_parser(commands)
     add_bench_parser(commands)
     return parser
