@@ -19,11 +19,12 @@ def test_demo_writes_every_artifact_and_a_measured_report(tmp_path, ray_local):
     )
     report = run_demo(str(tmp_path), config, progress=False)
     for path in ("manifest.parquet", "teacher.pth", "cache.zarr/zarr.json", "report.json",
-                 "runs/student-nokd/metrics.csv", "runs/student-kd/metrics.csv"):  # fmt: skip
+                 "runs/student-nokd/metrics.csv", "runs/student-kd/metrics.csv",
+                 "runs/student-online/metrics.csv"):  # fmt: skip
         assert (tmp_path / path).exists(), path
     assert len(list((tmp_path / "shards").glob("*.tar"))) == 4
     assert json.loads((tmp_path / "report.json").read_text()) == report
-    for key in ("teacher_acc", "student_nokd_acc", "student_kd_acc"):
+    for key in ("teacher_acc", "student_nokd_acc", "student_kd_acc", "student_online_acc"):
         assert 0 <= report[key] <= 100
     assert report["num_views"] == 2 and report["topk"] == 3
     cache_bytes = sum(p.stat().st_size for p in (tmp_path / "cache.zarr").rglob("*") if p.is_file())
@@ -37,7 +38,8 @@ def test_demo_writes_every_artifact_and_a_measured_report(tmp_path, ray_local):
         "teach",
         "student_nokd",
         "student_kd",
+        "student_online",
         "total",
     }
     assert all(v > 0 for v in report["seconds"].values())
-    assert "cached soft KD" in format_table(report)
+    assert "cached soft KD" in format_table(report) and "online soft KD" in format_table(report)

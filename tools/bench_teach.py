@@ -16,20 +16,11 @@ import time
 import torch
 
 from pipeline.manifest import Manifest
-from pipeline.models import ModelSpec, create_model, save_checkpoint
+from pipeline.models import ModelSpec, create_model
 from pipeline.plan import ViewPlan
-from pipeline.shard import write_shards
-from pipeline.sources import open_source
 from pipeline.teacher_targets import read_shard_images
 from pipeline.views import normalize, render_view
-
-
-def _teacher_checkpoint(manifest: Manifest, arch: str, resolution: int, path: str) -> ModelSpec:
-    """A randomly initialised teacher saved as a kdcache checkpoint (speed does not depend on weights)."""
-    spec = ModelSpec(arch, manifest.num_classes, manifest.channels, resolution,
-                     manifest.pixel_mean, manifest.pixel_std)  # fmt: skip
-    save_checkpoint(path, create_model(spec), spec)
-    return spec
+from tools.bench_data import bench_manifest, random_teacher
 
 
 @torch.inference_mode()
@@ -62,19 +53,9 @@ def run_benchmark(args: argparse.Namespace) -> dict:
 
     work = args.work or tempfile.mkdtemp(prefix="kdcache-bench-")
     data = os.path.join(work, "data")
-    if os.path.exists(os.path.join(data, "manifest.parquet")):
-        manifest = Manifest.read(data)
-    else:
-        limits = {"train": args.images, "test": 10}
-        manifest = write_shards(
-            open_source(args.source),
-            data,
-            shard_size=args.shard_size,
-            limits=limits,
-            progress=False,
-        )
+    manifest = bench_manifest(data, args.source, args.images, 10, args.shard_size)
     checkpoint = os.path.join(work, f"{args.teacher}.pth")
-    spec = _teacher_checkpoint(manifest, args.teacher, args.resolution, checkpoint)
+    spec = random_teacher(manifest, args.teacher, args.resolution, checkpoint)
     plan = ViewPlan(seed=0, views=args.views)
     torch.set_num_threads(os.cpu_count())
     raw_seconds, views = raw_inference(manifest, spec, checkpoint, plan, args.batch_size)

@@ -7,6 +7,7 @@ import pipeline
 from pipeline.cli import add_catalog_parser, add_shard_parser, add_teach_parser
 from pipeline.run_lock import CacheBusy
 from tools.bench_teach import add_bench_parser
+from tools.bench_train import add_bench_train_parser
 from tools.demo import add_demo_parser
 from tools.inspect_cache import add_inspect_parser
 from tools.plot_runs import add_plot_parser
@@ -31,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_plot_parser(commands)
     add_demo_parser(commands)
     add_bench_parser(commands)
+    add_bench_train_parser(commands)
     return parser
 
 
