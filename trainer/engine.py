@@ -23,6 +23,7 @@ from trainer.evaluate import evaluate
 from trainer.loader import EvalViews, TrainViews, make_loader
 from trainer.losses import DistillationLoss
 from trainer.targets import CachedTargets, PlannedViews
+from trainer.teacher_mix import teacher_mix
 
 
 @dataclass
@@ -37,7 +38,11 @@ class TrainConfig:
     kd: str = "none"
     cache: str | None = None  # a location, or "auto" to pick from the catalogue
     catalog: str | None = None
-    teacher_name: str | None = None
+    teachers: list[str] = field(default_factory=list)  # names in the cache; several: an ensemble
+    teacher_weights: dict = field(default_factory=dict)  # ensemble weights (default: equal)
+    head_teachers: dict = field(default_factory=dict)  # e.g. {"dist": "b"} (DeiT heads)
+    targets: str = "topk"  # or "sampled" (RS-KD drawn class ids)
+    samples: int | None = None  # sampled ids used per view (default: all the cache holds)
     plan: dict = field(default_factory=dict)  # plan fields; with a cache, checked against it
     alpha: float = 0.5
     tau: float = 1.0
@@ -74,14 +79,23 @@ def _device(name: str) -> torch.device:
 def _views_source(config: TrainConfig, manifest: Manifest) -> CachedTargets | PlannedViews:
     if config.kd != "none" and config.cache is None:
         raise ValueError(f"--kd {config.kd} needs --cache (a cache made by kdcache teach)")
-    cache, teacher = config.cache, config.teacher_name
+    cache, teachers = config.cache, config.teachers
     if cache == "auto":
         root = catalog_root(config.catalog)
-        cache, teacher = resolve_cache(root, manifest.fingerprint, config.plan, teacher)
+        wanted = teachers[0] if teachers else None
+        cache, teacher = resolve_cache(root, manifest.fingerprint, config.plan, wanted)
+        teachers = teachers or [teacher]
         if config.progress:
             print(f"train: --cache auto picked {cache} (teacher {teacher})", flush=True)
     if cache is not None:
-        return CachedTargets(cache, manifest, teacher=teacher, plan=config.plan)
+        return CachedTargets(
+            cache,
+            manifest,
+            teachers=teachers,
+            plan=config.plan,
+            sampled=config.targets == "sampled",
+            samples=config.samples,
+        )
     return PlannedViews(ViewPlan(**config.plan), manifest)
 
 
@@ -91,7 +105,7 @@ def _config_json(config: TrainConfig, source, spec: ModelSpec) -> dict:
     values["spec"] = spec.to_dict()
     if isinstance(source, CachedTargets):
         values["cache"] = source.store.location
-        values["teacher"] = source.store.teacher_identity(source.teacher)
+        values["teacher"] = {n: source.store.teacher_identity(n) for n in source.teachers}
     return values
 
 
@@ -147,6 +161,10 @@ def train(config: TrainConfig) -> dict:
         label_smoothing=config.label_smoothing,
         kl_reduction=config.kl_reduction,
         tail=config.tail,
+        targets=config.targets,
+        mix=teacher_mix(source.teachers, config.teacher_weights, config.head_teachers, distilled)
+        if config.kd != "none"
+        else None,
     )
     train_set = TrainViews(
         manifest,
