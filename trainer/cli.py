@@ -113,6 +113,13 @@ def configure_train_parser(parser: argparse.ArgumentParser) -> None:
         "(default: topk)",
     )
     kd.add_argument(
+        "--topk",
+        type=int,
+        default=None,
+        help="use the first K of the cached top-k per view: what a top-K cache holds "
+        "(default: all)",
+    )
+    kd.add_argument(
         "--samples",
         type=int,
         default=None,

@@ -42,6 +42,7 @@ class TrainConfig:
     teacher_weights: dict = field(default_factory=dict)  # ensemble weights (default: equal)
     head_teachers: dict = field(default_factory=dict)  # e.g. {"dist": "b"} (DeiT heads)
     targets: str = "topk"  # or "sampled" (RS-KD drawn class ids)
+    topk: int | None = None  # top-k entries used per view (default: all the cache holds)
     samples: int | None = None  # sampled ids used per view (default: all the cache holds)
     plan: dict = field(default_factory=dict)  # plan fields; with a cache, checked against it
     alpha: float = 0.5
@@ -93,6 +94,7 @@ def _views_source(config: TrainConfig, manifest: Manifest) -> CachedTargets | Pl
             manifest,
             teachers=teachers,
             plan=config.plan,
+            topk=config.topk,
             sampled=config.targets == "sampled",
             samples=config.samples,
         )

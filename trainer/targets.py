@@ -45,11 +45,13 @@ class CachedTargets:
         teachers: list[str] | None = None,
         plan: dict | None = None,
         split: str = "train",
+        topk: int | None = None,
         sampled: bool = False,
         samples: int | None = None,
     ):
         """``plan`` holds the plan fields the run asked for; each must equal the cache's, but
-        ``views`` may be fewer than the cache holds (the first ones are used). ``sampled``
+        ``views`` may be fewer than the cache holds (the first ones are used). ``topk`` keeps
+        the first K of the cached top-k (what a top-K cache holds; default all). ``sampled``
         reads the drawn class ids too (the first ``samples`` of each view; default all)."""
         self.store = CacheStore.open(location)
         self.plan = replace(self.store.plan, **(plan or {}))
@@ -66,7 +68,9 @@ class CachedTargets:
         self.teachers = list(teachers)
         for teacher in self.teachers:
             self._check_teacher(location, teacher, manifest, split)
-        self.topk = self.store.topk
+        if topk is not None and not 1 <= topk <= self.store.topk:
+            raise CacheMismatch(f"{location}: holds top-{self.store.topk}; asked for top-{topk}")
+        self.topk = topk or self.store.topk
         self.samples = self._samples(location, samples) if sampled else 0
 
     def _check_teacher(self, location: str, teacher: str, manifest: Manifest, split: str) -> None:
@@ -102,5 +106,10 @@ class CachedTargets:
         for name in self.teachers:
             block = self.store.read_shard(name, shard, views=self.plan.views)
             keep = block.sample_index[..., : self.samples] if self.samples else None
-            targets[name] = replace(block, sample_index=keep)
+            targets[name] = replace(
+                block,
+                topk_logits=block.topk_logits[..., : self.topk],
+                topk_index=block.topk_index[..., : self.topk],
+                sample_index=keep,
+            )
         return ShardBlock(targets[self.teachers[0]].params, targets)
