@@ -5,7 +5,8 @@ import sys
 
 import pytest
 
-COMMANDS = ["shard", "teach", "train", "catalog", "inspect", "verify", "demo", "bench-teach"]
+COMMANDS = ["shard", "teach", "train", "catalog", "inspect", "verify", "demo", "bench-teach",
+            "bench-kd"]  # fmt: skip
 
 
 def _kdcache(*args):
@@ -25,13 +26,32 @@ def test_help_describes_every_command():
     ("command", "options"),
     [
         ("shard", ["--source", "--shard-size", "--limit"]),
-        ("teach", ["--teacher", "--topk", "--views", "--plan-seed", "--address", "--catalog"]),
-        ("train", ["--kd", "--cache", "--catalog", "--alpha", "--tau", "--model", "--epochs"]),
+        ("teach", ["--teacher", "--topk", "--samples", "--views", "--plan-seed", "--address"]),
+        (
+            "train",
+            [
+                "--kd",
+                "--cache",
+                "--catalog",
+                "--alpha",
+                "--tau",
+                "--model",
+                "--epochs",
+                "--teacher-name",
+                "--teacher-weight",
+                "--head-teacher",
+                "--targets",
+                "--topk",
+                "--samples",
+                "--tail",
+            ],
+        ),  # fmt: skip
         ("catalog", ["--catalog", "--data", "--teacher", "--json"]),
         ("inspect", ["--data", "--json", "--plot"]),
         ("verify", ["--samples", "--teacher", "--data"]),
         ("demo", ["--out", "--quick"]),
         ("bench-teach", ["--teacher", "--resolution", "--batch-size", "--views"]),
+        ("bench-kd", ["--out", "--train-limit", "--student-epochs", "--seed"]),
     ],
 )
 def test_each_command_documents_its_options(command, options):

@@ -173,3 +173,18 @@ def test_refuses_what_the_cache_or_student_cannot_give(tmp_path, data, cache, sa
             )  # fmt: skip
         )
     assert not run.exists()
+
+
+def test_reads_a_prefix_of_the_cached_topk_and_samples(data, sampled_cache):
+    shard = data.shards[1]
+    full = CachedTargets(sampled_cache, data, teachers=["regnet"], sampled=True).block(shard)
+    part = CachedTargets(
+        sampled_cache, data, teachers=["regnet"], topk=2, sampled=True, samples=3
+    ).block(shard)
+    targets, kept = full.targets["regnet"], part.targets["regnet"]
+    assert kept.topk_logits.shape[-1] == 2 and kept.sample_index.shape[-1] == 3
+    assert (kept.topk_index == targets.topk_index[..., :2]).all()
+    assert (kept.sample_index == targets.sample_index[..., :3]).all()
+    assert (kept.logsumexp == targets.logsumexp).all()
+    with pytest.raises(CacheMismatch, match="holds top-4; asked for top-5"):
+        CachedTargets(sampled_cache, data, teachers=["regnet"], topk=5)

@@ -11,8 +11,10 @@ def evaluate(
 ) -> dict[str, float]:
     """Top-1 accuracy (%) over the loader; ``prepare`` normalises a batch already on the device.
 
-    For a DeiT student (``head_dist``) also per head; the combined prediction is timm's: the
-    mean of the two heads' logits."""
+    For a DeiT student (``head_dist``) also per head; the combined prediction is the argmax of
+    the mean of the two heads' logits (pre-softmax), as timm's ``VisionTransformerDistilled`` and
+    DeiT's released code do at inference; the DeiT paper's text speaks of adding the two heads'
+    softmax outputs, which can pick another class when the heads disagree."""
     model.eval()
     two_heads = hasattr(model, "head_dist")
     correct = {"acc": 0, "acc_cls": 0, "acc_dist": 0}
