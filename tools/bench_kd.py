@@ -31,14 +31,14 @@ def sampled_bytes(draws: int) -> int:
 class BenchConfig:
     """The benchmark's data, models and budget."""
 
-    train_limit: int = 5000
-    test_limit: int | None = 5000
+    train_limit: int = 3000
+    test_limit: int | None = 2000
     shard_size: int = 1000
     teachers: tuple[str, ...] = ("regnety_002", "resnet10t")
     teacher_resolution: int = 32
     teacher_epochs: int = 3
     teacher_lr: float = 5e-3
-    views: int = 3
+    views: int = 2
     crop_scale: tuple[float, float] = (0.35, 1.0)
     topks: tuple[int, ...] = (1, 3, 5)
     student: str = "deit_tiny_distilled_patch16_224"
@@ -46,7 +46,7 @@ class BenchConfig:
         default_factory=lambda: {"patch_size": 7, "embed_dim": 96, "depth": 4, "num_heads": 3}
     )
     student_resolution: int = 28
-    student_epochs: int = 3
+    student_epochs: int = 2
     lr: float = 2e-3
     alpha: float = 0.5
     batch_size: int = 128
@@ -211,9 +211,10 @@ def add_bench_kd_parser(commands) -> None:
         "a Markdown table (about 25 minutes on 2 CPU cores with the defaults).",
     )
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--train-limit", type=int, default=5000, help="default: %(default)s")
-    parser.add_argument("--test-limit", type=int, default=5000, help="default: %(default)s")
-    parser.add_argument("--student-epochs", type=int, default=3, help="default: %(default)s")
+    parser.add_argument("--train-limit", type=int, default=3000, help="default: %(default)s")
+    parser.add_argument("--test-limit", type=int, default=2000, help="default: %(default)s")
+    parser.add_argument("--views", type=int, default=2, help="cached views (default: 2)")
+    parser.add_argument("--student-epochs", type=int, default=2, help="default: %(default)s")
     parser.add_argument("--teacher-epochs", type=int, default=3, help="default: %(default)s")
     parser.add_argument("--seed", type=int, default=0, help="plan and training seed (default: 0)")
     parser.add_argument("--quiet", action="store_true", help="only the final table")
@@ -224,6 +225,7 @@ def run_bench_command(args: argparse.Namespace) -> None:
     config = BenchConfig(
         train_limit=args.train_limit,
         test_limit=args.test_limit,
+        views=args.views,
         student_epochs=args.student_epochs,
         teacher_epochs=args.teacher_epochs,
         seed=args.seed,
