@@ -1,5 +1,7 @@
 """Sampled targets in the cache: arrays and attrs, drawn from the teacher, checksummed, replayable."""
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -11,6 +13,7 @@ from pipeline.teach_job import TeacherSource
 from pipeline.teachers import load_teacher
 from pipeline.views import normalize
 from tests.conftest import PLAN, SAMPLES, SHARD_SIZE, teach
+from tools.verify_cache import verify_cache
 from trainer.loader import TrainViews
 from trainer.targets import CachedTargets
 
@@ -75,3 +78,14 @@ def test_a_rerun_draws_bitwise_the_same_ids(tmp_path, data, teacher_path, sample
         np.testing.assert_array_equal(
             again[f"teachers/regnet/{name}"][part], first[f"teachers/regnet/{name}"][part]
         )
+
+
+def test_verify_recomputes_the_drawn_ids_and_names_an_altered_one(tmp_path, sampled_cache):
+    assert verify_cache(sampled_cache, samples=20).ok
+    copy = str(tmp_path / "cache.zarr")
+    shutil.copytree(sampled_cache, copy)
+    ids = zarr.open_group(copy, mode="r+")["teachers/regnet28/sample_index"]
+    ids[137, 0, 5] = (ids[137, 0, 5] + 1) % 10
+    problems = verify_cache(copy, samples=0).problems
+    assert "shards/train-000001.tar view 0 (teacher regnet28): checksum mismatch" in problems
+    assert any("row 137 view 0 (teacher regnet28)" in p for p in problems)

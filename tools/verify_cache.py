@@ -85,13 +85,13 @@ def _recompute(
 ) -> ShardTargets:
     rows = manifest.shard_rows(shard)[positions]
     params = store.plan.params(rows, manifest.aspect[rows], views=[view])
-    uniforms = sample_uniforms(store.plan.seed, rows, [view], store.samples)
+    samples = store.samples
     return teacher_targets(
         teacher,
         [images[p] for p in positions],
         params,
         topk=store.topk,
-        uniforms=uniforms if store.samples else None,
+        uniforms=sample_uniforms(store.plan.seed, rows, [view], samples) if samples else None,
     )
 
 
