@@ -4,8 +4,9 @@
 duckdb read as a dataset (``pd.read_parquet("ROOT/catalog")``,
 ``duckdb.sql("select * from 'ROOT/catalog/*.parquet'")``). A row's identity is a sha256 of
 what makes targets reusable: dataset fingerprint, plan (all but the number of views, which a
-cache can grow), K, splits, and the teacher's architecture, weights and preprocessing. Each
-identity has its own file, written whole, so concurrent writers never clash.
+cache can grow), K, sampled draws per view (when there are any), splits, and the teacher's
+architecture, weights and preprocessing. Each identity has its own file, written whole, so
+concurrent writers never clash.
 """
 
 import datetime
@@ -63,6 +64,8 @@ def identity_key(cache_attrs: dict, teacher: dict) -> str:
         "splits": sorted(cache_attrs["splits"]),
         "teacher": {k: teacher[k] for k in _TEACHER_KEYS},
     }
+    if cache_attrs.get("samples"):  # only then: caches without samples keep their identity
+        identity["samples"] = cache_attrs["samples"]
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 

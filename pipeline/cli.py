@@ -140,6 +140,14 @@ def add_teach_parser(commands) -> None:
         help="logits kept per view (default: the existing cache's, else 10)",
     )
     parser.add_argument(
+        "--samples",
+        type=int,
+        default=None,
+        metavar="D",
+        help="also draw D class ids per view from the teacher's softmax, for sampled "
+        "distillation (RS-KD; train --targets sampled) (default: the existing cache's, else 0)",
+    )
+    parser.add_argument(
         "--splits",
         nargs="+",
         default=None,
@@ -213,15 +221,18 @@ def run_teach(args: argparse.Namespace) -> None:
     if existing is not None:  # unset options default to the existing cache's
         plan = replace(existing.plan, **plan_overrides(args))
         topk, splits = args.topk or existing.topk, args.splits or existing.attrs["splits"]
+        samples = existing.samples if args.samples is None else args.samples
     else:
         plan = ViewPlan(**plan_overrides(args))
         topk, splits = args.topk or 10, args.splits or ["train"]
+        samples = args.samples or 0
     config = TeachConfig(
         manifest=args.data,
         cache=args.cache,
         teachers=teachers,
         plan=plan,
         topk=topk,
+        samples=samples,
         splits=splits,
         batch_size=args.batch_size,
         workers=args.workers,

@@ -1,20 +1,27 @@
 """The cache store (format ``kdcache/1``): a Zarr v3 group of teacher targets per view.
 
-Part of the contract between ``pipeline`` and ``trainer``. Layout (N rows, V views, K, S shards)::
+Part of the contract between ``pipeline`` and ``trainer``. Layout (N rows, V views, K, S shards,
+D sampled draws)::
 
-    cache.zarr/          attrs: format, dataset, splits, plan, topk, tool_version, created
+    cache.zarr/          attrs: format, dataset, splits, plan, topk, samples, [sampling],
+                                tool_version, created
       params             float32 (N, V, P)  view params (names in attrs.plan.param_names)
       teachers/<name>/   attrs: teacher identity (arch, weights sha256, preprocessing)
         topk_logits      float16 (N, V, K)  the K largest logits, descending
         topk_index       int16|int32 (N, V, K)  their class ids
         logsumexp        float32 (N, V)     log sum exp over all logits
+        sample_index     int16|int32 (N, V, D)  only if attrs.samples = D > 0: D class ids drawn
+                                            with replacement from the teacher's softmax, in draw
+                                            order (how: attrs.sampling, pipeline.sampled_targets)
         shard_done       uint8 (S, V)       1 once view v of shard s is written and checksummed
         shard_checksum   uint64 (S, V)      blake2b-64 of that region (see ``region_checksum``)
 
-Unwritten values read as NaN (floats) or -1 (class ids). N is the manifest's row-id space
-(shard s owns rows s*shard_size ...). Chunks are one shard long and one view wide, and the
-ledger has one chunk per (shard, view): every writer owns whole chunks, and adding views
-(:meth:`CacheStore.grow_views`) never rewrites a chunk of an existing view. ``attrs.plan.views``
+Unwritten values read as NaN (floats) or -1 (class ids). A cache written before sampled
+targets existed has no ``samples`` attr and no ``sample_index``: it reads as ``samples = 0``.
+N is the manifest's row-id space (shard s owns rows s*shard_size ...). Chunks are one shard
+long and one view wide, and the ledger has one chunk per (shard, view): every writer owns
+whole chunks, and adding views (:meth:`CacheStore.grow_views`) never rewrites a chunk of an
+existing view. ``attrs.plan.views``
 counts the complete views; arrays may be wider while views are being added.
 """
 
@@ -31,31 +38,45 @@ import pipeline
 from pipeline import urls
 from pipeline.manifest import Manifest, ShardInfo
 from pipeline.plan import PARAM_NAMES, ViewPlan
+from pipeline.sampled_targets import SAMPLING_ATTRS
 
 FORMAT = "kdcache/1"
 TARGET_ARRAYS = ("topk_logits", "topk_index", "logsumexp")
+SAMPLE_ARRAYS = ("sample_index",)
 LEDGER_ARRAYS = ("shard_done", "shard_checksum")
 _COMPRESSORS = (BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle"),)
 
 
 @dataclass
 class ShardTargets:
-    """A shard's block for some views: params (n, v, P) and a teacher's targets for them."""
+    """A shard's block for some views: params (n, v, P) and a teacher's targets for them
+    (``sample_index`` (n, v, D) only in a cache with sampled targets)."""
 
     params: np.ndarray
     topk_logits: np.ndarray
     topk_index: np.ndarray
     logsumexp: np.ndarray
+    sample_index: np.ndarray | None = None
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The block's arrays by name, without the absent ones."""
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+    def select(self, positions, views: slice) -> "ShardTargets":
+        """The block of some rows (positions in the shard) and views."""
+        return ShardTargets(**{k: v[positions, views] for k, v in self.arrays().items()})
 
     def view(self, index: int) -> "ShardTargets":
         """The block of one of its views (keeping a view axis of length 1)."""
-        return ShardTargets(**{k: v[:, index : index + 1] for k, v in self.__dict__.items()})
+        return self.select(slice(None), slice(index, index + 1))
 
 
 def region_checksum(block: ShardTargets) -> int:
-    """blake2b (8 bytes, little-endian uint64) over params, topk_logits, topk_index, logsumexp."""
+    """blake2b (8 bytes, little-endian uint64) over params, topk_logits, topk_index, logsumexp
+    and, in a cache with sampled targets, sample_index."""
     digest = hashlib.blake2b(digest_size=8)
-    for name in ("params", *TARGET_ARRAYS):
+    names = ("params", *TARGET_ARRAYS, *(SAMPLE_ARRAYS if block.sample_index is not None else ()))
+    for name in names:
         values = np.ascontiguousarray(getattr(block, name))
         digest.update(values.astype(values.dtype.newbyteorder("<")).tobytes())
     return int.from_bytes(digest.digest(), "little")
@@ -91,6 +112,7 @@ class CacheStore:
             )
         self.plan = ViewPlan.from_attrs(self.attrs["plan"])
         self.topk: int = self.attrs["topk"]
+        self.samples: int = self.attrs.get("samples", 0)  # caches older than sampling: 0
         self.shard_size: int = self.attrs["dataset"]["shard_size"]
 
     @classmethod
@@ -111,10 +133,15 @@ class CacheStore:
         plan: ViewPlan,
         topk: int,
         splits: list[str],
+        samples: int = 0,
     ) -> "CacheStore":
-        """Create an empty cache for ``manifest`` and ``plan``; ``format`` is written last."""
+        """Create an empty cache for ``manifest`` and ``plan``; ``format`` is written last.
+
+        ``samples`` > 0 adds sampled targets: that many class ids per view and teacher."""
         if not 1 <= topk <= manifest.num_classes:
             raise ValueError(f"--topk must lie in 1..{manifest.num_classes}, got {topk}")
+        if samples < 0:
+            raise ValueError(f"--samples must be 0 (none) or more, got {samples}")
         group = zarr.open_group(_zarr_location(location), mode="w-")
         n, v, p = manifest.num_rows, plan.views, len(PARAM_NAMES)
         _create(group, "params", (n, v, p), (manifest.shard_size, 1, p), "float32", np.nan)
@@ -133,6 +160,8 @@ class CacheStore:
                 "splits": sorted(splits),
                 "plan": plan.to_attrs(),
                 "topk": topk,
+                "samples": samples,
+                **({"sampling": SAMPLING_ATTRS} if samples else {}),
                 "tool_version": pipeline.__version__,
                 "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             }
@@ -147,6 +176,7 @@ class CacheStore:
         plan: ViewPlan | None = None,
         topk: int | None = None,
         splits: list[str] | None = None,
+        samples: int | None = None,
     ) -> list[str]:
         """Every field in which this cache differs from what it is being used with.
 
@@ -165,6 +195,8 @@ class CacheStore:
             found += [d.replace(" vs ", " in cache vs ", 1) for d in self.plan.differences(plan)]
         if topk is not None and topk != self.topk:
             found.append(f"topk: {self.topk} in cache vs {topk}")
+        if samples is not None and samples != self.samples:
+            found.append(f"samples: {self.samples} in cache vs {samples}")
         if splits is not None and sorted(splits) != self.attrs["splits"]:
             found.append(f"splits: {self.attrs['splits']} in cache vs {sorted(splits)}")
         return found
@@ -211,6 +243,9 @@ class CacheStore:
         _create(group, "topk_logits", (n, v, k), (rows, 1, k), "float16", np.nan)
         _create(group, "topk_index", (n, v, k), (rows, 1, k), classes, -1)
         _create(group, "logsumexp", (n, v), (rows, 1), "float32", np.nan)
+        if self.samples:
+            shape, chunks = (n, v, self.samples), (rows, 1, self.samples)
+            _create(group, "sample_index", shape, chunks, classes, -1)
         _create(group, "shard_done", (s, v), (1, 1), "uint8", 0)
         _create(group, "shard_checksum", (s, v), (1, 1), "uint64", 0)
         group.attrs.update(identity)
@@ -227,7 +262,7 @@ class CacheStore:
             return
         arrays = [self.group["params"]]
         for name in self.teacher_names:
-            arrays += [self._teacher(name)[a] for a in (*TARGET_ARRAYS, *LEDGER_ARRAYS)]
+            arrays += [self._teacher(name)[a] for a in self._arrays(*LEDGER_ARRAYS)]
         for array in arrays:
             array.resize((array.shape[0], views, *array.shape[2:]))
 
@@ -243,6 +278,10 @@ class CacheStore:
         self.group.attrs["plan"] = plan
         self.attrs["plan"] = plan
         self.plan = ViewPlan.from_attrs(plan)
+
+    def _arrays(self, *extra: str) -> tuple[str, ...]:
+        """Names of each teacher's per-view target arrays (with sampled ones if any), then ``extra``."""
+        return (*TARGET_ARRAYS, *(SAMPLE_ARRAYS if self.samples else ()), *extra)
 
     # -- ledger and regions --------------------------------------------------------------------
     def views_done(self, teacher: str) -> np.ndarray:
@@ -279,7 +318,7 @@ class CacheStore:
         for index, view in enumerate(views):
             part = block.view(index)
             self.group["params"][rows, view : view + 1] = part.params
-            for name in TARGET_ARRAYS:
+            for name in self._arrays():
                 group[name][rows, view : view + 1] = getattr(part, name)
             checksums.append(region_checksum(part))
         for view, checksum in zip(views, checksums, strict=True):
@@ -294,7 +333,7 @@ class CacheStore:
         rows, columns = self._rows(shard), slice(0, self.plan.views if views is None else views)
         return ShardTargets(
             params=self.group["params"][rows, columns],
-            **{name: group[name][rows, columns] for name in TARGET_ARRAYS},
+            **{name: group[name][rows, columns] for name in self._arrays()},
         )
 
 

@@ -22,6 +22,7 @@ from pipeline.catalog import Catalog, identity_key
 from pipeline.manifest import Manifest
 from pipeline.plan import ViewPlan
 from pipeline.run_lock import CacheBusy, RunLock, lock_holder
+from pipeline.sampled_targets import sample_uniforms
 from pipeline.store import CacheMismatch, CacheStore
 from pipeline.teacher_targets import read_shard_images, teacher_targets
 from pipeline.teachers import Teacher, load_teacher
@@ -58,6 +59,7 @@ class TeachConfig:
     teachers: list[TeacherSource]
     plan: ViewPlan = field(default_factory=ViewPlan)
     topk: int = 10
+    samples: int = 0  # sampled class ids per view and teacher (0: none)
     splits: list[str] = field(default_factory=lambda: ["train"])
     batch_size: int = 256
     workers: int | None = None
@@ -138,16 +140,18 @@ class ShardWorker:
         rows = self.manifest.shard_rows(shard)
         timings["decode"] += time.perf_counter() - began
         computed = 0
+        plan, samples = self.config.plan, self.store.samples
         for teacher in self.teachers:
             wanted = pending[teacher.name]
             if not wanted:
                 continue
-            params = self.config.plan.params(rows, self.manifest.aspect[rows], views=wanted)
+            params = plan.params(rows, self.manifest.aspect[rows], views=wanted)
             block = teacher_targets(
                 teacher,
                 images,
                 params,
                 topk=self.store.topk,
+                uniforms=sample_uniforms(plan.seed, rows, wanted, samples) if samples else None,
                 batch_size=self.config.batch_size,
                 precision=self.precision,
                 timings=timings,
@@ -174,10 +178,13 @@ def _prepare_store(config: TeachConfig, manifest: Manifest, identities: list[dic
             plan=config.plan,
             topk=config.topk,
             splits=config.splits,
+            samples=config.samples,
         )
     # more views than the cache has is an extension: the same plan, views appended
     fewer = replace(config.plan, views=min(config.plan.views, store.plan.views))
-    store.check_matches(manifest, plan=fewer, topk=config.topk, splits=config.splits)
+    store.check_matches(
+        manifest, plan=fewer, topk=config.topk, splits=config.splits, samples=config.samples
+    )
     if config.plan.views < store.plan.views:
         raise CacheMismatch(
             f"{config.cache}: holds {store.plan.views} views; asked for {config.plan.views} "
@@ -195,6 +202,7 @@ def _requested_attrs(config: TeachConfig, manifest: Manifest) -> dict:
         "dataset": {"fingerprint": manifest.fingerprint},
         "plan": config.plan.to_attrs(),
         "topk": config.topk,
+        "samples": config.samples,
         "splits": config.splits,
     }
 

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from pipeline.manifest import Manifest, ShardInfo
+from pipeline.sampled_targets import draw_classes
 from pipeline.store import ShardTargets, index_dtype, reduce_logits
 from pipeline.tar_reader import ShardError, sample_image, tar_samples
 from pipeline.teachers import Teacher
@@ -56,11 +57,15 @@ def teacher_targets(
     params: np.ndarray,
     *,
     topk: int,
+    uniforms: np.ndarray | None = None,
     batch_size: int = 256,
     precision: str = "fp32",
     timings: dict | None = None,
 ) -> ShardTargets:
     """A teacher's targets for every (image, view): ``params`` is (n, v, P) as the plan made it.
+
+    With ``uniforms`` (n, v, D) (:func:`pipeline.sampled_targets.sample_uniforms`) it also
+    draws D class ids per view from the teacher's softmax (``sample_index``).
 
     Batches never span two views, so a view's values do not depend on which other views are
     computed with it (a resumed shard computes exactly what an uninterrupted run did).
@@ -72,6 +77,7 @@ def teacher_targets(
     logits_out = np.empty((n, v, topk), dtype=np.float16)
     index_out = np.empty((n, v, topk), dtype=np.int64)
     lse_out = np.empty((n, v), dtype=np.float32)
+    samples_out = None if uniforms is None else np.empty(uniforms.shape, dtype=np.int64)
     for view in range(v):
         for start in range(0, n, batch_size):
             rows = range(start, min(start + batch_size, n))
@@ -91,10 +97,15 @@ def teacher_targets(
             logits_out[rows.start : rows.stop, view] = values.cpu().numpy().astype(np.float16)
             index_out[rows.start : rows.stop, view] = index.cpu().numpy()
             lse_out[rows.start : rows.stop, view] = lse.cpu().numpy()
+            if samples_out is not None:
+                draws = uniforms[rows.start : rows.stop, view]
+                samples_out[rows.start : rows.stop, view] = draw_classes(logits.float(), draws)
             timings["infer"] += time.perf_counter() - began
+    classes = index_dtype(spec.num_classes)
     return ShardTargets(
         params=params,
         topk_logits=logits_out,
-        topk_index=index_out.astype(index_dtype(spec.num_classes)),
+        topk_index=index_out.astype(classes),
         logsumexp=lse_out,
+        sample_index=None if samples_out is None else samples_out.astype(classes),
     )

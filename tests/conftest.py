@@ -1,4 +1,4 @@
-"""Shared fixtures: a real Fashion-MNIST slice, a trained RegNetY teacher, a real Ray cache."""
+"""Shared fixtures: a real Fashion-MNIST slice, a trained RegNetY teacher, real Ray caches."""
 
 import os
 
@@ -16,6 +16,7 @@ TRAIN_ROWS = 450  # four full shards and a short one
 TEST_ROWS = 200
 PLAN = ViewPlan(seed=3, views=3)
 TOPK = 4
+SAMPLES = 8
 
 
 def make_shards(root, train_rows=TRAIN_ROWS, test_rows=TEST_ROWS) -> Manifest:
@@ -73,7 +74,7 @@ def teach(data, teacher_path, cache, **options):
     config = TeachConfig(
         manifest=data.location,
         cache=None if cache is None else str(cache),
-        teachers=[TeacherSource(teacher_path, name="regnet")],
+        teachers=options.pop("teachers", [TeacherSource(teacher_path, name="regnet")]),
         plan=options.pop("plan", PLAN),
         topk=options.pop("topk", TOPK),
         batch_size=options.pop("batch_size", 128),
@@ -88,4 +89,19 @@ def cache(data, teacher_path, ray_local, tmp_path_factory) -> str:
     """A complete cache of the slice's train split: 3 views, top-4, teacher 'regnet'."""
     location = str(tmp_path_factory.mktemp("cache") / "cache.zarr")
     teach(data, teacher_path, location)
+    return location
+
+
+@pytest.fixture(scope="session")
+def sampled_cache(data, teacher_path, ray_local, tmp_path_factory) -> str:
+    """A complete cache with two teachers, ``regnet`` (the teacher at 32 px) and ``regnet28``
+    (the same weights at 28 px: another function of the image), top-4 and 8 sampled ids."""
+    from pipeline.teach_job import TeacherSource
+
+    location = str(tmp_path_factory.mktemp("sampled") / "cache.zarr")
+    teachers = [
+        TeacherSource(teacher_path, name="regnet"),
+        TeacherSource(teacher_path, name="regnet28", resolution=28),
+    ]
+    teach(data, teacher_path, location, teachers=teachers, samples=SAMPLES)
     return location

@@ -5,17 +5,8 @@ import sys
 
 import pytest
 
-COMMANDS = [
-    "shard",
-    "teach",
-    "train",
-    "catalog",
-    "inspect",
-    "verify",
-    "plot",
-    "demo",
-    "bench-teach",
-]
+COMMANDS = ["shard", "teach", "train", "catalog", "inspect", "verify", "plot", "demo",
+            "bench-teach", "bench-train", "bench-kd"]  # fmt: skip
 
 
 def _kdcache(*args):
@@ -35,8 +26,26 @@ def test_help_describes_every_command():
     ("command", "options"),
     [
         ("shard", ["--source", "--shard-size", "--limit"]),
-        ("teach", ["--teacher", "--topk", "--views", "--plan-seed", "--address", "--catalog"]),
-        ("train", ["--kd", "--cache", "--catalog", "--alpha", "--tau", "--model", "--epochs"]),
+        ("teach", ["--teacher", "--topk", "--samples", "--views", "--plan-seed", "--address"]),
+        (
+            "train",
+            [
+                "--kd",
+                "--cache",
+                "--catalog",
+                "--alpha",
+                "--tau",
+                "--model",
+                "--epochs",
+                "--teacher-name",
+                "--teacher-weight",
+                "--head-teacher",
+                "--targets",
+                "--topk",
+                "--samples",
+                "--tail",
+            ],
+        ),  # fmt: skip
         (
             "train",
             ["--teacher", "--teacher-checkpoint", "--resume", "--ema-decay", "--tensorboard"],
@@ -47,6 +56,7 @@ def test_help_describes_every_command():
         ("verify", ["--samples", "--teacher", "--data"]),
         ("demo", ["--out", "--quick"]),
         ("bench-teach", ["--teacher", "--resolution", "--batch-size", "--views"]),
+        ("bench-kd", ["--out", "--train-limit", "--student-epochs", "--seed"]),
     ],
 )
 def test_each_command_documents_its_options(command, options):

@@ -32,7 +32,8 @@ def test_adding_views_keeps_old_views_bitwise_and_readers_see_complete_views(
     assert during.plan.views == PLAN.views
     for source in (reader, during):
         block = source.block(data.shards[2])
-        assert block.topk_logits.shape[1] == PLAN.views and not np.isnan(block.params).any()
+        targets = block.targets["regnet"]
+        assert targets.topk_logits.shape[1] == PLAN.views and not np.isnan(block.params).any()
 
     summary = teach(data, teacher_path, location, plan=replace(PLAN, views=5))
     assert summary.views == 250 * 2  # only the missing views of the remaining shards

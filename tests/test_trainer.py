@@ -9,7 +9,7 @@ import torch
 
 from pipeline.models import read_checkpoint_meta
 from pipeline.store import CacheMismatch
-from tests.conftest import PLAN, make_shards, teach
+from tests.conftest import PLAN, SAMPLES, make_shards, teach
 from trainer.engine import TrainConfig, train
 from trainer.loader import TrainViews
 from trainer.targets import CachedTargets, PlannedViews
@@ -85,7 +85,7 @@ def test_deit_student_learns_from_cached_soft_targets(tmp_path, data, cache):
     assert float(rows[-1]["train_kd"]) < float(rows[0]["train_kd"])  # it learns the teacher
     assert final == {k: pytest.approx(float(v)) for k, v in rows[-1].items()}
     config = json.loads((out / "config.json").read_text())
-    assert config["plan"]["seed"] == PLAN.seed and config["teacher_identity"]["name"] == "regnet"
+    assert config["plan"]["seed"] == PLAN.seed and config["teacher_identity"]["regnet"]["arch"]
     meta = read_checkpoint_meta(str(out / "checkpoint.pth"))
     assert meta["spec"]["arch"] == DEIT and meta["epoch"] == 2
 
@@ -105,3 +105,89 @@ def test_soft_distillation_with_each_tail_option_trains(tmp_path, data, cache):
         final = train(replace(config, tail=tail, tau=2.0))
         assert final["train_kd"] > 0
         assert json.loads((tmp_path / tail / "config.json").read_text())["tail"] == tail
+
+
+def test_plain_vit_student_from_sampled_targets(tmp_path, data, sampled_cache):
+    vit = {"patch_size": 7, "embed_dim": 32, "depth": 1, "num_heads": 2}
+    config = _config(data, tmp_path / "vit", model="vit_tiny_patch16_224", model_args=vit)
+    final = train(
+        replace(config, kd="soft", cache=sampled_cache, teachers=["regnet"], targets="sampled")
+    )
+    assert final["train_kd"] > 0 and "test_acc_cls" not in final
+    saved = json.loads((tmp_path / "vit" / "config.json").read_text())
+    assert saved["targets"] == "sampled" and list(saved["teacher_identity"]) == ["regnet"]
+
+
+def test_regnet_student_from_a_weighted_ensemble_and_deit_heads(tmp_path, data, sampled_cache):
+    teachers = ["regnet", "regnet28"]
+    config = _config(data, tmp_path / "regnet", model="regnety_002", model_args={})
+    final = train(
+        replace(
+            config,
+            kd="soft",
+            cache=sampled_cache,
+            teachers=teachers,
+            teacher_weights={"regnet": 2.0, "regnet28": 1.0},
+            tau=2.0,
+        )
+    )
+    assert final["train_kd"] > 0
+    assert (
+        list(json.loads((tmp_path / "regnet" / "config.json").read_text())["teacher_identity"])
+        == teachers
+    )
+    heads = {"cls": "regnet", "dist": "regnet28"}
+    deit = _config(data, tmp_path / "deit", kd="soft", cache=sampled_cache, teachers=teachers)
+    final = train(replace(deit, head_teachers=heads))
+    assert final["train_kd"] > 0 and "test_acc_dist" in final
+
+
+def test_refuses_what_the_cache_or_student_cannot_give(tmp_path, data, cache, sampled_cache):
+    run = tmp_path / "run"
+    with pytest.raises(CacheMismatch, match="has no sampled targets"):
+        train(_config(data, run, kd="soft", cache=cache, targets="sampled"))
+    with pytest.raises(CacheMismatch, match=f"holds {SAMPLES} sampled ids per view; asked for 9"):
+        train(
+            _config(
+                data,
+                run,
+                kd="soft",
+                cache=sampled_cache,
+                teachers=["regnet"],
+                targets="sampled",
+                samples=9,
+            )  # fmt: skip
+        )
+    with pytest.raises(CacheMismatch, match=r"holds teachers \['regnet', 'regnet28'\]; pick"):
+        train(_config(data, run, kd="soft", cache=sampled_cache))
+    with pytest.raises(CacheMismatch, match="no teacher 'other'"):
+        train(_config(data, run, kd="soft", cache=sampled_cache, teachers=["regnet", "other"]))
+    with pytest.raises(ValueError, match="the student has one head"):
+        train(
+            _config(
+                data,
+                run,
+                model="resnet10t",
+                model_args={},
+                kd="soft",
+                cache=sampled_cache,
+                teachers=["regnet"],
+                head_teachers={"cls": "regnet"},
+            )  # fmt: skip
+        )
+    assert not run.exists()
+
+
+def test_reads_a_prefix_of_the_cached_topk_and_samples(data, sampled_cache):
+    shard = data.shards[1]
+    full = CachedTargets(sampled_cache, data, teachers=["regnet"], sampled=True).block(shard)
+    part = CachedTargets(
+        sampled_cache, data, teachers=["regnet"], topk=2, sampled=True, samples=3
+    ).block(shard)
+    targets, kept = full.targets["regnet"], part.targets["regnet"]
+    assert kept.topk_logits.shape[-1] == 2 and kept.sample_index.shape[-1] == 3
+    assert (kept.topk_index == targets.topk_index[..., :2]).all()
+    assert (kept.sample_index == targets.sample_index[..., :3]).all()
+    assert (kept.logsumexp == targets.logsumexp).all()
+    with pytest.raises(CacheMismatch, match="holds top-4; asked for top-5"):
+        CachedTargets(sampled_cache, data, teachers=["regnet"], topk=5)

@@ -6,6 +6,7 @@ import sys
 import pipeline
 from pipeline.cli import add_catalog_parser, add_shard_parser, add_teach_parser
 from pipeline.run_lock import CacheBusy
+from tools.bench_kd import add_bench_kd_parser
 from tools.bench_teach import add_bench_parser
 from tools.bench_train import add_bench_train_parser
 from tools.demo import add_demo_parser
@@ -33,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_demo_parser(commands)
     add_bench_parser(commands)
     add_bench_train_parser(commands)
+    add_bench_kd_parser(commands)
     return parser
 
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from pipeline import urls
 from pipeline.manifest import Manifest
-from pipeline.store import TARGET_ARRAYS, CacheStore
+from pipeline.store import CacheStore
 from tools.cache_manifest import manifest_for
 
 
@@ -34,6 +34,7 @@ def inspect_cache(location: str, data: str | None = None) -> dict:
         "splits": store.attrs["splits"],
         "views": views,
         "topk": store.topk,
+        "samples": store.samples,
         "teachers": {},
     }
     top1 = {}
@@ -69,7 +70,9 @@ def inspect_cache(location: str, data: str | None = None) -> dict:
             "topk_mass": _quantiles(topk_mass),
             "tail_mass": _quantiles(1 - topk_mass),
         }
-        raw_bytes += sum(getattr(b, a).nbytes for b in blocks for a in TARGET_ARRAYS)
+        raw_bytes += sum(
+            array.nbytes for b in blocks for a, array in b.arrays().items() if a != "params"
+        )
         params_bytes.update({s.id: b.params.nbytes for s, b in zip(complete, blocks, strict=True)})
     report["teacher_agreement"] = {
         f"{a}|{b}": float((top1[a] == top1[b]).mean())
@@ -99,7 +102,8 @@ def format_report(report: dict) -> str:
     lines = [
         f"cache {report['cache']} ({report['format']}): {report['dataset']} "
         f"{report['fingerprint'][:12]}, splits {','.join(report['splits'])}, "
-        f"{report['views']} views, top-{report['topk']}",
+        f"{report['views']} views, top-{report['topk']}"
+        + (f", {report['samples']} sampled ids" if report["samples"] else ""),
         f"{'teacher':<16}{'arch':<18}{'shards':>9}{'acc %':>8}  {'per view acc %':<28}"
         f"{'view agr':>9}{'tail p50':>10}{'tail p95':>10}",
     ]

@@ -3,10 +3,12 @@
 import argparse
 import ast
 from dataclasses import fields
+from functools import partial
 
 from pipeline.cli_types import key_value
 from pipeline.plan_options import add_plan_arguments, plan_overrides
-from trainer.losses import KD_MODES, KL_REDUCTIONS, TAIL_MODES, TEACHER_MODES
+from trainer.losses import KD_MODES, KL_REDUCTIONS, TARGET_KINDS, TEACHER_MODES
+from trainer.topk_tail import TAIL_MODES
 
 
 def _model_arg(text: str) -> tuple[str, object]:
@@ -15,6 +17,14 @@ def _model_arg(text: str) -> tuple[str, object]:
         return key, ast.literal_eval(value)
     except (ValueError, SyntaxError):
         return key, value
+
+
+def _teacher_weight(text: str) -> tuple[str, float]:
+    name, value = key_value(text, "NAME=WEIGHT")
+    try:
+        return name, float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected NAME=WEIGHT (a number), got {text!r}") from None
 
 
 def add_train_parser(commands) -> None:
@@ -75,13 +85,6 @@ def configure_train_parser(parser: argparse.ArgumentParser) -> None:
         "--teacher-arch", default=None, help="timm architecture of published online weights"
     )
     kd.add_argument(
-        "--topk",
-        type=int,
-        default=None,
-        help="online: reduce the teacher's logits to top-k + logsumexp like a cache of that K, "
-        "for like-for-like comparisons (default: all classes)",
-    )
-    kd.add_argument(
         "--cache",
         default=None,
         help="teacher cache made by kdcache teach, or 'auto': the one catalogue entry "
@@ -93,7 +96,51 @@ def configure_train_parser(parser: argparse.ArgumentParser) -> None:
         help="catalogue root for --cache auto (default: $KDCACHE_CATALOG)",
     )
     kd.add_argument(
-        "--teacher-name", default=None, help="which teacher of the cache (default: its only one)"
+        "--teacher-name",
+        dest="teachers",
+        nargs="+",
+        default=[],
+        metavar="NAME",
+        help="which teachers of the cache (default: its only one); several: an ensemble, "
+        "the mean of their probabilities",
+    )
+    kd.add_argument(
+        "--teacher-weight",
+        type=_teacher_weight,
+        action="append",
+        default=[],
+        metavar="NAME=W",
+        help="ensemble weight of a teacher, one for each or none (default: equal)",
+    )
+    kd.add_argument(
+        "--head-teacher",
+        type=partial(key_value, form="HEAD=NAME"),
+        action="append",
+        default=[],
+        metavar="HEAD=NAME",
+        help="DeiT student: dist=NAME distils the distillation head from that teacher alone; "
+        "cls=NAME adds that teacher's term on the class head (repeatable)",
+    )
+    kd.add_argument(
+        "--targets",
+        choices=TARGET_KINDS,
+        default="topk",
+        help="topk: cached top-k logits with --tail; sampled: class ids drawn from the teacher "
+        "(RS-KD, unbiased; needs a cache taught with --samples, --kd soft, --tau 1) "
+        "(default: topk)",
+    )
+    kd.add_argument(
+        "--topk",
+        type=int,
+        default=None,
+        help="use the first K of the cached top-k per view: what a top-K cache holds; online: "
+        "reduce the teacher's logits to top-K + logsumexp like such a cache (default: all)",
+    )
+    kd.add_argument(
+        "--samples",
+        type=int,
+        default=None,
+        help="with --targets sampled: use the first N drawn ids per view (default: all)",
     )
     kd.add_argument(
         "--alpha", type=float, default=0.5, help="weight of the teacher term (default: 0.5)"
@@ -181,6 +228,8 @@ def run_train(args: argparse.Namespace) -> None:
         **{name: getattr(args, name) for name in same_name},
         manifest=args.data,
         model_args=dict(args.model_arg),
+        teacher_weights=dict(args.teacher_weight),
+        head_teachers=dict(args.head_teacher),
         plan=plan_overrides(args),
         progress=not args.quiet,
     )

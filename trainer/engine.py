@@ -40,6 +40,7 @@ from trainer.resume import (
 )
 from trainer.run_log import RunLog
 from trainer.targets import CachedTargets, PlannedViews
+from trainer.teacher_mix import teacher_mix
 
 _STEP_LOG_EVERY = 50  # updates between per-step TensorBoard scalars
 _STOP_CHECK_EVERY = 10  # under DDP, steps between agreeing on a SIGTERM (one all-reduce)
@@ -58,10 +59,14 @@ class TrainConfig:
     teacher: str | None = None  # none | cached | online; default cached with a cache, else none
     cache: str | None = None  # a location, or "auto" to pick from the catalogue
     catalog: str | None = None
-    teacher_name: str | None = None
+    teachers: list[str] = field(default_factory=list)  # names in the cache; several: an ensemble
+    teacher_weights: dict = field(default_factory=dict)  # ensemble weights (default: equal)
+    head_teachers: dict = field(default_factory=dict)  # e.g. {"dist": "b"} (DeiT heads)
     teacher_checkpoint: str | None = None  # the online teacher
     teacher_arch: str | None = None  # architecture of published weights (online)
-    topk: int | None = None  # online targets reduced to top-k like a cache (default: all)
+    targets: str = "topk"  # or "sampled" (RS-KD drawn class ids)
+    topk: int | None = None  # top-k used per view: a cache's first K, or online logits reduced
+    samples: int | None = None  # sampled ids used per view (default: all the cache holds)
     plan: dict = field(default_factory=dict)  # plan fields; with a cache, checked against it
     alpha: float = 0.5
     tau: float = 1.0
@@ -107,20 +112,35 @@ def teacher_mode(config: TrainConfig) -> str:
         )
     if mode == "online" and config.teacher_checkpoint is None:
         raise ValueError("--teacher online needs --teacher-checkpoint")
+    if mode == "online" and (config.teachers or config.targets == "sampled"):
+        raise ValueError(
+            "--teacher online runs one teacher on top-k targets: --teacher-name and "
+            "--targets sampled are for cached teachers"
+        )
     if mode != "cached" and config.cache is not None:
         raise ValueError(f"--cache holds cached targets; --teacher {mode} does not use one")
     return mode
 
 
 def _views_source(config: TrainConfig, manifest: Manifest) -> CachedTargets | PlannedViews:
-    cache, teacher = config.cache, config.teacher_name
+    cache, teachers = config.cache, config.teachers
     if cache == "auto":
         root = catalog_root(config.catalog)
-        cache, teacher = resolve_cache(root, manifest.fingerprint, config.plan, teacher)
+        wanted = teachers[0] if teachers else None
+        cache, teacher = resolve_cache(root, manifest.fingerprint, config.plan, wanted)
+        teachers = teachers or [teacher]
         if config.progress:
             print(f"train: --cache auto picked {cache} (teacher {teacher})", flush=True)
     if cache is not None:
-        return CachedTargets(cache, manifest, teacher=teacher, plan=config.plan)
+        return CachedTargets(
+            cache,
+            manifest,
+            teachers=teachers,
+            plan=config.plan,
+            topk=config.topk,
+            sampled=config.targets == "sampled",
+            samples=config.samples,
+        )
     return PlannedViews(ViewPlan(**config.plan), manifest)
 
 
@@ -130,9 +150,11 @@ def _config_json(config: TrainConfig, source, spec: ModelSpec, online) -> dict:
     values["spec"] = spec.to_dict()
     if isinstance(source, CachedTargets):
         values["cache"] = source.store.location
-        values["teacher_identity"] = source.store.teacher_identity(source.teacher)
+        values["teacher_identity"] = {
+            name: source.store.teacher_identity(name) for name in source.teachers
+        }
     if online is not None:
-        values["teacher_identity"] = online.teacher.identity()
+        values["teacher_identity"] = {"online": online.teacher.identity()}
         values["topk"] = online.topk
     return json.loads(json.dumps(values))  # as read back from config.json
 
@@ -173,7 +195,8 @@ def _train(config: TrainConfig, world: World, device: torch.device) -> dict:
         model_args=config.model_args,
     )
     net = create_model(spec).to(device)
-    if hasattr(net, "set_distilled_training"):
+    distilled = hasattr(net, "set_distilled_training")
+    if distilled:
         net.set_distilled_training(config.kd != "none")
     online = None
     if mode == "online":
@@ -194,6 +217,15 @@ def _train(config: TrainConfig, world: World, device: torch.device) -> dict:
         label_smoothing=config.label_smoothing,
         kl_reduction=config.kl_reduction,
         tail=config.tail,
+        targets=config.targets,
+        mix=None
+        if mode == "none"
+        else teacher_mix(
+            ["online"] if online else source.teachers,
+            config.teacher_weights,
+            config.head_teachers,
+            distilled,
+        ),
     )
     train_set = TrainViews(
         manifest,

@@ -13,8 +13,10 @@ def count_correct(
     normalises a batch already on the device.
 
     ``acc`` is the model's eval-mode prediction. For a DeiT student (``head_dist``) also each
-    head alone (``acc_cls``, ``acc_dist``); its combined prediction is timm's: the argmax of the
-    mean of the two heads' logits (DeiT's reference code does the same)."""
+    head alone (``acc_cls``, ``acc_dist``); its combined prediction is the argmax of the mean
+    of the two heads' logits (pre-softmax), as timm's ``VisionTransformerDistilled`` and DeiT's
+    released code do at inference; the DeiT paper's text speaks of adding the two heads'
+    softmax outputs, which can pick another class when the heads disagree."""
     model.eval()
     two_heads = hasattr(model, "head_dist")
     correct = dict.fromkeys(("acc", "acc_cls", "acc_dist") if two_heads else ("acc",), 0)

@@ -22,12 +22,18 @@ def view_for_epoch(epoch: int, num_views: int) -> int:
 
 
 def view_targets(block: ShardTargets, position: int, view: int) -> dict[str, torch.Tensor]:
-    """One sample's targets for one view, as tensors (fp32 logits, int64 class ids)."""
-    return {
+    """One sample's targets for one view, as tensors (fp32 logits, int64 class ids; with
+    sampled targets also ``sample_index``, the drawn class ids)."""
+    targets = {
         "topk_logits": torch.from_numpy(block.topk_logits[position, view].astype(np.float32)),
         "topk_index": torch.from_numpy(block.topk_index[position, view].astype(np.int64)),
         "logsumexp": torch.tensor(float(block.logsumexp[position, view])),
     }
+    if block.sample_index is not None:
+        targets["sample_index"] = torch.from_numpy(
+            block.sample_index[position, view].astype(np.int64)
+        )
+    return targets
 
 
 class _ShardStream(IterableDataset):

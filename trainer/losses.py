@@ -11,93 +11,40 @@ teacher term; a one-head student takes both on its logits.
 KL reduction: ``batchmean`` (timm's, sum over classes, mean over the batch; the default) or
 ``deit`` (DeiT's reference code: sum / numel, i.e. additionally divided by the class count).
 
-The teacher distribution comes from the cached top-k logits and the stored logsumexp: the
-top-k probabilities at tau = 1 are exact and so is the tail mass 1 - sum(top-k). Tail options
-(:func:`distillation_bins`): ``uniform`` spreads it evenly over the other C - K classes (the
-default), ``renormalize`` drops it and renormalises the top-k, ``bucket`` keeps it as one
-extra "other" bin against the student's total probability of the other classes. At tau != 1
-each tail class is given the logit ``logsumexp + log(tail / (C - K))`` (the logit that
-reproduces its even share at tau = 1) and the whole vector is tempered (``bucket``: the other
-bin gets the tempered total of those even shares). With K = C every option is exactly
-full-logit distillation.
+The teacher distribution comes from the cached top-k logits and logsumexp with a tail option
+(:mod:`trainer.topk_tail`), from sampled class ids (:mod:`trainer.sampled`), and from several
+teachers as a mixture, per student head (:mod:`trainer.teacher_mix`).
 """
-
-import math
 
 import torch
 import torch.nn.functional as F
 
+from trainer.sampled import sampled_distillation
+from trainer.teacher_mix import TeacherMix, mixture_probs
+from trainer.topk_tail import TAIL_MODES, distillation_bins
+
 KD_MODES = ("none", "soft", "hard")
 TEACHER_MODES = ("none", "cached", "online")  # where the targets come from (train --teacher)
 KL_REDUCTIONS = ("batchmean", "deit")
-TAIL_MODES = ("uniform", "renormalize", "bucket")
-_TAIL_FLOOR = 1e-12
-
-
-def teacher_logits(
-    topk_logits: torch.Tensor, topk_index: torch.Tensor, logsumexp: torch.Tensor, num_classes: int
-) -> torch.Tensor:
-    """Full (B, C) logits rebuilt from top-k + logsumexp, tail classes sharing the tail mass evenly."""
-    k = topk_logits.shape[-1]
-    topk_logits = topk_logits.float()
-    logsumexp = logsumexp.float().unsqueeze(-1)
-    if k == num_classes:
-        full = torch.empty(topk_logits.shape[0], num_classes, device=topk_logits.device)
-        return full.scatter_(1, topk_index, topk_logits)
-    top_mass = torch.exp(topk_logits - logsumexp).sum(-1, keepdim=True)
-    tail = (1 - top_mass).clamp_min(_TAIL_FLOOR) / (num_classes - k)
-    full = (logsumexp + tail.log()).expand(-1, num_classes).clone()
-    return full.scatter_(1, topk_index, topk_logits)
-
-
-def distillation_bins(
-    student_logits: torch.Tensor,
-    topk_logits: torch.Tensor,
-    topk_index: torch.Tensor,
-    logsumexp: torch.Tensor,
-    num_classes: int,
-    tau: float,
-    tail: str = "uniform",
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(student, teacher) log-probabilities at temperature ``tau`` over the bins compared.
-
-    ``uniform``: all C classes, the tail mass shared evenly by the C - K others.
-    ``renormalize``: the K top classes; the teacher's top-k renormalised, the student's full
-    softmax read at those classes. ``bucket``: K + 1 bins, the last one "every other class"
-    (the teacher's tail mass; the student's probability of all non-top-k classes).
-    """
-    student_log = F.log_softmax(student_logits.float() / tau, dim=-1)
-    if tail == "uniform":
-        teacher = teacher_logits(topk_logits, topk_index, logsumexp, num_classes)
-        return student_log, F.log_softmax(teacher / tau, dim=-1)
-    if tail not in TAIL_MODES:
-        raise ValueError(f"--tail must be one of {TAIL_MODES}, got {tail!r}")
-    top = topk_logits.float()
-    student_top = student_log.gather(1, topk_index)
-    k = top.shape[-1]
-    if tail == "renormalize" or k == num_classes:
-        return student_top, F.log_softmax(top / tau, dim=-1)
-    lse = logsumexp.float().unsqueeze(-1)
-    tail_mass = (1 - torch.exp(top - lse).sum(-1, keepdim=True)).clamp_min(_TAIL_FLOOR)
-    share = lse + (tail_mass / (num_classes - k)).log()  # each tail class's logit (even shares)
-    teacher = F.log_softmax(torch.cat([top / tau, math.log(num_classes - k) + share / tau], -1), -1)
-    rest = student_log.scatter(1, topk_index, float("-inf")).logsumexp(-1, keepdim=True)
-    return torch.cat([student_top, rest], -1), teacher
+TARGET_KINDS = ("topk", "sampled")
 
 
 def soft_distillation(
     student_log: torch.Tensor,
-    teacher_log: torch.Tensor,
+    teacher: torch.Tensor,
     tau: float,
     reduction: str = "batchmean",
     numel: int | None = None,
+    *,
+    log_target: bool = True,
 ) -> torch.Tensor:
-    """``tau^2 * KL(teacher || student)`` from log-probabilities over the same bins.
+    """``tau^2 * KL(teacher || student)`` over the same bins; ``teacher`` holds log-probabilities,
+    or probabilities (zeros allowed) with ``log_target=False``.
 
     ``batchmean`` divides the sum by the batch size; ``deit`` by ``numel`` (DeiT's
     ``outputs_kd.numel()``: batch size times classes; default the bins' count).
     """
-    total = F.kl_div(student_log, teacher_log, reduction="sum", log_target=True) * tau * tau
+    total = F.kl_div(student_log, teacher, reduction="sum", log_target=log_target) * tau * tau
     if reduction == "deit":
         return total / (numel or student_log.numel())
     if reduction == "batchmean":
@@ -106,7 +53,12 @@ def soft_distillation(
 
 
 class DistillationLoss(torch.nn.Module):
-    """Label loss plus a distillation term from cached targets; returns (loss, parts)."""
+    """Label loss plus a distillation term from cached targets; returns (loss, parts).
+
+    ``targets``: ``topk`` (top-k logits, logsumexp and ``tail``) or ``sampled`` (RS-KD drawn
+    class ids; soft distillation at tau = 1 only). ``mix``: which teachers each head learns
+    from (default: the mean of all teachers in the batch's targets, on the distillation head).
+    """
 
     def __init__(
         self,
@@ -118,6 +70,8 @@ class DistillationLoss(torch.nn.Module):
         label_smoothing: float = 0.0,
         kl_reduction: str = "batchmean",
         tail: str = "uniform",
+        targets: str = "topk",
+        mix: TeacherMix | None = None,
     ):
         super().__init__()
         if tail not in TAIL_MODES:
@@ -128,38 +82,72 @@ class DistillationLoss(torch.nn.Module):
             raise ValueError(f"--kl-reduction must be one of {KL_REDUCTIONS}, got {kl_reduction!r}")
         if not 0 <= alpha <= 1 or tau <= 0:
             raise ValueError(f"need 0 <= alpha <= 1 and tau > 0, got alpha={alpha} tau={tau}")
+        if targets not in TARGET_KINDS:
+            raise ValueError(f"--targets must be one of {TARGET_KINDS}, got {targets!r}")
+        if targets == "sampled" and (kd != "soft" or tau != 1):
+            raise ValueError(
+                f"--targets sampled needs --kd soft and --tau 1 (ids drawn at tau = 1), "
+                f"got --kd {kd} --tau {tau}"
+            )
+        ensemble = mix is not None and any(len(w) > 1 for w in mix.heads.values())
+        if ensemble and tail == "bucket" and targets == "topk":
+            raise ValueError(
+                "--tail bucket takes one teacher; ensembles use uniform or renormalize"
+            )
         self.kd, self.num_classes = kd, num_classes
         self.alpha, self.tau = alpha, tau
         self.label_smoothing, self.kl_reduction = label_smoothing, kl_reduction
-        self.tail = tail
+        self.tail, self.targets, self.mix = tail, targets, mix
 
     def forward(
         self, outputs, labels: torch.Tensor, targets: dict[str, dict[str, torch.Tensor]]
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """``outputs``: logits, or (class, distillation) logits of a DeiT student; ``targets``:
-        per teacher name its batched ``topk_logits``, ``topk_index`` and ``logsumexp``."""
-        class_logits, dist_logits = outputs if isinstance(outputs, tuple) else (outputs, outputs)
+        per teacher name its batched ``topk_logits``, ``topk_index`` and ``logsumexp`` (and
+        ``sample_index`` with sampled targets)."""
+        two_heads = isinstance(outputs, tuple)
+        class_logits, dist_logits = outputs if two_heads else (outputs, outputs)
         ce = F.cross_entropy(class_logits.float(), labels, label_smoothing=self.label_smoothing)
         if self.kd == "none":
             return ce, {"ce": ce.detach(), "kd": torch.zeros_like(ce).detach()}
-        if len(targets) != 1:
-            raise ValueError(f"--kd {self.kd} needs one teacher's targets, got {sorted(targets)}")
-        (teacher,) = targets.values()
-        topk_logits, topk_index = teacher["topk_logits"], teacher["topk_index"]
-        if self.kd == "soft":
-            student_log, teacher_log = distillation_bins(
-                dist_logits,
-                topk_logits,
-                topk_index,
-                teacher["logsumexp"],
+        mix = self.mix or TeacherMix.equal(sorted(targets))
+        missing = [name for name in mix.teachers if name not in targets]
+        if missing or not targets:
+            raise ValueError(f"--kd {self.kd}: no targets of teachers {missing or mix.teachers}")
+        if "cls" in mix.heads and not two_heads:
+            raise ValueError("a class-head teacher needs a student with a distillation token")
+        head_logits = {"cls": class_logits, "dist": dist_logits}
+        terms = [self._teacher_term(head_logits[h], targets, w) for h, w in mix.heads.items()]
+        kd = torch.stack(terms).mean()
+        loss = (1 - self.alpha) * ce + self.alpha * kd
+        return loss, {"ce": ce.detach(), "kd": kd.detach()}
+
+    def _teacher_term(
+        self, logits: torch.Tensor, targets: dict, weights: dict[str, float]
+    ) -> torch.Tensor:
+        """One head's distillation term from the teachers in ``weights``."""
+        one = targets[next(iter(weights))] if len(weights) == 1 else None
+        if self.kd == "hard":
+            if one is not None:
+                return F.cross_entropy(logits.float(), one["topk_index"][:, 0])
+            ensemble = mixture_probs(targets, weights, self.num_classes, 1.0, "uniform")
+            return F.cross_entropy(logits.float(), ensemble.argmax(-1))
+        if self.targets == "sampled":
+            probs = mixture_probs(targets, weights, self.num_classes, 1.0, self.tail, sampled=True)
+            return sampled_distillation(logits, probs, self.kl_reduction, logits.numel())
+        if one is not None:
+            bins = distillation_bins(
+                logits,
+                one["topk_logits"],
+                one["topk_index"],
+                one["logsumexp"],
                 self.num_classes,
                 self.tau,
                 self.tail,
             )
-            kd = soft_distillation(
-                student_log, teacher_log, self.tau, self.kl_reduction, dist_logits.numel()
-            )
-        else:
-            kd = F.cross_entropy(dist_logits.float(), topk_index[:, 0])
-        loss = (1 - self.alpha) * ce + self.alpha * kd
-        return loss, {"ce": ce.detach(), "kd": kd.detach()}
+            return soft_distillation(*bins, self.tau, self.kl_reduction, logits.numel())
+        probs = mixture_probs(targets, weights, self.num_classes, self.tau, self.tail)
+        student_log = F.log_softmax(logits.float() / self.tau, dim=-1)
+        return soft_distillation(
+            student_log, probs, self.tau, self.kl_reduction, logits.numel(), log_target=False
+        )

@@ -28,37 +28,52 @@ class PlannedViews:
         self.plan = plan
         self.manifest = manifest
         self.topk = 0
+        self.teachers: list[str] = []
 
     def block(self, shard: ShardInfo) -> ShardBlock:
         return ShardBlock(self.plan.shard_params(self.manifest, shard), {})
 
 
 class CachedTargets:
-    """A teacher's cached targets, checked against the manifest, plan and split on open."""
+    """One or more teachers' cached targets, checked against the manifest, plan and split."""
 
     def __init__(
         self,
         location: str,
         manifest: Manifest,
         *,
-        teacher: str | None = None,
+        teachers: list[str] | None = None,
         plan: dict | None = None,
         split: str = "train",
+        topk: int | None = None,
+        sampled: bool = False,
+        samples: int | None = None,
     ):
         """``plan`` holds the plan fields the run asked for; each must equal the cache's, but
-        ``views`` may be fewer than the cache holds (the first ones are used)."""
+        ``views`` may be fewer than the cache holds (the first ones are used). ``topk`` keeps
+        the first K of the cached top-k (what a top-K cache holds; default all). ``sampled``
+        reads the drawn class ids too (the first ``samples`` of each view; default all)."""
         self.store = CacheStore.open(location)
         self.plan = replace(self.store.plan, **(plan or {}))
         self.store.check_matches(manifest, plan=self.plan)
         self.manifest = manifest
         names = self.store.teacher_names
-        if teacher is None:
+        if not teachers:
             if len(names) != 1:
                 raise CacheMismatch(
-                    f"{location}: holds teachers {names}; pick one with --teacher-name"
+                    f"{location}: holds teachers {names}; pick one or several (an ensemble) "
+                    "with --teacher-name"
                 )
-            teacher = names[0]
-        self.teacher = teacher
+            teachers = names
+        self.teachers = list(teachers)
+        for teacher in self.teachers:
+            self._check_teacher(location, teacher, manifest, split)
+        if topk is not None and not 1 <= topk <= self.store.topk:
+            raise CacheMismatch(f"{location}: holds top-{self.store.topk}; asked for top-{topk}")
+        self.topk = topk or self.store.topk
+        self.samples = self._samples(location, samples) if sampled else 0
+
+    def _check_teacher(self, location: str, teacher: str, manifest: Manifest, split: str) -> None:
         identity = self.store.teacher_identity(teacher)
         if identity["num_classes"] != manifest.num_classes:
             raise CacheMismatch(
@@ -72,8 +87,29 @@ class CachedTargets:
                 f"{location}: teacher {teacher} has not finished {len(missing)} {split} shards "
                 f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); rerun kdcache teach"
             )
-        self.topk = self.store.topk
+
+    def _samples(self, location: str, wanted: int | None) -> int:
+        held = self.store.samples
+        if not held:
+            raise CacheMismatch(
+                f"{location}: has no sampled targets (attrs.samples is 0 or absent); "
+                "make a cache with kdcache teach --samples D"
+            )
+        if wanted is not None and not 1 <= wanted <= held:
+            raise CacheMismatch(
+                f"{location}: holds {held} sampled ids per view; asked for {wanted}"
+            )
+        return wanted or held
 
     def block(self, shard: ShardInfo) -> ShardBlock:
-        targets = self.store.read_shard(self.teacher, shard, views=self.plan.views)
-        return ShardBlock(targets.params, {self.teacher: targets})
+        targets = {}
+        for name in self.teachers:
+            block = self.store.read_shard(name, shard, views=self.plan.views)
+            keep = block.sample_index[..., : self.samples] if self.samples else None
+            targets[name] = replace(
+                block,
+                topk_logits=block.topk_logits[..., : self.topk],
+                topk_index=block.topk_index[..., : self.topk],
+                sample_index=keep,
+            )
+        return ShardBlock(targets[self.teachers[0]].params, targets)

@@ -1,0 +1,19 @@
+"""The distillation benchmark's plan: every objective the issue asks for, at equal bytes."""
+
+from tools.bench_kd import TAILS, BenchConfig, _runs, sampled_bytes, topk_bytes
+
+
+def test_runs_cover_every_objective_and_sampled_runs_match_topk_bytes():
+    config = BenchConfig()
+    runs = _runs(config, ["regnety", "resnet10t"])
+    labels = [label for label, _, _ in runs]
+    assert labels[0] == "no KD" and labels[-1] == "no KD, training seed 1"
+    assert sum(options["kd"] == "hard" for _, _, options in runs) == 1
+    topk = {(o["topk"], o["tail"]) for _, _, o in runs if "topk" in o}
+    assert topk == {(k, tail) for k in config.topks for tail in TAILS}
+    sampled = [(size, o["samples"]) for _, size, o in runs if o.get("targets") == "sampled"]
+    assert [size for size, _ in sampled] == [topk_bytes(k) for k in config.topks]
+    assert all(sampled_bytes(draws) == size for size, draws in sampled)
+    ensemble = [o for _, _, o in runs if len(o.get("teachers", [])) == 2]
+    assert ensemble == [{"kd": "soft", "teachers": ["regnety", "resnet10t"]}]
+    assert topk_bytes(10) == 44  # fp16 logits + int16 ids + fp32 logsumexp
