@@ -1,6 +1,7 @@
 """What the benchmarks share: a Fashion-MNIST slice sharded once per work folder, and
 randomly initialised teachers (speed does not depend on the weights)."""
 
+import argparse
 import os
 
 from pipeline.manifest import Manifest
@@ -30,3 +31,11 @@ def random_teacher(manifest: Manifest, arch: str, resolution: int, path: str) ->
                      manifest.pixel_mean, manifest.pixel_std)  # fmt: skip
     save_checkpoint(path, create_model(spec), spec)
     return spec
+
+
+def add_bench_data_arguments(parser: argparse.ArgumentParser, work: str) -> None:
+    """The options every benchmark takes: dataset, shard size, work folder, JSON output."""
+    parser.add_argument("--shard-size", type=int, default=1000, help="default: %(default)s")
+    parser.add_argument("--source", default="fashion-mnist", help="dataset (as for kdcache shard)")
+    parser.add_argument("--work", default=None, help=f"folder for {work} (default: a temp dir)")
+    parser.add_argument("--json", default=None, metavar="FILE", help="also write the result here")

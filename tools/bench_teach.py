@@ -20,7 +20,7 @@ from pipeline.models import ModelSpec, create_model
 from pipeline.plan import ViewPlan
 from pipeline.teacher_targets import read_shard_images
 from pipeline.views import normalize, render_view
-from tools.bench_data import bench_manifest, random_teacher
+from tools.bench_data import add_bench_data_arguments, bench_manifest, random_teacher
 
 
 @torch.inference_mode()
@@ -112,15 +112,10 @@ def add_bench_parser(commands) -> None:
         default=10000,
         help="Fashion-MNIST train images (default: %(default)s)",
     )
-    parser.add_argument("--shard-size", type=int, default=1000, help="default: %(default)s")
     parser.add_argument("--views", type=int, default=2, help="default: %(default)s")
     parser.add_argument("--topk", type=int, default=5, help="default: %(default)s")
     parser.add_argument("--batch-size", type=int, default=128, help="default: %(default)s")
-    parser.add_argument("--source", default="fashion-mnist", help="dataset (as for kdcache shard)")
-    parser.add_argument(
-        "--work", default=None, help="folder for shards and caches (default: a temp dir)"
-    )
-    parser.add_argument("--json", default=None, metavar="FILE", help="also write the result here")
+    add_bench_data_arguments(parser, work="shards and caches")
     parser.set_defaults(run=run_bench_command)  # fmt: skip
 
 

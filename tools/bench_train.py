@@ -19,7 +19,7 @@ from dataclasses import replace
 import torch
 
 from pipeline.plan import ViewPlan
-from tools.bench_data import bench_manifest, random_teacher
+from tools.bench_data import add_bench_data_arguments, bench_manifest, random_teacher
 from trainer.engine import TrainConfig, train
 from trainer.online import OnlineTeacher
 
@@ -139,12 +139,7 @@ def add_bench_train_parser(commands) -> None:
     parser.add_argument("--batch-size", type=int, default=128, help="default: %(default)s")
     parser.add_argument("--workers", type=int, default=2, help="default: %(default)s")
     parser.add_argument("--topk", type=int, default=5, help="default: %(default)s")
-    parser.add_argument("--shard-size", type=int, default=1000, help="default: %(default)s")
-    parser.add_argument("--source", default="fashion-mnist", help="dataset (as for kdcache shard)")
-    parser.add_argument(
-        "--work", default=None, help="folder for shards, cache and runs (default: a temp dir)"
-    )
-    parser.add_argument("--json", default=None, metavar="FILE", help="also write the result here")
+    add_bench_data_arguments(parser, work="shards, cache and runs")
     parser.set_defaults(run=run_bench_train_command)
 
 
