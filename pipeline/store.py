@@ -3,7 +3,7 @@
 Part of the contract between ``pipeline`` and ``trainer``. Layout (N rows, V views, K, S shards)::
 
     cache.zarr/          attrs: format, dataset, splits, plan, topk, tool_version, created
-      params             float32 (N, V, P)  view params (names in attrs.plan.param_names)
+      params             float32 (N, V, P)  view params (names and meanings in attrs.plan)
       teachers/<name>/   attrs: teacher identity (arch, weights sha256, preprocessing)
         topk_logits      float16 (N, V, K)  the K largest logits, descending
         topk_index       int16|int32 (N, V, K)  their class ids
@@ -29,7 +29,7 @@ from zarr.codecs import BloscCodec
 import pipeline
 from pipeline import urls
 from pipeline.manifest import Manifest, ShardInfo
-from pipeline.plan import PARAM_NAMES, ViewPlan
+from pipeline.plan import ViewPlan
 
 FORMAT = "kdcache/1"
 TARGET_ARRAYS = ("topk_logits", "topk_index", "logsumexp")
@@ -107,7 +107,7 @@ class CacheStore:
         if not 1 <= topk <= manifest.num_classes:
             raise ValueError(f"--topk must lie in 1..{manifest.num_classes}, got {topk}")
         group = zarr.open_group(_zarr_location(location), mode="w-")
-        n, v, p = manifest.num_rows, plan.views, len(PARAM_NAMES)
+        n, v, p = manifest.num_rows, plan.views, len(plan.param_names)
         _create(group, "params", (n, v, p), (manifest.shard_size, 1, p), "float32", np.nan)
         group.require_group("teachers")
         group.attrs.update(

@@ -135,16 +135,16 @@ class ShardWorker:
             return {"views": 0, "timings": timings, "skipped": True}
         began = time.perf_counter()
         images = read_shard_images(self.manifest, shard)
-        rows = self.manifest.shard_rows(shard)
         timings["decode"] += time.perf_counter() - began
         computed = 0
         for teacher in self.teachers:
             wanted = pending[teacher.name]
             if not wanted:
                 continue
-            params = self.config.plan.params(rows, self.manifest.aspect[rows], views=wanted)
+            params = self.config.plan.shard_params(self.manifest, shard, views=wanted)
             block = teacher_targets(
                 teacher,
+                self.config.plan,
                 images,
                 params,
                 topk=self.store.topk,

@@ -9,10 +9,11 @@ import numpy as np
 import torch
 
 from pipeline.manifest import Manifest, ShardInfo
+from pipeline.plan import ViewPlan
 from pipeline.store import ShardTargets, index_dtype
 from pipeline.tar_reader import ShardError, sample_image, tar_samples
 from pipeline.teachers import Teacher
-from pipeline.views import decode_image, normalize, render_view
+from pipeline.views import ViewRenderer, decode_image, normalize
 
 
 def read_shard_images(manifest: Manifest, shard: ShardInfo) -> list[torch.Tensor]:
@@ -56,25 +57,45 @@ def reduce_logits(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Ten
     return values, index, torch.logsumexp(logits, dim=-1)
 
 
+def teacher_inputs(
+    renderer: ViewRenderer,
+    images: list[torch.Tensor],
+    view_params: np.ndarray,
+    positions,
+    spec,
+) -> torch.Tensor:
+    """The normalised batch a teacher is fed for ``positions`` of a shard in one view:
+    ``images`` and ``view_params`` (n, P) are the whole shard's (mixing partners come from it)."""
+    batch = torch.stack(
+        [renderer.render(images, view_params, int(p), spec.resolution) for p in positions]
+    )
+    return normalize(batch, spec.mean, spec.std)
+
+
 @torch.inference_mode()
 def teacher_targets(
     teacher: Teacher,
+    plan: ViewPlan,
     images: list[torch.Tensor],
     params: np.ndarray,
     *,
     topk: int,
+    positions: np.ndarray | None = None,
     batch_size: int = 256,
     precision: str = "fp32",
     timings: dict | None = None,
 ) -> ShardTargets:
-    """A teacher's targets for every (image, view): ``params`` is (n, v, P) as the plan made it.
+    """A teacher's targets for every view of ``params`` (n, v, P, the whole shard's, as
+    ``plan`` made them) at ``positions`` (default all n): blocks of (len(positions), v, ...).
 
     Batches never span two views, so a view's values do not depend on which other views are
     computed with it (a resumed shard computes exactly what an uninterrupted run did).
     """
     timings = timings if timings is not None else defaultdict(float)
-    n, v = params.shape[:2]
+    positions = np.arange(params.shape[0]) if positions is None else np.asarray(positions)
+    n, v = len(positions), params.shape[1]
     spec = teacher.spec
+    renderer = ViewRenderer(plan)
     device = next(teacher.model.parameters()).device
     logits_out = np.empty((n, v, topk), dtype=np.float16)
     index_out = np.empty((n, v, topk), dtype=np.int64)
@@ -83,10 +104,9 @@ def teacher_targets(
         for start in range(0, n, batch_size):
             rows = range(start, min(start + batch_size, n))
             began = time.perf_counter()
-            batch = torch.stack(
-                [render_view(images[i], params[i, view], spec.resolution) for i in rows]
+            batch = teacher_inputs(
+                renderer, images, params[:, view], positions[rows.start : rows.stop], spec
             )
-            batch = normalize(batch, spec.mean, spec.std)
             timings["augment"] += time.perf_counter() - began
             began = time.perf_counter()
             batch = batch.to(device, non_blocking=True)
@@ -100,7 +120,7 @@ def teacher_targets(
             lse_out[rows.start : rows.stop, view] = lse.cpu().numpy()
             timings["infer"] += time.perf_counter() - began
     return ShardTargets(
-        params=params,
+        params=params[positions],
         topk_logits=logits_out,
         topk_index=index_out.astype(index_dtype(spec.num_classes)),
         logsumexp=lse_out,

@@ -21,7 +21,7 @@ from pipeline.plan import ViewPlan
 from pipeline.shard import write_shards
 from pipeline.sources import open_source
 from pipeline.teacher_targets import read_shard_images
-from pipeline.views import normalize, render_view
+from pipeline.views import ViewRenderer, normalize
 
 
 def _teacher_checkpoint(manifest: Manifest, arch: str, resolution: int, path: str) -> ModelSpec:
@@ -37,13 +37,14 @@ def raw_inference(manifest: Manifest, spec: ModelSpec, path: str, plan: ViewPlan
     """Seconds of ``model(x)`` alone over every view, inputs prepared beforehand."""
     model = create_model(spec, checkpoint_path=path).eval()
     batches = []
+    renderer = ViewRenderer(plan)
     for shard in manifest.shards_of("train"):
         images = read_shard_images(manifest, shard)
         params = plan.shard_params(manifest, shard)
         for view in range(plan.views):
             views = [
-                render_view(image, params[i, view], spec.resolution)
-                for i, image in enumerate(images)
+                renderer.render(images, params[:, view], i, spec.resolution)
+                for i in range(len(images))
             ]
             for start in range(0, len(views), batch_size):
                 batches.append(

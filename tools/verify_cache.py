@@ -80,9 +80,10 @@ def _recompute(
     positions: np.ndarray,
     view: int,
 ) -> ShardTargets:
-    rows = manifest.shard_rows(shard)[positions]
-    params = store.plan.params(rows, manifest.aspect[rows], views=[view])
-    return teacher_targets(teacher, [images[p] for p in positions], params, topk=store.topk)
+    params = store.plan.shard_params(manifest, shard, views=[view])
+    return teacher_targets(
+        teacher, store.plan, images, params, topk=store.topk, positions=positions
+    )
 
 
 def verify_cache(

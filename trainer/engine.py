@@ -22,7 +22,9 @@ from pipeline.views import normalize
 from trainer.evaluate import evaluate
 from trainer.loader import EvalViews, TrainViews, make_loader
 from trainer.losses import DistillationLoss
+from trainer.mixing import LabelMixedTargets, label_targets
 from trainer.targets import CachedTargets, PlannedViews
+from trainer.view_schedule import ViewSchedule
 
 
 @dataclass
@@ -56,6 +58,8 @@ class TrainConfig:
     device: str = "auto"
     amp: bool = False
     shuffle_buffer: int = 2000
+    view_schedule: str = "cycle"  # epoch -> view: cycle, or shuffle (per sample, per V epochs)
+    mixing: str = "exact"  # exact: the plan's mixing, seen by the teacher; label: FKD-style
     progress: bool = True
 
 
@@ -80,8 +84,12 @@ def _views_source(config: TrainConfig, manifest: Manifest) -> CachedTargets | Pl
         cache, teacher = resolve_cache(root, manifest.fingerprint, config.plan, teacher)
         if config.progress:
             print(f"train: --cache auto picked {cache} (teacher {teacher})", flush=True)
+    if cache is not None and config.mixing == "label":
+        return LabelMixedTargets(cache, manifest, teacher=teacher, plan=config.plan)
     if cache is not None:
         return CachedTargets(cache, manifest, teacher=teacher, plan=config.plan)
+    if config.mixing == "label":
+        raise ValueError("--mixing label mixes cached targets: it needs --cache")
     return PlannedViews(ViewPlan(**config.plan), manifest)
 
 
@@ -154,6 +162,8 @@ def train(config: TrainConfig) -> dict:
         resolution=spec.resolution,
         seed=config.seed,
         shuffle_buffer=config.shuffle_buffer,
+        schedule=ViewSchedule(config.view_schedule, source.plan.views, config.seed),
+        mix_targets=config.mixing == "label",
     )
     pin = device.type == "cuda"
     train_loader = make_loader(train_set, config.batch_size, config.workers, pin)
@@ -165,7 +175,7 @@ def train(config: TrainConfig) -> dict:
 
     def step(batch) -> tuple[torch.Tensor, dict]:
         images = prepare(batch["image"].to(device, non_blocking=True))
-        labels = batch["label"].to(device, non_blocking=True)
+        labels = label_targets(batch, manifest.num_classes).to(device, non_blocking=True)
         targets = {
             name: {k: t.to(device, non_blocking=True) for k, t in arrays.items()}
             for name, arrays in batch["targets"].items()
