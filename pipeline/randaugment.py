@@ -134,6 +134,11 @@ def apply_randaugment(view: torch.Tensor, values: dict[str, float], config: str)
     for op_index, argument in applied:
         op = augment.ops[op_index]
         args = () if op.level_fn is None else (_op_argument(op.name, argument),)
+        if op.name.startswith("Posterize") and args[0] == 0:
+            # keeping 0 bits (PosterizeIncreasing at magnitude 10): Pillow >= 11 refuses it,
+            # older Pillow (and so timm's semantics) gave an all-zero image
+            image = Image.new(image.mode, image.size, 0)
+            continue
         image = op.aug_fn(image, *args, fillcolor=fill, resample=Image.Resampling.BILINEAR)
     out = torch.from_numpy(np.asarray(image).copy())
     out = out[None] if channels == 1 else out.permute(2, 0, 1)

@@ -16,6 +16,17 @@ TRAIN_ROWS = 450  # four full shards and a short one
 TEST_ROWS = 200
 PLAN = ViewPlan(seed=3, views=3)
 TOPK = 4
+# every operation at once, teacher-side Mixup and CutMix included
+MIXED_PLAN = ViewPlan(
+    seed=5,
+    views=2,
+    randaugment="rand-m9-mstd0.5-inc1",
+    color_jitter=(0.4, 0.4, 0.0, 0.0),
+    erase_prob=0.5,
+    erase_mode="pixel",
+    mixup_alpha=0.8,
+    cutmix_alpha=1.0,
+)
 
 
 def make_shards(root, train_rows=TRAIN_ROWS, test_rows=TEST_ROWS) -> Manifest:
@@ -88,4 +99,12 @@ def cache(data, teacher_path, ray_local, tmp_path_factory) -> str:
     """A complete cache of the slice's train split: 3 views, top-4, teacher 'regnet'."""
     location = str(tmp_path_factory.mktemp("cache") / "cache.zarr")
     teach(data, teacher_path, location)
+    return location
+
+
+@pytest.fixture(scope="session")
+def mixed_cache(data, teacher_path, ray_local, tmp_path_factory) -> str:
+    """A complete cache whose plan has every operation (MIXED_PLAN): 2 views, top-4."""
+    location = str(tmp_path_factory.mktemp("mixed") / "cache.zarr")
+    teach(data, teacher_path, location, plan=MIXED_PLAN)
     return location
