@@ -2,17 +2,21 @@
 for Mixup/CutMix; cached targets of mixed views are the teacher's output on the trainer's
 rebuilt image; label-space mixing differs from it."""
 
+import shutil
 from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
+import zarr
 
 from pipeline.plan import ViewPlan
+from pipeline.store import CacheStore
 from pipeline.teacher_targets import read_shard_images, teacher_inputs
 from pipeline.teachers import load_teacher
 from pipeline.views import ViewRenderer, normalize
 from tests.conftest import MIXED_PLAN
+from tools.verify_replay import replay_check
 from trainer.loader import TrainViews
 from trainer.mixing import LabelMixedTargets
 from trainer.targets import CachedTargets, PlannedViews
@@ -147,3 +151,26 @@ def test_label_space_mixing_mixes_cached_targets_and_differs_from_the_teacher(
 def test_label_space_mixing_refuses_a_mixed_cache(data, mixed_cache):
     with pytest.raises(ValueError, match="--mixing label needs a cache without mixing"):
         LabelMixedTargets(mixed_cache, data, plan={"mixup_alpha": 1.0})
+
+
+def test_verify_replay_reports_zero_difference_and_catches_altered_params(
+    data, mixed_cache, tmp_path, capsys
+):
+    from tools.cli import main
+
+    main(["verify", mixed_cache, "--replay", "--samples", "10"])
+    out = capsys.readouterr().out
+    assert "verify: replay: 10 views rebuilt" in out and "largest pixel difference" in out
+    assert "teacher's input 0\n" in out
+
+    altered = tmp_path / "altered.zarr"
+    shutil.copytree(mixed_cache, altered)
+    params = zarr.open_group(str(altered), mode="r+")["params"]
+    column = MIXED_PLAN.param_names.index("crop_left")
+    rows = params[:100, :, column]
+    params[:100, :, column] = np.where(rows > 0.05, rows - 0.05, rows + 0.05)
+    store = CacheStore.open(str(altered))
+    report = replay_check(store, data, samples=10)
+    assert report.views_compared == 10 and report.largest_pixel_diff > 0.1
+    assert len(report.problems) == 2  # shard 0's two sampled views
+    assert all(p.startswith("shards/train-000000.tar row ") for p in report.problems)
