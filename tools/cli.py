@@ -6,6 +6,7 @@ import sys
 import pipeline
 from pipeline.cli import add_catalog_parser, add_shard_parser, add_teach_parser
 from pipeline.run_lock import CacheBusy
+from tools.bench_replay import add_bench_replay_parser
 from tools.bench_teach import add_bench_parser
 from tools.demo import add_demo_parser
 from tools.inspect_cache import add_inspect_parser
@@ -29,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_verify_parser(commands)
     add_demo_parser(commands)
     add_bench_parser(commands)
+    add_bench_replay_parser(commands)
     return parser
 
 
