@@ -14,7 +14,7 @@ from pipeline.store import ShardTargets
 from pipeline.tar_reader import sample_image, tar_samples
 from pipeline.views import ViewRenderer, decode_image, render_full
 from trainer.mixing import mix_targets
-from trainer.targets import CachedTargets, PlannedViews
+from trainer.targets import CachedTargets, PlannedViews, ShardBlock
 from trainer.view_schedule import ViewSchedule
 
 
@@ -127,7 +127,15 @@ class TrainViews(_ShardStream):
             for row, view in zip(rows, views.tolist(), strict=True):
                 yield self._sample(renderer, images, block, row - shard_id * size, view)
 
-    def _sample(self, renderer: ViewRenderer, images: ShardImages, block, position: int, view: int):
+    def _sample(
+        self,
+        renderer: ViewRenderer,
+        images: ShardImages,
+        block: ShardBlock,
+        position: int,
+        view: int,
+    ) -> dict:
+        """One sample's dict: its view, label, targets and, for mixing plans, lam and partner label."""
         params = block.params[:, view]
         first_row = images.shard.id * self.manifest.shard_size
         label = int(self.manifest.labels[first_row + position])
