@@ -174,3 +174,30 @@ def test_verify_replay_reports_zero_difference_and_catches_altered_params(
     assert report.views_compared == 10 and report.largest_pixel_diff > 0.1
     assert len(report.problems) == 2  # shard 0's two sampled views
     assert all(p.startswith("shards/train-000000.tar row ") for p in report.problems)
+
+
+@pytest.mark.parametrize("mixing", ["exact", "label"])
+def test_students_train_on_exact_and_label_space_mixing(data, cache, mixed_cache, tmp_path, mixing):
+    import json
+    import math
+
+    from trainer.engine import TrainConfig, train
+
+    options = (
+        {"cache": mixed_cache}
+        if mixing == "exact"
+        else {"cache": cache, "plan": {"mixup_alpha": 0.8, "cutmix_alpha": 1.0}}
+    )
+    out = tmp_path / mixing
+    final = train(
+        TrainConfig(
+            manifest=data.location, out=str(out), model="deit_tiny_distilled_patch16_224",
+            model_args={"patch_size": 7, "embed_dim": 32, "depth": 1, "num_heads": 2},
+            kd="soft", mixing=mixing, view_schedule="shuffle", epochs=1, batch_size=64,
+            workers=0, progress=False, **options,
+        )
+    )  # fmt: skip
+    assert math.isfinite(final["train_loss"]) and final["train_images"] == 450
+    config = json.loads((out / "config.json").read_text())
+    assert (config["mixing"], config["view_schedule"]) == (mixing, "shuffle")
+    assert "mixup" in config["plan"]["operations"]
