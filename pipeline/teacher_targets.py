@@ -4,11 +4,13 @@ teachers in batches and reduce their logits to top-k targets. No Ray here: the j
 import contextlib
 import time
 from collections import defaultdict
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
 
 from pipeline.manifest import Manifest, ShardInfo
+from pipeline.models import ModelSpec
 from pipeline.plan import ViewPlan
 from pipeline.store import ShardTargets, index_dtype
 from pipeline.tar_reader import ShardError, sample_image, tar_samples
@@ -59,13 +61,14 @@ def reduce_logits(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Ten
 
 def teacher_inputs(
     renderer: ViewRenderer,
-    images: list[torch.Tensor],
+    images: Sequence[torch.Tensor],
     view_params: np.ndarray,
-    positions,
-    spec,
+    positions: Iterable[int],
+    spec: ModelSpec,
 ) -> torch.Tensor:
     """The normalised batch a teacher is fed for ``positions`` of a shard in one view:
-    ``images`` and ``view_params`` (n, P) are the whole shard's (mixing partners come from it)."""
+    ``images`` and ``view_params`` (n, P) are the whole shard's (mixing partners come from it);
+    ``spec`` gives the resolution, mean and std."""
     batch = torch.stack(
         [renderer.render(images, view_params, int(p), spec.resolution) for p in positions]
     )

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from pipeline.manifest import Manifest
+from pipeline.models import ModelSpec
 from pipeline.store import CacheStore
 from pipeline.teacher_targets import read_shard_images, teacher_inputs
 from pipeline.views import ViewRenderer, normalize
@@ -30,13 +31,6 @@ class ReplayReport:
     problems: list[str] = field(default_factory=list)
 
 
-@dataclass
-class _Preprocessing:
-    resolution: int
-    mean: list[float]
-    std: list[float]
-
-
 def replay_check(
     store: CacheStore, manifest: Manifest, *, samples: int, seed: int = 0, tolerance: float = 0.0
 ) -> ReplayReport:
@@ -46,13 +40,14 @@ def replay_check(
     rng = np.random.default_rng(seed)
     shards = manifest.shards_of(store.attrs["splits"])
     renderer = ViewRenderer(store.plan)
-    specs = {
-        (p["resolution"], tuple(p["mean"]), tuple(p["std"])): name
-        for name in store.teacher_names
-        for p in [store.teacher_identity(name)["preprocessing"]]
-    }
-    for (resolution, mean, std), teacher in sorted(specs.items()):
-        spec = _Preprocessing(resolution, list(mean), list(std))
+    specs = {}  # one pass per distinct preprocessing (resolution, mean, std)
+    for name in store.teacher_names:
+        identity = store.teacher_identity(name)
+        p = identity["preprocessing"]
+        spec = ModelSpec(identity["arch"], identity["num_classes"], p["in_chans"],
+                         p["resolution"], p["mean"], p["std"])  # fmt: skip
+        specs.setdefault((spec.resolution, tuple(spec.mean), tuple(spec.std)), (name, spec))
+    for (resolution, mean, std), (teacher, spec) in sorted(specs.items()):
         source = CachedTargets(store.location, manifest, teacher=teacher)
         loader = TrainViews(manifest, source, resolution=resolution)
         pairs = [(s, v) for s in shards for v in range(store.plan.views)]
