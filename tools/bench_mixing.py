@@ -17,6 +17,8 @@ import os
 import time
 from dataclasses import asdict, replace
 
+import torch
+
 from pipeline.plan import MIX_FIELDS, ViewPlan
 from pipeline.shard import write_shards
 from pipeline.sources import open_source
@@ -30,6 +32,7 @@ def run_bench_mixing(args: argparse.Namespace) -> dict:
     from pipeline.teach_job import TeachConfig, TeacherSource, run_teach
     from trainer.engine import TrainConfig, train
 
+    torch.set_num_threads(args.threads)
     began = time.perf_counter()
     os.makedirs(args.work, exist_ok=True)
     manifest = write_shards(
@@ -72,8 +75,8 @@ def run_bench_mixing(args: argparse.Namespace) -> dict:
             "images_per_s": round(final["train_images_per_s"], 1),
         }
     results["seconds"] = round(time.perf_counter() - began, 1)
-    results["budget"] = {k: getattr(args, k) for k in
-                         ("images", "test_images", "views", "epochs", "teacher_epochs", "seed")}  # fmt: skip
+    results["budget"] = {k: getattr(args, k) for k in ("images", "test_images", "views",
+                         "epochs", "teacher_epochs", "seed", "threads")}  # fmt: skip
     print(f"bench-mixing: teacher regnety_002 at 32 px: {results['teacher_acc']:.2f} %")
     print(f"{'student (28 px), soft KD':26s} {'test acc %':>10s} {'img/s':>7s}")
     for name in runs:
@@ -94,20 +97,24 @@ def add_bench_mixing_parser(commands) -> None:
     )
     parser.add_argument("--work", required=True, help="folder for shards, caches and runs")
     parser.add_argument(
-        "--images", type=int, default=4000, help="train images (default: %(default)s)"
+        "--images", type=int, default=2000, help="train images (default: %(default)s)"
     )
-    parser.add_argument("--test-images", type=int, default=1000, help="default: %(default)s")
-    parser.add_argument("--views", type=int, default=4, help="default: %(default)s")
+    parser.add_argument("--test-images", type=int, default=500, help="default: %(default)s")
+    parser.add_argument("--views", type=int, default=3, help="default: %(default)s")
     parser.add_argument(
         "--epochs", type=int, default=8, help="student epochs (default: %(default)s)"
     )
-    parser.add_argument("--teacher-epochs", type=int, default=4, help="default: %(default)s")
+    parser.add_argument("--teacher-epochs", type=int, default=10, help="default: %(default)s")
     parser.add_argument("--mixup-alpha", type=float, default=0.8, help="default: %(default)s")
     parser.add_argument("--cutmix-alpha", type=float, default=1.0, help="default: %(default)s")
     parser.add_argument("--seed", type=int, default=0, help="default: %(default)s")
     parser.add_argument(
-        "--workers", type=int, default=1, help="DataLoader workers (default: %(default)s)"
+        "--workers", type=int, default=0, help="DataLoader workers (default: %(default)s)"
     )
+    parser.add_argument(
+        "--threads", type=int, default=1,
+        help="torch threads; 1 avoids thrashing on a shared machine (default: %(default)s)",
+    )  # fmt: skip
     parser.add_argument("--source", default="fashion-mnist", help="dataset (as for kdcache shard)")
     parser.add_argument("--json", default=None, metavar="FILE", help="also write the result here")
     parser.set_defaults(run=run_bench_mixing)
