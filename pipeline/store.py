@@ -5,7 +5,7 @@ D sampled draws)::
 
     cache.zarr/          attrs: format, dataset, splits, plan, topk, samples, [sampling],
                                 tool_version, created
-      params             float32 (N, V, P)  view params (names in attrs.plan.param_names)
+      params             float32 (N, V, P)  view params (names and meanings in attrs.plan)
       teachers/<name>/   attrs: teacher identity (arch, weights sha256, preprocessing)
         topk_logits      float16 (N, V, K)  the K largest logits, descending
         topk_index       int16|int32 (N, V, K)  their class ids
@@ -37,7 +37,7 @@ from zarr.codecs import BloscCodec
 import pipeline
 from pipeline import urls
 from pipeline.manifest import Manifest, ShardInfo
-from pipeline.plan import PARAM_NAMES, ViewPlan
+from pipeline.plan import ViewPlan
 from pipeline.sampled_targets import SAMPLING_ATTRS
 
 FORMAT = "kdcache/1"
@@ -143,7 +143,7 @@ class CacheStore:
         if samples < 0:
             raise ValueError(f"--samples must be 0 (none) or more, got {samples}")
         group = zarr.open_group(_zarr_location(location), mode="w-")
-        n, v, p = manifest.num_rows, plan.views, len(PARAM_NAMES)
+        n, v, p = manifest.num_rows, plan.views, len(plan.param_names)
         _create(group, "params", (n, v, p), (manifest.shard_size, 1, p), "float32", np.nan)
         group.require_group("teachers")
         group.attrs.update(

@@ -145,9 +145,10 @@ class ShardWorker:
             wanted = pending[teacher.name]
             if not wanted:
                 continue
-            params = plan.params(rows, self.manifest.aspect[rows], views=wanted)
+            params = plan.shard_params(self.manifest, shard, views=wanted)
             block = teacher_targets(
                 teacher,
+                plan,
                 images,
                 params,
                 topk=self.store.topk,

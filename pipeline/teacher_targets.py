@@ -4,16 +4,19 @@ teachers in batches and reduce their logits to top-k targets. No Ray here: the j
 import contextlib
 import time
 from collections import defaultdict
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
 
 from pipeline.manifest import Manifest, ShardInfo
+from pipeline.models import ModelSpec
+from pipeline.plan import ViewPlan
 from pipeline.sampled_targets import draw_classes
 from pipeline.store import ShardTargets, index_dtype, reduce_logits
 from pipeline.tar_reader import ShardError, sample_image, tar_samples
 from pipeline.teachers import Teacher
-from pipeline.views import decode_image, normalize, render_view
+from pipeline.views import ViewRenderer, decode_image, normalize
 
 
 def read_shard_images(manifest: Manifest, shard: ShardInfo) -> list[torch.Tensor]:
@@ -50,29 +53,50 @@ def autocast_for(device: torch.device, precision: str):
     return torch.autocast("cuda", dtype=dtype)
 
 
+def teacher_inputs(
+    renderer: ViewRenderer,
+    images: Sequence[torch.Tensor],
+    view_params: np.ndarray,
+    positions: Iterable[int],
+    spec: ModelSpec,
+) -> torch.Tensor:
+    """The normalised batch a teacher is fed for ``positions`` of a shard in one view:
+    ``images`` and ``view_params`` (n, P) are the whole shard's (mixing partners come from it);
+    ``spec`` gives the resolution, mean and std."""
+    batch = torch.stack(
+        [renderer.render(images, view_params, int(p), spec.resolution) for p in positions]
+    )
+    return normalize(batch, spec.mean, spec.std)
+
+
 @torch.inference_mode()
 def teacher_targets(
     teacher: Teacher,
+    plan: ViewPlan,
     images: list[torch.Tensor],
     params: np.ndarray,
     *,
     topk: int,
+    positions: np.ndarray | None = None,
     uniforms: np.ndarray | None = None,
     batch_size: int = 256,
     precision: str = "fp32",
     timings: dict | None = None,
 ) -> ShardTargets:
-    """A teacher's targets for every (image, view): ``params`` is (n, v, P) as the plan made it.
+    """A teacher's targets for every view of ``params`` (n, v, P, the whole shard's, as
+    ``plan`` made them) at ``positions`` (default all n): blocks of (len(positions), v, ...).
 
-    With ``uniforms`` (n, v, D) (:func:`pipeline.sampled_targets.sample_uniforms`) it also
-    draws D class ids per view from the teacher's softmax (``sample_index``).
+    With ``uniforms`` (len(positions), v, D) (:func:`pipeline.sampled_targets.sample_uniforms`)
+    it also draws D class ids per view from the teacher's softmax (``sample_index``).
 
     Batches never span two views, so a view's values do not depend on which other views are
     computed with it (a resumed shard computes exactly what an uninterrupted run did).
     """
     timings = timings if timings is not None else defaultdict(float)
-    n, v = params.shape[:2]
+    positions = np.arange(params.shape[0]) if positions is None else np.asarray(positions)
+    n, v = len(positions), params.shape[1]
     spec = teacher.spec
+    renderer = ViewRenderer(plan)
     device = next(teacher.model.parameters()).device
     logits_out = np.empty((n, v, topk), dtype=np.float16)
     index_out = np.empty((n, v, topk), dtype=np.int64)
@@ -82,10 +106,9 @@ def teacher_targets(
         for start in range(0, n, batch_size):
             rows = range(start, min(start + batch_size, n))
             began = time.perf_counter()
-            batch = torch.stack(
-                [render_view(images[i], params[i, view], spec.resolution) for i in rows]
+            batch = teacher_inputs(
+                renderer, images, params[:, view], positions[rows.start : rows.stop], spec
             )
-            batch = normalize(batch, spec.mean, spec.std)
             timings["augment"] += time.perf_counter() - began
             began = time.perf_counter()
             batch = batch.to(device, non_blocking=True)
@@ -103,7 +126,7 @@ def teacher_targets(
             timings["infer"] += time.perf_counter() - began
     classes = index_dtype(spec.num_classes)
     return ShardTargets(
-        params=params,
+        params=params[positions],
         topk_logits=logits_out,
         topk_index=index_out.astype(classes),
         logsumexp=lse_out,

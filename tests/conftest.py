@@ -17,6 +17,17 @@ TEST_ROWS = 200
 PLAN = ViewPlan(seed=3, views=3)
 TOPK = 4
 SAMPLES = 8
+# every operation at once, teacher-side Mixup and CutMix included
+MIXED_PLAN = ViewPlan(
+    seed=5,
+    views=2,
+    randaugment="rand-m9-mstd0.5-inc1",
+    color_jitter=(0.4, 0.4, 0.0, 0.0),
+    erase_prob=0.5,
+    erase_mode="pixel",
+    mixup_alpha=0.8,
+    cutmix_alpha=1.0,
+)
 
 
 def make_shards(root, train_rows=TRAIN_ROWS, test_rows=TEST_ROWS) -> Manifest:
@@ -104,4 +115,12 @@ def sampled_cache(data, teacher_path, ray_local, tmp_path_factory) -> str:
         TeacherSource(teacher_path, name="regnet28", resolution=28),
     ]
     teach(data, teacher_path, location, teachers=teachers, samples=SAMPLES)
+    return location
+
+
+@pytest.fixture(scope="session")
+def mixed_cache(data, teacher_path, ray_local, tmp_path_factory) -> str:
+    """A complete cache whose plan has every operation (MIXED_PLAN): 2 views, top-4."""
+    location = str(tmp_path_factory.mktemp("mixed") / "cache.zarr")
+    teach(data, teacher_path, location, plan=MIXED_PLAN)
     return location

@@ -4,7 +4,7 @@ import numpy as np
 import torch
 import zarr
 
-from pipeline.plan import PARAM_NAMES
+from pipeline.plan import CROP_FLIP_NAMES
 from pipeline.store import FORMAT, CacheStore, region_checksum
 from pipeline.teachers import load_teacher
 from pipeline.views import normalize
@@ -18,8 +18,8 @@ def test_arrays_dtypes_shapes_chunks_and_attrs(cache, data, teacher_path):
     n, v, k, s = data.num_rows, PLAN.views, TOPK, len(data.shards)
     assert group.attrs["format"] == FORMAT
     assert group["params"].dtype == np.float32
-    assert group["params"].shape == (n, v, len(PARAM_NAMES))
-    assert group["params"].chunks == (SHARD_SIZE, 1, len(PARAM_NAMES))
+    assert group["params"].shape == (n, v, len(CROP_FLIP_NAMES))
+    assert group["params"].chunks == (SHARD_SIZE, 1, len(CROP_FLIP_NAMES))
     teacher = group["teachers/regnet"]
     expected = {
         "topk_logits": (np.float16, (n, v, k), (SHARD_SIZE, 1, k)),
@@ -34,7 +34,7 @@ def test_arrays_dtypes_shapes_chunks_and_attrs(cache, data, teacher_path):
     attrs = group.attrs.asdict()
     assert attrs["dataset"]["fingerprint"] == data.fingerprint
     assert attrs["plan"]["seed"] == PLAN.seed and attrs["plan"]["views"] == PLAN.views
-    assert attrs["plan"]["param_names"] == list(PARAM_NAMES)
+    assert attrs["plan"]["param_names"] == list(CROP_FLIP_NAMES)
     assert attrs["topk"] == TOPK and attrs["splits"] == ["train"]
     assert attrs["tool_version"]
     identity = teacher.attrs.asdict()

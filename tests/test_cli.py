@@ -6,7 +6,7 @@ import sys
 import pytest
 
 COMMANDS = ["shard", "teach", "train", "catalog", "inspect", "verify", "plot", "demo",
-            "bench-teach", "bench-train", "bench-kd"]  # fmt: skip
+            "bench-teach", "bench-train", "bench-kd", "bench-replay", "bench-mixing"]  # fmt: skip
 
 
 def _kdcache(*args):

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from pipeline.plan import PARAM_NAMES, ViewPlan
+from pipeline.plan import CROP_FLIP_NAMES, ViewPlan
 
 
 def test_same_inputs_give_same_params_in_any_order_or_subset():
@@ -28,7 +28,7 @@ def test_crops_follow_random_resized_crop_bounds():
     plan = ViewPlan(
         seed=0, views=4, crop_scale=(0.3, 0.9), crop_ratio=(0.75, 4 / 3), flip_prob=0.25
     )
-    params = plan.params(np.arange(5000), np.ones(5000)).reshape(-1, len(PARAM_NAMES))
+    params = plan.params(np.arange(5000), np.ones(5000)).reshape(-1, len(CROP_FLIP_NAMES))
     top, left, height, width, flip = params.T
     area = height * width
     assert area.min() >= 0.3 - 1e-5 and area.max() <= 0.9 + 1e-5

@@ -19,7 +19,7 @@ from pipeline.manifest import Manifest
 from pipeline.models import ModelSpec, create_model
 from pipeline.plan import ViewPlan
 from pipeline.teacher_targets import read_shard_images
-from pipeline.views import normalize, render_view
+from pipeline.views import ViewRenderer, normalize
 from tools.bench_data import add_bench_data_arguments, bench_manifest, random_teacher
 
 
@@ -28,13 +28,14 @@ def raw_inference(manifest: Manifest, spec: ModelSpec, path: str, plan: ViewPlan
     """Seconds of ``model(x)`` alone over every view, inputs prepared beforehand."""
     model = create_model(spec, checkpoint_path=path).eval()
     batches = []
+    renderer = ViewRenderer(plan)
     for shard in manifest.shards_of("train"):
         images = read_shard_images(manifest, shard)
         params = plan.shard_params(manifest, shard)
         for view in range(plan.views):
             views = [
-                render_view(image, params[i, view], spec.resolution)
-                for i, image in enumerate(images)
+                renderer.render(images, params[:, view], i, spec.resolution)
+                for i in range(len(images))
             ]
             for start in range(0, len(views), batch_size):
                 batches.append(

@@ -7,6 +7,8 @@ import pipeline
 from pipeline.cli import add_catalog_parser, add_shard_parser, add_teach_parser
 from pipeline.run_lock import CacheBusy
 from tools.bench_kd import add_bench_kd_parser
+from tools.bench_mixing import add_bench_mixing_parser
+from tools.bench_replay import add_bench_replay_parser
 from tools.bench_teach import add_bench_parser
 from tools.bench_train import add_bench_train_parser
 from tools.demo import add_demo_parser
@@ -35,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_parser(commands)
     add_bench_train_parser(commands)
     add_bench_kd_parser(commands)
+    add_bench_replay_parser(commands)
+    add_bench_mixing_parser(commands)
     return parser
 
 

@@ -3,7 +3,7 @@ done region's checksum; any mismatch is reported with its shard and row."""
 
 import argparse
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import partial
 
 import numpy as np
@@ -15,6 +15,7 @@ from pipeline.store import CacheStore, ShardTargets, region_checksum
 from pipeline.teacher_targets import read_shard_images, teacher_targets
 from pipeline.teachers import Teacher, load_teacher
 from tools.cache_manifest import manifest_for
+from tools.verify_replay import ReplayReport, replay_check
 
 LOGIT_TOLERANCE = 2e-2  # fp16 storage plus batch-dependent float sums
 
@@ -27,6 +28,7 @@ class VerifyReport:
     regions_checked: int = 0
     views_recomputed: int = 0
     largest_logit_diff: float = 0.0
+    replay: ReplayReport | None = None
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -40,6 +42,15 @@ class VerifyReport:
             f"verify: {self.regions_checked} (shard, view) checksums checked, "
             f"{self.views_recomputed} views recomputed, largest logit difference "
             f"{self.largest_logit_diff:.4g} (tolerance {LOGIT_TOLERANCE})",
+            *(
+                [
+                    f"verify: replay: {self.replay.views_compared} views rebuilt by the trainer's "
+                    f"loader, largest pixel difference from the teacher's input "
+                    f"{self.replay.largest_pixel_diff:.4g}"
+                ]
+                if self.replay
+                else []
+            ),
             *[f"verify: {problem}" for problem in self.problems[:50]],
         ]
 
@@ -84,13 +95,15 @@ def _recompute(
     view: int,
 ) -> ShardTargets:
     rows = manifest.shard_rows(shard)[positions]
-    params = store.plan.params(rows, manifest.aspect[rows], views=[view])
+    params = store.plan.shard_params(manifest, shard, views=[view])
     samples = store.samples
     return teacher_targets(
         teacher,
-        [images[p] for p in positions],
+        store.plan,
+        images,
         params,
         topk=store.topk,
+        positions=positions,
         uniforms=sample_uniforms(store.plan.seed, rows, [view], samples) if samples else None,
     )
 
@@ -102,12 +115,20 @@ def verify_cache(
     samples: int = 64,
     seed: int = 0,
     teachers: dict[str, str] | None = None,
+    replay: bool = False,
+    replay_tolerance: float = 0.0,
 ) -> VerifyReport:
     """Check every done region's checksum (recomputing any failing region row by row), and
-    recompute ``samples`` random (row, view) pairs per teacher."""
+    recompute ``samples`` random (row, view) pairs per teacher; with ``replay``, also rebuild
+    ``samples`` views in the trainer's loader and compare them with the teacher's inputs."""
     store = CacheStore.open(location)
     manifest = manifest_for(store, data)
     report = VerifyReport(cache=location)
+    if replay:
+        report.replay = replay_check(
+            store, manifest, samples=samples, seed=seed, tolerance=replay_tolerance
+        )
+        report.problems += report.replay.problems
     rng = np.random.default_rng(seed)
     shards = manifest.shards_of(store.attrs["splits"])
     for name in store.teacher_names:
@@ -189,16 +210,34 @@ def add_verify_parser(commands) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the sample (default: 0)")
     parser.add_argument("--teacher", type=partial(key_value, form="NAME=PATH"), action="append", default=[],
                         metavar="NAME=PATH", help="weights of a teacher if moved since teaching")  # fmt: skip
+    parser.add_argument(
+        "--replay",
+        action="store_true",
+        help="also rebuild --samples views in the trainer's loader and compare them with the "
+        "teacher job's inputs (largest pixel difference; any difference is a problem)",
+    )
+    parser.add_argument(
+        "--replay-tolerance",
+        type=float,
+        default=0.0,
+        help="pixel difference allowed by --replay, e.g. across machines (default: 0, bitwise)",
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.set_defaults(run=run_verify)
 
 
 def run_verify(args: argparse.Namespace) -> None:
     report = verify_cache(
-        args.cache, args.data, samples=args.samples, seed=args.seed, teachers=dict(args.teacher)
+        args.cache,
+        args.data,
+        samples=args.samples,
+        seed=args.seed,
+        teachers=dict(args.teacher),
+        replay=args.replay,
+        replay_tolerance=args.replay_tolerance,
     )
     if args.json:
-        print(json.dumps({**report.__dict__, "ok": report.ok}, indent=2))
+        print(json.dumps({**asdict(report), "ok": report.ok}, indent=2))
     else:
         print("\n".join(report.lines()))
     if not report.ok:

@@ -8,7 +8,9 @@ from functools import partial
 from pipeline.cli_types import key_value
 from pipeline.plan_options import add_plan_arguments, plan_overrides
 from trainer.losses import KD_MODES, KL_REDUCTIONS, TARGET_KINDS, TEACHER_MODES
+from trainer.mixing import MIXING_MODES
 from trainer.topk_tail import TAIL_MODES
+from trainer.view_schedule import SCHEDULES
 
 
 def _model_arg(text: str) -> tuple[str, object]:
@@ -162,6 +164,15 @@ def configure_train_parser(parser: argparse.ArgumentParser) -> None:
         "(uniform), drop it and renormalise, or keep one 'other' bucket (default: uniform)",
     )
     kd.add_argument(
+        "--mixing",
+        choices=MIXING_MODES,
+        default="exact",
+        help="exact: the plan's Mixup/CutMix, which the teacher saw (cached targets used as "
+        "they are); label: the cache has no mixing, the trainer mixes images with the "
+        "--mixup-alpha/--cutmix-alpha given here and mixes the two samples' cached targets "
+        "with the same lambda (FKD-style) (default: exact)",
+    )
+    kd.add_argument(
         "--label-smoothing", type=float, default=0.0, help="on the label term (default: 0)"
     )
     opt = parser.add_argument_group("optimisation")
@@ -196,6 +207,13 @@ def configure_train_parser(parser: argparse.ArgumentParser) -> None:
     )
     run.add_argument(
         "--shuffle-buffer", type=int, default=2000, help="samples (default: %(default)s)"
+    )
+    run.add_argument(
+        "--view-schedule",
+        choices=SCHEDULES,
+        default="cycle",
+        help="which view a sample gets each epoch: cycle (epoch mod V) or shuffle (a random "
+        "order of the V views per sample, renewed every V epochs) (default: cycle)",
     )
     run.add_argument("--device", default="auto", help="auto (cuda if present), cpu or cuda[:N]")
     run.add_argument("--amp", action="store_true", help="bf16 autocast (use on CUDA)")

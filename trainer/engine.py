@@ -27,6 +27,7 @@ from trainer.distributed import World, check_in_sync, start_world, stop_world, s
 from trainer.evaluate import accuracy, count_correct
 from trainer.loader import EvalViews, TrainViews, make_loader
 from trainer.losses import TEACHER_MODES, DistillationLoss
+from trainer.mixing import LabelMixedTargets, label_targets
 from trainer.online import OnlineTeacher
 from trainer.resume import (
     RESUME_FILE,
@@ -41,6 +42,7 @@ from trainer.resume import (
 from trainer.run_log import RunLog
 from trainer.targets import CachedTargets, PlannedViews
 from trainer.teacher_mix import teacher_mix
+from trainer.view_schedule import ViewSchedule
 
 _STEP_LOG_EVERY = 50  # updates between per-step TensorBoard scalars
 _STOP_CHECK_EVERY = 10  # under DDP, steps between agreeing on a SIGTERM (one all-reduce)
@@ -87,6 +89,8 @@ class TrainConfig:
     amp: bool = False
     compile: bool = False
     shuffle_buffer: int = 2000
+    view_schedule: str = "cycle"  # epoch -> view: cycle, or shuffle (per sample, per V epochs)
+    mixing: str = "exact"  # exact: the plan's mixing, seen by the teacher; label: FKD-style
     tensorboard: bool = False
     resume: bool = False
     progress: bool = True
@@ -131,16 +135,21 @@ def _views_source(config: TrainConfig, manifest: Manifest) -> CachedTargets | Pl
         teachers = teachers or [teacher]
         if config.progress:
             print(f"train: --cache auto picked {cache} (teacher {teacher})", flush=True)
+    if cache is not None and config.mixing == "label":
+        return LabelMixedTargets(cache, manifest, teacher=teacher, plan=config.plan)
     if cache is not None:
-        return CachedTargets(
-            cache,
-            manifest,
+        options = dict(
             teachers=teachers,
             plan=config.plan,
             topk=config.topk,
             sampled=config.targets == "sampled",
             samples=config.samples,
         )
+        if config.mixing == "label":
+            return LabelMixedTargets(cache, manifest, **options)
+        return CachedTargets(cache, manifest, **options)
+    if config.mixing == "label":
+        raise ValueError("--mixing label mixes cached targets: it needs --cache")
     return PlannedViews(ViewPlan(**config.plan), manifest)
 
 
@@ -233,6 +242,8 @@ def _train(config: TrainConfig, world: World, device: torch.device) -> dict:
         resolution=spec.resolution,
         seed=config.seed,
         shuffle_buffer=config.shuffle_buffer,
+        schedule=ViewSchedule(config.view_schedule, source.plan.views, config.seed),
+        mix_targets=config.mixing == "label",
         teacher_resolution=online.resolution if online else None,
     )
     pin = device.type == "cuda"
@@ -245,7 +256,7 @@ def _train(config: TrainConfig, world: World, device: torch.device) -> dict:
 
     def step(model, batch) -> tuple[torch.Tensor, dict]:
         images = prepare(batch["image"].to(device, non_blocking=True))
-        labels = batch["label"].to(device, non_blocking=True)
+        labels = label_targets(batch, manifest.num_classes).to(device, non_blocking=True)
         if online is not None:
             targets = {"online": online(batch["teacher_image"])}
         else:

@@ -1,5 +1,6 @@
 """Streaming loaders: WebDataset shards -> replayed views joined with their teacher targets."""
 
+import itertools
 import math
 import random
 from collections.abc import Iterator
@@ -12,13 +13,10 @@ from torch.utils.data import DataLoader, IterableDataset
 from pipeline.manifest import Manifest, ShardInfo
 from pipeline.store import ShardTargets
 from pipeline.tar_reader import sample_image, tar_samples
-from pipeline.views import decode_image, render_full, render_view
-from trainer.targets import CachedTargets, PlannedViews
-
-
-def view_for_epoch(epoch: int, num_views: int) -> int:
-    """The view a sample is shown in ``epoch``: views are cycled, epoch e uses view e mod V."""
-    return epoch % num_views
+from pipeline.views import ViewRenderer, decode_image, render_full
+from trainer.mixing import mix_targets
+from trainer.targets import CachedTargets, PlannedViews, ShardBlock
+from trainer.view_schedule import ViewSchedule
 
 
 def view_targets(block: ShardTargets, position: int, view: int) -> dict[str, torch.Tensor]:
@@ -66,16 +64,38 @@ class _ShardStream(IterableDataset):
             yield sample, row
 
 
+class ShardImages:
+    """A shard's encoded images by position, decoded on access (a mixed view also needs its
+    partner's image, which may come later in the tar)."""
+
+    def __init__(self, shard: ShardInfo, channels: int):
+        self.shard = shard
+        self.channels = channels
+        self.encoded: dict[int, bytes] = {}
+
+    def __getitem__(self, position: int) -> torch.Tensor:
+        if position not in self.encoded:
+            raise ValueError(
+                f"{self.shard.file}: no sample at position {position} in the tar "
+                "(a mixing partner must be read from the same shard)"
+            )
+        return decode_image(self.encoded[position], self.channels)
+
+
 class TrainViews(_ShardStream):
     """Training samples: each sample's view for the epoch, with its teacher targets.
 
     Yields dicts ``image`` (on [0, 1]; the training loop normalises whole batches on the
     device), ``label``, ``row``, ``view`` and ``targets``: per teacher name a dict of
-    ``topk_logits``, ``topk_index`` and ``logsumexp`` (no teachers without a cache). With a
-    ``teacher_resolution`` (an online teacher) also ``teacher_image``: the same view rendered
-    at the teacher's input size.
-    Shards are shuffled per epoch (seeded), split by node and DataLoader worker, and samples
-    pass a seeded shuffle buffer.
+    ``topk_logits``, ``topk_index`` and ``logsumexp`` (no teachers without a cache).
+    Views of a mixing plan add ``mix_lam`` (weight of the sample's own label at this
+    resolution, 1 if unmixed) and ``mix_label`` (the partner's label); with ``mix_targets``
+    (label-space mixing) each teacher's targets are the lam-mixture of the sample's and the
+    partner's cached targets. With a ``teacher_resolution`` (an online teacher) also
+    ``teacher_image``: the same view rendered at the teacher's input size. Which view a sample
+    is shown follows ``schedule`` (default: cycle). Shards are shuffled per epoch (seeded),
+    split by node and DataLoader worker, read whole (mixing partners are in the same shard),
+    and samples pass a seeded shuffle buffer.
     """
 
     def __init__(
@@ -87,12 +107,16 @@ class TrainViews(_ShardStream):
         seed: int = 0,
         shuffle_buffer: int = 2000,
         split: str = "train",
+        schedule: ViewSchedule | None = None,
+        mix_targets: bool = False,
         teacher_resolution: int | None = None,
     ):
         super().__init__(manifest, manifest.shards_of(split), resolution)
         self.source = source
         self.seed = seed
         self.shuffle_buffer = shuffle_buffer
+        self.schedule = schedule or ViewSchedule("cycle", source.plan.views)
+        self.mix_targets = mix_targets
         self.teacher_resolution = teacher_resolution
 
     def __len__(self) -> int:
@@ -127,29 +151,60 @@ class TrainViews(_ShardStream):
 
     def iter_views(self, shards: list[ShardInfo]) -> Iterator[dict]:
         """The given shards' samples in tar order, each in its view for the current epoch."""
-        view = view_for_epoch(self.epoch, self.source.plan.views)
-        current, block = None, None
-        for sample, row in self._samples(shards):
-            shard_id, position = divmod(row, self.manifest.shard_size)
-            if shard_id != current:
-                current, block = shard_id, self.source.block(self.manifest.shards[shard_id])
-            image = decode_image(sample_image(sample), self.manifest.channels)
-            params = block.params[position, view]
-            item = {
-                "image": render_view(image, params, self.resolution),
-                "label": int(sample["cls"]),
-                "row": row,
-                "view": view,
-                "targets": {
-                    name: view_targets(targets, position, view)
-                    for name, targets in block.targets.items()
-                },
-            }
-            if self.teacher_resolution == self.resolution:
-                item["teacher_image"] = item["image"]
-            elif self.teacher_resolution is not None:
-                item["teacher_image"] = render_view(image, params, self.teacher_resolution)
-            yield item
+        renderer = ViewRenderer(self.source.plan)
+        size = self.manifest.shard_size
+        for shard_id, group in itertools.groupby(self._samples(shards), lambda s: s[1] // size):
+            shard = self.manifest.shards[shard_id]
+            images = ShardImages(shard, self.manifest.channels)
+            rows = []
+            for sample, row in group:
+                images.encoded[row - shard_id * size] = sample_image(sample)
+                rows.append(row)
+            block = self.source.block(shard)
+            views = self.schedule.views_for(self.epoch, np.array(rows))
+            for row, view in zip(rows, views.tolist(), strict=True):
+                yield self._sample(renderer, images, block, row - shard_id * size, view)
+
+    def _sample(
+        self,
+        renderer: ViewRenderer,
+        images: ShardImages,
+        block: ShardBlock,
+        position: int,
+        view: int,
+    ) -> dict:
+        """One sample's dict: its view, label, targets and, for mixing plans, lam and partner label."""
+        params = block.params[:, view]
+        first_row = images.shard.id * self.manifest.shard_size
+        label = int(self.manifest.labels[first_row + position])
+        targets = {name: view_targets(t, position, view) for name, t in block.targets.items()}
+        sample = {
+            "image": renderer.render(images, params, position, self.resolution),
+            "label": label,
+            "row": first_row + position,
+            "view": view,
+            "targets": targets,
+        }
+        if self.teacher_resolution == self.resolution:
+            sample["teacher_image"] = sample["image"]
+        elif self.teacher_resolution is not None:
+            sample["teacher_image"] = renderer.render(
+                images, params, position, self.teacher_resolution
+            )
+        if renderer.plan.mixes:
+            partner = renderer.partner(params[position])
+            partner = position if partner is None else partner
+            lam = renderer.label_weight(params[position], self.resolution)
+            sample["mix_lam"] = lam
+            sample["mix_label"] = int(self.manifest.labels[first_row + partner])
+            if self.mix_targets:
+                classes = self.manifest.num_classes
+                sample["targets"] = {
+                    name: mix_targets(own, view_targets(block.targets[name], partner, view),
+                                      lam, classes)
+                    for name, own in targets.items()
+                }  # fmt: skip
+        return sample
 
     def __iter__(self):
         rank, _, worker, _ = wds.utils.pytorch_worker_info()
