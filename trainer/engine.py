@@ -135,8 +135,6 @@ def _views_source(config: TrainConfig, manifest: Manifest) -> CachedTargets | Pl
         teachers = teachers or [teacher]
         if config.progress:
             print(f"train: --cache auto picked {cache} (teacher {teacher})", flush=True)
-    if cache is not None and config.mixing == "label":
-        return LabelMixedTargets(cache, manifest, teacher=teacher, plan=config.plan)
     if cache is not None:
         options = dict(
             teachers=teachers,
