@@ -128,7 +128,7 @@ def add_bench_train_parser(commands) -> None:
     )
     parser.add_argument("--resolution", type=int, default=28, help="student input size")
     parser.add_argument(
-        "--teacher", default="regnety_016", help="timm architecture (default: %(default)s)"
+        "--teacher", default="regnety_032", help="timm architecture (default: %(default)s)"
     )
     parser.add_argument("--teacher-resolution", type=int, default=64, help="default: %(default)s")
     parser.add_argument(

@@ -16,7 +16,6 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 from timm.utils import ModelEmaV3
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
 from pipeline.catalog import catalog_root, resolve_cache
 from pipeline.manifest import Manifest
@@ -24,6 +23,7 @@ from pipeline.models import ModelSpec, create_model, save_checkpoint
 from pipeline.plan import ViewPlan
 from pipeline.views import normalize
 from trainer.distributed import World, check_in_sync, start_world, stop_world, sum_across
+from trainer.epoch import agreed, stop_now, train_epoch
 from trainer.evaluate import accuracy, count_correct
 from trainer.loader import EvalViews, TrainViews, make_loader
 from trainer.losses import TEACHER_MODES, DistillationLoss
@@ -43,9 +43,6 @@ from trainer.run_log import RunLog
 from trainer.targets import CachedTargets, PlannedViews
 from trainer.teacher_mix import teacher_mix
 from trainer.view_schedule import ViewSchedule
-
-_STEP_LOG_EVERY = 50  # updates between per-step TensorBoard scalars
-_STOP_CHECK_EVERY = 10  # under DDP, steps between agreeing on a SIGTERM (one all-reduce)
 
 
 @dataclass
@@ -164,11 +161,6 @@ def _config_json(config: TrainConfig, source, spec: ModelSpec, online) -> dict:
         values["teacher_identity"] = {"online": online.teacher.identity()}
         values["topk"] = online.topk
     return json.loads(json.dumps(values))  # as read back from config.json
-
-
-def _agreed(flag: bool, world: World, device: torch.device) -> bool:
-    """True when any rank raised ``flag`` (every rank gets the same answer)."""
-    return bool(sum_across({"flag": float(flag)}, world, device)["flag"])
 
 
 def train(config: TrainConfig) -> dict:
@@ -338,7 +330,7 @@ def _train(config: TrainConfig, world: World, device: torch.device) -> dict:
             for epoch in range(progress.epoch, config.epochs):
                 train_set.set_epoch(epoch)
                 began = time.perf_counter()
-                fresh = _train_epoch(
+                fresh = train_epoch(
                     model,
                     net,
                     train_loader,
@@ -349,7 +341,7 @@ def _train(config: TrainConfig, world: World, device: torch.device) -> dict:
                     progress,
                     epoch_steps[epoch],
                     clip_grad=config.clip_grad,
-                    stop=lambda step: _stop_now(stop, step, world, device),
+                    stop=lambda step: stop_now(stop, step, world, device),
                     log=log,
                     bar=config.progress and world.is_main,
                 )
@@ -387,85 +379,12 @@ def _train(config: TrainConfig, world: World, device: torch.device) -> dict:
                 save(row)
                 if world.is_main and config.progress:
                     _print_epoch(row)
-                if _agreed(stop.requested, world, device) and epoch + 1 < config.epochs:
+                if agreed(stop.requested, world, device) and epoch + 1 < config.epochs:
                     raise Stopped(f"SIGTERM after epoch {epoch}")
     finally:
         if log is not None:
             log.close()
     return progress.rows[-1]
-
-
-def _stop_now(stop: StopOnSignal, step: int, world: World, device: torch.device) -> bool:
-    """Whether to stop after this step: at once alone, at an agreed step under DDP."""
-    if not world.distributed:
-        return stop.requested
-    return step % _STOP_CHECK_EVERY == 0 and _agreed(stop.requested, world, device)
-
-
-def _train_epoch(
-    model,
-    net: torch.nn.Module,
-    loader,
-    step,
-    optimizer,
-    scheduler,
-    ema,
-    progress: Progress,
-    steps: int,
-    *,
-    clip_grad: float | None,
-    stop,
-    log: RunLog | None,
-    bar: bool,
-) -> int:
-    """Train ``progress.epoch`` up to ``steps`` batches, updating ``progress`` in place; skip
-    the batches a resumed epoch already did. ``model`` is what trains (maybe DDP-wrapped or
-    compiled), ``net`` the plain module (EMA source). Returns the images trained on here.
-
-    Loss parts are summed on the device and read at the epoch's end (no per-step sync).
-    """
-    model.train()
-    batches = iter(loader)
-    for _ in range(progress.step):  # same order as the interrupted run: skip what it did
-        next(batches)
-    fresh = 0
-    with tqdm(
-        total=steps,
-        initial=progress.step,
-        desc=f"epoch {progress.epoch}",
-        disable=not bar,
-        leave=False,
-    ) as shown:
-        while progress.step < steps:
-            batch = next(batches)
-            loss, parts = step(batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if clip_grad:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
-            optimizer.step()
-            progress.updates += 1
-            scheduler.step_update(progress.updates)
-            if ema is not None:
-                ema.update(net, step=progress.updates)
-            size = batch["label"].numel()
-            progress.step += 1
-            progress.seen += size
-            fresh += size
-            for name, value in {"loss": loss.detach(), **parts}.items():
-                progress.sums[name] = progress.sums.get(name, 0) + value * size
-            if (
-                log is not None
-                and log.writer is not None
-                and progress.updates % _STEP_LOG_EVERY == 0
-            ):
-                log.add_step(
-                    progress.updates, {"loss": loss.item(), "lr": optimizer.param_groups[0]["lr"]}
-                )
-            shown.update()
-            if stop(progress.step):
-                break
-    return fresh
 
 
 def _print_epoch(row: dict) -> None:
