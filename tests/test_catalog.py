@@ -53,18 +53,23 @@ def test_identity_reuse_new_entries_and_auto_pick(tmp_path, data, teacher_path, 
     with pytest.raises(FileNotFoundError, match="1 unfinished"):
         resolve_cache(root, other_data.fingerprint, {}, None)
     run = tmp_path / "run"
-    train(
-        TrainConfig(
-            manifest=data.location,
-            out=str(run),
-            model="resnet10t",
-            kd="soft",
-            cache="auto",
-            catalog=root,
-            plan={"seed": 5},
-            epochs=1,
-            workers=0,
-            progress=False,
-        )
+    auto = TrainConfig(
+        manifest=data.location,
+        out=str(run),
+        model="resnet10t",
+        kd="soft",
+        cache="auto",
+        catalog=root,
+        plan={"seed": 5},
+        epochs=1,
+        workers=0,
+        progress=False,
     )
+    train(auto)
     assert f'"cache": "{seed5.cache}"' in (run / "config.json").read_text()
+    # label-space mixing mixes an unmixed cache: its own mixing options do not narrow the pick
+    mixed = replace(
+        auto, out=str(tmp_path / "mix"), mixing="label", plan={"seed": 5, "mixup_alpha": 0.8}
+    )
+    train(mixed)
+    assert f'"cache": "{seed5.cache}"' in (tmp_path / "mix" / "config.json").read_text()

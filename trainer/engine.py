@@ -20,7 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 from pipeline.catalog import catalog_root, resolve_cache
 from pipeline.manifest import Manifest
 from pipeline.models import ModelSpec, create_model, save_checkpoint
-from pipeline.plan import ViewPlan
+from pipeline.plan import MIX_FIELDS, ViewPlan
 from pipeline.views import normalize
 from trainer.distributed import World, check_in_sync, start_world, stop_world, sum_across
 from trainer.epoch import agreed, stop_now, train_epoch
@@ -128,7 +128,10 @@ def _views_source(config: TrainConfig, manifest: Manifest) -> CachedTargets | Pl
     if cache == "auto":
         root = catalog_root(config.catalog)
         wanted = teachers[0] if teachers else None
-        cache, teacher = resolve_cache(root, manifest.fingerprint, config.plan, wanted)
+        plan = config.plan
+        if config.mixing == "label":  # the cache holds unmixed views; the run mixes them
+            plan = {k: v for k, v in plan.items() if k not in MIX_FIELDS}
+        cache, teacher = resolve_cache(root, manifest.fingerprint, plan, wanted)
         teachers = teachers or [teacher]
         if config.progress:
             print(f"train: --cache auto picked {cache} (teacher {teacher})", flush=True)

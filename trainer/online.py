@@ -2,8 +2,9 @@
 
 It sees the same replayed views as a cache's teacher (rendered at its own resolution by the
 loader) and its logits are reduced exactly as the teacher job reduces them for a cache
-(:func:`pipeline.store.reduce_logits`), so cached and online runs differ only in when the
-teacher runs (and in the cache's fp16 rounding of the logits).
+(:func:`pipeline.store.reduce_logits`, top-k logits rounded to fp16 as the cache stores them),
+so cached and online runs differ only in when the teacher runs: its batches are the training
+batches instead of a shard's rows in order.
 """
 
 import torch
@@ -55,4 +56,5 @@ class OnlineTeacher:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
             logits = self.teacher.model(images)
         values, index, lse = reduce_logits(logits, self.topk)
+        values = values.half().float()  # stored as fp16 in a cache: the same targets exactly
         return {"topk_logits": values, "topk_index": index, "logsumexp": lse}
