@@ -377,12 +377,14 @@ def _train(config: TrainConfig, world: World, device: torch.device) -> dict:
                     "seconds": time.perf_counter() - began,
                 }
                 progress = Progress(epoch + 1, 0, progress.updates, {}, 0, [*progress.rows, row])
+                # decided before saving: a SIGTERM that arrives later stops the next epoch
+                stop_here = agreed(stop.requested, world, device) and epoch + 1 < config.epochs
                 if log is not None:
                     log.add_epoch(row)
                 save(row)
                 if world.is_main and config.progress:
                     _print_epoch(row)
-                if agreed(stop.requested, world, device) and epoch + 1 < config.epochs:
+                if stop_here:
                     raise Stopped(f"SIGTERM after epoch {epoch}")
     finally:
         if log is not None:
