@@ -1,8 +1,8 @@
-"""What the benchmarks share: a Fashion-MNIST slice sharded once per work folder, and
-randomly initialised teachers (speed does not depend on the weights)."""
+"""What the benchmarks share: a sharded Fashion-MNIST slice, randomly initialised teachers
+(speed does not depend on the weights), their data options and their JSON output."""
 
 import argparse
-import os
+import json
 
 from pipeline.manifest import Manifest
 from pipeline.models import ModelSpec, create_model, save_checkpoint
@@ -13,14 +13,14 @@ from pipeline.sources import open_source
 def bench_manifest(
     folder: str, source: str, train_images: int, test_images: int, shard_size: int
 ) -> Manifest:
-    """The shards in ``folder``, written on first use."""
-    if os.path.exists(os.path.join(folder, "manifest.parquet")):
-        return Manifest.read(folder)
+    """The slice's shards written to ``folder`` (replacing earlier ones: a rerun with other
+    sizes must not measure a stale slice; the tars are byte-identical on every write)."""
     return write_shards(
         open_source(source),
         folder,
         shard_size=shard_size,
         limits={"train": train_images, "test": test_images},
+        overwrite=True,
         progress=False,
     )
 
@@ -39,3 +39,10 @@ def add_bench_data_arguments(parser: argparse.ArgumentParser, work: str) -> None
     parser.add_argument("--source", default="fashion-mnist", help="dataset (as for kdcache shard)")
     parser.add_argument("--work", default=None, help=f"folder for {work} (default: a temp dir)")
     parser.add_argument("--json", default=None, metavar="FILE", help="also write the result here")
+
+
+def write_result(path: str | None, result: dict) -> None:
+    """A benchmark's result as JSON at ``path`` (``--json``), if given."""
+    if path:
+        with open(path, "w") as f:
+            json.dump(result, f, indent=2)

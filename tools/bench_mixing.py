@@ -12,7 +12,6 @@ trains the same DeiT student at 28 px three ways with soft KD:
 """
 
 import argparse
-import json
 import os
 import time
 from dataclasses import asdict, replace
@@ -20,8 +19,7 @@ from dataclasses import asdict, replace
 import torch
 
 from pipeline.plan import MIX_FIELDS, ViewPlan
-from pipeline.shard import write_shards
-from pipeline.sources import open_source
+from tools.bench_data import bench_manifest, write_result
 
 STUDENT = "deit_tiny_distilled_patch16_224"
 STUDENT_ARGS = {"patch_size": 7, "embed_dim": 64, "depth": 3, "num_heads": 2}
@@ -35,10 +33,8 @@ def run_bench_mixing(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     began = time.perf_counter()
     os.makedirs(args.work, exist_ok=True)
-    manifest = write_shards(
-        open_source(args.source), os.path.join(args.work, "data"), shard_size=500,
-        limits={"train": args.images, "test": args.test_images}, overwrite=True, progress=False,
-    )  # fmt: skip
+    data = os.path.join(args.work, "data")
+    manifest = bench_manifest(data, args.source, args.images, args.test_images, shard_size=500)
     base = ViewPlan(seed=args.seed, views=args.views, crop_scale=(0.35, 1.0))
     mixed = replace(base, mixup_alpha=args.mixup_alpha, cutmix_alpha=args.cutmix_alpha)
     common = dict(manifest=manifest.location, seed=args.seed, workers=args.workers,
@@ -83,9 +79,7 @@ def run_bench_mixing(args: argparse.Namespace) -> dict:
         row = results[name]
         print(f"{name + ' mixing':26s} {row['test_acc']:10.2f} {row['images_per_s']:7.0f}")
     print(f"bench-mixing: {results['budget']}, {results['seconds']:.0f} s")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+    write_result(args.json, results)
     return results
 
 

@@ -14,7 +14,6 @@ sample and the ratio kdcache / timm per configuration.
 
 import argparse
 import io
-import json
 import time
 from dataclasses import replace
 
@@ -25,10 +24,9 @@ from timm.data import Mixup
 from timm.data.transforms_factory import transforms_imagenet_train
 
 from pipeline.plan import ViewPlan
-from pipeline.shard import write_shards
-from pipeline.sources import open_source
 from pipeline.tar_reader import sample_image, tar_samples
 from pipeline.views import ViewRenderer, decode_image, normalize
+from tools.bench_data import bench_manifest, write_result
 
 # magnitude 7: timm itself fails on this Pillow when PosterizeIncreasing reaches magnitude 10
 RANDAUGMENT = "rand-m7-mstd0.5-inc1"
@@ -93,10 +91,7 @@ def _timm_seconds(plan: ViewPlan, shards: list[list[bytes]], size: int, mean, st
 def run_bench_replay(args: argparse.Namespace) -> dict:
     """Time both sides per configuration; print and return the table."""
     torch.set_num_threads(1)
-    manifest = write_shards(
-        open_source(args.source), args.work, shard_size=500, limits={"train": args.images,
-        "test": 10}, overwrite=True, progress=False,
-    )  # fmt: skip
+    manifest = bench_manifest(args.work, args.source, args.images, 10, shard_size=500)
     shards = [
         [sample_image(s) for s in tar_samples([manifest.shard_url(shard)])]
         for shard in manifest.shards_of("train")
@@ -111,9 +106,7 @@ def run_bench_replay(args: argparse.Namespace) -> dict:
         theirs = _timm_seconds(plan, shards, args.resolution, mean, std) / count * 1e6
         results[name] = {"kdcache_us": ours, "timm_us": theirs, "ratio": ours / theirs}
         print(f"{name:34s} {ours:11.0f} {theirs:9.0f} {ours / theirs:7.2f}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+    write_result(args.json, results)
     return results
 
 

@@ -8,7 +8,6 @@ pass's worker time goes.
 """
 
 import argparse
-import json
 import os
 import tempfile
 import time
@@ -20,7 +19,12 @@ from pipeline.models import ModelSpec, create_model
 from pipeline.plan import ViewPlan
 from pipeline.teacher_targets import read_shard_images
 from pipeline.views import ViewRenderer, normalize
-from tools.bench_data import add_bench_data_arguments, bench_manifest, random_teacher
+from tools.bench_data import (
+    add_bench_data_arguments,
+    bench_manifest,
+    random_teacher,
+    write_result,
+)
 
 
 @torch.inference_mode()
@@ -133,6 +137,4 @@ def run_bench_command(args: argparse.Namespace) -> None:
         "  worker time: "
         + ", ".join(f"{k} {100 * v:.1f}%" for k, v in sorted(result["worker_share"].items()))
     )
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+    write_result(args.json, result)

@@ -10,7 +10,6 @@ depend on the weights.
 """
 
 import argparse
-import json
 import os
 import tempfile
 import time
@@ -19,7 +18,12 @@ from dataclasses import replace
 import torch
 
 from pipeline.plan import ViewPlan
-from tools.bench_data import add_bench_data_arguments, bench_manifest, random_teacher
+from tools.bench_data import (
+    add_bench_data_arguments,
+    bench_manifest,
+    random_teacher,
+    write_result,
+)
 from trainer.engine import TrainConfig, train
 from trainer.online import OnlineTeacher
 
@@ -158,6 +162,4 @@ def run_bench_train_command(args: argparse.Namespace) -> None:
         f"{result['ideal_cached_over_online']:.3f}: {result['share_of_ideal']:.3f} of ideal "
         "(target >= 0.9)"
     )
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+    write_result(args.json, result)
