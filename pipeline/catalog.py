@@ -129,8 +129,7 @@ class Catalog:
         files = sorted(fs.glob(urls.join(folder, "*.parquet"))) if fs.exists(folder) else []
         tables = []
         for path in files:
-            with fs.open(path, "rb") as f:
-                tables.append(pq.read_table(f))
+            tables.append(urls.read_parquet(fs.unstrip_protocol(path)))
         return pa.concat_tables(tables) if tables else SCHEMA.empty_table()
 
     def rows(self) -> list[dict]:

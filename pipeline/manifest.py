@@ -112,8 +112,7 @@ class Manifest:
             location = urls.join(location, "manifest.parquet")
         if not urls.exists(location):
             raise FileNotFoundError(f"{location}: no manifest here (run `kdcache shard` first)")
-        with fsspec.open(location, "rb") as f:
-            table = pq.read_table(f)
+        table = urls.read_parquet(location)
         raw = (table.schema.metadata or {}).get(METADATA_KEY)
         if raw is None:
             raise ValueError(f"{location}: Parquet file has no kdcache metadata")
