@@ -1,3 +1,2 @@
-"""kdcache pipeline: shards and manifest, the view plan, teachers, the Ray teacher job and the cache store."""
-
-__version__ = "0.1.0"
+"""Producing data: sources and shards (``data``), replayable views (``views``), the cache store
+(``cache``) and the teacher job (``teach``). Import from those faces."""

@@ -6,10 +6,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest  # noqa: E402
 
-from pipeline.manifest import Manifest  # noqa: E402
-from pipeline.plan import ViewPlan  # noqa: E402
-from pipeline.shard import write_shards  # noqa: E402
-from pipeline.sources import fashion_mnist  # noqa: E402
+from kdcache.pipeline.data.manifest import Manifest  # noqa: E402
+from kdcache.pipeline.data.shard_writer import write_shards  # noqa: E402
+from kdcache.pipeline.data.sources import fashion_mnist  # noqa: E402
+from kdcache.pipeline.views.plan import ViewPlan  # noqa: E402
 
 SHARD_SIZE = 100
 TRAIN_ROWS = 450  # four full shards and a short one
@@ -49,7 +49,7 @@ def data(tmp_path_factory) -> Manifest:
 @pytest.fixture(scope="session")
 def teacher_path(data, tmp_path_factory) -> str:
     """A regnety_002 teacher trained for four epochs on the slice, at 32 px (kdcache checkpoint)."""
-    from trainer.engine import TrainConfig, train
+    from kdcache.trainer.run.engine import TrainConfig, train
 
     out = tmp_path_factory.mktemp("teacher")
     train(
@@ -80,7 +80,7 @@ def ray_local():
 
 
 def teach(data, teacher_path, cache, **options):
-    from pipeline.teach_job import TeachConfig, TeacherSource, run_teach
+    from kdcache.pipeline.teach.job import TeachConfig, TeacherSource, run_teach
 
     config = TeachConfig(
         manifest=data.location,
@@ -107,7 +107,7 @@ def cache(data, teacher_path, ray_local, tmp_path_factory) -> str:
 def sampled_cache(data, teacher_path, ray_local, tmp_path_factory) -> str:
     """A complete cache with two teachers, ``regnet`` (the teacher at 32 px) and ``regnet28``
     (the same weights at 28 px: another function of the image), top-4 and 8 sampled ids."""
-    from pipeline.teach_job import TeacherSource
+    from kdcache.pipeline.teach.job import TeacherSource
 
     location = str(tmp_path_factory.mktemp("sampled") / "cache.zarr")
     teachers = [

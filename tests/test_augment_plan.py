@@ -7,10 +7,10 @@ import random
 import numpy as np
 import pytest
 
-from pipeline.plan import ViewPlan
-from pipeline.plan_options import add_plan_arguments, plan_overrides
-from pipeline.randaugment import parse_randaugment
-from trainer.view_schedule import ViewSchedule
+from kdcache.pipeline.views.plan import ViewPlan
+from kdcache.pipeline.views.randaugment import parse_randaugment
+from kdcache.tools.cli.plan_options import add_plan_arguments, plan_overrides
+from kdcache.trainer.data.view_schedule import ViewSchedule
 
 EVERYTHING = ViewPlan(
     seed=2,

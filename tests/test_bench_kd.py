@@ -1,6 +1,6 @@
 """The distillation benchmark's plan: every objective the issue asks for, at equal bytes."""
 
-from tools.bench_kd import TAILS, BenchConfig, _runs, sampled_bytes, topk_bytes
+from kdcache.tools.bench.kd_objectives import TAILS, BenchConfig, _runs, sampled_bytes, topk_bytes
 
 
 def test_runs_cover_every_objective_and_sampled_runs_match_topk_bytes():

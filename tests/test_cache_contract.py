@@ -4,13 +4,13 @@ import numpy as np
 import torch
 import zarr
 
-from pipeline.plan import CROP_FLIP_NAMES
-from pipeline.store import FORMAT, CacheStore, region_checksum
-from pipeline.teachers import load_teacher
-from pipeline.views import normalize
+from kdcache.pipeline.cache.store import FORMAT, CacheStore, region_checksum
+from kdcache.pipeline.teach.teachers import load_teacher
+from kdcache.pipeline.views.plan import CROP_FLIP_NAMES
+from kdcache.pipeline.views.render import normalize
+from kdcache.trainer.data.loader import TrainViews
+from kdcache.trainer.data.targets import CachedTargets
 from tests.conftest import PLAN, SHARD_SIZE, TOPK
-from trainer.loader import TrainViews
-from trainer.targets import CachedTargets
 
 
 def test_arrays_dtypes_shapes_chunks_and_attrs(cache, data, teacher_path):

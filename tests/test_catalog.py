@@ -7,10 +7,10 @@ import pyarrow.dataset as ds
 import pytest
 import torch
 
-from pipeline.catalog import Catalog, resolve_cache
-from pipeline.store import CacheStore
+from kdcache.pipeline.cache.catalog import Catalog, resolve_cache
+from kdcache.pipeline.cache.store import CacheStore
+from kdcache.trainer.run.engine import TrainConfig, train
 from tests.conftest import PLAN, make_shards, teach
-from trainer.engine import TrainConfig, train
 
 
 def test_identity_reuse_new_entries_and_auto_pick(tmp_path, data, teacher_path, cache, ray_local):

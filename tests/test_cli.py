@@ -11,7 +11,10 @@ COMMANDS = ["shard", "teach", "train", "catalog", "inspect", "verify", "plot", "
 
 def _kdcache(*args):
     return subprocess.run(
-        [sys.executable, "-m", "tools.cli", *args], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "kdcache.tools.cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -84,7 +87,7 @@ def test_cli_shards_and_refuses_a_wrong_cache(tmp_path, data, cache):
 
 
 def test_training_and_the_cli_never_import_ray():
-    code = "import sys, tools.cli, trainer.engine; print('ray' in sys.modules)"
+    code = "import sys, kdcache.tools.cli.main, kdcache.trainer.run.engine; print('ray' in sys.modules)"
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
     )

@@ -14,7 +14,7 @@ import psutil
 import pytest
 import zarr
 
-from pipeline.run_lock import CacheBusy, RunLock
+from kdcache.pipeline.cache.run_lock import CacheBusy, RunLock
 from tests.conftest import PLAN, TOPK, teach
 
 ARRAYS = ["params"] + [
@@ -25,7 +25,7 @@ ARRAYS = ["params"] + [
 
 def _teach_process(data, teacher_path, cache) -> subprocess.Popen:
     command = [
-        sys.executable, "-m", "tools.cli", "teach", "--data", data.location, "--cache", cache,
+        sys.executable, "-m", "kdcache.tools.cli.main", "teach", "--data", data.location, "--cache", cache,
         "--teacher", f"regnet={teacher_path}", "--views", str(PLAN.views),
         "--plan-seed", str(PLAN.seed), "--topk", str(TOPK), "--batch-size", "128",
         "--workers", "1", "--quiet",

@@ -2,7 +2,7 @@
 
 import json
 
-from tools.demo import DemoConfig, format_table, run_demo
+from kdcache.tools.demo import DemoConfig, format_table, run_demo
 
 
 def test_demo_writes_every_artifact_and_a_measured_report(tmp_path, ray_local):

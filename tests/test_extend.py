@@ -6,9 +6,9 @@ from dataclasses import replace
 import numpy as np
 import zarr
 
-from pipeline.store import CacheStore
+from kdcache.pipeline.cache.store import CacheStore
+from kdcache.trainer.data.targets import CachedTargets
 from tests.conftest import PLAN, teach
-from trainer.targets import CachedTargets
 
 OLD = [
     "params",
@@ -65,7 +65,7 @@ def test_adding_a_teacher_leaves_the_first_untouched(
     location = str(tmp_path / "cache.zarr")
     shutil.copytree(cache, location)
     before = {name: zarr.open_group(location, mode="r")[name][:] for name in OLD}
-    from pipeline.teach_job import TeachConfig, TeacherSource, run_teach
+    from kdcache.pipeline.teach.job import TeachConfig, TeacherSource, run_teach
 
     summary = run_teach(
         TeachConfig(

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import zarr
 
+from kdcache.tools.cache.inspect_cache import format_report, inspect_cache, plot_report
+from kdcache.tools.cache.verify_cache import verify_cache
+from kdcache.tools.cli.main import main
 from tests.conftest import PLAN, TOPK
-from tools.cli import main
-from tools.inspect_cache import format_report, inspect_cache, plot_report
-from tools.verify_cache import verify_cache
 
 
 def test_inspect_matches_the_arrays(tmp_path, data, cache):

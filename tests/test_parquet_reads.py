@@ -5,7 +5,7 @@ import pathlib
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import urls
+from kdcache.pipeline.data import urls
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

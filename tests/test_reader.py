@@ -8,13 +8,13 @@ import sys
 import numpy as np
 import torch
 
+from kdcache.trainer.data.loader import TrainViews
+from kdcache.trainer.data.targets import CachedTargets
 from tests.conftest import PLAN
-from trainer.loader import TrainViews
-from trainer.targets import CachedTargets
 
 READER = r"""
 import io, json, math, os, sys, tarfile
-sys.modules["pipeline"] = None  # importing kdcache's code would fail here
+sys.modules["kdcache.pipeline"] = None  # importing kdcache's code would fail here
 import numpy as np, zarr
 from PIL import Image
 

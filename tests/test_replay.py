@@ -10,16 +10,16 @@ import pytest
 import torch
 import zarr
 
-from pipeline.plan import ViewPlan
-from pipeline.store import CacheStore
-from pipeline.teacher_targets import read_shard_images, teacher_inputs
-from pipeline.teachers import load_teacher
-from pipeline.views import ViewRenderer, normalize
+from kdcache.pipeline.cache.store import CacheStore
+from kdcache.pipeline.teach.shard_targets import read_shard_images, teacher_inputs
+from kdcache.pipeline.teach.teachers import load_teacher
+from kdcache.pipeline.views.plan import ViewPlan
+from kdcache.pipeline.views.render import ViewRenderer, normalize
+from kdcache.tools.cache.verify_replay import replay_check
+from kdcache.trainer.data.label_mixing import LabelMixedTargets
+from kdcache.trainer.data.loader import TrainViews
+from kdcache.trainer.data.targets import CachedTargets, PlannedViews
 from tests.conftest import MIXED_PLAN
-from tools.verify_replay import replay_check
-from trainer.loader import TrainViews
-from trainer.mixing import LabelMixedTargets
-from trainer.targets import CachedTargets, PlannedViews
 
 RESOLUTION = 32
 BASE = ViewPlan(seed=11, views=2)
@@ -156,7 +156,7 @@ def test_label_space_mixing_refuses_a_mixed_cache(data, mixed_cache):
 def test_verify_replay_reports_zero_difference_and_catches_altered_params(
     data, mixed_cache, tmp_path, capsys
 ):
-    from tools.cli import main
+    from kdcache.tools.cli.main import main
 
     main(["verify", mixed_cache, "--replay", "--samples", "10"])
     out = capsys.readouterr().out
@@ -181,7 +181,7 @@ def test_students_train_on_exact_and_label_space_mixing(data, cache, mixed_cache
     import json
     import math
 
-    from trainer.engine import TrainConfig, train
+    from kdcache.trainer.run.engine import TrainConfig, train
 
     options = (
         {"cache": mixed_cache}

@@ -7,15 +7,15 @@ import pytest
 import torch
 import zarr
 
-from pipeline.sampled_targets import draw_classes, sample_uniforms
-from pipeline.store import CacheMismatch, CacheStore, region_checksum
-from pipeline.teach_job import TeacherSource
-from pipeline.teachers import load_teacher
-from pipeline.views import normalize
+from kdcache.pipeline.cache.sampled_targets import draw_classes, sample_uniforms
+from kdcache.pipeline.cache.store import CacheMismatch, CacheStore, region_checksum
+from kdcache.pipeline.teach.job import TeacherSource
+from kdcache.pipeline.teach.teachers import load_teacher
+from kdcache.pipeline.views.render import normalize
+from kdcache.tools.cache.verify_cache import verify_cache
+from kdcache.trainer.data.loader import TrainViews
+from kdcache.trainer.data.targets import CachedTargets
 from tests.conftest import PLAN, SAMPLES, SHARD_SIZE, teach
-from tools.verify_cache import verify_cache
-from trainer.loader import TrainViews
-from trainer.targets import CachedTargets
 
 
 def test_sample_arrays_attrs_and_checksums(sampled_cache, cache, data):

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import zarr
 
-from pipeline.manifest import Manifest
-from pipeline.store import CacheMismatch, CacheStore
-from pipeline.teach_job import TeachFailed
+from kdcache.pipeline.cache.store import CacheMismatch, CacheStore
+from kdcache.pipeline.data.manifest import Manifest
+from kdcache.pipeline.teach.job import TeachFailed
 from tests.conftest import PLAN, teach
 
 ARRAYS = ["params"] + [

@@ -7,12 +7,12 @@ from dataclasses import replace
 import pytest
 import torch
 
-from pipeline.models import read_checkpoint_meta
-from pipeline.store import CacheMismatch
+from kdcache.pipeline.cache.store import CacheMismatch
+from kdcache.pipeline.teach.models import read_checkpoint_meta
+from kdcache.trainer.data.loader import TrainViews
+from kdcache.trainer.data.targets import CachedTargets, PlannedViews
+from kdcache.trainer.run.engine import TrainConfig, train
 from tests.conftest import PLAN, SAMPLES, make_shards, teach
-from trainer.engine import TrainConfig, train
-from trainer.loader import TrainViews
-from trainer.targets import CachedTargets, PlannedViews
 
 DEIT = "deit_tiny_distilled_patch16_224"
 DEIT_ARGS = {"patch_size": 7, "embed_dim": 32, "depth": 1, "num_heads": 2}

@@ -52,12 +52,12 @@ PRESETS = {
 
 def run_demo(out: str, config: DemoConfig, progress: bool = True) -> dict:
     """Run every phase into ``out``; return (and write) the report."""
-    from pipeline.manifest import Manifest
-    from pipeline.plan import ViewPlan
-    from pipeline.shard import write_shards
-    from pipeline.sources import open_source
-    from pipeline.teach_job import TeachConfig, TeacherSource, run_teach
-    from trainer.engine import TrainConfig, train
+    from kdcache.pipeline.data.manifest import Manifest
+    from kdcache.pipeline.data.shard_writer import write_shards
+    from kdcache.pipeline.data.sources import open_source
+    from kdcache.pipeline.teach.job import TeachConfig, TeacherSource, run_teach
+    from kdcache.pipeline.views.plan import ViewPlan
+    from kdcache.trainer.run.engine import TrainConfig, train
 
     os.makedirs(out, exist_ok=True)
     seconds: dict[str, float] = {}

@@ -1,1 +1,2 @@
-"""kdcache trainer: streams shards, replays planned views, joins cached teacher targets, trains students."""
+"""Consuming a cache: streaming views joined with targets (``data``), distillation losses
+(``kd``) and the training loop (``run``). Import from those faces."""

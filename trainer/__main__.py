@@ -1,19 +1,19 @@
-"""``python -m trainer ...``: the train command alone (for torchrun)."""
+"""``python -m kdcache.trainer ...``: the train command alone (for torchrun)."""
 
 import argparse
 import sys
 
-from trainer.cli import configure_train_parser
+from kdcache.tools.cli.train_command import configure_train_parser
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m trainer", description="kdcache train")
+    parser = argparse.ArgumentParser(prog="python -m kdcache.trainer", description="kdcache train")
     configure_train_parser(parser)
     args = parser.parse_args()
     try:
         args.run(args)
     except (FileNotFoundError, ValueError) as error:
-        print(f"python -m trainer: error: {error}", file=sys.stderr)
+        print(f"python -m kdcache.trainer: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
 
 

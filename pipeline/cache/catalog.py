@@ -1,0 +1,196 @@
+"""The cache catalogue: one Parquet row per (cache, teacher) under a root folder or URL.
+
+``ROOT/catalog/<identity>.parquet`` files together form one table that pandas, pyarrow or
+duckdb read as a dataset (``pd.read_parquet("ROOT/catalog")``,
+``duckdb.sql("select * from 'ROOT/catalog/*.parquet'")``). A row's identity is a sha256 of
+what makes targets reusable: dataset fingerprint, plan (all but the number of views, which a
+cache can grow), K, sampled draws per view (when there are any), splits, and the teacher's
+architecture, weights and preprocessing. Each identity has its own file, written whole, so
+concurrent writers never clash.
+"""
+
+import datetime
+import hashlib
+import json
+import os
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from kdcache.pipeline.cache.store import CacheStore
+from kdcache.pipeline.data import urls
+from kdcache.pipeline.data.manifest import Manifest
+
+CATALOG_ENV = "KDCACHE_CATALOG"
+_TEACHER_KEYS = ("arch", "weights_sha256", "num_classes", "model_args", "preprocessing")
+SCHEMA = pa.schema(
+    [
+        ("identity", pa.string()),
+        ("cache", pa.string()),
+        ("teacher", pa.string()),
+        ("arch", pa.string()),
+        ("weights_sha256", pa.string()),
+        ("dataset", pa.string()),
+        ("fingerprint", pa.string()),
+        ("plan_seed", pa.int64()),
+        ("views", pa.int64()),
+        ("operations", pa.string()),
+        ("plan", pa.string()),
+        ("topk", pa.int64()),
+        ("splits", pa.string()),
+        ("complete", pa.bool_()),
+        ("shards_done", pa.int64()),
+        ("shards_total", pa.int64()),
+        ("bytes", pa.int64()),
+        ("created", pa.string()),
+        ("updated", pa.string()),
+        ("tool_version", pa.string()),
+    ]
+)
+
+
+def catalog_root(explicit: str | None) -> str | None:
+    """``--catalog`` if given, else ``$KDCACHE_CATALOG``, else None."""
+    return explicit or os.environ.get(CATALOG_ENV) or None
+
+
+def identity_key(cache_attrs: dict, teacher: dict) -> str:
+    """sha256 of the identity of one teacher's targets in a cache (views excluded)."""
+    identity = {
+        "fingerprint": cache_attrs["dataset"]["fingerprint"],
+        "plan": {k: v for k, v in cache_attrs["plan"].items() if k != "views"},
+        "topk": cache_attrs["topk"],
+        "splits": sorted(cache_attrs["splits"]),
+        "teacher": {k: teacher[k] for k in _TEACHER_KEYS},
+    }
+    if cache_attrs.get("samples"):  # only then: caches without samples keep their identity
+        identity["samples"] = cache_attrs["samples"]
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+class Catalog:
+    """A catalogue root: record caches, list them, find the one that fits."""
+
+    def __init__(self, root: str):
+        self.root = root
+        self.folder = urls.join(root, "catalog")
+
+    def default_cache_location(self, key: str) -> str:
+        """Where ``kdcache teach`` puts a cache when only the catalogue is given."""
+        return urls.join(self.root, f"caches/{key[:16]}.zarr")
+
+    def record(self, store: CacheStore, manifest: Manifest) -> list[dict]:
+        """Write (or refresh) one row per teacher of ``store``; return the rows."""
+        fs, folder = fsspec.core.url_to_fs(self.folder)
+        fs.makedirs(folder, exist_ok=True)
+        stored_bytes = urls.disk_bytes(store.location)
+        split_shards = [s.id for s in manifest.shards_of(store.attrs["splits"])]
+        now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+        rows = []
+        for name in store.teacher_names:
+            teacher = store.teacher_identity(name)
+            done = store.shard_done(name)[split_shards]
+            key = identity_key(store.attrs, teacher)
+            plan = store.attrs["plan"]
+            row = {
+                "identity": key,
+                "cache": store.location,
+                "teacher": name,
+                "arch": teacher["arch"],
+                "weights_sha256": teacher["weights_sha256"],
+                "dataset": store.attrs["dataset"]["name"],
+                "fingerprint": store.attrs["dataset"]["fingerprint"],
+                "plan_seed": plan["seed"],
+                "views": plan["views"],
+                "operations": ",".join(plan["operations"]),
+                "plan": json.dumps(plan, sort_keys=True),
+                "topk": store.topk,
+                "splits": ",".join(store.attrs["splits"]),
+                "complete": bool(done.all()),
+                "shards_done": int(done.sum()),
+                "shards_total": len(split_shards),
+                "bytes": stored_bytes,
+                "created": store.attrs["created"],
+                "updated": now,
+                "tool_version": store.attrs["tool_version"],
+            }
+            table = pa.Table.from_pylist([row], schema=SCHEMA)
+            temporary = urls.join(folder, f".{key[:32]}.parquet.tmp")
+            with fs.open(temporary, "wb") as f:
+                pq.write_table(table, f)
+            fs.mv(temporary, urls.join(folder, f"{key[:32]}.parquet"))
+            rows.append(row)
+        return rows
+
+    def table(self) -> pa.Table:
+        """Every row of the catalogue (an empty table if there is none yet)."""
+        fs, folder = fsspec.core.url_to_fs(self.folder)
+        files = sorted(fs.glob(urls.join(folder, "*.parquet"))) if fs.exists(folder) else []
+        tables = []
+        for path in files:
+            tables.append(urls.read_parquet(fs.unstrip_protocol(path)))
+        return pa.concat_tables(tables) if tables else SCHEMA.empty_table()
+
+    def rows(self) -> list[dict]:
+        return self.table().to_pylist()
+
+    def lookup(self, key: str) -> dict | None:
+        """The row with this identity, if any."""
+        return next((row for row in self.rows() if row["identity"] == key), None)
+
+    def find(
+        self,
+        *,
+        fingerprint: str | None = None,
+        plan: dict | None = None,
+        teacher: str | None = None,
+        complete: bool = True,
+    ) -> list[dict]:
+        """Rows that fit: same dataset, every given plan field equal (``views``: at least as many),
+        teacher name or architecture, and complete unless ``complete`` is False."""
+        found = []
+        for row in self.rows():
+            stored_plan = json.loads(row["plan"])
+            fits_plan = all(
+                row["views"] >= value if field == "views" else _same(stored_plan.get(field), value)
+                for field, value in (plan or {}).items()
+            )
+            if (
+                (fingerprint is None or row["fingerprint"] == fingerprint)
+                and fits_plan
+                and (teacher is None or teacher in (row["teacher"], row["arch"]))
+                and (row["complete"] or not complete)
+            ):
+                found.append(row)
+        return found
+
+
+def _same(stored, wanted) -> bool:
+    if isinstance(stored, list) or isinstance(wanted, tuple | list):
+        return list(stored or []) == list(wanted)
+    return stored == wanted
+
+
+def resolve_cache(
+    root: str | None, fingerprint: str, plan: dict, teacher: str | None
+) -> tuple[str, str]:
+    """The one complete cache (and teacher) in the catalogue that fits, for ``--cache auto``."""
+    if root is None:
+        raise ValueError(f"--cache auto needs a catalogue: --catalog ROOT or ${CATALOG_ENV}")
+    catalog = Catalog(root)
+    rows = catalog.find(fingerprint=fingerprint, plan=plan, teacher=teacher)
+    wanted = f"dataset {fingerprint[:12]}, plan {plan or 'any'}, teacher {teacher or 'any'}"
+    if not rows:
+        partial = catalog.find(fingerprint=fingerprint, plan=plan, teacher=teacher, complete=False)
+        hint = f"; {len(partial)} unfinished (rerun kdcache teach)" if partial else ""
+        raise FileNotFoundError(f"{root}: no complete cache for {wanted}{hint}")
+    if len(rows) > 1:
+        listed = ", ".join(
+            f"{r['cache']} (teacher {r['teacher']}, seed {r['plan_seed']})" for r in rows
+        )
+        raise ValueError(
+            f"{root}: {len(rows)} caches fit {wanted}: {listed}; pass --cache PATH "
+            "or narrow with --teacher-name / plan options"
+        )
+    return rows[0]["cache"], rows[0]["teacher"]

@@ -1,0 +1,348 @@
+"""The cache store (format ``kdcache/1``): a Zarr v3 group of teacher targets per view.
+
+Part of the contract between ``pipeline`` and ``trainer``. Layout (N rows, V views, K, S shards,
+D sampled draws)::
+
+    cache.zarr/          attrs: format, dataset, splits, plan, topk, samples, [sampling],
+                                tool_version, created
+      params             float32 (N, V, P)  view params (names and meanings in attrs.plan)
+      teachers/<name>/   attrs: teacher identity (arch, weights sha256, preprocessing)
+        topk_logits      float16 (N, V, K)  the K largest logits, descending
+        topk_index       int16|int32 (N, V, K)  their class ids
+        logsumexp        float32 (N, V)     log sum exp over all logits
+        sample_index     int16|int32 (N, V, D)  only if attrs.samples = D > 0: D class ids drawn
+                                            with replacement from the teacher's softmax, in draw
+                                            order (how: attrs.sampling, pipeline.sampled_targets)
+        shard_done       uint8 (S, V)       1 once view v of shard s is written and checksummed
+        shard_checksum   uint64 (S, V)      blake2b-64 of that region (see ``region_checksum``)
+
+Unwritten values read as NaN (floats) or -1 (class ids). A cache written before sampled
+targets existed has no ``samples`` attr and no ``sample_index``: it reads as ``samples = 0``.
+N is the manifest's row-id space (shard s owns rows s*shard_size ...). Chunks are one shard
+long and one view wide, and the ledger has one chunk per (shard, view): every writer owns
+whole chunks, and adding views (:meth:`CacheStore.grow_views`) never rewrites a chunk of an
+existing view. ``attrs.plan.views``
+counts the complete views; arrays may be wider while views are being added.
+"""
+
+import datetime
+import hashlib
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+import zarr
+from zarr.codecs import BloscCodec
+
+from kdcache import __version__
+from kdcache.pipeline.cache.sampled_targets import SAMPLING_ATTRS
+from kdcache.pipeline.data import urls
+from kdcache.pipeline.data.manifest import Manifest, ShardInfo
+from kdcache.pipeline.views.plan import ViewPlan
+
+FORMAT = "kdcache/1"
+TARGET_ARRAYS = ("topk_logits", "topk_index", "logsumexp")
+SAMPLE_ARRAYS = ("sample_index",)
+LEDGER_ARRAYS = ("shard_done", "shard_checksum")
+_COMPRESSORS = (BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle"),)
+
+
+@dataclass
+class ShardTargets:
+    """A shard's block for some views: params (n, v, P) and a teacher's targets for them
+    (``sample_index`` (n, v, D) only in a cache with sampled targets)."""
+
+    params: np.ndarray
+    topk_logits: np.ndarray
+    topk_index: np.ndarray
+    logsumexp: np.ndarray
+    sample_index: np.ndarray | None = None
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The block's arrays by name, without the absent ones."""
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+    def select(self, positions, views: slice) -> "ShardTargets":
+        """The block of some rows (positions in the shard) and views."""
+        return ShardTargets(**{k: v[positions, views] for k, v in self.arrays().items()})
+
+    def view(self, index: int) -> "ShardTargets":
+        """The block of one of its views (keeping a view axis of length 1)."""
+        return self.select(slice(None), slice(index, index + 1))
+
+
+def region_checksum(block: ShardTargets) -> int:
+    """blake2b (8 bytes, little-endian uint64) over params, topk_logits, topk_index, logsumexp
+    and, in a cache with sampled targets, sample_index."""
+    digest = hashlib.blake2b(digest_size=8)
+    names = ("params", *TARGET_ARRAYS, *(SAMPLE_ARRAYS if block.sample_index is not None else ()))
+    for name in names:
+        values = np.ascontiguousarray(getattr(block, name))
+        digest.update(values.astype(values.dtype.newbyteorder("<")).tobytes())
+    return int.from_bytes(digest.digest(), "little")
+
+
+def reduce_logits(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What a cache keeps of a teacher's logits: (top-k logits descending, their class ids,
+    logsumexp over all classes), computed in fp32 (the cache then stores the logits as fp16)."""
+    logits = logits.float()
+    values, index = logits.topk(k, dim=-1, largest=True, sorted=True)
+    return values, index, torch.logsumexp(logits, dim=-1)
+
+
+def index_dtype(num_classes: int) -> str:
+    return "int16" if num_classes <= np.iinfo(np.int16).max else "int32"
+
+
+class CacheMismatch(ValueError):
+    """A cache does not match the manifest, plan or options it is used with."""
+
+
+class CacheStore:
+    """A kdcache Zarr group opened for reading or writing."""
+
+    def __init__(self, location: str, group: zarr.Group):
+        self.location = location
+        self.group = group
+        self.attrs = group.attrs.asdict()
+        if self.attrs.get("format") != FORMAT:
+            raise CacheMismatch(
+                f"{location}: format is {self.attrs.get('format')!r}, expected {FORMAT!r} "
+                "(not a kdcache store, or its creation was interrupted)"
+            )
+        self.plan = ViewPlan.from_attrs(self.attrs["plan"])
+        self.topk: int = self.attrs["topk"]
+        self.samples: int = self.attrs.get("samples", 0)  # caches older than sampling: 0
+        self.shard_size: int = self.attrs["dataset"]["shard_size"]
+
+    @classmethod
+    def open(cls, location: str, mode: str = "r") -> "CacheStore":
+        """Open an existing cache: ``mode`` ``r`` to read, ``r+`` to write."""
+        try:
+            group = zarr.open_group(_zarr_location(location), mode=mode)
+        except FileNotFoundError as error:
+            raise FileNotFoundError(f"{location}: no cache here") from error
+        return cls(location, group)
+
+    @classmethod
+    def create(
+        cls,
+        location: str,
+        *,
+        manifest: Manifest,
+        plan: ViewPlan,
+        topk: int,
+        splits: list[str],
+        samples: int = 0,
+    ) -> "CacheStore":
+        """Create an empty cache for ``manifest`` and ``plan``; ``format`` is written last.
+
+        ``samples`` > 0 adds sampled targets: that many class ids per view and teacher."""
+        if not 1 <= topk <= manifest.num_classes:
+            raise ValueError(f"--topk must lie in 1..{manifest.num_classes}, got {topk}")
+        if samples < 0:
+            raise ValueError(f"--samples must be 0 (none) or more, got {samples}")
+        group = zarr.open_group(_zarr_location(location), mode="w-")
+        n, v, p = manifest.num_rows, plan.views, len(plan.param_names)
+        _create(group, "params", (n, v, p), (manifest.shard_size, 1, p), "float32", np.nan)
+        group.require_group("teachers")
+        group.attrs.update(
+            {
+                "dataset": {
+                    "name": manifest.meta["dataset"],
+                    "fingerprint": manifest.fingerprint,
+                    "manifest": manifest.location,
+                    "num_rows": n,
+                    "num_shards": len(manifest.shards),
+                    "shard_size": manifest.shard_size,
+                    "num_classes": manifest.num_classes,
+                },
+                "splits": sorted(splits),
+                "plan": plan.to_attrs(),
+                "topk": topk,
+                "samples": samples,
+                **({"sampling": SAMPLING_ATTRS} if samples else {}),
+                "tool_version": __version__,
+                "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            }
+        )
+        group.attrs["format"] = FORMAT
+        return cls(location, group)
+
+    # -- identity checks -------------------------------------------------------------------
+    def mismatches(
+        self,
+        manifest: Manifest,
+        plan: ViewPlan | None = None,
+        topk: int | None = None,
+        splits: list[str] | None = None,
+        samples: int | None = None,
+    ) -> list[str]:
+        """Every field in which this cache differs from what it is being used with.
+
+        Fewer views than the cache holds is no mismatch: views are a prefix-stable sequence.
+        """
+        found = []
+        dataset = self.attrs["dataset"]
+        if dataset["fingerprint"] != manifest.fingerprint:
+            found.append(
+                f"dataset.fingerprint: cache {dataset['fingerprint'][:12]} vs "
+                f"manifest {manifest.fingerprint[:12]} ({manifest.location})"
+            )
+        if plan is not None:
+            if plan.views <= self.plan.views:
+                plan = replace(plan, views=self.plan.views)
+            found += [d.replace(" vs ", " in cache vs ", 1) for d in self.plan.differences(plan)]
+        if topk is not None and topk != self.topk:
+            found.append(f"topk: {self.topk} in cache vs {topk}")
+        if samples is not None and samples != self.samples:
+            found.append(f"samples: {self.samples} in cache vs {samples}")
+        if splits is not None and sorted(splits) != self.attrs["splits"]:
+            found.append(f"splits: {self.attrs['splits']} in cache vs {sorted(splits)}")
+        return found
+
+    def check_matches(self, manifest: Manifest, **options) -> None:
+        """Raise :class:`CacheMismatch` naming every differing field."""
+        found = self.mismatches(manifest, **options)
+        if found:
+            raise CacheMismatch(f"{self.location} does not match: " + "; ".join(found))
+
+    # -- teachers ----------------------------------------------------------------------------
+    @property
+    def teacher_names(self) -> list[str]:
+        return sorted(self.group["teachers"].group_keys())
+
+    def teacher_identity(self, name: str) -> dict:
+        return self._teacher(name).attrs.asdict()
+
+    def _teacher(self, name: str) -> zarr.Group:
+        if name not in self.teacher_names:
+            raise CacheMismatch(
+                f"{self.location}: no teacher {name!r}; it has {self.teacher_names}"
+            )
+        return self.group["teachers"][name]
+
+    def add_teacher(self, identity: dict) -> None:
+        """Create a teacher's arrays, or check that an existing teacher of that name is the same."""
+        name = identity["name"]
+        if name in self.teacher_names:
+            stored = self.teacher_identity(name)
+            differing = [
+                f"teacher.{key}: {stored.get(key)!r} in cache vs {identity[key]!r}"
+                for key in identity
+                if key != "source" and stored.get(key) != identity[key]
+            ]
+            if differing:
+                raise CacheMismatch(f"{self.location}: " + "; ".join(differing))
+            return
+        dataset = self.attrs["dataset"]
+        n, k, s = dataset["num_rows"], self.topk, dataset["num_shards"]
+        v, rows = self.array_views, self.shard_size
+        group = self.group["teachers"].create_group(name)
+        classes = index_dtype(dataset["num_classes"])
+        _create(group, "topk_logits", (n, v, k), (rows, 1, k), "float16", np.nan)
+        _create(group, "topk_index", (n, v, k), (rows, 1, k), classes, -1)
+        _create(group, "logsumexp", (n, v), (rows, 1), "float32", np.nan)
+        if self.samples:
+            shape, chunks = (n, v, self.samples), (rows, 1, self.samples)
+            _create(group, "sample_index", shape, chunks, classes, -1)
+        _create(group, "shard_done", (s, v), (1, 1), "uint8", 0)
+        _create(group, "shard_checksum", (s, v), (1, 1), "uint64", 0)
+        group.attrs.update(identity)
+
+    # -- views ---------------------------------------------------------------------------------
+    @property
+    def array_views(self) -> int:
+        """Views the arrays have room for (more than ``plan.views`` while views are added)."""
+        return self.group["params"].shape[1]
+
+    def grow_views(self, views: int) -> None:
+        """Widen every array to ``views`` views; existing chunks are not touched."""
+        if views <= self.array_views:
+            return
+        arrays = [self.group["params"]]
+        for name in self.teacher_names:
+            arrays += [self._teacher(name)[a] for a in self._arrays(*LEDGER_ARRAYS)]
+        for array in arrays:
+            array.resize((array.shape[0], views, *array.shape[2:]))
+
+    def publish_views(self, views: int, shard_ids: list[int]) -> None:
+        """Declare views ``0..views-1`` complete (``attrs.plan.views``): every teacher must have
+        them for every one of ``shard_ids`` (the cache's splits)."""
+        for name in self.teacher_names:
+            if not self.views_done(name)[shard_ids, :views].all():
+                raise RuntimeError(
+                    f"{self.location}: teacher {name} lacks some of views 0..{views - 1}"
+                )
+        plan = {**self.attrs["plan"], "views": views}
+        self.group.attrs["plan"] = plan
+        self.attrs["plan"] = plan
+        self.plan = ViewPlan.from_attrs(plan)
+
+    def _arrays(self, *extra: str) -> tuple[str, ...]:
+        """Names of each teacher's per-view target arrays (with sampled ones if any), then ``extra``."""
+        return (*TARGET_ARRAYS, *(SAMPLE_ARRAYS if self.samples else ()), *extra)
+
+    # -- ledger and regions --------------------------------------------------------------------
+    def views_done(self, teacher: str) -> np.ndarray:
+        """Boolean (S, array views): view v of shard s written and checksummed."""
+        return self._teacher(teacher)["shard_done"][:].astype(bool)
+
+    def shard_done(self, teacher: str) -> np.ndarray:
+        """Boolean per shard: all of the plan's views written and checksummed."""
+        return self.views_done(teacher)[:, : self.plan.views].all(axis=1)
+
+    def pending_views(self, teacher: str, shard_id: int, views: int) -> list[int]:
+        """Views among ``0..views-1`` of a shard not yet done (reads that shard's ledger row)."""
+        done = self._teacher(teacher)["shard_done"][shard_id, :views]
+        return [v for v in range(views) if not done[v]]
+
+    def shard_checksums(self, teacher: str) -> np.ndarray:
+        """(S, array views) checksums; 0 where not written."""
+        return self._teacher(teacher)["shard_checksum"][:]
+
+    def _rows(self, shard: ShardInfo) -> slice:
+        start = shard.id * self.shard_size
+        return slice(start, start + shard.num_rows)
+
+    def write_shard(
+        self, teacher: str, shard: ShardInfo, views: list[int], block: ShardTargets
+    ) -> list[int]:
+        """Write ``views`` of a shard (block axis 1 in that order), then checksums, then done flags.
+
+        An earlier partial write of these regions (a crash) is overwritten, never trusted.
+        """
+        group = self._teacher(teacher)
+        rows = self._rows(shard)
+        checksums = []
+        for index, view in enumerate(views):
+            part = block.view(index)
+            self.group["params"][rows, view : view + 1] = part.params
+            for name in self._arrays():
+                group[name][rows, view : view + 1] = getattr(part, name)
+            checksums.append(region_checksum(part))
+        for view, checksum in zip(views, checksums, strict=True):
+            group["shard_checksum"][shard.id, view] = np.uint64(checksum)
+        for view in views:
+            group["shard_done"][shard.id, view] = 1
+        return checksums
+
+    def read_shard(self, teacher: str, shard: ShardInfo, views: int | None = None) -> ShardTargets:
+        """Views ``0..views-1`` (default: the plan's) of a shard's block: one read per array."""
+        group = self._teacher(teacher)
+        rows, columns = self._rows(shard), slice(0, self.plan.views if views is None else views)
+        return ShardTargets(
+            params=self.group["params"][rows, columns],
+            **{name: group[name][rows, columns] for name in self._arrays()},
+        )
+
+
+def _zarr_location(location: str) -> str:
+    """Local locations as plain paths (zarr's fsspec store cannot create ``file://`` groups)."""
+    return urls.local_path(location) or location
+
+
+def _create(group: zarr.Group, name: str, shape, chunks, dtype: str, fill) -> None:
+    group.create_array(
+        name, shape=shape, chunks=chunks, dtype=dtype, fill_value=fill, compressors=_COMPRESSORS
+    )

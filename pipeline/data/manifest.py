@@ -1,0 +1,183 @@
+"""The dataset manifest (``manifest.parquet``): one row per sample, its shard, label and split.
+
+Part of the contract between ``pipeline`` and ``trainer``. Row ids are laid out so that the
+cache can give every shard whole chunks: row = shard * shard_size + position in the shard.
+The fingerprint is a sha256 over every row's identity and content hash, the classes and the
+shard layout; it is stored in the Parquet metadata and re-checked on every read.
+"""
+
+import hashlib
+import json
+from dataclasses import dataclass
+from functools import cached_property
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
+import pyarrow.parquet as pq
+
+from kdcache.pipeline.data import urls
+
+MANIFEST_FORMAT = "kdcache-manifest/1"
+METADATA_KEY = b"kdcache"
+SCHEMA = pa.schema(
+    [
+        ("row", pa.int64()),
+        ("key", pa.string()),
+        ("shard", pa.int32()),
+        ("label", pa.int32()),
+        ("split", pa.string()),
+        ("height", pa.int32()),
+        ("width", pa.int32()),
+        ("sha1", pa.string()),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    """One tar shard: its id (index in the manifest), file relative to the manifest, split, rows."""
+
+    id: int
+    file: str
+    split: str
+    num_rows: int
+
+
+def fingerprint(table: pa.Table, classes: list[str], shard_size: int) -> str:
+    """sha256 of the manifest's identity: every row (id, key, shard, label, split, sha1), classes, layout."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps({"classes": classes, "shard_size": shard_size}).encode())
+    for name in ("row", "shard", "label"):
+        digest.update(np.ascontiguousarray(table[name].to_numpy(), dtype="<i8").tobytes())
+    for name in ("key", "split", "sha1"):
+        digest.update("\n".join(table[name].to_pylist()).encode())
+    return digest.hexdigest()
+
+
+def write_manifest(
+    location: str,
+    table: pa.Table,
+    *,
+    dataset: str,
+    classes: list[str],
+    channels: int,
+    shard_size: int,
+    shards: list[ShardInfo],
+    pixel_mean: list[float],
+    pixel_std: list[float],
+) -> str:
+    """Write ``manifest.parquet`` with its metadata; return the fingerprint.
+
+    ``pixel_mean`` and ``pixel_std`` are per-channel statistics of the train split on [0, 1].
+    """
+    table = table.cast(SCHEMA)
+    meta = {
+        "format": MANIFEST_FORMAT,
+        "dataset": dataset,
+        "classes": classes,
+        "channels": channels,
+        "shard_size": shard_size,
+        "shards": [s.__dict__ for s in shards],
+        "pixel_mean": pixel_mean,
+        "pixel_std": pixel_std,
+        "fingerprint": fingerprint(table, classes, shard_size),
+    }
+    table = table.replace_schema_metadata({METADATA_KEY: json.dumps(meta).encode()})
+    with fsspec.open(location, "wb") as f:
+        pq.write_table(table, f)
+    return meta["fingerprint"]
+
+
+class Manifest:
+    """A read-only view of ``manifest.parquet`` with per-row arrays indexed by row id."""
+
+    def __init__(self, location: str, table: pa.Table, meta: dict):
+        self.location = location
+        self.table = table
+        self.meta = meta
+        self.classes: list[str] = meta["classes"]
+        self.channels: int = meta["channels"]
+        self.shard_size: int = meta["shard_size"]
+        self.fingerprint: str = meta["fingerprint"]
+        self.shards = [ShardInfo(**s) for s in meta["shards"]]
+        self.pixel_mean: tuple[float, ...] = tuple(meta["pixel_mean"])
+        self.pixel_std: tuple[float, ...] = tuple(meta["pixel_std"])
+
+    @classmethod
+    def read(cls, location: str) -> "Manifest":
+        """Read and check a manifest; a folder means ``<folder>/manifest.parquet``."""
+        if not location.endswith(".parquet"):
+            location = urls.join(location, "manifest.parquet")
+        if not urls.exists(location):
+            raise FileNotFoundError(f"{location}: no manifest here (run `kdcache shard` first)")
+        table = urls.read_parquet(location)
+        raw = (table.schema.metadata or {}).get(METADATA_KEY)
+        if raw is None:
+            raise ValueError(f"{location}: Parquet file has no kdcache metadata")
+        meta = json.loads(raw)
+        if meta.get("format") != MANIFEST_FORMAT:
+            raise ValueError(
+                f"{location}: format is {meta.get('format')!r}, expected {MANIFEST_FORMAT!r}"
+            )
+        missing = set(SCHEMA.names) - set(table.column_names)
+        if missing:
+            raise ValueError(f"{location}: missing columns {sorted(missing)}")
+        found = fingerprint(table, meta["classes"], meta["shard_size"])
+        if found != meta["fingerprint"]:
+            raise ValueError(
+                f"{location}: rows do not match the stored fingerprint "
+                f"(stored {meta['fingerprint'][:12]}, computed {found[:12]}); the file was edited"
+            )
+        return cls(location, table, meta)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def num_rows(self) -> int:
+        """Length of the row-id space (``num_shards * shard_size``; ids of a short shard's tail are unused)."""
+        return len(self.shards) * self.shard_size
+
+    def shard_url(self, shard: ShardInfo) -> str:
+        """Location of a shard's tar file."""
+        return urls.join(urls.parent(self.location), shard.file)
+
+    def shards_of(self, splits: str | list[str]) -> list[ShardInfo]:
+        """The shards of one split or several, in id order."""
+        wanted = {splits} if isinstance(splits, str) else set(splits)
+        unknown = wanted - {s.split for s in self.shards}
+        if unknown:
+            raise ValueError(f"{self.location}: no split named {sorted(unknown)}")
+        return [s for s in self.shards if s.split in wanted]
+
+    def shard_rows(self, shard: ShardInfo) -> np.ndarray:
+        """Row ids of a shard, in tar order."""
+        start = shard.id * self.shard_size
+        return np.arange(start, start + shard.num_rows)
+
+    def shard_keys(self, shard: ShardInfo) -> list[str]:
+        """Keys of a shard's samples, in tar order."""
+        rows = self.table.filter(pa.compute.equal(self.table["shard"], shard.id))
+        return rows.sort_by("row")["key"].to_pylist()
+
+    @cached_property
+    def key_to_row(self) -> dict[str, int]:
+        return dict(zip(self.table["key"].to_pylist(), self.table["row"].to_pylist(), strict=True))
+
+    def _by_row(self, column: str, fill) -> np.ndarray:
+        values = np.full(self.num_rows, fill, dtype=np.asarray(fill).dtype)
+        values[self.table["row"].to_numpy()] = self.table[column].to_numpy()
+        return values
+
+    @cached_property
+    def labels(self) -> np.ndarray:
+        """Label per row id (-1 for unused ids)."""
+        return self._by_row("label", np.int64(-1))
+
+    @cached_property
+    def aspect(self) -> np.ndarray:
+        """Height / width of the source image per row id (1 for unused ids)."""
+        return self._by_row("height", np.float64(1)) / self._by_row("width", np.float64(1))

@@ -1,0 +1,112 @@
+"""Write a dataset as WebDataset tar shards plus ``manifest.parquet``."""
+
+import hashlib
+
+import fsspec
+import pyarrow as pa
+import webdataset as wds
+from tqdm import tqdm
+
+from kdcache.pipeline.data import urls
+from kdcache.pipeline.data.manifest import Manifest, ShardInfo, write_manifest
+from kdcache.pipeline.data.sources import DatasetSource
+from kdcache.pipeline.views.render import decode_image
+
+
+class _PixelStats:
+    """Running per-channel mean and std of pixel values on [0, 1]."""
+
+    def __init__(self):
+        self.count, self.total, self.squares = 0, 0.0, 0.0
+
+    def add(self, pixels) -> None:
+        values = pixels.double().flatten(1) / 255.0
+        self.count += values.shape[1]
+        self.total = self.total + values.sum(1)
+        self.squares = self.squares + (values * values).sum(1)
+
+    def result(self) -> tuple[list[float], list[float]]:
+        mean = self.total / self.count
+        std = (self.squares / self.count - mean * mean).clamp_min(1e-12).sqrt()
+        return mean.tolist(), std.tolist()
+
+
+def write_shards(
+    source: DatasetSource,
+    out: str,
+    *,
+    shard_size: int = 1000,
+    splits: tuple[str, ...] = ("train", "test"),
+    limits: dict[str, int] | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Manifest:
+    """Shard ``source`` into ``out/shards/<split>-NNNNNN.tar`` and write ``out/manifest.parquet``.
+
+    Each tar sample holds ``__key__``, the encoded image (``png``/``jpg``...) and ``cls``.
+    The manifest is written last, so a folder with a manifest always has all its shards.
+    """
+    if shard_size < 1:
+        raise ValueError(f"--shard-size must be at least 1, got {shard_size}")
+    manifest_location = urls.join(out, "manifest.parquet")
+    if urls.exists(manifest_location) and not overwrite:
+        raise FileExistsError(f"{manifest_location} exists; pass --overwrite to replace it")
+    unknown = set(splits) - set(source.split_sizes)
+    if unknown:
+        raise ValueError(
+            f"{source.name}: no split {sorted(unknown)}; it has {sorted(source.split_sizes)}"
+        )
+    limits = limits or {}
+    fs, out_path = fsspec.core.url_to_fs(out)
+    fs.makedirs(urls.join(out_path, "shards"), exist_ok=True)
+
+    columns: dict[str, list] = {name: [] for name in ("row", "key", "shard", "label", "split")}
+    columns.update(height=[], width=[], sha1=[])
+    shards: list[ShardInfo] = []
+    total = sum(min(source.split_sizes[s], limits.get(s, source.split_sizes[s])) for s in splits)
+    stats = _PixelStats()
+    bar = tqdm(total=total, desc="shard", unit="img", disable=None if progress else True)
+    for split in splits:
+        writer, count = None, 0
+        for sample in source.iter_split(split, limits.get(split)):
+            if writer is None or count == shard_size:
+                if writer is not None:
+                    writer.close()
+                shard_id = len(shards)
+                file = f"shards/{split}-{sum(s.split == split for s in shards):06d}.tar"
+                shards.append(ShardInfo(shard_id, file, split, 0))
+                # a fixed integer mtime: byte-identical tars on every run, and no PAX headers
+                writer = wds.TarWriter(fs.open(urls.join(out_path, file), "wb"), mtime=0)
+                count = 0
+            if split == "train":
+                stats.add(decode_image(sample.image, source.channels))
+            writer.write({"__key__": sample.key, sample.ext: sample.image, "cls": sample.label})
+            columns["row"].append(shard_id * shard_size + count)
+            columns["key"].append(sample.key)
+            columns["shard"].append(shard_id)
+            columns["label"].append(sample.label)
+            columns["split"].append(split)
+            columns["height"].append(sample.height)
+            columns["width"].append(sample.width)
+            columns["sha1"].append(hashlib.sha1(sample.image).hexdigest())
+            count += 1
+            shards[-1] = ShardInfo(shard_id, shards[-1].file, split, count)
+            bar.update()
+        if writer is not None:
+            writer.close()
+    bar.close()
+    if stats.count == 0:
+        raise ValueError(f"{source.name}: the train split is empty; nothing to shard")
+    pixel_mean, pixel_std = stats.result()
+    write_manifest(
+        manifest_location,
+        pa.table(columns),
+        dataset=source.name,
+        classes=list(source.classes),
+        channels=source.channels,
+        shard_size=shard_size,
+        shards=shards,
+        pixel_mean=pixel_mean,
+        pixel_std=pixel_std,
+    )
+    return Manifest.read(manifest_location)

@@ -1,0 +1,101 @@
+"""timm models by name, and the kdcache checkpoint format that trainer writes and teachers load.
+
+A kdcache checkpoint is a ``torch.save`` dict: ``{"model": state_dict, "kdcache": meta}``,
+where ``meta`` holds the :class:`ModelSpec` (architecture, classes, channels, model kwargs,
+input resolution, normalisation) plus whatever the writer adds (epoch, metrics).
+timm's own ``load_checkpoint`` reads the ``model`` key, so the files also load in plain timm.
+"""
+
+import hashlib
+import os
+from dataclasses import asdict, dataclass, field
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # weights never come from a hub at run time
+
+import fsspec  # noqa: E402
+import timm  # noqa: E402
+import torch  # noqa: E402
+
+from kdcache.pipeline.data import urls  # noqa: E402
+
+CHECKPOINT_FORMAT = "kdcache-checkpoint/1"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to rebuild a model and feed it: timm name, sizes and preprocessing."""
+
+    arch: str
+    num_classes: int
+    in_chans: int
+    resolution: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    model_args: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "ModelSpec":
+        return cls(**{**values, "mean": tuple(values["mean"]), "std": tuple(values["std"])})
+
+
+def create_model(spec: ModelSpec, **timm_kwargs) -> torch.nn.Module:
+    """``timm.create_model`` for the spec; ViT-style models get ``img_size`` = resolution."""
+    kwargs = dict(num_classes=spec.num_classes, in_chans=spec.in_chans, **spec.model_args)
+    kwargs.update(timm_kwargs)
+    try:
+        return timm.create_model(spec.arch, img_size=spec.resolution, **kwargs)
+    except TypeError as error:
+        if "img_size" not in str(error):
+            raise
+        return timm.create_model(spec.arch, **kwargs)
+
+
+def save_checkpoint(location: str, model: torch.nn.Module, spec: ModelSpec, **extra) -> None:
+    """Write a kdcache checkpoint atomically (temp file, then rename, for local paths)."""
+    payload = {
+        "model": model.state_dict(),
+        "kdcache": {"format": CHECKPOINT_FORMAT, "spec": spec.to_dict(), **extra},
+    }
+    path = urls.local_path(location)
+    if path is None:
+        with fsspec.open(location, "wb") as f:
+            torch.save(payload, f)
+        return
+    temporary = f"{path}.tmp"
+    torch.save(payload, temporary)
+    os.replace(temporary, path)
+
+
+def read_checkpoint_meta(path: str) -> dict | None:
+    """The ``kdcache`` metadata of a checkpoint, or None for a plain weights file."""
+    if path.endswith(".safetensors"):
+        return None
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    meta = payload.get("kdcache") if isinstance(payload, dict) else None
+    if meta is not None and meta.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(
+            f"{path}: checkpoint format {meta.get('format')!r}, expected {CHECKPOINT_FORMAT!r}"
+        )
+    return meta
+
+
+def local_copy(location: str) -> str:
+    """A local file path for ``location``; remote URLs are fetched once into fsspec's cache."""
+    path = urls.local_path(location)
+    if path is not None:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{location}: no such checkpoint file")
+        return path
+    return fsspec.open_local(f"simplecache::{location}")
+
+
+def file_sha256(path: str) -> str:
+    """sha256 of a local file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,134 @@
+"""One shard through the teachers: read and check the tar, build every planned view, run the
+teachers in batches and reduce their logits to top-k targets. No Ray here: the job calls this."""
+
+import contextlib
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import torch
+
+from kdcache.pipeline.cache.sampled_targets import draw_classes
+from kdcache.pipeline.cache.store import ShardTargets, index_dtype, reduce_logits
+from kdcache.pipeline.data.manifest import Manifest, ShardInfo
+from kdcache.pipeline.data.tar_reader import ShardError, sample_image, tar_samples
+from kdcache.pipeline.teach.models import ModelSpec
+from kdcache.pipeline.teach.teachers import Teacher
+from kdcache.pipeline.views.plan import ViewPlan
+from kdcache.pipeline.views.render import ViewRenderer, decode_image, normalize
+
+
+def read_shard_images(manifest: Manifest, shard: ShardInfo) -> list[torch.Tensor]:
+    """Decode every image of a shard, checking keys and count against the manifest."""
+    url = manifest.shard_url(shard)
+    expected = manifest.shard_keys(shard)
+    images, keys = [], []
+    try:
+        for sample in tar_samples([url]):
+            keys.append(sample["__key__"])
+            images.append(decode_image(sample_image(sample), manifest.channels))
+    except ShardError:
+        raise
+    except Exception as error:  # tarfile, PIL and I/O errors all mean a bad shard
+        raise ShardError(f"{url}: unreadable after {len(keys)} samples: {error}") from error
+    if keys != expected:
+        position = next(
+            (i for i, (a, b) in enumerate(zip(keys, expected, strict=False)) if a != b), None
+        )
+        detail = (
+            f"key {keys[position]!r} at position {position}, manifest has {expected[position]!r}"
+            if position is not None
+            else f"{len(keys)} samples, manifest lists {len(expected)}"
+        )
+        raise ShardError(f"{url}: shard does not match the manifest: {detail}")
+    return images
+
+
+def autocast_for(device: torch.device, precision: str):
+    """bf16/fp16 autocast on CUDA when asked; full precision otherwise."""
+    if precision == "fp32" or device.type != "cuda":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+def teacher_inputs(
+    renderer: ViewRenderer,
+    images: Sequence[torch.Tensor],
+    view_params: np.ndarray,
+    positions: Iterable[int],
+    spec: ModelSpec,
+) -> torch.Tensor:
+    """The normalised batch a teacher is fed for ``positions`` of a shard in one view:
+    ``images`` and ``view_params`` (n, P) are the whole shard's (mixing partners come from it);
+    ``spec`` gives the resolution, mean and std."""
+    batch = torch.stack(
+        [renderer.render(images, view_params, int(p), spec.resolution) for p in positions]
+    )
+    return normalize(batch, spec.mean, spec.std)
+
+
+@torch.inference_mode()
+def teacher_targets(
+    teacher: Teacher,
+    plan: ViewPlan,
+    images: list[torch.Tensor],
+    params: np.ndarray,
+    *,
+    topk: int,
+    positions: np.ndarray | None = None,
+    uniforms: np.ndarray | None = None,
+    batch_size: int = 256,
+    precision: str = "fp32",
+    timings: dict | None = None,
+) -> ShardTargets:
+    """A teacher's targets for every view of ``params`` (n, v, P, the whole shard's, as
+    ``plan`` made them) at ``positions`` (default all n): blocks of (len(positions), v, ...).
+
+    With ``uniforms`` (len(positions), v, D) (:func:`pipeline.sampled_targets.sample_uniforms`)
+    it also draws D class ids per view from the teacher's softmax (``sample_index``).
+
+    Batches never span two views, so a view's values do not depend on which other views are
+    computed with it (a resumed shard computes exactly what an uninterrupted run did).
+    """
+    timings = timings if timings is not None else defaultdict(float)
+    positions = np.arange(params.shape[0]) if positions is None else np.asarray(positions)
+    n, v = len(positions), params.shape[1]
+    spec = teacher.spec
+    renderer = ViewRenderer(plan)
+    device = next(teacher.model.parameters()).device
+    logits_out = np.empty((n, v, topk), dtype=np.float16)
+    index_out = np.empty((n, v, topk), dtype=np.int64)
+    lse_out = np.empty((n, v), dtype=np.float32)
+    samples_out = None if uniforms is None else np.empty(uniforms.shape, dtype=np.int64)
+    for view in range(v):
+        for start in range(0, n, batch_size):
+            rows = range(start, min(start + batch_size, n))
+            began = time.perf_counter()
+            batch = teacher_inputs(
+                renderer, images, params[:, view], positions[rows.start : rows.stop], spec
+            )
+            timings["augment"] += time.perf_counter() - began
+            began = time.perf_counter()
+            batch = batch.to(device, non_blocking=True)
+            if device.type == "cuda":
+                batch = batch.contiguous(memory_format=torch.channels_last)
+            with autocast_for(device, precision):
+                logits = teacher.model(batch)
+            values, index, lse = reduce_logits(logits, topk)
+            logits_out[rows.start : rows.stop, view] = values.cpu().numpy().astype(np.float16)
+            index_out[rows.start : rows.stop, view] = index.cpu().numpy()
+            lse_out[rows.start : rows.stop, view] = lse.cpu().numpy()
+            if samples_out is not None:
+                draws = uniforms[rows.start : rows.stop, view]
+                samples_out[rows.start : rows.stop, view] = draw_classes(logits.float(), draws)
+            timings["infer"] += time.perf_counter() - began
+    classes = index_dtype(spec.num_classes)
+    return ShardTargets(
+        params=params[positions],
+        topk_logits=logits_out,
+        topk_index=index_out.astype(classes),
+        logsumexp=lse_out,
+        sample_index=None if samples_out is None else samples_out.astype(classes),
+    )

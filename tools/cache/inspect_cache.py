@@ -1,0 +1,188 @@
+"""``kdcache inspect``: what a cache holds, how complete it is, and how good its targets are."""
+
+import argparse
+import itertools
+import json
+
+import fsspec
+import numpy as np
+
+from kdcache.pipeline.cache.store import CacheStore
+from kdcache.pipeline.data import urls
+from kdcache.pipeline.data.manifest import Manifest
+from kdcache.tools.cache.cache_manifest import manifest_for
+
+
+def _quantiles(values: np.ndarray) -> dict[str, float]:
+    if values.size == 0:
+        return {}
+    p05, p50, p95 = np.quantile(values, [0.05, 0.5, 0.95])
+    return {"mean": float(values.mean()), "p05": float(p05), "p50": float(p50), "p95": float(p95)}
+
+
+def inspect_cache(location: str, data: str | None = None) -> dict:
+    """Every figure of ``kdcache inspect`` as a dict (computed over complete shards only)."""
+    store = CacheStore.open(location)
+    manifest: Manifest = manifest_for(store, data)
+    views = store.plan.views
+    split_shards = manifest.shards_of(store.attrs["splits"])
+    report = {
+        "cache": location,
+        "format": store.attrs["format"],
+        "dataset": store.attrs["dataset"]["name"],
+        "fingerprint": store.attrs["dataset"]["fingerprint"],
+        "splits": store.attrs["splits"],
+        "views": views,
+        "topk": store.topk,
+        "samples": store.samples,
+        "teachers": {},
+    }
+    top1 = {}
+    params_bytes: dict[int, int] = {}  # params are shared by the teachers: count them once
+    raw_bytes, rows_total = 0, sum(s.num_rows for s in split_shards)
+    for name in store.teacher_names:
+        done = store.shard_done(name)
+        complete = [s for s in split_shards if done[s.id]]
+        blocks = [store.read_shard(name, s) for s in complete]
+        labels = np.concatenate([manifest.labels[manifest.shard_rows(s)] for s in complete] or [[]])
+        index = (
+            np.concatenate([b.topk_index for b in blocks]) if blocks else np.zeros((0, views, 1))
+        )
+        logits = (
+            np.concatenate([b.topk_logits for b in blocks]) if blocks else np.zeros((0, views, 1))
+        )
+        lse = np.concatenate([b.logsumexp for b in blocks]) if blocks else np.zeros((0, views))
+        top1[name] = index[..., 0]
+        correct = index[..., 0] == labels[:, None]
+        topk_mass = np.exp(logits.astype(np.float64) - lse[..., None]).sum(-1).ravel()
+        pairs = {
+            f"{a}-{b}": float((index[:, a, 0] == index[:, b, 0]).mean()) if len(index) else None
+            for a, b in itertools.combinations(range(views), 2)
+        }
+        report["teachers"][name] = {
+            "arch": store.teacher_identity(name)["arch"],
+            "shards_done": len(complete),
+            "shards_total": len(split_shards),
+            "missing": [s.file for s in split_shards if not done[s.id]],
+            "accuracy": float(correct.mean() * 100) if len(correct) else None,
+            "accuracy_per_view": [float(c * 100) for c in correct.mean(0)] if len(correct) else [],
+            "view_agreement": pairs,
+            "topk_mass": _quantiles(topk_mass),
+            "tail_mass": _quantiles(1 - topk_mass),
+        }
+        raw_bytes += sum(
+            array.nbytes for b in blocks for a, array in b.arrays().items() if a != "params"
+        )
+        params_bytes.update({s.id: b.params.nbytes for s, b in zip(complete, blocks, strict=True)})
+    report["teacher_agreement"] = {
+        f"{a}|{b}": float((top1[a] == top1[b]).mean())
+        for a, b in itertools.combinations(top1, 2)
+        if top1[a].shape == top1[b].shape and top1[a].size
+    }
+    written = [
+        s for s in split_shards if any(store.shard_done(n)[s.id] for n in store.teacher_names)
+    ]
+    raw_bytes += (
+        sum(store.read_shard(store.teacher_names[0], s).params.nbytes for s in written)
+        if written
+        else 0
+    )
+    disk = urls.disk_bytes(location)
+    report["storage"] = {
+        "bytes_on_disk": disk,
+        "bytes_raw": raw_bytes,
+        "bytes_per_view": disk / max(rows_total * views, 1),
+        "compression_ratio": raw_bytes / disk if disk else None,
+    }
+    return report
+
+
+def format_report(report: dict) -> str:
+    """A human-readable summary of :func:`inspect_cache`."""
+    lines = [
+        f"cache {report['cache']} ({report['format']}): {report['dataset']} "
+        f"{report['fingerprint'][:12]}, splits {','.join(report['splits'])}, "
+        f"{report['views']} views, top-{report['topk']}"
+        + (f", {report['samples']} sampled ids" if report["samples"] else ""),
+        f"{'teacher':<16}{'arch':<18}{'shards':>9}{'acc %':>8}  {'per view acc %':<28}"
+        f"{'view agr':>9}{'tail p50':>10}{'tail p95':>10}",
+    ]
+    for name, t in report["teachers"].items():
+        agreement = [v for v in t["view_agreement"].values() if v is not None]
+        per_view = " ".join(f"{a:.1f}" for a in t["accuracy_per_view"])
+        lines.append(
+            f"{name:<16}{t['arch']:<18}{t['shards_done']:>4}/{t['shards_total']:<4}"
+            f"{(t['accuracy'] or 0):>8.2f}  {per_view:<28}"
+            f"{(np.mean(agreement) if agreement else 0):>9.3f}"
+            f"{t['tail_mass'].get('p50', 0):>10.4f}{t['tail_mass'].get('p95', 0):>10.4f}"
+        )
+        if t["missing"]:
+            lines.append(
+                f"  missing: {', '.join(t['missing'][:5])}{' ...' if len(t['missing']) > 5 else ''}"
+            )
+    for pair, value in report["teacher_agreement"].items():
+        lines.append(f"teacher agreement {pair}: {value:.3f}")
+    s = report["storage"]
+    ratio = f"{s['compression_ratio']:.2f}x" if s["compression_ratio"] else "-"
+    lines.append(
+        f"storage: {s['bytes_on_disk'] / 2**20:.2f} MiB on disk, {s['bytes_per_view']:.1f} bytes "
+        f"per view, compression {ratio}"
+    )
+    return "\n".join(lines)
+
+
+def plot_report(report: dict, location: str) -> None:
+    """Per-view accuracy and tail-mass quantiles per teacher, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for name, t in report["teachers"].items():
+        left.plot(
+            range(len(t["accuracy_per_view"])), t["accuracy_per_view"], marker="o", label=name
+        )
+        tail = t["tail_mass"]
+        if tail:
+            right.bar(
+                name, tail["p50"], yerr=[[tail["p50"] - tail["p05"]], [tail["p95"] - tail["p50"]]]
+            )
+    left.set(
+        xlabel="view", ylabel="top-1 accuracy vs labels (%)", title="teacher accuracy per view"
+    )
+    left.legend()
+    right.set(
+        ylabel="tail mass (1 - top-k probability)",
+        title=f"tail mass, top-{report['topk']} (p5-p50-p95)",
+    )
+    figure.tight_layout()
+    with fsspec.open(location, "wb") as f:
+        figure.savefig(f, format="png", dpi=100)
+    plt.close(figure)
+
+
+def add_inspect_parser(commands) -> None:
+    parser = commands.add_parser(
+        "inspect",
+        help="completeness, teacher accuracy and agreement, tail mass and bytes of a cache",
+        description="Show a cache's completeness (shards done/missing), per-teacher and per-view "
+        "accuracy against the labels, agreement between views and between teachers, the "
+        "distribution of top-k and tail mass, bytes per view on disk and the compression ratio.",
+    )
+    parser.add_argument("cache", help="cache location")
+    parser.add_argument(
+        "--data", default=None, help="manifest folder (default: the one the cache records)"
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument(
+        "--plot", default=None, metavar="PNG", help="also draw a figure to this file"
+    )
+    parser.set_defaults(run=run_inspect)
+
+
+def run_inspect(args: argparse.Namespace) -> None:
+    report = inspect_cache(args.cache, args.data)
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    if args.plot:
+        plot_report(report, args.plot)

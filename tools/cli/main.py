@@ -1,0 +1,55 @@
+"""The ``kdcache`` command."""
+
+import argparse
+import sys
+
+from kdcache import __version__
+from kdcache.pipeline.cache.run_lock import CacheBusy
+from kdcache.tools.bench.kd_objectives import add_bench_kd_parser
+from kdcache.tools.bench.mixing_accuracy import add_bench_mixing_parser
+from kdcache.tools.bench.replay_cost import add_bench_replay_parser
+from kdcache.tools.bench.teach_speed import add_bench_parser
+from kdcache.tools.bench.train_speed import add_bench_train_parser
+from kdcache.tools.cache.inspect_cache import add_inspect_parser
+from kdcache.tools.cache.verify_cache import add_verify_parser
+from kdcache.tools.cli.data_commands import add_catalog_parser, add_shard_parser, add_teach_parser
+from kdcache.tools.cli.train_command import add_train_parser
+from kdcache.tools.demo import add_demo_parser
+from kdcache.tools.plot_runs import add_plot_parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kdcache",
+        description="Cache teacher outputs once on replayable augmented views, then distil "
+        "students from the cache at the cost of plain training.",
+    )
+    parser.add_argument("--version", action="version", version=f"kdcache {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_shard_parser(commands)
+    add_teach_parser(commands)
+    add_train_parser(commands)
+    add_catalog_parser(commands)
+    add_inspect_parser(commands)
+    add_verify_parser(commands)
+    add_plot_parser(commands)
+    add_demo_parser(commands)
+    add_bench_parser(commands)
+    add_bench_train_parser(commands)
+    add_bench_kd_parser(commands)
+    add_bench_replay_parser(commands)
+    add_bench_mixing_parser(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except (FileNotFoundError, FileExistsError, ValueError, CacheBusy) as error:
+        print(f"kdcache {args.command}: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

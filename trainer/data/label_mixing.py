@@ -1,0 +1,82 @@
+"""Mixing on the trainer's side: mixed labels for the loss, and label-space mixing.
+
+Exact mixing (``--mixing exact``, the default): the cache's plan mixes views, the teacher saw
+the mixed image, and the trainer rebuilds the same image; the label term is
+``lam * CE(y_a) + (1 - lam) * CE(y_b)`` (cross-entropy against the mixed one-hot target, which
+is the same thing) and the distillation term takes the cached targets as they are.
+
+Label-space mixing (``--mixing label``, FKD-style, for comparison): the cache holds unmixed
+views; the trainer mixes the images with its own Mixup/CutMix options (the plan's mixing
+columns are drawn by the trainer from the run's plan options) and mixes the two samples'
+cached teacher distributions with the same lambda. The mixture is taken over probabilities at
+temperature 1 (top-k plus the uniform tail share of each sample) and stored as full-class
+targets (K = C, logsumexp 0), which every distillation option then reads as full logits.
+"""
+
+from dataclasses import replace
+
+import numpy as np
+import torch
+
+from kdcache.pipeline.cache.store import CacheMismatch
+from kdcache.pipeline.data.manifest import Manifest, ShardInfo
+from kdcache.pipeline.views.mix import MIX_COLUMNS
+from kdcache.pipeline.views.plan import MIX_FIELDS
+from kdcache.trainer.data.targets import CachedTargets, ShardBlock
+from kdcache.trainer.kd.topk_tail import teacher_logits
+
+MIXING_MODES = ("exact", "label")
+
+
+class LabelMixedTargets(CachedTargets):
+    """A cache of unmixed views, with the run's own mixing columns added to its params."""
+
+    def __init__(self, location: str, manifest: Manifest, *, plan: dict | None = None, **options):
+        """``options`` as for :class:`CachedTargets` (top-k targets only)."""
+        if options.get("sampled"):
+            raise ValueError("--mixing label mixes top-k distributions: not with --targets sampled")
+        plan = dict(plan or {})
+        mixing = {name: plan.pop(name) for name in MIX_FIELDS if name in plan}
+        super().__init__(location, manifest, plan=plan, **options)
+        if self.plan.mixes:
+            raise CacheMismatch(
+                f"{location}: its plan mixes views (the teacher saw mixed images); "
+                "--mixing label needs a cache without mixing (use --mixing exact)"
+            )
+        self.plan = replace(self.plan, **mixing)
+        if not self.plan.mixes:
+            raise ValueError("--mixing label needs --mixup-alpha or --cutmix-alpha")
+
+    def block(self, shard: ShardInfo) -> ShardBlock:
+        cached = super().block(shard)
+        views = range(cached.params.shape[1])
+        mixing = self.plan.shard_params(self.manifest, shard, views)[..., -len(MIX_COLUMNS) :]
+        return ShardBlock(np.concatenate([cached.params, mixing], axis=-1), cached.targets)
+
+
+def mix_targets(
+    own: dict[str, torch.Tensor], partner: dict[str, torch.Tensor], lam: float, num_classes: int
+) -> dict[str, torch.Tensor]:
+    """``lam * p_own + (1 - lam) * p_partner`` over all classes, as full-class targets."""
+    probabilities = [
+        torch.softmax(
+            teacher_logits(
+                t["topk_logits"][None], t["topk_index"][None], t["logsumexp"][None], num_classes
+            )[0],
+            -1,
+        )  # fmt: skip
+        for t in (own, partner)
+    ]
+    mixed = lam * probabilities[0] + (1 - lam) * probabilities[1]
+    values, index = mixed.clamp_min(1e-12).log().sort(descending=True)
+    return {"topk_logits": values, "topk_index": index, "logsumexp": torch.tensor(0.0)}
+
+
+def label_targets(batch: dict, num_classes: int) -> torch.Tensor:
+    """Class ids, or for mixed samples the mixed one-hot targets ``lam * y_a + (1 - lam) * y_b``."""
+    if "mix_lam" not in batch:
+        return batch["label"]
+    lam = batch["mix_lam"].float()[:, None]
+    own = torch.nn.functional.one_hot(batch["label"], num_classes).float()
+    partner = torch.nn.functional.one_hot(batch["mix_label"], num_classes).float()
+    return lam * own + (1 - lam) * partner

@@ -1,0 +1,60 @@
+"""The online baseline: the teacher runs on every training batch, as DeiT does.
+
+It sees the same replayed views as a cache's teacher (rendered at its own resolution by the
+loader) and its logits are reduced exactly as the teacher job reduces them for a cache
+(:func:`pipeline.store.reduce_logits`, top-k logits rounded to fp16 as the cache stores them),
+so cached and online runs differ only in when the teacher runs: its batches are the training
+batches instead of a shard's rows in order.
+"""
+
+import torch
+
+from kdcache.pipeline.cache.store import reduce_logits
+from kdcache.pipeline.teach.teachers import Teacher, load_teacher
+from kdcache.pipeline.views.render import normalize
+
+
+class OnlineTeacher:
+    """A frozen teacher producing a batch's targets in the layout the cache stores."""
+
+    def __init__(
+        self,
+        location: str,
+        *,
+        num_classes: int,
+        in_chans: int,
+        device: torch.device,
+        topk: int | None = None,
+        arch: str | None = None,
+        amp: bool = False,
+    ):
+        self.teacher: Teacher = load_teacher(
+            location,
+            name="online",
+            arch=arch,
+            num_classes=num_classes,
+            in_chans=in_chans,
+            device=device,
+        )
+        self.topk = topk or num_classes
+        if not 1 <= self.topk <= num_classes:
+            raise ValueError(f"--topk must lie in 1..{num_classes}, got {self.topk}")
+        self.device = device
+        self.amp = amp
+
+    @property
+    def resolution(self) -> int:
+        return self.teacher.spec.resolution
+
+    @torch.no_grad()  # not inference_mode: the loss saves the targets for the student's backward
+    def __call__(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Targets for a batch of views on [0, 1] at the teacher's resolution, on the device."""
+        spec = self.teacher.spec
+        images = normalize(images.to(self.device, non_blocking=True), spec.mean, spec.std)
+        if self.device.type == "cuda":
+            images = images.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            logits = self.teacher.model(images)
+        values, index, lse = reduce_logits(logits, self.topk)
+        values = values.half().float()  # stored as fp16 in a cache: the same targets exactly
+        return {"topk_logits": values, "topk_index": index, "logsumexp": lse}

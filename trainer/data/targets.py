@@ -1,0 +1,115 @@
+"""Where a training run's views and teacher targets come from, one shard block at a time.
+
+With a cache, a shard's stored params and targets are read in one go (one Zarr read per array
+per shard); without one, the params come from the plan and there are no targets.
+"""
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from kdcache.pipeline.cache.store import CacheMismatch, CacheStore, ShardTargets
+from kdcache.pipeline.data.manifest import Manifest, ShardInfo
+from kdcache.pipeline.views.plan import ViewPlan
+
+
+@dataclass
+class ShardBlock:
+    """A shard's view params (n, v, P) and, per teacher name, its cached targets."""
+
+    params: np.ndarray
+    targets: dict[str, ShardTargets]
+
+
+class PlannedViews:
+    """Views straight from the plan, no teacher targets (``--kd none`` without a cache)."""
+
+    def __init__(self, plan: ViewPlan, manifest: Manifest):
+        self.plan = plan
+        self.manifest = manifest
+        self.topk = 0
+        self.teachers: list[str] = []
+
+    def block(self, shard: ShardInfo) -> ShardBlock:
+        return ShardBlock(self.plan.shard_params(self.manifest, shard), {})
+
+
+class CachedTargets:
+    """One or more teachers' cached targets, checked against the manifest, plan and split."""
+
+    def __init__(
+        self,
+        location: str,
+        manifest: Manifest,
+        *,
+        teachers: list[str] | None = None,
+        plan: dict | None = None,
+        split: str = "train",
+        topk: int | None = None,
+        sampled: bool = False,
+        samples: int | None = None,
+    ):
+        """``plan`` holds the plan fields the run asked for; each must equal the cache's, but
+        ``views`` may be fewer than the cache holds (the first ones are used). ``topk`` keeps
+        the first K of the cached top-k (what a top-K cache holds; default all). ``sampled``
+        reads the drawn class ids too (the first ``samples`` of each view; default all)."""
+        self.store = CacheStore.open(location)
+        self.plan = replace(self.store.plan, **(plan or {}))
+        self.store.check_matches(manifest, plan=self.plan)
+        self.manifest = manifest
+        names = self.store.teacher_names
+        if not teachers:
+            if len(names) != 1:
+                raise CacheMismatch(
+                    f"{location}: holds teachers {names}; pick one or several (an ensemble) "
+                    "with --teacher-name"
+                )
+            teachers = names
+        self.teachers = list(teachers)
+        for teacher in self.teachers:
+            self._check_teacher(location, teacher, manifest, split)
+        if topk is not None and not 1 <= topk <= self.store.topk:
+            raise CacheMismatch(f"{location}: holds top-{self.store.topk}; asked for top-{topk}")
+        self.topk = topk or self.store.topk
+        self.samples = self._samples(location, samples) if sampled else 0
+
+    def _check_teacher(self, location: str, teacher: str, manifest: Manifest, split: str) -> None:
+        identity = self.store.teacher_identity(teacher)
+        if identity["num_classes"] != manifest.num_classes:
+            raise CacheMismatch(
+                f"{location}: teacher {teacher} has {identity['num_classes']} classes, "
+                f"the manifest {manifest.num_classes}"
+            )
+        done = self.store.shard_done(teacher)
+        missing = [s.file for s in manifest.shards_of(split) if not done[s.id]]
+        if missing:
+            raise CacheMismatch(
+                f"{location}: teacher {teacher} has not finished {len(missing)} {split} shards "
+                f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); rerun kdcache teach"
+            )
+
+    def _samples(self, location: str, wanted: int | None) -> int:
+        held = self.store.samples
+        if not held:
+            raise CacheMismatch(
+                f"{location}: has no sampled targets (attrs.samples is 0 or absent); "
+                "make a cache with kdcache teach --samples D"
+            )
+        if wanted is not None and not 1 <= wanted <= held:
+            raise CacheMismatch(
+                f"{location}: holds {held} sampled ids per view; asked for {wanted}"
+            )
+        return wanted or held
+
+    def block(self, shard: ShardInfo) -> ShardBlock:
+        targets = {}
+        for name in self.teachers:
+            block = self.store.read_shard(name, shard, views=self.plan.views)
+            keep = block.sample_index[..., : self.samples] if self.samples else None
+            targets[name] = replace(
+                block,
+                topk_logits=block.topk_logits[..., : self.topk],
+                topk_index=block.topk_index[..., : self.topk],
+                sample_index=keep,
+            )
+        return ShardBlock(targets[self.teachers[0]].params, targets)

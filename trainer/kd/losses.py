@@ -1,0 +1,153 @@
+"""Training objectives: cross-entropy plus soft or hard distillation from cached top-k targets.
+
+Formulas follow DeiT (Touvron et al. 2021) and its reference ``DistillationLoss``:
+
+* soft: ``(1 - alpha) * CE(z_s, y) + alpha * tau^2 * KL(softmax(z_t / tau) || softmax(z_s / tau))``
+* hard: ``(1 - alpha) * CE(z_s, y) + alpha * CE(z_s, argmax z_t)`` (DeiT: alpha = 1/2)
+
+With a distillation token the class head takes the label term and the distillation head the
+teacher term; a one-head student takes both on its logits.
+
+KL reduction: ``batchmean`` (timm's, sum over classes, mean over the batch; the default) or
+``deit`` (DeiT's reference code: sum / numel, i.e. additionally divided by the class count).
+
+The teacher distribution comes from the cached top-k logits and logsumexp with a tail option
+(:mod:`trainer.topk_tail`), from sampled class ids (:mod:`trainer.sampled`), and from several
+teachers as a mixture, per student head (:mod:`trainer.teacher_mix`).
+"""
+
+import torch
+import torch.nn.functional as F
+
+from kdcache.trainer.kd.sampled import sampled_distillation
+from kdcache.trainer.kd.teacher_mix import TeacherMix, mixture_probs
+from kdcache.trainer.kd.topk_tail import TAIL_MODES, distillation_bins
+
+KD_MODES = ("none", "soft", "hard")
+TEACHER_MODES = ("none", "cached", "online")  # where the targets come from (train --teacher)
+KL_REDUCTIONS = ("batchmean", "deit")
+TARGET_KINDS = ("topk", "sampled")
+
+
+def soft_distillation(
+    student_log: torch.Tensor,
+    teacher: torch.Tensor,
+    tau: float,
+    reduction: str = "batchmean",
+    numel: int | None = None,
+    *,
+    log_target: bool = True,
+) -> torch.Tensor:
+    """``tau^2 * KL(teacher || student)`` over the same bins; ``teacher`` holds log-probabilities,
+    or probabilities (zeros allowed) with ``log_target=False``.
+
+    ``batchmean`` divides the sum by the batch size; ``deit`` by ``numel`` (DeiT's
+    ``outputs_kd.numel()``: batch size times classes; default the bins' count).
+    """
+    total = F.kl_div(student_log, teacher, reduction="sum", log_target=log_target) * tau * tau
+    if reduction == "deit":
+        return total / (numel or student_log.numel())
+    if reduction == "batchmean":
+        return total / student_log.shape[0]
+    raise ValueError(f"KL reduction must be one of {KL_REDUCTIONS}, got {reduction!r}")
+
+
+class DistillationLoss(torch.nn.Module):
+    """Label loss plus a distillation term from cached targets; returns (loss, parts).
+
+    ``targets``: ``topk`` (top-k logits, logsumexp and ``tail``) or ``sampled`` (RS-KD drawn
+    class ids; soft distillation at tau = 1 only). ``mix``: which teachers each head learns
+    from (default: the mean of all teachers in the batch's targets, on the distillation head).
+    """
+
+    def __init__(
+        self,
+        kd: str,
+        num_classes: int,
+        *,
+        alpha: float = 0.5,
+        tau: float = 1.0,
+        label_smoothing: float = 0.0,
+        kl_reduction: str = "batchmean",
+        tail: str = "uniform",
+        targets: str = "topk",
+        mix: TeacherMix | None = None,
+    ):
+        super().__init__()
+        if tail not in TAIL_MODES:
+            raise ValueError(f"--tail must be one of {TAIL_MODES}, got {tail!r}")
+        if kd not in KD_MODES:
+            raise ValueError(f"--kd must be one of {KD_MODES}, got {kd!r}")
+        if kl_reduction not in KL_REDUCTIONS:
+            raise ValueError(f"--kl-reduction must be one of {KL_REDUCTIONS}, got {kl_reduction!r}")
+        if not 0 <= alpha <= 1 or tau <= 0:
+            raise ValueError(f"need 0 <= alpha <= 1 and tau > 0, got alpha={alpha} tau={tau}")
+        if targets not in TARGET_KINDS:
+            raise ValueError(f"--targets must be one of {TARGET_KINDS}, got {targets!r}")
+        if targets == "sampled" and (kd != "soft" or tau != 1):
+            raise ValueError(
+                f"--targets sampled needs --kd soft and --tau 1 (ids drawn at tau = 1), "
+                f"got --kd {kd} --tau {tau}"
+            )
+        ensemble = mix is not None and any(len(w) > 1 for w in mix.heads.values())
+        if ensemble and tail == "bucket" and targets == "topk":
+            raise ValueError(
+                "--tail bucket takes one teacher; ensembles use uniform or renormalize"
+            )
+        self.kd, self.num_classes = kd, num_classes
+        self.alpha, self.tau = alpha, tau
+        self.label_smoothing, self.kl_reduction = label_smoothing, kl_reduction
+        self.tail, self.targets, self.mix = tail, targets, mix
+
+    def forward(
+        self, outputs, labels: torch.Tensor, targets: dict[str, dict[str, torch.Tensor]]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``outputs``: logits, or (class, distillation) logits of a DeiT student; ``targets``:
+        per teacher name its batched ``topk_logits``, ``topk_index`` and ``logsumexp`` (and
+        ``sample_index`` with sampled targets)."""
+        two_heads = isinstance(outputs, tuple)
+        class_logits, dist_logits = outputs if two_heads else (outputs, outputs)
+        ce = F.cross_entropy(class_logits.float(), labels, label_smoothing=self.label_smoothing)
+        if self.kd == "none":
+            return ce, {"ce": ce.detach(), "kd": torch.zeros_like(ce).detach()}
+        mix = self.mix or TeacherMix.equal(sorted(targets))
+        missing = [name for name in mix.teachers if name not in targets]
+        if missing or not targets:
+            raise ValueError(f"--kd {self.kd}: no targets of teachers {missing or mix.teachers}")
+        if "cls" in mix.heads and not two_heads:
+            raise ValueError("a class-head teacher needs a student with a distillation token")
+        head_logits = {"cls": class_logits, "dist": dist_logits}
+        terms = [self._teacher_term(head_logits[h], targets, w) for h, w in mix.heads.items()]
+        kd = torch.stack(terms).mean()
+        loss = (1 - self.alpha) * ce + self.alpha * kd
+        return loss, {"ce": ce.detach(), "kd": kd.detach()}
+
+    def _teacher_term(
+        self, logits: torch.Tensor, targets: dict, weights: dict[str, float]
+    ) -> torch.Tensor:
+        """One head's distillation term from the teachers in ``weights``."""
+        one = targets[next(iter(weights))] if len(weights) == 1 else None
+        if self.kd == "hard":
+            if one is not None:
+                return F.cross_entropy(logits.float(), one["topk_index"][:, 0])
+            ensemble = mixture_probs(targets, weights, self.num_classes, 1.0, "uniform")
+            return F.cross_entropy(logits.float(), ensemble.argmax(-1))
+        if self.targets == "sampled":
+            probs = mixture_probs(targets, weights, self.num_classes, 1.0, self.tail, sampled=True)
+            return sampled_distillation(logits, probs, self.kl_reduction, logits.numel())
+        if one is not None:
+            bins = distillation_bins(
+                logits,
+                one["topk_logits"],
+                one["topk_index"],
+                one["logsumexp"],
+                self.num_classes,
+                self.tau,
+                self.tail,
+            )
+            return soft_distillation(*bins, self.tau, self.kl_reduction, logits.numel())
+        probs = mixture_probs(targets, weights, self.num_classes, self.tau, self.tail)
+        student_log = F.log_softmax(logits.float() / self.tau, dim=-1)
+        return soft_distillation(
+            student_log, probs, self.tau, self.kl_reduction, logits.numel(), log_target=False
+        )

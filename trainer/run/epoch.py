@@ -1,0 +1,89 @@
+"""One epoch of optimiser steps, resumable mid-epoch and stoppable at an agreed step."""
+
+import torch
+from tqdm import tqdm
+
+from kdcache.trainer.run.distributed import World, sum_across
+from kdcache.trainer.run.resume import Progress, StopOnSignal
+from kdcache.trainer.run.run_log import RunLog
+
+_STEP_LOG_EVERY = 50  # updates between per-step TensorBoard scalars
+_STOP_CHECK_EVERY = 10  # under DDP, steps between agreeing on a SIGTERM (one all-reduce)
+
+
+def agreed(flag: bool, world: World, device: torch.device) -> bool:
+    """True when any rank raised ``flag`` (every rank gets the same answer)."""
+    return bool(sum_across({"flag": float(flag)}, world, device)["flag"])
+
+
+def stop_now(stop: StopOnSignal, step: int, world: World, device: torch.device) -> bool:
+    """Whether to stop after this step: at once alone, at an agreed step under DDP."""
+    if not world.distributed:
+        return stop.requested
+    return step % _STOP_CHECK_EVERY == 0 and agreed(stop.requested, world, device)
+
+
+def train_epoch(
+    model,
+    net: torch.nn.Module,
+    loader,
+    step,
+    optimizer,
+    scheduler,
+    ema,
+    progress: Progress,
+    steps: int,
+    *,
+    clip_grad: float | None,
+    stop,
+    log: RunLog | None,
+    bar: bool,
+) -> int:
+    """Train ``progress.epoch`` up to ``steps`` batches, updating ``progress`` in place; skip
+    the batches a resumed epoch already did. ``model`` is what trains (maybe DDP-wrapped or
+    compiled), ``net`` the plain module (EMA source). Returns the images trained on here.
+
+    Loss parts are summed on the device and read at the epoch's end (no per-step sync).
+    """
+    model.train()
+    batches = iter(loader)
+    for _ in range(progress.step):  # same order as the interrupted run: skip what it did
+        next(batches)
+    fresh = 0
+    with tqdm(
+        total=steps,
+        initial=progress.step,
+        desc=f"epoch {progress.epoch}",
+        disable=not bar,
+        leave=False,
+    ) as shown:
+        while progress.step < steps:
+            batch = next(batches)
+            loss, parts = step(batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if clip_grad:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+            optimizer.step()
+            progress.updates += 1
+            scheduler.step_update(progress.updates)
+            if ema is not None:
+                ema.update(net, step=progress.updates)
+            size = batch["label"].numel()
+            progress.step += 1
+            progress.seen += size
+            fresh += size
+            for name, value in {"loss": loss.detach(), **parts}.items():
+                progress.sums[name] = progress.sums.get(name, 0) + value * size
+            if (
+                log is not None
+                and log.writer is not None
+                and progress.updates % _STEP_LOG_EVERY == 0
+            ):
+                log.add_step(
+                    progress.updates, {"loss": loss.item(), "lr": optimizer.param_groups[0]["lr"]}
+                )
+            shown.update()
+            if stop(progress.step):
+                break
+    return fresh
