@@ -6,10 +6,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest  # noqa: E402
 
-from kdcache.pipeline.data.manifest import Manifest  # noqa: E402
-from kdcache.pipeline.data.shard_writer import write_shards  # noqa: E402
-from kdcache.pipeline.data.sources import fashion_mnist  # noqa: E402
-from kdcache.pipeline.views.plan import ViewPlan  # noqa: E402
+from kdcache.pipeline.data import (
+    Manifest,  # noqa: E402
+    fashion_mnist,  # noqa: E402
+    write_shards,  # noqa: E402
+)
+from kdcache.pipeline.views import ViewPlan  # noqa: E402
 
 SHARD_SIZE = 100
 TRAIN_ROWS = 450  # four full shards and a short one
@@ -49,7 +51,7 @@ def data(tmp_path_factory) -> Manifest:
 @pytest.fixture(scope="session")
 def teacher_path(data, tmp_path_factory) -> str:
     """A regnety_002 teacher trained for four epochs on the slice, at 32 px (kdcache checkpoint)."""
-    from kdcache.trainer.run.engine import TrainConfig, train
+    from kdcache.trainer.run import TrainConfig, train
 
     out = tmp_path_factory.mktemp("teacher")
     train(
@@ -80,7 +82,7 @@ def ray_local():
 
 
 def teach(data, teacher_path, cache, **options):
-    from kdcache.pipeline.teach.job import TeachConfig, TeacherSource, run_teach
+    from kdcache.pipeline.teach import TeachConfig, TeacherSource, run_teach
 
     config = TeachConfig(
         manifest=data.location,
@@ -107,7 +109,7 @@ def cache(data, teacher_path, ray_local, tmp_path_factory) -> str:
 def sampled_cache(data, teacher_path, ray_local, tmp_path_factory) -> str:
     """A complete cache with two teachers, ``regnet`` (the teacher at 32 px) and ``regnet28``
     (the same weights at 28 px: another function of the image), top-4 and 8 sampled ids."""
-    from kdcache.pipeline.teach.job import TeacherSource
+    from kdcache.pipeline.teach import TeacherSource
 
     location = str(tmp_path_factory.mktemp("sampled") / "cache.zarr")
     teachers = [

@@ -7,10 +7,9 @@ import random
 import numpy as np
 import pytest
 
-from kdcache.pipeline.views.plan import ViewPlan
-from kdcache.pipeline.views.randaugment import parse_randaugment
+from kdcache.pipeline.views import ViewPlan, parse_randaugment
 from kdcache.tools.cli.plan_options import add_plan_arguments, plan_overrides
-from kdcache.trainer.data.view_schedule import ViewSchedule
+from kdcache.trainer.data import ViewSchedule
 
 EVERYTHING = ViewPlan(
     seed=2,

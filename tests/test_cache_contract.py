@@ -4,12 +4,10 @@ import numpy as np
 import torch
 import zarr
 
-from kdcache.pipeline.cache.store import FORMAT, CacheStore, region_checksum
-from kdcache.pipeline.teach.teachers import load_teacher
-from kdcache.pipeline.views.plan import CROP_FLIP_NAMES
-from kdcache.pipeline.views.render import normalize
-from kdcache.trainer.data.loader import TrainViews
-from kdcache.trainer.data.targets import CachedTargets
+from kdcache.pipeline.cache import FORMAT, CacheStore, region_checksum
+from kdcache.pipeline.teach import load_teacher
+from kdcache.pipeline.views import CROP_FLIP_NAMES, normalize
+from kdcache.trainer.data import CachedTargets, TrainViews
 from tests.conftest import PLAN, SHARD_SIZE, TOPK
 
 

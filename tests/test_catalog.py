@@ -7,9 +7,8 @@ import pyarrow.dataset as ds
 import pytest
 import torch
 
-from kdcache.pipeline.cache.catalog import Catalog, resolve_cache
-from kdcache.pipeline.cache.store import CacheStore
-from kdcache.trainer.run.engine import TrainConfig, train
+from kdcache.pipeline.cache import CacheStore, Catalog, resolve_cache
+from kdcache.trainer.run import TrainConfig, train
 from tests.conftest import PLAN, make_shards, teach
 
 

@@ -14,7 +14,7 @@ import psutil
 import pytest
 import zarr
 
-from kdcache.pipeline.cache.run_lock import CacheBusy, RunLock
+from kdcache.pipeline.cache import CacheBusy, RunLock
 from tests.conftest import PLAN, TOPK, teach
 
 ARRAYS = ["params"] + [

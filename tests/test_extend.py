@@ -6,8 +6,8 @@ from dataclasses import replace
 import numpy as np
 import zarr
 
-from kdcache.pipeline.cache.store import CacheStore
-from kdcache.trainer.data.targets import CachedTargets
+from kdcache.pipeline.cache import CacheStore
+from kdcache.trainer.data import CachedTargets
 from tests.conftest import PLAN, teach
 
 OLD = [
@@ -65,7 +65,7 @@ def test_adding_a_teacher_leaves_the_first_untouched(
     location = str(tmp_path / "cache.zarr")
     shutil.copytree(cache, location)
     before = {name: zarr.open_group(location, mode="r")[name][:] for name in OLD}
-    from kdcache.pipeline.teach.job import TeachConfig, TeacherSource, run_teach
+    from kdcache.pipeline.teach import TeachConfig, TeacherSource, run_teach
 
     summary = run_teach(
         TeachConfig(

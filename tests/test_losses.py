@@ -3,11 +3,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kdcache.pipeline.cache.sampled_targets import draw_classes, sample_uniforms
-from kdcache.trainer.kd.losses import DistillationLoss, soft_distillation
-from kdcache.trainer.kd.sampled import sampled_probs
-from kdcache.trainer.kd.teacher_mix import TeacherMix, teacher_mix
-from kdcache.trainer.kd.topk_tail import TAIL_MODES, distillation_bins, teacher_logits
+from kdcache.pipeline.cache import draw_classes, sample_uniforms
+from kdcache.trainer.kd import (
+    TAIL_MODES,
+    DistillationLoss,
+    TeacherMix,
+    distillation_bins,
+    sampled_probs,
+    soft_distillation,
+    teacher_logits,
+    teacher_mix,
+)
 
 C = 10
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from kdcache.pipeline.views.plan import CROP_FLIP_NAMES, ViewPlan
+from kdcache.pipeline.views import CROP_FLIP_NAMES, ViewPlan
 
 
 def test_same_inputs_give_same_params_in_any_order_or_subset():

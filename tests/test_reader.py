@@ -8,8 +8,7 @@ import sys
 import numpy as np
 import torch
 
-from kdcache.trainer.data.loader import TrainViews
-from kdcache.trainer.data.targets import CachedTargets
+from kdcache.trainer.data import CachedTargets, TrainViews
 from tests.conftest import PLAN
 
 READER = r"""

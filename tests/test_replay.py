@@ -10,15 +10,11 @@ import pytest
 import torch
 import zarr
 
-from kdcache.pipeline.cache.store import CacheStore
-from kdcache.pipeline.teach.shard_targets import read_shard_images, teacher_inputs
-from kdcache.pipeline.teach.teachers import load_teacher
-from kdcache.pipeline.views.plan import ViewPlan
-from kdcache.pipeline.views.render import ViewRenderer, normalize
+from kdcache.pipeline.cache import CacheStore
+from kdcache.pipeline.teach import load_teacher, read_shard_images, teacher_inputs
+from kdcache.pipeline.views import ViewPlan, ViewRenderer, normalize
 from kdcache.tools.cache.verify_replay import replay_check
-from kdcache.trainer.data.label_mixing import LabelMixedTargets
-from kdcache.trainer.data.loader import TrainViews
-from kdcache.trainer.data.targets import CachedTargets, PlannedViews
+from kdcache.trainer.data import CachedTargets, LabelMixedTargets, PlannedViews, TrainViews
 from tests.conftest import MIXED_PLAN
 
 RESOLUTION = 32
@@ -181,7 +177,7 @@ def test_students_train_on_exact_and_label_space_mixing(data, cache, mixed_cache
     import json
     import math
 
-    from kdcache.trainer.run.engine import TrainConfig, train
+    from kdcache.trainer.run import TrainConfig, train
 
     options = (
         {"cache": mixed_cache}

@@ -7,14 +7,17 @@ import pytest
 import torch
 import zarr
 
-from kdcache.pipeline.cache.sampled_targets import draw_classes, sample_uniforms
-from kdcache.pipeline.cache.store import CacheMismatch, CacheStore, region_checksum
-from kdcache.pipeline.teach.job import TeacherSource
-from kdcache.pipeline.teach.teachers import load_teacher
-from kdcache.pipeline.views.render import normalize
+from kdcache.pipeline.cache import (
+    CacheMismatch,
+    CacheStore,
+    draw_classes,
+    region_checksum,
+    sample_uniforms,
+)
+from kdcache.pipeline.teach import TeacherSource, load_teacher
+from kdcache.pipeline.views import normalize
 from kdcache.tools.cache.verify_cache import verify_cache
-from kdcache.trainer.data.loader import TrainViews
-from kdcache.trainer.data.targets import CachedTargets
+from kdcache.trainer.data import CachedTargets, TrainViews
 from tests.conftest import PLAN, SAMPLES, SHARD_SIZE, teach
 
 

@@ -6,9 +6,7 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from kdcache.pipeline.data.idx import read_idx
-from kdcache.pipeline.data.manifest import Manifest
-from kdcache.pipeline.data.sources import FASHION_MNIST_DIR, open_source
+from kdcache.pipeline.data import FASHION_MNIST_DIR, Manifest, open_source, read_idx
 from tests.conftest import SHARD_SIZE, TEST_ROWS, TRAIN_ROWS, make_shards
 
 
@@ -86,6 +84,6 @@ def test_image_folder_source(tmp_path):
 
 
 def make_shards_from(source, out):
-    from kdcache.pipeline.data.shard_writer import write_shards
+    from kdcache.pipeline.data import write_shards
 
     return write_shards(open_source(str(source)), str(out), shard_size=4, progress=False)

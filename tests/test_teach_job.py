@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import zarr
 
-from kdcache.pipeline.cache.store import CacheMismatch, CacheStore
-from kdcache.pipeline.data.manifest import Manifest
-from kdcache.pipeline.teach.job import TeachFailed
+from kdcache.pipeline.cache import CacheMismatch, CacheStore
+from kdcache.pipeline.data import Manifest
+from kdcache.pipeline.teach import TeachFailed
 from tests.conftest import PLAN, teach
 
 ARRAYS = ["params"] + [

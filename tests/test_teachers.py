@@ -3,8 +3,7 @@
 import timm
 import torch
 
-from kdcache.pipeline.teach.models import ModelSpec, create_model, file_sha256
-from kdcache.pipeline.teach.teachers import load_teacher
+from kdcache.pipeline.teach import ModelSpec, create_model, file_sha256, load_teacher
 
 
 def test_kdcache_checkpoint_loads_with_its_own_spec(teacher_path):

@@ -11,10 +11,8 @@ import pytest
 import torch
 
 from kdcache.tools.plot_runs import plot_runs
-from kdcache.trainer.data.loader import TrainViews
-from kdcache.trainer.data.targets import CachedTargets
-from kdcache.trainer.run.engine import TrainConfig, train
-from kdcache.trainer.run.resume import RESUME_FILE
+from kdcache.trainer.data import CachedTargets, TrainViews
+from kdcache.trainer.run import RESUME_FILE, TrainConfig, train
 from tests.conftest import TOPK
 
 DEIT_ARGS = ["--model-arg", "patch_size=7", "--model-arg", "embed_dim=32"]
@@ -28,7 +26,7 @@ def _rows(run) -> list[dict]:
 
 def _train_command(data, cache, out, *extra) -> list[str]:
     return [
-        *(sys.executable, "-m", "kdcache.trainer", "--data", data.location, "--out", str(out)),
+        *(sys.executable, "-m", "kdcache", "train", "--data", data.location, "--out", str(out)),
         *("--model", "deit_tiny_distilled_patch16_224", *DEIT_ARGS),
         *("--kd", "soft", "--cache", cache, "--epochs", "2", "--batch-size", "16"),
         *("--lr", "3e-3", "--warmup-epochs", "0", "--quiet", *extra),
@@ -121,7 +119,7 @@ def test_torchrun_two_processes_train_one_model(tmp_path, data, cache):
     out = tmp_path / "ddp"
     command = _train_command(data, cache, out, "--workers", "0", "--batch-size", "32")
     torchrun = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m"]
-    command[1:2] = torchrun  # python -m torch.distributed.run ... -m kdcache.trainer ...
+    command[1:2] = torchrun  # python -m torch.distributed.run ... -m kdcache train ...
     subprocess.run(command, check=True, timeout=300)
     rows = _rows(out)
     views = TrainViews(data, CachedTargets(cache, data), resolution=28, seed=0)

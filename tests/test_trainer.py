@@ -7,11 +7,10 @@ from dataclasses import replace
 import pytest
 import torch
 
-from kdcache.pipeline.cache.store import CacheMismatch
-from kdcache.pipeline.teach.models import read_checkpoint_meta
-from kdcache.trainer.data.loader import TrainViews
-from kdcache.trainer.data.targets import CachedTargets, PlannedViews
-from kdcache.trainer.run.engine import TrainConfig, train
+from kdcache.pipeline.cache import CacheMismatch
+from kdcache.pipeline.teach import read_checkpoint_meta
+from kdcache.trainer.data import CachedTargets, PlannedViews, TrainViews
+from kdcache.trainer.run import TrainConfig, train
 from tests.conftest import PLAN, SAMPLES, make_shards, teach
 
 DEIT = "deit_tiny_distilled_patch16_224"

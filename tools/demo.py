@@ -52,12 +52,10 @@ PRESETS = {
 
 def run_demo(out: str, config: DemoConfig, progress: bool = True) -> dict:
     """Run every phase into ``out``; return (and write) the report."""
-    from kdcache.pipeline.data.manifest import Manifest
-    from kdcache.pipeline.data.shard_writer import write_shards
-    from kdcache.pipeline.data.sources import open_source
-    from kdcache.pipeline.teach.job import TeachConfig, TeacherSource, run_teach
-    from kdcache.pipeline.views.plan import ViewPlan
-    from kdcache.trainer.run.engine import TrainConfig, train
+    from kdcache.pipeline.data import Manifest, open_source, write_shards
+    from kdcache.pipeline.teach import TeachConfig, TeacherSource, run_teach
+    from kdcache.pipeline.views import ViewPlan
+    from kdcache.trainer.run import TrainConfig, train
 
     os.makedirs(out, exist_ok=True)
     seconds: dict[str, float] = {}

@@ -1,1 +1,26 @@
-"""TODO face."""
+"""The cache contract: the Zarr store of teacher targets, the catalogue of caches, the
+writers' lock, and the sampled-id draws a cache records."""
+
+from kdcache._lazy import lazy_face
+
+__getattr__, __dir__, __all__ = lazy_face(
+    __name__,
+    {
+        "CacheBusy": ".run_lock",
+        "CacheMismatch": ".store",
+        "CacheStore": ".store",
+        "Catalog": ".catalog",
+        "FORMAT": ".store",
+        "RunLock": ".run_lock",
+        "ShardTargets": ".store",
+        "catalog_root": ".catalog",
+        "draw_classes": ".sampled_targets",
+        "identity_key": ".catalog",
+        "index_dtype": ".store",
+        "lock_holder": ".run_lock",
+        "reduce_logits": ".store",
+        "region_checksum": ".store",
+        "resolve_cache": ".catalog",
+        "sample_uniforms": ".sampled_targets",
+    },
+)

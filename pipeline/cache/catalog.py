@@ -19,8 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from kdcache.pipeline.cache.store import CacheStore
-from kdcache.pipeline.data import urls
-from kdcache.pipeline.data.manifest import Manifest
+from kdcache.pipeline.data import Manifest, urls
 
 CATALOG_ENV = "KDCACHE_CATALOG"
 _TEACHER_KEYS = ("arch", "weights_sha256", "num_classes", "model_args", "preprocessing")

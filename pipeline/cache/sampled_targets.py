@@ -11,7 +11,7 @@ softmax, which is what makes the sampled distillation loss unbiased (``trainer.s
 import numpy as np
 import torch
 
-from kdcache.pipeline.views.plan import uniform
+from kdcache.pipeline.views import uniform
 
 # Draw numbers of the samples start here, far above the plan's own draws (crop tries, flip),
 # so a sample never reuses a number that shaped the view.

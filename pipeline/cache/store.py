@@ -36,9 +36,8 @@ from zarr.codecs import BloscCodec
 
 from kdcache import __version__
 from kdcache.pipeline.cache.sampled_targets import SAMPLING_ATTRS
-from kdcache.pipeline.data import urls
-from kdcache.pipeline.data.manifest import Manifest, ShardInfo
-from kdcache.pipeline.views.plan import ViewPlan
+from kdcache.pipeline.data import Manifest, ShardInfo, urls
+from kdcache.pipeline.views import ViewPlan
 
 FORMAT = "kdcache/1"
 TARGET_ARRAYS = ("topk_logits", "topk_index", "logsumexp")

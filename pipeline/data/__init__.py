@@ -1,1 +1,19 @@
-"""TODO face."""
+"""Sources, shards and manifests: what kdcache reads images from, and where they are."""
+
+from kdcache._lazy import lazy_face
+
+__getattr__, __dir__, __all__ = lazy_face(
+    __name__,
+    {
+        "FASHION_MNIST_DIR": ".sources",
+        "Manifest": ".manifest",
+        "ShardError": ".tar_reader",
+        "ShardInfo": ".manifest",
+        "fashion_mnist": ".sources",
+        "open_source": ".sources",
+        "read_idx": ".idx",
+        "sample_image": ".tar_reader",
+        "tar_samples": ".tar_reader",
+        "write_shards": ".shard_writer",
+    },
+)

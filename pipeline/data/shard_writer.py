@@ -10,7 +10,7 @@ from tqdm import tqdm
 from kdcache.pipeline.data import urls
 from kdcache.pipeline.data.manifest import Manifest, ShardInfo, write_manifest
 from kdcache.pipeline.data.sources import DatasetSource
-from kdcache.pipeline.views.render import decode_image
+from kdcache.pipeline.views import decode_image
 
 
 class _PixelStats:

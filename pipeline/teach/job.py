@@ -17,15 +17,20 @@ import ray
 import torch
 from tqdm import tqdm
 
-from kdcache.pipeline.cache.catalog import Catalog, identity_key
-from kdcache.pipeline.cache.run_lock import CacheBusy, RunLock, lock_holder
-from kdcache.pipeline.cache.sampled_targets import sample_uniforms
-from kdcache.pipeline.cache.store import CacheMismatch, CacheStore
-from kdcache.pipeline.data import urls
-from kdcache.pipeline.data.manifest import Manifest
+from kdcache.pipeline.cache import (
+    CacheBusy,
+    CacheMismatch,
+    CacheStore,
+    Catalog,
+    RunLock,
+    identity_key,
+    lock_holder,
+    sample_uniforms,
+)
+from kdcache.pipeline.data import Manifest, urls
 from kdcache.pipeline.teach.shard_targets import read_shard_images, teacher_targets
 from kdcache.pipeline.teach.teachers import Teacher, load_teacher
-from kdcache.pipeline.views.plan import ViewPlan
+from kdcache.pipeline.views import ViewPlan
 
 
 @dataclass(frozen=True)
@@ -228,6 +233,11 @@ def start_ray(address: str | None) -> None:
     if address is None:
         options.update(num_cpus=os.cpu_count(), include_dashboard=False)
     ray.init(address=address, **options)
+
+
+def stop_ray() -> None:
+    """Disconnect from Ray (and stop a local Ray this process started), freeing its CPUs."""
+    ray.shutdown()
 
 
 def run_teach(config: TeachConfig) -> TeachSummary:

@@ -9,14 +9,11 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import torch
 
-from kdcache.pipeline.cache.sampled_targets import draw_classes
-from kdcache.pipeline.cache.store import ShardTargets, index_dtype, reduce_logits
-from kdcache.pipeline.data.manifest import Manifest, ShardInfo
-from kdcache.pipeline.data.tar_reader import ShardError, sample_image, tar_samples
+from kdcache.pipeline.cache import ShardTargets, draw_classes, index_dtype, reduce_logits
+from kdcache.pipeline.data import Manifest, ShardError, ShardInfo, sample_image, tar_samples
 from kdcache.pipeline.teach.models import ModelSpec
 from kdcache.pipeline.teach.teachers import Teacher
-from kdcache.pipeline.views.plan import ViewPlan
-from kdcache.pipeline.views.render import ViewRenderer, decode_image, normalize
+from kdcache.pipeline.views import ViewPlan, ViewRenderer, decode_image, normalize
 
 
 def read_shard_images(manifest: Manifest, shard: ShardInfo) -> list[torch.Tensor]:

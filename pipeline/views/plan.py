@@ -50,7 +50,7 @@ from kdcache.pipeline.views.randaugment import (
 )
 
 if TYPE_CHECKING:
-    from kdcache.pipeline.data.manifest import Manifest, ShardInfo
+    from kdcache.pipeline.data import Manifest, ShardInfo
 
 PARAMS_LAYOUT = "kdcache-params/2"
 CROP_FLIP_NAMES = ("crop_top", "crop_left", "crop_height", "crop_width", "flip")

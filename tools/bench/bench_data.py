@@ -4,10 +4,8 @@
 import argparse
 import json
 
-from kdcache.pipeline.data.manifest import Manifest
-from kdcache.pipeline.data.shard_writer import write_shards
-from kdcache.pipeline.data.sources import open_source
-from kdcache.pipeline.teach.models import ModelSpec, create_model, save_checkpoint
+from kdcache.pipeline.data import Manifest, open_source, write_shards
+from kdcache.pipeline.teach import ModelSpec, create_model, save_checkpoint
 
 
 def bench_manifest(

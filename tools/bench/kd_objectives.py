@@ -98,11 +98,10 @@ def _runs(config: BenchConfig, names: list[str]) -> list[tuple[str, int, dict]]:
 
 def run_bench(out: str, config: BenchConfig, progress: bool = True) -> dict:
     """Run every phase into ``out``; return (and write after each run) the report."""
-    from kdcache.pipeline.data.shard_writer import write_shards
-    from kdcache.pipeline.data.sources import open_source
-    from kdcache.pipeline.teach.job import TeachConfig, TeacherSource, run_teach
-    from kdcache.pipeline.views.plan import ViewPlan
-    from kdcache.trainer.run.engine import TrainConfig, train
+    from kdcache.pipeline.data import open_source, write_shards
+    from kdcache.pipeline.teach import TeachConfig, TeacherSource, run_teach
+    from kdcache.pipeline.views import ViewPlan
+    from kdcache.trainer.run import TrainConfig, train
 
     began = time.perf_counter()
     os.makedirs(out, exist_ok=True)

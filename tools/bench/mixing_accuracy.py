@@ -18,7 +18,7 @@ from dataclasses import asdict, replace
 
 import torch
 
-from kdcache.pipeline.views.plan import MIX_FIELDS, ViewPlan
+from kdcache.pipeline.views import MIX_FIELDS, ViewPlan
 from kdcache.tools.bench.bench_data import bench_manifest, write_result
 
 STUDENT = "deit_tiny_distilled_patch16_224"
@@ -27,8 +27,8 @@ STUDENT_ARGS = {"patch_size": 7, "embed_dim": 64, "depth": 3, "num_heads": 2}
 
 def run_bench_mixing(args: argparse.Namespace) -> dict:
     """Teacher, two caches, three students; prints and returns the table."""
-    from kdcache.pipeline.teach.job import TeachConfig, TeacherSource, run_teach
-    from kdcache.trainer.run.engine import TrainConfig, train
+    from kdcache.pipeline.teach import TeachConfig, TeacherSource, run_teach
+    from kdcache.trainer.run import TrainConfig, train
 
     torch.set_num_threads(args.threads)
     began = time.perf_counter()

@@ -23,9 +23,8 @@ from PIL import Image
 from timm.data import Mixup
 from timm.data.transforms_factory import transforms_imagenet_train
 
-from kdcache.pipeline.data.tar_reader import sample_image, tar_samples
-from kdcache.pipeline.views.plan import ViewPlan
-from kdcache.pipeline.views.render import ViewRenderer, decode_image, normalize
+from kdcache.pipeline.data import sample_image, tar_samples
+from kdcache.pipeline.views import ViewPlan, ViewRenderer, decode_image, normalize
 from kdcache.tools.bench.bench_data import bench_manifest, write_result
 
 # magnitude 7: timm itself fails on this Pillow when PosterizeIncreasing reaches magnitude 10

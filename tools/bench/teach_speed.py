@@ -14,11 +14,9 @@ import time
 
 import torch
 
-from kdcache.pipeline.data.manifest import Manifest
-from kdcache.pipeline.teach.models import ModelSpec, create_model
-from kdcache.pipeline.teach.shard_targets import read_shard_images
-from kdcache.pipeline.views.plan import ViewPlan
-from kdcache.pipeline.views.render import ViewRenderer, normalize
+from kdcache.pipeline.data import Manifest
+from kdcache.pipeline.teach import ModelSpec, create_model, read_shard_images
+from kdcache.pipeline.views import ViewPlan, ViewRenderer, normalize
 from kdcache.tools.bench.bench_data import (
     add_bench_data_arguments,
     bench_manifest,
@@ -54,7 +52,7 @@ def raw_inference(manifest: Manifest, spec: ModelSpec, path: str, plan: ViewPlan
 
 def run_benchmark(args: argparse.Namespace) -> dict:
     """Raw inference, then the teacher pass, on the same data; the figures as a dict."""
-    from kdcache.pipeline.teach.job import TeachConfig, TeacherSource, run_teach, start_ray
+    from kdcache.pipeline.teach import TeachConfig, TeacherSource, run_teach, start_ray
 
     work = args.work or tempfile.mkdtemp(prefix="kdcache-bench-")
     data = os.path.join(work, "data")

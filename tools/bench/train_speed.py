@@ -17,15 +17,15 @@ from dataclasses import replace
 
 import torch
 
-from kdcache.pipeline.views.plan import ViewPlan
+from kdcache.pipeline.views import ViewPlan
 from kdcache.tools.bench.bench_data import (
     add_bench_data_arguments,
     bench_manifest,
     random_teacher,
     write_result,
 )
-from kdcache.trainer.data.online import OnlineTeacher
-from kdcache.trainer.run.engine import TrainConfig, train
+from kdcache.trainer.data import OnlineTeacher
+from kdcache.trainer.run import TrainConfig, train
 
 DEIT_SMALL = {"patch_size": 7, "embed_dim": 128, "depth": 6, "num_heads": 4}
 
@@ -49,7 +49,7 @@ def teacher_seconds_per_image(checkpoint: str, manifest, batch_size: int, batche
 
 def run_benchmark(args: argparse.Namespace) -> dict:
     """Teach a one-view cache, then train the student three ways; the figures as a dict."""
-    from kdcache.pipeline.teach.job import TeachConfig, TeacherSource, run_teach, start_ray
+    from kdcache.pipeline.teach import TeachConfig, TeacherSource, run_teach, start_ray, stop_ray
 
     work = args.work or tempfile.mkdtemp(prefix="kdcache-bench-train-")
     data = os.path.join(work, "data")
@@ -69,9 +69,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
             progress=False,
         )
     )
-    import ray
-
-    ray.shutdown()  # free the CPUs for training
+    stop_ray()  # free the CPUs for training
 
     base = TrainConfig(
         manifest=data,

@@ -1,7 +1,7 @@
 """Finding the manifest a cache was built from (for inspect and verify)."""
 
-from kdcache.pipeline.cache.store import CacheMismatch, CacheStore
-from kdcache.pipeline.data.manifest import Manifest
+from kdcache.pipeline.cache import CacheMismatch, CacheStore
+from kdcache.pipeline.data import Manifest
 
 
 def manifest_for(store: CacheStore, data: str | None) -> Manifest:

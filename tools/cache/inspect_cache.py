@@ -7,9 +7,8 @@ import json
 import fsspec
 import numpy as np
 
-from kdcache.pipeline.cache.store import CacheStore
-from kdcache.pipeline.data import urls
-from kdcache.pipeline.data.manifest import Manifest
+from kdcache.pipeline.cache import CacheStore
+from kdcache.pipeline.data import Manifest, urls
 from kdcache.tools.cache.cache_manifest import manifest_for
 
 

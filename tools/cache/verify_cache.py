@@ -8,11 +8,9 @@ from functools import partial
 
 import numpy as np
 
-from kdcache.pipeline.cache.sampled_targets import sample_uniforms
-from kdcache.pipeline.cache.store import CacheStore, ShardTargets, region_checksum
-from kdcache.pipeline.data.manifest import Manifest, ShardInfo
-from kdcache.pipeline.teach.shard_targets import read_shard_images, teacher_targets
-from kdcache.pipeline.teach.teachers import Teacher, load_teacher
+from kdcache.pipeline.cache import CacheStore, ShardTargets, region_checksum, sample_uniforms
+from kdcache.pipeline.data import Manifest, ShardInfo
+from kdcache.pipeline.teach import Teacher, load_teacher, read_shard_images, teacher_targets
 from kdcache.tools.cache.cache_manifest import manifest_for
 from kdcache.tools.cache.verify_replay import ReplayReport, replay_check
 from kdcache.tools.cli.arg_types import key_value

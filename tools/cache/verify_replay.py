@@ -13,13 +13,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from kdcache.pipeline.cache.store import CacheStore
-from kdcache.pipeline.data.manifest import Manifest
-from kdcache.pipeline.teach.models import ModelSpec
-from kdcache.pipeline.teach.shard_targets import read_shard_images, teacher_inputs
-from kdcache.pipeline.views.render import ViewRenderer, normalize
-from kdcache.trainer.data.loader import TrainViews
-from kdcache.trainer.data.targets import CachedTargets
+from kdcache.pipeline.cache import CacheStore
+from kdcache.pipeline.data import Manifest
+from kdcache.pipeline.teach import ModelSpec, read_shard_images, teacher_inputs
+from kdcache.pipeline.views import ViewRenderer, normalize
+from kdcache.trainer.data import CachedTargets, TrainViews
 
 
 @dataclass

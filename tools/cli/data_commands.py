@@ -5,8 +5,8 @@ import contextlib
 import sys
 from dataclasses import replace
 
-from kdcache.pipeline.cache.catalog import catalog_root
-from kdcache.pipeline.views.plan import ViewPlan
+from kdcache.pipeline.cache import catalog_root
+from kdcache.pipeline.views import ViewPlan
 from kdcache.tools.cli.arg_types import key_value
 from kdcache.tools.cli.plan_options import add_plan_arguments, plan_overrides
 
@@ -64,8 +64,7 @@ def add_shard_parser(commands) -> None:
 
 
 def run_shard(args: argparse.Namespace) -> None:
-    from kdcache.pipeline.data.shard_writer import write_shards
-    from kdcache.pipeline.data.sources import open_source
+    from kdcache.pipeline.data import open_source, write_shards
 
     manifest = write_shards(
         open_source(args.source),
@@ -84,7 +83,7 @@ def run_shard(args: argparse.Namespace) -> None:
 
 
 def _teacher_source(text: str):
-    from kdcache.pipeline.teach.job import TeacherSource
+    from kdcache.pipeline.teach import TeacherSource
 
     name, sep, location = text.partition("=")
     return TeacherSource(location=location, name=name) if sep else TeacherSource(location=text)
@@ -202,8 +201,8 @@ def add_teach_parser(commands) -> None:
 
 
 def run_teach(args: argparse.Namespace) -> None:
-    from kdcache.pipeline.cache.store import CacheStore
-    from kdcache.pipeline.teach.job import TeachConfig, TeachFailed, run_teach
+    from kdcache.pipeline.cache import CacheStore
+    from kdcache.pipeline.teach import TeachConfig, TeachFailed, run_teach
 
     teachers = [
         replace(_teacher_source(t), resolution=args.teacher_resolution) for t in args.teacher
@@ -277,8 +276,8 @@ def add_catalog_parser(commands) -> None:
 def run_catalog(args: argparse.Namespace) -> None:
     import json
 
-    from kdcache.pipeline.cache.catalog import Catalog
-    from kdcache.pipeline.data.manifest import Manifest
+    from kdcache.pipeline.cache import Catalog
+    from kdcache.pipeline.data import Manifest
 
     root = catalog_root(args.catalog)
     if root is None:

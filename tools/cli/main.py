@@ -4,7 +4,7 @@ import argparse
 import sys
 
 from kdcache import __version__
-from kdcache.pipeline.cache.run_lock import CacheBusy
+from kdcache.pipeline.cache import CacheBusy
 from kdcache.tools.bench.kd_objectives import add_bench_kd_parser
 from kdcache.tools.bench.mixing_accuracy import add_bench_mixing_parser
 from kdcache.tools.bench.replay_cost import add_bench_replay_parser

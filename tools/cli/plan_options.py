@@ -3,8 +3,7 @@
 import argparse
 from dataclasses import fields
 
-from kdcache.pipeline.views.augment import ERASE_MODES
-from kdcache.pipeline.views.plan import ViewPlan
+from kdcache.pipeline.views import ERASE_MODES, ViewPlan
 
 _OPTIONS = {
     "seed": ("--plan-seed", int, None, "seed of the view plan"),

@@ -7,10 +7,8 @@ from functools import partial
 
 from kdcache.tools.cli.arg_types import key_value
 from kdcache.tools.cli.plan_options import add_plan_arguments, plan_overrides
-from kdcache.trainer.data.label_mixing import MIXING_MODES
-from kdcache.trainer.data.view_schedule import SCHEDULES
-from kdcache.trainer.kd.losses import KD_MODES, KL_REDUCTIONS, TARGET_KINDS, TEACHER_MODES
-from kdcache.trainer.kd.topk_tail import TAIL_MODES
+from kdcache.trainer.data import MIXING_MODES, SCHEDULES
+from kdcache.trainer.kd import KD_MODES, KL_REDUCTIONS, TAIL_MODES, TARGET_KINDS, TEACHER_MODES
 
 
 def _model_arg(text: str) -> tuple[str, object]:
@@ -237,8 +235,7 @@ def configure_train_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run_train(args: argparse.Namespace) -> None:
-    from kdcache.trainer.run.engine import TrainConfig, train
-    from kdcache.trainer.run.resume import Stopped
+    from kdcache.trainer.run import Stopped, TrainConfig, train
 
     # options named as the config fields, plus the few that are spelled differently
     same_name = {f.name for f in fields(TrainConfig)} & set(vars(args))

@@ -18,12 +18,11 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from kdcache.pipeline.cache.store import CacheMismatch
-from kdcache.pipeline.data.manifest import Manifest, ShardInfo
-from kdcache.pipeline.views.mix import MIX_COLUMNS
-from kdcache.pipeline.views.plan import MIX_FIELDS
+from kdcache.pipeline.cache import CacheMismatch
+from kdcache.pipeline.data import Manifest, ShardInfo
+from kdcache.pipeline.views import MIX_COLUMNS, MIX_FIELDS
 from kdcache.trainer.data.targets import CachedTargets, ShardBlock
-from kdcache.trainer.kd.topk_tail import teacher_logits
+from kdcache.trainer.kd import teacher_logits
 
 MIXING_MODES = ("exact", "label")
 

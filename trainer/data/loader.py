@@ -10,10 +10,9 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset
 
-from kdcache.pipeline.cache.store import ShardTargets
-from kdcache.pipeline.data.manifest import Manifest, ShardInfo
-from kdcache.pipeline.data.tar_reader import sample_image, tar_samples
-from kdcache.pipeline.views.render import ViewRenderer, decode_image, render_full
+from kdcache.pipeline.cache import ShardTargets
+from kdcache.pipeline.data import Manifest, ShardInfo, sample_image, tar_samples
+from kdcache.pipeline.views import ViewRenderer, decode_image, render_full
 from kdcache.trainer.data.label_mixing import mix_targets
 from kdcache.trainer.data.targets import CachedTargets, PlannedViews, ShardBlock
 from kdcache.trainer.data.view_schedule import ViewSchedule

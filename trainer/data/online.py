@@ -9,9 +9,9 @@ batches instead of a shard's rows in order.
 
 import torch
 
-from kdcache.pipeline.cache.store import reduce_logits
-from kdcache.pipeline.teach.teachers import Teacher, load_teacher
-from kdcache.pipeline.views.render import normalize
+from kdcache.pipeline.cache import reduce_logits
+from kdcache.pipeline.teach import Teacher, load_teacher
+from kdcache.pipeline.views import normalize
 
 
 class OnlineTeacher:

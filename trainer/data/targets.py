@@ -8,9 +8,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from kdcache.pipeline.cache.store import CacheMismatch, CacheStore, ShardTargets
-from kdcache.pipeline.data.manifest import Manifest, ShardInfo
-from kdcache.pipeline.views.plan import ViewPlan
+from kdcache.pipeline.cache import CacheMismatch, CacheStore, ShardTargets
+from kdcache.pipeline.data import Manifest, ShardInfo
+from kdcache.pipeline.views import ViewPlan
 
 
 @dataclass

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kdcache.pipeline.views.draws import uniform
+from kdcache.pipeline.views import uniform
 
 SCHEDULES = ("cycle", "shuffle")
 _SCHEDULE_DRAW = 1000  # above every draw number the plan uses

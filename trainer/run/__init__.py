@@ -1,1 +1,13 @@
-"""TODO face."""
+"""The training run: configuration, the loop, evaluation, checkpoints and resume, DDP."""
+
+from kdcache._lazy import lazy_face
+
+__getattr__, __dir__, __all__ = lazy_face(
+    __name__,
+    {
+        "RESUME_FILE": ".resume",
+        "Stopped": ".resume",
+        "TrainConfig": ".engine",
+        "train": ".engine",
+    },
+)

@@ -1,6 +1,6 @@
 """torchrun and DDP: the process group from torchrun's environment, and sums across ranks.
 
-``torchrun --nproc_per_node N -m trainer ...`` sets ``RANK``, ``WORLD_SIZE`` and
+``torchrun --nproc_per_node N -m kdcache train ...`` sets ``RANK``, ``WORLD_SIZE`` and
 ``LOCAL_RANK``; each rank then uses ``cuda:LOCAL_RANK`` with NCCL when CUDA is present, the CPU
 with gloo otherwise. Without those variables the run is a single process and nothing here
 communicates.

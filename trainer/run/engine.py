@@ -17,18 +17,22 @@ from timm.scheduler import CosineLRScheduler
 from timm.utils import ModelEmaV3
 from torch.nn.parallel import DistributedDataParallel
 
-from kdcache.pipeline.cache.catalog import catalog_root, resolve_cache
-from kdcache.pipeline.data.manifest import Manifest
-from kdcache.pipeline.teach.models import ModelSpec, create_model, save_checkpoint
-from kdcache.pipeline.views.plan import MIX_FIELDS, ViewPlan
-from kdcache.pipeline.views.render import normalize
-from kdcache.trainer.data.label_mixing import LabelMixedTargets, label_targets
-from kdcache.trainer.data.loader import EvalViews, TrainViews, make_loader
-from kdcache.trainer.data.online import OnlineTeacher
-from kdcache.trainer.data.targets import CachedTargets, PlannedViews
-from kdcache.trainer.data.view_schedule import ViewSchedule
-from kdcache.trainer.kd.losses import TEACHER_MODES, DistillationLoss
-from kdcache.trainer.kd.teacher_mix import teacher_mix
+from kdcache.pipeline.cache import catalog_root, resolve_cache
+from kdcache.pipeline.data import Manifest
+from kdcache.pipeline.teach import ModelSpec, create_model, save_checkpoint
+from kdcache.pipeline.views import MIX_FIELDS, ViewPlan, normalize
+from kdcache.trainer.data import (
+    CachedTargets,
+    EvalViews,
+    LabelMixedTargets,
+    OnlineTeacher,
+    PlannedViews,
+    TrainViews,
+    ViewSchedule,
+    label_targets,
+    make_loader,
+)
+from kdcache.trainer.kd import TEACHER_MODES, DistillationLoss, teacher_mix
 from kdcache.trainer.run.distributed import (
     World,
     check_in_sync,
