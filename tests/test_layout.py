@@ -12,10 +12,10 @@ FACES = [f"kdcache.{top}.{p.name}" for top in TOPS[:2] for p in (ROOT / top).ite
 
 def _modules() -> dict[str, pathlib.Path]:
     found = {}
-    for top in (*TOPS, "kdcache"):
+    for top in (*TOPS, "api"):
         for path in (ROOT / top).rglob("*.py"):
             parts = path.relative_to(ROOT).with_suffix("").parts
-            name = ".".join(("kdcache", *parts) if top != "kdcache" else parts)
+            name = ".".join(("kdcache", *(parts if top != "api" else parts[1:])))
             found[name.removesuffix(".__init__")] = path
     return found
 

@@ -19,8 +19,8 @@ teachers as a mixture, per student head (:mod:`trainer.teacher_mix`).
 import torch
 import torch.nn.functional as F
 
-from kdcache.trainer.kd.sampled import sampled_distillation
 from kdcache.trainer.kd.ensemble import TeacherMix, mixture_probs
+from kdcache.trainer.kd.sampled import sampled_distillation
 from kdcache.trainer.kd.topk_tail import TAIL_MODES, distillation_bins
 
 KD_MODES = ("none", "soft", "hard")
