@@ -11,13 +11,15 @@ from collections.abc import Callable
 
 def lazy_face(package: str, exports: dict[str, str]) -> tuple[Callable, Callable, list[str]]:
     """``__getattr__``, ``__dir__`` and ``__all__`` for a package whose names live in modules:
-    ``exports`` maps each public name to the module (relative to ``package``) defining it."""
+    ``exports`` maps each public name to the module (absolute, or relative to ``package``)
+    defining it, or to ``module:attribute`` where the name differs."""
 
     def __getattr__(name: str):
-        module = exports.get(name)
-        if module is None:
+        where = exports.get(name)
+        if where is None:
             raise AttributeError(f"module {package!r} has no attribute {name!r}")
-        return getattr(importlib.import_module(module, package), name)
+        module, _, attribute = where.partition(":")
+        return getattr(importlib.import_module(module, package), attribute or name)
 
     def __dir__() -> list[str]:
         return sorted(exports)

@@ -18,9 +18,7 @@ import uuid
 
 import fsspec
 
-
-class CacheBusy(RuntimeError):
-    """Another live run is writing this cache."""
+from kdcache.errors import CacheBusy
 
 
 def lock_location(cache: str) -> str:

@@ -35,6 +35,7 @@ import zarr
 from zarr.codecs import BloscCodec
 
 from kdcache import __version__
+from kdcache.errors import CacheMismatch
 from kdcache.pipeline.cache.sampled_targets import SAMPLING_ATTRS
 from kdcache.pipeline.data import Manifest, ShardInfo, urls
 from kdcache.pipeline.views import ViewPlan
@@ -93,10 +94,6 @@ def index_dtype(num_classes: int) -> str:
     return "int16" if num_classes <= np.iinfo(np.int16).max else "int32"
 
 
-class CacheMismatch(ValueError):
-    """A cache does not match the manifest, plan or options it is used with."""
-
-
 class CacheStore:
     """A kdcache Zarr group opened for reading or writing."""
 
@@ -115,10 +112,14 @@ class CacheStore:
         self.shard_size: int = self.attrs["dataset"]["shard_size"]
 
     @classmethod
-    def open(cls, location: str, mode: str = "r") -> "CacheStore":
-        """Open an existing cache: ``mode`` ``r`` to read, ``r+`` to write."""
+    def open(
+        cls, location: str, mode: str = "r", storage_options: dict | None = None
+    ) -> "CacheStore":
+        """Open an existing cache: ``mode`` ``r`` to read, ``r+`` to write; ``storage_options``
+        go to fsspec for URLs (endpoint, credentials)."""
+        options = {"storage_options": storage_options} if storage_options else {}
         try:
-            group = zarr.open_group(_zarr_location(location), mode=mode)
+            group = zarr.open_group(_zarr_location(location), mode=mode, **options)
         except FileNotFoundError as error:
             raise FileNotFoundError(f"{location}: no cache here") from error
         return cls(location, group)
@@ -333,6 +334,14 @@ class CacheStore:
         return ShardTargets(
             params=self.group["params"][rows, columns],
             **{name: group[name][rows, columns] for name in self._arrays()},
+        )
+
+    def read_view(self, teacher: str, row: int, view: int) -> ShardTargets:
+        """One (row, view)'s params and targets (a block of one row and one view)."""
+        group, where = self._teacher(teacher), (slice(row, row + 1), slice(view, view + 1))
+        return ShardTargets(
+            params=self.group["params"][where],
+            **{name: group[name][where] for name in self._arrays()},
         )
 
 

@@ -9,7 +9,7 @@ from tqdm import tqdm
 
 from kdcache.pipeline.data import urls
 from kdcache.pipeline.data.manifest import Manifest, ShardInfo, write_manifest
-from kdcache.pipeline.data.sources import DatasetSource
+from kdcache.pipeline.data.sources import DatasetSource, open_source
 from kdcache.pipeline.views import decode_image
 
 
@@ -32,7 +32,7 @@ class _PixelStats:
 
 
 def write_shards(
-    source: DatasetSource,
+    source: DatasetSource | str | None,
     out: str,
     *,
     shard_size: int = 1000,
@@ -45,7 +45,11 @@ def write_shards(
 
     Each tar sample holds ``__key__``, the encoded image (``png``/``jpg``...) and ``cls``.
     The manifest is written last, so a folder with a manifest always has all its shards.
+    ``source``: a :class:`DatasetSource`, or what ``kdcache shard --source`` takes (None or
+    ``fashion-mnist``, a folder of IDX files, an ImageFolder root).
     """
+    if not isinstance(source, DatasetSource):
+        source = open_source(source)
     if shard_size < 1:
         raise ValueError(f"--shard-size must be at least 1, got {shard_size}")
     manifest_location = urls.join(out, "manifest.parquet")

@@ -10,11 +10,9 @@ import fsspec
 import webdataset as wds
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
+from kdcache.errors import ShardError
+
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp", "bmp")
-
-
-class ShardError(ValueError):
-    """A shard's tar cannot be read or does not hold what the manifest says."""
 
 
 def sample_image(sample: dict) -> bytes:

@@ -17,6 +17,7 @@ import ray
 import torch
 from tqdm import tqdm
 
+from kdcache.errors import TeachFailed
 from kdcache.pipeline.cache import (
     CacheBusy,
     CacheMismatch,
@@ -108,10 +109,6 @@ class TeachSummary:
         ]
         lines += [f"teach: FAILED {name}: {why}" for name, why in self.shards_failed.items()]
         return lines
-
-
-class TeachFailed(RuntimeError):
-    """Some shards could not be computed; the others were written."""
 
 
 class ShardWorker:

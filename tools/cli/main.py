@@ -1,10 +1,11 @@
 """The ``kdcache`` command."""
 
 import argparse
+import os
 import sys
 
 from kdcache import __version__
-from kdcache.pipeline.cache import CacheBusy
+from kdcache.errors import KdcacheError
 from kdcache.tools.bench.kd_objectives import add_bench_kd_parser
 from kdcache.tools.bench.mixing_accuracy import add_bench_mixing_parser
 from kdcache.tools.bench.replay_cost import add_bench_replay_parser
@@ -42,12 +43,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+USER_ERRORS = (KdcacheError, FileNotFoundError, FileExistsError, ValueError)
+
+
 def main(argv: list[str] | None = None) -> None:
+    """Run one command; a user error is one line on stderr and exit 2 (``KDCACHE_DEBUG=1``:
+    the traceback too)."""
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
-    except (FileNotFoundError, FileExistsError, ValueError, CacheBusy) as error:
-        print(f"kdcache {args.command}: error: {error}", file=sys.stderr)
+    except USER_ERRORS as error:
+        if os.environ.get("KDCACHE_DEBUG") == "1":
+            raise
+        message = " ".join(str(error).split())  # one line, whatever the message holds
+        print(f"kdcache {args.command}: error: {message}", file=sys.stderr)
         raise SystemExit(2) from None
 
 

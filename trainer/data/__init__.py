@@ -8,6 +8,9 @@ __getattr__, __dir__, __all__ = lazy_face(
     {
         "CachedTargets": ".targets",
         "EvalViews": ".loader",
+        "KDBatch": ".kd_loader",
+        "KDLoader": ".kd_loader",
+        "Targets": ".kd_loader",
         "LabelMixedTargets": ".label_mixing",
         "MIXING_MODES": ".label_mixing",
         "OnlineTeacher": ".online",

@@ -4,12 +4,14 @@ import itertools
 import math
 import random
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset
 
+from kdcache.errors import DataSplitError
 from kdcache.pipeline.cache import ShardTargets
 from kdcache.pipeline.data import Manifest, ShardInfo, sample_image, tar_samples
 from kdcache.pipeline.views import ViewRenderer, decode_image, render_full
@@ -33,6 +35,16 @@ def view_targets(block: ShardTargets, position: int, view: int) -> dict[str, tor
     return targets
 
 
+@dataclass
+class EpochSplit:
+    """One epoch's split: per rank and worker the shards read and the samples padded, and the
+    steps every rank takes."""
+
+    reads: list[list[list[ShardInfo]]]
+    pads: list[list[int]]
+    steps: int
+
+
 class _ShardStream(IterableDataset):
     """Shared parts: shard list split by node and worker, tar reading, key -> row lookup."""
 
@@ -45,10 +57,11 @@ class _ShardStream(IterableDataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def _samples(self, shards: list[ShardInfo]) -> Iterator[tuple[dict, int]]:
+    def _samples(self, shards: list[ShardInfo], *splitters) -> Iterator[tuple[dict, int]]:
+        """``(sample, row)`` of the shards' tars, after ``splitters`` (by node, by worker)."""
         urls = [self.manifest.shard_url(s) for s in shards]
         key_to_row, labels = self.manifest.key_to_row, self.manifest.labels
-        for sample in tar_samples(urls, wds.split_by_node, wds.split_by_worker):
+        for sample in tar_samples(urls, *splitters):
             row = key_to_row.get(sample["__key__"])
             if row is None:
                 raise ValueError(
@@ -111,6 +124,8 @@ class TrainViews(_ShardStream):
         teacher_resolution: int | None = None,
     ):
         super().__init__(manifest, manifest.shards_of(split), resolution)
+        self.split = split
+        self.batch_size, self.workers, self.rank, self.world_size = 1, 0, 0, 1
         self.source = source
         self.seed = seed
         self.shuffle_buffer = shuffle_buffer
@@ -127,26 +142,36 @@ class TrainViews(_ShardStream):
         random.Random(f"shards-{self.seed}-{epoch}").shuffle(order)
         return order
 
-    def epoch_steps(self, epoch: int, batch_size: int, workers: int, world_size: int = 1) -> int:
-        """Batches every rank trains on in ``epoch``: the fewest any rank's loader yields.
+    def epoch_split(
+        self, epoch: int, batch_size: int, workers: int, world_size: int = 1
+    ) -> EpochSplit:
+        """Who reads what in ``epoch``, with the padding that gives every rank the same steps.
 
-        A rank's DataLoader workers each batch their own shards (the last batch of each may be
-        short). Alone, a rank trains on all of its batches; under DDP every rank must take the
-        same number of steps, so each stops at the smallest rank's count and skips the rest of
-        its samples for this epoch (other samples each epoch, since the shard order changes).
+        Rank r reads ``order[r::W]`` and its DataLoader worker w ``order[r::W][w::workers]``
+        (workers are capped by the shard count, as :func:`make_loader` does); each worker
+        batches its own samples, its last batch maybe short. Every rank must take as many
+        steps as the busiest one, so a rank with fewer batches pads: its first worker repeats
+        its own first samples (flagged ``pad``), like ``DistributedSampler(drop_last=False)``.
+        No sample is dropped. A rank without a shard cannot train: refused.
         """
         order = self.epoch_order(epoch)
-        counts = []
-        for rank in range(world_size):
-            shards = order[rank::world_size]
-            loaders = max(1, min(workers, len(self.shards)))
-            counts.append(
-                sum(
-                    math.ceil(sum(s.num_rows for s in shards[w::loaders]) / batch_size)
-                    for w in range(loaders)
-                )
+        if len(order) < world_size:
+            raise DataSplitError(
+                f"{len(order)} {self.split} shards for {world_size} ranks: every rank needs a "
+                "shard (use fewer ranks, or shard the data with a smaller --shard-size)"
             )
-        return min(counts)
+        loaders = max(1, min(workers, len(self.shards)))
+        reads = [
+            [order[r::world_size][w::loaders] for w in range(loaders)] for r in range(world_size)
+        ]
+        steps = [sum(math.ceil(_rows(ws) / batch_size) for ws in rank) for rank in reads]
+        pads = [[(max(steps) - own) * batch_size if w == 0 else 0 for w in range(loaders)]
+                for own in steps]  # fmt: skip
+        return EpochSplit(reads, pads, max(steps))
+
+    def epoch_steps(self, epoch: int, batch_size: int, workers: int, world_size: int = 1) -> int:
+        """Batches every rank trains on in ``epoch`` (see :meth:`epoch_split`)."""
+        return self.epoch_split(epoch, batch_size, workers, world_size).steps
 
     def iter_views(self, shards: list[ShardInfo]) -> Iterator[dict]:
         """The given shards' samples in tar order, each in its view for the current epoch."""
@@ -183,6 +208,7 @@ class TrainViews(_ShardStream):
             "row": first_row + position,
             "view": view,
             "targets": targets,
+            "pad": False,
         }
         if self.teacher_resolution == self.resolution:
             sample["teacher_image"] = sample["image"]
@@ -205,14 +231,41 @@ class TrainViews(_ShardStream):
                 }  # fmt: skip
         return sample
 
+    def configure(self, batch_size: int, workers: int) -> None:
+        """The batch size and worker count the loader uses (they decide the padding), and this
+        process's rank, read here: DataLoader workers may not see the process group."""
+        self.batch_size, self.workers = batch_size, workers
+        self.rank, self.world_size = wds.utils.pytorch_worker_info()[:2]
+
     def __iter__(self):
-        rank, _, worker, _ = wds.utils.pytorch_worker_info()
+        rank, world_size = self.rank, self.world_size
+        worker = wds.utils.pytorch_worker_info()[2]
+        split = self.epoch_split(self.epoch, self.batch_size, self.workers, world_size)
+        shards = split.reads[rank][worker] if worker < len(split.reads[rank]) else []
         rng = random.Random(f"samples-{self.seed}-{self.epoch}-{rank}-{worker}")
-        stream = self.iter_views(self.epoch_order(self.epoch))
+        stream = self.iter_views(shards)
+        pad = split.pads[rank][worker] if shards else 0
+        if pad:
+            stream = itertools.chain(stream, _padding(self.iter_views, shards, pad))
         if self.shuffle_buffer > 1:
             initial = min(100, self.shuffle_buffer)
             stream = wds.shuffle(self.shuffle_buffer, initial, rng=rng)(stream)
         return iter(stream)
+
+
+def _rows(shards: list[ShardInfo]) -> int:
+    return sum(s.num_rows for s in shards)
+
+
+def _padding(views, shards: list[ShardInfo], count: int) -> Iterator[dict]:
+    """``count`` samples repeated from the start of ``shards`` (cycling), flagged ``pad``."""
+    made = 0
+    while made < count:
+        for sample in views(shards):
+            if made == count:
+                return
+            made += 1
+            yield sample | {"pad": True}
 
 
 class EvalViews(_ShardStream):
@@ -225,16 +278,21 @@ class EvalViews(_ShardStream):
         return sum(s.num_rows for s in self.shards)
 
     def __iter__(self):
-        for sample, _ in self._samples(self.shards):
+        for sample, _ in self._samples(self.shards, wds.split_by_node, wds.split_by_worker):
             image = decode_image(sample_image(sample), self.manifest.channels)
             yield render_full(image, self.resolution), int(sample["cls"])
 
 
 def make_loader(
-    dataset: IterableDataset, batch_size: int, workers: int, pin_memory: bool
+    dataset: IterableDataset, batch_size: int, workers: int, pin_memory: bool, seed: int = 0
 ) -> DataLoader:
-    """A DataLoader over a streaming dataset (workers get disjoint shards)."""
+    """A DataLoader over a streaming dataset (workers get disjoint shards).
+
+    The loader draws its workers' base seed from its own generator, never from the global
+    torch RNG: a resumed run's dropout masks then follow the saved RNG state exactly."""
     workers = min(workers, len(dataset.shards))
+    if isinstance(dataset, TrainViews):
+        dataset.configure(batch_size, workers)
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -242,4 +300,5 @@ def make_loader(
         pin_memory=pin_memory,
         persistent_workers=False,
         prefetch_factor=4 if workers > 0 else None,
+        generator=torch.Generator().manual_seed(seed),
     )

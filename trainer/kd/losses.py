@@ -53,7 +53,9 @@ def soft_distillation(
 
 
 class DistillationLoss(torch.nn.Module):
-    """Label loss plus a distillation term from cached targets; returns (loss, parts).
+    """Label loss plus a distillation term from cached targets; returns the loss.
+
+    The last call's components (``ce``, ``kd``, detached) are in :attr:`parts`, for logging.
 
     ``targets``: ``topk`` (top-k logits, logsumexp and ``tail``) or ``sampled`` (RS-KD drawn
     class ids; soft distillation at tau = 1 only). ``mix``: which teachers each head learns
@@ -98,13 +100,20 @@ class DistillationLoss(torch.nn.Module):
         self.alpha, self.tau = alpha, tau
         self.label_smoothing, self.kl_reduction = label_smoothing, kl_reduction
         self.tail, self.targets, self.mix = tail, targets, mix
+        self.parts: dict[str, torch.Tensor] = {}
 
-    def forward(
-        self, outputs, labels: torch.Tensor, targets: dict[str, dict[str, torch.Tensor]]
+    def forward(self, outputs, labels: torch.Tensor, targets=None) -> torch.Tensor:
+        """``outputs``: logits, or (class, distillation) logits of a DeiT student; ``labels``:
+        class ids or (mixed) label probabilities; ``targets``: one teacher's batched targets
+        (:class:`~kdcache.trainer.data.Targets`), or per teacher name such targets or dicts of
+        ``topk_logits``, ``topk_index`` and ``logsumexp`` (and ``sample_index`` when sampled).
+        Sets :attr:`parts`."""
+        loss, self.parts = self._terms(outputs, labels, _by_teacher(targets))
+        return loss
+
+    def _terms(
+        self, outputs, labels, targets: dict
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """``outputs``: logits, or (class, distillation) logits of a DeiT student; ``targets``:
-        per teacher name its batched ``topk_logits``, ``topk_index`` and ``logsumexp`` (and
-        ``sample_index`` with sampled targets)."""
         two_heads = isinstance(outputs, tuple)
         class_logits, dist_logits = outputs if two_heads else (outputs, outputs)
         ce = F.cross_entropy(class_logits.float(), labels, label_smoothing=self.label_smoothing)
@@ -151,3 +160,12 @@ class DistillationLoss(torch.nn.Module):
         return soft_distillation(
             student_log, probs, self.tau, self.kl_reduction, logits.numel(), log_target=False
         )
+
+
+def _by_teacher(targets) -> dict[str, dict[str, torch.Tensor]]:
+    """Targets as per-teacher dicts of tensors, whatever form they came in."""
+    if targets is None:
+        return {}
+    if hasattr(targets, "as_dict"):  # one teacher's Targets
+        return {"teacher": targets.as_dict()}
+    return {name: t.as_dict() if hasattr(t, "as_dict") else t for name, t in targets.items()}

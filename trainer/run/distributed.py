@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from timm.utils import distribute_bn
 
 
 @dataclass(frozen=True)
@@ -82,3 +83,17 @@ def check_in_sync(model: torch.nn.Module, world: World, device: torch.device) ->
         raise RuntimeError(
             f"rank {world.rank}: weights differ across ranks (sums {low.item()} .. {high.item()})"
         )
+
+
+def share_buffers(net: torch.nn.Module, ema, world: World) -> None:
+    """Rank 0's buffers (BatchNorm running statistics) on every rank, for the model and its EMA.
+
+    Parameters stay equal under DDP, but each rank's last training forwards update its own
+    running statistics: without this, each rank would evaluate a different model and the
+    summed test counts would match no saved checkpoint (timm's ``distribute_bn``, broadcast).
+    """
+    if not world.distributed:
+        return
+    for module in (net, ema.module if ema is not None else None):
+        if module is not None:
+            distribute_bn(module, world.size, reduce=False)

@@ -36,6 +36,7 @@ from kdcache.trainer.kd import TEACHER_MODES, DistillationLoss, teacher_mix
 from kdcache.trainer.run.distributed import (
     World,
     check_in_sync,
+    share_buffers,
     start_world,
     stop_world,
     sum_across,
@@ -250,7 +251,7 @@ def _train(config: TrainConfig, world: World, device: torch.device) -> dict:
         teacher_resolution=online.resolution if online else None,
     )
     pin = device.type == "cuda"
-    train_loader = make_loader(train_set, config.batch_size, config.workers, pin)
+    train_loader = make_loader(train_set, config.batch_size, config.workers, pin, config.seed)
     test_set = EvalViews(manifest, resolution=spec.resolution)
     test_loader = make_loader(test_set, 256, config.workers, pin)
 
@@ -269,7 +270,7 @@ def _train(config: TrainConfig, world: World, device: torch.device) -> dict:
             }
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp):
             outputs = model(images)
-        return criterion(outputs, labels, targets)
+        return criterion(outputs, labels, targets), criterion.parts
 
     epoch_steps = [
         train_set.epoch_steps(e, config.batch_size, config.workers, world.size)
@@ -363,6 +364,7 @@ def _train(config: TrainConfig, world: World, device: torch.device) -> dict:
                     raise Stopped(f"SIGTERM at epoch {epoch}, step {progress.step}")
                 train_seconds = time.perf_counter() - began
                 check_in_sync(net, world, device)
+                share_buffers(net, ema, world)  # every rank evaluates what checkpoint.pth holds
                 sums = sum_across(
                     {name: float(v) for name, v in progress.sums.items()}
                     | {"images": progress.seen, "fresh": fresh},

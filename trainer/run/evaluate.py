@@ -4,6 +4,10 @@ from collections.abc import Callable
 
 import torch
 
+from kdcache.pipeline.data import Manifest
+from kdcache.pipeline.views import normalize
+from kdcache.trainer.data import EvalViews, make_loader
+
 
 @torch.inference_mode()
 def count_correct(
@@ -42,3 +46,26 @@ def accuracy(counts: dict[str, float], prefix: str = "") -> dict[str, float]:
     """Percentages from :func:`count_correct`'s counts (summed over ranks)."""
     total = max(counts["total"], 1)
     return {f"{prefix}{k}": 100.0 * v / total for k, v in counts.items() if k != "total"}
+
+
+def evaluate_model(
+    model: torch.nn.Module,
+    data: str,
+    *,
+    resolution: int,
+    split: str = "test",
+    device: str | torch.device = "cpu",
+    workers: int = 2,
+) -> dict[str, float]:
+    """Top-1 accuracy (%) of ``model`` on a split of the manifest at ``data``, evaluated as
+    ``kdcache train`` does: whole images at ``resolution``, the dataset's normalisation."""
+    manifest = Manifest.read(data)
+    loader = make_loader(
+        EvalViews(manifest, resolution=resolution, split=split), 256, workers, False
+    )
+    device = torch.device(device)
+
+    def prepare(images: torch.Tensor) -> torch.Tensor:
+        return normalize(images, manifest.pixel_mean, manifest.pixel_std)
+
+    return accuracy(count_correct(model, loader, device, prepare))

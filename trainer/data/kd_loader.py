@@ -1,0 +1,160 @@
+"""The training-data front door: batches of (images, labels, teacher targets) for any loop.
+
+``KDLoader`` streams the shards, replays each sample's view for the epoch and joins it with
+the cached targets, like ``kdcache train`` does (it is the same :class:`TrainViews`). Its
+``len()`` is the number of batches this rank yields in the current epoch, whatever the worker
+count; under DDP every rank yields the same number, padding with repeated samples (flagged in
+``KDBatch.padded``) instead of dropping any. Ranks come from ``torch.distributed`` when it is
+initialised, else from ``RANK``/``WORLD_SIZE``.
+"""
+
+from collections.abc import Iterator
+from dataclasses import dataclass, fields
+
+import torch
+import webdataset as wds
+
+from kdcache.pipeline.data import Manifest
+from kdcache.pipeline.views import ViewPlan, normalize
+from kdcache.trainer.data.label_mixing import label_targets
+from kdcache.trainer.data.loader import TrainViews, make_loader
+from kdcache.trainer.data.targets import CachedTargets, PlannedViews
+from kdcache.trainer.data.view_schedule import ViewSchedule
+
+
+@dataclass
+class Targets:
+    """One teacher's targets for a batch: the cached top-k logits (float32, descending), their
+    class ids (int64), the log-sum-exp of all logits, and (sampled caches) drawn class ids."""
+
+    topk_logits: torch.Tensor
+    topk_index: torch.Tensor
+    logsumexp: torch.Tensor
+    sample_index: torch.Tensor | None = None
+
+    def to(self, device, non_blocking: bool = False) -> "Targets":
+        return Targets(
+            **{
+                f.name: None if (t := getattr(self, f.name)) is None else t.to(device, non_blocking=non_blocking)
+                for f in fields(self)
+            }
+        )  # fmt: skip
+
+    def as_dict(self) -> dict[str, torch.Tensor]:
+        return {
+            f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None
+        }
+
+
+@dataclass
+class KDBatch:
+    """A batch: normalised ``images`` (B, C, H, W), ``labels`` (B,) class ids — or (B, classes)
+    probabilities when the plan mixes views —, per teacher name its :class:`Targets`, the
+    manifest ``rows`` and ``views`` shown, and ``padded`` (B,) for DDP padding repeats."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    teacher_targets: dict[str, Targets]
+    rows: torch.Tensor
+    views: torch.Tensor
+    padded: torch.Tensor
+
+    @property
+    def targets(self) -> Targets:
+        """The targets of the only teacher (use ``teacher_targets`` with several)."""
+        if len(self.teacher_targets) != 1:
+            raise ValueError(
+                f"the batch holds targets of teachers {sorted(self.teacher_targets)}; "
+                "pick one from teacher_targets"
+            )
+        return next(iter(self.teacher_targets.values()))
+
+    def to(self, device, non_blocking: bool = False) -> "KDBatch":
+        move = {"non_blocking": non_blocking}
+        return KDBatch(
+            images=self.images.to(device, **move),
+            labels=self.labels.to(device, **move),
+            teacher_targets={n: t.to(device, **move) for n, t in self.teacher_targets.items()},
+            rows=self.rows.to(device, **move),
+            views=self.views.to(device, **move),
+            padded=self.padded.to(device, **move),
+        )
+
+
+class KDLoader:
+    """Batches of replayed views and their cached targets, for a training loop of your own.
+
+    ``data``: a manifest (folder or ``manifest.parquet``); ``cache``: a kdcache cache, or None
+    for the plan's views without targets (``plan`` then sets the plan fields). ``teachers``
+    picks teachers of the cache (default: its only one); ``topk`` keeps the first K of each
+    view's top-k. Call :meth:`set_epoch` before each epoch: the epoch picks each sample's view
+    (``view_schedule``), the shard order and the shuffle.
+    """
+
+    def __init__(
+        self,
+        data: str,
+        cache: str | None = None,
+        *,
+        batch_size: int = 128,
+        workers: int = 2,
+        resolution: int | None = None,
+        teachers: list[str] | None = None,
+        topk: int | None = None,
+        plan: dict | None = None,
+        split: str = "train",
+        seed: int = 0,
+        shuffle_buffer: int = 2000,
+        view_schedule: str = "cycle",
+        pin_memory: bool = False,
+    ):
+        self.manifest = Manifest.read(data)
+        if cache is not None:
+            source = CachedTargets(
+                cache, self.manifest, teachers=teachers, plan=plan, topk=topk, split=split
+            )
+        else:
+            source = PlannedViews(ViewPlan(**(plan or {})), self.manifest)
+        self.plan = source.plan
+        self.resolution = resolution or int(self.manifest.table["height"].to_numpy().max())
+        self.views = TrainViews(
+            self.manifest,
+            source,
+            resolution=self.resolution,
+            seed=seed,
+            shuffle_buffer=shuffle_buffer,
+            split=split,
+            schedule=ViewSchedule(view_schedule, source.plan.views, seed),
+        )
+        self.batch_size = batch_size
+        self.world_size = wds.utils.pytorch_worker_info()[1]  # as the dataset splits shards
+        self._loader = make_loader(self.views, batch_size, workers, pin_memory, seed)
+        self.workers = self._loader.num_workers
+
+    def set_epoch(self, epoch: int) -> None:
+        self.views.set_epoch(epoch)
+
+    def steps(self, epoch: int) -> int:
+        """Batches this rank yields in ``epoch`` (the same on every rank)."""
+        return self.views.epoch_steps(epoch, self.batch_size, self.workers, self.world_size)
+
+    def __len__(self) -> int:
+        return self.steps(self.views.epoch)
+
+    def __iter__(self) -> Iterator[KDBatch]:
+        classes, mean, std = (
+            self.manifest.num_classes,
+            self.manifest.pixel_mean,
+            self.manifest.pixel_std,
+        )
+        for batch in self._loader:
+            yield KDBatch(
+                images=normalize(batch["image"], mean, std),
+                labels=label_targets(batch, classes),
+                teacher_targets={
+                    name: Targets(**arrays) for name, arrays in batch["targets"].items()
+                },
+                rows=batch["row"],
+                views=batch["view"],
+                padded=batch["pad"],
+            )
