@@ -81,7 +81,8 @@ def main(argv=None) -> None:
     mean, std = manifest.pixel_mean, manifest.pixel_std  # the teacher's normalisation too
     resolution = args.resolution or int(manifest.table["height"].to_numpy().max())
 
-    # kdcache: replayed views with their cached targets (batches: image, label, targets)
+    # kdcache: replayed views with their cached targets (batches: image, label, targets);
+    # the public kdcache.kd_loader, once it lands, replaces these two lines
     train_set = TrainViews(
         manifest, CachedTargets(args.cache, manifest), resolution=resolution, seed=args.seed
     )

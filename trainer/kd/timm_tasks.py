@@ -49,7 +49,9 @@ Calling: ``task(input, target, teacher_targets)`` with ``teacher_targets`` a bat
 ``targets`` (``{teacher_name: {topk_logits, topk_index, logsumexp}}``, or one teacher's dict),
 or ``task(input, batch)`` with the loader's batch dict as ``target`` (labels from ``label``,
 mixed with ``mix_lam``/``mix_label`` for mixing plans, targets from ``targets``): the two-argument
-call timm's loops make. The targets are moved to the input's device.
+call timm's loops make. The targets are moved to the input's device. A mixing plan's labels are
+soft (B, C): give a criterion that takes them (timm's default ``nn.CrossEntropyLoss`` does;
+``LabelSmoothingCrossEntropy``, from ``smoothing``, does not).
 """
 
 from collections.abc import Mapping
