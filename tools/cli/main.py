@@ -11,6 +11,7 @@ from kdcache.tools.bench.mixing_accuracy import add_bench_mixing_parser
 from kdcache.tools.bench.replay_cost import add_bench_replay_parser
 from kdcache.tools.bench.teach_speed import add_bench_parser
 from kdcache.tools.bench.train_speed import add_bench_train_parser
+from kdcache.tools.bench.versus_timm import add_bench_timm_parser
 from kdcache.tools.cache.inspect_cache import add_inspect_parser
 from kdcache.tools.cache.verify_cache import add_verify_parser
 from kdcache.tools.cli.data_commands import add_catalog_parser, add_shard_parser, add_teach_parser
@@ -40,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_kd_parser(commands)
     add_bench_replay_parser(commands)
     add_bench_mixing_parser(commands)
+    add_bench_timm_parser(commands)
     return parser
 
 

@@ -1,11 +1,14 @@
 """Distillation objectives: label loss plus soft, hard or sampled distillation from cached
-top-k targets, several teachers, DeiT's two heads."""
+top-k targets, several teachers, DeiT's two heads; timm ``TrainingTask`` classes on cached
+targets (``CachedLogitDistillationTask``, ``CachedTokenDistillationTask``)."""
 
 from kdcache._lazy import lazy_face
 
 __getattr__, __dir__, __all__ = lazy_face(
     __name__,
     {
+        "CachedLogitDistillationTask": ".timm_tasks",
+        "CachedTokenDistillationTask": ".timm_tasks",
         "DistillationLoss": ".losses",
         "KD_MODES": ".losses",
         "KL_REDUCTIONS": ".losses",
@@ -14,6 +17,7 @@ __getattr__, __dir__, __all__ = lazy_face(
         "TEACHER_MODES": ".losses",
         "TeacherMix": ".ensemble",
         "distillation_bins": ".topk_tail",
+        "from_alpha_tau": ".timm_tasks",
         "sampled_probs": ".sampled",
         "soft_distillation": ".losses",
         "teacher_logits": ".topk_tail",
