@@ -26,9 +26,7 @@ import torch
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 
-from kdcache.pipeline.data import Manifest
-from kdcache.pipeline.views import normalize
-from kdcache.trainer.data import CachedTargets, EvalViews, TrainViews, make_loader
+import kdcache
 from kdcache.trainer.kd import (
     CachedLogitDistillationTask,
     CachedTokenDistillationTask,
@@ -64,29 +62,15 @@ def make_task(args: argparse.Namespace, model: torch.nn.Module):
     return CachedLogitDistillationTask(model, **weights)
 
 
-@torch.no_grad()
-def accuracy(model: torch.nn.Module, loader, mean, std) -> float:
-    model.eval()
-    correct = seen = 0
-    for images, labels in loader:
-        correct += (model(normalize(images, mean, std)).argmax(-1) == labels).sum().item()
-        seen += len(labels)
-    return correct / seen
-
-
 def main(argv=None) -> None:
     args = parse_args(argv)
     torch.manual_seed(args.seed)
-    manifest = Manifest.read(args.data)
-    mean, std = manifest.pixel_mean, manifest.pixel_std  # the teacher's normalisation too
-    resolution = args.resolution or int(manifest.table["height"].to_numpy().max())
-
-    # kdcache: replayed views with their cached targets (batches: image, label, targets);
-    # the public kdcache.kd_loader, once it lands, replaces these two lines
-    train_set = TrainViews(
-        manifest, CachedTargets(args.cache, manifest), resolution=resolution, seed=args.seed
-    )
-    loader = make_loader(train_set, args.batch_size, args.workers, pin_memory=False)
+    # kdcache: batches of replayed views (normalised) with their cached targets
+    loader = kdcache.KDLoader(
+        args.data, args.cache, batch_size=args.batch_size, workers=args.workers,
+        resolution=args.resolution, seed=args.seed,
+    )  # fmt: skip
+    manifest = loader.manifest
 
     # timm: model, task, EMA, optimizer, scheduler
     model = timm.create_model(
@@ -98,7 +82,7 @@ def main(argv=None) -> None:
     task = make_task(args, model)
     task.setup_ema(decay=args.ema_decay)  # timm.utils.ModelEmaV3 of the student
     optimizer = create_optimizer_v2(task.get_trainable_module(), "adamw", lr=args.lr)
-    steps = train_set.epoch_steps(0, args.batch_size, args.workers)
+    steps = loader.steps(0)
     scheduler, epochs = create_scheduler_v2(
         optimizer,
         "cosine",
@@ -113,19 +97,18 @@ def main(argv=None) -> None:
         f"timm_train: {args.model} ({type(task).__name__}, {kind}), "
         f"task_loss_weight {task.task_loss_weight:g}, distill_loss_weight "
         f"{task.distill_loss_weight:g}, temperature {task.temperature:g}; "
-        f"{len(train_set)} images x {epochs} epochs, {steps} steps each",
+        f"{len(loader.views)} images x {epochs} epochs, {steps} steps each",
         flush=True,
     )
 
     updates = 0
     for epoch in range(epochs):
-        train_set.set_epoch(epoch)
+        loader.set_epoch(epoch)
         task.train()
         sums = {"loss": 0.0, "task_loss": 0.0, kd_key: 0.0}
         batches = 0
         for batch in loader:
-            images = normalize(batch["image"], mean, std)
-            result = task(images, batch)  # labels and teacher targets from the batch
+            result = task(batch.images, batch)  # labels and teacher targets from the batch
             optimizer.zero_grad(set_to_none=True)
             result["loss"].backward()
             optimizer.step()
@@ -144,10 +127,10 @@ def main(argv=None) -> None:
             flush=True,
         )
 
-    test = make_loader(EvalViews(manifest, resolution=resolution), 256, args.workers, False)
-    student = accuracy(task.get_eval_model(), test, mean, std)
-    ema = accuracy(task.get_eval_model(ema=True), test, mean, std)
-    print(f"test accuracy: student {student:.4f}, ema {ema:.4f}", flush=True)
+    test = dict(resolution=loader.resolution, workers=args.workers)
+    student = kdcache.evaluate_model(task.get_eval_model(), args.data, **test)["acc"]
+    ema = kdcache.evaluate_model(task.get_eval_model(ema=True), args.data, **test)["acc"]
+    print(f"test accuracy: student {student:.2f}%, ema {ema:.2f}%", flush=True)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from timm.task import DistillationTeacher, LogitDistillationTask, TokenDistillat
 from timm.utils import ModelEmaV3
 
 from kdcache.pipeline.cache import reduce_logits
+from kdcache.trainer.data import KDBatch, Targets
 from kdcache.trainer.kd import (
     CachedLogitDistillationTask,
     CachedTokenDistillationTask,
@@ -146,7 +147,7 @@ def test_alpha_tau_map_to_timms_weights(alpha, tau, k):
         extra = {"distill_type": kd} if task is CachedTokenDistillationTask else {}
         result = task(FixedStudent(*heads), **options, **extra)(torch.zeros(B), labels, targets)
         loss = DistillationLoss(kd, C, alpha=alpha, tau=tau, label_smoothing=0.1)
-        expected, _ = loss(heads[0] if len(heads) == 1 else tuple(heads), labels, targets)
+        expected = loss(heads[0] if len(heads) == 1 else tuple(heads), labels, targets)
         torch.testing.assert_close(result["loss"], expected, rtol=0, atol=1e-5)
 
 
@@ -156,7 +157,7 @@ def test_batch_as_target_picks_the_teacher_and_mixes_labels():
     task = CachedLogitDistillationTask(FixedStudent(*student), verbose=False)
     x = torch.zeros(B)
     three = task(x, labels, {"a": targets})
-    two = task(x, {"image": x, "label": labels, "targets": {"a": targets}})
+    two = task(x, _batch(labels, {"a": targets}))
     assert {k: v.item() for k, v in three.items() if k != "output"} == {
         k: v.item() for k, v in two.items() if k != "output"
     }
@@ -168,12 +169,17 @@ def test_batch_as_target_picks_the_teacher_and_mixes_labels():
     assert named(x, labels, {"a": other, "b": targets})["loss"].item() == three["loss"].item()
     with pytest.raises(TypeError, match="reads the teacher from the cache"):
         task(x, labels)
-    # a mixing plan's batch: labels lam * y_a + (1 - lam) * y_b
+    # a mixing plan's batch: labels lam * y_a + (1 - lam) * y_b, one teacher's Targets
     lam = torch.rand(B)
     partner = torch.randint(0, C, (B,))
-    mixed = {"label": labels, "mix_lam": lam, "mix_label": partner, "targets": {"a": targets}}
     soft = lam[:, None] * torch.eye(C)[labels] + (1 - lam[:, None]) * torch.eye(C)[partner]
+    mixed = _batch(soft, {"a": Targets(**targets)})
     torch.testing.assert_close(task(x, mixed)["task_loss"], task(x, soft, targets)["task_loss"])
+
+
+def _batch(labels: torch.Tensor, teacher_targets: dict) -> KDBatch:
+    none = torch.zeros(len(labels), dtype=torch.long)
+    return KDBatch(torch.zeros(len(labels)), labels, teacher_targets, none, none, none.bool())
 
 
 def test_contract_compile_ema_checkpoint_and_refusals():

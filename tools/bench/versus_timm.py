@@ -135,7 +135,8 @@ class Bench:
                 began, images = time.perf_counter(), 0
             batch = next(batches)
             inputs = normalize(batch["image"], self.mean, self.std)
-            result = task(inputs, batch if mode == "cached" else batch["label"])
+            extra = (batch["targets"],) if mode == "cached" else ()
+            result = task(inputs, batch["label"], *extra)
             optimizer.zero_grad(set_to_none=True)
             result["loss"].backward()
             optimizer.step()

@@ -62,7 +62,6 @@ import torch.nn.functional as F
 from timm.task import TrainingTask, resolve_classification_loss
 from timm.utils import unwrap_model
 
-from kdcache.trainer.data import label_targets
 from kdcache.trainer.kd.losses import soft_distillation
 from kdcache.trainer.kd.topk_tail import TAIL_MODES, distillation_bins
 
@@ -144,15 +143,17 @@ class _CachedDistillationTask(TrainingTask):
     def split_target(
         self, target, teacher_targets: Mapping | None, device: torch.device
     ) -> tuple[torch.Tensor, Mapping]:
-        """(labels on ``device``, one teacher's targets) from the call's arguments."""
+        """(labels on ``device``, one teacher's targets) from the call's arguments: labels and
+        targets, or a :class:`kdcache.KDBatch` whose labels are already mixed for mixing plans."""
         if teacher_targets is None:
-            if not isinstance(target, Mapping):
+            if not hasattr(target, "teacher_targets"):
                 raise TypeError(
                     f"{type(self).__name__} reads the teacher from the cache: call "
-                    "task(input, target, batch['targets']) or task(input, batch)"
+                    "task(input, labels, targets) or task(input, batch) with a kdcache.KDBatch"
                 )
-            teacher_targets = target["targets"]
-            target = label_targets(target, self.num_classes)
+            target, teacher_targets = target.labels, target.teacher_targets
+        if hasattr(teacher_targets, "as_dict"):  # one teacher's kdcache.Targets
+            teacher_targets = teacher_targets.as_dict()
         if "topk_logits" not in teacher_targets:
             names = sorted(teacher_targets)
             name = self.teacher_name or (names[0] if len(names) == 1 else None)
@@ -162,6 +163,8 @@ class _CachedDistillationTask(TrainingTask):
                     "(ensembles: kdcache.trainer.kd.DistillationLoss)"
                 )
             teacher_targets = teacher_targets[name]
+            if hasattr(teacher_targets, "as_dict"):
+                teacher_targets = teacher_targets.as_dict()
         return target.to(device, non_blocking=True), teacher_targets
 
     def soft_loss(self, logits: torch.Tensor, targets: Mapping) -> torch.Tensor:
