@@ -16,7 +16,6 @@ import os
 
 import fsspec
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from kdcache.pipeline.cache.store import CacheStore
 from kdcache.pipeline.data import Manifest, urls
@@ -115,10 +114,9 @@ class Catalog:
                 "tool_version": store.attrs["tool_version"],
             }
             table = pa.Table.from_pylist([row], schema=SCHEMA)
-            temporary = urls.join(folder, f".{key[:32]}.parquet.tmp")
-            with fs.open(temporary, "wb") as f:
-                pq.write_table(table, f)
-            fs.mv(temporary, urls.join(folder, f"{key[:32]}.parquet"))
+            temporary = f".{key[:32]}.parquet.tmp"
+            urls.write_parquet(urls.join(self.folder, temporary), table)
+            fs.mv(urls.join(folder, temporary), urls.join(folder, f"{key[:32]}.parquet"))
             rows.append(row)
         return rows
 

@@ -11,11 +11,9 @@ import json
 from dataclasses import dataclass
 from functools import cached_property
 
-import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
-import pyarrow.parquet as pq
 
 from kdcache.pipeline.data import urls
 
@@ -85,8 +83,7 @@ def write_manifest(
         "fingerprint": fingerprint(table, classes, shard_size),
     }
     table = table.replace_schema_metadata({METADATA_KEY: json.dumps(meta).encode()})
-    with fsspec.open(location, "wb") as f:
-        pq.write_table(table, f)
+    urls.write_parquet(location, table)
     return meta["fingerprint"]
 
 

@@ -43,12 +43,37 @@ def exists(location: str) -> bool:
     return fs.exists(path)
 
 
+_COPY_CHUNK = 16 << 20
+
+
 def read_parquet(location: str) -> pa.Table:
     """The whole Parquet table at ``location``.
 
-    Read through ``pq.ParquetFile``, never ``pq.read_table`` on a file object: that leaves a
-    pyarrow dataset thread holding the Python file object, which it releases during interpreter
-    shutdown and aborts the process (exit 134) about one run in ten (apache/arrow#34314).
+    The file's bytes are copied through fsspec into memory that Arrow owns, and pyarrow parses
+    them from there: no pyarrow object ever holds a Python object. ``pq.ParquetFile(f).read()``
+    on a Python file object decodes columns on Arrow's CPU thread pool, and each task keeps the
+    page buffers it read from ``f`` -- ``arrow::py::PyBuffer`` objects wrapping Python ``bytes``.
+    A worker drops its task after the read has already returned; if the main thread has begun
+    interpreter shutdown by then, ``~PyBuffer`` asks for the GIL, Python ends that thread with
+    ``pthread_exit``, and the unwind through the noexcept destructor calls ``std::terminate``:
+    "terminate called without an active exception", exit 134 (``pq.read_table(f)`` does the
+    same from its dataset threads, apache/arrow#34314). Every Parquet read goes through here.
     """
+    sink = pa.BufferOutputStream()
     with fsspec.open(location, "rb") as f:
-        return pq.ParquetFile(f).read()
+        while chunk := f.read(_COPY_CHUNK):
+            sink.write(chunk)
+    return pq.ParquetFile(pa.BufferReader(sink.getvalue())).read()
+
+
+def write_parquet(location: str, table: pa.Table) -> None:
+    """Write ``table`` as one Parquet file at ``location`` (a path or an fsspec URL).
+
+    Encoded into an Arrow in-memory buffer, then written through fsspec as plain bytes: like
+    :func:`read_parquet`, pyarrow never works on a Python file object. Every Parquet write goes
+    through here.
+    """
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    with fsspec.open(location, "wb") as f:
+        f.write(memoryview(sink.getvalue()))
