@@ -1,5 +1,6 @@
 """Paths and fsspec URLs treated alike: local paths, ``file://``, ``s3://`` (with s3fs) and so on."""
 
+import os
 import posixpath
 
 import fsspec
@@ -52,3 +53,13 @@ def read_parquet(location: str) -> pa.Table:
     """
     with fsspec.open(location, "rb") as f:
         return pq.ParquetFile(f).read()
+
+
+def resolved(location: str) -> str:
+    """``location`` independent of the working directory: local paths made absolute (a
+    ``file://`` prefix kept), URLs as given."""
+    path = local_path(location)
+    if path is None:
+        return location
+    prefix = "file://" if location.startswith("file://") else ""
+    return prefix + os.path.abspath(path)
