@@ -32,4 +32,4 @@ class CacheBusy(KdcacheError, RuntimeError):
 
 
 class TeachFailed(KdcacheError, RuntimeError):
-    """Some shards could not be computed; the others were written."""
+    """Some shards could not be computed (the others were written), or no worker started."""

@@ -20,9 +20,7 @@ def test_identity_reuse_new_entries_and_auto_pick(tmp_path, data, teacher_path, 
     # same identity: nothing computed, the existing cache is named, --cache is not created
     again = teach(data, teacher_path, None, catalog=root)
     assert again.reused and again.cache == cache and again.views == 0
-    elsewhere = tmp_path / "elsewhere.zarr"
-    assert teach(data, teacher_path, str(elsewhere), catalog=root).cache == cache
-    assert not elsewhere.exists()
+    assert teach(data, teacher_path, cache, catalog=root).reused  # the same --cache
     # fewer views than the cache holds is the same identity too
     assert teach(data, teacher_path, None, catalog=root, plan=replace(PLAN, views=2)).reused
 
@@ -72,3 +70,35 @@ def test_identity_reuse_new_entries_and_auto_pick(tmp_path, data, teacher_path, 
     )
     train(mixed)
     assert f'"cache": "{seed5.cache}"' in (tmp_path / "mix" / "config.json").read_text()
+
+
+def test_caches_of_one_identity_are_listed_apart_and_reuse_picks_a_complete_one(
+    tmp_path, data, teacher_path, cache, ray_local
+):
+    root = str(tmp_path / "catalog")
+    catalog = Catalog(root)
+    catalog.record(CacheStore.open(cache), data)  # complete, 3 views
+    partial = str(tmp_path / "partial.zarr")  # same identity: 4 views, one shard done
+    teach(data, teacher_path, partial, catalog=root, plan=replace(PLAN, views=4), only_shards=[0])
+    rows = catalog.rows()
+    assert sorted((r["cache"], r["views"], r["complete"]) for r in rows) == sorted(
+        [(cache, 3, True), (partial, 4, False)]
+    )
+    again = teach(data, teacher_path, None, catalog=root)  # what the complete one holds
+    assert again.reused and again.cache == cache
+
+
+def test_reuse_only_a_cache_addressable_as_asked(tmp_path, data, teacher_path, cache, ray_local):
+    from kdcache.pipeline.teach import TeacherSource
+
+    root = str(tmp_path / "catalog")
+    Catalog(root).record(CacheStore.open(cache), data)  # teacher regnet, complete
+    c4 = tmp_path / "c4.zarr"
+    other = teach(data, teacher_path, str(c4), catalog=root, only_shards=[0])
+    assert not other.reused and other.cache == str(c4) and other.shards_done
+    assert CacheStore.open(str(c4)).teacher_names == ["regnet"]
+    big = [TeacherSource(teacher_path, name="big")]
+    named = teach(data, teacher_path, None, catalog=root, teachers=big, only_shards=[0])
+    assert not named.reused and named.cache not in (cache, str(c4))
+    assert CacheStore.open(named.cache).teacher_names == ["big"]
+    assert CacheStore.open(cache).teacher_names == ["regnet"]  # the session cache untouched

@@ -14,7 +14,7 @@ import psutil
 import pytest
 import zarr
 
-from kdcache.pipeline.cache import CacheBusy, RunLock
+from kdcache.pipeline.cache import CacheBusy, RunLock, lock_holder
 from tests.conftest import PLAN, TOPK, teach
 
 ARRAYS = ["params"] + [
@@ -97,3 +97,48 @@ def test_a_live_run_keeps_others_out_and_a_dead_one_does_not(tmp_path):
         RunLock(cache, stale_after=60).__enter__()
     with RunLock(cache, stale_after=2):
         pass
+
+
+_HOLD_LOCK = """
+import sys, time
+from kdcache.pipeline.cache import RunLock
+with RunLock(sys.argv[1], stale_after=1.0) as lock:
+    print(lock.owner["run"], flush=True)
+    end = time.time() + 20
+    while not getattr(lock, "lost", False) and time.time() < end:  # it learns it lost the lock
+        time.sleep(0.05)
+    print(lock.lost, flush=True)
+"""
+
+
+def test_a_paused_run_whose_lock_was_taken_over_stops_and_never_writes_it_again(tmp_path):
+    cache = str(tmp_path / "cache.zarr")
+    paused = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, cache], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        first = paused.stdout.readline().strip()
+        assert lock_holder(cache) == first, paused.stderr.read()
+        paused.send_signal(signal.SIGSTOP)
+        time.sleep(1.5)  # its heartbeat goes stale
+        with RunLock(cache, stale_after=1.0) as lock:  # another run takes the lock over
+            paused.send_signal(signal.SIGCONT)
+            holders = set()
+            for _ in range(20):  # several heartbeats of both runs
+                holders.add(lock_holder(cache))
+                time.sleep(0.1)
+            assert holders == {lock.owner["run"]}
+            assert paused.stdout.readline().strip() == "True", paused.stderr.read()
+            assert paused.wait(timeout=10) == 0
+            assert lock_holder(cache) == lock.owner["run"]  # the paused run left it alone
+            assert not lock.lost
+            lock.check()
+        assert lock_holder(cache) is None
+        with RunLock(cache, stale_after=1.0) as taken:
+            with open(cache + ".run-lock.json", "w") as f:  # another run's lock now
+                json.dump({"run": "z" * 32, "host": "elsewhere", "pid": 1, "heartbeat": 0}, f)
+            with pytest.raises(CacheBusy, match="lost its lock"):
+                taken.check()
+    finally:
+        paused.send_signal(signal.SIGCONT)
+        paused.kill()
+        paused.wait()

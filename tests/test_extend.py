@@ -4,11 +4,12 @@ import shutil
 from dataclasses import replace
 
 import numpy as np
+import pytest
 import zarr
 
-from kdcache.pipeline.cache import CacheStore
+from kdcache.pipeline.cache import CacheMismatch, CacheStore
 from kdcache.trainer.data import CachedTargets
-from tests.conftest import PLAN, teach
+from tests.conftest import PLAN, SAMPLES, teach
 
 OLD = [
     "params",
@@ -85,3 +86,21 @@ def test_adding_a_teacher_leaves_the_first_untouched(
     for name in OLD:
         np.testing.assert_array_equal(group[name][:], before[name], err_msg=name)
     assert store.shard_done("second")[:5].all()
+
+
+def test_more_views_for_only_some_teachers_is_refused_before_computing(
+    tmp_path, data, teacher_path, sampled_cache, ray_local
+):
+    from kdcache.pipeline.teach import TeacherSource
+
+    location = str(tmp_path / "cache.zarr")
+    shutil.copytree(sampled_cache, location)  # teachers regnet and regnet28, 3 views
+    more = replace(PLAN, views=4)
+    for name in ("regnet", "third"):  # one of the cache's teachers; a new teacher
+        with pytest.raises(CacheMismatch, match="regnet28") as refusal:
+            teach(data, teacher_path, location, teachers=[TeacherSource(teacher_path, name=name)],
+                  plan=more, samples=SAMPLES)  # fmt: skip
+        assert "\n" not in str(refusal.value)
+    store = CacheStore.open(location)  # nothing computed, nothing grown
+    assert store.array_views == 3 and store.teacher_names == ["regnet", "regnet28"]
+    assert store.plan.views == 3

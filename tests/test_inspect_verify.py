@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 import zarr
 
+from kdcache.pipeline.cache import CacheStore, ShardTargets
 from kdcache.tools.cache.inspect_cache import format_report, inspect_cache, plot_report
 from kdcache.tools.cache.verify_cache import verify_cache
+from kdcache.tools.cache.verify_replay import replay_check
 from kdcache.tools.cli.main import main
 from tests.conftest import PLAN, TOPK
 
@@ -61,3 +63,49 @@ def test_verify_passes_then_names_an_altered_row(tmp_path, data, cache):
     with pytest.raises(SystemExit) as exit_info:
         main(["verify", copy, "--samples", "4"])
     assert exit_info.value.code == 1
+
+
+def _synthetic_block(data, shard) -> ShardTargets:
+    """Top-4 targets that vary from row to row (the same for every teacher)."""
+    rng = np.random.default_rng(shard.id)
+    n, views = shard.num_rows, PLAN.views
+    index = np.argsort(rng.random((n, views, data.num_classes)), axis=-1)[..., :TOPK]
+    logits = -np.sort(rng.random((n, views, TOPK)), axis=-1)
+    return ShardTargets(
+        params=PLAN.shard_params(data, shard),
+        topk_logits=logits.astype(np.float16),
+        topk_index=index.astype(np.int16),
+        logsumexp=np.ones((n, views), dtype=np.float32),
+    )
+
+
+def test_teacher_agreement_is_over_the_rows_both_teachers_have(tmp_path, data):
+    location = str(tmp_path / "cache.zarr")
+    store = CacheStore.create(location, manifest=data, plan=PLAN, topk=TOPK, splits=["train"])
+    identity = {"arch": "synthetic", "weights_sha256": "0" * 64, "source": "-", "num_classes": 10,
+                "model_args": {}, "preprocessing": {"resolution": 28, "in_chans": 1, "mean": [0.5],
+                "std": [0.5], "interpolation": "bilinear-antialias"}}  # fmt: skip
+    shards = data.shards_of("train")
+    # two identical teachers, done on overlapping shards; a third on a shard of its own
+    for name, done in (("a", [0, 1, 2]), ("b", [1, 2, 3]), ("c", [4])):
+        store.add_teacher({**identity, "name": name})
+        for shard in (shards[i] for i in done):
+            store.write_shard(name, shard, list(range(PLAN.views)), _synthetic_block(data, shard))
+    agreement = inspect_cache(location)["teacher_agreement"]
+    assert agreement == {"a|b": 1.0}
+
+
+def test_replay_rebuilds_as_many_views_as_asked_on_done_shards_of_an_unfinished_cache(
+    tmp_path, data, cache
+):
+    store = CacheStore.open(cache)
+    complete = replay_check(store, data, samples=40)
+    assert complete.views_compared == 40 and not complete.problems
+    copy = str(tmp_path / "cache.zarr")
+    shutil.copytree(cache, copy)
+    group = zarr.open_group(copy, mode="r+")
+    group["teachers/regnet/shard_done"][2] = 0  # shard 2 unfinished: its values unwritten
+    group["params"][200:300] = np.nan
+    report = verify_cache(copy, samples=30, replay=True)
+    assert report.ok, report.problems
+    assert report.replay.views_compared == 30 and report.views_recomputed == 30

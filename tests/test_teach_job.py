@@ -1,14 +1,23 @@
 """The Ray teacher job: resume after interruption, and bad shards reported by name."""
 
+import contextlib
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
 
 import numpy as np
+import psutil
 import pytest
 import zarr
 
 from kdcache.pipeline.cache import CacheMismatch, CacheStore
 from kdcache.pipeline.data import Manifest
 from kdcache.pipeline.teach import TeachFailed
+from kdcache.tools.cache.verify_cache import verify_cache
 from tests.conftest import PLAN, teach
 
 ARRAYS = ["params"] + [
@@ -96,3 +105,94 @@ def test_one_worker_gives_the_same_cache_as_two(tmp_path, data, teacher_path, ca
     one, two = _arrays(location), _arrays(cache)
     for name in ARRAYS:
         np.testing.assert_array_equal(one[name], two[name], err_msg=name)
+
+
+def test_workers_that_cannot_be_placed_fail_within_a_bounded_time(
+    tmp_path, data, teacher_path, ray_local
+):
+    location = str(tmp_path / "cache.zarr")
+    # no node of the (2-CPU) local Ray fits a 4-CPU worker: one line, exit 2, no waiting
+    command = [sys.executable, "-m", "kdcache.tools.cli.main", "teach", "--data", data.location,
+               "--cache", str(tmp_path / "cli.zarr"), "--teacher", teacher_path,
+               "--cpus-per-worker", "4", "--quiet"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=100)
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "4 CPUs" in result.stderr
+    with pytest.raises(ValueError, match="1 GPUs"):  # a GPU worker on a cluster without GPUs
+        teach(data, teacher_path, location, gpus_per_worker=1)
+    # the CPUs exist but another job holds them: refused once --placement-timeout is over
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    blocker = placement_group([{"CPU": 2}])
+    ray_local.get(blocker.ready())
+    began = time.monotonic()
+    try:
+        with pytest.raises(TeachFailed, match="no worker was placed within 3s"):
+            teach(data, teacher_path, location, placement_timeout=3)
+    finally:
+        remove_placement_group(blocker)
+    assert time.monotonic() - began < 30
+    deadline = time.monotonic() + 20  # no worker left waiting to take the CPUs once freed
+    while ray_local.available_resources().get("CPU", 0) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(1)
+    assert ray_local.available_resources().get("CPU", 0) == 2
+
+
+def test_only_shards_outside_the_manifest_or_the_splits_are_refused(
+    tmp_path, data, teacher_path, ray_local
+):
+    location = tmp_path / "cache.zarr"
+    with pytest.raises(ValueError, match="--only-shards: no shard 9 ") as refusal:
+        teach(data, teacher_path, str(location), only_shards=[0, 9])
+    assert "\n" not in str(refusal.value)
+    with pytest.raises(ValueError, match="--only-shards: shard 5 is a test shard"):
+        teach(data, teacher_path, str(location), only_shards=[5])
+    assert not location.exists()
+
+
+def test_teacher_path_is_stored_resolved_so_verify_works_elsewhere(
+    tmp_path, data, teacher_path, ray_local, monkeypatch
+):
+    location = str(tmp_path / "cache.zarr")
+    monkeypatch.chdir(os.path.dirname(teacher_path))
+    teach(data, os.path.basename(teacher_path), location, only_shards=[0])
+    assert CacheStore.open(location).teacher_identity("regnet")["source"] == teacher_path
+    monkeypatch.chdir(tmp_path)
+    report = verify_cache(location, samples=4)
+    assert report.ok and report.views_recomputed == 4, report.problems
+
+
+def _kill_a_worker_once_it_has_written(location: str, killed: list) -> None:
+    """SIGKILL this session's ShardWorker process once a region is done (a lost worker)."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not killed:
+        try:
+            done = zarr.open_group(location, mode="r")["teachers/regnet/shard_done"][:].sum()
+        except Exception:  # not created yet
+            done = 0
+        workers = []
+        for process in psutil.Process().children(recursive=True):
+            with contextlib.suppress(psutil.Error):  # Ray's processes come and go
+                if "ShardWorker" in " ".join(process.cmdline()):
+                    workers.append(process)
+        if done and workers:
+            workers[0].send_signal(signal.SIGKILL)
+            killed.append(workers[0].pid)
+        time.sleep(0.05)
+
+
+def test_a_killed_worker_is_restarted_and_its_shard_retried(
+    tmp_path, data, teacher_path, cache, ray_local
+):
+    location = str(tmp_path / "cache.zarr")
+    killed: list[int] = []
+    killer = threading.Thread(target=_kill_a_worker_once_it_has_written, args=(location, killed))
+    killer.start()
+    summary = teach(data, teacher_path, location, workers=1)
+    killer.join()
+    assert killed, "the worker finished before it could be killed"
+    assert not summary.shards_failed and len(summary.shards_done) == 5
+    resumed, uninterrupted = _arrays(location), _arrays(cache)
+    for name in ARRAYS:
+        np.testing.assert_array_equal(resumed[name], uninterrupted[name], err_msg=name)

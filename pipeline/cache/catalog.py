@@ -5,8 +5,10 @@ duckdb read as a dataset (``pd.read_parquet("ROOT/catalog")``,
 ``duckdb.sql("select * from 'ROOT/catalog/*.parquet'")``). A row's identity is a sha256 of
 what makes targets reusable: dataset fingerprint, plan (all but the number of views, which a
 cache can grow), K, sampled draws per view (when there are any), splits, and the teacher's
-architecture, weights and preprocessing. Each identity has its own file, written whole, so
-concurrent writers never clash.
+architecture, weights and preprocessing. Several caches may hold targets of one identity (one
+complete, another with more views being added; or a teacher under two names): each (identity,
+cache, teacher name) has its own file, written whole, so entries never overwrite each other
+and concurrent writers never clash.
 """
 
 import datetime
@@ -74,15 +76,18 @@ class Catalog:
         self.root = root
         self.folder = urls.join(root, "catalog")
 
-    def default_cache_location(self, key: str) -> str:
-        """Where ``kdcache teach`` puts a cache when only the catalogue is given."""
-        return urls.join(self.root, f"caches/{key[:16]}.zarr")
+    def default_cache_location(self, teachers: list[tuple[str, str]]) -> str:
+        """Where ``kdcache teach`` puts a cache of ``teachers`` ((identity, name) pairs) when
+        only the catalogue is given."""
+        digest = hashlib.sha256(json.dumps(sorted(teachers)).encode()).hexdigest()
+        return urls.join(self.root, f"caches/{digest[:16]}.zarr")
 
     def record(self, store: CacheStore, manifest: Manifest) -> list[dict]:
         """Write (or refresh) one row per teacher of ``store``; return the rows."""
         fs, folder = fsspec.core.url_to_fs(self.folder)
         fs.makedirs(folder, exist_ok=True)
-        stored_bytes = urls.disk_bytes(store.location)
+        location = urls.resolved(store.location)
+        stored_bytes = urls.disk_bytes(location)
         split_shards = [s.id for s in manifest.shards_of(store.attrs["splits"])]
         now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
         rows = []
@@ -93,7 +98,7 @@ class Catalog:
             plan = store.attrs["plan"]
             row = {
                 "identity": key,
-                "cache": store.location,
+                "cache": location,
                 "teacher": name,
                 "arch": teacher["arch"],
                 "weights_sha256": teacher["weights_sha256"],
@@ -113,12 +118,20 @@ class Catalog:
                 "updated": now,
                 "tool_version": store.attrs["tool_version"],
             }
-            table = pa.Table.from_pylist([row], schema=SCHEMA)
-            temporary = f".{key[:32]}.parquet.tmp"
-            urls.write_parquet(urls.join(self.folder, temporary), table)
-            fs.mv(urls.join(folder, temporary), urls.join(folder, f"{key[:32]}.parquet"))
+            self._write_row(fs, folder, row)
             rows.append(row)
         return rows
+
+    @staticmethod
+    def _write_row(fs, folder: str, row: dict) -> None:
+        """One entry's file, named by identity, cache and teacher name; written whole."""
+        entry = f"{row['identity']}|{row['cache']}|{row['teacher']}"
+        name = f"{row['identity'][:16]}-{hashlib.sha256(entry.encode()).hexdigest()[:16]}"
+        temporary = urls.join(folder, f".{name}.parquet.tmp")
+        urls.write_parquet(
+            fs.unstrip_protocol(temporary), pa.Table.from_pylist([row], schema=SCHEMA)
+        )
+        fs.mv(temporary, urls.join(folder, f"{name}.parquet"))
 
     def table(self) -> pa.Table:
         """Every row of the catalogue (an empty table if there is none yet)."""
@@ -130,11 +143,25 @@ class Catalog:
         return pa.concat_tables(tables) if tables else SCHEMA.empty_table()
 
     def rows(self) -> list[dict]:
-        return self.table().to_pylist()
+        """Every entry, the latest per (identity, cache, teacher) if a catalogue written by an
+        older version (one file per identity) holds another."""
+        latest: dict[tuple, dict] = {}
+        for row in self.table().to_pylist():
+            key = (row["identity"], row["cache"], row["teacher"])
+            if key not in latest or row["updated"] > latest[key]["updated"]:
+                latest[key] = row
+        return list(latest.values())
 
-    def lookup(self, key: str) -> dict | None:
-        """The row with this identity, if any."""
-        return next((row for row in self.rows() if row["identity"] == key), None)
+    def caches_holding(self, teachers: list[tuple[str, str]]) -> dict[str, list[dict]]:
+        """Every catalogued cache holding all of ``teachers`` ((identity, name) pairs): its
+        location and its rows for them, in that order."""
+        entries = {(r["cache"], r["identity"], r["teacher"]): r for r in self.rows()}
+        found = {}
+        for location in sorted({cache for cache, _, _ in entries}):
+            rows = [entries.get((location, key, name)) for key, name in teachers]
+            if all(rows):
+                found[location] = rows
+        return found
 
     def find(
         self,

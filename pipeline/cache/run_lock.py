@@ -7,6 +7,10 @@ gone (same host), is taken over. Each shard region has one writer inside a run (
 actor call per shard), so with one run per cache no two writers ever share a chunk; and a
 worker checks that its run still holds the lock right before it writes (a fence against
 workers that outlive a killed driver).
+
+The heartbeat checks the holder before each beat: a run whose lock was taken over (it was
+paused, or its heartbeat stalled) finds another run's id there, stops beating and counts as
+``lost`` for good, so it never writes the lock again and its writers refuse to write.
 """
 
 import json
@@ -60,6 +64,7 @@ class RunLock:
         self.stale_after = stale_after
         self.owner = {"run": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid()}
         self._stop = threading.Event()
+        self._lost = threading.Event()
         self._thread: threading.Thread | None = None
         self.fs, self.path = fsspec.core.url_to_fs(self.location)
 
@@ -97,8 +102,23 @@ class RunLock:
         self._thread.start()
         return self
 
+    @property
+    def lost(self) -> bool:
+        """True once another run took this lock over (checked by every heartbeat)."""
+        return self._lost.is_set()
+
+    def check(self) -> None:
+        """Raise :class:`CacheBusy` unless this run still holds the lock (read from the store)."""
+        if not self.lost and (self._read() or {}).get("run") != self.owner["run"]:
+            self._lost.set()
+        if self.lost:
+            raise CacheBusy(f"{self.cache}: this run lost its lock to another run; stopped")
+
     def _beat(self) -> None:
         while not self._stop.wait(self.stale_after / 4):
+            if (self._read() or {}).get("run") != self.owner["run"]:
+                self._lost.set()  # taken over (or removed): never write it again
+                return
             self._write()
 
     def __exit__(self, *exc) -> None:

@@ -271,8 +271,9 @@ class CacheStore:
         them for every one of ``shard_ids`` (the cache's splits)."""
         for name in self.teacher_names:
             if not self.views_done(name)[shard_ids, :views].all():
-                raise RuntimeError(
-                    f"{self.location}: teacher {name} lacks some of views 0..{views - 1}"
+                raise CacheMismatch(
+                    f"{self.location}: teacher {name} lacks some of views 0..{views - 1}; "
+                    "views are published once every teacher has them"
                 )
         plan = {**self.attrs["plan"], "views": views}
         self.group.attrs["plan"] = plan

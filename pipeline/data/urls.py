@@ -1,5 +1,6 @@
 """Paths and fsspec URLs treated alike: local paths, ``file://``, ``s3://`` (with s3fs) and so on."""
 
+import os
 import posixpath
 
 import fsspec
@@ -77,3 +78,13 @@ def write_parquet(location: str, table: pa.Table) -> None:
     pq.write_table(table, sink)
     with fsspec.open(location, "wb") as f:
         f.write(memoryview(sink.getvalue()))
+
+
+def resolved(location: str) -> str:
+    """``location`` independent of the working directory: local paths made absolute (a
+    ``file://`` prefix kept), URLs as given."""
+    path = local_path(location)
+    if path is None:
+        return location
+    prefix = "file://" if location.startswith("file://") else ""
+    return prefix + os.path.abspath(path)

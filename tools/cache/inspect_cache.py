@@ -20,7 +20,8 @@ def _quantiles(values: np.ndarray) -> dict[str, float]:
 
 
 def inspect_cache(location: str, data: str | None = None) -> dict:
-    """Every figure of ``kdcache inspect`` as a dict (computed over complete shards only)."""
+    """Every figure of ``kdcache inspect`` as a dict (computed over complete shards only;
+    agreement between two teachers over the shards complete for both)."""
     store = CacheStore.open(location)
     manifest: Manifest = manifest_for(store, data)
     views = store.plan.views
@@ -36,48 +37,24 @@ def inspect_cache(location: str, data: str | None = None) -> dict:
         "samples": store.samples,
         "teachers": {},
     }
-    top1 = {}
-    params_bytes: dict[int, int] = {}  # params are shared by the teachers: count them once
+    top1: dict[str, dict[int, np.ndarray]] = {}  # per teacher, per complete shard: (n, views)
     raw_bytes, rows_total = 0, sum(s.num_rows for s in split_shards)
     for name in store.teacher_names:
         done = store.shard_done(name)
         complete = [s for s in split_shards if done[s.id]]
         blocks = [store.read_shard(name, s) for s in complete]
-        labels = np.concatenate([manifest.labels[manifest.shard_rows(s)] for s in complete] or [[]])
-        index = (
-            np.concatenate([b.topk_index for b in blocks]) if blocks else np.zeros((0, views, 1))
-        )
-        logits = (
-            np.concatenate([b.topk_logits for b in blocks]) if blocks else np.zeros((0, views, 1))
-        )
-        lse = np.concatenate([b.logsumexp for b in blocks]) if blocks else np.zeros((0, views))
-        top1[name] = index[..., 0]
-        correct = index[..., 0] == labels[:, None]
-        topk_mass = np.exp(logits.astype(np.float64) - lse[..., None]).sum(-1).ravel()
-        pairs = {
-            f"{a}-{b}": float((index[:, a, 0] == index[:, b, 0]).mean()) if len(index) else None
-            for a, b in itertools.combinations(range(views), 2)
-        }
+        figures = _teacher_figures(store, manifest, name, complete, blocks)
+        missing = [s.file for s in split_shards if not done[s.id]]
         report["teachers"][name] = {
-            "arch": store.teacher_identity(name)["arch"],
-            "shards_done": len(complete),
+            **figures,
             "shards_total": len(split_shards),
-            "missing": [s.file for s in split_shards if not done[s.id]],
-            "accuracy": float(correct.mean() * 100) if len(correct) else None,
-            "accuracy_per_view": [float(c * 100) for c in correct.mean(0)] if len(correct) else [],
-            "view_agreement": pairs,
-            "topk_mass": _quantiles(topk_mass),
-            "tail_mass": _quantiles(1 - topk_mass),
+            "missing": missing,
         }
+        top1[name] = {s.id: b.topk_index[..., 0] for s, b in zip(complete, blocks, strict=True)}
         raw_bytes += sum(
             array.nbytes for b in blocks for a, array in b.arrays().items() if a != "params"
         )
-        params_bytes.update({s.id: b.params.nbytes for s, b in zip(complete, blocks, strict=True)})
-    report["teacher_agreement"] = {
-        f"{a}|{b}": float((top1[a] == top1[b]).mean())
-        for a, b in itertools.combinations(top1, 2)
-        if top1[a].shape == top1[b].shape and top1[a].size
-    }
+    report["teacher_agreement"] = _teacher_agreement(top1)
     written = [
         s for s in split_shards if any(store.shard_done(n)[s.id] for n in store.teacher_names)
     ]
@@ -94,6 +71,45 @@ def inspect_cache(location: str, data: str | None = None) -> dict:
         "compression_ratio": raw_bytes / disk if disk else None,
     }
     return report
+
+
+def _teacher_figures(
+    store: CacheStore, manifest: Manifest, name: str, complete: list, blocks: list
+) -> dict:
+    """One teacher's accuracy, agreement between views and top-k mass over ``complete`` shards."""
+    views = store.plan.views
+    labels = np.concatenate([manifest.labels[manifest.shard_rows(s)] for s in complete] or [[]])
+    empty = np.zeros((0, views, 1))
+    index = np.concatenate([b.topk_index for b in blocks]) if blocks else empty
+    logits = np.concatenate([b.topk_logits for b in blocks]) if blocks else empty
+    lse = np.concatenate([b.logsumexp for b in blocks]) if blocks else np.zeros((0, views))
+    correct = index[..., 0] == labels[:, None]
+    topk_mass = np.exp(logits.astype(np.float64) - lse[..., None]).sum(-1).ravel()
+    pairs = {
+        f"{a}-{b}": float((index[:, a, 0] == index[:, b, 0]).mean()) if len(index) else None
+        for a, b in itertools.combinations(range(views), 2)
+    }
+    return {
+        "arch": store.teacher_identity(name)["arch"],
+        "shards_done": len(complete),
+        "accuracy": float(correct.mean() * 100) if len(correct) else None,
+        "accuracy_per_view": [float(c * 100) for c in correct.mean(0)] if len(correct) else [],
+        "view_agreement": pairs,
+        "topk_mass": _quantiles(topk_mass),
+        "tail_mass": _quantiles(1 - topk_mass),
+    }
+
+
+def _teacher_agreement(top1: dict[str, dict[int, np.ndarray]]) -> dict[str, float]:
+    """Top-1 agreement of each pair of teachers over the rows both have (the shards complete
+    for both); a pair with no such rows is left out."""
+    agreement = {}
+    for a, b in itertools.combinations(top1, 2):
+        shared = sorted(top1[a].keys() & top1[b].keys())
+        if shared:
+            same = np.concatenate([(top1[a][s] == top1[b][s]).ravel() for s in shared])
+            agreement[f"{a}|{b}"] = float(same.mean())
+    return agreement
 
 
 def format_report(report: dict) -> str:

@@ -12,7 +12,7 @@ from kdcache.pipeline.cache import CacheStore, ShardTargets, region_checksum, sa
 from kdcache.pipeline.data import Manifest, ShardInfo
 from kdcache.pipeline.teach import Teacher, load_teacher, read_shard_images, teacher_targets
 from kdcache.tools.cache.cache_manifest import manifest_for
-from kdcache.tools.cache.verify_replay import ReplayReport, replay_check
+from kdcache.tools.cache.verify_replay import ReplayReport, replay_check, sample_done_rows
 from kdcache.tools.cli.arg_types import key_value
 
 LOGIT_TOLERANCE = 2e-2  # fp16 storage plus batch-dependent float sums
@@ -130,63 +130,71 @@ def verify_cache(
     rng = np.random.default_rng(seed)
     shards = manifest.shards_of(store.attrs["splits"])
     for name in store.teacher_names:
-        identity = store.teacher_identity(name)
-        teacher = load_teacher(
-            (teachers or {}).get(name, identity["source"]),
-            name=name,
-            arch=identity["arch"],
-            num_classes=identity["num_classes"],
-            in_chans=identity["preprocessing"]["in_chans"],
-            resolution=identity["preprocessing"]["resolution"],
-        )
-        if teacher.weights_sha256 != identity["weights_sha256"]:
-            report.problems.append(
-                f"teacher {name}: weights at {teacher.source} have sha256 "
-                f"{teacher.weights_sha256[:12]}, the cache was made with {identity['weights_sha256'][:12]}"
-            )
+        teacher = _checked_teacher(report, store, name, (teachers or {}).get(name))
+        if teacher is None:
             continue
-        done = store.views_done(name)
-        checksums = store.shard_checksums(name)
-        done_views = {s.id: [v for v in range(store.plan.views) if done[s.id, v]] for s in shards}
-        sampled = [
-            (shard.id, view, position)
-            for shard in shards
-            for view in done_views[shard.id]
-            for position in range(shard.num_rows)
-        ]
-        picks = rng.choice(len(sampled), size=min(samples, len(sampled)), replace=False)
-        picked: dict[int, dict[int, list[int]]] = {}
-        for pick in picks:
-            shard_id, view, position = sampled[pick]
-            picked.setdefault(shard_id, {}).setdefault(view, []).append(position)
+        done = store.views_done(name)[:, : store.plan.views]
+        picked = sample_done_rows(done, shards, samples, rng)
         for shard in shards:
-            if not done_views[shard.id]:
-                continue
-            block = store.read_shard(name, shard)  # one read per shard for checksums and samples
-            rows = manifest.shard_rows(shard)
-            images = None
-            for view in done_views[shard.id]:
-                report.regions_checked += 1
-                if region_checksum(block.view(view)) == checksums[shard.id, view]:
-                    continue
-                report.problems.append(
-                    f"{shard.file} view {view} (teacher {name}): checksum mismatch"
-                )
-                if images is None:
-                    images = read_shard_images(manifest, shard)
-                everything = np.arange(shard.num_rows)
-                fresh = _recompute(teacher, store, manifest, shard, images, everything, view)
-                report.views_recomputed += shard.num_rows
-                _compare(report, shard, rows, view, block.view(view), fresh, name)
-            for view, positions in sorted(picked.get(shard.id, {}).items()):
-                positions = np.array(sorted(positions))
-                if images is None:
-                    images = read_shard_images(manifest, shard)
-                stored = block.select(positions, slice(view, view + 1))
-                fresh = _recompute(teacher, store, manifest, shard, images, positions, view)
-                report.views_recomputed += len(positions)
-                _compare(report, shard, rows[positions], view, stored, fresh, name)
+            if done[shard.id].any():
+                views = {v: picked.get((shard.id, v)) for v in np.flatnonzero(done[shard.id])}
+                _verify_shard(report, store, manifest, teacher, shard, views)
     return report
+
+
+def _checked_teacher(
+    report: VerifyReport, store: CacheStore, name: str, moved_to: str | None
+) -> Teacher | None:
+    """The teacher that made ``name``'s targets, from where the cache says (or ``moved_to``);
+    None, with a problem recorded, if its weights are not the ones the cache was made with."""
+    identity = store.teacher_identity(name)
+    teacher = load_teacher(
+        moved_to or identity["source"],
+        name=name,
+        arch=identity["arch"],
+        num_classes=identity["num_classes"],
+        in_chans=identity["preprocessing"]["in_chans"],
+        resolution=identity["preprocessing"]["resolution"],
+    )
+    if teacher.weights_sha256 != identity["weights_sha256"]:
+        report.problems.append(
+            f"teacher {name}: weights at {teacher.source} have sha256 "
+            f"{teacher.weights_sha256[:12]}, the cache was made with {identity['weights_sha256'][:12]}"
+        )
+        return None
+    return teacher
+
+
+def _verify_shard(
+    report: VerifyReport,
+    store: CacheStore,
+    manifest: Manifest,
+    teacher: Teacher,
+    shard: ShardInfo,
+    views: dict[int, np.ndarray | None],
+) -> None:
+    """Check the checksum of each done view of a shard (a failing one is recomputed whole), and
+    recompute its sampled positions (``views``: done view -> sampled positions or None)."""
+    block = store.read_shard(teacher.name, shard)  # one read per shard for checksums and samples
+    checksums = store.shard_checksums(teacher.name)[shard.id]
+    rows = manifest.shard_rows(shard)
+    images = None
+    for view, sampled in sorted(views.items()):
+        report.regions_checked += 1
+        positions = []
+        if region_checksum(block.view(view)) != checksums[view]:
+            report.problems.append(
+                f"{shard.file} view {view} (teacher {teacher.name}): checksum mismatch"
+            )
+            positions.append(np.arange(shard.num_rows))
+        if sampled is not None:
+            positions.append(sampled)
+        for chosen in positions:
+            images = images if images is not None else read_shard_images(manifest, shard)
+            stored = block.select(chosen, slice(view, view + 1))
+            fresh = _recompute(teacher, store, manifest, shard, images, chosen, view)
+            report.views_recomputed += len(chosen)
+            _compare(report, shard, rows[chosen], view, stored, fresh, teacher.name)
 
 
 def add_verify_parser(commands) -> None:

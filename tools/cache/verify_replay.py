@@ -3,21 +3,22 @@ them with the teacher job's inputs, reporting the largest pixel difference.
 
 The job's side is what the teacher pass feeds the teacher: the plan's params recomputed,
 rendered by ``pipeline.teacher_targets.teacher_inputs`` at the teacher's resolution and
-normalised with its mean and std. The trainer's side is ``trainer.loader.TrainViews`` over the
-cache (stored params, shard buffer, mixing partners) at the same resolution, normalised the
-same way. On one machine and library versions the two are bitwise equal.
+normalised with its mean and std. The trainer's side is ``trainer.data.TrainViews`` over the
+cache's stored params (shard buffer, mixing partners) at the same resolution, normalised the
+same way; only (shard, view) regions marked done are sampled, so unfinished caches work too.
+On one machine and library versions the two are bitwise equal.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 
 from kdcache.pipeline.cache import CacheStore
-from kdcache.pipeline.data import Manifest
+from kdcache.pipeline.data import Manifest, ShardInfo
 from kdcache.pipeline.teach import ModelSpec, read_shard_images, teacher_inputs
 from kdcache.pipeline.views import ViewRenderer, normalize
-from kdcache.trainer.data import CachedTargets, TrainViews
+from kdcache.trainer.data import PlannedViews, TrainViews
 
 
 @dataclass
@@ -29,33 +30,68 @@ class ReplayReport:
     problems: list[str] = field(default_factory=list)
 
 
-def replay_check(
-    store: CacheStore, manifest: Manifest, *, samples: int, seed: int = 0, tolerance: float = 0.0
-) -> ReplayReport:
-    """Compare ``samples`` random (row, view) pairs per teacher preprocessing (one shard pass
-    of the trainer's loader per sampled shard and view)."""
-    report = ReplayReport()
-    rng = np.random.default_rng(seed)
-    shards = manifest.shards_of(store.attrs["splits"])
-    renderer = ViewRenderer(store.plan)
-    specs = {}  # one pass per distinct preprocessing (resolution, mean, std)
+def sample_done_rows(
+    done: np.ndarray, shards: list[ShardInfo], samples: int, rng: np.random.Generator
+) -> dict[tuple[int, int], np.ndarray]:
+    """``samples`` distinct (row, view) pairs (all if fewer) drawn uniformly from the regions
+    ``done`` (S, V) marks done among ``shards``: sorted positions per (shard id, view)."""
+    regions = [(s, v) for s in shards for v in np.flatnonzero(done[s.id])]
+    sizes = np.array([s.num_rows for s, _ in regions], dtype=np.int64)
+    total = int(sizes.sum())
+    picks = np.sort(rng.choice(total, size=min(samples, total), replace=False)) if total else []
+    ends = np.cumsum(sizes)
+    picked: dict[tuple[int, int], list[int]] = {}
+    for pick in picks:
+        region = int(np.searchsorted(ends, pick, side="right"))
+        shard, view = regions[region]
+        position = int(pick - (ends[region] - sizes[region]))
+        picked.setdefault((shard.id, int(view)), []).append(position)
+    return {key: np.array(positions) for key, positions in picked.items()}
+
+
+class _StoredViews(PlannedViews):
+    """The trainer's view source over a cache's stored params, unfinished caches included
+    (no targets: replay compares images). ``CachedTargets`` reads the same params, but
+    refuses a cache with unfinished shards."""
+
+    def __init__(self, store: CacheStore, manifest: Manifest, teacher: str):
+        super().__init__(store.plan, manifest)
+        self.store, self.teacher = store, teacher
+
+    def block(self, shard: ShardInfo):
+        planned = super().block(shard)  # the trainer's block, its params replaced by the stored
+        return replace(planned, params=self.store.read_shard(self.teacher, shard).params)
+
+
+def _preprocessings(store: CacheStore) -> list[tuple[str, ModelSpec]]:
+    """One teacher per distinct preprocessing (resolution, mean, std), with its spec."""
+    specs = {}
     for name in store.teacher_names:
         identity = store.teacher_identity(name)
         p = identity["preprocessing"]
         spec = ModelSpec(identity["arch"], identity["num_classes"], p["in_chans"],
                          p["resolution"], p["mean"], p["std"])  # fmt: skip
         specs.setdefault((spec.resolution, tuple(spec.mean), tuple(spec.std)), (name, spec))
-    for (resolution, mean, std), (teacher, spec) in sorted(specs.items()):
-        source = CachedTargets(store.location, manifest, teachers=[teacher])
-        loader = TrainViews(manifest, source, resolution=resolution)
-        pairs = [(s, v) for s in shards for v in range(store.plan.views)]
-        rows = rng.integers(0, [pairs[i][0].num_rows for i in range(len(pairs))], len(pairs))
-        picks = rng.choice(len(pairs), size=min(samples, len(pairs)), replace=False)
-        picked: dict[tuple[int, int], list[int]] = {}
-        for pick in picks:  # spread over (shard, view) pairs, one row each
-            shard, view = pairs[pick]
-            picked.setdefault((shard.id, view), []).append(int(rows[pick]))
-        for (shard_id, view), positions in sorted(picked.items()):
+    return [specs[key] for key in sorted(specs)]
+
+
+def replay_check(
+    store: CacheStore, manifest: Manifest, *, samples: int, seed: int = 0, tolerance: float = 0.0
+) -> ReplayReport:
+    """Compare ``samples`` random (row, view) pairs per teacher preprocessing, drawn from the
+    views that teacher has done (so unfinished caches too): one pass of the trainer's loader
+    per sampled shard and view."""
+    report = ReplayReport()
+    rng = np.random.default_rng(seed)
+    shards = manifest.shards_of(store.attrs["splits"])
+    renderer = ViewRenderer(store.plan)
+    for teacher, spec in _preprocessings(store):
+        source = _StoredViews(store, manifest, teacher)
+        loader = TrainViews(manifest, source, resolution=spec.resolution)
+        done = store.views_done(teacher)[:, : store.plan.views]
+        for (shard_id, view), positions in sorted(
+            sample_done_rows(done, shards, samples, rng).items()
+        ):
             shard = manifest.shards[shard_id]
             images = read_shard_images(manifest, shard)
             params = store.plan.shard_params(manifest, shard, views=[view])[:, 0]
@@ -63,14 +99,27 @@ def replay_check(
             loader.set_epoch(view)
             start = shard_id * manifest.shard_size
             trained = {s["row"] - start: s["image"] for s in loader.iter_views([shard])}
-            replayed = normalize(torch.stack([trained[p] for p in positions]), mean, std)
-            diff = (replayed - job).abs().flatten(1).amax(1)
-            report.views_compared += len(positions)
-            report.largest_pixel_diff = max(report.largest_pixel_diff, float(diff.max()))
-            for position, d in zip(positions, diff.tolist(), strict=True):
-                if d > tolerance:
-                    report.problems.append(
-                        f"{shard.file} row {start + position} view {view}: the trainer's view "
-                        f"differs from the teacher's input by {d:.4g} (tolerance {tolerance})"
-                    )
+            replayed = normalize(torch.stack([trained[p] for p in positions]), spec.mean, spec.std)
+            _record(report, shard, start, view, positions, (replayed - job).abs(), tolerance)
     return report
+
+
+def _record(
+    report: ReplayReport,
+    shard: ShardInfo,
+    start: int,
+    view: int,
+    positions: np.ndarray,
+    diff: torch.Tensor,
+    tolerance: float,
+) -> None:
+    """Count the compared views and name each differing by more than ``tolerance``."""
+    largest = diff.flatten(1).amax(1)
+    report.views_compared += len(positions)
+    report.largest_pixel_diff = max(report.largest_pixel_diff, float(largest.max()))
+    for position, d in zip(positions.tolist(), largest.tolist(), strict=True):
+        if d > tolerance:
+            report.problems.append(
+                f"{shard.file} row {start + position} view {view}: the trainer's view "
+                f"differs from the teacher's input by {d:.4g} (tolerance {tolerance})"
+            )

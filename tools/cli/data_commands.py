@@ -159,7 +159,7 @@ def add_teach_parser(commands) -> None:
         "--workers",
         type=int,
         default=None,
-        help="Ray actors (default: cluster CPUs / --cpus-per-worker)",
+        help="Ray actors (default and most: as many as the cluster's nodes can hold)",
     )
     parser.add_argument(
         "--cpus-per-worker", type=float, default=1.0, help="CPUs per actor (default: 1)"
@@ -194,6 +194,14 @@ def add_teach_parser(commands) -> None:
         default=120.0,
         metavar="SECONDS",
         help="take over a run lock whose heartbeat is this old (default: 120)",
+    )
+    parser.add_argument(
+        "--placement-timeout",
+        type=float,
+        default=120.0,
+        metavar="SECONDS",
+        help="give up on workers Ray has not placed and started by then; fail if none "
+        "(default: 120)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     add_plan_arguments(parser, defaults_from="the existing cache's plan, else the plan defaults")
@@ -242,6 +250,7 @@ def run_teach(args: argparse.Namespace) -> None:
         only_shards=args.only_shards,
         catalog=catalog_root(args.catalog),
         lock_stale_after=args.lock_timeout,
+        placement_timeout=args.placement_timeout,
         progress=not args.quiet,
     )
     try:
