@@ -43,3 +43,18 @@ def test_device_views_on_cuda_agree_with_cpu(name):
     levels = (_render(plan, "device/1", device="cuda") - _render(plan, "device/1")).abs() * 255
     # nvjpeg against libjpeg-turbo and CUDA's float arithmetic: a few levels
     assert float(levels.mean()) < (1.0 if name == "crop + flip" else 2.5)
+
+
+def test_gpu_views_prints_views_per_second_on_cpu(tmp_path, capsys):
+    import json
+
+    from kdcache.tools.bench.gpu_views import main
+
+    out = tmp_path / "gpu.json"
+    main(["--device", "cpu", "--images", "4", "--views", "2", "--repeats", "1",
+          "--json", str(out)])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "gpu-views: device/1 on cpu:" in printed and "views/s" in printed
+    result = json.loads(out.read_text())
+    assert result["device/1"]["views_per_s_median"] > 0
+    assert result["device/1"]["gpu_utilisation"] == "n/a (CPU)"

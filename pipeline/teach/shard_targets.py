@@ -65,7 +65,7 @@ def teacher_inputs(
     ``images`` and ``view_params`` (n, P) are the whole shard's (mixing partners come from it);
     ``spec`` gives the resolution, mean and std."""
     batch = renderer.render_batch(images, view_params, list(positions), spec.resolution)
-    return normalize(batch, spec.mean, spec.std)
+    return normalize(batch, spec.mean, spec.std, inplace=True)
 
 
 def overlaps(device: torch.device) -> bool:

@@ -123,8 +123,7 @@ class ViewRenderer:
                 self._remember(key, pixels)
             if views is None:
                 views = torch.empty((len(images), *pixels.shape), dtype=torch.float32)
-            views[index].copy_(pixels)
-        views.div_(255.0)
+            torch.div(pixels, 255.0, out=views[index])  # float32 division, one pass
         if self.plan.erase_prob > 0:
             for index, v in enumerate(values):
                 views[index] = apply_erasing(views[index], v, self.plan.erase_mode)
@@ -262,9 +261,12 @@ def render_full(image: torch.Tensor, size: int) -> torch.Tensor:
     return F.resize(pixels, [size, size], InterpolationMode.BILINEAR, antialias=True)
 
 
-def normalize(batch: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """(x - mean) / std per channel, for a (..., C, H, W) tensor."""
+def normalize(
+    batch: torch.Tensor, mean: Sequence[float], std: Sequence[float], *, inplace: bool = False
+) -> torch.Tensor:
+    """(x - mean) / std per channel, for a (..., C, H, W) tensor (``inplace``: overwriting
+    ``batch``, the same values without a second batch in memory)."""
     shape = (-1, 1, 1)
     mean_t = torch.tensor(mean, dtype=batch.dtype, device=batch.device).view(shape)
     std_t = torch.tensor(std, dtype=batch.dtype, device=batch.device).view(shape)
-    return torch.sub(batch, mean_t).div_(std_t)
+    return (batch.sub_(mean_t) if inplace else torch.sub(batch, mean_t)).div_(std_t)
