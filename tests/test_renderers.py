@@ -162,16 +162,17 @@ def test_a_batch_is_bitwise_its_views_rendered_alone(photos, renderer):
     from dataclasses import replace
 
     plan = replace(MIXED_PLAN, renderer=renderer)
-    params = _params(plan, photos)[:, 0]
+    params = _params(plan, photos)
     positions = list(range(len(photos)))
-    batch = ViewRenderer(plan).render_batch(
-        [source_image(e, 3) for e in photos], params, positions, 64
-    )
-    for position in positions:  # a fresh renderer and fresh decodes, as the trainer has
-        alone = ViewRenderer(plan).render(
-            [source_image(e, 3) for e in photos], params, position, 64
-        )
-        assert torch.equal(batch[position], alone)
+    shared, images = ViewRenderer(plan), [source_image(e, 3) for e in photos]
+    for view, size in ((0, 64), (1, 64), (1, 40)):  # one renderer and shard for all: the
+        # partner cache must tell views and sizes apart
+        batch = shared.render_batch(images, params[:, view], positions, size)
+        for position in positions:  # a fresh renderer and fresh decodes, as the trainer has
+            alone = ViewRenderer(plan).render(
+                [source_image(e, 3) for e in photos], params[:, view], position, size
+            )
+            assert torch.equal(batch[position], alone), (view, size, position)
 
 
 def test_the_teacher_renders_ahead_and_gets_the_serial_targets(photos):
