@@ -29,14 +29,22 @@ for row in rows:
     shard, position = divmod(row, dataset["shard_size"])
     with tarfile.open(os.path.join(shards, f"train-{shard:06d}.tar")) as tar:
         pngs = sorted((m for m in tar.getmembers() if m.name.endswith(".png")), key=lambda m: m.name)
-        image = Image.open(io.BytesIO(tar.extractfile(pngs[position]).read())).convert("F")
+        image = Image.open(io.BytesIO(tar.extractfile(pngs[position]).read()))
     p = group["params"][row, view]
-    width, height = image.size
-    # the box: floor(fraction * size + 0.5), as attrs.plan.param_meaning describes the columns
-    h = min(height, max(1, math.floor(p[column["crop_height"]] * height + 0.5)))
-    w = min(width, max(1, math.floor(p[column["crop_width"]] * width + 0.5)))
-    top = min(height - h, math.floor(p[column["crop_top"]] * height + 0.5))
-    left = min(width - w, math.floor(p[column["crop_left"]] * width + 0.5))
+    def box(height, width):
+        # floor(fraction * size + 0.5), as attrs.plan.param_meaning describes the columns
+        h = min(height, max(1, math.floor(p[column["crop_height"]] * height + 0.5)))
+        w = min(width, max(1, math.floor(p[column["crop_width"]] * width + 0.5)))
+        top = min(height - h, math.floor(p[column["crop_top"]] * height + 0.5))
+        left = min(width - w, math.floor(p[column["crop_left"]] * width + 0.5))
+        return top, left, h, w
+    top, left, h, w = box(image.height, image.width)
+    assert plan["renderer"] == "cpu/2"  # the README's replay contract of renderer cpu/2
+    reduce = next((r for r in (8, 4, 2) if image.format == "JPEG" and min(h, w) // size >= r), 1)
+    if reduce > 1:  # a JPEG decoded at 1/reduce in the DCT domain, the box taken on it
+        image.draft(image.mode, (image.width // reduce, image.height // reduce))
+        top, left, h, w = box(math.ceil(image.height / reduce), math.ceil(image.width / reduce))
+    image = image.convert("L")
     crop = image.crop((left, top, left + w, top + h)).resize((size, size), Image.Resampling.BILINEAR)
     pixels = np.asarray(crop) / 255.0
     if p[column["flip"]] >= 0.5:
@@ -59,8 +67,8 @@ def test_a_reader_without_kdcache_rebuilds_crop_and_flip_views(data, cache):
     expected = torch.stack([ours[r] for r in rows])
     flips = CachedTargets(cache, data).store.group["params"][rows, view, 4]
     assert 0 < flips.sum() < len(rows)  # both flipped and unflipped views are checked
-    # PIL's antialiased bilinear on float pixels against torchvision's: same filter
-    assert float((rebuilt - expected).abs().max()) < 2e-3
+    # Pillow's uint8 antialiased bilinear against torch's port of it: at most one level apart
+    assert float((rebuilt - expected).abs().max()) <= 1 / 255 + 1e-6
     assert PLAN.views > view
     mirrored = rebuilt.flip(-1)
     assert float((mirrored - expected).abs().amax((1, 2)).min()) > 0.05  # the flip matters

@@ -106,7 +106,10 @@ class CacheStore:
                 f"{location}: format is {self.attrs.get('format')!r}, expected {FORMAT!r} "
                 "(not a kdcache store, or its creation was interrupted)"
             )
-        self.plan = ViewPlan.from_attrs(self.attrs["plan"])
+        try:
+            self.plan = ViewPlan.from_attrs(self.attrs["plan"])
+        except ValueError as error:
+            raise CacheMismatch(f"{location}: {error}") from None
         self.topk: int = self.attrs["topk"]
         self.samples: int = self.attrs.get("samples", 0)  # caches older than sampling: 0
         self.shard_size: int = self.attrs["dataset"]["shard_size"]

@@ -4,7 +4,8 @@ teachers in batches and reduce their logits to top-k targets. No Ray here: the j
 import contextlib
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -13,18 +14,21 @@ from kdcache.pipeline.cache import ShardTargets, draw_classes, index_dtype, redu
 from kdcache.pipeline.data import Manifest, ShardError, ShardInfo, sample_image, tar_samples
 from kdcache.pipeline.teach.models import ModelSpec
 from kdcache.pipeline.teach.teachers import Teacher
-from kdcache.pipeline.views import ViewPlan, ViewRenderer, decode_image, normalize
+from kdcache.pipeline.views import SourceImage, ViewPlan, ViewRenderer, normalize, source_image
 
 
-def read_shard_images(manifest: Manifest, shard: ShardInfo) -> list[torch.Tensor]:
-    """Decode every image of a shard, checking keys and count against the manifest."""
+def read_shard_images(manifest: Manifest, shard: ShardInfo) -> list[SourceImage]:
+    """Decode every image of a shard (once; views reuse the decode), checking keys and count
+    against the manifest."""
     url = manifest.shard_url(shard)
     expected = manifest.shard_keys(shard)
     images, keys = [], []
     try:
         for sample in tar_samples([url]):
             keys.append(sample["__key__"])
-            images.append(decode_image(sample_image(sample), manifest.channels))
+            image = source_image(sample_image(sample), manifest.channels)
+            image.hwc()  # decoded here: a corrupt image is this shard's error
+            images.append(image)
     except ShardError:
         raise
     except Exception as error:  # tarfile, PIL and I/O errors all mean a bad shard
@@ -60,10 +64,31 @@ def teacher_inputs(
     """The normalised batch a teacher is fed for ``positions`` of a shard in one view:
     ``images`` and ``view_params`` (n, P) are the whole shard's (mixing partners come from it);
     ``spec`` gives the resolution, mean and std."""
-    batch = torch.stack(
-        [renderer.render(images, view_params, int(p), spec.resolution) for p in positions]
-    )
-    return normalize(batch, spec.mean, spec.std)
+    batch = renderer.render_batch(images, view_params, list(positions), spec.resolution)
+    return normalize(batch, spec.mean, spec.std, inplace=True)
+
+
+def overlaps(device: torch.device) -> bool:
+    """Whether the next batch is rendered while the model runs: always when the model is on a
+    GPU; on CPU only with at least 2 torch threads (an actor with 2 or more CPUs), else the
+    render thread would only take the model's one core."""
+    return device.type == "cuda" or torch.get_num_threads() >= 2
+
+
+def _rendered_ahead(work: list, prepare, device: torch.device) -> Iterator[torch.Tensor]:
+    """``prepare(*item)`` for each item, the next one computed on a thread while the caller
+    uses the current one (serially where :func:`overlaps` says no). Same tensors either way:
+    rendering is a pure function of its inputs."""
+    if not overlaps(device) or len(work) < 2:
+        yield from (prepare(*item) for item in work)
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="kdcache-render") as pool:
+        ahead = pool.submit(torch.inference_mode()(prepare), *work[0])
+        for item in work[1:]:
+            batch = ahead.result()
+            ahead = pool.submit(torch.inference_mode()(prepare), *item)
+            yield batch
+        yield ahead.result()
 
 
 @torch.inference_mode()
@@ -93,34 +118,40 @@ def teacher_targets(
     positions = np.arange(params.shape[0]) if positions is None else np.asarray(positions)
     n, v = len(positions), params.shape[1]
     spec = teacher.spec
-    renderer = ViewRenderer(plan)
     device = next(teacher.model.parameters()).device
+    renderer = ViewRenderer(plan, device=device)
     logits_out = np.empty((n, v, topk), dtype=np.float16)
     index_out = np.empty((n, v, topk), dtype=np.int64)
     lse_out = np.empty((n, v), dtype=np.float32)
     samples_out = None if uniforms is None else np.empty(uniforms.shape, dtype=np.int64)
-    for view in range(v):
-        for start in range(0, n, batch_size):
-            rows = range(start, min(start + batch_size, n))
-            began = time.perf_counter()
-            batch = teacher_inputs(
-                renderer, images, params[:, view], positions[rows.start : rows.stop], spec
-            )
-            timings["augment"] += time.perf_counter() - began
-            began = time.perf_counter()
-            batch = batch.to(device, non_blocking=True)
-            if device.type == "cuda":
-                batch = batch.contiguous(memory_format=torch.channels_last)
-            with autocast_for(device, precision):
-                logits = teacher.model(batch)
-            values, index, lse = reduce_logits(logits, topk)
-            logits_out[rows.start : rows.stop, view] = values.cpu().numpy().astype(np.float16)
-            index_out[rows.start : rows.stop, view] = index.cpu().numpy()
-            lse_out[rows.start : rows.stop, view] = lse.cpu().numpy()
-            if samples_out is not None:
-                draws = uniforms[rows.start : rows.stop, view]
-                samples_out[rows.start : rows.stop, view] = draw_classes(logits.float(), draws)
-            timings["infer"] += time.perf_counter() - began
+    work = [(view, range(start, min(start + batch_size, n)))
+            for view in range(v) for start in range(0, n, batch_size)]  # fmt: skip
+
+    def prepare(view: int, rows: range) -> torch.Tensor:
+        began = time.perf_counter()
+        batch = teacher_inputs(
+            renderer, images, params[:, view], positions[rows.start : rows.stop], spec
+        )
+        if device.type == "cuda" and batch.device.type == "cpu":
+            batch = batch.pin_memory()  # so the copy below is asynchronous
+        timings["augment"] += time.perf_counter() - began
+        return batch
+
+    for (view, rows), batch in zip(work, _rendered_ahead(work, prepare, device), strict=True):
+        began = time.perf_counter()
+        batch = batch.to(device, non_blocking=True)
+        if device.type == "cuda":
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        with autocast_for(device, precision):
+            logits = teacher.model(batch)
+        values, index, lse = reduce_logits(logits, topk)
+        logits_out[rows.start : rows.stop, view] = values.cpu().numpy().astype(np.float16)
+        index_out[rows.start : rows.stop, view] = index.cpu().numpy()
+        lse_out[rows.start : rows.stop, view] = lse.cpu().numpy()
+        if samples_out is not None:
+            draws = uniforms[rows.start : rows.stop, view]
+            samples_out[rows.start : rows.stop, view] = draw_classes(logits.float(), draws)
+        timings["infer"] += time.perf_counter() - began
     classes = index_dtype(spec.num_classes)
     return ShardTargets(
         params=params[positions],

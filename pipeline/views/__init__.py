@@ -16,6 +16,9 @@ __getattr__, __dir__, __all__ = lazy_face(
         "normalize": ".render",
         "parse_randaugment": ".randaugment",
         "render_full": ".render",
+        "source_image": ".render",
+        "SourceImage": ".source",
+        "RENDERERS": ".plan",
         "uniform": ".draws",
     },
 )

@@ -53,6 +53,13 @@ if TYPE_CHECKING:
     from kdcache.pipeline.data import Manifest, ShardInfo
 
 PARAMS_LAYOUT = "kdcache-params/2"
+# Renderers, "name/version": what turns params into pixels (``pipeline.views.render``). A cache
+# records the one that made it (``attrs.plan.renderer``) and is replayed by that one. cpu/1 is
+# the renderer of caches made before renderers had versions (their attrs have no renderer).
+RENDERERS = ("cpu/1", "cpu/2", "device/1")
+DEFAULT_RENDERER = "cpu/2"
+LEGACY_RENDERER = "cpu/1"
+RENDERER_ALIASES = {"cpu": "cpu/2", "cuda": "device/1", "device": "device/1"}
 CROP_FLIP_NAMES = ("crop_top", "crop_left", "crop_height", "crop_width", "flip")
 MIX_FIELDS = ("mixup_alpha", "cutmix_alpha", "mix_prob", "mix_switch_prob")
 _CROP_TRIES = 10
@@ -112,8 +119,16 @@ class ViewPlan:
     cutmix_alpha: float = 0.0
     mix_prob: float = 1.0
     mix_switch_prob: float = 0.5
+    renderer: str = DEFAULT_RENDERER  # or "cpu", "cuda" (aliases), "cpu/1", "device/1"
 
     def __post_init__(self):
+        object.__setattr__(self, "renderer", RENDERER_ALIASES.get(self.renderer, self.renderer))
+        if self.renderer not in RENDERERS:
+            raise ValueError(
+                f"plan.renderer: {self.renderer!r} is not a renderer of this kdcache, which "
+                f"renders with {DEFAULT_RENDERER!r} and replays {', '.join(RENDERERS)} "
+                "(a cache from another kdcache version: replay it there, or re-teach it)"
+            )
         if self.views < 1:
             raise ValueError(f"plan: views must be at least 1, got {self.views}")
         low, high = self.crop_scale
@@ -199,7 +214,8 @@ class ViewPlan:
                 f"plan: params_layout is {attrs.get('params_layout')!r}, "
                 f"this kdcache replays {PARAMS_LAYOUT!r} (re-teach the cache)"
             )
-        values = {f.name: attrs[f.name] for f in fields(cls)}
+        values = {f.name: attrs[f.name] for f in fields(cls) if f.name != "renderer"}
+        values["renderer"] = attrs.get("renderer", LEGACY_RENDERER)
         plan = cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
         if list(plan.param_names) != list(attrs["param_names"]):
             raise ValueError(

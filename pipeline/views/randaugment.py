@@ -117,21 +117,18 @@ def randaugment_params(config: str, seed: int, rows, views) -> dict[str, np.ndar
     return columns
 
 
-def apply_randaugment(view: torch.Tensor, values: dict[str, float], config: str) -> torch.Tensor:
-    """The view after its recorded RandAugment ops (unchanged if none applies)."""
+def _applied(values: dict[str, float], config: str) -> list[tuple[int, float]]:
+    """(op index, recorded argument) of every layer that applies, in order."""
+    layers = parse_randaugment(config).num_layers
+    return [(int(values[f"ra{i}_op"]), values[f"ra{i}_arg"])
+            for i in range(layers) if values[f"ra{i}_op"] >= 0]  # fmt: skip
+
+
+def randaugment_image(image: Image.Image, values: dict[str, float], config: str) -> Image.Image:
+    """A uint8 PIL view (mode L or RGB) after its recorded RandAugment ops."""
     augment = parse_randaugment(config)
-    applied = [
-        (int(values[f"ra{i}_op"]), values[f"ra{i}_arg"])
-        for i in range(augment.num_layers)
-        if values[f"ra{i}_op"] >= 0
-    ]
-    if not applied:
-        return view
-    channels = view.shape[0]
-    pixels = (view * 255).round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
-    image = Image.fromarray(pixels[:, :, 0] if channels == 1 else pixels)
-    fill = 128 if channels == 1 else (128, 128, 128)
-    for op_index, argument in applied:
+    fill = 128 if image.mode == "L" else (128, 128, 128)
+    for op_index, argument in _applied(values, config):
         op = augment.ops[op_index]
         args = () if op.level_fn is None else (_op_argument(op.name, argument),)
         if op.name.startswith("Posterize") and args[0] == 0:
@@ -140,7 +137,18 @@ def apply_randaugment(view: torch.Tensor, values: dict[str, float], config: str)
             image = Image.new(image.mode, image.size, 0)
             continue
         image = op.aug_fn(image, *args, fillcolor=fill, resample=Image.Resampling.BILINEAR)
-    out = torch.from_numpy(np.asarray(image).copy())
+    return image
+
+
+def apply_randaugment(view: torch.Tensor, values: dict[str, float], config: str) -> torch.Tensor:
+    """The float view after its recorded RandAugment ops (unchanged if none applies): quantised
+    to uint8 for timm's PIL ops, back to float32 on [0, 1] (renderer cpu/1)."""
+    if not _applied(values, config):
+        return view
+    channels = view.shape[0]
+    pixels = (view * 255).round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    image = Image.fromarray(pixels[:, :, 0] if channels == 1 else pixels)
+    out = torch.from_numpy(np.asarray(randaugment_image(image, values, config)).copy())
     out = out[None] if channels == 1 else out.permute(2, 0, 1)
     return out.to(torch.float32) / 255.0
 

@@ -1,27 +1,40 @@
-"""Turning an encoded image and one row of view params into the model's input tensor.
+"""Turning encoded images and rows of view params into the model's input tensors.
 
 Part of the contract: the teacher job and the trainer both build inputs only through
 :class:`ViewRenderer`, so a replayed view is bitwise the tensor the teacher saw (same machine
-and library versions). Rendering is a pure function of (the shard's images, the params, the
-output size):
+and library versions). Rendering is a pure function of (the shard's encoded images, the
+params, the output size, the renderer). The plan names the renderer (``plan.renderer``,
+recorded in the cache); every renderer renders in timm's order:
 
-1. crop: pixel box = ``floor(fraction * source_size + 0.5)`` for top, left, height and width
-   (height and width at least 1, clipped to the image), resized to ``size x size`` with
-   bilinear interpolation and antialiasing (torchvision, float32 on [0, 1]);
+1. crop and resize to ``size x size`` (bilinear, antialiased when shrinking);
 2. mirrored if ``flip`` is 1;
-3. RandAugment on the view quantised to uint8 (timm's PIL ops, bilinear resampling), back to
-   float32 (``pipeline.randaugment``);
-4. colour jitter, then random erasing (``pipeline.augment``);
-5. Mixup or CutMix with the partner's view 1-4 at the same size (``pipeline.mixing``);
+3. RandAugment (timm's PIL ops on uint8, bilinear resampling, grey fill 128;
+   ``pipeline.views.randaugment``);
+4. colour jitter, then random erasing, in float32 on [0, 1] (``pipeline.views.augment``);
+5. Mixup or CutMix with the partner's view 1-4 at the same size (``pipeline.views.mix``);
 
-and the caller normalises with its model's mean and std. Every geometric quantity is a
-fraction of the source or of the view, so a teacher at 64 px and a student at 32 px render the
-same view at their own resolution, each with the same interpolation (bilinear, antialiased
-when shrinking); only the pixel rounding of the boxes and the resampling differ between sizes.
+and the caller normalises with its model's mean and std. The crop's pixel box is
+``floor(fraction * image_size + 0.5)`` for top, left, height and width (height and width at
+least 1, clipped to the image). The renderers differ in how step 1 is done:
+
+* ``cpu/2`` (the default): the image decoded as ``pipeline.views.source`` says (at 1/2, 1/4 or
+  1/8 of its size in the DCT domain when the crop is at least 2, 4 or 8 times the output on both
+  sides, the box then taken on the reduced image), the box cropped, resized in uint8
+  (``torch.nn.functional.interpolate``, bilinear, antialias: Pillow's fixed-point filter),
+  flipped and RandAugmented in uint8, then converted to float32 / 255 once.
+* ``cpu/1`` (caches made before renderers had versions): the whole image converted to float32
+  / 255 first, resized in float (torchvision, bilinear, antialias), RandAugment on the view
+  rounded to uint8 and back.
+* ``device/1``: batches of views as tensors on any device (``pipeline.views.device``).
+
+Every geometric quantity is a fraction of the source or of the view, so a teacher at 64 px and
+a student at 32 px render the same view at their own resolution; only the pixel rounding of
+the boxes and the resampling differ between sizes.
 """
 
 import io
 import math
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import numpy as np
@@ -33,9 +46,10 @@ from torchvision.transforms.v2 import functional as F
 from kdcache.pipeline.views.augment import apply_erasing, apply_jitter
 from kdcache.pipeline.views.mix import mix_views, mix_weight
 from kdcache.pipeline.views.plan import ViewPlan
-from kdcache.pipeline.views.randaugment import apply_randaugment
+from kdcache.pipeline.views.randaugment import apply_randaugment, randaugment_image
+from kdcache.pipeline.views.source import SourceImage, as_source
 
-INTERPOLATION = "bilinear-antialias"
+CACHE_BYTES = 128 * 2**20  # uint8 views a mixing plan's renderer keeps for partners
 
 
 def decode_image(data: bytes, channels: int) -> torch.Tensor:
@@ -56,21 +70,128 @@ def crop_box(values: dict[str, float], height: int, width: int) -> tuple[int, in
     return top, left, h, w
 
 
-class ViewRenderer:
-    """Renders planned views from params rows: the one code path of teacher job and trainer."""
+def source_image(data: bytes, channels: int) -> SourceImage:
+    """An encoded image as the renderers take it (decoded on demand, once per reduction)."""
+    return SourceImage(data, channels)
 
-    def __init__(self, plan: ViewPlan):
+
+class ViewRenderer:
+    """Renders planned views from params rows: the one code path of teacher job and trainer.
+
+    ``images`` given to :meth:`render` and :meth:`render_batch` are a shard's images by
+    position: :class:`SourceImage` (``source_image``) or decoded uint8 (C, H, W) tensors (then
+    without reduced decoding). ``device`` is where the ``device/1`` renderer works (default
+    CPU); the CPU renderers ignore it."""
+
+    def __init__(self, plan: ViewPlan, device: str | torch.device | None = None):
         self.plan = plan
         self.names = plan.param_names
+        self.device = torch.device(device or "cpu")
+        self._device_views = None
+        self._cache_owner, self._cache, self._cache_bytes = None, OrderedDict(), 0
+        if plan.renderer == "device/1":
+            from kdcache.pipeline.views.device import DeviceViews
+
+            self._device_views = DeviceViews(plan, self.device)
 
     def values(self, params: np.ndarray) -> dict[str, float]:
         """One params row as ``{column name: value}``."""
         return dict(zip(self.names, params.tolist(), strict=True))
 
-    def base_view(self, image: torch.Tensor, values: dict[str, float], size: int) -> torch.Tensor:
+    def base_view(self, image, values: dict[str, float], size: int) -> torch.Tensor:
         """One image's own view (everything but mixing): float32 (C, size, size) on [0, 1]."""
-        top, left, h, w = crop_box(values, image.shape[-2], image.shape[-1])
-        pixels = image.to(torch.float32) / 255.0
+        return self._base_views([image], [values], size)[0]
+
+    def _base_views(self, images: list, values: list[dict], size: int) -> torch.Tensor:
+        """Own views of several images at one size: float32 (B, C, size, size)."""
+        return self._views(images, [None] * len(images), values, size)
+
+    def _views(self, images: list, keys: list, values: list[dict], size: int) -> torch.Tensor:
+        """Own views (everything but mixing) at one size: float32 (B, C, size, size); ``keys``
+        (or None) name the views for the cache of a mixing plan's uint8 views."""
+        if self.plan.renderer == "cpu/1":
+            return torch.stack(
+                [self._base_view_v1(i, v, size) for i, v in zip(images, values, strict=True)]
+            )
+        if self._device_views is not None:
+            return self._device_views.base_views([as_source(i) for i in images], values, size)
+        views = None
+        for index, (image, key, v) in enumerate(zip(images, keys, values, strict=True)):
+            pixels = self._cached(key) if key is not None else None
+            if pixels is None:
+                pixels = self._pixels_v2(as_source(image), v, size)
+                self._remember(key, pixels)
+            if views is None:
+                views = torch.empty((len(images), *pixels.shape), dtype=torch.float32)
+            torch.div(pixels, 255.0, out=views[index])  # float32 division, one pass
+        if self.plan.erase_prob > 0:
+            for index, v in enumerate(values):
+                views[index] = apply_erasing(views[index], v, self.plan.erase_mode)
+        return views
+
+    def _cached(self, key) -> torch.Tensor | None:
+        pixels = self._cache.get(key)
+        if pixels is not None:
+            self._cache.move_to_end(key)
+        return pixels
+
+    def _remember(self, key, pixels: torch.Tensor) -> None:
+        """Keep a mixing plan's uint8 view: a partner's view is its own view of that view
+        index, so each is made once per shard (up to ``CACHE_BYTES``, oldest dropped)."""
+        if key is None:
+            return
+        self._cache[key] = pixels
+        self._cache_bytes += pixels.numel()
+        while self._cache_bytes > CACHE_BYTES:
+            _, dropped = self._cache.popitem(last=False)
+            self._cache_bytes -= dropped.numel()
+
+    def _keys(self, images, params: np.ndarray, positions: list[int], size: int) -> list:
+        """Cache keys of views (None without mixing): (position, size, params row); the cache
+        is emptied when another shard's images come."""
+        if not self.plan.mixes or self.plan.renderer != "cpu/2":
+            return [None] * len(positions)
+        if self._cache_owner is not images:
+            self._cache_owner, self._cache, self._cache_bytes = images, OrderedDict(), 0
+        return [(p, size, params[p].tobytes()) for p in positions]
+
+    def _pixels_v2(self, source: SourceImage, values: dict[str, float], size: int):
+        """cpu/2 steps 1-3 and colour jitter, on uint8: (C, size, size)."""
+        top, left, h, w = crop_box(values, source.height, source.width)
+        reduce = source.reduction_for(h, w, size)
+        if reduce > 1:
+            top, left, h, w = crop_box(values, *source.reduced_size(reduce))
+        crop = source.hwc(reduce)[top : top + h, left : left + w].permute(2, 0, 1)[None]
+        if (h, w) != (size, size):
+            crop = torch.nn.functional.interpolate(
+                crop.contiguous(memory_format=torch.channels_last), size=(size, size),
+                mode="bilinear", antialias=True, align_corners=False,
+            )  # fmt: skip
+        view = crop[0]
+        if values["flip"] >= 0.5:
+            view = view.flip(-1)
+        if not (self.plan.randaugment or any(self.plan.color_jitter)):
+            return view
+        image = to_pil(view)
+        if self.plan.randaugment:
+            image = randaugment_image(image, values, self.plan.randaugment)
+        if any(self.plan.color_jitter):
+            image = apply_jitter(image, values)
+        return from_pil(image)
+
+    def _colour(self, view: torch.Tensor, values: dict[str, float]) -> torch.Tensor:
+        """Step 4 in float (cpu/1): colour jitter and erasing."""
+        if any(self.plan.color_jitter):
+            view = apply_jitter(view, values)
+        if self.plan.erase_prob > 0:
+            view = apply_erasing(view, values, self.plan.erase_mode)
+        return view
+
+    def _base_view_v1(self, image, values: dict[str, float], size: int) -> torch.Tensor:
+        """cpu/1: the whole image to float, then crop, resize, flip, RandAugment, colour."""
+        pixels = image.legacy_chw() if isinstance(image, SourceImage) else image
+        top, left, h, w = crop_box(values, pixels.shape[-2], pixels.shape[-1])
+        pixels = pixels.to(torch.float32) / 255.0
         view = F.resized_crop(
             pixels, top, left, h, w, [size, size], InterpolationMode.BILINEAR, antialias=True
         )
@@ -78,24 +199,34 @@ class ViewRenderer:
             view = view.flip(-1)
         if self.plan.randaugment:
             view = apply_randaugment(view, values, self.plan.randaugment)
-        if any(self.plan.color_jitter):
-            view = apply_jitter(view, values)
-        if self.plan.erase_prob > 0:
-            view = apply_erasing(view, values, self.plan.erase_mode)
-        return view
+        return self._colour(view, values)
 
     def render(
-        self, images: Sequence[torch.Tensor], params: np.ndarray, position: int, size: int
+        self, images: Sequence, params: np.ndarray, position: int, size: int
     ) -> torch.Tensor:
-        """View of the shard's sample at ``position``: ``images`` are the shard's uint8 (C, H, W)
-        images (decoded on access is fine) and ``params`` its (n, P) params of that view."""
-        values = self.values(params[position])
-        view = self.base_view(images[position], values, size)
-        if self.plan.mixes and values["mix_mode"] > 0:
-            partner = int(values["mix_partner"])
-            other = self.base_view(images[partner], self.values(params[partner]), size)
-            view = mix_views(view, other, values)
-        return view
+        """View of the shard's sample at ``position``: ``images`` are the shard's images (decoded
+        on access is fine) and ``params`` its (n, P) params of that view."""
+        return self.render_batch(images, params, [position], size)[0]
+
+    def render_batch(
+        self, images: Sequence, params: np.ndarray, positions: Sequence[int], size: int
+    ) -> torch.Tensor:
+        """Views of several positions at one size: float32 (B, C, size, size), each bitwise what
+        :meth:`render` gives for it alone."""
+        positions = [int(p) for p in positions]
+        values = [self.values(params[p]) for p in positions]
+        own = [images[p] for p in positions]
+        views = self._views(own, self._keys(images, params, positions, size), values, size)
+        if self.plan.mixes:
+            for index, v in enumerate(values):
+                if v["mix_mode"] > 0:
+                    partner = int(v["mix_partner"])
+                    key = self._keys(images, params, [partner], size)
+                    other = self._views(
+                        [images[partner]], key, [self.values(params[partner])], size
+                    )
+                    views[index] = mix_views(views[index], other[0].to(views.device), v)
+        return views
 
     def label_weight(self, params: np.ndarray, size: int) -> float:
         """Weight of the sample's own label in its view at ``size`` (1 unless mixed)."""
@@ -109,6 +240,19 @@ class ViewRenderer:
         return int(values["mix_partner"]) if values["mix_mode"] > 0 else None
 
 
+def to_pil(view: torch.Tensor) -> Image.Image:
+    """A uint8 (C, H, W) view as a PIL image (mode L or RGB)."""
+    pixels = np.ascontiguousarray(view.permute(1, 2, 0).numpy())
+    return Image.fromarray(pixels[:, :, 0] if view.shape[0] == 1 else pixels)
+
+
+def from_pil(image: Image.Image) -> torch.Tensor:
+    """A PIL image (mode L or RGB) as a contiguous uint8 (C, H, W) tensor."""
+    pixels = np.array(image)
+    pixels = pixels[:, :, None] if pixels.ndim == 2 else pixels
+    return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
+
+
 def render_full(image: torch.Tensor, size: int) -> torch.Tensor:
     """The whole image, unaugmented, at ``size x size`` (evaluation input): float32 on [0, 1]."""
     pixels = image.to(torch.float32) / 255.0
@@ -117,9 +261,12 @@ def render_full(image: torch.Tensor, size: int) -> torch.Tensor:
     return F.resize(pixels, [size, size], InterpolationMode.BILINEAR, antialias=True)
 
 
-def normalize(batch: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """(x - mean) / std per channel, for a (..., C, H, W) tensor."""
+def normalize(
+    batch: torch.Tensor, mean: Sequence[float], std: Sequence[float], *, inplace: bool = False
+) -> torch.Tensor:
+    """(x - mean) / std per channel, for a (..., C, H, W) tensor (``inplace``: overwriting
+    ``batch``, the same values without a second batch in memory)."""
     shape = (-1, 1, 1)
     mean_t = torch.tensor(mean, dtype=batch.dtype, device=batch.device).view(shape)
     std_t = torch.tensor(std, dtype=batch.dtype, device=batch.device).view(shape)
-    return (batch - mean_t) / std_t
+    return (batch.sub_(mean_t) if inplace else torch.sub(batch, mean_t)).div_(std_t)

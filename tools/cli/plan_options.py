@@ -22,6 +22,8 @@ _OPTIONS = {
     "mix_prob": ("--mix-prob", float, None, "probability that a view is mixed"),
     "mix_switch_prob": ("--mix-switch-prob", float, None,
                         "with both on, probability of CutMix rather than Mixup"),
+    "renderer": ("--renderer", str, None, "view renderer: cpu (= cpu/2), cuda (= device/1), "
+                 "or cpu/1, the renderer of caches made before renderers had versions"),
 }  # fmt: skip
 
 

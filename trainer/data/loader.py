@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from kdcache.errors import DataSplitError
 from kdcache.pipeline.cache import ShardTargets
 from kdcache.pipeline.data import Manifest, ShardInfo, sample_image, tar_samples
-from kdcache.pipeline.views import ViewRenderer, decode_image, render_full
+from kdcache.pipeline.views import ViewRenderer, decode_image, render_full, source_image
 from kdcache.trainer.data.label_mixing import mix_targets
 from kdcache.trainer.data.targets import CachedTargets, PlannedViews, ShardBlock
 from kdcache.trainer.data.view_schedule import ViewSchedule
@@ -85,13 +85,13 @@ class ShardImages:
         self.channels = channels
         self.encoded: dict[int, bytes] = {}
 
-    def __getitem__(self, position: int) -> torch.Tensor:
+    def __getitem__(self, position: int):
         if position not in self.encoded:
             raise ValueError(
                 f"{self.shard.file}: no sample at position {position} in the tar "
                 "(a mixing partner must be read from the same shard)"
             )
-        return decode_image(self.encoded[position], self.channels)
+        return source_image(self.encoded[position], self.channels)
 
 
 class TrainViews(_ShardStream):

@@ -1,0 +1,102 @@
+"""A source image as the renderers see it: its encoded bytes, decoded on demand and at most
+once per reduction (the teacher job renders a shard's V views from one decode per image).
+
+Decoding (part of the replay contract): the image converted to RGB (or L for 1-channel data)
+as Pillow's ``Image.convert`` gives it. For baseline JPEGs (modes RGB and L) kdcache decodes
+with ``torchvision.io.decode_jpeg`` instead, which is the same libjpeg-turbo decode (islow
+IDCT, fancy upsampling) and gives the same pixels, faster (tests check that it does).
+
+Reduced decoding: a JPEG can be decoded at 1/2, 1/4 or 1/8 of its size in the DCT domain
+(libjpeg's scaling, Pillow's ``Image.draft``), far cheaper than a full decode. The renderer
+asks for the largest reduction that still leaves the crop at least the output size.
+"""
+
+import io
+import math
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.io import ImageReadMode, decode_jpeg
+
+REDUCTIONS = (8, 4, 2)  # DCT scalings Pillow's draft offers (besides 1)
+
+
+def pil_decode(data: bytes, channels: int, reduce: int = 1) -> np.ndarray:
+    """Pillow's decode (at 1/``reduce`` for a JPEG) as uint8 (H, W, C)."""
+    with Image.open(io.BytesIO(data)) as image:
+        if reduce > 1:
+            width, height = image.size
+            image.draft(image.mode, (width // reduce, height // reduce))
+        pixels = np.array(image.convert("L" if channels == 1 else "RGB"))
+    return pixels[:, :, None] if pixels.ndim == 2 else pixels
+
+
+class SourceImage:
+    """One encoded image of a shard: size from its header, pixels decoded when first asked."""
+
+    def __init__(self, data: bytes, channels: int):
+        self.data = data
+        self.channels = channels
+        self._decoded: dict[int | str, torch.Tensor] = {}
+        with Image.open(io.BytesIO(data)) as image:
+            self.width, self.height = image.size
+            self.format, self.mode = image.format, image.mode
+
+    @classmethod
+    def from_pixels(cls, pixels: torch.Tensor) -> "SourceImage":
+        """An already decoded uint8 (C, H, W) image (no reduced decoding)."""
+        image = cls.__new__(cls)
+        image.data, image.format, image.mode = None, None, None
+        image.channels, image.height, image.width = pixels.shape
+        image._decoded = {1: pixels.permute(1, 2, 0)}
+        return image
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of the full-size decode."""
+        return self.channels, self.height, self.width
+
+    def reduction_for(self, height: int, width: int, size: int) -> int:
+        """The DCT reduction to decode at for a (height, width) crop shown at ``size``: the
+        largest of 8, 4, 2 with both crop sides at least ``size`` times it, else 1."""
+        if self.format != "JPEG":
+            return 1
+        room = min(height, width) // size
+        return next((r for r in REDUCTIONS if room >= r), 1)
+
+    def hwc(self, reduce: int = 1) -> torch.Tensor:
+        """uint8 (H, W, C) pixels decoded at 1/``reduce`` (cached)."""
+        if reduce not in self._decoded:
+            self._decoded[reduce] = self._decode(reduce)
+        return self._decoded[reduce]
+
+    def chw(self) -> torch.Tensor:
+        """uint8 (C, H, W) full-size pixels, contiguous."""
+        return self.hwc().permute(2, 0, 1).contiguous()
+
+    def legacy_chw(self) -> torch.Tensor:
+        """uint8 (C, H, W) as Pillow decodes it: renderer cpu/1's decode, always Pillow's."""
+        if self.data is None:
+            return self.chw()
+        if "pil" not in self._decoded:
+            pixels = torch.from_numpy(pil_decode(self.data, self.channels))
+            self._decoded["pil"] = pixels.permute(2, 0, 1).contiguous()
+        return self._decoded["pil"]
+
+    def reduced_size(self, reduce: int) -> tuple[int, int]:
+        """(height, width) of the decode at 1/``reduce`` (libjpeg rounds up)."""
+        return math.ceil(self.height / reduce), math.ceil(self.width / reduce)
+
+    def _decode(self, reduce: int) -> torch.Tensor:
+        fast = self.format == "JPEG" and self.mode in ("RGB", "L") and reduce == 1
+        if fast and (self.channels == 3 or self.mode == "L"):
+            mode = ImageReadMode.RGB if self.channels == 3 else ImageReadMode.GRAY
+            encoded = torch.frombuffer(bytearray(self.data), dtype=torch.uint8)
+            return decode_jpeg(encoded, mode=mode).permute(1, 2, 0)
+        return torch.from_numpy(pil_decode(self.data, self.channels, reduce))
+
+
+def as_source(image) -> SourceImage:
+    """A :class:`SourceImage` for a source image or a decoded uint8 (C, H, W) tensor."""
+    return image if isinstance(image, SourceImage) else SourceImage.from_pixels(image)

@@ -1,0 +1,202 @@
+"""Renderers: versions in the plan and the cache, cpu/1 kept for caches made before versions,
+cpu/2's decode and reduced decode as the README's contract says, batched = single views."""
+
+import io
+import math
+
+import numpy as np
+import pytest
+import torch
+import zarr
+from PIL import Image
+from torchvision.transforms.v2 import InterpolationMode
+from torchvision.transforms.v2 import functional as F
+
+from kdcache.pipeline.cache import CacheMismatch, CacheStore
+from kdcache.pipeline.views import ViewPlan, ViewRenderer, decode_image, source_image
+from kdcache.tools.bench.photo_set import photo_jpegs
+from kdcache.trainer.data import CachedTargets
+from tests.conftest import MIXED_PLAN, PLAN
+
+
+@pytest.fixture(scope="module")
+def photos() -> list[bytes]:
+    return photo_jpegs(16, seed=3)
+
+
+def _params(plan: ViewPlan, encoded: list[bytes]) -> np.ndarray:
+    aspect = [Image.open(io.BytesIO(e)).height / Image.open(io.BytesIO(e)).width for e in encoded]
+    n = len(encoded)
+    return plan.params(np.arange(n), np.array(aspect), shard_size=n, shard_rows=n)
+
+
+def test_the_plan_names_its_renderer_and_old_attrs_mean_cpu1():
+    assert ViewPlan().renderer == "cpu/2"
+    assert ViewPlan(renderer="cpu").renderer == "cpu/2"
+    assert ViewPlan(renderer="cuda").renderer == "device/1"
+    attrs = ViewPlan().to_attrs()
+    assert attrs["renderer"] == "cpu/2"
+    del attrs["renderer"]  # a cache made before renderer versions
+    assert ViewPlan.from_attrs(attrs).renderer == "cpu/1"
+    with pytest.raises(ValueError, match=r"'cpu/9' is not a renderer .* renders with 'cpu/2'"):
+        ViewPlan.from_attrs({**attrs, "renderer": "cpu/9"})
+
+
+def _store(tmp_path, data, renderer: str | None) -> str:
+    location = str(tmp_path / "cache.zarr")
+    CacheStore.create(location, manifest=data, plan=PLAN, topk=4, splits=["train"])
+    group = zarr.open_group(location, mode="r+")
+    plan = group.attrs["plan"]
+    if renderer is None:
+        del plan["renderer"]
+    else:
+        plan["renderer"] = renderer
+    group.attrs["plan"] = plan
+    return location
+
+
+def test_a_cache_of_an_unknown_renderer_is_refused_in_one_line(tmp_path, data, capsys):
+    from kdcache.tools.cli.main import main
+
+    location = _store(tmp_path, data, "cpu/9")
+    with pytest.raises(CacheMismatch, match="cache.zarr: plan.renderer: 'cpu/9'"):
+        CacheStore.open(location)
+    with pytest.raises(SystemExit):
+        main(["inspect", location])
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "'cpu/9'" in err and "'cpu/2'" in err
+
+
+def test_a_cache_made_before_renderer_versions_replays_with_cpu1(tmp_path, data):
+    location = _store(tmp_path, data, None)
+    assert CacheStore.open(location).plan.renderer == "cpu/1"
+    with pytest.raises(CacheMismatch, match=r"plan.renderer: 'cpu/1' in cache vs 'cpu/2'"):
+        CachedTargets(location, data, plan={"renderer": "cpu"})
+
+
+def _today(image: torch.Tensor, values: dict, size: int) -> torch.Tensor:
+    """The renderer before versions, crop and flip (the code kdcache had): float, then resize."""
+    height, width = image.shape[-2:]
+    h = min(height, max(1, math.floor(values["crop_height"] * height + 0.5)))
+    w = min(width, max(1, math.floor(values["crop_width"] * width + 0.5)))
+    top = min(height - h, math.floor(values["crop_top"] * height + 0.5))
+    left = min(width - w, math.floor(values["crop_left"] * width + 0.5))
+    view = F.resized_crop(image.to(torch.float32) / 255.0, top, left, h, w, [size, size],
+                          InterpolationMode.BILINEAR, antialias=True)  # fmt: skip
+    return view.flip(-1) if values["flip"] >= 0.5 else view
+
+
+def test_cpu1_is_todays_renderer_and_cpu2_stays_close_to_it(photos):
+    plan = ViewPlan(seed=1, views=2)
+    params = _params(plan, photos)[:, 1]
+    old = ViewRenderer(ViewPlan(seed=1, views=2, renderer="cpu/1"))
+    new = ViewRenderer(plan)
+    images = [source_image(e, 3) for e in photos]
+    for size, mean_levels, max_levels in ((224, 0.5, 1), (96, 10, 255)):
+        gaps = []
+        for position, encoded in enumerate(photos):
+            expected = _today(decode_image(encoded, 3), old.values(params[position]), size)
+            assert torch.equal(old.render(images, params, position, size), expected)
+            gaps.append((new.render(images, params, position, size) - expected).abs() * 255)
+        gaps = torch.stack(gaps)
+        # at 224 px (no reduced decode from ~500x375): uint8 against float resampling, one
+        # level at most; at 96 px big crops decode at 1/2 or 1/4: a filter of its own
+        assert float(gaps.mean()) < mean_levels and float(gaps.amax()) <= max_levels + 1e-3
+        assert float(gaps.amax()) > 0  # the renderers do differ: hence the version in the cache
+
+
+def test_torchvision_decode_is_pillows_decode(photos):
+    greys = 0
+    for encoded in photos + [_grey_jpeg(photos[0])]:
+        image = source_image(encoded, 3)
+        greys += image.mode == "L"
+        pillow = np.asarray(Image.open(io.BytesIO(encoded)).convert("RGB"))
+        assert np.array_equal(image.hwc().numpy(), pillow)
+    assert greys >= 1
+
+
+def _grey_jpeg(encoded: bytes) -> bytes:
+    buffer = io.BytesIO()
+    Image.open(io.BytesIO(encoded)).convert("L").save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def test_big_crops_decode_reduced_as_pillows_draft(photos):
+    plan = ViewPlan(seed=2, views=1, crop_scale=(0.5, 1.0))
+    params = _params(plan, photos)[:, 0]
+    renderer = ViewRenderer(plan)
+    reductions = set()
+    for position, encoded in enumerate(photos):
+        image = source_image(encoded, 3)
+        values = renderer.values(params[position])
+        for size in (24, 56, 112, 224):
+            view = renderer.render([image], params[position : position + 1], 0, size)
+            top, left, h, w = _box(values, image.height, image.width)
+            reduce = next((r for r in (8, 4, 2) if min(h, w) // size >= r), 1)
+            reductions.add(reduce)
+            pil = Image.open(io.BytesIO(encoded))
+            if reduce > 1:
+                pil.draft(pil.mode, (pil.width // reduce, pil.height // reduce))
+                shape = (math.ceil(image.height / reduce), math.ceil(image.width / reduce))
+                assert (pil.height, pil.width) == shape
+                top, left, h, w = _box(values, *shape)
+            crop = pil.convert("RGB").crop((left, top, left + w, top + h))
+            rebuilt = np.asarray(crop.resize((size, size), Image.Resampling.BILINEAR)) / 255.0
+            rebuilt = torch.from_numpy(rebuilt).permute(2, 0, 1).float()
+            if values["flip"] >= 0.5:
+                rebuilt = rebuilt.flip(-1)
+            assert float((view - rebuilt).abs().max()) <= 1 / 255 + 1e-6
+    assert {1, 2, 4} <= reductions
+
+
+def _box(values: dict, height: int, width: int):
+    h = min(height, max(1, math.floor(values["crop_height"] * height + 0.5)))
+    w = min(width, max(1, math.floor(values["crop_width"] * width + 0.5)))
+    top = min(height - h, math.floor(values["crop_top"] * height + 0.5))
+    left = min(width - w, math.floor(values["crop_left"] * width + 0.5))
+    return top, left, h, w
+
+
+@pytest.mark.parametrize("renderer", ["cpu/1", "cpu/2"])
+def test_a_batch_is_bitwise_its_views_rendered_alone(photos, renderer):
+    from dataclasses import replace
+
+    plan = replace(MIXED_PLAN, renderer=renderer)
+    params = _params(plan, photos)
+    positions = list(range(len(photos)))
+    shared, images = ViewRenderer(plan), [source_image(e, 3) for e in photos]
+    for view, size in ((0, 64), (1, 64), (1, 40)):  # one renderer and shard for all: the
+        # partner cache must tell views and sizes apart
+        batch = shared.render_batch(images, params[:, view], positions, size)
+        for position in positions:  # a fresh renderer and fresh decodes, as the trainer has
+            alone = ViewRenderer(plan).render(
+                [source_image(e, 3) for e in photos], params[:, view], position, size
+            )
+            assert torch.equal(batch[position], alone), (view, size, position)
+
+
+def test_the_teacher_renders_ahead_and_gets_the_serial_targets(photos):
+    from kdcache.pipeline.teach import ModelSpec, Teacher, create_model
+    from kdcache.pipeline.teach.shard_targets import overlaps, teacher_targets
+
+    spec = ModelSpec("resnet10t", 10, 3, 48, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    torch.manual_seed(0)
+    teacher = Teacher("t", create_model(spec).eval(), spec, "0" * 64, "random")
+    plan = ViewPlan(seed=4, views=2, color_jitter=(0.4, 0.4, 0.4, 0.1))
+    params = _params(plan, photos)
+    images = [source_image(e, 3) for e in photos]
+    threads = torch.get_num_threads()
+    results = {}
+    try:
+        for count in (1, 2):  # 1 thread: serial; 2: the next batch renders on a thread
+            torch.set_num_threads(count)
+            assert overlaps(torch.device("cpu")) == (count == 2)
+            timings = {"augment": 0.0, "infer": 0.0}
+            results[count] = teacher_targets(
+                teacher, plan, images, params, topk=3, batch_size=5, timings=timings
+            )
+            assert timings["augment"] > 0 and timings["infer"] > 0
+    finally:
+        torch.set_num_threads(threads)
+    for name, array in results[1].arrays().items():
+        assert np.array_equal(array, results[2].arrays()[name]), name
