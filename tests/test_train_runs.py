@@ -159,3 +159,38 @@ def test_more_ranks_than_shards_is_refused(tmp_path, data, cache):
     result = subprocess.run(_torchrun(command, 3), capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
     assert "2 train shards for 3 ranks: every rank needs a shard" in result.stderr
+
+
+def _evaluate_after_sharing(rank: int, share: bool, out: str) -> None:
+    """A rank whose BatchNorm statistics (and its EMA's) differ from rank 0's, as after each
+    rank's own last training forwards; returns each rank's eval logits on one batch."""
+    from timm.utils import ModelEmaV3
+
+    from kdcache.trainer.run.distributed import World, share_buffers
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="29531")
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4))
+    ema = ModelEmaV3(net, decay=0.9)
+    for module in (net, ema.module):
+        module[1].running_mean.fill_(float(rank))  # rank-specific statistics
+    if share:
+        share_buffers(net, ema, World(rank=rank, size=2, local_rank=rank))
+    x = torch.ones(2, 1, 5, 5)
+    logits = [m.eval()(x) for m in (net, ema.module)]
+    seen = [None, None]
+    torch.distributed.all_gather_object(seen, logits)
+    if rank == 0:
+        torch.save(seen, out)
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_every_rank_evaluates_rank_0s_batchnorm_statistics(tmp_path, share):
+    """What makes the reported DDP accuracy the checkpoint's: after share_buffers every rank's
+    model and EMA compute rank 0's outputs; without it they differ (the defect)."""
+    out = str(tmp_path / "logits.pt")
+    torch.multiprocessing.spawn(_evaluate_after_sharing, args=(share, out), nprocs=2)
+    (net0, ema0), (net1, ema1) = torch.load(out)
+    assert (torch.equal(net0, net1) and torch.equal(ema0, ema1)) is share
