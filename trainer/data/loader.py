@@ -106,8 +106,9 @@ class TrainViews(_ShardStream):
     partner's cached targets. With a ``teacher_resolution`` (an online teacher) also
     ``teacher_image``: the same view rendered at the teacher's input size. Which view a sample
     is shown follows ``schedule`` (default: cycle). Shards are shuffled per epoch (seeded),
-    split by node and DataLoader worker, read whole (mixing partners are in the same shard),
-    and samples pass a seeded shuffle buffer.
+    split by rank and DataLoader worker (:meth:`epoch_split`; a rank with fewer batches pads
+    with repeats flagged ``pad``), read whole (mixing partners are in the same shard), and
+    samples pass a seeded shuffle buffer.
     """
 
     def __init__(
