@@ -67,13 +67,20 @@ class Cache:
 
     def targets(self, row: int, view: int, teacher: str | None = None) -> dict[str, np.ndarray]:
         """The stored targets of one (row, view): ``topk_logits``, ``topk_index``,
-        ``logsumexp`` (``sample_index`` in sampled caches) and the view's ``params``."""
+        ``logsumexp`` (``sample_index`` in sampled caches) and the view's ``params``. The
+        (shard, view) region holding them is checked against its stored checksum first
+        (:class:`kdcache.errors.CacheCorrupt` if it fails)."""
         name = self._name(teacher)
         if not 0 <= view < self.plan.views:
             raise IndexError(f"{self.location}: view {view} not in 0..{self.plan.views - 1}")
         if not self._store.views_done(name)[row // self._store.shard_size, view]:
             raise KeyError(f"{self.location}: teacher {name} has not written row {row} view {view}")
-        return {k: v[0, 0] for k, v in self._store.read_view(name, row, view).arrays().items()}
+        shard = self._manifest.shards[row // self._store.shard_size]
+        block = self._store.read_region(name, shard, view)
+        position = row - shard.id * self._store.shard_size
+        if not 0 <= position < shard.num_rows:
+            raise IndexError(f"{self.location}: row {row} is not a row of {shard.file}")
+        return {k: v[position, 0] for k, v in block.arrays().items()}
 
     def verify(self, data: str | None = None, samples: int = 0):
         """Check every written (shard, view) checksum and recompute ``samples`` random views

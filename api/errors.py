@@ -1,10 +1,35 @@
 """The errors kdcache raises. Their messages speak of data and fields (file, shard, key,
 teacher, view; expected vs found), never of command-line flags; the CLI prints them as one
-line and exits 2 (``KDCACHE_DEBUG=1`` shows the traceback)."""
+line and exits 2 (``KDCACHE_DEBUG=1`` shows the traceback).
+
+Raised inside a DataLoader worker, an error reaches the training process re-made by torch
+with the worker's whole traceback as its message; :class:`KdcacheError` keeps only the
+original message (plus which worker), so the CLI's one line stays one line."""
+
+import re
+
+_WORKER = re.compile(
+    r"^Caught (?P<type>\w+) in DataLoader worker process (?P<worker>\d+)\.\n"
+    r"Original Traceback \(most recent call last\):\n",
+)
 
 
 class KdcacheError(Exception):
     """Base of every error kdcache raises for bad input or a state it refuses."""
+
+    def __init__(self, *args):
+        if len(args) == 1 and isinstance(args[0], str):
+            args = (_original_message(args[0], type(self).__name__),)
+        super().__init__(*args)
+
+
+def _original_message(text: str, name: str) -> str:
+    """``text`` itself, or, for torch's re-raise of a worker's error, the error's own message."""
+    found = _WORKER.match(text)
+    if found is None or found["type"] != name:
+        return text
+    tail = re.split(rf"\n(?:[\w.]+\.)?{name}: ", text)[-1]
+    return f"{tail.strip()} (in DataLoader worker {found['worker']})"
 
 
 class ConfigError(KdcacheError, ValueError):
@@ -33,3 +58,12 @@ class CacheBusy(KdcacheError, RuntimeError):
 
 class TeachFailed(KdcacheError, RuntimeError):
     """Some shards could not be computed (the others were written), or no worker started."""
+
+
+class CacheCorrupt(KdcacheError, ValueError):
+    """A cache region fails its stored checksum, holds non-finite targets, or its attrs no
+    longer match the identity hash written with them."""
+
+
+class OutputError(KdcacheError, OSError):
+    """An output cannot be written: not writable, disk full, or another run is there."""

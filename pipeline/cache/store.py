@@ -35,7 +35,13 @@ import zarr
 from zarr.codecs import BloscCodec
 
 from kdcache import __version__
-from kdcache.errors import CacheMismatch
+from kdcache.errors import CacheCorrupt, CacheMismatch
+from kdcache.pipeline.cache.integrity import (
+    IDENTITY_ATTR,
+    edited_fields,
+    identity_digests,
+    region_problem,
+)
 from kdcache.pipeline.cache.sampled_targets import SAMPLING_ATTRS
 from kdcache.pipeline.data import Manifest, ShardInfo, urls
 from kdcache.pipeline.views import ViewPlan
@@ -113,6 +119,7 @@ class CacheStore:
         self.topk: int = self.attrs["topk"]
         self.samples: int = self.attrs.get("samples", 0)  # caches older than sampling: 0
         self.shard_size: int = self.attrs["dataset"]["shard_size"]
+        self._check_identity()
 
     @classmethod
     def open(
@@ -149,12 +156,11 @@ class CacheStore:
         n, v, p = manifest.num_rows, plan.views, len(plan.param_names)
         _create(group, "params", (n, v, p), (manifest.shard_size, 1, p), "float32", np.nan)
         group.require_group("teachers")
-        group.attrs.update(
-            {
+        attrs = {
                 "dataset": {
                     "name": manifest.meta["dataset"],
                     "fingerprint": manifest.fingerprint,
-                    "manifest": manifest.location,
+                    "manifest": urls.relative_to(manifest.location, urls.parent(location)),
                     "num_rows": n,
                     "num_shards": len(manifest.shards),
                     "shard_size": manifest.shard_size,
@@ -167,12 +173,49 @@ class CacheStore:
                 **({"sampling": SAMPLING_ATTRS} if samples else {}),
                 "tool_version": __version__,
                 "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            }
-        )
+        }  # fmt: skip
+        attrs[IDENTITY_ATTR] = identity_digests({**attrs, "format": FORMAT}, {})
+        group.attrs.update(attrs)
         group.attrs["format"] = FORMAT
         return cls(location, group)
 
     # -- identity checks -------------------------------------------------------------------
+    def _identity_digests(self) -> dict[str, str]:
+        teachers = {name: self.teacher_identity(name) for name in self.teacher_names}
+        return identity_digests(self.attrs, teachers)
+
+    def _check_identity(self) -> None:
+        """Refuse attrs edited since written (see :mod:`integrity`); a cache older than the
+        identity hash has none and is accepted (the next ``teach`` writes it)."""
+        stored = self.attrs.get(IDENTITY_ATTR)
+        if stored is None:
+            return
+        edited = [
+            name
+            for name in edited_fields(stored, self._identity_digests())
+            # a teacher added by a run that stopped before hashing it, with nothing written
+            if not (name not in stored and name.startswith("teachers/")
+                    and not self.views_done(name.removeprefix("teachers/")).any())
+        ]  # fmt: skip
+        if edited:
+            raise CacheCorrupt(
+                f"{self.location}: attrs {', '.join(edited)} differ from the identity hash "
+                f"written with them ({IDENTITY_ATTR}); the cache's description was edited after "
+                "it was made and cannot be trusted (restore the attrs or re-teach)"
+            )
+
+    @property
+    def identity_hashed(self) -> bool:
+        """Whether the attrs carry the identity hash (caches made before it existed do not)."""
+        return IDENTITY_ATTR in self.attrs
+
+    def write_identity(self) -> None:
+        """(Re)write the identity hash of the attrs as they are now (a writer, after checking
+        them against its request)."""
+        digests = self._identity_digests()
+        self.group.attrs[IDENTITY_ATTR] = digests
+        self.attrs[IDENTITY_ATTR] = digests
+
     def mismatches(
         self,
         manifest: Manifest,
@@ -252,6 +295,7 @@ class CacheStore:
         _create(group, "shard_done", (s, v), (1, 1), "uint8", 0)
         _create(group, "shard_checksum", (s, v), (1, 1), "uint64", 0)
         group.attrs.update(identity)
+        self.write_identity()
 
     # -- views ---------------------------------------------------------------------------------
     @property
@@ -279,9 +323,10 @@ class CacheStore:
                     "views are published once every teacher has them"
                 )
         plan = {**self.attrs["plan"], "views": views}
-        self.group.attrs["plan"] = plan
         self.attrs["plan"] = plan
         self.plan = ViewPlan.from_attrs(plan)
+        self.attrs[IDENTITY_ATTR] = self._identity_digests()
+        self.group.attrs.update({"plan": plan, IDENTITY_ATTR: self.attrs[IDENTITY_ATTR]})
 
     def _arrays(self, *extra: str) -> tuple[str, ...]:
         """Names of each teacher's per-view target arrays (with sampled ones if any), then ``extra``."""
@@ -340,13 +385,54 @@ class CacheStore:
             **{name: group[name][rows, columns] for name in self._arrays()},
         )
 
-    def read_view(self, teacher: str, row: int, view: int) -> ShardTargets:
-        """One (row, view)'s params and targets (a block of one row and one view)."""
-        group, where = self._teacher(teacher), (slice(row, row + 1), slice(view, view + 1))
-        return ShardTargets(
+    def region_problems(
+        self, teacher: str, shard: ShardInfo, block: ShardTargets, views: list[int], first: int = 0
+    ) -> dict[int, str]:
+        """Per view of ``views`` (cache view ids; ``block``'s view axis starts at view
+        ``first``), what is wrong with that region: checksum mismatch or non-finite targets."""
+        ledger = self._teacher(teacher)["shard_checksum"]
+        found = {}
+        for view in views:
+            part = block.view(view - first)
+            problem = region_problem(part, ledger[shard.id, view], region_checksum)
+            if problem is not None:
+                found[view] = problem
+        return found
+
+    def read_verified(
+        self, teacher: str, shard: ShardInfo, views: int | None = None
+    ) -> ShardTargets:
+        """:meth:`read_shard`, each view's region checked against its stored checksum and for
+        finite targets; raises :class:`CacheCorrupt` naming teacher, shard and view."""
+        block = self.read_shard(teacher, shard, views)
+        views = list(range(block.params.shape[1]))
+        self.check_regions(teacher, shard, block, views)
+        return block
+
+    def read_region(self, teacher: str, shard: ShardInfo, view: int) -> ShardTargets:
+        """One view of a shard (a view axis of length 1), checked as :meth:`read_verified`."""
+        group, where = self._teacher(teacher), (self._rows(shard), slice(view, view + 1))
+        block = ShardTargets(
             params=self.group["params"][where],
             **{name: group[name][where] for name in self._arrays()},
         )
+        self.check_regions(teacher, shard, block, [view], view)
+        return block
+
+    def check_regions(
+        self, teacher: str, shard: ShardInfo, block: ShardTargets, views: list[int], first: int = 0
+    ) -> None:
+        """Raise :class:`CacheCorrupt` for the first bad region among ``views`` (see
+        :meth:`region_problems`), naming teacher, shard and view."""
+        problems = self.region_problems(teacher, shard, block, views, first)
+        if problems:
+            view, problem = next(iter(problems.items()))
+            more = f" (and {len(problems) - 1} more views)" if len(problems) > 1 else ""
+            raise CacheCorrupt(
+                f"{self.location}: teacher {teacher}, shard {shard.file} (id {shard.id}), view "
+                f"{view}: {problem}{more}; refusing to use it (kdcache inspect/verify list every "
+                "bad region; re-teach the shard into a fresh cache)"
+            )
 
 
 def _zarr_location(location: str) -> str:

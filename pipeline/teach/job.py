@@ -181,12 +181,21 @@ class ShardWorker:
         began = time.perf_counter()
         images = read_shard_images(self.manifest, shard)
         timings["decode"] += time.perf_counter() - began
+        for teacher in self.teachers:  # views built on must be intact (an extension)
+            self._check_done(teacher.name, shard, pending[teacher.name], views)
         computed = 0
         for teacher in self.teachers:
             if pending[teacher.name]:
                 self._teach(teacher, shard, images, pending[teacher.name], timings)
                 computed += len(images) * len(pending[teacher.name])
         return {"views": computed, "timings": timings}
+
+    def _check_done(self, name: str, shard, pending: list[int], views: int) -> None:
+        """Refuse to add views to a shard whose done views fail their checksum (CacheCorrupt)."""
+        done = [v for v in range(views) if v not in pending]
+        if pending and done:
+            block = self.store.read_shard(name, shard, max(done) + 1)
+            self.store.check_regions(name, shard, block, done)
 
     def _teach(self, teacher: Teacher, shard, images: list, views: list[int], timings) -> None:
         """One teacher's ``views`` of a shard, written if this run still holds the lock."""
@@ -329,6 +338,7 @@ def _prepare_store(config: TeachConfig, manifest: Manifest, identities: list[dic
     store.grow_views(config.plan.views)
     for identity in identities:
         store.add_teacher(identity)
+    store.write_identity()  # checked against the request above; a cache older than it gets one
     return store
 
 

@@ -1,7 +1,9 @@
 """Where a training run's views and teacher targets come from, one shard block at a time.
 
 With a cache, a shard's stored params and targets are read in one go (one Zarr read per array
-per shard); without one, the params come from the plan and there are no targets.
+per shard) and every view's region is checked against its stored checksum, and for finite
+targets, before a sample of it is yielded; without one, the params come from the plan and
+there are no targets.
 """
 
 from dataclasses import dataclass, replace
@@ -104,7 +106,7 @@ class CachedTargets:
     def block(self, shard: ShardInfo) -> ShardBlock:
         targets = {}
         for name in self.teachers:
-            block = self.store.read_shard(name, shard, views=self.plan.views)
+            block = self.store.read_verified(name, shard, views=self.plan.views)
             keep = block.sample_index[..., : self.samples] if self.samples else None
             targets[name] = replace(
                 block,
