@@ -7,6 +7,7 @@ __getattr__, __dir__, __all__ = lazy_face(
     __name__,
     {
         "CacheBusy": ".run_lock",
+        "CacheCorrupt": ".store",
         "CacheMismatch": ".store",
         "CacheStore": ".store",
         "Catalog": ".catalog",

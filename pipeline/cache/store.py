@@ -378,12 +378,24 @@ class CacheStore:
 
     def read_shard(self, teacher: str, shard: ShardInfo, views: int | None = None) -> ShardTargets:
         """Views ``0..views-1`` (default: the plan's) of a shard's block: one read per array."""
-        group = self._teacher(teacher)
         rows, columns = self._rows(shard), slice(0, self.plan.views if views is None else views)
-        return ShardTargets(
-            params=self.group["params"][rows, columns],
-            **{name: group[name][rows, columns] for name in self._arrays()},
-        )
+        return self._read(teacher, shard, (rows, columns))
+
+    def _read(self, teacher: str, shard: ShardInfo, where: tuple[slice, slice]) -> ShardTargets:
+        """The block at ``where`` (rows, views); a chunk that cannot be decoded is a
+        :class:`CacheCorrupt` naming teacher and shard."""
+        group = self._teacher(teacher)
+        try:
+            return ShardTargets(
+                params=self.group["params"][where],
+                **{name: group[name][where] for name in self._arrays()},
+            )
+        except Exception as error:  # codec and store errors: a damaged chunk
+            views = f"{where[1].start}..{where[1].stop - 1}"
+            raise CacheCorrupt(
+                f"{self.location}: teacher {teacher}, shard {shard.file} (id {shard.id}), views "
+                f"{views}: a chunk cannot be read ({type(error).__name__}: {error})"
+            ) from error
 
     def region_problems(
         self, teacher: str, shard: ShardInfo, block: ShardTargets, views: list[int], first: int = 0
@@ -411,11 +423,7 @@ class CacheStore:
 
     def read_region(self, teacher: str, shard: ShardInfo, view: int) -> ShardTargets:
         """One view of a shard (a view axis of length 1), checked as :meth:`read_verified`."""
-        group, where = self._teacher(teacher), (self._rows(shard), slice(view, view + 1))
-        block = ShardTargets(
-            params=self.group["params"][where],
-            **{name: group[name][where] for name in self._arrays()},
-        )
+        block = self._read(teacher, shard, (self._rows(shard), slice(view, view + 1)))
         self.check_regions(teacher, shard, block, [view], view)
         return block
 

@@ -7,6 +7,8 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from kdcache.errors import OutputError
+
 
 def is_url(location: str) -> bool:
     """True for ``scheme://...`` locations."""
@@ -76,8 +78,37 @@ def write_parquet(location: str, table: pa.Table) -> None:
     """
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
-    with fsspec.open(location, "wb") as f:
-        f.write(memoryview(sink.getvalue()))
+    write_bytes(location, memoryview(sink.getvalue()))
+
+
+def write_bytes(location: str, data: bytes | memoryview) -> None:
+    """Write a whole file so that a failed write never leaves a partial one behind: locally to
+    a temporary file in the same folder, then renamed over ``location``; on an object store
+    (whose uploads are whole or nothing) written, then its size read back. A failure (disk
+    full, read-only, no permission) is an :class:`OutputError` naming the location."""
+    path = local_path(location)
+    try:
+        if path is not None:
+            temporary = f"{path}.tmp-{os.getpid()}"
+            try:
+                with open(temporary, "wb") as f:
+                    f.write(data)
+                os.replace(temporary, path)
+            finally:
+                if os.path.exists(temporary):
+                    os.remove(temporary)
+            return
+        fs, remote = fsspec.core.url_to_fs(location)
+        with fs.open(remote, "wb") as f:
+            f.write(data)
+        if fs.size(remote) != len(data):
+            fs.rm(remote)
+            raise OSError(f"read back {fs.size(remote)} bytes, wrote {len(data)}")
+    except OSError as error:
+        raise OutputError(
+            f"{location}: could not write {len(data)} bytes ({error.strerror or error}); "
+            "nothing was left there (is the disk full or the folder read-only?)"
+        ) from error
 
 
 def resolved(location: str) -> str:
@@ -88,3 +119,12 @@ def resolved(location: str) -> str:
         return location
     prefix = "file://" if location.startswith("file://") else ""
     return prefix + os.path.abspath(path)
+
+
+def relative_to(location: str, folder: str) -> str:
+    """``location`` as a path relative to ``folder`` when both are local (what a cache records
+    of its manifest, read back with :func:`join` against the cache's folder), else as given."""
+    path, base = local_path(location), local_path(folder)
+    if path is None or base is None:
+        return location
+    return os.path.relpath(os.path.abspath(path), os.path.abspath(base))

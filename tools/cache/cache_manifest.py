@@ -1,14 +1,16 @@
 """Finding the manifest a cache was built from (for inspect and verify)."""
 
 from kdcache.pipeline.cache import CacheMismatch, CacheStore
-from kdcache.pipeline.data import Manifest
+from kdcache.pipeline.data import Manifest, urls
 
 
 def manifest_for(store: CacheStore, data: str | None) -> Manifest:
-    """``data`` if given, else the manifest location recorded in the cache; fingerprint checked."""
-    location = data or store.attrs["dataset"].get("manifest")
-    if location is None:
+    """``data`` if given, else the manifest location recorded in the cache (a relative one is
+    relative to the cache's folder, not the working directory); fingerprint checked."""
+    recorded = store.attrs["dataset"].get("manifest")
+    if data is None and recorded is None:
         raise ValueError(f"{store.location}: records no manifest location; pass --data")
+    location = data or urls.join(urls.parent(store.location), recorded)
     manifest = Manifest.read(location)
     store.check_matches(manifest)
     if manifest.fingerprint != store.attrs["dataset"]["fingerprint"]:
