@@ -7,6 +7,7 @@ __getattr__, __dir__, __all__ = lazy_face(
     {
         "FASHION_MNIST_DIR": ".sources",
         "Manifest": ".manifest",
+        "checked_samples": ".shard_check",
         "ShardError": ".tar_reader",
         "ShardInfo": ".manifest",
         "fashion_mnist": ".sources",

@@ -157,8 +157,12 @@ class Manifest:
 
     def shard_keys(self, shard: ShardInfo) -> list[str]:
         """Keys of a shard's samples, in tar order."""
-        rows = self.table.filter(pa.compute.equal(self.table["shard"], shard.id))
-        return rows.sort_by("row")["key"].to_pylist()
+        return self.shard_entries(shard)[0]
+
+    def shard_entries(self, shard: ShardInfo) -> tuple[list[str], list[str]]:
+        """Keys and image sha1s of a shard's samples, in tar order."""
+        rows = self.table.filter(pa.compute.equal(self.table["shard"], shard.id)).sort_by("row")
+        return rows["key"].to_pylist(), rows["sha1"].to_pylist()
 
     @cached_property
     def key_to_row(self) -> dict[str, int]:

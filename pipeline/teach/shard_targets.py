@@ -11,38 +11,26 @@ import numpy as np
 import torch
 
 from kdcache.pipeline.cache import ShardTargets, draw_classes, index_dtype, reduce_logits
-from kdcache.pipeline.data import Manifest, ShardError, ShardInfo, sample_image, tar_samples
+from kdcache.pipeline.data import Manifest, ShardError, ShardInfo, checked_samples, sample_image
 from kdcache.pipeline.teach.models import ModelSpec
 from kdcache.pipeline.teach.teachers import Teacher
 from kdcache.pipeline.views import SourceImage, ViewPlan, ViewRenderer, normalize, source_image
 
 
 def read_shard_images(manifest: Manifest, shard: ShardInfo) -> list[SourceImage]:
-    """Decode every image of a shard (once; views reuse the decode), checking keys and count
-    against the manifest."""
-    url = manifest.shard_url(shard)
-    expected = manifest.shard_keys(shard)
-    images, keys = [], []
-    try:
-        for sample in tar_samples([url]):
-            keys.append(sample["__key__"])
+    """Decode every image of a shard (once; views reuse the decode), each sample checked
+    against the manifest (key, position, sha1, count: :func:`checked_samples`)."""
+    images = []
+    for sample in checked_samples(manifest, shard):
+        try:
             image = source_image(sample_image(sample), manifest.channels)
             image.hwc()  # decoded here: a corrupt image is this shard's error
-            images.append(image)
-    except ShardError:
-        raise
-    except Exception as error:  # tarfile, PIL and I/O errors all mean a bad shard
-        raise ShardError(f"{url}: unreadable after {len(keys)} samples: {error}") from error
-    if keys != expected:
-        position = next(
-            (i for i, (a, b) in enumerate(zip(keys, expected, strict=False)) if a != b), None
-        )
-        detail = (
-            f"key {keys[position]!r} at position {position}, manifest has {expected[position]!r}"
-            if position is not None
-            else f"{len(keys)} samples, manifest lists {len(expected)}"
-        )
-        raise ShardError(f"{url}: shard does not match the manifest: {detail}")
+        except Exception as error:  # PIL and decoder errors
+            raise ShardError(
+                f"{sample['__url__']}: sample {sample['__key__']}: unreadable image "
+                f"({type(error).__name__}: {error})"
+            ) from error
+        images.append(image)
     return images
 
 

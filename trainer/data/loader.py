@@ -11,9 +11,9 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset
 
-from kdcache.errors import DataSplitError
+from kdcache.errors import DataSplitError, KdcacheError, ShardError
 from kdcache.pipeline.cache import ShardTargets
-from kdcache.pipeline.data import Manifest, ShardInfo, sample_image, tar_samples
+from kdcache.pipeline.data import Manifest, ShardInfo, checked_samples, sample_image
 from kdcache.pipeline.views import ViewRenderer, decode_image, render_full, source_image
 from kdcache.trainer.data.label_mixing import mix_targets
 from kdcache.trainer.data.targets import CachedTargets, PlannedViews, ShardBlock
@@ -57,33 +57,24 @@ class _ShardStream(IterableDataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def _samples(self, shards: list[ShardInfo], *splitters) -> Iterator[tuple[dict, int]]:
-        """``(sample, row)`` of the shards' tars, after ``splitters`` (by node, by worker)."""
-        urls = [self.manifest.shard_url(s) for s in shards]
-        key_to_row, labels = self.manifest.key_to_row, self.manifest.labels
-        for sample in tar_samples(urls, *splitters):
-            row = key_to_row.get(sample["__key__"])
-            if row is None:
-                raise ValueError(
-                    f"{sample['__url__']}: key {sample['__key__']} is not in the manifest"
-                )
-            label = int(sample["cls"])
-            if label != labels[row]:
-                raise ValueError(
-                    f"{sample['__url__']}: {sample['__key__']} has label {label}, "
-                    f"the manifest says {labels[row]}"
-                )
-            yield sample, row
+    def _shard_samples(self, shard: ShardInfo) -> Iterator[tuple[dict, int]]:
+        """``(sample, row)`` of one shard's tar, each checked against the manifest (key,
+        position, image sha1, label, count: :func:`checked_samples`)."""
+        first = shard.id * self.manifest.shard_size
+        for position, sample in enumerate(checked_samples(self.manifest, shard)):
+            yield sample, first + position
 
 
 class ShardImages:
     """A shard's encoded images by position, decoded on access (a mixed view also needs its
     partner's image, which may come later in the tar)."""
 
-    def __init__(self, shard: ShardInfo, channels: int):
+    def __init__(self, shard: ShardInfo, channels: int, url: str):
         self.shard = shard
         self.channels = channels
+        self.url = url
         self.encoded: dict[int, bytes] = {}
+        self.keys: dict[int, str] = {}
 
     def __getitem__(self, position: int):
         if position not in self.encoded:
@@ -92,6 +83,14 @@ class ShardImages:
                 "(a mixing partner must be read from the same shard)"
             )
         return source_image(self.encoded[position], self.channels)
+
+    def unreadable(self, position: int, error: Exception, mixes: bool) -> ShardError:
+        """The error for a sample whose view could not be made from its image."""
+        partner = " (or its mixing partner's)" if mixes else ""
+        return ShardError(
+            f"{self.url}: sample {self.keys[position]}: its image{partner} cannot be decoded "
+            f"({type(error).__name__}: {str(error).strip() or '-'})"
+        )
 
 
 class TrainViews(_ShardStream):
@@ -177,18 +176,24 @@ class TrainViews(_ShardStream):
     def iter_views(self, shards: list[ShardInfo]) -> Iterator[dict]:
         """The given shards' samples in tar order, each in its view for the current epoch."""
         renderer = ViewRenderer(self.source.plan)
-        size = self.manifest.shard_size
-        for shard_id, group in itertools.groupby(self._samples(shards), lambda s: s[1] // size):
-            shard = self.manifest.shards[shard_id]
-            images = ShardImages(shard, self.manifest.channels)
+        for shard in shards:  # read and checked whole before any of its samples is yielded
+            first = shard.id * self.manifest.shard_size
+            images = ShardImages(shard, self.manifest.channels, self.manifest.shard_url(shard))
             rows = []
-            for sample, row in group:
-                images.encoded[row - shard_id * size] = sample_image(sample)
+            for sample, row in self._shard_samples(shard):
+                images.encoded[row - first] = sample_image(sample)
+                images.keys[row - first] = sample["__key__"]
                 rows.append(row)
             block = self.source.block(shard)
             views = self.schedule.views_for(self.epoch, np.array(rows))
             for row, view in zip(rows, views.tolist(), strict=True):
-                yield self._sample(renderer, images, block, row - shard_id * size, view)
+                try:
+                    made = self._sample(renderer, images, block, row - first, view)
+                except KdcacheError:
+                    raise
+                except Exception as error:  # PIL and decoder errors
+                    raise images.unreadable(row - first, error, renderer.plan.mixes) from error
+                yield made
 
     def _sample(
         self,
@@ -279,9 +284,16 @@ class EvalViews(_ShardStream):
         return sum(s.num_rows for s in self.shards)
 
     def __iter__(self):
-        for sample, _ in self._samples(self.shards, wds.split_by_node, wds.split_by_worker):
-            image = decode_image(sample_image(sample), self.manifest.channels)
-            yield render_full(image, self.resolution), int(sample["cls"])
+        for shard in wds.split_by_worker(wds.split_by_node(self.shards)):
+            for sample, _ in self._shard_samples(shard):
+                try:
+                    image = decode_image(sample_image(sample), self.manifest.channels)
+                except Exception as error:  # PIL and decoder errors
+                    raise ShardError(
+                        f"{sample['__url__']}: sample {sample['__key__']}: unreadable image "
+                        f"({type(error).__name__}: {error})"
+                    ) from error
+                yield render_full(image, self.resolution), int(sample["cls"])
 
 
 def make_loader(
