@@ -7,6 +7,7 @@ timm's own ``load_checkpoint`` reads the ``model`` key, so the files also load i
 """
 
 import hashlib
+import io
 import os
 from dataclasses import asdict, dataclass, field
 
@@ -16,9 +17,11 @@ import fsspec  # noqa: E402
 import timm  # noqa: E402
 import torch  # noqa: E402
 
+from kdcache.errors import ConfigError  # noqa: E402
 from kdcache.pipeline.data import urls  # noqa: E402
 
 CHECKPOINT_FORMAT = "kdcache-checkpoint/1"
+MIN_RESOLUTION = 16
 
 
 @dataclass(frozen=True)
@@ -42,31 +45,42 @@ class ModelSpec:
 
 
 def create_model(spec: ModelSpec, **timm_kwargs) -> torch.nn.Module:
-    """``timm.create_model`` for the spec; ViT-style models get ``img_size`` = resolution."""
+    """``timm.create_model`` for the spec; ViT-style models get ``img_size`` = resolution,
+    which must be a multiple of their patch size (timm would silently drop the remainder)."""
+    if spec.resolution < MIN_RESOLUTION:
+        raise ConfigError(
+            f"resolution {spec.resolution}: must be at least {MIN_RESOLUTION} px "
+            "(the model's input size)"
+        )
     kwargs = dict(num_classes=spec.num_classes, in_chans=spec.in_chans, **spec.model_args)
     kwargs.update(timm_kwargs)
     try:
-        return timm.create_model(spec.arch, img_size=spec.resolution, **kwargs)
+        model = timm.create_model(spec.arch, img_size=spec.resolution, **kwargs)
     except TypeError as error:
         if "img_size" not in str(error):
             raise
-        return timm.create_model(spec.arch, **kwargs)
+        model = timm.create_model(spec.arch, **kwargs)
+    patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
+    patch = patch[0] if isinstance(patch, tuple | list) else patch
+    if isinstance(patch, int) and spec.resolution % patch:
+        fits = (spec.resolution // patch + 1) * patch
+        raise ConfigError(
+            f"resolution {spec.resolution} px does not fit {spec.arch}'s patch size {patch}: "
+            f"use a multiple of {patch} (e.g. {fits}) or another patch_size model arg"
+        )
+    return model
 
 
 def save_checkpoint(location: str, model: torch.nn.Module, spec: ModelSpec, **extra) -> None:
-    """Write a kdcache checkpoint atomically (temp file, then rename, for local paths)."""
+    """Write a kdcache checkpoint whole: temp file and rename locally, write then check the
+    size on object stores (:func:`urls.write_bytes`)."""
     payload = {
         "model": model.state_dict(),
         "kdcache": {"format": CHECKPOINT_FORMAT, "spec": spec.to_dict(), **extra},
     }
-    path = urls.local_path(location)
-    if path is None:
-        with fsspec.open(location, "wb") as f:
-            torch.save(payload, f)
-        return
-    temporary = f"{path}.tmp"
-    torch.save(payload, temporary)
-    os.replace(temporary, path)
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    urls.write_bytes(location, buffer.getbuffer())
 
 
 def read_checkpoint_meta(path: str) -> dict | None:

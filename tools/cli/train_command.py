@@ -227,6 +227,11 @@ def configure_train_parser(parser: argparse.ArgumentParser) -> None:
         help="continue the run in --out from its resume.pth (same options), exactly where it "
         "stopped: after an epoch, or mid-epoch after SIGTERM",
     )
+    run.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run already in --out instead of refusing to start",
+    )
     run.add_argument("--quiet", action="store_true", help="no progress output")
     add_plan_arguments(
         parser, defaults_from="the cache's plan with --cache, else the plan defaults"

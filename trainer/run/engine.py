@@ -53,6 +53,7 @@ from kdcache.trainer.run.resume import (
     restore_rng,
     save_state,
 )
+from kdcache.trainer.run.run_folder import claim_run_folder, write_run_config
 from kdcache.trainer.run.run_log import RunLog
 
 
@@ -101,6 +102,10 @@ class TrainConfig:
     mixing: str = "exact"  # exact: the plan's mixing, seen by the teacher; label: FKD-style
     tensorboard: bool = False
     resume: bool = False
+    overwrite: bool = field(
+        default=False,
+        metadata={"help": "replace the run already in --out instead of refusing to start"},
+    )
     progress: bool = True
 
 
@@ -193,11 +198,15 @@ def train(config: TrainConfig) -> dict:
 def _train(config: TrainConfig, world: World, device: torch.device) -> dict:
     if config.epochs < 1:
         raise ValueError(f"--epochs must be at least 1, got {config.epochs}")
+    if world.is_main:
+        claim_run_folder(config.out, resume=config.resume, overwrite=config.overwrite)
     _seed_everything(config.seed)
     mode = teacher_mode(config)
     manifest = Manifest.read(config.manifest)
     source = _views_source(config, manifest)
-    resolution = config.resolution or max(manifest.table["height"].to_numpy().max(), 1)
+    resolution = config.resolution
+    if resolution is None:
+        resolution = max(manifest.table["height"].to_numpy().max(), 1)
     spec = ModelSpec(
         arch=config.model,
         num_classes=manifest.num_classes,
@@ -312,9 +321,7 @@ def _train(config: TrainConfig, world: World, device: torch.device) -> dict:
 
     log = None
     if world.is_main:
-        os.makedirs(config.out, exist_ok=True)
-        with open(os.path.join(config.out, "config.json"), "w") as f:
-            json.dump(run_config, f, indent=2)
+        write_run_config(config.out, run_config, overwrite=config.overwrite)
         log = RunLog(config.out, tensorboard=config.tensorboard, rows=progress.rows)
 
     def save(epoch_row: dict | None) -> None:

@@ -8,6 +8,7 @@ already trained on, the view schedule from the epoch. It refuses a state whose c
 in anything but the fields in :data:`FREE_FIELDS`.
 """
 
+import io
 import os
 import signal
 import threading
@@ -15,10 +16,12 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from kdcache.pipeline.data import urls
+
 RESUME_FILE = "resume.pth"
 RESUME_FORMAT = "kdcache-resume/1"
 # options that do not change what is computed, only how it is shown or where it runs
-FREE_FIELDS = frozenset({"progress", "resume", "device", "tensorboard", "compile"})
+FREE_FIELDS = frozenset({"progress", "resume", "overwrite", "device", "tensorboard", "compile"})
 
 
 class Stopped(Exception):
@@ -38,7 +41,7 @@ class Progress:
 
 
 def save_state(path: str, *, config: dict, model, optimizer, ema, progress: Progress) -> None:
-    """Write the resumable state atomically (temp file, then rename)."""
+    """Write the resumable state whole (temp file, then rename; :func:`urls.write_bytes`)."""
     state = {
         "format": RESUME_FORMAT,
         "config": config,
@@ -51,9 +54,9 @@ def save_state(path: str, *, config: dict, model, optimizer, ema, progress: Prog
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         },
     }
-    temporary = f"{path}.tmp"
-    torch.save(state, temporary)
-    os.replace(temporary, path)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    urls.write_bytes(path, buffer.getbuffer())
 
 
 def load_state(path: str, config: dict) -> dict:

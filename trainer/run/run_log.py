@@ -1,7 +1,10 @@
 """A run's metrics: one ``metrics.csv`` row per epoch, and the same scalars in TensorBoard."""
 
 import csv
+import io
 import os
+
+from kdcache.pipeline.data import urls
 
 
 class RunLog:
@@ -21,10 +24,11 @@ class RunLog:
         """Record a finished epoch's row (keys: ``epoch``, ``train_*``, ``test_*``, ...)."""
         self.rows.append(row)
         names = list(dict.fromkeys(name for r in self.rows for name in r))
-        with open(self.path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=names)
-            writer.writeheader()
-            writer.writerows(self.rows)
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=names)
+        writer.writeheader()
+        writer.writerows(self.rows)
+        urls.write_bytes(self.path, text.getvalue().encode())  # whole, or the old file stays
         if self.writer is not None:
             for name, value in row.items():
                 if name != "epoch":

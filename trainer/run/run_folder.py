@@ -1,0 +1,61 @@
+"""A run folder belongs to one run: ``train --out`` never clobbers another run's files.
+
+A folder holding a run's files is refused unless the run continues it (``--resume``, whose
+saved config must equal this run's: :func:`~trainer.run.resume.load_state`) or replaces it
+(``--overwrite``: the old run's files are removed when the new run writes its config, not
+before, so a run refused for its options leaves the old one whole). Every file of the folder
+is written whole (temp file, then rename: :func:`kdcache.pipeline.data.urls.write_bytes`).
+"""
+
+import json
+import os
+import shutil
+
+from kdcache.errors import ConfigError, OutputError
+from kdcache.pipeline.data import urls
+from kdcache.trainer.run.resume import RESUME_FILE
+
+CONFIG_FILE = "config.json"
+RUN_FILES = (
+    CONFIG_FILE,
+    "metrics.csv",
+    "checkpoint.pth",
+    "checkpoint-ema.pth",
+    RESUME_FILE,
+    "tensorboard",
+)
+
+
+def run_files(out: str) -> list[str]:
+    """The run files present in ``out``."""
+    return [name for name in RUN_FILES if os.path.exists(os.path.join(out, name))]
+
+
+def claim_run_folder(out: str, *, resume: bool, overwrite: bool) -> None:
+    """Check, before anything is computed, that this run may write ``out``; create it."""
+    if urls.is_url(out):
+        raise ConfigError(f"--out {out}: a run folder is a local path (train writes no URLs)")
+    if resume and overwrite:
+        raise ConfigError("--resume continues the run in --out, --overwrite replaces it: pick one")
+    held = run_files(out)
+    if held and not (resume or overwrite):
+        raise OutputError(
+            f"{out}: holds another run ({', '.join(held)}); continue it with --resume (same "
+            "options) or replace it with --overwrite"
+        )
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as error:
+        raise OutputError(f"{out}: cannot create the run folder ({error.strerror})") from None
+    if not os.access(out, os.W_OK):
+        raise OutputError(f"{out}: the run folder is not writable")
+
+
+def write_run_config(out: str, values: dict, *, overwrite: bool) -> None:
+    """Write ``config.json`` whole; with ``overwrite``, first remove the old run's files."""
+    if overwrite:
+        for name in run_files(out):
+            path = os.path.join(out, name)
+            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+    text = json.dumps(values, indent=2)
+    urls.write_bytes(os.path.join(out, CONFIG_FILE), text.encode())
