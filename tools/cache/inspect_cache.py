@@ -35,6 +35,7 @@ def inspect_cache(location: str, data: str | None = None) -> dict:
         "views": views,
         "topk": store.topk,
         "samples": store.samples,
+        "identity_hash": "checked" if store.identity_hashed else "absent (made before it existed)",
         "teachers": {},
     }
     top1: dict[str, dict[int, np.ndarray]] = {}  # per teacher, per complete shard: (n, views)
@@ -42,13 +43,14 @@ def inspect_cache(location: str, data: str | None = None) -> dict:
     for name in store.teacher_names:
         done = store.shard_done(name)
         complete = [s for s in split_shards if done[s.id]]
-        blocks = [store.read_shard(name, s) for s in complete]
+        problems, blocks = _region_problems(store, name, split_shards)
         figures = _teacher_figures(store, manifest, name, complete, blocks)
         missing = [s.file for s in split_shards if not done[s.id]]
         report["teachers"][name] = {
             **figures,
             "shards_total": len(split_shards),
             "missing": missing,
+            "problems": problems,
         }
         top1[name] = {s.id: b.topk_index[..., 0] for s, b in zip(complete, blocks, strict=True)}
         raw_bytes += sum(
@@ -71,6 +73,24 @@ def inspect_cache(location: str, data: str | None = None) -> dict:
         "compression_ratio": raw_bytes / disk if disk else None,
     }
     return report
+
+
+def _region_problems(store: CacheStore, name: str, shards: list) -> tuple[list[dict], list]:
+    """Every done (shard, view) region of a teacher checked (checksum, finite targets, data
+    behind its done flag): the problems found, and the plan's views of the complete shards'
+    blocks (for the figures), each shard read once."""
+    done = store.views_done(name)
+    problems, blocks = [], []
+    for shard in shards:
+        views = [int(v) for v in np.flatnonzero(done[shard.id])]
+        if not views:
+            continue
+        block = store.read_shard(name, shard, views=store.array_views)
+        for view, problem in store.region_problems(name, shard, block, views).items():
+            problems.append({"shard": shard.file, "view": view, "problem": problem})
+        if done[shard.id, : store.plan.views].all():
+            blocks.append(block.select(slice(None), slice(0, store.plan.views)))
+    return problems, blocks
 
 
 def _teacher_figures(
@@ -114,6 +134,7 @@ def _teacher_agreement(top1: dict[str, dict[int, np.ndarray]]) -> dict[str, floa
 
 def format_report(report: dict) -> str:
     """A human-readable summary of :func:`inspect_cache`."""
+    bad = sum(len(t["problems"]) for t in report["teachers"].values())
     lines = [
         f"cache {report['cache']} ({report['format']}): {report['dataset']} "
         f"{report['fingerprint'][:12]}, splits {','.join(report['splits'])}, "
@@ -135,6 +156,10 @@ def format_report(report: dict) -> str:
             lines.append(
                 f"  missing: {', '.join(t['missing'][:5])}{' ...' if len(t['missing']) > 5 else ''}"
             )
+        for p in t["problems"][:20]:
+            lines.append(f"  BAD {p['shard']} view {p['view']}: {p['problem']}")
+        if len(t["problems"]) > 20:
+            lines.append(f"  ... {len(t['problems']) - 20} more bad regions")
     for pair, value in report["teacher_agreement"].items():
         lines.append(f"teacher agreement {pair}: {value:.3f}")
     s = report["storage"]
@@ -142,6 +167,10 @@ def format_report(report: dict) -> str:
     lines.append(
         f"storage: {s['bytes_on_disk'] / 2**20:.2f} MiB on disk, {s['bytes_per_view']:.1f} bytes "
         f"per view, compression {ratio}"
+    )
+    lines.append(
+        f"integrity: identity hash {report['identity_hash']}; "
+        + (f"{bad} BAD regions (listed above)" if bad else "every done region checks out")
     )
     return "\n".join(lines)
 
@@ -191,6 +220,12 @@ def add_inspect_parser(commands) -> None:
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit 1 if any done region is bad (checksum mismatch, missing chunks, NaN/inf "
+        "targets, a done flag without data)",
+    )
+    parser.add_argument(
         "--plot", default=None, metavar="PNG", help="also draw a figure to this file"
     )
     parser.set_defaults(run=run_inspect)
@@ -201,3 +236,5 @@ def run_inspect(args: argparse.Namespace) -> None:
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     if args.plot:
         plot_report(report, args.plot)
+    if args.strict and any(t["problems"] for t in report["teachers"].values()):
+        raise SystemExit(1)
