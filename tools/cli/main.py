@@ -45,7 +45,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-USER_ERRORS = (KdcacheError, FileNotFoundError, FileExistsError, ValueError)
+# OSError: unwritable or full disks, missing files, refused connections (with the path)
+USER_ERRORS = (KdcacheError, OSError, ValueError)
+STORE_CLIENTS = ("botocore", "aiobotocore", "s3fs", "gcsfs", "adlfs", "aiohttp")
+
+
+def _is_store_error(error: BaseException) -> bool:
+    """An object store's client refused the request (credentials, endpoint, bucket)."""
+    return type(error).__module__.split(".")[0] in STORE_CLIENTS
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -54,10 +61,14 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
-    except USER_ERRORS as error:
-        if os.environ.get("KDCACHE_DEBUG") == "1":
+    except Exception as error:
+        if os.environ.get("KDCACHE_DEBUG") == "1" or not (
+            isinstance(error, USER_ERRORS) or _is_store_error(error)
+        ):
             raise
         message = " ".join(str(error).split())  # one line, whatever the message holds
+        if _is_store_error(error):
+            message = f"object store: {type(error).__name__}: {message} (check the endpoint and credentials)"
         print(f"kdcache {args.command}: error: {message}", file=sys.stderr)
         raise SystemExit(2) from None
 
