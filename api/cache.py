@@ -61,7 +61,7 @@ class Cache:
     @functools.cached_property
     def _manifest(self):
         """The manifest the cache names (checked against its fingerprint)."""
-        from kdcache.tools.cache.cache_manifest import manifest_for
+        from kdcache.tools.cache import manifest_for
 
         return manifest_for(self._store, None)
 
@@ -79,7 +79,7 @@ class Cache:
         """Check every written (shard, view) checksum and recompute ``samples`` random views
         with the teacher (``data``: the manifest, default the one the cache names); returns
         the report (``report.ok``, ``report.problems``)."""
-        from kdcache.tools.cache.verify_cache import verify_cache
+        from kdcache.tools.cache import verify_cache
 
         return verify_cache(self.location, data, samples=samples)
 

@@ -8,7 +8,7 @@ import json
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 
 import numpy as np
 import torch
@@ -54,54 +54,7 @@ from kdcache.trainer.run.resume import (
     save_state,
 )
 from kdcache.trainer.run.run_log import RunLog
-
-
-@dataclass
-class TrainConfig:
-    """Options of one training run (see ``kdcache train --help``)."""
-
-    manifest: str
-    out: str
-    model: str
-    model_args: dict = field(default_factory=dict)
-    resolution: int | None = None
-    kd: str = "none"
-    teacher: str | None = None  # none | cached | online; default cached with a cache, else none
-    cache: str | None = None  # a location, or "auto" to pick from the catalogue
-    catalog: str | None = None
-    teachers: list[str] = field(default_factory=list)  # names in the cache; several: an ensemble
-    teacher_weights: dict = field(default_factory=dict)  # ensemble weights (default: equal)
-    head_teachers: dict = field(default_factory=dict)  # e.g. {"dist": "b"} (DeiT heads)
-    teacher_checkpoint: str | None = None  # the online teacher
-    teacher_arch: str | None = None  # architecture of published weights (online)
-    targets: str = "topk"  # or "sampled" (RS-KD drawn class ids)
-    topk: int | None = None  # top-k used per view: a cache's first K, or online logits reduced
-    samples: int | None = None  # sampled ids used per view (default: all the cache holds)
-    plan: dict = field(default_factory=dict)  # plan fields; with a cache, checked against it
-    alpha: float = 0.5
-    tau: float = 1.0
-    kl_reduction: str = "batchmean"
-    tail: str = "uniform"
-    label_smoothing: float = 0.0
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    warmup_epochs: float = 1.0
-    min_lr: float = 1e-5
-    clip_grad: float | None = None
-    ema_decay: float | None = None
-    seed: int = 0
-    workers: int = 2
-    device: str = "auto"
-    amp: bool = False
-    compile: bool = False
-    shuffle_buffer: int = 2000
-    view_schedule: str = "cycle"  # epoch -> view: cycle, or shuffle (per sample, per V epochs)
-    mixing: str = "exact"  # exact: the plan's mixing, seen by the teacher; label: FKD-style
-    tensorboard: bool = False
-    resume: bool = False
-    progress: bool = True
+from kdcache.trainer.run.train_config import TrainConfig
 
 
 def _seed_everything(seed: int) -> None:
