@@ -79,7 +79,7 @@ class Cache:
         """Check every written (shard, view) checksum and recompute ``samples`` random views
         with the teacher (``data``: the manifest, default the one the cache names); returns
         the report (``report.ok``, ``report.problems``)."""
-        from kdcache.tools.cache import verify_cache
+        from kdcache.tools.cache.verify_cache import verify_cache
 
         return verify_cache(self.location, data, samples=samples)
 

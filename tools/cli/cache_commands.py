@@ -28,7 +28,7 @@ def add_inspect_parser(commands) -> None:
 
 
 def run_inspect(args: argparse.Namespace) -> None:
-    from kdcache.tools.cache import format_report, inspect_cache, plot_report
+    from kdcache.tools.cache.inspect_cache import format_report, inspect_cache, plot_report
 
     report = inspect_cache(args.cache, args.data)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
@@ -72,7 +72,7 @@ def add_verify_parser(commands) -> None:
 
 
 def run_verify(args: argparse.Namespace) -> None:
-    from kdcache.tools.cache import verify_cache
+    from kdcache.tools.cache.verify_cache import verify_cache
 
     report = verify_cache(
         args.cache,
