@@ -56,6 +56,7 @@ from kdcache.trainer.run.resume import (
     save_state,
 )
 from kdcache.trainer.run.run_log import RunLog
+from kdcache.trainer.run.step_profile import StepProfile
 from kdcache.trainer.run.train_config import TrainConfig
 
 
@@ -167,6 +168,7 @@ class _Run:
     run_config: dict  # what config.json holds
     progress: Progress
     log: RunLog | None
+    profile: StepProfile
 
 
 def _build_run(config: TrainConfig, world: World, device: torch.device) -> _Run:
@@ -179,6 +181,8 @@ def _build_run(config: TrainConfig, world: World, device: torch.device) -> _Run:
     source = _views_source(config, manifest)
     spec = _student_spec(config, manifest)
     net = create_model(spec).to(device)
+    if config.channels_last:
+        net = net.to(memory_format=torch.channels_last)
     distilled = hasattr(net, "set_distilled_training")
     if distilled:
         net.set_distilled_training(config.kd != "none")
@@ -215,7 +219,7 @@ def _build_run(config: TrainConfig, world: World, device: torch.device) -> _Run:
         net=net,
         model=_wrapped(net, world, device, config.compile),
         ema=ema,
-        step=partial(_step, criterion, manifest.num_classes, spec, online, device, config.amp),
+        step=partial(_step, criterion, manifest.num_classes, spec, online, device, config),
         train_set=train_set,
         train_loader=make_loader(train_set, config.batch_size, config.workers, pin, config.seed),
         test_loader=make_loader(EvalViews(manifest, resolution=spec.resolution), 256,
@@ -226,6 +230,8 @@ def _build_run(config: TrainConfig, world: World, device: torch.device) -> _Run:
         run_config=run_config,
         progress=progress,
         log=_open_run_folder(config, run_config, world, progress),
+        profile=StepProfile(config.profile, os.path.join(config.out, "profile"), device,
+                            world.rank, show=world.is_main and config.progress),
     )  # fmt: skip
 
 
@@ -272,9 +278,11 @@ def _criterion(config: TrainConfig, num_classes: int, teachers, distilled: bool)
     )
 
 
-def _step(criterion, num_classes, spec, online, device, amp, model, batch):
+def _step(criterion, num_classes, spec, online, device, config: TrainConfig, model, batch):
     """One batch through the student: (loss, its parts)."""
     images = normalize(batch["image"].to(device, non_blocking=True), spec.mean, spec.std)
+    if config.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
     labels = label_targets(batch, num_classes).to(device, non_blocking=True)
     if online is not None:
         targets = {"online": online(batch["teacher_image"])}
@@ -283,7 +291,7 @@ def _step(criterion, num_classes, spec, online, device, amp, model, batch):
             name: {k: t.to(device, non_blocking=True) for k, t in arrays.items()}
             for name, arrays in batch["targets"].items()
         }
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp):
         outputs = model(images)
     return criterion(outputs, labels, targets), criterion.parts
 
@@ -354,6 +362,7 @@ def _train_epochs(run: _Run) -> dict:
                     stop=lambda step: stop_now(stop, step, world, run.device),
                     log=run.log,
                     bar=config.progress and world.is_main,
+                    profile=run.profile,
                 )
                 if run.progress.step < run.epoch_steps[epoch]:
                     _save(run, None)
@@ -372,6 +381,7 @@ def _train_epochs(run: _Run) -> dict:
                 if stop_here:
                     raise Stopped(f"SIGTERM after epoch {epoch}")
     finally:
+        run.profile.close()
         if run.log is not None:
             run.log.close()
     return run.progress.rows[-1]

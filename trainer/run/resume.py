@@ -18,7 +18,9 @@ import torch
 RESUME_FILE = "resume.pth"
 RESUME_FORMAT = "kdcache-resume/1"
 # options that do not change what is computed, only how it is shown or where it runs
-FREE_FIELDS = frozenset({"progress", "resume", "device", "tensorboard", "compile"})
+FREE_FIELDS = frozenset(
+    {"progress", "resume", "device", "tensorboard", "compile", "channels_last", "profile"}
+)
 
 
 class Stopped(Exception):

@@ -154,6 +154,16 @@ class TrainConfig:
         "--mixup-alpha/--cutmix-alpha given here and mixes the two samples' cached targets "
         "with the same lambda (FKD-style)",
     )
+    channels_last: bool = option(
+        False, group=RUN, help="channels-last student and inputs (faster CNNs on GPUs)"
+    )
+    profile: int = option(
+        0,
+        metavar="N",
+        group=RUN,
+        help="write a torch.profiler trace of the first N steps to RUN/profile/ and print "
+        "the share of step time spent waiting for input (0: off)",
+    )
     tensorboard: bool = option(False, group=RUN, help="also log to RUN/tensorboard (TensorBoard)")
     resume: bool = option(
         False,
