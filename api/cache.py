@@ -61,7 +61,7 @@ class Cache:
     @functools.cached_property
     def _manifest(self):
         """The manifest the cache names (checked against its fingerprint)."""
-        from kdcache.tools.cache.cache_manifest import manifest_for
+        from kdcache.tools.cache import manifest_for
 
         return manifest_for(self._store, None)
 

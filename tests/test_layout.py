@@ -7,7 +7,7 @@ import tomllib
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TOPS = ("pipeline", "trainer", "tools")
 FACES = [f"kdcache.{top}.{p.name}" for top in TOPS[:2] for p in (ROOT / top).iterdir()
-         if (p / "__init__.py").exists()]  # fmt: skip
+         if (p / "__init__.py").exists()] + ["kdcache.tools.cache"]  # fmt: skip
 
 
 def _modules() -> dict[str, pathlib.Path]:

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 from dataclasses import replace
 
 import pytest
@@ -190,3 +191,18 @@ def test_reads_a_prefix_of_the_cached_topk_and_samples(data, sampled_cache):
     assert (kept.logsumexp == targets.logsumexp).all()
     with pytest.raises(CacheMismatch, match="holds top-4; asked for top-5"):
         CachedTargets(sampled_cache, data, teachers=["regnet"], topk=5)
+
+
+def test_profile_writes_a_trace_and_the_input_wait_share(tmp_path, data, capsys):
+    """``--profile 3``: a Chrome trace of three steps and one line with the input-wait share;
+    channels-last runs the same student."""
+    out = tmp_path / "run"
+    train(_config(data, out, kd="none", profile=3, channels_last=True, progress=True))
+    trace = json.loads((out / "profile" / "trace-rank0.json").read_text())
+    names = [event.get("name", "") for event in trace["traceEvents"]]
+    assert names.count("kdcache.wait_for_input") == 3
+    assert "aten::convolution" in names and any("Backward" in name for name in names)
+    (line,) = [x for x in capsys.readouterr().out.splitlines() if x.startswith("profile:")]
+    share = re.search(r"profile: 3 steps, [\d.]+ ms/step, waiting for input [\d.]+ ms/step "
+                      r"\((\d+)% of step time\)", line)  # fmt: skip
+    assert share and 0 <= int(share.group(1)) <= 100, line

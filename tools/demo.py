@@ -219,7 +219,11 @@ def add_demo_parser(commands) -> None:
     )
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--quick", action="store_true", help="small subset, fewer epochs")
-    parser.add_argument("--source", default="fashion-mnist", help="dataset (as for kdcache shard)")
+    parser.add_argument(
+        "--source",
+        default=DemoConfig.source,
+        help="dataset, as for kdcache shard (default: %(default)s)",
+    )
     parser.add_argument("--quiet", action="store_true", help="only the final table")
     parser.set_defaults(run=run_demo_command)
 

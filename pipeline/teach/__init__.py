@@ -7,10 +7,10 @@ __getattr__, __dir__, __all__ = lazy_face(
     __name__,
     {
         "ModelSpec": ".models",
-        "TeachConfig": ".job",
+        "TeachConfig": ".teach_config",
         "TeachFailed": ".job",
         "Teacher": ".teachers",
-        "TeacherSource": ".job",
+        "TeacherSource": ".teach_config",
         "create_model": ".models",
         "file_sha256": ".models",
         "load_teacher": ".teachers",

@@ -24,7 +24,7 @@ import torch
 from ray.util import ActorPool
 from tqdm import tqdm
 
-from kdcache.errors import TeachFailed
+from kdcache.errors import ConfigError, TeachFailed
 from kdcache.pipeline.cache import (
     CacheBusy,
     CacheMismatch,
@@ -37,55 +37,8 @@ from kdcache.pipeline.cache import (
 )
 from kdcache.pipeline.data import Manifest, urls
 from kdcache.pipeline.teach.shard_targets import read_shard_images, teacher_targets
-from kdcache.pipeline.teach.teachers import Teacher, load_teacher
-from kdcache.pipeline.views import ViewPlan
-
-
-@dataclass(frozen=True)
-class TeacherSource:
-    """Where a teacher's weights are and how to build it (``arch`` only for published weights)."""
-
-    location: str
-    name: str | None = None
-    arch: str | None = None
-    resolution: int | None = None
-
-    def load(self, manifest: Manifest, device: str | torch.device = "cpu") -> Teacher:
-        """The teacher, sized for the manifest's classes and channels."""
-        return load_teacher(
-            self.location,
-            name=self.name,
-            arch=self.arch,
-            num_classes=manifest.num_classes,
-            in_chans=manifest.channels,
-            resolution=self.resolution,
-            device=device,
-        )
-
-
-@dataclass
-class TeachConfig:
-    """Options of one teacher pass (see ``kdcache teach --help``)."""
-
-    manifest: str
-    cache: str | None
-    teachers: list[TeacherSource]
-    plan: ViewPlan = field(default_factory=ViewPlan)
-    topk: int = 10
-    samples: int = 0  # sampled class ids per view and teacher (0: none)
-    splits: list[str] = field(default_factory=lambda: ["train"])
-    batch_size: int = 256
-    workers: int | None = None
-    cpus_per_worker: float = 1.0
-    gpus_per_worker: float | None = None
-    precision: str = "auto"
-    address: str | None = None
-    only_shards: list[int] | None = None
-    catalog: str | None = None
-    lock_stale_after: float = 120.0
-    placement_timeout: float = 120.0  # seconds to wait for workers to be placed and started
-    progress: bool = True
-    run_id: str | None = None  # set by run_teach: the run lock this run holds
+from kdcache.pipeline.teach.teach_config import TeachConfig
+from kdcache.pipeline.teach.teachers import Teacher
 
 
 @dataclass
@@ -255,6 +208,8 @@ def run_teach(config: TeachConfig) -> TeachSummary:
 def _checked_request(config: TeachConfig, manifest: Manifest) -> TeachConfig:
     """``config`` with its ``only_shards`` checked against the manifest and splits, and local
     teacher weights at absolute paths (the cache records them for ``verify`` from anywhere)."""
+    if not config.teachers:
+        raise ConfigError("teach: no teachers given (TeachConfig.teachers, --teacher)")
     if config.cpus_per_worker <= 0 or (config.gpus_per_worker or 0) < 0:
         raise ValueError("--cpus-per-worker must be above 0 and --gpus-per-worker not below 0")
     splits = set(config.splits)

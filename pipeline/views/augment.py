@@ -1,4 +1,4 @@
-"""Colour jitter and random erasing: their planned draws and their replay on a view.
+"""Colour jitter and random erasing planned per view (replayed by ``pixel_ops``).
 
 Draws are pure in (seed, row, view) (``pipeline.draws``); replay is a pure function of the
 view and its params, so the teacher job and the trainer apply identical operations.
@@ -19,8 +19,6 @@ import itertools
 import math
 
 import numpy as np
-import torch
-from torchvision.transforms.v2 import functional as F
 
 from kdcache.pipeline.views.draws import integer_seed, uniform
 
@@ -34,8 +32,7 @@ ERASE_RATIO = (0.3, 1 / 0.3)
 _ERASE_TRIES = 10
 _JITTER_DRAW = 41  # 41..48
 _ERASE_DRAW = 200  # 200..241
-_ADJUST = (F.adjust_brightness, F.adjust_contrast, F.adjust_saturation, F.adjust_hue)
-_IDENTITY = (1.0, 1.0, 1.0, 0.0)
+JITTER_IDENTITY = (1.0, 1.0, 1.0, 0.0)  # factors that leave a view unchanged
 
 
 def jitter_params(seed: int, rows, views, strength) -> dict[str, np.ndarray]:
@@ -44,22 +41,13 @@ def jitter_params(seed: int, rows, views, strength) -> dict[str, np.ndarray]:
     for index, (name, s) in enumerate(zip(JITTER_NAMES, strength, strict=True)):
         u = uniform(seed, rows, views, _JITTER_DRAW + index)
         low, high = (-s, s) if name == "jitter_hue" else (max(0.0, 1 - s), 1 + s)
-        identity = _IDENTITY[index]
+        identity = JITTER_IDENTITY[index]
         columns[name] = np.where(s > 0, low + u * (high - low), identity)
     keys = np.stack([uniform(seed, rows, views, _JITTER_DRAW + 4 + i) for i in range(4)], -1)
     order = np.argsort(keys, axis=-1, kind="stable")
     lookup = {permutation: index for index, permutation in enumerate(JITTER_ORDERS)}
     columns["jitter_order"] = np.apply_along_axis(lambda p: lookup[tuple(p)], -1, order)
     return columns
-
-
-def apply_jitter(view: torch.Tensor, values: dict[str, float]) -> torch.Tensor:
-    """The view with its jitter factors applied in the recorded order."""
-    for index in JITTER_ORDERS[int(values["jitter_order"])]:
-        factor = values[JITTER_NAMES[index]]
-        if factor != _IDENTITY[index]:
-            view = _ADJUST[index](view, factor)
-    return view
 
 
 def erase_params(seed: int, rows, views, probability: float) -> dict[str, np.ndarray]:
@@ -90,23 +78,3 @@ def fraction_box(top: float, left: float, height: float, width: float, size: int
     y1 = min(size, math.floor((top + height) * size + 0.5))
     x1 = min(size, math.floor((left + width) * size + 0.5))
     return y0, x0, max(0, y1 - y0), max(0, x1 - x0)
-
-
-def apply_erasing(view: torch.Tensor, values: dict[str, float], mode: str) -> torch.Tensor:
-    """The view with its erasing box filled (unchanged if the box is empty)."""
-    top, left, h, w = fraction_box(
-        values["erase_top"], values["erase_left"], values["erase_height"],
-        values["erase_width"], view.shape[-1],
-    )  # fmt: skip
-    if h == 0 or w == 0:
-        return view
-    channels = view.shape[0]
-    if mode == "const":
-        fill = torch.full((channels, 1, 1), 0.5)
-    else:
-        generator = torch.Generator().manual_seed(int(values["erase_seed"]))
-        shape = (channels, 1, 1) if mode == "rand" else (channels, h, w)
-        fill = 0.5 + 0.25 * torch.randn(shape, generator=generator)
-    view = view.clone()
-    view[:, top : top + h, left : left + w] = fill
-    return view

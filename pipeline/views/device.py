@@ -22,8 +22,7 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
-from kdcache.pipeline.views.augment import apply_erasing, apply_jitter
-from kdcache.pipeline.views.randaugment import apply_randaugment
+from kdcache.pipeline.views.pixel_ops import apply_erasing, apply_jitter, apply_randaugment
 from kdcache.pipeline.views.source import SourceImage
 
 

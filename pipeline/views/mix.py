@@ -1,4 +1,5 @@
-"""Mixup and CutMix planned per view, with the partner in the same shard, and their replay.
+"""Mixup and CutMix planned per view, with the partner in the same shard (replayed by
+``pixel_ops``).
 
 Semantics follow timm's ``Mixup`` in element mode: with both enabled, CutMix is chosen with
 probability ``mix_switch_prob``; lambda is drawn from Beta(alpha, alpha) of the chosen mode;
@@ -21,7 +22,6 @@ the view, pasted from the partner; zero otherwise).
 """
 
 import numpy as np
-import torch
 
 from kdcache.pipeline.views.augment import fraction_box
 from kdcache.pipeline.views.draws import beta, uniform
@@ -85,14 +85,3 @@ def mix_weight(values: dict[str, float], size: int) -> float:
         _, _, h, w = cutmix_box(values, size)
         return 1.0 - h * w / (size * size)
     return float(values["mix_lam"])
-
-
-def mix_views(own: torch.Tensor, partner: torch.Tensor, values: dict[str, float]) -> torch.Tensor:
-    """Mixup blend or CutMix paste of two rendered views of the same size."""
-    if values["mix_mode"] == MIXUP:
-        lam = float(values["mix_lam"])
-        return own * lam + partner * (1.0 - lam)
-    top, left, h, w = cutmix_box(values, own.shape[-1])
-    mixed = own.clone()
-    mixed[:, top : top + h, left : left + w] = partner[:, top : top + h, left : left + w]
-    return mixed

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from kdcache._options import option
 from kdcache.pipeline.views.augment import (
     ERASE_COLUMNS,
     ERASE_MODES,
@@ -106,20 +107,36 @@ def _meaning(name: str) -> str:
 class ViewPlan:
     """How the V views of every sample are drawn; stored in the cache's attrs."""
 
-    seed: int = 0
-    views: int = 4
-    crop_scale: tuple[float, float] = (0.25, 1.0)
-    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    flip_prob: float = 0.5
-    randaugment: str = ""  # timm config string, e.g. "rand-m9-mstd0.5-inc1"; "" = off
-    color_jitter: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
-    erase_prob: float = 0.0
-    erase_mode: str = "const"
-    mixup_alpha: float = 0.0
-    cutmix_alpha: float = 0.0
-    mix_prob: float = 1.0
-    mix_switch_prob: float = 0.5
-    renderer: str = DEFAULT_RENDERER  # or "cpu", "cuda" (aliases), "cpu/1", "device/1"
+    seed: int = option(0, flag="--plan-seed", help="seed of the view plan")
+    views: int = option(4, help="views V planned per sample")
+    crop_scale: tuple[float, float] = option(
+        (0.25, 1.0), metavar=("LOW", "HIGH"), help="RandomResizedCrop area scale range"
+    )
+    crop_ratio: tuple[float, float] = option(
+        (3 / 4, 4 / 3), metavar=("LOW", "HIGH"), help="RandomResizedCrop aspect-ratio range"
+    )
+    flip_prob: float = option(0.5, help="probability of a left-right flip")
+    randaugment: str = option(
+        "", help="timm RandAugment string, e.g. rand-m9-mstd0.5-inc1; '' = off"
+    )
+    color_jitter: tuple[float, float, float, float] = option(
+        (0.0, 0.0, 0.0, 0.0),
+        metavar=("B", "C", "S", "H"),
+        help="colour jitter strengths: brightness, contrast, saturation, hue",
+    )
+    erase_prob: float = option(0.0, help="random erasing probability")
+    erase_mode: str = option("const", choices=ERASE_MODES, help="random erasing fill")
+    mixup_alpha: float = option(0.0, help="Mixup Beta(alpha, alpha); 0 = off")
+    cutmix_alpha: float = option(0.0, help="CutMix Beta(alpha, alpha); 0 = off")
+    mix_prob: float = option(1.0, help="probability that a view is mixed")
+    mix_switch_prob: float = option(
+        0.5, help="with both on, probability of CutMix rather than Mixup"
+    )
+    renderer: str = option(
+        DEFAULT_RENDERER,
+        help="view renderer: cpu (= cpu/2), cuda (= device/1), or cpu/1, the renderer of "
+        "caches made before renderers had versions",
+    )
 
     def __post_init__(self):
         object.__setattr__(self, "renderer", RENDERER_ALIASES.get(self.renderer, self.renderer))

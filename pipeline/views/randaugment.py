@@ -1,4 +1,5 @@
-"""RandAugment with timm's op set and magnitude semantics, planned per view and replayed.
+"""RandAugment with timm's op set and magnitude semantics, planned per view (replayed by
+``pixel_ops``; timm is imported when a plan enables RandAugment).
 
 timm's ``RandAugment`` draws its choices from the global ``random``/``numpy`` state and
 exposes none of them. kdcache parses the same config string with timm
@@ -21,25 +22,29 @@ resolution.
 
 import random
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from PIL import Image
-from timm.data import auto_augment
 
 from kdcache.pipeline.views.draws import integer_seed, normal, uniform
 
-_HPARAMS = {"img_mean": (128, 128, 128), "interpolation": Image.Resampling.BILINEAR}
+if TYPE_CHECKING:
+    from timm.data.auto_augment import AugmentOp, RandAugment
+
 _CHOICE_DRAW = 50  # 50..99: one per layer (uniform choice) or one per op (weighted)
 _LAYER_DRAW = 100  # 100 + 4 * layer + (gate, magnitude, magnitude, sign)
 MAX_LAYERS = 25
 
 
 @lru_cache(maxsize=16)
-def parse_randaugment(config: str) -> auto_augment.RandAugment:
+def parse_randaugment(config: str) -> "RandAugment":
     """timm's RandAugment for a config string; a clear error for a bad one."""
+    from PIL import Image
+    from timm.data import auto_augment
+
+    hparams = {"img_mean": (128, 128, 128), "interpolation": Image.Resampling.BILINEAR}
     try:
-        augment = auto_augment.rand_augment_transform(config, dict(_HPARAMS))
+        augment = auto_augment.rand_augment_transform(config, hparams)
     except (AssertionError, KeyError, ValueError) as error:
         raise ValueError(
             f"plan.randaugment: {config!r} is not a timm RandAugment string "
@@ -72,7 +77,7 @@ def _choices(augment, seed: int, rows, views) -> np.ndarray:
     return np.argsort(keys, axis=-1, kind="stable")[..., :layers]
 
 
-def _level_argument(op: auto_augment.AugmentOp, magnitude: float, sign_seed: int) -> float:
+def _level_argument(op: "AugmentOp", magnitude: float, sign_seed: int) -> float:
     """timm's level-to-argument value, its random sign drawn from Python's ``random`` seeded
     with ``sign_seed`` (the global state is restored afterwards)."""
     if op.level_fn is None:
@@ -88,6 +93,8 @@ def _level_argument(op: auto_augment.AugmentOp, magnitude: float, sign_seed: int
 
 def randaugment_params(config: str, seed: int, rows, views) -> dict[str, np.ndarray]:
     """RandAugment columns (see the module docstring) for every (row, view)."""
+    from timm.data import auto_augment  # already imported by parse_randaugment
+
     augment = parse_randaugment(config)
     shape = np.broadcast(rows, views).shape
     chosen = _choices(augment, seed, rows, views)
@@ -115,44 +122,3 @@ def randaugment_params(config: str, seed: int, rows, views) -> dict[str, np.ndar
         columns[f"ra{layer}_magnitude"] = magnitude
         columns[f"ra{layer}_arg"] = argument
     return columns
-
-
-def _applied(values: dict[str, float], config: str) -> list[tuple[int, float]]:
-    """(op index, recorded argument) of every layer that applies, in order."""
-    layers = parse_randaugment(config).num_layers
-    return [(int(values[f"ra{i}_op"]), values[f"ra{i}_arg"])
-            for i in range(layers) if values[f"ra{i}_op"] >= 0]  # fmt: skip
-
-
-def randaugment_image(image: Image.Image, values: dict[str, float], config: str) -> Image.Image:
-    """A uint8 PIL view (mode L or RGB) after its recorded RandAugment ops."""
-    augment = parse_randaugment(config)
-    fill = 128 if image.mode == "L" else (128, 128, 128)
-    for op_index, argument in _applied(values, config):
-        op = augment.ops[op_index]
-        args = () if op.level_fn is None else (_op_argument(op.name, argument),)
-        if op.name.startswith("Posterize") and args[0] == 0:
-            # keeping 0 bits (PosterizeIncreasing at magnitude 10): Pillow >= 11 refuses it,
-            # older Pillow (and so timm's semantics) gave an all-zero image
-            image = Image.new(image.mode, image.size, 0)
-            continue
-        image = op.aug_fn(image, *args, fillcolor=fill, resample=Image.Resampling.BILINEAR)
-    return image
-
-
-def apply_randaugment(view: torch.Tensor, values: dict[str, float], config: str) -> torch.Tensor:
-    """The float view after its recorded RandAugment ops (unchanged if none applies): quantised
-    to uint8 for timm's PIL ops, back to float32 on [0, 1] (renderer cpu/1)."""
-    if not _applied(values, config):
-        return view
-    channels = view.shape[0]
-    pixels = (view * 255).round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
-    image = Image.fromarray(pixels[:, :, 0] if channels == 1 else pixels)
-    out = torch.from_numpy(np.asarray(randaugment_image(image, values, config)).copy())
-    out = out[None] if channels == 1 else out.permute(2, 0, 1)
-    return out.to(torch.float32) / 255.0
-
-
-def _op_argument(name: str, argument: float) -> float | int:
-    """Posterize bits and solarize thresholds are integers in timm; the rest are floats."""
-    return int(round(argument)) if name.startswith(("Posterize", "Solarize")) else argument

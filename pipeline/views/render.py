@@ -43,10 +43,15 @@ from PIL import Image
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
-from kdcache.pipeline.views.augment import apply_erasing, apply_jitter
-from kdcache.pipeline.views.mix import mix_views, mix_weight
+from kdcache.pipeline.views.mix import mix_weight
+from kdcache.pipeline.views.pixel_ops import (
+    apply_erasing,
+    apply_jitter,
+    apply_randaugment,
+    mix_views,
+    randaugment_image,
+)
 from kdcache.pipeline.views.plan import ViewPlan
-from kdcache.pipeline.views.randaugment import apply_randaugment, randaugment_image
 from kdcache.pipeline.views.source import SourceImage, as_source
 
 CACHE_BYTES = 128 * 2**20  # uint8 views a mixing plan's renderer keeps for partners

@@ -1,8 +1,6 @@
 """``kdcache inspect``: what a cache holds, how complete it is, and how good its targets are."""
 
-import argparse
 import itertools
-import json
 
 import fsspec
 import numpy as np
@@ -134,7 +132,7 @@ def _teacher_agreement(top1: dict[str, dict[int, np.ndarray]]) -> dict[str, floa
 
 def format_report(report: dict) -> str:
     """A human-readable summary of :func:`inspect_cache`."""
-    bad = sum(len(t["problems"]) for t in report["teachers"].values())
+    bad = bad_regions(report)
     lines = [
         f"cache {report['cache']} ({report['format']}): {report['dataset']} "
         f"{report['fingerprint'][:12]}, splits {','.join(report['splits'])}, "
@@ -206,35 +204,6 @@ def plot_report(report: dict, location: str) -> None:
     plt.close(figure)
 
 
-def add_inspect_parser(commands) -> None:
-    parser = commands.add_parser(
-        "inspect",
-        help="completeness, teacher accuracy and agreement, tail mass and bytes of a cache",
-        description="Show a cache's completeness (shards done/missing), per-teacher and per-view "
-        "accuracy against the labels, agreement between views and between teachers, the "
-        "distribution of top-k and tail mass, bytes per view on disk and the compression ratio.",
-    )
-    parser.add_argument("cache", help="cache location")
-    parser.add_argument(
-        "--data", default=None, help="manifest folder (default: the one the cache records)"
-    )
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    parser.add_argument(
-        "--strict",
-        action="store_true",
-        help="exit 1 if any done region is bad (checksum mismatch, missing chunks, NaN/inf "
-        "targets, a done flag without data)",
-    )
-    parser.add_argument(
-        "--plot", default=None, metavar="PNG", help="also draw a figure to this file"
-    )
-    parser.set_defaults(run=run_inspect)
-
-
-def run_inspect(args: argparse.Namespace) -> None:
-    report = inspect_cache(args.cache, args.data)
-    print(json.dumps(report, indent=2) if args.json else format_report(report))
-    if args.plot:
-        plot_report(report, args.plot)
-    if args.strict and any(t["problems"] for t in report["teachers"].values()):
-        raise SystemExit(1)
+def bad_regions(report: dict) -> int:
+    """How many done regions :func:`inspect_cache` found bad, over every teacher."""
+    return sum(len(t["problems"]) for t in report["teachers"].values())

@@ -1,10 +1,7 @@
 """``kdcache verify``: recompute a sample of cached views with the teacher, and check every
 done region's checksum; any mismatch is reported with its shard and row."""
 
-import argparse
-import json
-from dataclasses import asdict, dataclass, field
-from functools import partial
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -13,7 +10,6 @@ from kdcache.pipeline.data import Manifest, ShardInfo
 from kdcache.pipeline.teach import Teacher, load_teacher, read_shard_images, teacher_targets
 from kdcache.tools.cache.cache_manifest import manifest_for
 from kdcache.tools.cache.verify_replay import ReplayReport, replay_check, sample_done_rows
-from kdcache.tools.cli.arg_types import key_value
 
 LOGIT_TOLERANCE = 2e-2  # fp16 storage plus batch-dependent float sums
 
@@ -195,56 +191,3 @@ def _verify_shard(
             fresh = _recompute(teacher, store, manifest, shard, images, chosen, view)
             report.views_recomputed += len(chosen)
             _compare(report, shard, rows[chosen], view, stored, fresh, teacher.name)
-
-
-def add_verify_parser(commands) -> None:
-    parser = commands.add_parser(
-        "verify",
-        help="recompute sampled views with the teacher and check every region's checksum",
-        description="Check the checksum of every done (shard, view) region against its data "
-        "(a failing region is recomputed row by row), and recompute a random sample of "
-        "(row, view) with the teacher, reporting the largest logit difference and top-k "
-        "mismatches. Exits 1 on any mismatch, naming shard and row.",
-    )
-    parser.add_argument("cache", help="cache location")
-    parser.add_argument(
-        "--data", default=None, help="manifest folder (default: the one the cache records)"
-    )
-    parser.add_argument(
-        "--samples", type=int, default=64, help="(row, view) pairs recomputed per teacher"
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the sample (default: 0)")
-    parser.add_argument("--teacher", type=partial(key_value, form="NAME=PATH"), action="append", default=[],
-                        metavar="NAME=PATH", help="weights of a teacher if moved since teaching")  # fmt: skip
-    parser.add_argument(
-        "--replay",
-        action="store_true",
-        help="also rebuild --samples views in the trainer's loader and compare them with the "
-        "teacher job's inputs (largest pixel difference; any difference is a problem)",
-    )
-    parser.add_argument(
-        "--replay-tolerance",
-        type=float,
-        default=0.0,
-        help="pixel difference allowed by --replay, e.g. across machines (default: 0, bitwise)",
-    )
-    parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    parser.set_defaults(run=run_verify)
-
-
-def run_verify(args: argparse.Namespace) -> None:
-    report = verify_cache(
-        args.cache,
-        args.data,
-        samples=args.samples,
-        seed=args.seed,
-        teachers=dict(args.teacher),
-        replay=args.replay,
-        replay_tolerance=args.replay_tolerance,
-    )
-    if args.json:
-        print(json.dumps({**asdict(report), "ok": report.ok}, indent=2))
-    else:
-        print("\n".join(report.lines()))
-    if not report.ok:
-        raise SystemExit(1)

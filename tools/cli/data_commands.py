@@ -5,9 +5,11 @@ import contextlib
 import sys
 from dataclasses import replace
 
-from kdcache.pipeline.cache import catalog_root
+from kdcache.errors import ConfigError
+from kdcache.pipeline.teach import TeachConfig
 from kdcache.pipeline.views import ViewPlan
 from kdcache.tools.cli.arg_types import key_value
+from kdcache.tools.cli.config_options import add_config_options, config_values
 from kdcache.tools.cli.plan_options import add_plan_arguments, plan_overrides
 
 
@@ -89,6 +91,9 @@ def _teacher_source(text: str):
     return TeacherSource(location=location, name=name) if sep else TeacherSource(location=text)
 
 
+_FROM_EXISTING = ("topk", "samples", "splits")  # unset: the existing cache's values
+
+
 def add_teach_parser(commands) -> None:
     parser = commands.add_parser(
         "teach",
@@ -97,20 +102,12 @@ def add_teach_parser(commands) -> None:
         "run the teacher(s), write top-k logits, class ids, logsumexp and view params into the "
         "Zarr cache, then mark the shard done. Rerunning skips done shards.",
     )
-    parser.add_argument(
-        "--data", required=True, help="folder holding manifest.parquet (or its path)"
-    )
-    parser.add_argument(
-        "--cache",
-        default=None,
-        help="cache location, created if missing (default with a catalogue: "
-        "the catalogue's cache of that identity, or ROOT/caches/<identity>.zarr)",
-    )
-    parser.add_argument(
-        "--catalog",
-        default=None,
-        help="catalogue root: reuse a complete cache of the same identity, record "
-        "this one (default: $KDCACHE_CATALOG; none if unset)",
+    add_config_options(
+        parser,
+        TeachConfig,
+        parse={"only_shards": _shard_ids},
+        unset=_FROM_EXISTING,
+        unset_note="default: the existing cache's, else",
     )
     parser.add_argument(
         "--teacher",
@@ -132,127 +129,34 @@ def add_teach_parser(commands) -> None:
         default=None,
         help="teacher input size (default: the checkpoint's)",
     )
-    parser.add_argument(
-        "--topk",
-        type=int,
-        default=None,
-        help="logits kept per view (default: the existing cache's, else 10)",
-    )
-    parser.add_argument(
-        "--samples",
-        type=int,
-        default=None,
-        metavar="D",
-        help="also draw D class ids per view from the teacher's softmax, for sampled "
-        "distillation (RS-KD; train --targets sampled) (default: the existing cache's, else 0)",
-    )
-    parser.add_argument(
-        "--splits",
-        nargs="+",
-        default=None,
-        help="splits to cache (default: the existing cache's, else train)",
-    )
-    parser.add_argument(
-        "--batch-size", type=int, default=256, help="inference batch (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--workers",
-        type=int,
-        default=None,
-        help="Ray actors (default and most: as many as the cluster's nodes can hold)",
-    )
-    parser.add_argument(
-        "--cpus-per-worker", type=float, default=1.0, help="CPUs per actor (default: 1)"
-    )
-    parser.add_argument(
-        "--gpus-per-worker",
-        type=float,
-        default=None,
-        help="GPUs per actor (default: 1 if the cluster has GPUs, else 0)",
-    )
-    parser.add_argument(
-        "--precision",
-        choices=["auto", "fp32", "bf16", "fp16"],
-        default="auto",
-        help="inference precision on CUDA (auto: bf16); CPU runs fp32",
-    )
-    parser.add_argument(
-        "--address",
-        default=None,
-        help="Ray cluster address, e.g. ray://head:10001 or auto (default: start a local Ray)",
-    )
-    parser.add_argument(
-        "--only-shards",
-        type=_shard_ids,
-        default=None,
-        metavar="IDS",
-        help="process only these shard ids, e.g. 0-9,12",
-    )
-    parser.add_argument(
-        "--lock-timeout",
-        type=float,
-        default=120.0,
-        metavar="SECONDS",
-        help="take over a run lock whose heartbeat is this old (default: 120)",
-    )
-    parser.add_argument(
-        "--placement-timeout",
-        type=float,
-        default=120.0,
-        metavar="SECONDS",
-        help="give up on workers Ray has not placed and started by then; fail if none "
-        "(default: 120)",
-    )
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
     add_plan_arguments(parser, defaults_from="the existing cache's plan, else the plan defaults")
     parser.set_defaults(run=run_teach)  # fmt: skip
 
 
 def run_teach(args: argparse.Namespace) -> None:
-    from kdcache.pipeline.cache import CacheStore
-    from kdcache.pipeline.teach import TeachConfig, TeachFailed, run_teach
+    from kdcache.pipeline.cache import CacheStore, catalog_root
+    from kdcache.pipeline.teach import TeachFailed, run_teach
 
     teachers = [
         replace(_teacher_source(t), resolution=args.teacher_resolution) for t in args.teacher
     ]
     if args.teacher_arch and len(args.teacher_arch) != len(teachers):
-        raise SystemExit(
-            f"kdcache teach: {len(args.teacher_arch)} --teacher-arch for {len(teachers)} --teacher"
-        )
+        raise ConfigError(f"{len(args.teacher_arch)} --teacher-arch for {len(teachers)} --teacher")
     for index, arch in enumerate(args.teacher_arch):
         teachers[index] = replace(teachers[index], arch=arch)
     existing = None
     if args.cache is not None:
         with contextlib.suppress(FileNotFoundError):
             existing = CacheStore.open(args.cache)
+    values = config_values(TeachConfig, args)
     if existing is not None:  # unset options default to the existing cache's
         plan = replace(existing.plan, **plan_overrides(args))
-        topk, splits = args.topk or existing.topk, args.splits or existing.attrs["splits"]
-        samples = existing.samples if args.samples is None else args.samples
+        inherited = {"topk": existing.topk, "samples": existing.samples}
+        inherited["splits"] = existing.attrs["splits"]
     else:
-        plan = ViewPlan(**plan_overrides(args))
-        topk, splits = args.topk or 10, args.splits or ["train"]
-        samples = args.samples or 0
-    config = TeachConfig(
-        manifest=args.data,
-        cache=args.cache,
-        teachers=teachers,
-        plan=plan,
-        topk=topk,
-        samples=samples,
-        splits=splits,
-        batch_size=args.batch_size,
-        workers=args.workers,
-        cpus_per_worker=args.cpus_per_worker,
-        gpus_per_worker=args.gpus_per_worker,
-        precision=args.precision,
-        address=args.address,
-        only_shards=args.only_shards,
-        catalog=catalog_root(args.catalog),
-        lock_stale_after=args.lock_timeout,
-        placement_timeout=args.placement_timeout,
-        progress=not args.quiet,
-    )
+        plan, inherited = ViewPlan(**plan_overrides(args)), {}
+    values["catalog"] = catalog_root(args.catalog)
+    config = TeachConfig(**(inherited | values), teachers=teachers, plan=plan)
     try:
         summary = run_teach(config)
     except TeachFailed as error:
@@ -285,7 +189,7 @@ def add_catalog_parser(commands) -> None:
 def run_catalog(args: argparse.Namespace) -> None:
     import json
 
-    from kdcache.pipeline.cache import Catalog
+    from kdcache.pipeline.cache import Catalog, catalog_root
     from kdcache.pipeline.data import Manifest
 
     root = catalog_root(args.catalog)

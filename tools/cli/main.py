@@ -12,8 +12,7 @@ from kdcache.tools.bench.replay_cost import add_bench_replay_parser
 from kdcache.tools.bench.teach_speed import add_bench_parser
 from kdcache.tools.bench.train_speed import add_bench_train_parser
 from kdcache.tools.bench.versus_timm import add_bench_timm_parser
-from kdcache.tools.cache.inspect_cache import add_inspect_parser
-from kdcache.tools.cache.verify_cache import add_verify_parser
+from kdcache.tools.cli.cache_commands import add_inspect_parser, add_verify_parser
 from kdcache.tools.cli.data_commands import add_catalog_parser, add_shard_parser, add_teach_parser
 from kdcache.tools.cli.train_command import add_train_parser
 from kdcache.tools.demo import add_demo_parser

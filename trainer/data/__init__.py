@@ -12,7 +12,6 @@ __getattr__, __dir__, __all__ = lazy_face(
         "KDLoader": ".kd_loader",
         "Targets": ".kd_loader",
         "LabelMixedTargets": ".label_mixing",
-        "MIXING_MODES": ".label_mixing",
         "OnlineTeacher": ".online",
         "PlannedViews": ".targets",
         "SCHEDULES": ".view_schedule",

@@ -24,8 +24,6 @@ from kdcache.pipeline.views import MIX_COLUMNS, MIX_FIELDS
 from kdcache.trainer.data.targets import CachedTargets, ShardBlock
 from kdcache.trainer.kd import teacher_logits
 
-MIXING_MODES = ("exact", "label")
-
 
 class LabelMixedTargets(CachedTargets):
     """A cache of unmixed views, with the run's own mixing columns added to its params."""

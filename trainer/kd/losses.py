@@ -20,13 +20,9 @@ import torch
 import torch.nn.functional as F
 
 from kdcache.trainer.kd.ensemble import TeacherMix, mixture_probs
+from kdcache.trainer.kd.modes import KD_MODES, KL_REDUCTIONS, TAIL_MODES, TARGET_KINDS
 from kdcache.trainer.kd.sampled import sampled_distillation
-from kdcache.trainer.kd.topk_tail import TAIL_MODES, distillation_bins
-
-KD_MODES = ("none", "soft", "hard")
-TEACHER_MODES = ("none", "cached", "online")  # where the targets come from (train --teacher)
-KL_REDUCTIONS = ("batchmean", "deit")
-TARGET_KINDS = ("topk", "sampled")
+from kdcache.trainer.kd.topk_tail import distillation_bins
 
 
 def soft_distillation(

@@ -63,7 +63,8 @@ from timm.task import TrainingTask, resolve_classification_loss
 from timm.utils import unwrap_model
 
 from kdcache.trainer.kd.losses import soft_distillation
-from kdcache.trainer.kd.topk_tail import TAIL_MODES, distillation_bins
+from kdcache.trainer.kd.modes import TAIL_MODES
+from kdcache.trainer.kd.topk_tail import distillation_bins
 
 TARGET_KEYS = ("topk_logits", "topk_index", "logsumexp")
 DISTILL_TYPES = ("soft", "hard")

@@ -16,7 +16,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-TAIL_MODES = ("uniform", "renormalize", "bucket")
+from kdcache.trainer.kd.modes import TAIL_MODES
+
 _TAIL_FLOOR = 1e-12
 
 

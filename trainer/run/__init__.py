@@ -7,7 +7,7 @@ __getattr__, __dir__, __all__ = lazy_face(
     {
         "RESUME_FILE": ".resume",
         "Stopped": ".resume",
-        "TrainConfig": ".engine",
+        "TrainConfig": ".train_config",
         "evaluate_model": ".evaluate",
         "train": ".engine",
     },

@@ -8,7 +8,9 @@ import json
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from functools import partial
 
 import numpy as np
 import torch
@@ -55,58 +57,8 @@ from kdcache.trainer.run.resume import (
 )
 from kdcache.trainer.run.run_folder import claim_run_folder, write_run_config
 from kdcache.trainer.run.run_log import RunLog
-
-
-@dataclass
-class TrainConfig:
-    """Options of one training run (see ``kdcache train --help``)."""
-
-    manifest: str
-    out: str
-    model: str
-    model_args: dict = field(default_factory=dict)
-    resolution: int | None = None
-    kd: str = "none"
-    teacher: str | None = None  # none | cached | online; default cached with a cache, else none
-    cache: str | None = None  # a location, or "auto" to pick from the catalogue
-    catalog: str | None = None
-    teachers: list[str] = field(default_factory=list)  # names in the cache; several: an ensemble
-    teacher_weights: dict = field(default_factory=dict)  # ensemble weights (default: equal)
-    head_teachers: dict = field(default_factory=dict)  # e.g. {"dist": "b"} (DeiT heads)
-    teacher_checkpoint: str | None = None  # the online teacher
-    teacher_arch: str | None = None  # architecture of published weights (online)
-    targets: str = "topk"  # or "sampled" (RS-KD drawn class ids)
-    topk: int | None = None  # top-k used per view: a cache's first K, or online logits reduced
-    samples: int | None = None  # sampled ids used per view (default: all the cache holds)
-    plan: dict = field(default_factory=dict)  # plan fields; with a cache, checked against it
-    alpha: float = 0.5
-    tau: float = 1.0
-    kl_reduction: str = "batchmean"
-    tail: str = "uniform"
-    label_smoothing: float = 0.0
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    warmup_epochs: float = 1.0
-    min_lr: float = 1e-5
-    clip_grad: float | None = None
-    ema_decay: float | None = None
-    seed: int = 0
-    workers: int = 2
-    device: str = "auto"
-    amp: bool = False
-    compile: bool = False
-    shuffle_buffer: int = 2000
-    view_schedule: str = "cycle"  # epoch -> view: cycle, or shuffle (per sample, per V epochs)
-    mixing: str = "exact"  # exact: the plan's mixing, seen by the teacher; label: FKD-style
-    tensorboard: bool = False
-    resume: bool = False
-    overwrite: bool = field(
-        default=False,
-        metadata={"help": "replace the run already in --out instead of refusing to start"},
-    )
-    progress: bool = True
+from kdcache.trainer.run.step_profile import StepProfile
+from kdcache.trainer.run.train_config import TrainConfig
 
 
 def _seed_everything(seed: int) -> None:
@@ -190,12 +142,38 @@ def train(config: TrainConfig) -> dict:
     """
     world, device = start_world(config.device)
     try:
-        return _train(config, world, device)
+        run = _build_run(config, world, device)
+        return _train_epochs(run)
     finally:
         stop_world(world)
 
 
-def _train(config: TrainConfig, world: World, device: torch.device) -> dict:
+@dataclass
+class _Run:
+    """Everything one training run holds, built by :func:`_build_run`."""
+
+    config: TrainConfig
+    world: World
+    device: torch.device
+    spec: ModelSpec
+    net: torch.nn.Module  # the plain student (checkpoints, EMA source, evaluation)
+    model: torch.nn.Module  # what trains: net, maybe DDP-wrapped and compiled
+    ema: ModelEmaV3 | None
+    step: Callable  # batch -> (loss, parts)
+    train_set: TrainViews
+    train_loader: Iterable
+    test_loader: Iterable
+    epoch_steps: list[int]
+    optimizer: torch.optim.Optimizer
+    scheduler: CosineLRScheduler
+    run_config: dict  # what config.json holds
+    progress: Progress
+    log: RunLog | None
+    profile: StepProfile
+
+
+def _build_run(config: TrainConfig, world: World, device: torch.device) -> _Run:
+    """Data, student, loss, optimiser and run folder of a run, resumed if asked."""
     if config.epochs < 1:
         raise ValueError(f"--epochs must be at least 1, got {config.epochs}")
     if world.is_main:
@@ -204,10 +182,68 @@ def _train(config: TrainConfig, world: World, device: torch.device) -> dict:
     mode = teacher_mode(config)
     manifest = Manifest.read(config.manifest)
     source = _views_source(config, manifest)
+    spec = _student_spec(config, manifest)
+    net = create_model(spec).to(device)
+    if config.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    distilled = hasattr(net, "set_distilled_training")
+    if distilled:
+        net.set_distilled_training(config.kd != "none")
+    online = _online_teacher(config, manifest, device) if mode == "online" else None
+    teachers = None if mode == "none" else (["online"] if online else source.teachers)
+    criterion = _criterion(config, manifest.num_classes, teachers, distilled)
+    train_set = TrainViews(
+        manifest, source, resolution=spec.resolution, seed=config.seed,
+        shuffle_buffer=config.shuffle_buffer,
+        schedule=ViewSchedule(config.view_schedule, source.plan.views, config.seed),
+        mix_targets=config.mixing == "label",
+        teacher_resolution=online.resolution if online else None,
+    )  # fmt: skip
+    pin = device.type == "cuda"
+    epoch_steps = [
+        train_set.epoch_steps(e, config.batch_size, config.workers, world.size)
+        for e in range(config.epochs)
+    ]
+    optimizer, scheduler = _optimizer(net, config, epoch_steps)
+    ema = ModelEmaV3(net, decay=config.ema_decay) if config.ema_decay else None
+    run_config = _config_json(config, source, spec, online)
+    progress = Progress()
+    if config.resume:
+        progress = _resume(config, run_config, net, optimizer, scheduler, ema, device)
+        if world.is_main and config.progress:
+            total = epoch_steps[min(progress.epoch, config.epochs - 1)]
+            print(f"train: resuming {config.out} at epoch {progress.epoch}, "
+                  f"step {progress.step}/{total}", flush=True)  # fmt: skip
+    return _Run(
+        config=config,
+        world=world,
+        device=device,
+        spec=spec,
+        net=net,
+        model=_wrapped(net, world, device, config.compile),
+        ema=ema,
+        step=partial(_step, criterion, manifest.num_classes, spec, online, device, config),
+        train_set=train_set,
+        train_loader=make_loader(train_set, config.batch_size, config.workers, pin, config.seed),
+        test_loader=make_loader(EvalViews(manifest, resolution=spec.resolution), 256,
+                                config.workers, pin),
+        epoch_steps=epoch_steps,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        run_config=run_config,
+        progress=progress,
+        log=_open_run_folder(config, run_config, world, progress),
+        profile=StepProfile(config.profile, os.path.join(config.out, "profile"), device,
+                            world.rank, show=world.is_main and config.progress),
+    )  # fmt: skip
+
+
+def _student_spec(config: TrainConfig, manifest: Manifest) -> ModelSpec:
+    """The student's architecture, classes, channels, input size and normalisation."""
     resolution = config.resolution
     if resolution is None:
         resolution = max(manifest.table["height"].to_numpy().max(), 1)
-    spec = ModelSpec(
+    return ModelSpec(
         arch=config.model,
         num_classes=manifest.num_classes,
         in_chans=manifest.channels,
@@ -216,24 +252,25 @@ def _train(config: TrainConfig, world: World, device: torch.device) -> dict:
         std=manifest.pixel_std,
         model_args=config.model_args,
     )
-    net = create_model(spec).to(device)
-    distilled = hasattr(net, "set_distilled_training")
-    if distilled:
-        net.set_distilled_training(config.kd != "none")
-    online = None
-    if mode == "online":
-        online = OnlineTeacher(
-            config.teacher_checkpoint,
-            num_classes=manifest.num_classes,
-            in_chans=manifest.channels,
-            device=device,
-            topk=config.topk,
-            arch=config.teacher_arch,
-            amp=config.amp,
-        )
-    criterion = DistillationLoss(
+
+
+def _online_teacher(config: TrainConfig, manifest: Manifest, device) -> OnlineTeacher:
+    return OnlineTeacher(
+        config.teacher_checkpoint,
+        num_classes=manifest.num_classes,
+        in_chans=manifest.channels,
+        device=device,
+        topk=config.topk,
+        arch=config.teacher_arch,
+        amp=config.amp,
+    )
+
+
+def _criterion(config: TrainConfig, num_classes: int, teachers, distilled: bool):
+    """The loss; ``teachers`` are the target sources' names (None: no distillation)."""
+    return DistillationLoss(
         config.kd,
-        manifest.num_classes,
+        num_classes,
         alpha=config.alpha,
         tau=config.tau,
         label_smoothing=config.label_smoothing,
@@ -241,50 +278,31 @@ def _train(config: TrainConfig, world: World, device: torch.device) -> dict:
         tail=config.tail,
         targets=config.targets,
         mix=None
-        if mode == "none"
-        else teacher_mix(
-            ["online"] if online else source.teachers,
-            config.teacher_weights,
-            config.head_teachers,
-            distilled,
-        ),
+        if teachers is None
+        else teacher_mix(teachers, config.teacher_weights, config.head_teachers, distilled),
     )
-    train_set = TrainViews(
-        manifest,
-        source,
-        resolution=spec.resolution,
-        seed=config.seed,
-        shuffle_buffer=config.shuffle_buffer,
-        schedule=ViewSchedule(config.view_schedule, source.plan.views, config.seed),
-        mix_targets=config.mixing == "label",
-        teacher_resolution=online.resolution if online else None,
-    )
-    pin = device.type == "cuda"
-    train_loader = make_loader(train_set, config.batch_size, config.workers, pin, config.seed)
-    test_set = EvalViews(manifest, resolution=spec.resolution)
-    test_loader = make_loader(test_set, 256, config.workers, pin)
 
-    def prepare(images: torch.Tensor) -> torch.Tensor:
-        return normalize(images, spec.mean, spec.std)
 
-    def step(model, batch) -> tuple[torch.Tensor, dict]:
-        images = prepare(batch["image"].to(device, non_blocking=True))
-        labels = label_targets(batch, manifest.num_classes).to(device, non_blocking=True)
-        if online is not None:
-            targets = {"online": online(batch["teacher_image"])}
-        else:
-            targets = {
-                name: {k: t.to(device, non_blocking=True) for k, t in arrays.items()}
-                for name, arrays in batch["targets"].items()
-            }
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp):
-            outputs = model(images)
-        return criterion(outputs, labels, targets), criterion.parts
+def _step(criterion, num_classes, spec, online, device, config: TrainConfig, model, batch):
+    """One batch through the student: (loss, its parts)."""
+    images = normalize(batch["image"].to(device, non_blocking=True), spec.mean, spec.std)
+    if config.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    labels = label_targets(batch, num_classes).to(device, non_blocking=True)
+    if online is not None:
+        targets = {"online": online(batch["teacher_image"])}
+    else:
+        targets = {
+            name: {k: t.to(device, non_blocking=True) for k, t in arrays.items()}
+            for name, arrays in batch["targets"].items()
+        }
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp):
+        outputs = model(images)
+    return criterion(outputs, labels, targets), criterion.parts
 
-    epoch_steps = [
-        train_set.epoch_steps(e, config.batch_size, config.workers, world.size)
-        for e in range(config.epochs)
-    ]
+
+def _optimizer(net, config: TrainConfig, epoch_steps: list[int]):
+    """AdamW and its per-update cosine schedule with linear warm-up."""
     optimizer = create_optimizer_v2(net, "adamw", lr=config.lr, weight_decay=config.weight_decay)
     scheduler = CosineLRScheduler(
         optimizer,
@@ -294,121 +312,134 @@ def _train(config: TrainConfig, world: World, device: torch.device) -> dict:
         warmup_lr_init=config.lr / 100,
         t_in_epochs=False,
     )
-    ema = ModelEmaV3(net, decay=config.ema_decay) if config.ema_decay else None
-    run_config = _config_json(config, source, spec, online)
-    resume_path = os.path.join(config.out, RESUME_FILE)
-    progress = Progress()
-    if config.resume:
-        state = load_state(resume_path, run_config)
-        net.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if ema is not None:
-            ema.load_state_dict(state["ema"])
-        restore_rng(state)
-        progress = progress_from(state, device)
-        scheduler.step_update(progress.updates)
-        if world.is_main and config.progress:
-            print(
-                f"train: resuming {config.out} at epoch {progress.epoch}, "
-                f"step {progress.step}/{epoch_steps[min(progress.epoch, config.epochs - 1)]}",
-                flush=True,
-            )
+    return optimizer, scheduler
+
+
+def _resume(config, run_config, net, optimizer, scheduler, ema, device) -> Progress:
+    """Load ``RUN/resume.pth`` into the run's parts; where the run stopped."""
+    state = load_state(os.path.join(config.out, RESUME_FILE), run_config)
+    net.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    if ema is not None:
+        ema.load_state_dict(state["ema"])
+    restore_rng(state)
+    progress = progress_from(state, device)
+    scheduler.step_update(progress.updates)
+    return progress
+
+
+def _wrapped(net, world: World, device, compile: bool) -> torch.nn.Module:
     model = net
     if world.distributed:
         model = DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None)
-    if config.compile:
-        model = torch.compile(model)
+    return torch.compile(model) if compile else model
 
-    log = None
-    if world.is_main:
-        write_run_config(config.out, run_config, overwrite=config.overwrite)
-        log = RunLog(config.out, tensorboard=config.tensorboard, rows=progress.rows)
 
-    def save(epoch_row: dict | None) -> None:
-        if not world.is_main:
-            return
-        if epoch_row is not None:
-            for suffix, weights in (("", net), ("-ema", ema.module if ema else None)):
-                if weights is not None:
-                    save_checkpoint(
-                        os.path.join(config.out, f"checkpoint{suffix}.pth"),
-                        weights,
-                        spec,
-                        epoch=epoch_row["epoch"],
-                        metrics=epoch_row,
-                    )
-        save_state(
-            resume_path,
-            config=run_config,
-            model=net,
-            optimizer=optimizer,
-            ema=ema,
-            progress=progress,
-        )
+def _open_run_folder(config, run_config: dict, world: World, progress: Progress):
+    """Rank 0: the run folder with config.json, and its log; other ranks: None."""
+    if not world.is_main:
+        return None
+    write_run_config(config.out, run_config, overwrite=config.overwrite)
+    return RunLog(config.out, tensorboard=config.tensorboard, rows=progress.rows)
 
+
+def _train_epochs(run: _Run) -> dict:
+    """The epochs left: train, evaluate, log, save; stop after saving on SIGTERM."""
+    config, world = run.config, run.world
     try:
         with StopOnSignal() as stop:
-            for epoch in range(progress.epoch, config.epochs):
-                train_set.set_epoch(epoch)
+            for epoch in range(run.progress.epoch, config.epochs):
+                run.train_set.set_epoch(epoch)
                 began = time.perf_counter()
                 fresh = train_epoch(
-                    model,
-                    net,
-                    train_loader,
-                    lambda batch: step(model, batch),
-                    optimizer,
-                    scheduler,
-                    ema,
-                    progress,
-                    epoch_steps[epoch],
+                    run.model,
+                    run.net,
+                    run.train_loader,
+                    lambda batch: run.step(run.model, batch),
+                    run.optimizer,
+                    run.scheduler,
+                    run.ema,
+                    run.progress,
+                    run.epoch_steps[epoch],
                     clip_grad=config.clip_grad,
-                    stop=lambda step: stop_now(stop, step, world, device),
-                    log=log,
+                    stop=lambda step: stop_now(stop, step, world, run.device),
+                    log=run.log,
                     bar=config.progress and world.is_main,
+                    profile=run.profile,
                 )
-                if progress.step < epoch_steps[epoch]:
-                    save(None)
-                    raise Stopped(f"SIGTERM at epoch {epoch}, step {progress.step}")
-                train_seconds = time.perf_counter() - began
-                check_in_sync(net, world, device)
-                share_buffers(net, ema, world)  # every rank evaluates what checkpoint.pth holds
-                sums = sum_across(
-                    {name: float(v) for name, v in progress.sums.items()}
-                    | {"images": progress.seen, "fresh": fresh},
-                    world,
-                    device,
-                )
-                images = sums.pop("images")
-                fresh_images = sums.pop("fresh")
-                scores = accuracy(
-                    sum_across(count_correct(net, test_loader, device, prepare), world, device)
-                )
-                if ema is not None:
-                    counts = count_correct(ema.module, test_loader, device, prepare)
-                    scores |= accuracy(sum_across(counts, world, device), prefix="ema_")
-                row = {
-                    "epoch": epoch,
-                    "lr": optimizer.param_groups[0]["lr"],
-                    **{f"train_{k}": v / max(images, 1) for k, v in sums.items()},
-                    "train_images": int(images),
-                    "train_images_per_s": fresh_images / train_seconds,
-                    **{f"test_{k}": v for k, v in scores.items()},
-                    "seconds": time.perf_counter() - began,
-                }
-                progress = Progress(epoch + 1, 0, progress.updates, {}, 0, [*progress.rows, row])
+                if run.progress.step < run.epoch_steps[epoch]:
+                    _save(run, None)
+                    raise Stopped(f"SIGTERM at epoch {epoch}, step {run.progress.step}")
+                row = _epoch_row(run, epoch, fresh, time.perf_counter() - began)
+                row["seconds"] = time.perf_counter() - began
+                done = run.progress
+                run.progress = Progress(epoch + 1, 0, done.updates, {}, 0, [*done.rows, row])
                 # decided before saving: a SIGTERM that arrives later stops the next epoch
-                stop_here = agreed(stop.requested, world, device) and epoch + 1 < config.epochs
-                if log is not None:
-                    log.add_epoch(row)
-                save(row)
+                stop_here = agreed(stop.requested, world, run.device) and epoch + 1 < config.epochs
+                if run.log is not None:
+                    run.log.add_epoch(row)
+                _save(run, row)
                 if world.is_main and config.progress:
                     _print_epoch(row)
                 if stop_here:
                     raise Stopped(f"SIGTERM after epoch {epoch}")
     finally:
-        if log is not None:
-            log.close()
-    return progress.rows[-1]
+        run.profile.close()
+        if run.log is not None:
+            run.log.close()
+    return run.progress.rows[-1]
+
+
+def _epoch_row(run: _Run, epoch: int, fresh: int, train_seconds: float) -> dict:
+    """The epoch's metrics, summed over ranks: train loss parts, speed, test accuracy."""
+    world, device = run.world, run.device
+    check_in_sync(run.net, world, device)
+    share_buffers(run.net, run.ema, world)  # every rank evaluates what checkpoint.pth holds
+    sums = sum_across(
+        {name: float(v) for name, v in run.progress.sums.items()}
+        | {"images": run.progress.seen, "fresh": fresh},
+        world,
+        device,
+    )
+    images, fresh_images = sums.pop("images"), sums.pop("fresh")
+    prepare = partial(normalize, mean=run.spec.mean, std=run.spec.std)
+    counts = count_correct(run.net, run.test_loader, device, prepare)
+    scores = accuracy(sum_across(counts, world, device))
+    if run.ema is not None:
+        counts = count_correct(run.ema.module, run.test_loader, device, prepare)
+        scores |= accuracy(sum_across(counts, world, device), prefix="ema_")
+    return {
+        "epoch": epoch,
+        "lr": run.optimizer.param_groups[0]["lr"],
+        **{f"train_{k}": v / max(images, 1) for k, v in sums.items()},
+        "train_images": int(images),
+        "train_images_per_s": fresh_images / train_seconds,
+        **{f"test_{k}": v for k, v in scores.items()},
+    }
+
+
+def _save(run: _Run, epoch_row: dict | None) -> None:
+    """Rank 0: the epoch's checkpoints (after a finished epoch) and the resumable state."""
+    if not run.world.is_main:
+        return
+    if epoch_row is not None:
+        for suffix, weights in (("", run.net), ("-ema", run.ema.module if run.ema else None)):
+            if weights is not None:
+                save_checkpoint(
+                    os.path.join(run.config.out, f"checkpoint{suffix}.pth"),
+                    weights,
+                    run.spec,
+                    epoch=epoch_row["epoch"],
+                    metrics=epoch_row,
+                )
+    save_state(
+        os.path.join(run.config.out, RESUME_FILE),
+        config=run.run_config,
+        model=run.net,
+        optimizer=run.optimizer,
+        ema=run.ema,
+        progress=run.progress,
+    )
 
 
 def _print_epoch(row: dict) -> None:

@@ -6,6 +6,7 @@ from tqdm import tqdm
 from kdcache.trainer.run.distributed import World, sum_across
 from kdcache.trainer.run.resume import Progress, StopOnSignal
 from kdcache.trainer.run.run_log import RunLog
+from kdcache.trainer.run.step_profile import StepProfile
 
 _STEP_LOG_EVERY = 50  # updates between per-step TensorBoard scalars
 _STOP_CHECK_EVERY = 10  # under DDP, steps between agreeing on a SIGTERM (one all-reduce)
@@ -38,10 +39,12 @@ def train_epoch(
     stop,
     log: RunLog | None,
     bar: bool,
+    profile: StepProfile,
 ) -> int:
     """Train ``progress.epoch`` up to ``steps`` batches, updating ``progress`` in place; skip
     the batches a resumed epoch already did. ``model`` is what trains (maybe DDP-wrapped or
-    compiled), ``net`` the plain module (EMA source). Returns the images trained on here.
+    compiled), ``net`` the plain module (EMA source); ``profile`` times the steps it covers.
+    Returns the images trained on here.
 
     Loss parts are summed on the device and read at the epoch's end (no per-step sync).
     """
@@ -58,7 +61,9 @@ def train_epoch(
         leave=False,
     ) as shown:
         while progress.step < steps:
+            profile.batch_wanted()
             batch = next(batches)
+            profile.batch_arrived()
             loss, parts = step(batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -69,21 +74,25 @@ def train_epoch(
             scheduler.step_update(progress.updates)
             if ema is not None:
                 ema.update(net, step=progress.updates)
-            size = batch["label"].numel()
-            progress.step += 1
-            progress.seen += size
-            fresh += size
-            for name, value in {"loss": loss.detach(), **parts}.items():
-                progress.sums[name] = progress.sums.get(name, 0) + value * size
+            profile.step_done()
+            fresh += _count_step(progress, batch["label"].numel(), loss, parts)
             if (
                 log is not None
                 and log.writer is not None
                 and progress.updates % _STEP_LOG_EVERY == 0
             ):
-                log.add_step(
-                    progress.updates, {"loss": loss.item(), "lr": optimizer.param_groups[0]["lr"]}
-                )
+                lr = optimizer.param_groups[0]["lr"]
+                log.add_step(progress.updates, {"loss": loss.item(), "lr": lr})
             shown.update()
             if stop(progress.step):
                 break
     return fresh
+
+
+def _count_step(progress: Progress, size: int, loss: torch.Tensor, parts: dict) -> int:
+    """Add a step of ``size`` samples to ``progress`` (loss parts summed on the device)."""
+    progress.step += 1
+    progress.seen += size
+    for name, value in {"loss": loss.detach(), **parts}.items():
+        progress.sums[name] = progress.sums.get(name, 0) + value * size
+    return size

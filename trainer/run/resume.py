@@ -21,7 +21,10 @@ from kdcache.pipeline.data import urls
 RESUME_FILE = "resume.pth"
 RESUME_FORMAT = "kdcache-resume/1"
 # options that do not change what is computed, only how it is shown or where it runs
-FREE_FIELDS = frozenset({"progress", "resume", "overwrite", "device", "tensorboard", "compile"})
+FREE_FIELDS = frozenset(
+    {"progress", "resume", "overwrite", "device", "tensorboard", "compile", "channels_last",
+     "profile"}
+)  # fmt: skip
 
 
 class Stopped(Exception):

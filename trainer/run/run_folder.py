@@ -23,6 +23,7 @@ RUN_FILES = (
     "checkpoint-ema.pth",
     RESUME_FILE,
     "tensorboard",
+    "profile",
 )
 
 

@@ -1,0 +1,103 @@
+"""Where the teachers are (``TeacherSource``) and the options of one teacher pass, each with
+its default and help (``kdcache teach --help`` is generated from these fields)."""
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from kdcache._options import option
+from kdcache.pipeline.views import ViewPlan
+
+if TYPE_CHECKING:
+    import torch
+
+    from kdcache.pipeline.data import Manifest
+    from kdcache.pipeline.teach.teachers import Teacher
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+RAY = "Ray job"
+
+
+@dataclass(frozen=True)
+class TeacherSource:
+    """Where a teacher's weights are and how to build it (``arch`` only for published weights)."""
+
+    location: str
+    name: str | None = None
+    arch: str | None = None
+    resolution: int | None = None
+
+    def load(self, manifest: "Manifest", device: "str | torch.device" = "cpu") -> "Teacher":
+        """The teacher, sized for the manifest's classes and channels."""
+        from kdcache.pipeline.teach.teachers import load_teacher
+
+        return load_teacher(
+            self.location,
+            name=self.name,
+            arch=self.arch,
+            num_classes=manifest.num_classes,
+            in_chans=manifest.channels,
+            resolution=self.resolution,
+            device=device,
+        )
+
+
+@dataclass
+class TeachConfig:
+    """Options of one teacher pass (see ``kdcache teach --help``)."""
+
+    manifest: str = option(help="folder holding manifest.parquet (or its path)", flag="--data")
+    cache: str | None = option(
+        None,
+        help="cache location, created if missing (default with a catalogue: "
+        "the catalogue's cache of that identity, or ROOT/caches/<identity>.zarr)",
+    )
+    teachers: list[TeacherSource] = field(default_factory=list)  # the CLI's --teacher options
+    plan: ViewPlan = field(default_factory=ViewPlan)
+    topk: int = option(10, help="logits kept per view")
+    samples: int = option(
+        0,
+        metavar="D",
+        help="also draw D class ids per view from the teacher's softmax, for sampled "
+        "distillation (RS-KD; train --targets sampled)",
+    )
+    splits: list[str] = option(factory=lambda: ["train"], help="splits to cache")
+    batch_size: int = option(256, help="inference batch")
+    workers: int | None = option(
+        None,
+        group=RAY,
+        help="Ray actors (default and most: as many as the cluster's nodes can hold)",
+    )
+    cpus_per_worker: float = option(1.0, group=RAY, help="CPUs per actor")
+    gpus_per_worker: float | None = option(
+        None, group=RAY, help="GPUs per actor (default: 1 if the cluster has GPUs, else 0)"
+    )
+    precision: str = option(
+        "auto", choices=PRECISIONS, help="inference precision on CUDA (auto: bf16); CPU runs fp32"
+    )
+    address: str | None = option(
+        None,
+        group=RAY,
+        help="Ray cluster address, e.g. ray://head:10001 or auto (default: start a local Ray)",
+    )
+    only_shards: list[int] | None = option(
+        None, metavar="IDS", help="process only these shard ids, e.g. 0-9,12"
+    )
+    catalog: str | None = option(
+        None,
+        help="catalogue root: reuse a complete cache of the same identity, record "
+        "this one (default: $KDCACHE_CATALOG; none if unset)",
+    )
+    lock_stale_after: float = option(
+        120.0,
+        flag="--lock-timeout",
+        metavar="SECONDS",
+        help="take over a run lock whose heartbeat is this old",
+    )
+    placement_timeout: float = option(
+        120.0,
+        metavar="SECONDS",
+        group=RAY,
+        help="give up on workers Ray has not placed and started by then; fail if none",
+    )
+    progress: bool = option(True, flag="--quiet", help="no progress bar")
+    run_id: str | None = None  # set by run_teach: the run lock this run holds

@@ -1,0 +1,25 @@
+"""``kdcache --help`` and every ``kdcache CMD --help`` import neither torch, timm nor Ray."""
+
+import subprocess
+import sys
+
+_EVERY_HELP = """
+import argparse, contextlib, io, sys
+from kdcache.tools.cli.main import build_parser, main
+commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+for argv in [["--help"]] + [[name, "--help"] for name in commands.choices]:
+    with contextlib.redirect_stdout(io.StringIO()) as shown, contextlib.suppress(SystemExit):
+        main(argv)
+    assert "usage: kdcache" in shown.getvalue(), argv
+print("commands", len(commands.choices))
+print("heavy", sorted(m for m in ("torch", "torchvision", "timm", "ray") if m in sys.modules))
+"""
+
+
+def test_every_help_leaves_torch_timm_and_ray_unimported():
+    result = subprocess.run(
+        [sys.executable, "-c", _EVERY_HELP], capture_output=True, text=True, check=True
+    )
+    lines = dict(line.split(" ", 1) for line in result.stdout.splitlines())
+    assert int(lines["commands"]) >= 10
+    assert lines["heavy"] == "[]", result.stdout

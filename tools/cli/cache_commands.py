@@ -1,0 +1,104 @@
+"""``kdcache inspect`` and ``kdcache verify``: the cache's health, read and recomputed."""
+
+import argparse
+import json
+from dataclasses import asdict
+from functools import partial
+
+from kdcache.tools.cli.arg_types import key_value
+
+
+def add_inspect_parser(commands) -> None:
+    parser = commands.add_parser(
+        "inspect",
+        help="completeness, teacher accuracy and agreement, tail mass and bytes of a cache",
+        description="Show a cache's completeness (shards done/missing), per-teacher and per-view "
+        "accuracy against the labels, agreement between views and between teachers, the "
+        "distribution of top-k and tail mass, bytes per view on disk and the compression ratio.",
+    )
+    parser.add_argument("cache", help="cache location")
+    parser.add_argument(
+        "--data", default=None, help="manifest folder (default: the one the cache records)"
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument(
+        "--plot", default=None, metavar="PNG", help="also draw a figure to this file"
+    )
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit 1 if any done region is bad (checksum mismatch, missing chunks, NaN/inf "
+        "targets, a done flag without data)",
+    )
+    parser.set_defaults(run=run_inspect)
+
+
+def run_inspect(args: argparse.Namespace) -> None:
+    from kdcache.tools.cache.inspect_cache import (
+        bad_regions,
+        format_report,
+        inspect_cache,
+        plot_report,
+    )
+
+    report = inspect_cache(args.cache, args.data)
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    if args.plot:
+        plot_report(report, args.plot)
+    if args.strict and bad_regions(report):
+        raise SystemExit(1)
+
+
+def add_verify_parser(commands) -> None:
+    parser = commands.add_parser(
+        "verify",
+        help="recompute sampled views with the teacher and check every region's checksum",
+        description="Check the checksum of every done (shard, view) region against its data "
+        "(a failing region is recomputed row by row), and recompute a random sample of "
+        "(row, view) with the teacher, reporting the largest logit difference and top-k "
+        "mismatches. Exits 1 on any mismatch, naming shard and row.",
+    )
+    parser.add_argument("cache", help="cache location")
+    parser.add_argument(
+        "--data", default=None, help="manifest folder (default: the one the cache records)"
+    )
+    parser.add_argument(
+        "--samples", type=int, default=64, help="(row, view) pairs recomputed per teacher"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sample (default: 0)")
+    parser.add_argument("--teacher", type=partial(key_value, form="NAME=PATH"), action="append", default=[],
+                        metavar="NAME=PATH", help="weights of a teacher if moved since teaching")  # fmt: skip
+    parser.add_argument(
+        "--replay",
+        action="store_true",
+        help="also rebuild --samples views in the trainer's loader and compare them with the "
+        "teacher job's inputs (largest pixel difference; any difference is a problem)",
+    )
+    parser.add_argument(
+        "--replay-tolerance",
+        type=float,
+        default=0.0,
+        help="pixel difference allowed by --replay, e.g. across machines (default: 0, bitwise)",
+    )
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.set_defaults(run=run_verify)
+
+
+def run_verify(args: argparse.Namespace) -> None:
+    from kdcache.tools.cache.verify_cache import verify_cache
+
+    report = verify_cache(
+        args.cache,
+        args.data,
+        samples=args.samples,
+        seed=args.seed,
+        teachers=dict(args.teacher),
+        replay=args.replay,
+        replay_tolerance=args.replay_tolerance,
+    )
+    if args.json:
+        print(json.dumps({**asdict(report), "ok": report.ok}, indent=2))
+    else:
+        print("\n".join(report.lines()))
+    if not report.ok:
+        raise SystemExit(1)

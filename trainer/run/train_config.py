@@ -1,0 +1,179 @@
+"""The options of one training run, each with its default and help (``kdcache train --help``
+is generated from these fields)."""
+
+from dataclasses import dataclass
+
+from kdcache._options import option
+from kdcache.trainer.data import SCHEDULES
+from kdcache.trainer.kd import (
+    KD_MODES,
+    KL_REDUCTIONS,
+    MIXING_MODES,
+    TAIL_MODES,
+    TARGET_KINDS,
+    TEACHER_MODES,
+)
+
+KD, OPT, RUN = "distillation", "optimisation", "run"
+
+
+@dataclass
+class TrainConfig:
+    """Options of one training run (see ``kdcache train --help``)."""
+
+    manifest: str = option(help="folder holding manifest.parquet (or its path)", flag="--data")
+    out: str = option(help="run folder for config, metrics and checkpoint")
+    model: str = option(
+        help="timm architecture, e.g. regnety_002 or deit_tiny_distilled_patch16_224"
+    )
+    model_args: dict = option(
+        factory=dict,
+        flag="--model-arg",
+        metavar="KEY=VALUE",
+        help="extra timm model kwarg, e.g. patch_size=4 embed_dim=96 (repeatable)",
+    )
+    resolution: int | None = option(
+        None, help="input size, at least 16 (default: the source image height)"
+    )
+    kd: str = option("none", choices=KD_MODES, group=KD, help="distillation mode")
+    teacher: str | None = option(
+        None,
+        choices=TEACHER_MODES,
+        group=KD,
+        help="where targets come from: cached (--cache), online (the teacher runs on every "
+        "batch's views, DeiT's way: --teacher-checkpoint) or none "
+        "(default: cached with --cache, else none)",
+    )
+    teacher_checkpoint: str | None = option(
+        None,
+        metavar="CKPT",
+        group=KD,
+        help="online teacher: a kdcache checkpoint, or published timm weights with --teacher-arch",
+    )
+    teacher_arch: str | None = option(
+        None, group=KD, help="timm architecture of published online weights"
+    )
+    cache: str | None = option(
+        None,
+        group=KD,
+        help="teacher cache made by kdcache teach, or 'auto': the one catalogue entry "
+        "that fits the data, plan options and --teacher-name",
+    )
+    catalog: str | None = option(
+        None, group=KD, help="catalogue root for --cache auto (default: $KDCACHE_CATALOG)"
+    )
+    teachers: list[str] = option(
+        factory=list,
+        flag="--teacher-name",
+        metavar="NAME",
+        group=KD,
+        help="which teachers of the cache (default: its only one); several: an ensemble, "
+        "the mean of their probabilities",
+    )
+    teacher_weights: dict = option(
+        factory=dict,
+        flag="--teacher-weight",
+        metavar="NAME=W",
+        group=KD,
+        help="ensemble weight of a teacher, one for each or none (default: equal)",
+    )
+    head_teachers: dict = option(
+        factory=dict,
+        flag="--head-teacher",
+        metavar="HEAD=NAME",
+        group=KD,
+        help="DeiT student: dist=NAME distils the distillation head from that teacher alone; "
+        "cls=NAME adds that teacher's term on the class head (repeatable)",
+    )
+    targets: str = option(
+        "topk",
+        choices=TARGET_KINDS,
+        group=KD,
+        help="topk: cached top-k logits with --tail; sampled: class ids drawn from the teacher "
+        "(RS-KD, unbiased; needs a cache taught with --samples, --kd soft, --tau 1)",
+    )
+    topk: int | None = option(
+        None,
+        group=KD,
+        help="use the first K of the cached top-k per view: what a top-K cache holds; online: "
+        "reduce the teacher's logits to top-K + logsumexp like such a cache (default: all)",
+    )
+    samples: int | None = option(
+        None,
+        group=KD,
+        help="with --targets sampled: use the first N drawn ids per view (default: all)",
+    )
+    # plan fields set by the run; with a cache, checked against its plan (options: ViewPlan's)
+    plan: dict = option(factory=dict, help="view plan fields (the plan options below)")
+    alpha: float = option(0.5, group=KD, help="weight of the teacher term")
+    tau: float = option(1.0, group=KD, help="soft distillation temperature")
+    kl_reduction: str = option(
+        "batchmean",
+        choices=KL_REDUCTIONS,
+        group=KD,
+        help="batchmean (timm) or deit (sum/numel, DeiT's code)",
+    )
+    tail: str = option(
+        "uniform",
+        choices=TAIL_MODES,
+        group=KD,
+        help="what soft KD does with the teacher's mass outside the top-k: spread it evenly "
+        "(uniform), drop it and renormalise, or keep one 'other' bucket",
+    )
+    label_smoothing: float = option(0.0, group=KD, help="on the label term")
+    epochs: int = option(10, group=OPT, help="epochs to train")
+    batch_size: int = option(128, group=OPT, help="samples per step (per rank under DDP)")
+    lr: float = option(1e-3, group=OPT, help="AdamW peak learning rate")
+    weight_decay: float = option(0.05, group=OPT, help="AdamW weight decay")
+    warmup_epochs: float = option(1.0, group=OPT, help="linear warm-up")
+    min_lr: float = option(1e-5, group=OPT, help="cosine floor")
+    clip_grad: float | None = option(None, group=OPT, help="clip gradient norm to this value")
+    ema_decay: float | None = option(
+        None,
+        group=OPT,
+        help="keep an EMA of the weights with this decay (e.g. 0.999); evaluated every epoch "
+        "and saved as checkpoint-ema.pth",
+    )
+    seed: int = option(0, group=RUN, help="training seed: init, data order")
+    workers: int = option(2, group=RUN, help="DataLoader workers")
+    device: str = option("auto", group=RUN, help="auto (cuda if present), cpu or cuda[:N]")
+    amp: bool = option(False, group=RUN, help="bf16 autocast (use on CUDA)")
+    compile: bool = option(False, group=RUN, help="torch.compile the student (pays off on GPUs)")
+    shuffle_buffer: int = option(2000, group=RUN, help="samples in the shuffle buffer")
+    view_schedule: str = option(
+        "cycle",
+        choices=SCHEDULES,
+        group=RUN,
+        help="which view a sample gets each epoch: cycle (epoch mod V) or shuffle (a random "
+        "order of the V views per sample, renewed every V epochs)",
+    )
+    mixing: str = option(
+        "exact",
+        choices=MIXING_MODES,
+        group=KD,
+        help="exact: the plan's Mixup/CutMix, which the teacher saw (cached targets used as "
+        "they are); label: the cache has no mixing, the trainer mixes images with the "
+        "--mixup-alpha/--cutmix-alpha given here and mixes the two samples' cached targets "
+        "with the same lambda (FKD-style)",
+    )
+    channels_last: bool = option(
+        False, group=RUN, help="channels-last student and inputs (faster CNNs on GPUs)"
+    )
+    profile: int = option(
+        0,
+        metavar="N",
+        group=RUN,
+        help="write a torch.profiler trace of the first N steps to RUN/profile/ and print "
+        "the share of step time spent waiting for input (0: off)",
+    )
+    tensorboard: bool = option(False, group=RUN, help="also log to RUN/tensorboard (TensorBoard)")
+    resume: bool = option(
+        False,
+        group=RUN,
+        help="continue the run in --out from its resume.pth (same options), exactly where it "
+        "stopped: after an epoch, or mid-epoch after SIGTERM",
+    )
+    overwrite: bool = option(
+        False, group=RUN, help="replace the run already in --out instead of refusing to start"
+    )
+    progress: bool = option(True, flag="--quiet", group=RUN, help="no progress output")
