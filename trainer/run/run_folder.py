@@ -33,7 +33,8 @@ def run_files(out: str) -> list[str]:
 
 
 def claim_run_folder(out: str, *, resume: bool, overwrite: bool) -> None:
-    """Check, before anything is computed, that this run may write ``out``; create it."""
+    """Check, before anything is computed, that this run may write ``out`` (made later, by
+    :func:`write_run_config`: a run refused for its options leaves no folder)."""
     if urls.is_url(out):
         raise ConfigError(f"--out {out}: a run folder is a local path (train writes no URLs)")
     if resume and overwrite:
@@ -44,19 +45,25 @@ def claim_run_folder(out: str, *, resume: bool, overwrite: bool) -> None:
             f"{out}: holds another run ({', '.join(held)}); continue it with --resume (same "
             "options) or replace it with --overwrite"
         )
-    try:
-        os.makedirs(out, exist_ok=True)
-    except OSError as error:
-        raise OutputError(f"{out}: cannot create the run folder ({error.strerror})") from None
-    if not os.access(out, os.W_OK):
-        raise OutputError(f"{out}: the run folder is not writable")
+    existing = os.path.abspath(out)
+    while not os.path.exists(existing):  # the folder is made when the config is written
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise OutputError(f"{out}: cannot make the run folder ({existing} is a file)")
+    if not os.access(existing, os.W_OK):
+        raise OutputError(f"{out}: cannot write the run folder ({existing} is not writable)")
 
 
 def write_run_config(out: str, values: dict, *, overwrite: bool) -> None:
-    """Write ``config.json`` whole; with ``overwrite``, first remove the old run's files."""
+    """Make the folder and write ``config.json`` whole; with ``overwrite``, first remove the
+    old run's files."""
     if overwrite:
         for name in run_files(out):
             path = os.path.join(out, name)
             shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as error:
+        raise OutputError(f"{out}: cannot make the run folder ({error.strerror})") from None
     text = json.dumps(values, indent=2)
     urls.write_bytes(os.path.join(out, CONFIG_FILE), text.encode())
