@@ -123,8 +123,9 @@ def resolved(location: str) -> str:
 
 def relative_to(location: str, folder: str) -> str:
     """``location`` as a path relative to ``folder`` when both are local (what a cache records
-    of its manifest, read back with :func:`join` against the cache's folder), else as given."""
+    of its manifest, read back with :func:`join` against the cache's folder), else
+    independent of the working directory (:func:`resolved`)."""
     path, base = local_path(location), local_path(folder)
     if path is None or base is None:
-        return location
+        return resolved(location)
     return os.path.relpath(os.path.abspath(path), os.path.abspath(base))
