@@ -403,3 +403,16 @@ def test_inspect_finds_the_manifest_relative_to_the_cache_from_any_directory(wor
     result = cli("inspect", w / "cache.zarr", "--strict", cwd=elsewhere)
     assert result.returncode == 0, result.stderr
     assert "every done region checks out" in result.stdout
+
+
+def test_overwrite_replaces_a_run_and_a_refused_one_leaves_it_whole(world, cli, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(world / "run", run)
+    argv = [fill.format(w=world) for fill in PLAIN] + ["--out", run, "--seed", "1"]
+    before = _hashes(run)
+    refused = cli(*argv, "--overwrite", "--resolution", "3")  # refused for its options
+    assert refused.returncode == 2 and _hashes(run) == before
+    replaced = cli(*argv, "--overwrite")
+    assert replaced.returncode == 0, replaced.stderr
+    assert json.loads((run / "config.json").read_text())["seed"] == 1
+    assert _hashes(run)["checkpoint.pth"] != before["checkpoint.pth"]
