@@ -8,7 +8,7 @@ import torch
 
 from kdcache.pipeline.views import ViewRenderer, source_image
 from kdcache.tools.bench.photo_set import photo_jpegs
-from kdcache.tools.bench.replay_cost import CONFIGURATIONS
+from kdcache.tools.bench.replay_plans import CONFIGURATIONS
 from tests.test_renderers import _params
 
 PHOTOS = photo_jpegs(12, seed=5)
