@@ -4,7 +4,6 @@ interleaved (README → Results; issue 21)."""
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -119,20 +118,23 @@ def test_bench_replay_interleaves_every_configuration_path_and_mode(tmp_path):
         assert result["modes"][f"crop + flip / {path} / timm"]["mixed_share"]["median"] == 0.0
 
 
-def test_bench_mixing_rebuilds_the_caches_a_former_run_left(tmp_path, cache, ray_local):
+def test_bench_mixing_rebuilds_the_caches_a_former_run_left(tmp_path, ray_local):
+    from kdcache.pipeline.cache import CacheStore
+    from kdcache.pipeline.views import ViewPlan
+    from kdcache.tools.bench.bench_data import bench_manifest
+
     work = tmp_path / "work"
-    work.mkdir()
+    manifest = bench_manifest(str(work / "data"), "fashion-mnist", 200, 50, 100)
     (work / STAMP).write_text(json.dumps({"benchmark": "bench-mixing"}))
-    for name in ("mixed.zarr", "plain.zarr"):  # stale caches: another slice, plan and views
-        shutil.copytree(cache, work / name)
+    for name in ("mixed.zarr", "plain.zarr"):  # what a run with other options left: 2 views
+        CacheStore.create(str(work / name), manifest=manifest, plan=ViewPlan(seed=9, views=2),
+                          topk=5, splits=["train"])  # fmt: skip
     result = _main(tmp_path, "bench-mixing", "--work", str(work), "--images", "200",
                   "--test-images", "50", "--shard-size", "100", "--views", "1", "--epochs", "1",
                   "--teacher-epochs", "1", "--repeats", "2")  # fmt: skip
     config = _check(result, "bench-mixing", ["exact", "label", "none"], 2,
                     {"plans", "teacher", "student", "repeat_seeds", "torch_threads"})  # fmt: skip
     assert config["repeat_seeds"] == [0, 1]
-    from kdcache.pipeline.cache import CacheStore
-
     for name, kind in (("mixed.zarr", "mixed"), ("plain.zarr", "plain")):
         store = CacheStore.open(str(work / name))
         assert store.plan.to_attrs() == config["plans"][kind]

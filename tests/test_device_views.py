@@ -56,5 +56,5 @@ def test_gpu_views_prints_views_per_second_on_cpu(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "gpu-views: device/1 on cpu:" in printed and "views/s" in printed
     result = json.loads(out.read_text())
-    assert result["device/1"]["views_per_s_median"] > 0
-    assert result["device/1"]["gpu_utilisation"] == "n/a (CPU)"
+    assert result["modes"]["device/1"]["views_per_s"]["median"] > 0
+    assert result["config"]["gpu_utilisation"] == "n/a (CPU)"
