@@ -97,6 +97,7 @@ def test_bench_teach_compares_teach_with_raw_in_its_own_layout(tmp_path):
     teach = result["modes"]["teach"]
     assert {"views_per_s", "steady_views_per_s", "ray_start_s", "actor_startup_s"} <= set(teach)
     assert all(s > 0 for s in teach["ray_start_s"]["runs"])  # the clock starts before Ray
+    assert teach["actors"]["runs"] == [2, 2]  # the layout raw 2x1 matches
     for name in ("teach_over_raw_same_layout", "teach_over_raw_best_layout",
                  "steady_over_raw_same_layout"):  # fmt: skip
         assert len(result["ratios"][name]["runs"]) == 2

@@ -187,9 +187,10 @@ def add_common_options(
     threads: int | None = None,
     work_required: bool = False,
     work_flags: tuple[str, ...] = ("--work",),
+    with_threads: bool = True,
 ) -> None:
     """The options every benchmark takes: work folder, JSON output, repeats, warm-up rounds,
-    torch threads."""
+    torch threads (not where the layout sets them)."""
     parser.add_argument(*work_flags, dest="work", required=work_required, default=None,
                         help=f"folder for {work} (default: a temp dir); a rerun rebuilds them")  # fmt: skip
     parser.add_argument("--json", default=None, metavar="FILE", help="also write the result here")
@@ -197,8 +198,10 @@ def add_common_options(
                         help="timed rounds, modes interleaved (default: %(default)s)")  # fmt: skip
     parser.add_argument("--warmup", type=int, default=warmup,
                         help="untimed rounds before them (default: %(default)s)")  # fmt: skip
-    parser.add_argument("--threads", type=int, default=threads,
-                        help="torch threads of this process (default: %(default)s; None: torch's)")  # fmt: skip
+    if with_threads:
+        parser.add_argument("--threads", type=int, default=threads,
+                            help="torch threads of this process (default: %(default)s; None: "
+                            "torch's)")  # fmt: skip
 
 
 def add_data_options(

@@ -82,6 +82,7 @@ def _teach(args, data: str, checkpoint: str, plan, work: str) -> dict[str, float
     worker_total = sum(summary.timings.values()) or 1.0
     return {"views_per_s": summary.views / seconds, "steady_views_per_s": summary.views / steady,
             "ray_start_s": ray_seconds, "actor_startup_s": summary.startup_seconds,
+            "actors": summary.workers,
             **{f"worker_share_{k}": v / worker_total for k, v in summary.timings.items()}}  # fmt: skip
 
 
@@ -158,7 +159,7 @@ def add_bench_parser(commands) -> None:
                         help="raw model(x) layouts, processes x threads (default: every one "
                         "using all CPUs); teach's own is always measured")  # fmt: skip
     add_data_options(parser, images=10000, test_images=10)
-    add_common_options(parser, work="shards and caches")
+    add_common_options(parser, work="shards and caches", with_threads=False)
     parser.set_defaults(run=run_bench_command)
 
 
