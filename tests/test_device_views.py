@@ -8,7 +8,7 @@ import torch
 
 from kdcache.pipeline.views import ViewRenderer, source_image
 from kdcache.tools.bench.photo_set import photo_jpegs
-from kdcache.tools.bench.replay_cost import CONFIGURATIONS
+from kdcache.tools.bench.replay_plans import CONFIGURATIONS
 from tests.test_renderers import _params
 
 PHOTOS = photo_jpegs(12, seed=5)
@@ -56,5 +56,5 @@ def test_gpu_views_prints_views_per_second_on_cpu(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "gpu-views: device/1 on cpu:" in printed and "views/s" in printed
     result = json.loads(out.read_text())
-    assert result["device/1"]["views_per_s_median"] > 0
-    assert result["device/1"]["gpu_utilisation"] == "n/a (CPU)"
+    assert result["modes"]["device/1"]["views_per_s"]["median"] > 0
+    assert result["config"]["gpu_utilisation"] == "n/a (CPU)"

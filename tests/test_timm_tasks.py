@@ -283,37 +283,3 @@ def test_example_trains_with_timms_pieces_from_a_real_cache(data, cache, options
     losses = run_example(data, cache, *options)
     assert len(losses) == 3
     assert losses[-1] < losses[0], losses
-
-
-def test_bench_timm_interleaves_modes_and_writes_the_json(tmp_path, data, cache, teacher_path):
-    import json
-
-    from kdcache.tools.cli.main import main
-
-    out = tmp_path / "bench.json"
-    kwargs = '{"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2}'
-    main(["bench-timm", "--data", data.location, "--cache", cache, "--teacher-checkpoint",
-          teacher_path, "--model-kwargs", kwargs, "--steps", "2", "--warmup-steps", "1",
-          "--batch-size", "16", "--workers", "0", "--json", str(out)])  # fmt: skip
-    result = json.loads(out.read_text())
-    assert set(result) == {"config", "order", "images_per_s", "ratios"}
-    assert result["order"] == ["none", "online", "cached", "teacher"] * 3
-    for mode in ("none", "online", "cached", "teacher"):
-        figures = result["images_per_s"][mode]
-        assert len(figures["runs"]) == 3 and all(r > 0 for r in figures["runs"])
-        assert figures["min"] <= figures["median"] <= figures["max"]
-    ratios = result["ratios"]
-    for name in ("cached_over_none", "cached_over_online", "ideal_cached_over_online"):
-        assert len(ratios[name]["runs"]) == 3 and ratios[name]["min"] <= ratios[name]["max"]
-    assert all(ideal > 1 for ideal in ratios["ideal_cached_over_online"]["runs"])
-    assert ratios["share_of_ideal"] > 0
-    config = result["config"]
-    assert config["distill"] == "token" and config["repeats"] == 3 and config["steps"] == 2
-    assert config["tasks"] == {
-        "none": "timm.task.ClassificationTask",
-        "online": "timm.task.TokenDistillationTask",
-        "cached": "kdcache.trainer.kd.CachedTokenDistillationTask",
-    }
-    assert config["teacher_arch"] == "regnety_002" and config["topk"] == 4
-    assert config["resolution"] == config["teacher_resolution_online"] == 32
-    assert {"timm", "torch", "cpus", "plan", "student_kwargs", "loss_weights"} <= set(config)

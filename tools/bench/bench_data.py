@@ -1,18 +1,19 @@
-"""What the benchmarks share: a sharded Fashion-MNIST slice, randomly initialised teachers
-(speed does not depend on the weights), their data options and their JSON output."""
+"""The recipes the benchmarks share: a sharded Fashion-MNIST slice, randomly initialised
+teachers (speed does not depend on the weights) and a one-view cache of them, every one made
+afresh in the work folder on every run (a rerun with other options must not measure stale
+data). Imports no torch until a recipe runs."""
 
-import argparse
-import json
+import os
 
-from kdcache.pipeline.data import Manifest, open_source, write_shards
-from kdcache.pipeline.teach import ModelSpec, create_model, save_checkpoint
+from kdcache.errors import ConfigError
+from kdcache.tools.bench.harness import fresh, work_folder
 
 
-def bench_manifest(
-    folder: str, source: str, train_images: int, test_images: int, shard_size: int
-) -> Manifest:
+def bench_manifest(folder: str, source: str, train_images: int, test_images: int, shard_size: int):
     """The slice's shards written to ``folder`` (replacing earlier ones: a rerun with other
     sizes must not measure a stale slice; the tars are byte-identical on every write)."""
+    from kdcache.pipeline.data import open_source, write_shards
+
     return write_shards(
         open_source(source),
         folder,
@@ -23,24 +24,58 @@ def bench_manifest(
     )
 
 
-def random_teacher(manifest: Manifest, arch: str, resolution: int, path: str) -> ModelSpec:
-    """A randomly initialised ``arch`` saved as a kdcache checkpoint at ``path``."""
+def random_teacher(manifest, arch: str, resolution: int, path: str):
+    """A randomly initialised ``arch`` saved as a kdcache checkpoint at ``path``; its spec."""
+    from kdcache.pipeline.teach import ModelSpec, create_model, save_checkpoint
+
     spec = ModelSpec(arch, manifest.num_classes, manifest.channels, resolution,
                      manifest.pixel_mean, manifest.pixel_std)  # fmt: skip
     save_checkpoint(path, create_model(spec), spec)
     return spec
 
 
-def add_bench_data_arguments(parser: argparse.ArgumentParser, work: str) -> None:
-    """The options every benchmark takes: dataset, shard size, work folder, JSON output."""
-    parser.add_argument("--shard-size", type=int, default=1000, help="default: %(default)s")
-    parser.add_argument("--source", default="fashion-mnist", help="dataset (as for kdcache shard)")
-    parser.add_argument("--work", default=None, help=f"folder for {work} (default: a temp dir)")
-    parser.add_argument("--json", default=None, metavar="FILE", help="also write the result here")
+def one_view_cache(work: str, args, teacher: str, resolution: int, topk: int | None):
+    """(data, cache, teacher checkpoint, plan): the slice of ``args`` (``source``, ``images``,
+    ``test_images``, ``shard_size``), a random ``teacher`` at ``resolution`` px and its
+    one-view cache (top-``topk``, default all classes), all rebuilt in ``work``; Ray is
+    stopped afterwards to free the CPUs for what is timed."""
+    from kdcache.pipeline.teach import TeachConfig, TeacherSource, run_teach, start_ray, stop_ray
+    from kdcache.pipeline.views import ViewPlan
+
+    data = os.path.join(work, "data")
+    manifest = bench_manifest(data, args.source, args.images, args.test_images, args.shard_size)
+    checkpoint = os.path.join(work, f"{teacher}.pth")
+    random_teacher(manifest, teacher, resolution, checkpoint)
+    plan = ViewPlan(seed=0, views=1)
+    cache = fresh(os.path.join(work, "cache.zarr"))
+    start_ray(None)
+    try:
+        run_teach(TeachConfig(manifest=data, cache=cache, teachers=[TeacherSource(checkpoint)],
+                              plan=plan, topk=topk or manifest.num_classes, progress=False))  # fmt: skip
+    finally:
+        stop_ray()
+    return data, cache, checkpoint, plan
 
 
-def write_result(path: str | None, result: dict) -> None:
-    """A benchmark's result as JSON at ``path`` (``--json``), if given."""
-    if path:
-        with open(path, "w") as f:
-            json.dump(result, f, indent=2)
+def add_given_cache_options(parser) -> None:
+    """--data, --cache and --teacher-checkpoint: measure on these instead of a made slice."""
+    parser.add_argument("--data", default=None, help="a kdcache shard folder")
+    parser.add_argument("--cache", default=None, help="a cache of its train split")
+    parser.add_argument("--teacher-checkpoint", default=None,
+                        help="its teacher (with --data and --cache: use these three)")  # fmt: skip
+
+
+def given_or_made(args, benchmark: str, options: dict, resolution: int):
+    """(data, cache, teacher checkpoint, plan fields or None, work folder or None): the given
+    ones (the plan then is the cache's), or :func:`one_view_cache` of ``args.teacher`` at
+    ``resolution`` rebuilt in a :func:`work_folder`."""
+    from dataclasses import asdict
+
+    given = (args.data, args.cache, args.teacher_checkpoint)
+    if all(given):
+        return (*given, None, None)
+    if any(given):
+        raise ConfigError("--data, --cache and --teacher-checkpoint go together (or none)")
+    work = work_folder(args.work, benchmark, options)
+    data, cache, checkpoint, plan = one_view_cache(work, args, args.teacher, resolution, args.topk)
+    return data, cache, checkpoint, asdict(plan), work

@@ -1,19 +1,18 @@
 """How long ``kdcache --help`` and every ``kdcache CMD --help`` take, against
-``python -c "import torch"`` timed in the same run (fresh interpreters, interleaved, repeated).
+``python -c "import torch"`` timed in the same run: fresh interpreters, modes interleaved after
+a warm-up round, repeated (the shared harness).
 
 ``python -m kdcache.tools.bench.help_time [--repeats 5] [--json FILE]``
 """
 
 import argparse
-import json
-import os
-import platform
-import statistics
 import subprocess
 import sys
 import time
 
-_TORCH = [sys.executable, "-c", "import torch"]
+from kdcache.tools.bench.harness import Mode, Session, interleave, ratio, shown, write_json
+
+_TORCH = "import torch"
 
 
 def _commands() -> list[str]:
@@ -23,48 +22,45 @@ def _commands() -> list[str]:
     return list(action.choices)
 
 
-def _seconds(argv: list[str]) -> float:
-    began = time.perf_counter()
-    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - began
+def _timed(argv: list[str]):
+    def run(_repeat: int) -> dict[str, float]:
+        began = time.perf_counter()
+        subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
+        return {"seconds": time.perf_counter() - began}
+
+    return run
 
 
-def measure(repeats: int) -> dict:
-    """Per mode: every repeat, the median and the range; modes run round-robin after a warm-up
-    round (so file caches are warm for all alike)."""
-    modes = {"import torch": _TORCH, "kdcache --help": [sys.executable, "-m", "kdcache", "--help"]}
+def measure(repeats: int, warmup: int) -> dict:
+    """Per mode, the seconds of every run and their ratio to ``import torch`` (per round)."""
+    argvs = {_TORCH: [sys.executable, "-c", _TORCH],
+             "kdcache --help": [sys.executable, "-m", "kdcache", "--help"]}  # fmt: skip
     for name in _commands():
-        modes[f"kdcache {name} --help"] = [sys.executable, "-m", "kdcache", name, "--help"]
-    for argv in modes.values():
-        _seconds(argv)
-    runs: dict[str, list[float]] = {name: [] for name in modes}
-    for _ in range(repeats):
-        for name, argv in modes.items():
-            runs[name].append(_seconds(argv))
-    torch_median = statistics.median(runs["import torch"])
-    return {
-        "config": {"repeats": repeats, "python": platform.python_version(),
-                   "machine": platform.machine(), "cpus": os.cpu_count()},
-        "modes": {
-            name: {"seconds": times, "median": statistics.median(times), "min": min(times),
-                   "max": max(times), "of_import_torch": statistics.median(times) / torch_median}
-            for name, times in runs.items()
-        },
-    }  # fmt: skip
+        argvs[f"kdcache {name} --help"] = [sys.executable, "-m", "kdcache", name, "--help"]
+    modes = [Mode(name, _timed(argv)) for name, argv in argvs.items()]
+    measured = interleave(modes, repeats, warmup, log=lambda line: None)
+    torch_seconds = measured["modes"][_TORCH]["seconds"]
+    measured["ratios"] = {
+        name: ratio(figures["seconds"], torch_seconds)
+        for name, figures in measured["modes"].items()
+        if name != _TORCH
+    }
+    return measured
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=5, help="rounds over all modes")
+    parser.add_argument("--repeats", type=int, default=5, help="timed rounds over all modes")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
     parser.add_argument("--json", default=None, metavar="FILE", help="also write the figures")
     args = parser.parse_args(argv)
-    report = measure(args.repeats)
-    for name, mode in report["modes"].items():
-        print(f"{name:32s} {mode['median']:.3f} s (min {mode['min']:.3f}, max {mode['max']:.3f})"
-              f"  {mode['of_import_torch']:.3f} of import torch")  # fmt: skip
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
+    session = Session("help-time", vars(args))
+    measured = measure(args.repeats, args.warmup)
+    print(f"{_TORCH:32s} {shown(measured['modes'][_TORCH]['seconds'])} s")
+    for name, share in measured["ratios"].items():
+        seconds = shown(measured["modes"][name]["seconds"])
+        print(f"{name:32s} {seconds} s, {shown(share)} of {_TORCH} (median, min-max)")
+    write_json(args.json, session.report({}, measured))
     return 0
 
 

@@ -8,11 +8,22 @@ and the mean of the two teachers. Writes DIR/bench.json after every run and prin
 """
 
 import argparse
-import json
 import os
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
+
+from kdcache.tools.bench.bench_data import bench_manifest
+from kdcache.tools.bench.harness import (
+    Mode,
+    Session,
+    add_common_options,
+    fresh,
+    interleave,
+    set_threads,
+    shown,
+    work_folder,
+    write_json,
+)
 
 TAILS = ("uniform", "renormalize", "bucket")
 
@@ -53,6 +64,9 @@ class BenchConfig:
     workers: int = 2
     seed: int = 0
     noise_seed: int | None = 1  # a second no-KD run with this training seed
+    repeats: int = 3  # rounds of every run, round r with training seed + r
+    warmup: int = 0
+    threads: int | None = None
 
 
 def _runs(config: BenchConfig, names: list[str]) -> list[tuple[str, int, dict]]:
@@ -97,105 +111,83 @@ def _runs(config: BenchConfig, names: list[str]) -> list[tuple[str, int, dict]]:
 
 
 def run_bench(out: str, config: BenchConfig, progress: bool = True) -> dict:
-    """Run every phase into ``out``; return (and write after each run) the report."""
-    from kdcache.pipeline.data import open_source, write_shards
+    """Shards, teachers and one cache rebuilt in ``out``, then every student run, the runs
+    interleaved for ``config.repeats`` rounds (round r: training seed + r); the report, also
+    written to DIR/bench.json."""
     from kdcache.pipeline.teach import TeachConfig, TeacherSource, run_teach
     from kdcache.pipeline.views import ViewPlan
     from kdcache.trainer.run import TrainConfig, train
 
-    began = time.perf_counter()
-    os.makedirs(out, exist_ok=True)
-    limits = {
-        "train": config.train_limit,
-        **({"test": config.test_limit} if config.test_limit else {}),
-    }
-    manifest = write_shards(
-        open_source("fashion-mnist"), out, shard_size=config.shard_size, limits=limits,
-        overwrite=True, progress=progress,
-    )  # fmt: skip
+    session = Session("bench-kd", asdict(config))
+    threads = set_threads(config.threads)
+    out = work_folder(out, "bench-kd", session.options)
+    manifest = bench_manifest(os.path.join(out, "data"), "fashion-mnist", config.train_limit,
+                              config.test_limit or 0, config.shard_size)  # fmt: skip
     plan = ViewPlan(seed=config.seed, views=config.views, crop_scale=config.crop_scale)
     common = dict(
         manifest=manifest.location, batch_size=config.batch_size, workers=config.workers,
-        plan=asdict(plan), progress=progress, seed=config.seed,
+        plan=asdict(plan), progress=progress,
     )  # fmt: skip
-    report = {"config": asdict(config), "teachers": {}, "runs": [], "seconds": {}}
-    path = os.path.join(out, "bench.json")
-
-    def save() -> None:
-        report["seconds"]["total"] = round(time.perf_counter() - began, 1)
-        with open(path, "w") as f:
-            json.dump(report, f, indent=2)
-
+    teachers, phases = {}, {}
     sources, names = [], []
     for arch in config.teachers:
         name = arch.split("_")[0]
-        run = os.path.join(out, "runs", f"teacher-{name}")
+        run = fresh(os.path.join(out, "runs", f"teacher-{name}"))
         started = time.perf_counter()
-        final = train(
-            TrainConfig(
-                out=run,
-                model=arch,
-                resolution=config.teacher_resolution,
-                epochs=config.teacher_epochs,
-                lr=config.teacher_lr,
-                **common,
-            )  # fmt: skip
-        )
-        report["teachers"][name] = {"arch": arch, "test_acc": round(final["test_acc"], 2)}
-        report["seconds"][f"teacher {name}"] = round(time.perf_counter() - started, 1)
+        final = train(TrainConfig(out=run, model=arch, resolution=config.teacher_resolution,
+                                  epochs=config.teacher_epochs, lr=config.teacher_lr,
+                                  seed=config.seed, **common))  # fmt: skip
+        teachers[name] = {"arch": arch, "test_acc": round(final["test_acc"], 2)}
+        phases[f"teacher {name}"] = round(time.perf_counter() - started, 1)
         sources.append(TeacherSource(os.path.join(run, "checkpoint.pth"), name=name))
         names.append(name)
-    cache = os.path.join(out, "cache.zarr")
-    if os.path.exists(cache):
-        shutil.rmtree(cache)
+    cache = fresh(os.path.join(out, "cache.zarr"))
     draws = max(topk_bytes(k) // 2 for k in config.topks)
     started = time.perf_counter()
-    run_teach(
-        TeachConfig(
-            manifest=manifest.location,
-            cache=cache,
-            teachers=sources,
-            plan=plan,
-            topk=manifest.num_classes,
-            samples=draws,
-            progress=progress,
-        )  # fmt: skip
-    )
-    report["seconds"]["teach"] = round(time.perf_counter() - started, 1)
-    save()
+    run_teach(TeachConfig(manifest=manifest.location, cache=cache, teachers=sources, plan=plan,
+                          topk=manifest.num_classes, samples=draws, progress=progress))  # fmt: skip
+    phases["teach"] = round(time.perf_counter() - started, 1)
     student = dict(
         model=config.student, model_args=config.student_args,
         resolution=config.student_resolution, epochs=config.student_epochs, lr=config.lr,
         alpha=config.alpha, **common,
     )  # fmt: skip
-    for index, (label, size, options) in enumerate(_runs(config, names)):
+    runs = _runs(config, names)
+
+    def student_run(index: int, repeat: int) -> dict[str, float]:
+        label, _, options = runs[index]
         if progress:
-            print(f"== bench-kd: {label}", flush=True)
+            print(f"== bench-kd: {label} (round {repeat + 1})", flush=True)
         started = time.perf_counter()
-        values = {**student, **options}
-        final = train(TrainConfig(out=os.path.join(out, "runs", f"student-{index:02d}"),
-                                  cache=cache if options["kd"] != "none" else None, **values))  # fmt: skip
-        report["runs"].append(
-            {
-                "run": label,
-                "bytes_per_view": size,
-                "test_acc": round(final["test_acc"], 2),
-                "seconds": round(time.perf_counter() - started, 1),
-                "options": options,
-            }  # fmt: skip
-        )
-        save()
+        seed = options.get("seed", config.seed) + max(repeat, 0)
+        final = train(TrainConfig(out=fresh(os.path.join(out, "runs", f"student-{index:02d}")),
+                                  cache=cache if options["kd"] != "none" else None,
+                                  **{**student, **options, "seed": seed}))  # fmt: skip
+        return {"test_acc": final["test_acc"], "seconds": time.perf_counter() - started}
+
+    modes = [Mode(label, lambda repeat, i=i: student_run(i, repeat))
+             for i, (label, _, _) in enumerate(runs)]  # fmt: skip
+    measured = interleave(modes, config.repeats, config.warmup, log=lambda _: None)
+    measured["runs"] = [{"run": label, "bytes_per_view": size, "options": options}
+                        for label, size, options in runs]  # fmt: skip
+    details = {"modes": [label for label, _, _ in runs], "teachers": teachers,
+               "phase_seconds": phases, "plan": plan.to_attrs(), "shard_size": config.shard_size,
+               "repeat_seeds": [config.seed + r for r in range(config.repeats)], "work": out,
+               "torch_threads": threads}  # fmt: skip
+    report = session.report(details, measured)
+    write_json(os.path.join(out, "bench.json"), report)
     return report
 
 
 def format_table(report: dict) -> str:
-    """The runs as a Markdown table."""
+    """The runs as a Markdown table: test accuracy, median (min-max) over the rounds."""
     lines = ["| student run | bytes/view | test acc % |", "|---|---|---|"]
-    lines += [
-        f"| {r['run']} | {r['bytes_per_view']} | {r['test_acc']:.2f} |" for r in report["runs"]
-    ]
-    teachers = ", ".join(f"{t['arch']} {t['test_acc']:.2f} %" for t in report["teachers"].values())
-    lines.append(f"\nteachers: {teachers}; total {report['seconds']['total']:.0f} s")
+    lines += [f"| {r['run']} | {r['bytes_per_view']} | "
+              f"{shown(report['modes'][r['run']]['test_acc'], 2)} |" for r in report["runs"]]  # fmt: skip
+    teachers = ", ".join(f"{t['arch']} {t['test_acc']:.2f} %"
+                         for t in report["config"]["teachers"].values())  # fmt: skip
+    lines.append(f"\nteachers: {teachers}; {report['config']['repeats']} rounds (training seeds "
+                 f"{report['config']['repeat_seeds']}); total {report['seconds']:.0f} s")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -207,9 +199,10 @@ def add_bench_kd_parser(commands) -> None:
         "sampled ids) in one teacher pass, then train the same student with the same seed, views "
         "and budget once per objective: no KD, soft and hard KD, top-K x tail options, sampled "
         "ids at the bytes of top-K, and the two teachers' mean. Writes DIR/bench.json and prints "
-        "a Markdown table (about 25 minutes on 2 CPU cores with the defaults).",
+        "a Markdown table; --repeats rounds of every run, round r with training seed + r.",
     )
-    parser.add_argument("--out", required=True, help="output folder")
+    add_common_options(parser, work="shards, teachers, cache, runs and bench.json", warmup=0,
+                       work_required=True, work_flags=("--out", "--work"))  # fmt: skip
     parser.add_argument("--train-limit", type=int, default=3000, help="default: %(default)s")
     parser.add_argument("--test-limit", type=int, default=2000, help="default: %(default)s")
     parser.add_argument("--views", type=int, default=2, help="cached views (default: 2)")
@@ -228,7 +221,11 @@ def run_bench_command(args: argparse.Namespace) -> None:
         student_epochs=args.student_epochs,
         teacher_epochs=args.teacher_epochs,
         seed=args.seed,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        threads=args.threads,
     )
-    report = run_bench(args.out, config, progress=not args.quiet)
+    report = run_bench(args.work, config, progress=not args.quiet)
     print(format_table(report))
-    print(f"bench-kd: report written to {os.path.join(args.out, 'bench.json')}")
+    print(f"bench-kd: report written to {os.path.join(args.work, 'bench.json')}")
+    write_json(args.json, report)

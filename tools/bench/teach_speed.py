@@ -1,106 +1,145 @@
-"""``kdcache bench-teach``: the teacher pass against raw teacher inference, side by side.
+"""``kdcache bench-teach``: the teacher pass against raw teacher inference in the same layout.
 
-Both run in this process tree on the same images, views and batch size: first ``model(x)``
-over pre-decoded, pre-augmented, normalised batches (the ceiling), then the whole
-``kdcache teach`` path (tar reading, decoding, view replay, inference, top-k, Zarr writes,
-ledger) on a Ray cluster already started. It prints the throughput ratio and where the
-pass's worker time goes.
+Modes, interleaved for ``--repeats`` rounds after ``--warmup`` untimed ones: ``raw WxT`` is
+``model(x)`` alone in W processes x T torch threads over pre-decoded, pre-rendered, normalised
+batches of the same shards (shard i to process i mod W), for every layout W x T of this
+machine's CPUs; the one matching teach's (``--workers`` actors x ``--cpus-per-worker``
+threads) is the same-layout ceiling, the fastest the best-layout line. ``teach`` is the whole
+``kdcache teach`` command (tar reading, decoding, view replay, inference, top-k, Zarr writes,
+ledger) into a new cache, its clock started before Ray starts; Ray's start and the actors'
+start-up (importing torch, loading the teacher) are reported apart, and the steady rate
+without them. Teachers are randomly initialised: speed does not depend on the weights.
 """
 
 import argparse
 import os
-import tempfile
 import time
 
-import torch
-
-from kdcache.pipeline.data import Manifest
-from kdcache.pipeline.teach import ModelSpec, create_model, read_shard_images
-from kdcache.pipeline.views import ViewPlan, ViewRenderer, normalize
-from kdcache.tools.bench.bench_data import (
-    add_bench_data_arguments,
-    bench_manifest,
-    random_teacher,
-    write_result,
+from kdcache.tools.bench.bench_data import bench_manifest, random_teacher
+from kdcache.tools.bench.harness import (
+    Mode,
+    Session,
+    add_common_options,
+    add_data_options,
+    fresh,
+    interleave,
+    options_of,
+    ratio,
+    shown,
+    work_folder,
+    write_json,
 )
 
 
-@torch.inference_mode()
-def raw_inference(manifest: Manifest, spec: ModelSpec, path: str, plan: ViewPlan, batch_size: int):
-    """Seconds of ``model(x)`` alone over every view, inputs prepared beforehand."""
-    model = create_model(spec, checkpoint_path=path).eval()
-    batches = []
-    renderer = ViewRenderer(plan)
-    for shard in manifest.shards_of("train"):
-        images = read_shard_images(manifest, shard)
-        params = plan.shard_params(manifest, shard)
-        for view in range(plan.views):
-            views = [
-                renderer.render(images, params[:, view], i, spec.resolution)
-                for i in range(len(images))
-            ]
-            for start in range(0, len(views), batch_size):
-                batches.append(
-                    normalize(torch.stack(views[start : start + batch_size]), spec.mean, spec.std)
-                )
-    model(batches[0])  # warm-up
+def layouts(cpus: int, shards: int) -> list[tuple[int, int]]:
+    """Every (processes, threads) using all ``cpus`` with at most one process per shard."""
+    return [(p, cpus // p) for p in range(1, cpus + 1) if cpus % p == 0 and p <= shards]
+
+
+def _layout_list(text: str) -> list[tuple[int, int]]:
+    """``"1x2,2x1"`` as [(1, 2), (2, 1)]."""
+    try:
+        found = [tuple(int(n) for n in item.split("x")) for item in text.split(",")]
+    except ValueError:
+        found = []
+    if not found or any(len(pair) != 2 or min(pair) < 1 for pair in found):
+        raise argparse.ArgumentTypeError(f"expected layouts like 1x2,2x1, got {text!r}")
+    return found
+
+
+def teach_layout(args: argparse.Namespace, cpus: int, shards: int) -> tuple[int, int]:
+    """(actors, threads each) the teacher job starts here with these options."""
+    threads = max(1, int(args.cpus_per_worker))
+    return min(args.workers or int(cpus / args.cpus_per_worker), shards), threads
+
+
+def _teach(args, data: str, checkpoint: str, plan, work: str) -> dict[str, float]:
+    """The whole command into a new cache: views/s from before Ray starts to the end."""
+    from kdcache.pipeline.teach import TeachConfig, TeacherSource, run_teach, start_ray, stop_ray
+
+    cache = fresh(os.path.join(work, "cache.zarr"))
     began = time.perf_counter()
-    for batch in batches:
-        model(batch)
-    return time.perf_counter() - began, sum(len(b) for b in batches)
+    start_ray(None)
+    ray_seconds = time.perf_counter() - began
+    try:
+        summary = run_teach(
+            TeachConfig(
+                manifest=data,
+                cache=cache,
+                teachers=[TeacherSource(checkpoint)],
+                plan=plan,
+                topk=args.topk,
+                batch_size=args.batch_size,
+                workers=args.workers,
+                cpus_per_worker=args.cpus_per_worker,
+                progress=False,
+            )  # fmt: skip
+        )
+        seconds = time.perf_counter() - began
+    finally:
+        stop_ray()
+    steady = seconds - ray_seconds - summary.startup_seconds
+    worker_total = sum(summary.timings.values()) or 1.0
+    return {"views_per_s": summary.views / seconds, "steady_views_per_s": summary.views / steady,
+            "ray_start_s": ray_seconds, "actor_startup_s": summary.startup_seconds,
+            "actors": summary.workers,
+            **{f"worker_share_{k}": v / worker_total for k, v in summary.timings.items()}}  # fmt: skip
 
 
 def run_benchmark(args: argparse.Namespace) -> dict:
-    """Raw inference, then the teacher pass, on the same data; the figures as a dict."""
-    from kdcache.pipeline.teach import TeachConfig, TeacherSource, run_teach, start_ray
+    """Raw inference in every layout and the teacher pass, interleaved; the report as a dict."""
+    from kdcache.pipeline.views import ViewPlan
+    from kdcache.tools.bench.teach_raw import raw_layout
 
-    work = args.work or tempfile.mkdtemp(prefix="kdcache-bench-")
+    session = Session("bench-teach", options_of(args))
+    work = work_folder(args.work, "bench-teach", session.options)
     data = os.path.join(work, "data")
-    manifest = bench_manifest(data, args.source, args.images, 10, args.shard_size)
+    manifest = bench_manifest(data, args.source, args.images, args.test_images, args.shard_size)
     checkpoint = os.path.join(work, f"{args.teacher}.pth")
     spec = random_teacher(manifest, args.teacher, args.resolution, checkpoint)
     plan = ViewPlan(seed=0, views=args.views)
-    torch.set_num_threads(os.cpu_count())
-    raw_seconds, views = raw_inference(manifest, spec, checkpoint, plan, args.batch_size)
+    cpus, shards = os.cpu_count() or 1, len(manifest.shards_of("train"))
+    same = teach_layout(args, cpus, shards)
+    shapes = sorted({*(args.raw_layouts or layouts(cpus, shards)), same})
+    modes = [
+        Mode(f"raw {p}x{t}", lambda _, p=p, t=t: raw_layout(data, spec, checkpoint, plan,
+                                                            args.batch_size, p, t))
+        for p, t in shapes
+    ]  # fmt: skip
+    modes.append(Mode("teach", lambda _: _teach(args, data, checkpoint, plan, work)))
+    measured = interleave(modes, args.repeats, args.warmup, log=_log)
+    figures = measured["modes"]
+    same_name = f"raw {same[0]}x{same[1]}"
+    best = max((m.name for m in modes[:-1]), key=lambda n: figures[n]["views_per_s"]["median"])
+    teach = figures["teach"]
+    measured["ratios"] = {
+        "teach_over_raw_same_layout": ratio(teach["views_per_s"], figures[same_name]["views_per_s"]),
+        "steady_over_raw_same_layout": ratio(teach["steady_views_per_s"],
+                                             figures[same_name]["views_per_s"]),
+        "teach_over_raw_best_layout": ratio(teach["views_per_s"], figures[best]["views_per_s"]),
+        "steady_over_raw_best_layout": ratio(teach["steady_views_per_s"],
+                                             figures[best]["views_per_s"]),
+    }  # fmt: skip
+    config = {"teach_layout": {"actors": same[0], "threads": same[1]},
+              "same_layout_mode": same_name, "best_layout_mode": best,
+              "layouts": [f"{p}x{t}" for p, t in shapes], "shards": shards,
+              "shard_size": args.shard_size, "train_images": args.images,
+              "views": plan.views, "total_views": args.images * plan.views,
+              "plan": plan.to_attrs(), "topk": args.topk, "batch_size": args.batch_size,
+              "teacher_spec": {"arch": spec.arch, "resolution": spec.resolution},
+              "raw_shard_split": "shard i to process i mod W (teach: Ray ActorPool, a free "
+                                 "actor takes the next shard)", "work": work}  # fmt: skip
+    return session.report(config, measured)
 
-    start_ray(None)
-    cache = os.path.join(work, f"cache-{time.time_ns()}.zarr")
-    began = time.perf_counter()
-    summary = run_teach(
-        TeachConfig(
-            manifest=data,
-            cache=cache,
-            teachers=[TeacherSource(checkpoint)],
-            plan=plan,
-            topk=args.topk,
-            batch_size=args.batch_size,
-            progress=False,
-        )
-    )
-    teach_seconds = time.perf_counter() - began
-    worker_total = sum(summary.timings.values())
-    return {
-        "teacher": args.teacher,
-        "resolution": args.resolution,
-        "views": views,
-        "batch_size": args.batch_size,
-        "cpus": os.cpu_count(),
-        "raw_views_per_s": views / raw_seconds,
-        "teach_views_per_s": views / teach_seconds,
-        "ratio": raw_seconds / teach_seconds,
-        "steady_ratio": raw_seconds / (teach_seconds - summary.startup_seconds),
-        "startup_seconds": summary.startup_seconds,
-        "worker_seconds": summary.timings,
-        "worker_share": {k: v / worker_total for k, v in summary.timings.items()},
-        "raw_seconds": raw_seconds,
-        "teach_seconds": teach_seconds,
-    }
+
+def _log(line: str) -> None:
+    print(f"bench-teach:{line}", flush=True)
 
 
 def add_bench_parser(commands) -> None:
     parser = commands.add_parser(
         "bench-teach",
-        help="benchmark the teacher pass against raw teacher inference",
+        help="benchmark the teacher pass against raw teacher inference in the same layout",
         description=__doc__.split("\n\n")[1].replace("\n", " "),
     )
     parser.add_argument(
@@ -109,30 +148,48 @@ def add_bench_parser(commands) -> None:
     parser.add_argument(
         "--resolution", type=int, default=64, help="teacher input size (default: %(default)s)"
     )
-    parser.add_argument(
-        "--images",
-        type=int,
-        default=10000,
-        help="Fashion-MNIST train images (default: %(default)s)",
-    )
     parser.add_argument("--views", type=int, default=2, help="default: %(default)s")
     parser.add_argument("--topk", type=int, default=5, help="default: %(default)s")
     parser.add_argument("--batch-size", type=int, default=128, help="default: %(default)s")
-    add_bench_data_arguments(parser, work="shards and caches")
-    parser.set_defaults(run=run_bench_command)  # fmt: skip
+    parser.add_argument("--workers", type=int, default=None,
+                        help="teach's Ray actors (default: as many as fit)")  # fmt: skip
+    parser.add_argument("--cpus-per-worker", type=float, default=1.0,
+                        help="CPUs (= torch threads) per actor (default: %(default)s)")  # fmt: skip
+    parser.add_argument("--raw-layouts", type=_layout_list, default=None, metavar="PxT,...",
+                        help="raw model(x) layouts, processes x threads (default: every one "
+                        "using all CPUs); teach's own is always measured")  # fmt: skip
+    add_data_options(parser, images=10000, test_images=10)
+    add_common_options(parser, work="shards and caches", with_threads=False)
+    parser.set_defaults(run=run_bench_command)
 
 
 def run_bench_command(args: argparse.Namespace) -> None:
     result = run_benchmark(args)
+    config, figures, ratios = result["config"], result["modes"], result["ratios"]
+    teach = figures["teach"]
+    same, best = config["same_layout_mode"], config["best_layout_mode"]
     print(
-        f"bench-teach: {result['teacher']} at {result['resolution']} px, {result['views']} views, "
-        f"batch {result['batch_size']}, {result['cpus']} CPUs\n"
-        f"  raw model(x) on prepared batches: {result['raw_views_per_s']:8.1f} views/s\n"
-        f"  kdcache teach (whole path):       {result['teach_views_per_s']:8.1f} views/s\n"
-        f"  ratio teach / raw:                {result['ratio']:8.3f}\n"
-        f"  the same without starting workers ({result['startup_seconds']:.1f}s: Ray actors importing "
-        f"torch and loading the teacher): {result['steady_ratio']:.3f}\n"
+        f"bench-teach: {args.teacher} at {args.resolution} px, {config['total_views']} views, "
+        f"batch {args.batch_size}, teach {config['teach_layout']['actors']} actors x "
+        f"{config['teach_layout']['threads']} threads, {config['machine']['cpu_count']} CPUs, "
+        f"{args.repeats} repeats; median (min-max)\n"
+        + "".join(
+            f"  {name:10s} model(x) alone: {shown(figures[name]['views_per_s'], 1)} views/s\n"
+            for name in figures
+            if name != "teach"
+        )
+        + f"  teach, whole command:         {shown(teach['views_per_s'], 1)} views/s "
+        f"(Ray start {shown(teach['ray_start_s'], 1)} s, actor start-up "
+        f"{shown(teach['actor_startup_s'], 1)} s)\n"
+        f"  teach / raw, same layout ({same}): {shown(ratios['teach_over_raw_same_layout'])}; "
+        f"without start-up {shown(ratios['steady_over_raw_same_layout'])}\n"
+        f"  teach / raw, best layout ({best}): {shown(ratios['teach_over_raw_best_layout'])}; "
+        f"without start-up {shown(ratios['steady_over_raw_best_layout'])}\n"
         "  worker time: "
-        + ", ".join(f"{k} {100 * v:.1f}%" for k, v in sorted(result["worker_share"].items()))
+        + ", ".join(
+            f"{k[13:]} {100 * v['median']:.1f}%"
+            for k, v in sorted(teach.items())
+            if k.startswith("worker_share_")
+        )  # fmt: skip
     )
-    write_result(args.json, result)
+    write_json(args.json, result)

@@ -1,120 +1,76 @@
 """``kdcache bench-train``: student training speed without a teacher, from the cache, and with
-the teacher online, side by side in one run.
+the teacher online, interleaved in one process.
 
-The same student, seed, views and batch size train ``--epochs`` epochs three ways: ``--teacher
-none`` (plain supervised training, the floor), ``cached`` (targets read from a cache made by
-``kdcache teach`` beforehand) and ``online`` (the teacher runs on every batch's views, DeiT's
-way). The teacher's forward pass alone is timed too, giving the ideal online slow-down
-``(t_student + t_teacher) / t_student``. Teachers are randomly initialised: speed does not
-depend on the weights.
+The same seeded student, views and batch size train four ways, each with its own persistent
+DataLoader: ``none`` (plain supervised training, the floor), ``cached`` (targets read from a
+one-view cache made beforehand, or ``--cache``), ``online`` (the teacher runs on every batch's views, DeiT's
+way; its forward pass is clocked inside the run) and ``teacher`` (the teacher's forward alone
+on the online run's real batches). The modes alternate (none, cached, online, teacher; again)
+for ``--repeats`` rounds after ``--warmup`` untimed ones; each run skips ``--warmup-steps``
+and times ``--steps``. Per repeat: cached / none, cached / online, and the ideal cached /
+online ``(t_cached + t_teacher) / t_cached``, with ``t_teacher`` the teacher's time inside
+that repeat's online run, so ideal and measured share one baseline and one condition.
+Teachers are randomly initialised: speed does not depend on the weights.
 """
 
 import argparse
-import os
-import tempfile
-import time
-from dataclasses import replace
 
-import torch
-
-from kdcache.pipeline.views import ViewPlan
-from kdcache.tools.bench.bench_data import (
-    add_bench_data_arguments,
-    bench_manifest,
-    random_teacher,
-    write_result,
+from kdcache.tools.bench.bench_data import add_given_cache_options, given_or_made
+from kdcache.tools.bench.harness import (
+    Mode,
+    Session,
+    add_common_options,
+    add_data_options,
+    add_step_options,
+    interleave,
+    options_of,
+    ratio,
+    set_threads,
+    shown,
+    spread,
+    write_json,
 )
-from kdcache.trainer.data import OnlineTeacher
-from kdcache.trainer.run import TrainConfig, train
 
-DEIT_SMALL = {"patch_size": 7, "embed_dim": 128, "depth": 6, "num_heads": 4}
-
-
-def teacher_seconds_per_image(checkpoint: str, manifest, batch_size: int, batches: int) -> float:
-    """Seconds per image of the online teacher's work in a step (forward pass and top-k)."""
-    teacher = OnlineTeacher(
-        checkpoint,
-        num_classes=manifest.num_classes,
-        in_chans=manifest.channels,
-        device=torch.device("cpu"),
-    )
-    size = teacher.resolution
-    images = torch.rand(batch_size, manifest.channels, size, size)
-    teacher(images)  # warm-up
-    began = time.perf_counter()
-    for _ in range(batches):
-        teacher(images)
-    return (time.perf_counter() - began) / (batches * batch_size)
+MODES = ("none", "cached", "online", "teacher")
 
 
 def run_benchmark(args: argparse.Namespace) -> dict:
-    """Teach a one-view cache, then train the student three ways; the figures as a dict."""
-    from kdcache.pipeline.teach import TeachConfig, TeacherSource, run_teach, start_ray, stop_ray
+    """Teach a one-view cache, then time the modes interleaved; the report as a dict."""
+    from kdcache.tools.bench.train_modes import TrainModes
 
-    work = args.work or tempfile.mkdtemp(prefix="kdcache-bench-train-")
-    data = os.path.join(work, "data")
-    manifest = bench_manifest(data, args.source, args.images, args.test_images, args.shard_size)
-    checkpoint = os.path.join(work, f"{args.teacher}.pth")
-    random_teacher(manifest, args.teacher, args.teacher_resolution, checkpoint)
-    plan = ViewPlan(seed=0, views=1)
-    cache = os.path.join(work, f"cache-{time.time_ns()}.zarr")
-    start_ray(None)
-    run_teach(
-        TeachConfig(
-            manifest=data,
-            cache=cache,
-            teachers=[TeacherSource(checkpoint)],
-            plan=plan,
-            topk=args.topk,
-            progress=False,
-        )
+    session = Session("bench-train", options_of(args))
+    threads = set_threads(args.threads)
+    data, cache, checkpoint, plan, work = given_or_made(
+        args, "bench-train", session.options, args.teacher_resolution
     )
-    stop_ray()  # free the CPUs for training
+    bench = TrainModes(args, data, cache, checkpoint, plan)
+    modes = [Mode(name, lambda _, name=name: bench.run(name)) for name in MODES]
+    measured = interleave(modes, args.repeats, args.warmup, log=_log)
+    rates = {m: f["images_per_s"] for m, f in measured["modes"].items()}
+    in_run = measured["modes"]["online"]["teacher_ms_per_image"]["runs"]
+    # (t_cached + t_teacher) / t_cached, t_cached = 1 / rate, t_teacher in ms per image
+    ideal = [1 + c * t / 1e3 for c, t in zip(rates["cached"]["runs"], in_run, strict=True)]
+    measured["ratios"] = {
+        "cached_over_none": ratio(rates["cached"], rates["none"]),
+        "cached_over_online": ratio(rates["cached"], rates["online"]),
+        "ideal_cached_over_online": spread(ideal),
+    }
+    measured["ratios"]["share_of_ideal"] = ratio(
+        measured["ratios"]["cached_over_online"], measured["ratios"]["ideal_cached_over_online"]
+    )
+    config = {
+        "modes": list(MODES), "torch_threads": threads, "loader_workers": args.workers,
+        "persistent_workers": args.workers > 0, "train_images": args.images,
+        "views": bench.cached.plan.views, "plan": bench.cached.plan.to_attrs(),
+        "topk": bench.online.topk, "data": data, "cache": cache, "teacher_checkpoint": checkpoint,
+        "shard_size": args.shard_size, "student_args": bench.spec.model_args,
+        "teacher_resolution_online": bench.online.resolution, "work": work,
+    }  # fmt: skip
+    return session.report(config, measured)
 
-    base = TrainConfig(
-        manifest=data,
-        out="",
-        model=args.student,
-        model_args=DEIT_SMALL if args.student.startswith("deit") else {},
-        resolution=args.resolution,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        workers=args.workers,
-        plan={"seed": 0, "views": 1},
-        progress=False,
-    )
-    modes = {
-        "none": base,
-        "cached": replace(base, kd="soft", cache=cache, plan={}),
-        "online": replace(
-            base, kd="soft", teacher="online", teacher_checkpoint=checkpoint, topk=args.topk
-        ),
-    }
-    rates = {}
-    for mode, config in modes.items():
-        final = train(replace(config, out=os.path.join(work, "runs", mode)))
-        rates[mode] = final["train_images_per_s"]
-        print(f"bench-train: {mode:6s} {rates[mode]:8.1f} img/s", flush=True)
-    t_student = 1 / rates["none"]
-    t_teacher = teacher_seconds_per_image(checkpoint, manifest, args.batch_size, batches=20)
-    ideal = (t_student + t_teacher) / t_student
-    measured = rates["cached"] / rates["online"]
-    return {
-        "student": args.student,
-        "resolution": args.resolution,
-        "teacher": args.teacher,
-        "teacher_resolution": args.teacher_resolution,
-        "images": args.images,
-        "epochs": args.epochs,
-        "batch_size": args.batch_size,
-        "cpus": os.cpu_count(),
-        "images_per_s": rates,
-        "teacher_images_per_s": 1 / t_teacher,
-        "cached_over_none": rates["cached"] / rates["none"],
-        "cached_over_online": measured,
-        "ideal_cached_over_online": ideal,
-        "share_of_ideal": measured / ideal,
-    }
+
+def _log(line: str) -> None:
+    print(f"bench-train:{line}", flush=True)
 
 
 def add_bench_train_parser(commands) -> None:
@@ -133,31 +89,29 @@ def add_bench_train_parser(commands) -> None:
         "--teacher", default="regnety_032", help="timm architecture (default: %(default)s)"
     )
     parser.add_argument("--teacher-resolution", type=int, default=64, help="default: %(default)s")
-    parser.add_argument(
-        "--images", type=int, default=10000, help="train images (default: %(default)s)"
-    )
-    parser.add_argument("--test-images", type=int, default=500, help="default: %(default)s")
-    parser.add_argument("--epochs", type=int, default=2, help="per mode (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=128, help="default: %(default)s")
-    parser.add_argument("--workers", type=int, default=2, help="default: %(default)s")
     parser.add_argument("--topk", type=int, default=5, help="default: %(default)s")
-    add_bench_data_arguments(parser, work="shards, cache and runs")
+    add_given_cache_options(parser)
+    add_data_options(parser, images=10000, test_images=100)
+    add_step_options(parser, steps=60)
+    add_common_options(parser, work="shards and cache")
     parser.set_defaults(run=run_bench_train_command)
 
 
 def run_bench_train_command(args: argparse.Namespace) -> None:
     result = run_benchmark(args)
-    rates = result["images_per_s"]
+    rates = {mode: figures["images_per_s"] for mode, figures in result["modes"].items()}
+    ratios, config = result["ratios"], result["config"]
+    teacher = result["modes"]["online"]["teacher_ms_per_image"]
     print(
-        f"bench-train: {result['student']} at {result['resolution']} px, teacher "
-        f"{result['teacher']} at {result['teacher_resolution']} px, {result['images']} images x "
-        f"{result['epochs']} epochs, batch {result['batch_size']}, {result['cpus']} CPUs\n"
-        f"  train img/s: none {rates['none']:.1f}, cached {rates['cached']:.1f}, "
-        f"online {rates['online']:.1f}; teacher forward alone "
-        f"{result['teacher_images_per_s']:.1f} img/s\n"
-        f"  cached / none:   {result['cached_over_none']:.3f}  (target >= 0.95)\n"
-        f"  cached / online: {result['cached_over_online']:.3f}, ideal "
-        f"{result['ideal_cached_over_online']:.3f}: {result['share_of_ideal']:.3f} of ideal "
-        "(target >= 0.9)"
+        f"bench-train: {args.student} at {args.resolution} px, teacher {args.teacher} at "
+        f"{args.teacher_resolution} px, batch {args.batch_size}, {args.workers} workers, "
+        f"{config['torch_threads']} threads, {args.repeats} repeats x {args.steps} steps, "
+        f"{config['machine']['cpu_count']} CPUs; median (min-max)\n"
+        + "".join(f"  {mode:8s} {shown(rates[mode], 1)} img/s\n" for mode in MODES)
+        + f"  teacher inside the online run: {shown(teacher, 2)} ms/img\n"
+        f"  cached / none:   {shown(ratios['cached_over_none'])}  (target >= 0.95)\n"
+        f"  cached / online: {shown(ratios['cached_over_online'])}, ideal "
+        f"{shown(ratios['ideal_cached_over_online'])}\n"
+        f"  share of ideal:  {shown(ratios['share_of_ideal'])}  (target >= 0.9)"
     )
-    write_result(args.json, result)
+    write_json(args.json, result)

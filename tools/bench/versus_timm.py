@@ -4,275 +4,91 @@ and online KD, against kdcache's cached task, interleaved in one run.
 Three modes train the same seeded student with timm's ``create_optimizer_v2`` (AdamW) on the
 same replayed views: ``none``, timm's ``ClassificationTask`` (the floor); ``online``, timm's
 ``LogitDistillationTask`` or ``TokenDistillationTask`` with the real teacher run on every batch
-(timm feeds it the student's input); ``cached``, kdcache's ``CachedLogitDistillationTask`` or
-``CachedTokenDistillationTask`` reading the teacher's targets from a cache. The teacher's
-forward pass alone is timed too (``teacher``), giving the ideal cached / online speed-up
-``(t_student + t_teacher) / t_student``. Modes run interleaved (none, online, cached, teacher;
-then again) ``--repeats`` times; each run skips ``--warmup-steps`` then times ``--steps``
-steps, data loading included. Reported: img/s per mode (median, min, max), the ratios cached /
-none and cached / online per repeat (median, min, max) and the ideal, and the whole
-configuration, as JSON. Without ``--data``/``--cache``/``--teacher-checkpoint`` a slice is
-sharded and a randomly initialised teacher (speed does not depend on the weights) teaches a
-one-view cache first.
+(timm feeds it the student's input; its forward is clocked inside the run); ``cached``,
+kdcache's ``CachedLogitDistillationTask`` or ``CachedTokenDistillationTask`` reading the
+teacher's targets from a cache; ``teacher``, the teacher's forward alone on the online run's
+real batches. Each mode keeps its task and a persistent DataLoader; the modes run interleaved
+(none, online, cached, teacher; then again) ``--repeats`` times after ``--warmup`` untimed
+rounds; each run skips ``--warmup-steps`` then times ``--steps`` steps, data loading included.
+Reported: img/s per mode (all runs, median, min, max), per repeat the ratios cached / none,
+cached / online and the ideal cached / online ``(t_cached + t_teacher) / t_cached`` with the
+teacher's time inside that repeat's online run, and the whole configuration, as JSON.
+Without ``--data``/``--cache``/``--teacher-checkpoint`` a slice is sharded and a randomly
+initialised teacher (speed does not depend on the weights) teaches a one-view cache first,
+all rebuilt in ``--work`` on every run.
 """
 
 import argparse
-import json
-import os
-import platform
-import statistics
-import tempfile
-import time
 
-import timm
-import torch
-from timm.optim import create_optimizer_v2
-from timm.task import (
-    ClassificationTask,
-    DistillationTeacher,
-    LogitDistillationTask,
-    TokenDistillationTask,
+from kdcache.tools.bench.bench_data import add_given_cache_options, given_or_made
+from kdcache.tools.bench.harness import (
+    Mode,
+    Session,
+    add_common_options,
+    add_data_options,
+    add_step_options,
+    interleave,
+    options_of,
+    ratio,
+    set_threads,
+    shown,
+    spread,
+    write_json,
 )
 
-from kdcache.pipeline.data import Manifest
-from kdcache.pipeline.teach import load_teacher
-from kdcache.pipeline.views import ViewPlan, normalize
-from kdcache.tools.bench.bench_data import (
-    add_bench_data_arguments,
-    bench_manifest,
-    random_teacher,
-    write_result,
-)
-from kdcache.trainer.data import CachedTargets, PlannedViews, TrainViews, make_loader
-from kdcache.trainer.kd import CachedLogitDistillationTask, CachedTokenDistillationTask
-
-MODES = ("none", "online", "cached")
-DEIT_SMALL = {"embed_dim": 128, "depth": 6, "num_heads": 4}  # patches: a quarter of the side
-
-
-def spread(values: list[float]) -> dict:
-    return {
-        "median": statistics.median(values),
-        "min": min(values),
-        "max": max(values),
-        "runs": values,
-    }
-
-
-class Bench:
-    """What every run shares: the manifest, cache, teacher, loaders and student recipe."""
-
-    def __init__(self, args: argparse.Namespace, data: str, cache: str, checkpoint: str):
-        self.args = args
-        self.manifest = Manifest.read(data)
-        self.mean, self.std = self.manifest.pixel_mean, self.manifest.pixel_std
-        self.teacher = load_teacher(
-            checkpoint,
-            num_classes=self.manifest.num_classes,
-            in_chans=self.manifest.channels,
-        )
-        self.teacher.model.eval()
-        self.resolution = args.resolution or self.teacher.spec.resolution
-        self.cached = CachedTargets(cache, self.manifest, topk=args.topk)
-        views = {
-            "none": PlannedViews(self.cached.plan, self.manifest),  # same views, no targets
-            "cached": self.cached,
-        }
-        views["online"] = views["none"]
-        self.sets = {
-            mode: TrainViews(self.manifest, source, resolution=self.resolution, seed=args.seed)
-            for mode, source in views.items()
-        }
-        self.distill = args.distill or (
-            "token" if hasattr(self.student(), "set_distilled_training") else "logit"
-        )
-
-    def student(self) -> torch.nn.Module:
-        torch.manual_seed(self.args.seed)
-        model = timm.create_model(
-            self.args.student,
-            num_classes=self.manifest.num_classes,
-            in_chans=self.manifest.channels,
-            **self.model_kwargs(),
-        )
-        return with_normalisation(model, self.mean, self.std)
-
-    def model_kwargs(self) -> dict:
-        if self.args.model_kwargs is not None:
-            return json.loads(self.args.model_kwargs)
-        if self.args.student.startswith("deit"):
-            size = self.resolution
-            return {**DEIT_SMALL, "img_size": size, "patch_size": max(1, size // 4)}
-        return {}
-
-    def task(self, mode: str):
-        student, args = self.student(), self.args
-        weights = dict(task_loss_weight=1 - args.alpha, distill_loss_weight=args.alpha,
-                       temperature=args.tau, verbose=False)  # fmt: skip
-        token = self.distill == "token"
-        if mode == "none":
-            return ClassificationTask(student, verbose=False)
-        if mode == "online":
-            teacher = DistillationTeacher(
-                with_normalisation(self.teacher.model, self.mean, self.std)
-            )
-            online = TokenDistillationTask if token else LogitDistillationTask
-            return online(student, teacher, **weights)
-        cached = CachedTokenDistillationTask if token else CachedLogitDistillationTask
-        return cached(student, **weights)
-
-    def run(self, mode: str, repeat: int) -> float:
-        """One mode's timed steps; images per second."""
-        args = self.args
-        task = self.task(mode)
-        task.train()
-        optimizer = create_optimizer_v2(task.get_trainable_module(), "adamw", lr=args.lr)
-        train_set = self.sets[mode]
-        loader = make_loader(train_set, args.batch_size, args.workers, pin_memory=False)
-        batches = endless(train_set, loader, first_epoch=repeat)
-        for step in range(args.warmup_steps + args.steps):
-            if step == args.warmup_steps:
-                began, images = time.perf_counter(), 0
-            batch = next(batches)
-            inputs = normalize(batch["image"], self.mean, self.std)
-            extra = (batch["targets"],) if mode == "cached" else ()
-            result = task(inputs, batch["label"], *extra)
-            optimizer.zero_grad(set_to_none=True)
-            result["loss"].backward()
-            optimizer.step()
-            if step >= args.warmup_steps:
-                images += inputs.shape[0]
-        return images / (time.perf_counter() - began)
-
-    @torch.no_grad()
-    def teacher_rate(self) -> float:
-        """Images per second of the teacher's forward alone, at the student's input size."""
-        size, args = self.resolution, self.args
-        images = torch.rand(args.batch_size, self.manifest.channels, size, size)
-        for _ in range(args.warmup_steps):
-            self.teacher.model(images)
-        began = time.perf_counter()
-        for _ in range(args.steps):
-            self.teacher.model(images)
-        return args.steps * args.batch_size / (time.perf_counter() - began)
-
-
-def with_normalisation(model: torch.nn.Module, mean, std) -> torch.nn.Module:
-    """The dataset's mean/std in the model's pretrained_cfg: timm's online tasks renormalise the
-    student's input for the teacher from these (here: no change, as for the cache's teacher)."""
-    model.pretrained_cfg = {**getattr(model, "pretrained_cfg", {}), "mean": tuple(mean),
-                            "std": tuple(std)}  # fmt: skip
-    return model
-
-
-def endless(train_set: TrainViews, loader, first_epoch: int):
-    epoch = first_epoch
-    while True:
-        train_set.set_epoch(epoch)
-        yield from loader
-        epoch += 1
-
-
-def prepare(args: argparse.Namespace) -> tuple[str, str, str]:
-    """(data, cache, teacher checkpoint): the given ones, or a slice, a random teacher and a
-    one-view cache made in ``--work``."""
-    given = (args.data, args.cache, args.teacher_checkpoint)
-    if all(given):
-        return given
-    if any(given):
-        raise ValueError("--data, --cache and --teacher-checkpoint go together (or none)")
-    from kdcache.pipeline.teach import TeachConfig, TeacherSource, run_teach, start_ray, stop_ray
-
-    work = args.work or tempfile.mkdtemp(prefix="kdcache-bench-timm-")
-    data = os.path.join(work, "data")
-    manifest = bench_manifest(data, args.source, args.images, args.test_images, args.shard_size)
-    checkpoint = os.path.join(work, f"{args.teacher}.pth")
-    random_teacher(manifest, args.teacher, args.resolution or 32, checkpoint)
-    cache = os.path.join(work, f"cache-{time.time_ns()}.zarr")
-    start_ray(None)
-    run_teach(
-        TeachConfig(
-            manifest=data,
-            cache=cache,
-            teachers=[TeacherSource(checkpoint)],
-            plan=ViewPlan(seed=0, views=1),
-            topk=args.topk or manifest.num_classes,
-            progress=False,
-        )
-    )
-    stop_ray()  # free the CPUs for training
-    return data, cache, checkpoint
+MODES = ("none", "online", "cached", "teacher")
 
 
 def run_benchmark(args: argparse.Namespace) -> dict:
-    if args.repeats < 1 or args.steps < 1 or args.warmup_steps < 0:
-        raise ValueError("need --repeats >= 1, --steps >= 1 and --warmup-steps >= 0")
-    data, cache, checkpoint = prepare(args)
-    bench = Bench(args, data, cache, checkpoint)
-    rates = {mode: [] for mode in (*MODES, "teacher")}
-    order = []
-    for repeat in range(args.repeats):
-        for mode in MODES:
-            rates[mode].append(bench.run(mode, repeat))
-            order.append(mode)
-            print(f"bench-timm: repeat {repeat + 1} {mode:7s} {rates[mode][-1]:8.1f} img/s",
-                  flush=True)  # fmt: skip
-        rates["teacher"].append(bench.teacher_rate())
-        order.append("teacher")
-    per_repeat = {
-        "cached_over_none": [c / n for c, n in zip(rates["cached"], rates["none"], strict=True)],
-        "cached_over_online": [
-            c / o for c, o in zip(rates["cached"], rates["online"], strict=True)
-        ],
-        # (t_student + t_teacher) / t_student, t = 1 / rate
-        "ideal_cached_over_online": [
-            (1 / n + 1 / t) * n for n, t in zip(rates["none"], rates["teacher"], strict=True)
-        ],
-    }
-    ratios = {name: spread(values) for name, values in per_repeat.items()}
-    ratios["share_of_ideal"] = (
-        ratios["cached_over_online"]["median"] / ratios["ideal_cached_over_online"]["median"]
+    from kdcache.tools.bench.timm_modes import TimmModes
+
+    if args.steps < 1 or args.warmup_steps < 0:
+        raise ValueError("need --steps >= 1 and --warmup-steps >= 0")
+    session = Session("bench-timm", options_of(args))
+    threads = set_threads(args.threads)
+    data, cache, checkpoint, plan, work = given_or_made(
+        args, "bench-timm", session.options, args.resolution or 32
     )
+    bench = TimmModes(args, data, cache, checkpoint, plan)
+    modes = [Mode(name, lambda _, name=name: bench.run(name)) for name in MODES]
+    measured = interleave(modes, args.repeats, args.warmup, log=_log)
+    rates = {m: f["images_per_s"] for m, f in measured["modes"].items()}
+    in_run = measured["modes"]["online"]["teacher_ms_per_image"]["runs"]
+    # (t_cached + t_teacher) / t_cached, t_cached = 1 / rate, t_teacher in ms per image
+    ideal = [1 + c * t / 1e3 for c, t in zip(rates["cached"]["runs"], in_run, strict=True)]
+    ratios = {
+        "cached_over_none": ratio(rates["cached"], rates["none"]),
+        "cached_over_online": ratio(rates["cached"], rates["online"]),
+        "ideal_cached_over_online": spread(ideal),
+    }
+    ratios["share_of_ideal"] = ratio(ratios["cached_over_online"],
+                                     ratios["ideal_cached_over_online"])  # fmt: skip
+    measured["ratios"] = ratios
     token = bench.distill == "token"
     config = {
-        **{k: v for k, v in vars(args).items() if k not in ("run", "command")},
-        "data": data,
-        "cache": cache,
-        "teacher_checkpoint": checkpoint,
-        "distill": bench.distill,
-        "resolution": bench.resolution,
-        "student_kwargs": bench.model_kwargs(),
-        "teacher_arch": bench.teacher.spec.arch,
+        "modes": list(MODES), "data": data, "cache": cache, "teacher_checkpoint": checkpoint,
+        "work": work, "distill": bench.distill, "resolution": bench.resolution,
+        "student_kwargs": bench.model_kwargs(), "teacher_arch": bench.teacher.spec.arch,
         "teacher_resolution_cached": bench.teacher.spec.resolution,
-        "teacher_resolution_online": bench.resolution,
-        "topk": bench.cached.topk,
-        "num_classes": bench.manifest.num_classes,
-        "train_images": len(bench.sets["cached"]),
-        "plan": bench.cached.plan.to_attrs(),
+        "teacher_resolution_online": bench.resolution, "topk": bench.cached.topk,
+        "num_classes": bench.manifest.num_classes, "train_images": bench.train_images,
+        "views": bench.cached.plan.views, "plan": bench.cached.plan.to_attrs(),
+        "torch_threads": threads, "loader_workers": args.workers,
+        "persistent_workers": args.workers > 0,
         "tasks": {
             "none": "timm.task.ClassificationTask",
             "online": f"timm.task.{'Token' if token else 'Logit'}DistillationTask",
             "cached": f"kdcache.trainer.kd.Cached{'Token' if token else 'Logit'}DistillationTask",
         },
         "optimizer": {"name": "adamw", "lr": args.lr},
-        "loss_weights": {
-            "task_loss_weight": 1 - args.alpha,
-            "distill_loss_weight": args.alpha,
-            "temperature": args.tau,
-        },  # fmt: skip
-        "cpus": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "timm": timm.__version__,
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-    }
-    return {
-        "config": config,
-        "order": order,
-        "images_per_s": {mode: spread(values) for mode, values in rates.items()},
-        "ratios": ratios,
-    }
+        "loss_weights": {"task_loss_weight": 1 - args.alpha, "distill_loss_weight": args.alpha,
+                         "temperature": args.tau},
+    }  # fmt: skip
+    return session.report(config, measured)
+
+
+def _log(line: str) -> None:
+    print(f"bench-timm:{line}", flush=True)
 
 
 def add_bench_timm_parser(commands) -> None:
@@ -297,26 +113,13 @@ def add_bench_timm_parser(commands) -> None:
     parser.add_argument(
         "--teacher", default="regnety_032", help="timm architecture (default: %(default)s)"
     )
-    parser.add_argument(
-        "--teacher-checkpoint", default=None, help="with --data and --cache: use these"
-    )
-    parser.add_argument("--data", default=None, help="a kdcache shard folder")
-    parser.add_argument("--cache", default=None, help="a cache of its train split")
+    add_given_cache_options(parser)
     parser.add_argument(
         "--resolution",
         type=int,
         default=None,
         help="student input (and online teacher) size (default: the teacher's, 32 if made here)",
     )
-    parser.add_argument("--images", type=int, default=5000, help="default: %(default)s")
-    parser.add_argument("--test-images", type=int, default=100, help="default: %(default)s")
-    parser.add_argument(
-        "--steps", type=int, default=30, help="timed, per run (default: %(default)s)"
-    )
-    parser.add_argument("--warmup-steps", type=int, default=3, help="default: %(default)s")
-    parser.add_argument("--repeats", type=int, default=3, help="default: %(default)s")
-    parser.add_argument("--batch-size", type=int, default=128, help="default: %(default)s")
-    parser.add_argument("--workers", type=int, default=2, help="default: %(default)s")
     parser.add_argument(
         "--topk", type=int, default=None, help="cached top-k used (default: all the cache holds)"
     )
@@ -324,28 +127,26 @@ def add_bench_timm_parser(commands) -> None:
     parser.add_argument("--tau", type=float, default=1.0, help="default: %(default)s")
     parser.add_argument("--lr", type=float, default=1e-3, help="default: %(default)s")
     parser.add_argument("--seed", type=int, default=0, help="default: %(default)s")
-    add_bench_data_arguments(parser, work="shards, teacher and cache")
+    add_data_options(parser, images=5000, test_images=100)
+    add_step_options(parser, steps=30)
+    add_common_options(parser, work="shards, teacher and cache")
     parser.set_defaults(run=run_bench_timm_command)
 
 
 def run_bench_timm_command(args: argparse.Namespace) -> None:
     result = run_benchmark(args)
-    rates, ratios, config = result["images_per_s"], result["ratios"], result["config"]
-
-    def figure(values: dict) -> str:
-        return f"{values['median']:.3f} ({values['min']:.3f}-{values['max']:.3f})"
-
+    rates = {mode: figures["images_per_s"] for mode, figures in result["modes"].items()}
+    ratios, config = result["ratios"], result["config"]
+    teacher = result["modes"]["online"]["teacher_ms_per_image"]
     print(
-        f"bench-timm: {config['student']} at {config['resolution']} px ({config['distill']}), "
-        f"teacher {config['teacher_arch']}, batch {config['batch_size']}, {config['repeats']} "
-        f"repeats x {config['steps']} steps, {config['cpus']} CPUs\n"
-        + "".join(
-            f"  {mode:8s} {rates[mode]['median']:8.1f} img/s "
-            f"({rates[mode]['min']:.1f}-{rates[mode]['max']:.1f})\n"
-            for mode in (*MODES, "teacher")
-        )
-        + f"  cached / none:   {figure(ratios['cached_over_none'])}\n"
-        f"  cached / online: {figure(ratios['cached_over_online'])}, ideal "
-        f"{figure(ratios['ideal_cached_over_online'])}: {ratios['share_of_ideal']:.3f} of ideal"
+        f"bench-timm: {args.student} at {config['resolution']} px ({config['distill']}), "
+        f"teacher {config['teacher_arch']}, batch {args.batch_size}, {args.repeats} "
+        f"repeats x {args.steps} steps, {config['machine']['cpu_count']} CPUs; median (min-max)\n"
+        + "".join(f"  {mode:8s} {shown(rates[mode], 1)} img/s\n" for mode in MODES)
+        + f"  teacher inside the online run: {shown(teacher, 2)} ms/img\n"
+        f"  cached / none:   {shown(ratios['cached_over_none'])}\n"
+        f"  cached / online: {shown(ratios['cached_over_online'])}, ideal "
+        f"{shown(ratios['ideal_cached_over_online'])}\n"
+        f"  share of ideal:  {shown(ratios['share_of_ideal'])}"
     )
-    write_result(args.json, result)
+    write_json(args.json, result)
