@@ -91,6 +91,7 @@ def run_demo(out: str, config: DemoConfig, progress: bool = True) -> dict:
         workers=config.workers,
         plan=asdict(plan),
         progress=progress,
+        overwrite=True,  # a rerun of the demo replaces its runs, as it does its shards and cache
     )
     teacher_run = os.path.join(out, "runs", "teacher")
     teacher = phase(
