@@ -17,7 +17,7 @@ import logging
 import os
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 
 import ray
 import torch
@@ -43,23 +43,32 @@ from kdcache.pipeline.views import ViewPlan
 
 @dataclass(frozen=True)
 class TeacherSource:
-    """Where a teacher's weights are and how to build it (``arch`` only for published weights)."""
+    """Where a teacher's weights are and how to build and feed it: ``arch`` (a timm name) or
+    ``factory`` (``module:function``) for published weights, a key map, a class map, and
+    preprocessing that overrides the checkpoint's or the pretrained config's (see
+    :func:`~pipeline.teach.teachers.load_teacher`)."""
 
     location: str
     name: str | None = None
     arch: str | None = None
     resolution: int | None = None
+    factory: str | None = None
+    key_map: str | None = None
+    class_map: tuple[int, ...] | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    interpolation: str | None = None
+    crop_pct: float | None = None
 
     def load(self, manifest: Manifest, device: str | torch.device = "cpu") -> Teacher:
-        """The teacher, sized for the manifest's classes and channels."""
+        """The teacher, checked against the manifest's classes and sized for its channels."""
+        options = {k: v for k, v in asdict(self).items() if k != "location"}
         return load_teacher(
             self.location,
-            name=self.name,
-            arch=self.arch,
             num_classes=manifest.num_classes,
             in_chans=manifest.channels,
-            resolution=self.resolution,
             device=device,
+            **options,
         )
 
 

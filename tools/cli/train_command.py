@@ -61,7 +61,29 @@ def configure_train_parser(parser: argparse.ArgumentParser) -> None:
         help="extra timm model kwarg, e.g. patch_size=4 embed_dim=96 (repeatable)",
     )
     parser.add_argument(
-        "--resolution", type=int, default=None, help="input size (default: the source image height)"
+        "--resolution",
+        type=int,
+        default=None,
+        help="input size (default: the images' size if they all share one, else the cache "
+        "teacher's resolution, else the model's pretrained config)",
+    )
+    parser.add_argument(
+        "--eval-crop-pct",
+        type=float,
+        default=None,
+        help="evaluation: shorter side to resolution / crop_pct, then a centre crop "
+        "(default: the model's pretrained config, else 0.875)",
+    )
+    parser.add_argument(
+        "--eval-interpolation",
+        default=None,
+        help="evaluation resize, e.g. bicubic, bilinear (default: the model's pretrained config)",
+    )
+    parser.add_argument(
+        "--eval-crop-mode",
+        choices=["center", "squash", "border"],
+        default=None,
+        help="evaluation crop as timm's (default: the model's pretrained config, else center)",
     )
     kd = parser.add_argument_group("distillation")
     kd.add_argument(

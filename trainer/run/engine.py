@@ -8,7 +8,7 @@ import json
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
@@ -29,6 +29,7 @@ from kdcache.trainer.data import (
     PlannedViews,
     TrainViews,
     ViewSchedule,
+    default_resolution,
     label_targets,
     make_loader,
 )
@@ -42,7 +43,7 @@ from kdcache.trainer.run.distributed import (
     sum_across,
 )
 from kdcache.trainer.run.epoch import agreed, stop_now, train_epoch
-from kdcache.trainer.run.evaluate import accuracy, count_correct
+from kdcache.trainer.run.evaluate import accuracy, count_correct, eval_preprocessing
 from kdcache.trainer.run.resume import (
     RESUME_FILE,
     Progress,
@@ -99,6 +100,21 @@ class TrainConfig:
     shuffle_buffer: int = 2000
     view_schedule: str = "cycle"  # epoch -> view: cycle, or shuffle (per sample, per V epochs)
     mixing: str = "exact"  # exact: the plan's mixing, seen by the teacher; label: FKD-style
+    eval_crop_pct: float | None = field(
+        default=None,
+        metadata={"help": "evaluation crop: shorter side to resolution / crop_pct, centre crop "
+                  "(default: the model's pretrained config, else 0.875)"},
+    )  # fmt: skip
+    eval_interpolation: str | None = field(
+        default=None,
+        metadata={"help": "evaluation resize interpolation, e.g. bicubic or bilinear "
+                  "(default: the model's pretrained config)"},
+    )  # fmt: skip
+    eval_crop_mode: str | None = field(
+        default=None,
+        metadata={"help": "evaluation crop mode, as timm's: center, squash (whole image to a "
+                  "square) or border (default: the model's pretrained config, else center)"},
+    )  # fmt: skip
     tensorboard: bool = False
     resume: bool = False
     progress: bool = True
@@ -197,7 +213,7 @@ def _train(config: TrainConfig, world: World, device: torch.device) -> dict:
     mode = teacher_mode(config)
     manifest = Manifest.read(config.manifest)
     source = _views_source(config, manifest)
-    resolution = config.resolution or max(manifest.table["height"].to_numpy().max(), 1)
+    resolution = config.resolution or default_resolution(manifest, source, config.model)
     spec = ModelSpec(
         arch=config.model,
         num_classes=manifest.num_classes,
@@ -252,7 +268,11 @@ def _train(config: TrainConfig, world: World, device: torch.device) -> dict:
     )
     pin = device.type == "cuda"
     train_loader = make_loader(train_set, config.batch_size, config.workers, pin, config.seed)
-    test_set = EvalViews(manifest, resolution=spec.resolution)
+    evaluation = eval_preprocessing(
+        net, config.eval_crop_pct, config.eval_interpolation, config.eval_crop_mode
+    )
+    spec = replace(spec, interpolation=evaluation["interpolation"], crop_pct=evaluation["crop_pct"])
+    test_set = EvalViews(manifest, resolution=spec.resolution, **evaluation)
     test_loader = make_loader(test_set, 256, config.workers, pin)
 
     def prepare(images: torch.Tensor) -> torch.Tensor:
