@@ -133,3 +133,14 @@ def test_factory_and_key_map_functions(tmp_path, monkeypatch):
 def test_unknown_timm_name_names_the_closest(tmp_path):
     with pytest.raises(ConfigError, match="closest: efficientnet_lite0"):
         load_teacher(LITE0, arch="efficientnet_lit0", num_classes=1000)
+
+
+def test_checkpoint_model_args_keep_only_architecture_keywords(tmp_path):
+    from kdcache.pipeline.teach import ModelSpec, create_model, save_checkpoint
+
+    spec = ModelSpec("resnet10t", 3, 3, 32, (0.5,) * 3, (0.25,) * 3,
+                     {"drop_path_rate": 0.1, "drop_rate": 0.2, "stem_width": 24})  # fmt: skip
+    save_checkpoint(str(tmp_path / "t.pth"), create_model(spec), spec)
+    teacher = load_teacher(str(tmp_path / "t.pth"), num_classes=3)
+    assert teacher.identity()["model_args"] == {"stem_width": 24}
+    assert teacher.model.drop_rate == 0.0

@@ -52,13 +52,28 @@ class TeacherSource:
     name: str | None = None
     arch: str | None = None
     resolution: int | None = None
-    factory: str | None = None
-    key_map: str | None = None
-    class_map: tuple[int, ...] | None = None
-    mean: tuple[float, ...] | None = None
-    std: tuple[float, ...] | None = None
-    interpolation: str | None = None
-    crop_pct: float | None = None
+    factory: str | None = field(
+        default=None, metadata={"help": "module:function returning the teacher's nn.Module"}
+    )
+    key_map: str | None = field(
+        default=None,
+        metadata={"help": "renames the file's tensors: strip-prefix, positional, module:function"},
+    )
+    class_map: tuple[int, ...] | None = field(
+        default=None, metadata={"help": "the teacher class id of each data class"}
+    )
+    mean: tuple[float, ...] | None = field(
+        default=None, metadata={"help": "per-channel mean on [0, 1] of the teacher's inputs"}
+    )
+    std: tuple[float, ...] | None = field(
+        default=None, metadata={"help": "per-channel std on [0, 1] of the teacher's inputs"}
+    )
+    interpolation: str | None = field(
+        default=None, metadata={"help": "the teacher's whole-image resize, e.g. bicubic"}
+    )
+    crop_pct: float | None = field(
+        default=None, metadata={"help": "the teacher's whole-image centre-crop fraction"}
+    )
 
     def load(self, manifest: Manifest, device: str | torch.device = "cpu") -> Teacher:
         """The teacher, checked against the manifest's classes and sized for its channels."""
