@@ -3,12 +3,12 @@
 strict loading, key maps, factories, class counts."""
 
 import io
+import json
 import os
 import subprocess
 import sys
 import textwrap
 
-import numpy as np
 import pytest
 import skimage.data
 import torch
@@ -34,17 +34,18 @@ def _png(name: str) -> bytes:
 
 @pytest.fixture(scope="module")
 def photo_folder(tmp_path_factory):
-    """Two classes of real photos (cat, coffee), three images each, 224 px JPEG crops."""
+    """Two classes of real photos (cat, coffee): three train and one test JPEG crop each."""
     root = tmp_path_factory.mktemp("photos")
+    boxes = {"train": ((0, 0, 300, 280), (40, 20, 340, 300), (0, 0, 451, 300)),
+             "test": ((10, 10, 320, 290),)}  # fmt: skip
     for label, name in enumerate(("chelsea", "coffee")):
         image = Image.fromarray(getattr(skimage.data, name)()).convert("RGB")
-        folder = root / "train" / f"{label}-{name}"
-        folder.mkdir(parents=True)
-        for index, box in enumerate(((0, 0, 300, 280), (40, 20, 340, 300), (0, 0, 451, 300))):
-            image.crop(box).save(folder / f"{name}{index}.jpg", quality=90)
-    data = write_shards(str(root), str(root / "data"), shard_size=3, splits=("train",),
-                        progress=False)  # fmt: skip
-    return data
+        for split, crops in boxes.items():
+            folder = root / split / f"{label}-{name}"
+            folder.mkdir(parents=True)
+            for index, box in enumerate(crops):
+                image.crop(box).save(folder / f"{name}{index}.jpg", quality=90)
+    return write_shards(str(root), str(root / "data"), shard_size=3, progress=False)
 
 
 def test_mapped_lite0_names_the_real_photos(tmp_path):
@@ -99,9 +100,21 @@ def test_class_counts_must_agree_or_be_mapped(photo_folder, tmp_path, ray_local)
     identity = opened.teacher("lite0")
     assert identity["key_map"] == "positional" and identity["class_map"] == [TABBY, ESPRESSO]
     assert identity["preprocessing"]["resolution"] == 224
-    rows = [int(r) for r in np.flatnonzero(photo_folder.labels >= 0)]
+    rows = [s.id * 3 + i for s in photo_folder.shards_of("train") for i in range(s.num_rows)]
     top1 = [int(opened.targets(row, 0)["topk_index"][0]) for row in rows]
     assert top1 == photo_folder.labels[rows].tolist()  # every photo's class, from the teacher
+    # verify rebuilds the teacher from the identity (key map, class map) and recomputes views
+    assert opened.verify(samples=3).ok
+    # a student distils it at the teacher's 224 px (the photos' sizes vary: no size of theirs)
+    from kdcache.trainer.run import TrainConfig
+
+    out = tmp_path / "student"
+    final = kdcache.train(TrainConfig(manifest=photo_folder.location, out=str(out),
+                                      model="resnet10t", kd="soft", cache=str(cache), epochs=1,
+                                      batch_size=6, workers=0, progress=False))  # fmt: skip
+    assert 0 <= final["test_acc"] <= 100
+    spec = json.loads((out / "config.json").read_text())["spec"]
+    assert (spec["resolution"], spec["interpolation"], spec["crop_pct"]) == (224, "bicubic", 0.875)
 
 
 def test_factory_and_key_map_functions(tmp_path, monkeypatch):
