@@ -17,9 +17,12 @@ from kdcache.pipeline.teach.teachers import Teacher
 from kdcache.pipeline.views import SourceImage, ViewPlan, ViewRenderer, normalize, source_image
 
 
-def read_shard_images(manifest: Manifest, shard: ShardInfo) -> list[SourceImage]:
-    """Decode every image of a shard (once; views reuse the decode), checking keys and count
-    against the manifest."""
+def read_shard_images(
+    manifest: Manifest, shard: ShardInfo, *, decode: bool = True
+) -> list[SourceImage]:
+    """A shard's images, checking keys and count against the manifest; with ``decode`` each
+    is decoded here (once; views reuse the decode), else only its header is read and
+    :func:`decode_block` decodes rows as they are needed."""
     url = manifest.shard_url(shard)
     expected = manifest.shard_keys(shard)
     images, keys = [], []
@@ -27,7 +30,8 @@ def read_shard_images(manifest: Manifest, shard: ShardInfo) -> list[SourceImage]
         for sample in tar_samples([url]):
             keys.append(sample["__key__"])
             image = source_image(sample_image(sample), manifest.channels)
-            image.hwc()  # decoded here: a corrupt image is this shard's error
+            if decode:
+                image.hwc()  # decoded here: a corrupt image is this shard's error
             images.append(image)
     except ShardError:
         raise
@@ -44,6 +48,36 @@ def read_shard_images(manifest: Manifest, shard: ShardInfo) -> list[SourceImage]
         )
         raise ShardError(f"{url}: shard does not match the manifest: {detail}")
     return images
+
+
+def row_blocks(rows: int, block_rows: int, batch_size: int) -> list[np.ndarray]:
+    """Positions ``0..rows-1`` in blocks of whole batches (``block_rows`` rounded down to a
+    multiple of ``batch_size``, at least one batch): every batch of a blocked pass is then the
+    batch an unblocked pass makes, so the values are the same."""
+    step = max(1, block_rows // batch_size) * batch_size
+    return [np.arange(start, min(start + step, rows)) for start in range(0, rows, step)]
+
+
+def decode_block(images: Sequence[SourceImage], positions: np.ndarray, url: str) -> None:
+    """Decode the images at ``positions`` now (a corrupt one is the shard's error, by key
+    position); :func:`release` frees them after the block."""
+    for position in positions:
+        try:
+            images[position].hwc()
+        except Exception as error:
+            raise ShardError(f"{url}: image {position} does not decode: {error}") from error
+
+
+def release(images: Sequence[SourceImage]) -> None:
+    """Drop every decoded pixel array of ``images`` (block rows and mixing partners alike)."""
+    for image in images:
+        image.release()
+
+
+def joined(parts: list[ShardTargets]) -> ShardTargets:
+    """Row blocks of a shard's targets, in order, as one block."""
+    arrays = [part.arrays() for part in parts]
+    return ShardTargets(**{k: np.concatenate([a[k] for a in arrays]) for k in arrays[0]})
 
 
 def autocast_for(device: torch.device, precision: str):

@@ -159,6 +159,13 @@ def add_teach_parser(commands) -> None:
         "--batch-size", type=int, default=256, help="inference batch (default: %(default)s)"
     )
     parser.add_argument(
+        "--block-rows",
+        type=int,
+        default=256,
+        help="rows an actor decodes at once, rounded to whole batches; bounds its memory "
+        "whatever the shard size (default: %(default)s)",
+    )
+    parser.add_argument(
         "--workers",
         type=int,
         default=None,
@@ -237,6 +244,7 @@ def run_teach(args: argparse.Namespace) -> None:
         samples=samples,
         splits=splits,
         batch_size=args.batch_size,
+        block_rows=args.block_rows,
         workers=args.workers,
         cpus_per_worker=args.cpus_per_worker,
         gpus_per_worker=args.gpus_per_worker,
