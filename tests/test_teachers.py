@@ -18,12 +18,19 @@ def test_kdcache_checkpoint_loads_with_its_own_spec(teacher_path):
         assert torch.equal(value, state[name]), name
 
 
-def test_published_weights_are_adapted_to_the_dataset(tmp_path):
+def test_published_weights_with_a_replaced_classifier_are_adapted_to_the_dataset(tmp_path):
     # a "published" ImageNet-shaped checkpoint: 3 channels, 1000 classes, plain state dict
     published = timm.create_model("resnet10t", num_classes=1000)
     path = tmp_path / "resnet10t.pth"
     torch.save(published.state_dict(), path)
-    teacher = load_teacher(str(path), arch="resnet10t", num_classes=10, in_chans=1, resolution=32)
+    teacher = load_teacher(
+        str(path),
+        arch="resnet10t",
+        num_classes=10,
+        in_chans=1,
+        resolution=32,
+        replace_classifier=True,
+    )
     assert teacher.model.get_classifier().out_features == 10
     stem = published.state_dict()["conv1.0.weight"]
     torch.testing.assert_close(

@@ -31,6 +31,8 @@ SCHEMA = pa.schema(
         ("sha1", pa.string()),
     ]
 )
+# columns a manifest may have besides SCHEMA's: the source file of each sample (ImageFolder)
+OPTIONAL_COLUMNS = {"path": pa.string()}
 
 
 @dataclass(frozen=True)
@@ -65,12 +67,17 @@ def write_manifest(
     shards: list[ShardInfo],
     pixel_mean: list[float],
     pixel_std: list[float],
+    skipped: list[dict] | None = None,
 ) -> str:
     """Write ``manifest.parquet`` with its metadata; return the fingerprint.
 
-    ``pixel_mean`` and ``pixel_std`` are per-channel statistics of the train split on [0, 1].
+    ``pixel_mean`` and ``pixel_std`` are per-channel statistics of the train split on [0, 1];
+    ``skipped`` lists source files left out as unreadable (``path``, ``error``).
     """
-    table = table.cast(SCHEMA)
+    schema = pa.schema(
+        [*SCHEMA, *(pa.field(k, t) for k, t in OPTIONAL_COLUMNS.items() if k in table.column_names)]
+    )
+    table = table.cast(schema)
     meta = {
         "format": MANIFEST_FORMAT,
         "dataset": dataset,
@@ -82,6 +89,8 @@ def write_manifest(
         "pixel_std": pixel_std,
         "fingerprint": fingerprint(table, classes, shard_size),
     }
+    if skipped:
+        meta["skipped"] = skipped
     table = table.replace_schema_metadata({METADATA_KEY: json.dumps(meta).encode()})
     urls.write_parquet(location, table)
     return meta["fingerprint"]

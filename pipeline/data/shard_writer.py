@@ -40,16 +40,19 @@ def write_shards(
     limits: dict[str, int] | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    on_bad_image: str = "fail",
+    shuffle_seed: int = 0,
 ) -> Manifest:
     """Shard ``source`` into ``out/shards/<split>-NNNNNN.tar`` and write ``out/manifest.parquet``.
 
     Each tar sample holds ``__key__``, the encoded image (``png``/``jpg``...) and ``cls``.
     The manifest is written last, so a folder with a manifest always has all its shards.
     ``source``: a :class:`DatasetSource`, or what ``kdcache shard --source`` takes (None or
-    ``fashion-mnist``, a folder of IDX files, an ImageFolder root).
+    ``fashion-mnist``, a folder of IDX files, an ImageFolder root; for a folder,
+    ``on_bad_image`` and ``shuffle_seed`` as :func:`~pipeline.data.sources.image_folder` takes).
     """
     if not isinstance(source, DatasetSource):
-        source = open_source(source)
+        source = open_source(source, on_bad_image=on_bad_image, shuffle_seed=shuffle_seed)
     if shard_size < 1:
         raise ValueError(f"--shard-size must be at least 1, got {shard_size}")
     manifest_location = urls.join(out, "manifest.parquet")
@@ -65,7 +68,7 @@ def write_shards(
     fs.makedirs(urls.join(out_path, "shards"), exist_ok=True)
 
     columns: dict[str, list] = {name: [] for name in ("row", "key", "shard", "label", "split")}
-    columns.update(height=[], width=[], sha1=[])
+    columns.update(height=[], width=[], sha1=[], path=[])
     shards: list[ShardInfo] = []
     total = sum(min(source.split_sizes[s], limits.get(s, source.split_sizes[s])) for s in splits)
     stats = _PixelStats()
@@ -93,6 +96,7 @@ def write_shards(
             columns["height"].append(sample.height)
             columns["width"].append(sample.width)
             columns["sha1"].append(hashlib.sha1(sample.image).hexdigest())
+            columns["path"].append(sample.path)
             count += 1
             shards[-1] = ShardInfo(shard_id, shards[-1].file, split, count)
             bar.update()
@@ -102,6 +106,8 @@ def write_shards(
     if stats.count == 0:
         raise ValueError(f"{source.name}: the train split is empty; nothing to shard")
     pixel_mean, pixel_std = stats.result()
+    if not any(columns["path"]):  # sources without files (IDX arrays) keep the old columns
+        del columns["path"]
     write_manifest(
         manifest_location,
         pa.table(columns),
@@ -112,5 +118,6 @@ def write_shards(
         shards=shards,
         pixel_mean=pixel_mean,
         pixel_std=pixel_std,
+        skipped=source.skipped,
     )
     return Manifest.read(manifest_location)

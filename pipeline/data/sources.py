@@ -1,13 +1,18 @@
 """Image datasets that `kdcache shard` can read: Fashion-MNIST IDX files and ImageFolder trees."""
 
+import hashlib
 import io
+import random
+import re
+import stat
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from kdcache.errors import ConfigError, ManifestError
 from kdcache.pipeline.data.idx import read_idx
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -20,6 +25,8 @@ _IDX_FILES = {
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 IMAGE_SUFFIXES = {".png": "png", ".jpg": "jpg", ".jpeg": "jpg", ".webp": "webp", ".bmp": "bmp"}
+BAD_IMAGE_POLICIES = ("fail", "skip")
+_UNSAFE = re.compile(r"[^A-Za-z0-9_/-]")
 
 
 @dataclass(frozen=True)
@@ -32,6 +39,7 @@ class SourceSample:
     label: int
     height: int
     width: int
+    path: str = ""  # the file it came from, relative to the dataset root ("" if none)
 
 
 @dataclass
@@ -43,6 +51,7 @@ class DatasetSource:
     channels: int
     split_sizes: dict[str, int]
     _iterators: dict
+    skipped: list[dict] = field(default_factory=list)  # bad files left out: path, error
 
     def iter_split(self, split: str, limit: int | None = None) -> Iterator[SourceSample]:
         """Yield the split's samples in their stable order (at most ``limit``)."""
@@ -105,8 +114,78 @@ def fashion_mnist(directory: str | Path = FASHION_MNIST_DIR) -> DatasetSource:
     )
 
 
-def image_folder(root: str | Path) -> DatasetSource:
-    """An ImageFolder tree ``root/{train,test}/<class>/<image>``; classes are sorted names."""
+def _regular(path: Path) -> bool:
+    """Whether ``path`` is a regular file (after symlinks): FIFOs, sockets, devices are not."""
+    try:
+        return stat.S_ISREG(path.stat().st_mode)
+    except OSError:
+        return False
+
+
+def image_files(folder: Path) -> list[Path]:
+    """Image files under ``folder`` (any depth), by suffix, sorted by relative path."""
+    return sorted(
+        (p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir()),
+        key=lambda p: p.relative_to(folder).as_posix(),
+    )
+
+
+def sample_key(relative: str) -> str:
+    """The tar key of the file at ``relative`` (POSIX path from the root): the path without its
+    extension. A path holding characters a WebDataset key cannot (a dot in the file name splits
+    key and extension; anything outside ``A-Za-z0-9_-/``) has them replaced by ``_`` and
+    ``_`` + 8 hex digits of the path's sha1 appended, so keys stay distinct."""
+    stem = relative.rsplit(".", 1)[0]
+    clean = _UNSAFE.sub("_", stem)
+    if clean == stem:
+        return stem
+    return f"{clean}_{hashlib.sha1(relative.encode()).hexdigest()[:8]}"
+
+
+def stratified_order(labels: list[int], seed: int) -> list[int]:
+    """A seeded shuffled order of positions in which every class is spread evenly: the i-th of
+    a class's n samples (in shuffled order) gets a key drawn in [i/n, (i+1)/n), and positions
+    are sorted by key. Any run of L positions then holds each class's fair share L*n/N within
+    +-2, so no shard gathers one class (Mixup/CutMix partners come from the same shard)."""
+    rng = random.Random(seed)
+    by_class: dict[int, list[int]] = {}
+    for position, label in enumerate(labels):
+        by_class.setdefault(label, []).append(position)
+    keyed = []
+    for label in sorted(by_class):
+        members = by_class[label]
+        rng.shuffle(members)
+        keyed += [((i + rng.random()) / len(members), p) for i, p in enumerate(members)]
+    return [position for _, position in sorted(keyed)]
+
+
+def _read_image(path: Path) -> tuple[bytes, int, int]:
+    """(bytes, height, width) of an image file, fully decoded once to prove it is readable."""
+    if not _regular(path):
+        raise OSError("not a regular file")
+    data = path.read_bytes()
+    with Image.open(io.BytesIO(data)) as image:
+        image.load()
+        width, height = image.size
+    return data, height, width
+
+
+def image_folder(
+    root: str | Path, *, on_bad_image: str = "fail", shuffle_seed: int = 0
+) -> DatasetSource:
+    """An ImageFolder tree ``root/{train,test}/<class>/**/<image>``; classes are sorted names.
+
+    Each file's bytes go into the shard as they are (a JPEG stays a JPEG) under the key of its
+    relative path (:func:`sample_key`; the manifest's ``path`` column holds the path itself).
+    Samples are in a seeded, class-stratified shuffled order (:func:`stratified_order`).
+    Channels: the data is RGB (3 channels) whatever each file's mode; every image is decoded
+    as Pillow's ``Image.convert("RGB")`` gives it (torchvision's ImageFolder rule): grey is
+    replicated, alpha (RGBA, LA, PA) dropped, palettes expanded, CMYK converted.
+    A file that is not a regular file (a FIFO) or does not decode: ``on_bad_image="fail"``
+    raises naming it; ``"skip"`` leaves it out and lists it in ``skipped`` (the manifest's).
+    """
+    if on_bad_image not in BAD_IMAGE_POLICIES:
+        raise ConfigError(f"on_bad_image must be one of {BAD_IMAGE_POLICIES}, got {on_bad_image!r}")
     root = Path(root)
     splits = [s for s in ("train", "test") if (root / s).is_dir()]
     if "train" not in splits:
@@ -120,27 +199,37 @@ def image_folder(root: str | Path) -> DatasetSource:
         for label, name in enumerate(classes):
             folder = root / split / name
             if folder.is_dir():
-                entries += [
-                    (path, label)
-                    for path in sorted(folder.iterdir())
-                    if path.suffix.lower() in IMAGE_SUFFIXES
-                ]
-        files[split] = entries
-    with Image.open(files["train"][0][0]) as first:
-        channels = len(first.getbands()) if first.mode != "P" else 3
+                entries += [(path, label) for path in image_files(folder)]
+        order = stratified_order([label for _, label in entries], shuffle_seed)
+        files[split] = [entries[i] for i in order]
+    skipped: list[dict] = []
 
     def iterator(split: str):
         def iterate(limit: int | None) -> Iterator[SourceSample]:
-            for index, (path, label) in enumerate(files[split][:limit]):
-                with Image.open(path) as image:
-                    width, height = image.size
+            count = 0
+            for path, label in files[split]:
+                if limit is not None and count == limit:
+                    return
+                relative = path.relative_to(root).as_posix()
+                try:
+                    data, height, width = _read_image(path)
+                except (OSError, ValueError, Image.DecompressionBombError) as error:
+                    if on_bad_image == "fail":
+                        raise ManifestError(
+                            f"{path}: unreadable image ({error}); fix or remove it, or skip "
+                            "bad images"
+                        ) from None
+                    skipped.append({"path": relative, "error": str(error)})
+                    continue
+                count += 1
                 yield SourceSample(
-                    key=f"{split}-{index:06d}",
-                    image=path.read_bytes(),
+                    key=sample_key(relative),
+                    image=data,
                     ext=IMAGE_SUFFIXES[path.suffix.lower()],
                     label=label,
                     height=height,
                     width=width,
+                    path=relative,
                 )
 
         return iterate
@@ -148,14 +237,16 @@ def image_folder(root: str | Path) -> DatasetSource:
     return DatasetSource(
         name=root.name,
         classes=classes,
-        channels=min(channels, 3),
+        channels=3,
         split_sizes={split: len(entries) for split, entries in files.items()},
         _iterators={split: iterator(split) for split in splits},
+        skipped=skipped,
     )
 
 
-def open_source(source: str | None) -> DatasetSource:
-    """``None`` or ``fashion-mnist``: the Debian package's files; a folder of IDX files; or an ImageFolder."""
+def open_source(source: str | None, **folder_options) -> DatasetSource:
+    """``None`` or ``fashion-mnist``: the Debian package's files; a folder of IDX files; or an
+    ImageFolder (``folder_options``: :func:`image_folder`'s ``on_bad_image``, ``shuffle_seed``)."""
     if source in (None, "fashion-mnist"):
         return fashion_mnist()
     path = Path(source)
@@ -163,4 +254,4 @@ def open_source(source: str | None) -> DatasetSource:
         raise FileNotFoundError(f"--source {source}: not a directory")
     if any(path.glob("*-idx3-ubyte*")):
         return fashion_mnist(path)
-    return image_folder(path)
+    return image_folder(path, **folder_options)

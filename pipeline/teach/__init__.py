@@ -13,6 +13,7 @@ __getattr__, __dir__, __all__ = lazy_face(
         "TeacherSource": ".teach_config",
         "create_model": ".models",
         "file_sha256": ".models",
+        "load_options": ".teachers",
         "load_teacher": ".teachers",
         "read_checkpoint_meta": ".models",
         "read_shard_images": ".shard_targets",

@@ -15,6 +15,7 @@ stopped. This is the only module that imports Ray.
 
 import logging
 import os
+import resource
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
@@ -36,7 +37,14 @@ from kdcache.pipeline.cache import (
     sample_uniforms,
 )
 from kdcache.pipeline.data import Manifest, urls
-from kdcache.pipeline.teach.shard_targets import read_shard_images, teacher_targets
+from kdcache.pipeline.teach.shard_targets import (
+    decode_block,
+    joined,
+    read_shard_images,
+    release,
+    row_blocks,
+    teacher_targets,
+)
 from kdcache.pipeline.teach.teach_config import TeachConfig
 from kdcache.pipeline.teach.teachers import Teacher
 
@@ -56,6 +64,7 @@ class TeachSummary:
     startup_seconds: float = 0.0
     workers: int = 0
     reused: bool = False
+    peak_rss: int = 0  # the largest peak resident memory of a worker, bytes
 
     def lines(self) -> list[str]:
         if self.reused:
@@ -68,7 +77,8 @@ class TeachSummary:
             f"teach: {self.views} views in {self.seconds:.1f}s ({rate:.0f} views/s; "
             f"{self.startup_seconds:.1f}s starting {self.workers} workers); "
             f"worker time: {parts or '-'}",
-            f"teach: cache {self.cache} holds {self.cache_bytes / 2**20:.1f} MiB",
+            f"teach: cache {self.cache} holds {self.cache_bytes / 2**20:.1f} MiB; "
+            f"peak worker memory {self.peak_rss / 2**20:.0f} MiB",
         ]
         lines += [f"teach: FAILED {name}: {why}" for name, why in self.shards_failed.items()]
         return lines
@@ -120,7 +130,10 @@ class ShardWorker:
             return {"shard": shard_id, "error": _one_line(error)}
 
     def _process(self, shard_id: int) -> dict:
-        """Compute and write, for every teacher, the views of one shard it has not finished."""
+        """Compute and write, for every teacher, the views of one shard it has not finished:
+        row block by row block (:func:`row_blocks`, ``config.block_rows``), all pending views
+        of every teacher for a block, then the next, each block's pixels freed after it, so
+        what the actor holds is the shard's encoded bytes and one block's pixels."""
         timings: dict[str, float] = defaultdict(float)
         if self.teachers is None:
             began = time.perf_counter()
@@ -129,19 +142,32 @@ class ShardWorker:
         shard = self.manifest.shards[shard_id]
         views = self.config.plan.views
         pending = {t.name: self.store.pending_views(t.name, shard_id, views) for t in self.teachers}
-        if not any(pending.values()):
+        teachers = [t for t in self.teachers if pending[t.name]]
+        if not teachers:
             return {"views": 0, "timings": timings, "skipped": True}
         began = time.perf_counter()
-        images = read_shard_images(self.manifest, shard)
+        images = read_shard_images(self.manifest, shard, decode=False)
         timings["decode"] += time.perf_counter() - began
-        for teacher in self.teachers:  # views built on must be intact (an extension)
+        for teacher in teachers:  # views built on must be intact (an extension)
             self._check_done(teacher.name, shard, pending[teacher.name], views)
-        computed = 0
-        for teacher in self.teachers:
-            if pending[teacher.name]:
-                self._teach(teacher, shard, images, pending[teacher.name], timings)
-                computed += len(images) * len(pending[teacher.name])
-        return {"views": computed, "timings": timings}
+        params = {t.name: self.config.plan.shard_params(self.manifest, shard, views=pending[t.name])
+                  for t in teachers}  # fmt: skip
+        parts: dict[str, list] = {t.name: [] for t in teachers}
+        url, keys = self.manifest.shard_url(shard), self.manifest.shard_keys(shard)
+        for positions in row_blocks(len(images), self.config.block_rows, self.config.batch_size):
+            began = time.perf_counter()
+            decode_block(images, positions, url, keys)
+            timings["decode"] += time.perf_counter() - began
+            for teacher in teachers:
+                parts[teacher.name].append(
+                    self._targets(teacher, shard, images, params[teacher.name],
+                                  pending[teacher.name], positions, timings)
+                )  # fmt: skip
+            release(images)
+        for teacher in teachers:
+            self._write(teacher, shard, pending[teacher.name], joined(parts[teacher.name]), timings)
+        computed = sum(len(images) * len(pending[t.name]) for t in teachers)
+        return {"views": computed, "timings": timings, "peak_rss": peak_rss()}
 
     def _check_done(self, name: str, shard, pending: list[int], views: int) -> None:
         """Refuse to add views to a shard whose done views fail their checksum (CacheCorrupt)."""
@@ -150,21 +176,25 @@ class ShardWorker:
             block = self.store.read_shard(name, shard, max(done) + 1)
             self.store.check_regions(name, shard, block, done)
 
-    def _teach(self, teacher: Teacher, shard, images: list, views: list[int], timings) -> None:
-        """One teacher's ``views`` of a shard, written if this run still holds the lock."""
-        plan, samples = self.config.plan, self.store.samples
-        rows = self.manifest.shard_rows(shard)
-        block = teacher_targets(
+    def _targets(self, teacher: Teacher, shard, images, params, views, positions, timings):
+        """One teacher's ``views`` of the shard rows at ``positions``."""
+        samples, plan = self.store.samples, self.config.plan
+        rows = self.manifest.shard_rows(shard)[positions]
+        return teacher_targets(
             teacher,
             plan,
             images,
-            plan.shard_params(self.manifest, shard, views=views),
+            params,
             topk=self.store.topk,
+            positions=positions,
             uniforms=sample_uniforms(plan.seed, rows, views, samples) if samples else None,
             batch_size=self.config.batch_size,
             precision=self.precision,
             timings=timings,
         )
+
+    def _write(self, teacher: Teacher, shard, views: list[int], block, timings) -> None:
+        """One teacher's ``views`` of a shard, written if this run still holds the lock."""
         began = time.perf_counter()
         if lock_holder(self.config.cache) != self.config.run_id:
             raise CacheBusy(
@@ -172,6 +202,11 @@ class ShardWorker:
             )
         self.store.write_shard(teacher.name, shard, views, block)
         timings["write"] += time.perf_counter() - began
+
+
+def peak_rss() -> int:
+    """This process's peak resident memory so far, in bytes (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 # -- the driver, top to bottom -----------------------------------------------------------------
@@ -485,5 +520,6 @@ def _record(summary: TeachSummary, timings: dict, shard, result: dict) -> None:
         return
     (summary.shards_skipped if result.get("skipped") else summary.shards_done).append(shard.file)
     summary.views += result["views"]
+    summary.peak_rss = max(summary.peak_rss, result.get("peak_rss", 0))
     for key, value in result["timings"].items():
         timings[key] += value

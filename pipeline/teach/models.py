@@ -6,6 +6,7 @@ input resolution, normalisation) plus whatever the writer adds (epoch, metrics).
 timm's own ``load_checkpoint`` reads the ``model`` key, so the files also load in plain timm.
 """
 
+import difflib
 import hashlib
 import io
 import os
@@ -22,6 +23,12 @@ from kdcache.pipeline.data import urls  # noqa: E402
 
 CHECKPOINT_FORMAT = "kdcache-checkpoint/1"
 MIN_RESOLUTION = 16
+# keyword arguments of timm models that change training, not the network a checkpoint holds
+TRAINING_ONLY_ARGS = frozenset(
+    {"drop_rate", "drop_path_rate", "drop_block_rate", "drop_connect_rate", "attn_drop_rate",
+     "proj_drop_rate", "pos_drop_rate", "patch_drop_rate", "pretrained", "checkpoint_path",
+     "pretrained_cfg", "pretrained_cfg_overlay"}
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -35,6 +42,10 @@ class ModelSpec:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     model_args: dict = field(default_factory=dict)
+    # whole-image (evaluation) inputs: shorter side to resolution / crop_pct, centre crop;
+    # the defaults are what checkpoints written before these fields meant (the whole image)
+    interpolation: str = "bilinear"
+    crop_pct: float = 1.0
 
     def to_dict(self) -> dict:
         return {**asdict(self), "mean": list(self.mean), "std": list(self.std)}
@@ -44,9 +55,23 @@ class ModelSpec:
         return cls(**{**values, "mean": tuple(values["mean"]), "std": tuple(values["std"])})
 
 
+def architecture_args(model_args: dict) -> dict:
+    """``model_args`` without the keywords that only change training (dropout rates, ...)."""
+    return {k: v for k, v in model_args.items() if k not in TRAINING_ONLY_ARGS}
+
+
+def check_arch(arch: str) -> None:
+    """Refuse, in one line naming the closest timm names, an architecture timm does not have."""
+    if not timm.is_model(arch):
+        close = difflib.get_close_matches(arch, timm.list_models(), n=5, cutoff=0.5)
+        hint = f"; closest: {', '.join(close)}" if close else ""
+        raise ConfigError(f"teacher architecture {arch!r} is not a timm model{hint}")
+
+
 def create_model(spec: ModelSpec, **timm_kwargs) -> torch.nn.Module:
     """``timm.create_model`` for the spec; ViT-style models get ``img_size`` = resolution,
     which must be a multiple of their patch size (timm would silently drop the remainder)."""
+    check_arch(spec.arch)
     if spec.resolution < MIN_RESOLUTION:
         raise ConfigError(
             f"resolution {spec.resolution}: must be at least {MIN_RESOLUTION} px "

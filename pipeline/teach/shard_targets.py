@@ -17,21 +17,58 @@ from kdcache.pipeline.teach.teachers import Teacher
 from kdcache.pipeline.views import SourceImage, ViewPlan, ViewRenderer, normalize, source_image
 
 
-def read_shard_images(manifest: Manifest, shard: ShardInfo) -> list[SourceImage]:
-    """Decode every image of a shard (once; views reuse the decode), each sample checked
-    against the manifest (key, position, sha1, count: :func:`checked_samples`)."""
+def read_shard_images(
+    manifest: Manifest, shard: ShardInfo, *, decode: bool = True
+) -> list[SourceImage]:
+    """A shard's images, each sample checked against the manifest (key, position, sha1, count:
+    :func:`checked_samples`); with ``decode`` each is decoded here (once; views reuse the
+    decode), else only its header is read and :func:`decode_block` decodes rows as needed."""
     images = []
     for sample in checked_samples(manifest, shard):
         try:
             image = source_image(sample_image(sample), manifest.channels)
-            image.hwc()  # decoded here: a corrupt image is this shard's error
+            if decode:
+                image.hwc()  # decoded here: a corrupt image is this shard's error
         except Exception as error:  # PIL and decoder errors
-            raise ShardError(
-                f"{sample['__url__']}: sample {sample['__key__']}: unreadable image "
-                f"({type(error).__name__}: {error})"
-            ) from error
+            raise _unreadable(sample["__url__"], sample["__key__"], error) from error
         images.append(image)
     return images
+
+
+def row_blocks(rows: int, block_rows: int, batch_size: int) -> list[np.ndarray]:
+    """Positions ``0..rows-1`` in blocks of whole batches (``block_rows`` rounded down to a
+    multiple of ``batch_size``, at least one batch): every batch of a blocked pass is then the
+    batch an unblocked pass makes, so the values are the same."""
+    step = max(1, block_rows // batch_size) * batch_size
+    return [np.arange(start, min(start + step, rows)) for start in range(0, rows, step)]
+
+
+def decode_block(
+    images: Sequence[SourceImage], positions: np.ndarray, url: str, keys: Sequence[str]
+) -> None:
+    """Decode the images at ``positions`` now (a corrupt one is the shard's error, named by
+    its key); :func:`release` frees them after the block."""
+    for position in positions:
+        try:
+            images[position].hwc()
+        except Exception as error:  # PIL and decoder errors
+            raise _unreadable(url, keys[position], error) from error
+
+
+def _unreadable(url: str, key: str, error: Exception) -> ShardError:
+    return ShardError(f"{url}: sample {key}: unreadable image ({type(error).__name__}: {error})")
+
+
+def release(images: Sequence[SourceImage]) -> None:
+    """Drop every decoded pixel array of ``images`` (block rows and mixing partners alike)."""
+    for image in images:
+        image.release()
+
+
+def joined(parts: list[ShardTargets]) -> ShardTargets:
+    """Row blocks of a shard's targets, in order, as one block."""
+    arrays = [part.arrays() for part in parts]
+    return ShardTargets(**{k: np.concatenate([a[k] for a in arrays]) for k in arrays[0]})
 
 
 def autocast_for(device: torch.device, precision: str):

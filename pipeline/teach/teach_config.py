@@ -1,7 +1,7 @@
 """Where the teachers are (``TeacherSource``) and the options of one teacher pass, each with
 its default and help (``kdcache teach --help`` is generated from these fields)."""
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
 from kdcache._options import option
@@ -19,25 +19,34 @@ RAY = "Ray job"
 
 @dataclass(frozen=True)
 class TeacherSource:
-    """Where a teacher's weights are and how to build it (``arch`` only for published weights)."""
+    """Where a teacher's weights are and how to build and feed it: ``arch`` (a timm name) or
+    ``factory`` (``module:function``) for published weights, a key map, a class map, and
+    preprocessing that overrides the checkpoint's or the pretrained config's (see
+    :func:`~pipeline.teach.teachers.load_teacher`; the CLI's options: ``teacher_options``)."""
 
     location: str
     name: str | None = None
     arch: str | None = None
     resolution: int | None = None
+    factory: str | None = None  # module:function returning the teacher's nn.Module
+    key_map: str | None = None  # strip-prefix, positional or module:function(state, model)
+    class_map: tuple[int, ...] | None = None  # the teacher class id of each data class
+    mean: tuple[float, ...] | None = None  # per-channel mean on [0, 1] of the teacher's inputs
+    std: tuple[float, ...] | None = None  # per-channel std on [0, 1] of the teacher's inputs
+    interpolation: str | None = None  # the teacher's whole-image resize, e.g. bicubic
+    crop_pct: float | None = None  # the teacher's whole-image centre-crop fraction
 
     def load(self, manifest: "Manifest", device: "str | torch.device" = "cpu") -> "Teacher":
-        """The teacher, sized for the manifest's classes and channels."""
+        """The teacher, checked against the manifest's classes and sized for its channels."""
         from kdcache.pipeline.teach.teachers import load_teacher
 
+        options = {k: v for k, v in asdict(self).items() if k != "location"}
         return load_teacher(
             self.location,
-            name=self.name,
-            arch=self.arch,
             num_classes=manifest.num_classes,
             in_chans=manifest.channels,
-            resolution=self.resolution,
             device=device,
+            **options,
         )
 
 
@@ -62,6 +71,11 @@ class TeachConfig:
     )
     splits: list[str] = option(factory=lambda: ["train"], help="splits to cache")
     batch_size: int = option(256, help="inference batch")
+    block_rows: int = option(
+        256,
+        help="rows an actor decodes at once, rounded to whole batches; bounds its memory "
+        "whatever the shard size",
+    )
     workers: int | None = option(
         None,
         group=RAY,

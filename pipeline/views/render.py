@@ -258,14 +258,6 @@ def from_pil(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
 
 
-def render_full(image: torch.Tensor, size: int) -> torch.Tensor:
-    """The whole image, unaugmented, at ``size x size`` (evaluation input): float32 on [0, 1]."""
-    pixels = image.to(torch.float32) / 255.0
-    if tuple(pixels.shape[-2:]) == (size, size):
-        return pixels
-    return F.resize(pixels, [size, size], InterpolationMode.BILINEAR, antialias=True)
-
-
 def normalize(
     batch: torch.Tensor, mean: Sequence[float], std: Sequence[float], *, inplace: bool = False
 ) -> torch.Tensor:

@@ -71,6 +71,11 @@ class SourceImage:
             self._decoded[reduce] = self._decode(reduce)
         return self._decoded[reduce]
 
+    def release(self) -> None:
+        """Forget the decoded pixels (an image with encoded bytes decodes again on demand)."""
+        if self.data is not None:
+            self._decoded.clear()
+
     def chw(self) -> torch.Tensor:
         """uint8 (C, H, W) full-size pixels, contiguous."""
         return self.hwc().permute(2, 0, 1).contiguous()

@@ -7,7 +7,13 @@ import numpy as np
 
 from kdcache.pipeline.cache import CacheStore, ShardTargets, region_checksum, sample_uniforms
 from kdcache.pipeline.data import Manifest, ShardInfo
-from kdcache.pipeline.teach import Teacher, load_teacher, read_shard_images, teacher_targets
+from kdcache.pipeline.teach import (
+    Teacher,
+    load_options,
+    load_teacher,
+    read_shard_images,
+    teacher_targets,
+)
 from kdcache.tools.cache.cache_manifest import manifest_for
 from kdcache.tools.cache.verify_replay import ReplayReport, replay_check, sample_done_rows
 
@@ -144,14 +150,7 @@ def _checked_teacher(
     """The teacher that made ``name``'s targets, from where the cache says (or ``moved_to``);
     None, with a problem recorded, if its weights are not the ones the cache was made with."""
     identity = store.teacher_identity(name)
-    teacher = load_teacher(
-        moved_to or identity["source"],
-        name=name,
-        arch=identity["arch"],
-        num_classes=identity["num_classes"],
-        in_chans=identity["preprocessing"]["in_chans"],
-        resolution=identity["preprocessing"]["resolution"],
-    )
+    teacher = load_teacher(moved_to or identity["source"], **load_options(identity))
     if teacher.weights_sha256 != identity["weights_sha256"]:
         report.problems.append(
             f"teacher {name}: weights at {teacher.source} have sha256 "

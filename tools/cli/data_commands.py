@@ -5,12 +5,12 @@ import contextlib
 import sys
 from dataclasses import replace
 
-from kdcache.errors import ConfigError
 from kdcache.pipeline.teach import TeachConfig
 from kdcache.pipeline.views import ViewPlan
 from kdcache.tools.cli.arg_types import key_value
 from kdcache.tools.cli.config_options import add_config_options, config_values
 from kdcache.tools.cli.plan_options import add_plan_arguments, plan_overrides
+from kdcache.tools.cli.teacher_options import add_teacher_arguments, teacher_sources
 
 
 def _split_limit(text: str) -> tuple[str, int]:
@@ -60,35 +60,48 @@ def add_shard_parser(commands) -> None:
         metavar="SPLIT=N",
         help="keep only the first N samples of SPLIT (repeatable)",
     )
+    parser.add_argument(
+        "--on-bad-image",
+        choices=["fail", "skip"],
+        default="fail",
+        help="an ImageFolder file that is unreadable or not a regular file: fail naming it, or "
+        "skip it (counted, and listed in the manifest) (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--shuffle-seed",
+        type=int,
+        default=0,
+        help="seed of an ImageFolder's class-stratified shuffled order over the shards "
+        "(default: %(default)s)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing manifest")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(run=run_shard)  # fmt: skip
 
 
 def run_shard(args: argparse.Namespace) -> None:
-    from kdcache.pipeline.data import open_source, write_shards
+    from kdcache.pipeline.data import write_shards
 
     manifest = write_shards(
-        open_source(args.source),
+        args.source,
         args.out,
         shard_size=args.shard_size,
         splits=tuple(args.splits),
         limits=dict(args.limit),
         overwrite=args.overwrite,
         progress=not args.quiet,
+        on_bad_image=args.on_bad_image,
+        shuffle_seed=args.shuffle_seed,
     )
+    skipped = manifest.meta.get("skipped", [])
+    if skipped:
+        print(f"shard: skipped {len(skipped)} unreadable files (listed in the manifest), "
+              f"e.g. {skipped[0]['path']}: {skipped[0]['error']}")  # fmt: skip
     counts = {s: sum(x.num_rows for x in manifest.shards_of(s)) for s in args.splits}
     print(
         f"shard: {len(manifest.shards)} shards ({counts}) and {manifest.location}; "
         f"fingerprint {manifest.fingerprint[:16]}"
     )
-
-
-def _teacher_source(text: str):
-    from kdcache.pipeline.teach import TeacherSource
-
-    name, sep, location = text.partition("=")
-    return TeacherSource(location=location, name=name) if sep else TeacherSource(location=text)
 
 
 _FROM_EXISTING = ("topk", "samples", "splits")  # unset: the existing cache's values
@@ -114,21 +127,10 @@ def add_teach_parser(commands) -> None:
         action="append",
         required=True,
         metavar="[NAME=]PATH",
-        help="teacher weights: a kdcache checkpoint, or published timm weights "
-        "with --teacher-arch (repeatable for several teachers)",
+        help="teacher weights: a kdcache checkpoint, or published weights with "
+        "--teacher-arch or --teacher-factory (repeatable for several teachers)",
     )
-    parser.add_argument(
-        "--teacher-arch",
-        action="append",
-        default=[],
-        help="timm architecture of published weights, one per --teacher in order",
-    )
-    parser.add_argument(
-        "--teacher-resolution",
-        type=int,
-        default=None,
-        help="teacher input size (default: the checkpoint's)",
-    )
+    add_teacher_arguments(parser)
     add_plan_arguments(parser, defaults_from="the existing cache's plan, else the plan defaults")
     parser.set_defaults(run=run_teach)  # fmt: skip
 
@@ -137,13 +139,7 @@ def run_teach(args: argparse.Namespace) -> None:
     from kdcache.pipeline.cache import CacheStore, catalog_root
     from kdcache.pipeline.teach import TeachFailed, run_teach
 
-    teachers = [
-        replace(_teacher_source(t), resolution=args.teacher_resolution) for t in args.teacher
-    ]
-    if args.teacher_arch and len(args.teacher_arch) != len(teachers):
-        raise ConfigError(f"{len(args.teacher_arch)} --teacher-arch for {len(teachers)} --teacher")
-    for index, arch in enumerate(args.teacher_arch):
-        teachers[index] = replace(teachers[index], arch=arch)
+    teachers = teacher_sources(args)
     existing = None
     if args.cache is not None:
         with contextlib.suppress(FileNotFoundError):

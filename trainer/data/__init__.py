@@ -17,6 +17,7 @@ __getattr__, __dir__, __all__ = lazy_face(
         "SCHEDULES": ".view_schedule",
         "TrainViews": ".loader",
         "ViewSchedule": ".view_schedule",
+        "default_resolution": ".input_size",
         "label_targets": ".label_mixing",
         "make_loader": ".loader",
     },

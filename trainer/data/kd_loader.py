@@ -16,6 +16,7 @@ import webdataset as wds
 
 from kdcache.pipeline.data import Manifest
 from kdcache.pipeline.views import ViewPlan, normalize
+from kdcache.trainer.data.input_size import default_resolution
 from kdcache.trainer.data.label_mixing import label_targets
 from kdcache.trainer.data.loader import TrainViews, make_loader
 from kdcache.trainer.data.targets import CachedTargets, PlannedViews
@@ -116,7 +117,7 @@ class KDLoader:
         else:
             source = PlannedViews(ViewPlan(**(plan or {})), self.manifest)
         self.plan = source.plan
-        self.resolution = resolution or int(self.manifest.table["height"].to_numpy().max())
+        self.resolution = resolution or default_resolution(self.manifest, source)
         self.views = TrainViews(
             self.manifest,
             source,

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from kdcache.errors import DataSplitError, KdcacheError, ShardError
 from kdcache.pipeline.cache import ShardTargets
 from kdcache.pipeline.data import Manifest, ShardInfo, checked_samples, sample_image
-from kdcache.pipeline.views import ViewRenderer, decode_image, render_full, source_image
+from kdcache.pipeline.views import ViewRenderer, eval_image, source_image
 from kdcache.trainer.data.label_mixing import mix_targets
 from kdcache.trainer.data.targets import CachedTargets, PlannedViews, ShardBlock
 from kdcache.trainer.data.view_schedule import ViewSchedule
@@ -275,25 +275,41 @@ def _padding(views, shards: list[ShardInfo], count: int) -> Iterator[dict]:
 
 
 class EvalViews(_ShardStream):
-    """Evaluation samples: whole images at the model's resolution on [0, 1], ``(image, label)``."""
+    """Evaluation samples, ``(image, label)``: each whole image as timm evaluates it (shorter
+    side to ``resolution / crop_pct`` with ``interpolation``, centre crop; ``crop_mode`` as
+    timm's), on [0, 1] (:func:`pipeline.views.eval_image`)."""
 
-    def __init__(self, manifest: Manifest, *, resolution: int, split: str = "test"):
+    def __init__(
+        self,
+        manifest: Manifest,
+        *,
+        resolution: int,
+        split: str = "test",
+        crop_pct: float = 0.875,
+        interpolation: str = "bicubic",
+        crop_mode: str = "center",
+    ):
         super().__init__(manifest, manifest.shards_of(split), resolution)
+        self.preprocessing = dict(crop_pct=crop_pct, interpolation=interpolation,
+                                  crop_mode=crop_mode)  # fmt: skip
 
     def __len__(self) -> int:
         return sum(s.num_rows for s in self.shards)
 
     def __iter__(self):
+        channels = self.manifest.channels
         for shard in wds.split_by_worker(wds.split_by_node(self.shards)):
             for sample, _ in self._shard_samples(shard):
                 try:
-                    image = decode_image(sample_image(sample), self.manifest.channels)
+                    image = eval_image(
+                        sample_image(sample), channels, self.resolution, **self.preprocessing
+                    )
                 except Exception as error:  # PIL and decoder errors
                     raise ShardError(
                         f"{sample['__url__']}: sample {sample['__key__']}: unreadable image "
                         f"({type(error).__name__}: {error})"
                     ) from error
-                yield render_full(image, self.resolution), int(sample["cls"])
+                yield image, int(sample["cls"])
 
 
 def make_loader(

@@ -9,7 +9,7 @@ import os
 import random
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 
 import numpy as np
@@ -31,6 +31,7 @@ from kdcache.trainer.data import (
     PlannedViews,
     TrainViews,
     ViewSchedule,
+    default_resolution,
     label_targets,
     make_loader,
 )
@@ -44,7 +45,7 @@ from kdcache.trainer.run.distributed import (
     sum_across,
 )
 from kdcache.trainer.run.epoch import agreed, stop_now, train_epoch
-from kdcache.trainer.run.evaluate import accuracy, count_correct
+from kdcache.trainer.run.evaluate import accuracy, count_correct, eval_preprocessing
 from kdcache.trainer.run.resume import (
     RESUME_FILE,
     Progress,
@@ -182,10 +183,14 @@ def _build_run(config: TrainConfig, world: World, device: torch.device) -> _Run:
     mode = teacher_mode(config)
     manifest = Manifest.read(config.manifest)
     source = _views_source(config, manifest)
-    spec = _student_spec(config, manifest)
+    spec = _student_spec(config, manifest, source)
     net = create_model(spec).to(device)
     if config.channels_last:
         net = net.to(memory_format=torch.channels_last)
+    evaluation = eval_preprocessing(
+        net, config.eval_crop_pct, config.eval_interpolation, config.eval_crop_mode
+    )
+    spec = replace(spec, interpolation=evaluation["interpolation"], crop_pct=evaluation["crop_pct"])
     distilled = hasattr(net, "set_distilled_training")
     if distilled:
         net.set_distilled_training(config.kd != "none")
@@ -225,8 +230,8 @@ def _build_run(config: TrainConfig, world: World, device: torch.device) -> _Run:
         step=partial(_step, criterion, manifest.num_classes, spec, online, device, config),
         train_set=train_set,
         train_loader=make_loader(train_set, config.batch_size, config.workers, pin, config.seed),
-        test_loader=make_loader(EvalViews(manifest, resolution=spec.resolution), 256,
-                                config.workers, pin),
+        test_loader=make_loader(EvalViews(manifest, resolution=spec.resolution, **evaluation),
+                                256, config.workers, pin),
         epoch_steps=epoch_steps,
         optimizer=optimizer,
         scheduler=scheduler,
@@ -238,11 +243,11 @@ def _build_run(config: TrainConfig, world: World, device: torch.device) -> _Run:
     )  # fmt: skip
 
 
-def _student_spec(config: TrainConfig, manifest: Manifest) -> ModelSpec:
+def _student_spec(config: TrainConfig, manifest: Manifest, source) -> ModelSpec:
     """The student's architecture, classes, channels, input size and normalisation."""
     resolution = config.resolution
     if resolution is None:
-        resolution = max(manifest.table["height"].to_numpy().max(), 1)
+        resolution = default_resolution(manifest, source, config.model)
     return ModelSpec(
         arch=config.model,
         num_classes=manifest.num_classes,

@@ -3,6 +3,7 @@
 from collections.abc import Callable
 
 import torch
+from timm.data import DEFAULT_CROP_PCT, resolve_data_config
 
 from kdcache.pipeline.data import Manifest
 from kdcache.pipeline.views import normalize
@@ -48,6 +49,23 @@ def accuracy(counts: dict[str, float], prefix: str = "") -> dict[str, float]:
     return {f"{prefix}{k}": 100.0 * v / total for k, v in counts.items() if k != "total"}
 
 
+def eval_preprocessing(
+    model: torch.nn.Module,
+    crop_pct: float | None = None,
+    interpolation: str | None = None,
+    crop_mode: str | None = None,
+) -> dict:
+    """How whole images are fed to ``model`` at evaluation, timm's way: the values given, else
+    the model's pretrained config (``resolve_data_config``), else timm's defaults (crop 0.875,
+    bicubic, centre crop)."""
+    config = resolve_data_config({}, model=model)
+    return dict(
+        crop_pct=crop_pct or config.get("crop_pct") or DEFAULT_CROP_PCT,
+        interpolation=interpolation or config.get("interpolation") or "bicubic",
+        crop_mode=crop_mode or config.get("crop_mode") or "center",
+    )
+
+
 def evaluate_model(
     model: torch.nn.Module,
     data: str,
@@ -56,13 +74,17 @@ def evaluate_model(
     split: str = "test",
     device: str | torch.device = "cpu",
     workers: int = 2,
+    crop_pct: float | None = None,
+    interpolation: str | None = None,
+    crop_mode: str | None = None,
 ) -> dict[str, float]:
     """Top-1 accuracy (%) of ``model`` on a split of the manifest at ``data``, evaluated as
-    ``kdcache train`` does: whole images at ``resolution``, the dataset's normalisation."""
+    ``kdcache train`` does: each whole image resized and centre-cropped to ``resolution``
+    (:func:`eval_preprocessing`), the dataset's normalisation."""
     manifest = Manifest.read(data)
-    loader = make_loader(
-        EvalViews(manifest, resolution=resolution, split=split), 256, workers, False
-    )
+    preprocessing = eval_preprocessing(model, crop_pct, interpolation, crop_mode)
+    views = EvalViews(manifest, resolution=resolution, split=split, **preprocessing)
+    loader = make_loader(views, 256, workers, False)
     device = torch.device(device)
 
     def prepare(images: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,8 @@ from kdcache.trainer.kd import (
     TEACHER_MODES,
 )
 
-KD, OPT, RUN = "distillation", "optimisation", "run"
+KD, OPT, RUN, EVAL = "distillation", "optimisation", "run", "evaluation"
+EVAL_CROP_MODES = ("center", "squash", "border")  # timm's crop modes
 
 
 @dataclass
@@ -33,7 +34,27 @@ class TrainConfig:
         help="extra timm model kwarg, e.g. patch_size=4 embed_dim=96 (repeatable)",
     )
     resolution: int | None = option(
-        None, help="input size, at least 16 (default: the source image height)"
+        None,
+        help="input size, at least 16 (default: the images' size if they all share one, else "
+        "the cache teacher's resolution, else the model's pretrained config)",
+    )
+    eval_crop_pct: float | None = option(
+        None,
+        group=EVAL,
+        help="evaluation: shorter side to resolution / crop_pct, then a centre crop "
+        "(default: the model's pretrained config, else 0.875)",
+    )
+    eval_interpolation: str | None = option(
+        None,
+        group=EVAL,
+        help="evaluation resize, e.g. bicubic, bilinear (default: the model's pretrained config)",
+    )
+    eval_crop_mode: str | None = option(
+        None,
+        choices=EVAL_CROP_MODES,
+        group=EVAL,
+        help="evaluation crop as timm's: center, squash (whole image to a square) or border "
+        "(default: the model's pretrained config, else center)",
     )
     kd: str = option("none", choices=KD_MODES, group=KD, help="distillation mode")
     teacher: str | None = option(
