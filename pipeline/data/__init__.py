@@ -9,6 +9,7 @@ __getattr__, __dir__, __all__ = lazy_face(
         "Manifest": ".manifest",
         "checked_samples": ".shard_check",
         "ShardError": ".tar_reader",
+        "ShardConfig": ".shard_config",
         "ShardInfo": ".manifest",
         "fashion_mnist": ".sources",
         "open_source": ".sources",

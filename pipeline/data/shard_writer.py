@@ -9,6 +9,7 @@ from tqdm import tqdm
 
 from kdcache.pipeline.data import urls
 from kdcache.pipeline.data.manifest import Manifest, ShardInfo, write_manifest
+from kdcache.pipeline.data.shard_config import ShardConfig
 from kdcache.pipeline.data.sources import DatasetSource, open_source
 from kdcache.pipeline.views import decode_image
 
@@ -31,19 +32,9 @@ class _PixelStats:
         return mean.tolist(), std.tolist()
 
 
-def write_shards(
-    source: DatasetSource | str | None,
-    out: str,
-    *,
-    shard_size: int = 1000,
-    splits: tuple[str, ...] = ("train", "test"),
-    limits: dict[str, int] | None = None,
-    overwrite: bool = False,
-    progress: bool = True,
-    on_bad_image: str = "fail",
-    shuffle_seed: int = 0,
-) -> Manifest:
-    """Shard ``source`` into ``out/shards/<split>-NNNNNN.tar`` and write ``out/manifest.parquet``.
+def write_shards(source: DatasetSource | str | None, out: str, **options) -> Manifest:
+    """Shard ``source`` into ``out/shards/<split>-NNNNNN.tar`` and write ``out/manifest.parquet``;
+    ``options`` are :class:`~pipeline.data.shard_config.ShardConfig`'s fields.
 
     Each tar sample holds ``__key__``, the encoded image (``png``/``jpg``...) and ``cls``.
     The manifest is written last, so a folder with a manifest always has all its shards.
@@ -51,19 +42,22 @@ def write_shards(
     ``fashion-mnist``, a folder of IDX files, an ImageFolder root; for a folder,
     ``on_bad_image`` and ``shuffle_seed`` as :func:`~pipeline.data.sources.image_folder` takes).
     """
+    config = ShardConfig(**options)
+    shard_size, splits, limits = config.shard_size, config.splits, config.limits
     if not isinstance(source, DatasetSource):
-        source = open_source(source, on_bad_image=on_bad_image, shuffle_seed=shuffle_seed)
+        source = open_source(
+            source, on_bad_image=config.on_bad_image, shuffle_seed=config.shuffle_seed
+        )
     if shard_size < 1:
         raise ValueError(f"--shard-size must be at least 1, got {shard_size}")
     manifest_location = urls.join(out, "manifest.parquet")
-    if urls.exists(manifest_location) and not overwrite:
+    if urls.exists(manifest_location) and not config.overwrite:
         raise FileExistsError(f"{manifest_location} exists; pass --overwrite to replace it")
     unknown = set(splits) - set(source.split_sizes)
     if unknown:
         raise ValueError(
             f"{source.name}: no split {sorted(unknown)}; it has {sorted(source.split_sizes)}"
         )
-    limits = limits or {}
     fs, out_path = fsspec.core.url_to_fs(out)
     fs.makedirs(urls.join(out_path, "shards"), exist_ok=True)
 
@@ -72,7 +66,7 @@ def write_shards(
     shards: list[ShardInfo] = []
     total = sum(min(source.split_sizes[s], limits.get(s, source.split_sizes[s])) for s in splits)
     stats = _PixelStats()
-    bar = tqdm(total=total, desc="shard", unit="img", disable=None if progress else True)
+    bar = tqdm(total=total, desc="shard", unit="img", disable=None if config.progress else True)
     for split in splits:
         writer, count = None, 0
         for sample in source.iter_split(split, limits.get(split)):

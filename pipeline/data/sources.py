@@ -14,6 +14,7 @@ from PIL import Image
 
 from kdcache.errors import ConfigError, ManifestError
 from kdcache.pipeline.data.idx import read_idx
+from kdcache.pipeline.data.shard_config import BAD_IMAGE_POLICIES
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = (
@@ -25,7 +26,6 @@ _IDX_FILES = {
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 IMAGE_SUFFIXES = {".png": "png", ".jpg": "jpg", ".jpeg": "jpg", ".webp": "webp", ".bmp": "bmp"}
-BAD_IMAGE_POLICIES = ("fail", "skip")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_/-]")
 
 

@@ -5,6 +5,7 @@ import contextlib
 import sys
 from dataclasses import replace
 
+from kdcache.pipeline.data import ShardConfig
 from kdcache.pipeline.teach import TeachConfig
 from kdcache.pipeline.views import ViewPlan
 from kdcache.tools.cli.arg_types import key_value
@@ -45,54 +46,14 @@ def add_shard_parser(commands) -> None:
         "or an ImageFolder root with train/ and test/ (default: %(default)s)",
     )
     parser.add_argument("--out", required=True, help="output folder or URL")
-    parser.add_argument(
-        "--shard-size",
-        type=int,
-        default=1000,
-        help="samples per tar shard; also the cache's chunk length (default: %(default)s)",
-    )
-    parser.add_argument("--splits", nargs="+", default=["train", "test"], help="splits to write")
-    parser.add_argument(
-        "--limit",
-        type=_split_limit,
-        action="append",
-        default=[],
-        metavar="SPLIT=N",
-        help="keep only the first N samples of SPLIT (repeatable)",
-    )
-    parser.add_argument(
-        "--on-bad-image",
-        choices=["fail", "skip"],
-        default="fail",
-        help="an ImageFolder file that is unreadable or not a regular file: fail naming it, or "
-        "skip it (counted, and listed in the manifest) (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--shuffle-seed",
-        type=int,
-        default=0,
-        help="seed of an ImageFolder's class-stratified shuffled order over the shards "
-        "(default: %(default)s)",
-    )
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing manifest")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_config_options(parser, ShardConfig, parse={"limits": _split_limit})
     parser.set_defaults(run=run_shard)  # fmt: skip
 
 
 def run_shard(args: argparse.Namespace) -> None:
     from kdcache.pipeline.data import write_shards
 
-    manifest = write_shards(
-        args.source,
-        args.out,
-        shard_size=args.shard_size,
-        splits=tuple(args.splits),
-        limits=dict(args.limit),
-        overwrite=args.overwrite,
-        progress=not args.quiet,
-        on_bad_image=args.on_bad_image,
-        shuffle_seed=args.shuffle_seed,
-    )
+    manifest = write_shards(args.source, args.out, **config_values(ShardConfig, args))
     skipped = manifest.meta.get("skipped", [])
     if skipped:
         print(f"shard: skipped {len(skipped)} unreadable files (listed in the manifest), "
