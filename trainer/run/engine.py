@@ -183,17 +183,8 @@ def _build_run(config: TrainConfig, world: World, device: torch.device) -> _Run:
     mode = teacher_mode(config)
     manifest = Manifest.read(config.manifest)
     source = _views_source(config, manifest)
-    spec = _student_spec(config, manifest, source)
-    net = create_model(spec).to(device)
-    if config.channels_last:
-        net = net.to(memory_format=torch.channels_last)
-    evaluation = eval_preprocessing(
-        net, config.eval_crop_pct, config.eval_interpolation, config.eval_crop_mode
-    )
-    spec = replace(spec, interpolation=evaluation["interpolation"], crop_pct=evaluation["crop_pct"])
+    net, spec, evaluation = _student(config, manifest, source, device)
     distilled = hasattr(net, "set_distilled_training")
-    if distilled:
-        net.set_distilled_training(config.kd != "none")
     online = _online_teacher(config, manifest, device) if mode == "online" else None
     teachers = None if mode == "none" else (["online"] if online else source.teachers)
     criterion = _criterion(config, manifest.num_classes, teachers, distilled)
@@ -241,6 +232,22 @@ def _build_run(config: TrainConfig, world: World, device: torch.device) -> _Run:
         profile=StepProfile(config.profile, os.path.join(config.out, "profile"), device,
                             world.rank, show=world.is_main and config.progress),
     )  # fmt: skip
+
+
+def _student(config: TrainConfig, manifest: Manifest, source, device):
+    """The student on its device, its spec (with its evaluation preprocessing) and that
+    preprocessing (EvalViews' options)."""
+    spec = _student_spec(config, manifest, source)
+    net = create_model(spec).to(device)
+    if config.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    if hasattr(net, "set_distilled_training"):  # a DeiT student: both heads train with KD
+        net.set_distilled_training(config.kd != "none")
+    evaluation = eval_preprocessing(
+        net, config.eval_crop_pct, config.eval_interpolation, config.eval_crop_mode
+    )
+    spec = replace(spec, interpolation=evaluation["interpolation"], crop_pct=evaluation["crop_pct"])
+    return net, spec, evaluation
 
 
 def _student_spec(config: TrainConfig, manifest: Manifest, source) -> ModelSpec:
