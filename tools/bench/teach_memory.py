@@ -1,0 +1,67 @@
+"""Peak resident memory of a teach actor on one shard of N ImageNet-shaped JPEGs at 224 px, to
+check that row blocks bound it whatever the shard size.
+
+``python -m kdcache.tools.bench.teach_memory --images 5000 [--block-rows 256] [--work DIR]``
+(one actor, a random-weight resnet10t teacher, 1 view, top-2, batch 64; prints one JSON line)
+"""
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+
+
+def measure(images: int, block_rows: int, work: str) -> dict:
+    """Shard ``images`` photos (made once in ``work``) as one shard, teach it, report the peak."""
+    from kdcache.pipeline.data import write_shards
+    from kdcache.pipeline.teach import (
+        ModelSpec,
+        TeachConfig,
+        TeacherSource,
+        create_model,
+        run_teach,
+        save_checkpoint,
+    )
+    from kdcache.pipeline.views import ViewPlan
+    from kdcache.tools.bench.photo_set import photo_jpegs
+
+    photos = os.path.join(work, "photos")
+    if not os.path.exists(os.path.join(photos, "done")):
+        for i, data in enumerate(photo_jpegs(images, seed=0)):
+            folder = os.path.join(photos, "train", f"c{i % 2}")
+            os.makedirs(folder, exist_ok=True)
+            with open(os.path.join(folder, f"{i:05d}.jpg"), "wb") as f:
+                f.write(data)
+        open(os.path.join(photos, "done"), "w").close()
+    data = os.path.join(work, f"data{images}")
+    shutil.rmtree(data, ignore_errors=True)
+    write_shards(photos, data, shard_size=images, splits=["train"], limits={"train": images},
+                 progress=False)  # fmt: skip
+    checkpoint = os.path.join(work, "teacher.pth")
+    spec = ModelSpec("resnet10t", 2, 3, 224, (0.5,) * 3, (0.25,) * 3)
+    save_checkpoint(checkpoint, create_model(spec), spec)
+    cache = os.path.join(work, f"cache{images}-{block_rows}.zarr")
+    shutil.rmtree(cache, ignore_errors=True)
+    summary = run_teach(TeachConfig(
+        manifest=data, cache=cache, teachers=[TeacherSource(checkpoint)],
+        plan=ViewPlan(seed=0, views=1), topk=2, batch_size=64, block_rows=block_rows,
+        workers=1, progress=False,
+    ))  # fmt: skip
+    return {"images": images, "block_rows": block_rows, "views": summary.views,
+            "peak_rss_mib": round(summary.peak_rss / 2**20), "seconds": round(summary.seconds, 1)}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=500, help="images in the one shard")
+    parser.add_argument("--block-rows", type=int, default=256, help="teach --block-rows")
+    parser.add_argument("--work", default=None, help="folder for photos, data, cache (reused)")
+    args = parser.parse_args(argv)
+    work = args.work or tempfile.mkdtemp(prefix="kdcache-teach-memory-")
+    print(json.dumps(measure(args.images, args.block_rows, work)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
