@@ -50,11 +50,8 @@ def _regions_done(cache: str) -> int:
         return 0
 
 
-@pytest.mark.parametrize("kill_after", [1, 6, 12])  # regions done when killed
-def test_sigkill_then_rerun_gives_the_uninterrupted_cache(
-    tmp_path, data, teacher_path, cache, ray_local, kill_after
-):
-    location = str(tmp_path / "cache.zarr")
+def _killed_after(data, teacher_path, location: str, kill_after: int) -> np.ndarray:
+    """Start a teach job, SIGKILL it once ``kill_after`` regions are done: the done flags."""
     process = _teach_process(data, teacher_path, location)
     deadline = time.monotonic() + 120
     while _regions_done(location) < kill_after:
@@ -62,7 +59,18 @@ def test_sigkill_then_rerun_gives_the_uninterrupted_cache(
         assert time.monotonic() < deadline, "the job made no progress"
         time.sleep(0.02)
     _kill_everything(process)
-    done = zarr.open_group(location, mode="r")["teachers/regnet/shard_done"][:5].astype(bool)
+    return zarr.open_group(location, mode="r")["teachers/regnet/shard_done"][:5].astype(bool)
+
+
+@pytest.mark.parametrize("kill_after", [1, 6, 12])  # regions done when killed
+def test_sigkill_then_rerun_gives_the_uninterrupted_cache(
+    tmp_path, data, teacher_path, cache, ray_local, kill_after
+):
+    for attempt in range(3):  # on a fast machine the job may finish before the kill lands
+        location = str(tmp_path / f"cache-{attempt}.zarr")
+        done = _killed_after(data, teacher_path, location, kill_after)
+        if done.sum() < 5 * PLAN.views:
+            break
     assert kill_after <= done.sum() < 5 * PLAN.views, "killed too late to test a resume"
 
     summary = teach(data, teacher_path, location)

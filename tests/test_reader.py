@@ -23,7 +23,10 @@ attrs = group.attrs.asdict()
 plan, dataset = attrs["plan"], attrs["dataset"]
 assert plan["params_layout"] == "kdcache-params/2"
 column = {name: i for i, name in enumerate(plan["param_names"])}
-shards = os.path.join(os.path.dirname(dataset["manifest"]), "shards")
+manifest = dataset["manifest"]  # relative to the folder holding the cache, when both are local
+if not os.path.isabs(manifest) and "://" not in manifest:
+    manifest = os.path.join(os.path.dirname(os.path.abspath(cache)), manifest)
+shards = os.path.join(os.path.dirname(manifest), "shards")
 out = []
 for row in rows:
     shard, position = divmod(row, dataset["shard_size"])

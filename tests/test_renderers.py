@@ -47,8 +47,9 @@ def _store(tmp_path, data, renderer: str | None) -> str:
     CacheStore.create(location, manifest=data, plan=PLAN, topk=4, splits=["train"])
     group = zarr.open_group(location, mode="r+")
     plan = group.attrs["plan"]
-    if renderer is None:
+    if renderer is None:  # a cache from before renderer versions, so before identity hashes
         del plan["renderer"]
+        group.attrs.pop("identity_sha256")
     else:
         plan["renderer"] = renderer
     group.attrs["plan"] = plan
