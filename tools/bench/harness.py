@@ -89,6 +89,35 @@ def time_steps(
     return items / (time.perf_counter() - began)
 
 
+class StepModes:
+    """Modes that train step by step on batches of their own (bench-train, bench-timm). A
+    subclass holds ``args`` (``warmup_steps``, ``steps``), ``batches`` (an iterator per mode)
+    and ``step(mode, batch)`` returning the batch's images, adding the teacher's time to
+    ``teacher_seconds``; mode ``teacher`` is the teacher's forward alone."""
+
+    teacher_seconds = 0.0
+
+    def run(self, mode: str) -> dict[str, float]:
+        """One run's figures: images/s; ``online`` also the teacher's ms per image inside the
+        run; ``teacher`` the images/s of its forward alone (data wait excluded)."""
+        args, batches, counted = self.args, self.batches[mode], [0]
+
+        def step(batch) -> int:
+            images = self.step(mode, batch)
+            counted[0] += images
+            return images
+
+        time_steps(batches, step, 0, args.warmup_steps)
+        self.teacher_seconds, counted[0] = 0.0, 0
+        rate = time_steps(batches, step, 0, args.steps)
+        if mode == "teacher":
+            return {"images_per_s": counted[0] / self.teacher_seconds}
+        figures = {"images_per_s": rate}
+        if mode == "online":
+            figures["teacher_ms_per_image"] = 1e3 * self.teacher_seconds / counted[0]
+        return figures
+
+
 def machine() -> dict:
     """The CPU count and model, the OS and the load average now."""
     model = platform.processor()

@@ -19,7 +19,7 @@ from timm.task import (
 from kdcache.pipeline.data import Manifest
 from kdcache.pipeline.teach import load_teacher
 from kdcache.pipeline.views import normalize
-from kdcache.tools.bench.harness import time_steps
+from kdcache.tools.bench.harness import StepModes
 from kdcache.tools.bench.train_modes import persistent_batches
 from kdcache.trainer.data import CachedTargets, PlannedViews, TrainViews
 from kdcache.trainer.kd import CachedLogitDistillationTask, CachedTokenDistillationTask
@@ -27,7 +27,7 @@ from kdcache.trainer.kd import CachedLogitDistillationTask, CachedTokenDistillat
 DEIT_SMALL = {"embed_dim": 128, "depth": 6, "num_heads": 4}  # patches: a quarter of the side
 
 
-class TimmModes:
+class TimmModes(StepModes):
     """What every run shares (manifest, cache, teacher, student recipe) and each mode's task,
     optimiser and batches; :meth:`run` times one run."""
 
@@ -112,26 +112,6 @@ class TimmModes:
         result["loss"].backward()
         optimizer.step()
         return inputs.shape[0]
-
-    def run(self, mode: str) -> dict[str, float]:
-        """One run's figures: images/s; online also the teacher's ms per image inside the run;
-        ``teacher`` the images/s of its forward alone (data wait excluded)."""
-        args, batches, counted = self.args, self.batches[mode], [0]
-
-        def step(batch: dict) -> int:
-            images = self.step(mode, batch)
-            counted[0] += images
-            return images
-
-        time_steps(batches, step, 0, args.warmup_steps)
-        self.teacher_seconds, counted[0] = 0.0, 0
-        rate = time_steps(batches, step, 0, args.steps)
-        if mode == "teacher":
-            return {"images_per_s": counted[0] / self.teacher_seconds}
-        figures = {"images_per_s": rate}
-        if mode == "online":
-            figures["teacher_ms_per_image"] = 1e3 * self.teacher_seconds / counted[0]
-        return figures
 
 
 def with_normalisation(model: torch.nn.Module, mean, std) -> torch.nn.Module:

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 from kdcache.pipeline.data import Manifest
 from kdcache.pipeline.teach import ModelSpec, create_model
 from kdcache.pipeline.views import normalize
-from kdcache.tools.bench.harness import time_steps
+from kdcache.tools.bench.harness import StepModes
 from kdcache.trainer.data import (
     CachedTargets,
     OnlineTeacher,
@@ -42,7 +42,7 @@ def persistent_batches(dataset: TrainViews, batch_size: int, workers: int):
         yield from loader
 
 
-class TrainModes:
+class TrainModes(StepModes):
     """The student, loss, optimiser and batches of each mode; :meth:`run` times one run."""
 
     def __init__(self, args, data: str, cache: str, checkpoint: str, plan: dict | None):
@@ -103,25 +103,3 @@ class TrainModes:
         value.backward()
         optimizer.step()
         return images.shape[0]
-
-    def run(self, mode: str) -> dict[str, float]:
-        """One run's figures: images/s; online also the teacher's ms per image in the run;
-        ``teacher`` the images/s of the teacher's forward alone (data wait excluded)."""
-        args, batches = self.args, self.batches[mode]
-        counted = [0]
-
-        def step(batch: dict) -> int:
-            images = self.step(mode, batch)
-            counted[0] += images
-            return images
-
-        time_steps(batches, step, 0, args.warmup_steps)
-        self.teacher_seconds, counted[0] = 0.0, 0
-        rate = time_steps(batches, step, 0, args.steps)
-        images = counted[0]
-        if mode == "teacher":
-            return {"images_per_s": images / self.teacher_seconds}
-        figures = {"images_per_s": rate}
-        if mode == "online":
-            figures["teacher_ms_per_image"] = 1e3 * self.teacher_seconds / images
-        return figures

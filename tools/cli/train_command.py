@@ -1,4 +1,4 @@
-"""``kdcache train`` (also ``python -m kdcache.trainer``)."""
+"""``kdcache train`` (also ``python -m kdcache train``, and under ``torchrun -m kdcache train``)."""
 
 import argparse
 import ast
