@@ -19,12 +19,11 @@ from timm.task import (
 from kdcache.pipeline.data import Manifest
 from kdcache.pipeline.teach import load_teacher
 from kdcache.pipeline.views import normalize
+from kdcache.tools.bench.bench_data import small_deit
 from kdcache.tools.bench.harness import StepModes
 from kdcache.tools.bench.train_modes import persistent_batches
 from kdcache.trainer.data import CachedTargets, PlannedViews, TrainViews
 from kdcache.trainer.kd import CachedLogitDistillationTask, CachedTokenDistillationTask
-
-DEIT_SMALL = {"embed_dim": 128, "depth": 6, "num_heads": 4}  # patches: a quarter of the side
 
 
 class TimmModes(StepModes):
@@ -77,9 +76,8 @@ class TimmModes(StepModes):
     def model_kwargs(self) -> dict:
         if self.args.model_kwargs is not None:
             return json.loads(self.args.model_kwargs)
-        if self.args.student.startswith("deit"):
-            size = self.resolution
-            return {**DEIT_SMALL, "img_size": size, "patch_size": max(1, size // 4)}
+        if self.args.student.startswith("deit") and self.resolution < 224:
+            return {**small_deit(self.resolution), "img_size": self.resolution}
         return {}
 
     def task(self, mode: str):

@@ -20,6 +20,16 @@ from kdcache.tools.plot_runs import add_plot_parser
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``kdcache`` command's parser."""
+    return _parser_and_commands()[0]
+
+
+def command_names() -> list[str]:
+    """Every command's name, in the order ``kdcache --help`` lists them."""
+    return list(_parser_and_commands()[1].choices)
+
+
+def _parser_and_commands() -> tuple[argparse.ArgumentParser, argparse.Action]:
     parser = argparse.ArgumentParser(
         prog="kdcache",
         description="Cache teacher outputs once on replayable augmented views, then distil "
@@ -41,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_replay_parser(commands)
     add_bench_mixing_parser(commands)
     add_bench_timm_parser(commands)
-    return parser
+    return parser, commands
 
 
 # OSError: unwritable or full disks, missing files, refused connections (with the path)
