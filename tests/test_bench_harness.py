@@ -166,12 +166,16 @@ def test_bench_timm_runs_through_the_harness(tmp_path, data, cache, teacher_path
     result = _main(tmp_path, "bench-timm", "--data", data.location, "--cache", cache,
                   "--teacher-checkpoint", teacher_path, "--model-kwargs", kwargs, "--steps",
                   "2", "--warmup-steps", "1", "--batch-size", "16", "--workers", "1",
-                  "--repeats", "2", "--warmup", "0")  # fmt: skip
+                  "--repeats", "2", "--warmup", "0", "--accuracy-epochs", "1")  # fmt: skip
     config = _check(result, "bench-timm", ["none", "online", "cached", "teacher"], 2,
                     {"tasks", "plan", "topk", "student_kwargs", "persistent_workers"})  # fmt: skip
     assert config["distill"] == "token" and config["topk"] == 4
     assert "teacher_ms_per_image" in result["modes"]["online"]
     assert len(result["ratios"]["share_of_ideal"]["runs"]) == 2
+    accuracy = result["accuracy"]  # one epoch of each task, and the no-KD seed noise
+    assert list(accuracy) == ["none", "none, seed + 1", "online", "cached"]
+    assert [row["seed"] for row in accuracy.values()] == [0, 1, 0, 0]
+    assert all(0 <= row["test_acc"] <= 100 and row["images_per_s"] > 0 for row in accuracy.values())
 
 
 def test_gpu_views_interleaves_renderers(tmp_path):

@@ -30,7 +30,8 @@ class TimmModes(StepModes):
     """What every run shares (manifest, cache, teacher, student recipe) and each mode's task,
     optimiser and batches; :meth:`run` times one run."""
 
-    def __init__(self, args, data: str, cache: str, checkpoint: str, plan: dict | None):
+    def __init__(self, args, data: str, cache: str, checkpoint: str, plan: dict | None,
+                 modes: tuple[str, ...] = ("none", "online", "cached")):  # fmt: skip
         self.args = args
         self.manifest = Manifest.read(data)
         self.mean, self.std = self.manifest.pixel_mean, self.manifest.pixel_std
@@ -48,14 +49,16 @@ class TimmModes(StepModes):
         )
         self.train_images = sum(s.num_rows for s in self.manifest.shards_of("train"))
         self.tasks, self.batches = {}, {}
-        for mode, source in (("none", planned), ("online", planned), ("cached", self.cached)):
+        sources = {"none": planned, "online": planned, "cached": self.cached}
+        for mode, source in ((m, sources[m]) for m in modes):
             views = TrainViews(self.manifest, source, resolution=self.resolution, seed=args.seed)
             self.batches[mode] = persistent_batches(views, args.batch_size, args.workers)
             task = self.task(mode)
             task.train()
             optimizer = create_optimizer_v2(task.get_trainable_module(), "adamw", lr=args.lr)
             self.tasks[mode] = task, optimizer
-        self.batches["teacher"] = self.batches["online"]  # the online run's real batches
+        if "online" in modes:
+            self.batches["teacher"] = self.batches["online"]  # the online run's real batches
 
     def _teacher_starts(self, *_) -> None:
         self._began = time.perf_counter()

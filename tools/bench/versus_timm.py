@@ -98,6 +98,10 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         "loss_weights": {"task_loss_weight": 1 - args.alpha, "distill_loss_weight": args.alpha,
                          "temperature": args.tau},
     }  # fmt: skip
+    if args.accuracy_epochs:
+        from kdcache.tools.bench.timm_accuracy import accuracy_rows
+
+        measured["accuracy"] = accuracy_rows(args, data, cache, checkpoint, plan)
     return session.report(config, measured)
 
 
@@ -138,6 +142,10 @@ def add_bench_timm_parser(commands) -> None:
     parser.add_argument("--tau", type=float, default=1.0, help="default: %(default)s")
     parser.add_argument("--lr", type=float, default=1e-3, help="default: %(default)s")
     parser.add_argument("--seed", type=int, default=0, help="default: %(default)s")
+    parser.add_argument("--accuracy-epochs", type=int, default=0, metavar="E",
+                        help="also train each task E epochs and report test accuracy, with the "
+                        "no-KD seed noise (needs a trained teacher: --data/--cache/"
+                        "--teacher-checkpoint) (default: %(default)s, speed only)")  # fmt: skip
     add_data_options(parser, SHAPES)
     add_step_options(parser, SHAPES)
     add_common_options(parser, work="shards, teacher and cache")
@@ -160,4 +168,7 @@ def run_bench_timm_command(args: argparse.Namespace) -> None:
         f"{shown(ratios['ideal_cached_over_online'])}\n"
         f"  share of ideal:  {shown(ratios['share_of_ideal'])}"
     )
+    for run, row in result.get("accuracy", {}).items():
+        print(f"  {args.accuracy_epochs} epochs, {run:16s} test acc {row['test_acc']:.2f} % "
+              f"({row['images_per_s']:.0f} img/s)")  # fmt: skip
     write_json(args.json, result)
