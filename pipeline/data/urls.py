@@ -2,6 +2,7 @@
 
 import os
 import posixpath
+from collections.abc import Iterator
 
 import fsspec
 import pyarrow as pa
@@ -67,6 +68,24 @@ def read_parquet(location: str) -> pa.Table:
         while chunk := f.read(_COPY_CHUNK):
             sink.write(chunk)
     return pq.ParquetFile(pa.BufferReader(sink.getvalue())).read()
+
+
+def parquet_row_groups(location: str, columns: list[str]) -> Iterator[pa.Table]:
+    """The ``columns`` of the Parquet file at ``location``, one row group at a time. A local
+    file is opened by Arrow itself (its own file, no Python object; only the row group being
+    read is in memory); a URL is copied into Arrow memory first, as :func:`read_parquet` does."""
+    path = local_path(location)
+    if path is not None:
+        source = pa.memory_map(path)
+    else:
+        sink = pa.BufferOutputStream()
+        with fsspec.open(location, "rb") as f:
+            while chunk := f.read(_COPY_CHUNK):
+                sink.write(chunk)
+        source = pa.BufferReader(sink.getvalue())
+    parquet = pq.ParquetFile(source)
+    for group in range(parquet.num_row_groups):
+        yield parquet.read_row_group(group, columns=columns)
 
 
 def write_parquet(location: str, table: pa.Table) -> None:
