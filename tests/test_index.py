@@ -106,6 +106,9 @@ def test_one_line_refusals_name_tar_and_key(tmp_path, capsys):
     no_image = write_wds_tars(str(tmp_path / "a"), 2, per_tar=2, members=("cls", "json"))
     err = _refusal(tmp_path, capsys, no_image)
     assert f"{no_image[0]}: no image members (extensions jpg/jpeg/png/webp" in err
+    err = _refusal(tmp_path, capsys, write_wds_tars(str(tmp_path / "e"), 2, per_tar=2),
+                   "--image-ext", "png,webp")  # fmt: skip
+    assert "no image members (extensions png/webp; the tar holds cls, jpg, json)" in err
     no_label = write_wds_tars(str(tmp_path / "b"), 2, per_tar=2, members=("jpg",))
     err = _refusal(tmp_path, capsys, no_label)
     assert f"{no_label[0]}: sample n" in err and "has no label 'cls'" in err

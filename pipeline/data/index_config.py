@@ -29,8 +29,9 @@ class IndexConfig:
     image_extensions: list[str] = option(
         factory=lambda: ["jpg", "jpeg", "png", "webp"],
         flag="--image-ext",
-        metavar="EXT",
-        help="tar members that are a sample's image, by extension, first found wins",
+        metavar="EXT,EXT",
+        help="tar members that are a sample's image, by extension (comma-separated; the "
+        "first a sample has wins)",
     )
     image_column: str = option(
         "image", help="Parquet column of the image: struct{bytes, path} or binary"

@@ -11,6 +11,13 @@ def _split_pattern(text: str) -> tuple[str, str]:
     return key_value(text, "NAME=PATTERN (e.g. test='val-*.tar')")
 
 
+def _extensions(text: str) -> list[str]:
+    found = [e.strip().lstrip(".") for e in text.split(",") if e.strip()]
+    if not found:
+        raise argparse.ArgumentTypeError(f"expected extensions like jpg,png, got {text!r}")
+    return found
+
+
 def add_index_parser(commands) -> None:
     parser = commands.add_parser(
         "index",
@@ -27,7 +34,9 @@ def add_index_parser(commands) -> None:
         "(train-{000000..000146}.tar) and globs",
     )
     parser.add_argument("--out", required=True, help="folder (or URL) of the manifest")
-    add_config_options(parser, IndexConfig, parse={"splits": _split_pattern})
+    add_config_options(
+        parser, IndexConfig, parse={"splits": _split_pattern, "image_extensions": _extensions}
+    )
     parser.set_defaults(run=run_index)
 
 
