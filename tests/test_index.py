@@ -5,6 +5,7 @@ import hashlib
 import io
 import json
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -30,7 +31,7 @@ def _teacher(tmp_path, classes: int, resolution: int) -> str:
 
 
 def _sha256(paths) -> list[str]:
-    return [hashlib.sha256(open(p, "rb").read()).hexdigest() for p in paths]
+    return [hashlib.sha256(pathlib.Path(p).read_bytes()).hexdigest() for p in paths]
 
 
 def test_verify_replay_and_train_on_wds_tars_kdcache_did_not_write(tmp_path, ray_local, capsys):
@@ -154,3 +155,26 @@ def test_parquet_in_hugging_face_layout_taught_and_replayed(tmp_path, ray_local,
     capsys.readouterr()
     main(["verify", str(cache), "--replay", "--samples", "4"])
     assert "verify: replay: 4 views rebuilt" in capsys.readouterr().out
+
+
+def test_fsspec_urls_recorded_as_given_or_relative(tmp_path):
+    """Tars behind an fsspec URL (``memory://``, in this process): a brace range over URLs, a
+    manifest elsewhere records the URLs as given, one in the tars' folder records names."""
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    for tar in write_wds_tars(str(tmp_path / "wds"), 5, per_tar=3):
+        fs.pipe(f"/kdcache-index/{os.path.basename(tar)}", pathlib.Path(tar).read_bytes())
+    urls = "memory://kdcache-index/train-{000000..000001}.tar"
+    elsewhere = index_webdataset(urls, str(tmp_path / "data"), progress=False)
+    assert [s.file for s in elsewhere.shards] == [
+        "memory://kdcache-index/train-000000.tar",
+        "memory://kdcache-index/train-000001.tar",
+    ]
+    inside = index_webdataset("memory://kdcache-index/*.tar", "memory://kdcache-index",
+                              progress=False)  # fmt: skip
+    assert [s.file for s in inside.shards] == ["train-000000.tar", "train-000001.tar"]
+    for manifest in (elsewhere, inside):
+        read = [s["__key__"] for shard in manifest.shards for s in checked_samples(manifest, shard)]
+        assert read == manifest.table["key"].to_pylist()
+    fs.rm("/kdcache-index", recursive=True)

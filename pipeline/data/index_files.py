@@ -75,10 +75,17 @@ def recorded_location(location: str, folder: str) -> str:
     if path is not None and base is not None:
         path, base = os.path.abspath(path), os.path.abspath(base)
         return os.path.relpath(path, base) if path.startswith(base + os.sep) else path
-    prefix = folder.rstrip("/") + "/"
-    if path is None and base is None and location.startswith(prefix):
-        return location[len(prefix) :]
+    if path is None and base is None and _scheme(location) == _scheme(folder):
+        # compared as the filesystem spells paths (memory://a and memory:///a are one file)
+        within = fsspec.core.url_to_fs(location)[1]
+        prefix = fsspec.core.url_to_fs(folder)[1].rstrip("/") + "/"
+        if within.startswith(prefix):
+            return within[len(prefix) :]
     return urls.resolved(location)
+
+
+def _scheme(location: str) -> str:
+    return location.split("://", 1)[0]
 
 
 class IndexBuilder:
