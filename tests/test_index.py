@@ -6,14 +6,13 @@ import io
 import json
 import os
 import pathlib
-import subprocess
-import sys
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from kdcache.errors import ShardError
 from kdcache.pipeline.data import Manifest, checked_samples, index_parquet, index_webdataset
 from kdcache.pipeline.teach import ModelSpec, create_model, save_checkpoint
 from kdcache.pipeline.views import ViewPlan
@@ -45,12 +44,10 @@ def test_verify_replay_and_train_on_wds_tars_kdcache_did_not_write(tmp_path, ray
     tars += write_wds_tars(str(tmp_path / "wds"), 4, per_tar=4, prefix="val", seed=3)
     before = _sha256(tars)
     wds = tmp_path / "wds"
-    command = [sys.executable, "-m", "kdcache", "index", f"{wds}/train-{{000000..000002}}.tar",
-               f"{wds}/val-*.tar", "--out", str(tmp_path / "data"), "--split", "train=train-*",
-               "--split", "test=val-*", "--num-classes", "1000", "--quiet"]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, env=os.environ.copy())
-    assert done.returncode == 0, done.stderr
-    assert "index: 4 files ({'train': 10, 'test': 4}), 1000 classes" in done.stdout
+    main(["index", f"{wds}/train-{{000000..000002}}.tar", f"{wds}/val-*.tar", "--out",
+          str(tmp_path / "data"), "--split", "train=train-*", "--split", "test=val-*",
+          "--num-classes", "1000", "--quiet"])  # fmt: skip
+    assert "index: 4 files ({'train': 10, 'test': 4}), 1000 classes" in capsys.readouterr().out
     manifest = Manifest.read(str(tmp_path / "data"))
     keys = manifest.table["key"].to_pylist()
     assert keys[0].startswith("n") and ".d/train_000000" in keys[0]  # slash and dot
@@ -150,6 +147,8 @@ def test_parquet_in_hugging_face_layout_taught_and_replayed(tmp_path, ray_local,
     assert [s.file for s in manifest.shards][0] == "data/train-00000-of-00002.parquet"
     assert manifest.table["key"].to_pylist()[:2] == ["n00000000_0", "n00000002_1"]
     assert manifest.table["sha1"].to_pylist() == [hashlib.sha1(j).hexdigest() for j in jpegs]
+    with pytest.raises(ShardError, match=r"no column 'lbl' \(its columns: image, label\)"):
+        index_parquet(str(folder / "*.parquet"), str(tmp_path / "x"), label_field="lbl")
     cache = tmp_path / "cache.zarr"
     teach(manifest, _teacher(tmp_path, 3, 64), cache, plan=PLAN, topk=2, batch_size=8)
     capsys.readouterr()

@@ -7,6 +7,7 @@ import hashlib
 import io
 import os
 import posixpath
+from collections import Counter
 from collections.abc import Sequence
 
 import fsspec
@@ -42,7 +43,7 @@ def expand_locations(patterns: str | Sequence[str]) -> list[str]:
                 raise ManifestError(f"{location}: no file matches this pattern")
             found += [m if urls.local_path(location) == location else fs.unstrip_protocol(m)
                       for m in matches]  # fmt: skip
-    twice = sorted({x for x in found if found.count(x) > 1})
+    twice = sorted(x for x, n in Counter(found).items() if n > 1)
     if twice:
         raise ManifestError(f"{twice[0]}: named twice by the patterns {patterns}")
     return found
@@ -103,6 +104,7 @@ class IndexBuilder:
                                          ("key", "shard", "label", "split", "height", "width",
                                           "sha1", "position")}  # fmt: skip
         self.shards: list[ShardInfo] = []
+        self.location = ""  # the file being read
         self.where: dict[str, str] = {}  # key -> the file it was first found in
         self.stats, self.decoded = PixelStats(), 0
         if config.stats_images < 1:

@@ -7,7 +7,6 @@ from collections.abc import Iterator
 
 import pyarrow as pa
 
-from kdcache.errors import ShardError
 from kdcache.pipeline.data import urls
 
 
@@ -25,22 +24,17 @@ def parquet_samples(location: str, image_column: str, label_column: str) -> Iter
     ``__url__``, ``image_column`` (the encoded bytes), ``__path__`` (the image's recorded path,
     or None) and ``label_column`` (None where the row has none)."""
     row = 0
-    try:
-        groups = urls.parquet_row_groups(location, [image_column, label_column])
-        for table in groups:
-            images = table.column(image_column).combine_chunks()
-            labels = table.column(label_column).to_pylist()
-            if pa.types.is_struct(images.type):
-                data, paths = images.field("bytes").to_pylist(), _paths(images)
-            else:
-                data, paths = images.to_pylist(), [None] * len(images)
-            for encoded, path, label in zip(data, paths, labels, strict=True):
-                yield {"__key__": row_key(location, row, path), "__url__": location,
-                       image_column: encoded, label_column: label, "__path__": path}  # fmt: skip
-                row += 1
-    except KeyError as error:
-        raise ShardError(f"{location}: no column {error} (expected {image_column!r}, "
-                         f"{label_column!r})") from None  # fmt: skip
+    for table in urls.parquet_row_groups(location, [image_column, label_column]):
+        images = table.column(image_column).combine_chunks()
+        labels = table.column(label_column).to_pylist()
+        if pa.types.is_struct(images.type):
+            data, paths = images.field("bytes").to_pylist(), _paths(images)
+        else:
+            data, paths = images.to_pylist(), [None] * len(images)
+        for encoded, path, label in zip(data, paths, labels, strict=True):
+            yield {"__key__": row_key(location, row, path), "__url__": location,
+                   image_column: encoded, label_column: label, "__path__": path}  # fmt: skip
+            row += 1
 
 
 def _paths(images: pa.StructArray) -> list[str | None]:
