@@ -42,7 +42,8 @@ def index_webdataset(tars: str | Sequence[str], out: str, **options) -> Manifest
     field = (config.label_field or LABEL_FIELD).lower()
     locations = expand_locations(tars)
     splits = assign_splits(locations, config.splits)
-    builder = IndexBuilder(out, config, {"image_extensions": extensions, "label_field": field})
+    samples = {"format": "webdataset", "image_extensions": extensions, "label_field": field}
+    builder = IndexBuilder(out, config, samples)
     bar = tqdm(desc="index", unit="img", disable=None if config.progress else True)
     for location, split in zip(locations, splits, strict=True):
         builder.begin_shard(location, split)
