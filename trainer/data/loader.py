@@ -302,7 +302,9 @@ class EvalViews(_ShardStream):
             for sample, row in self._shard_samples(shard):
                 try:
                     image = eval_image(
-                        sample_image(sample, extensions), channels, self.resolution,
+                        sample_image(sample, extensions),
+                        channels,
+                        self.resolution,
                         **self.preprocessing,
                     )
                 except Exception as error:  # PIL and decoder errors
