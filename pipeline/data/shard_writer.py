@@ -14,7 +14,7 @@ from kdcache.pipeline.data.sources import DatasetSource, open_source
 from kdcache.pipeline.views import decode_image
 
 
-class _PixelStats:
+class PixelStats:
     """Running per-channel mean and std of pixel values on [0, 1]."""
 
     def __init__(self):
@@ -65,7 +65,7 @@ def write_shards(source: DatasetSource | str | None, out: str, **options) -> Man
     columns.update(height=[], width=[], sha1=[], path=[])
     shards: list[ShardInfo] = []
     total = sum(min(source.split_sizes[s], limits.get(s, source.split_sizes[s])) for s in splits)
-    stats = _PixelStats()
+    stats = PixelStats()
     bar = tqdm(total=total, desc="shard", unit="img", disable=None if config.progress else True)
     for split in splits:
         writer, count = None, 0

@@ -14,6 +14,7 @@ from kdcache.tools.bench.train_speed import add_bench_train_parser
 from kdcache.tools.bench.versus_timm import add_bench_timm_parser
 from kdcache.tools.cli.cache_commands import add_inspect_parser, add_verify_parser
 from kdcache.tools.cli.data_commands import add_catalog_parser, add_shard_parser, add_teach_parser
+from kdcache.tools.cli.index_command import add_index_parser
 from kdcache.tools.cli.train_command import add_train_parser
 from kdcache.tools.demo import add_demo_parser
 from kdcache.tools.plot_runs import add_plot_parser
@@ -38,6 +39,7 @@ def _parser_and_commands() -> tuple[argparse.ArgumentParser, argparse.Action]:
     parser.add_argument("--version", action="version", version=f"kdcache {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_shard_parser(commands)
+    add_index_parser(commands)
     add_teach_parser(commands)
     add_train_parser(commands)
     add_catalog_parser(commands)
