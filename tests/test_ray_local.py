@@ -1,6 +1,7 @@
 """A local teach keeps its Ray to itself: every port it listens on is on the loopback
 interface, and a cluster address is used only when the user gives one."""
 
+import contextlib
 import ipaddress
 import os
 import subprocess
@@ -47,10 +48,8 @@ def test_a_local_teach_listens_on_loopback_only_and_ignores_ray_address(
     root, seen = psutil.Process(process.pid), {}
     deadline = time.monotonic() + 180
     while process.poll() is None and time.monotonic() < deadline:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             seen.update(_listening(root))
-        except psutil.NoSuchProcess:
-            pass
         time.sleep(0.2)
     out, err = process.communicate(timeout=30)
     assert process.returncode == 0, err.decode()[-2000:]
