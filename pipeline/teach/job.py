@@ -622,9 +622,9 @@ class _Crew:
         return RayUnavailable(
             f"the Ray cluster lost every teach worker and has no room for another: each needs "
             f"{cpus:g} CPUs and {gpus:g} GPUs, the live nodes have {_live_nodes()} "
-            f"({_resources(ray.available_resources())} free); {queued} of {total} shards not "
-            f"done (last loss: {self.lost[-1] if self.lost else '?'}); the done shards are "
-            "kept: rerun when the cluster has room"
+            f"({_resources(ray.available_resources())} free); {len(self.lost)} workers lost, "
+            f"{queued} of {total} shards not done; the done shards are kept: rerun when the "
+            "cluster has room"
         )
 
 
