@@ -3,9 +3,10 @@
 Top to bottom, :func:`run_teach`: check the request (shard ids, teacher names; teacher weights
 recorded at absolute locations), reuse a complete catalogued cache the user can address as
 asked, else take the cache's run lock, open or create the cache, start as many Ray actors as
-the cluster can place (bounded by ``placement_timeout``), hand every shard that is not done
-to them through :class:`ray.util.ActorPool`, publish added views once every teacher has them,
-and record the cache in the catalogue.
+the cluster can place (bounded by ``placement_timeout``), hand them the shards that are not
+done one at a time (a lost worker's shard goes back in the queue and the worker is replaced
+where the cluster has room; see :func:`_compute`), publish added views once every teacher has
+them, and record the cache in the catalogue.
 
 Each actor holds the teachers, reads its shard, builds every planned view, runs the teachers
 and writes the shard's whole chunk-aligned region, then its checksum, then its done flag. A
