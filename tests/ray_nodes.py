@@ -6,8 +6,10 @@ worker node whole (SIGKILL: raylet, agents and its actors at once) as a lost mac
 import contextlib
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 
 import psutil
@@ -31,12 +33,12 @@ class LocalCluster:
         self.root = root
         self.env = {
             **{key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"},
-            "RAY_TMPDIR": os.path.join(root, "tmp"),
+            # short: Ray's socket paths under it must stay within 107 bytes
+            "RAY_TMPDIR": tempfile.mkdtemp(prefix="kdc-ray-"),
             "RAY_AUTH_MODE": "token",
             "RAY_AUTH_TOKEN": TOKEN,
             **FAST_HEALTH_CHECKS,
         }
-        os.makedirs(self.env["RAY_TMPDIR"], exist_ok=True)
         self.workers: list[psutil.Popen] = []
         self.head = self._start("head", "--head", "--port=0", f"--num-cpus={head_cpus}",
                                 "--include-dashboard=false")  # fmt: skip
@@ -83,3 +85,4 @@ class LocalCluster:
     def close(self) -> None:
         for node in [*self.workers, self.head]:
             self.kill(node)
+        shutil.rmtree(self.env["RAY_TMPDIR"], ignore_errors=True)
