@@ -67,3 +67,8 @@ class CacheCorrupt(KdcacheError, ValueError):
 
 class OutputError(KdcacheError, OSError):
     """An output cannot be written: not writable, disk full, or another run is there."""
+
+
+class RayUnavailable(KdcacheError, RuntimeError):
+    """The Ray cluster cannot be reached, refuses this client, or has no room left for a
+    teach worker."""

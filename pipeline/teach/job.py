@@ -3,9 +3,10 @@
 Top to bottom, :func:`run_teach`: check the request (shard ids, teacher names; teacher weights
 recorded at absolute locations), reuse a complete catalogued cache the user can address as
 asked, else take the cache's run lock, open or create the cache, start as many Ray actors as
-the cluster can place (bounded by ``placement_timeout``), hand every shard that is not done
-to them through :class:`ray.util.ActorPool`, publish added views once every teacher has them,
-and record the cache in the catalogue.
+the cluster can place (bounded by ``placement_timeout``), hand them the shards that are not
+done one at a time (a lost worker's shard goes back in the queue and the worker is replaced
+where the cluster has room; see :func:`_compute`), publish added views once every teacher has
+them, and record the cache in the catalogue.
 
 Each actor holds the teachers, reads its shard, builds every planned view, runs the teachers
 and writes the shard's whole chunk-aligned region, then its checksum, then its done flag. A
@@ -13,19 +14,20 @@ rerun skips done shards and rewrites any other region, so an interrupted job res
 stopped. This is the only module that imports Ray.
 """
 
+import contextlib
 import logging
 import os
 import resource
+import socket
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from dataclasses import dataclass, field, replace
 
 import ray
 import torch
-from ray.util import ActorPool
 from tqdm import tqdm
 
-from kdcache.errors import ConfigError, TeachFailed
+from kdcache.errors import ConfigError, RayUnavailable, TeachFailed
 from kdcache.pipeline.cache import (
     CacheBusy,
     CacheMismatch,
@@ -65,6 +67,7 @@ class TeachSummary:
     workers: int = 0
     reused: bool = False
     peak_rss: int = 0  # the largest peak resident memory of a worker, bytes
+    workers_lost: int = 0  # workers lost mid-run (their shards were redone on others)
 
     def lines(self) -> list[str]:
         if self.reused:
@@ -80,6 +83,8 @@ class TeachSummary:
             f"teach: cache {self.cache} holds {self.cache_bytes / 2**20:.1f} MiB; "
             f"peak worker memory {self.peak_rss / 2**20:.0f} MiB",
         ]
+        if self.workers_lost:
+            lines.append(f"teach: {self.workers_lost} workers lost; their shards were redone")
         lines += [f"teach: FAILED {name}: {why}" for name, why in self.shards_failed.items()]
         return lines
 
@@ -373,14 +378,76 @@ def _teach_shards(
 
 # -- Ray: workers and the shard pool -----------------------------------------------------------
 def start_ray(address: str | None) -> None:
-    """Connect to ``address``, or start a local Ray with this machine's CPUs."""
+    """Connect to the cluster at ``address`` (``auto``: the one this node belongs to), or, with
+    none, start a local Ray of this machine's CPUs that listens on the loopback interface only.
+    A cluster is used only when asked for: ``RAY_ADDRESS`` and clusters started on this machine
+    with ``ray start`` are ignored without an address."""
     if ray.is_initialized():
         return
     logging.getLogger("ray").setLevel(logging.WARNING)
     options = dict(log_to_driver=False, logging_level=logging.WARNING)
     if address is None:
-        options.update(num_cpus=os.cpu_count(), include_dashboard=False)
-    ray.init(address=address, **options)
+        with _loopback_node():
+            ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, **options)
+        return
+    if address != "auto" and "://" not in address:
+        _check_reachable(address)
+    try:
+        ray.init(address=address, **options)
+    except ConnectionError as error:
+        raise RayUnavailable(_refused(address, error)) from None
+
+
+@contextlib.contextmanager
+def _loopback_node():
+    """Make the node Ray starts here take 127.0.0.1 as its address, so that its GCS, raylet,
+    object manager, agents and workers bind to the loopback interface alone (Ray binds every
+    interface for any other node address; its ``_node_ip_address`` maps 127.0.0.1 back to the
+    machine's address unless multi-node clusters are switched off, which is what this does)."""
+    constants = ray._private.ray_constants
+    enabled = constants.ENABLE_RAY_CLUSTER
+    constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        constants.ENABLE_RAY_CLUSTER = enabled
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail fast, naming ``address``, when nothing accepts connections there (Ray itself keeps
+    retrying an unreachable cluster for minutes)."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise RayUnavailable(f"Ray address {address!r} is not HOST:PORT, ray://HOST:PORT or auto")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as error:
+        raise RayUnavailable(
+            f"no Ray cluster answers at {address} ({error.strerror or error}); start its head "
+            "with `ray start --head` and give the address it prints, or none for a local Ray"
+        ) from None
+
+
+def _refused(address: str, error: ConnectionError) -> str:
+    """Why connecting to ``address`` failed, in one line naming what to set."""
+    cause = f"{error} {error.__cause__ or ''}"
+    if "Could not find any running Ray" in cause:
+        return (
+            "Ray address auto: no Ray cluster runs on this node (start one with "
+            "`ray start --head`, or give the head's HOST:PORT)"
+        )
+    if "Unauthenticated" in cause or "AuthToken" in cause:
+        if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
+            return (
+                f"the Ray cluster at {address} requires token authentication: set "
+                "RAY_AUTH_MODE=token and the cluster's token (RAY_AUTH_TOKEN, a file named by "
+                "RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token) in this environment"
+            )
+        return (
+            f"the Ray cluster at {address} refused this client's token: RAY_AUTH_TOKEN, "
+            "RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token must hold the cluster's token"
+        )
+    return f"could not connect to the Ray cluster at {address}: {_one_line(error)}"
 
 
 def stop_ray() -> None:
@@ -394,21 +461,31 @@ def _run_shards(config: TeachConfig, todo: list, summary: TeachSummary, lock: Ru
     began = time.perf_counter()
     workers = _start_workers(config, len(todo))
     try:
-        _load_teachers(workers)
+        loaded = _load_teachers(workers)
         summary.startup_seconds = time.perf_counter() - began
-        summary.workers = len(workers)
-        _compute(config, ActorPool(workers), todo, summary, lock)
+        summary.workers = len(loaded)
+        _compute(config, _Crew(config, loaded, workers), todo, summary, lock)
     finally:
         for worker in workers:
             ray.kill(worker)
 
 
-def _load_teachers(workers: list) -> None:
-    """Every placed worker loads the teachers (no timeout: a large teacher may take long)."""
-    try:
-        ray.get([worker.load.remote() for worker in workers])
-    except ray.exceptions.RayError as error:
-        raise TeachFailed(f"a worker could not load the teachers: {_one_line(error)}") from None
+def _load_teachers(workers: list) -> list:
+    """The workers that loaded the teachers (no timeout: a large teacher may take long; a
+    worker lost meanwhile is left out, and none left is :class:`RayUnavailable`)."""
+    loads = {worker.load.remote(): worker for worker in workers}
+    loaded, lost = [], []
+    for ref, worker in loads.items():
+        try:
+            ray.get(ref)
+            loaded.append(worker)
+        except ray.exceptions.RayActorError as error:
+            lost.append(_one_line(error))
+        except ray.exceptions.RayError as error:
+            raise TeachFailed(f"a worker could not load the teachers: {_one_line(error)}") from None
+    if not loaded:
+        raise RayUnavailable(f"every teach worker was lost while loading: {lost[0]}")
+    return loaded
 
 
 def _worker_resources(config: TeachConfig) -> tuple[float, float]:
@@ -430,6 +507,17 @@ def _placeable(cpus: float, gpus: float) -> int:
     return total
 
 
+def _new_worker(config: TeachConfig):
+    """One worker actor, asked for but not yet placed. Ray neither restarts it nor retries its
+    calls: the driver puts a lost worker's shard back in the queue and starts a replacement
+    where the cluster has room (:class:`_Crew`), so no call ever waits on an unplaceable actor."""
+    cpus, gpus = _worker_resources(config)
+    actor = ray.remote(ShardWorker).options(
+        num_cpus=cpus, num_gpus=gpus, max_restarts=0, max_task_retries=0
+    )
+    return actor.remote(config, "cuda" if gpus > 0 else "cpu", int(cpus))
+
+
 def _start_workers(config: TeachConfig, shards: int) -> list:
     """As many workers as asked (default: as many as fit), capped by what the cluster can place
     and by ``shards``; those not placed within ``config.placement_timeout`` are dropped, and
@@ -438,17 +526,12 @@ def _start_workers(config: TeachConfig, shards: int) -> list:
     placeable = _placeable(cpus, gpus)
     asked = f"{cpus:g} CPUs and {gpus:g} GPUs"
     if placeable == 0:
-        nodes = "; ".join(_resources(n["Resources"]) for n in ray.nodes() if n.get("Alive"))
         raise ValueError(
-            f"no Ray node can hold a worker of {asked} (nodes: {nodes}); "
+            f"no Ray node can hold a worker of {asked} (nodes: {_live_nodes()}); "
             "lower --cpus-per-worker or --gpus-per-worker"
         )
     count = min(config.workers or placeable, placeable, shards)
-    actor = ray.remote(ShardWorker).options(
-        num_cpus=cpus, num_gpus=gpus, max_restarts=2, max_task_retries=2
-    )
-    device = "cuda" if gpus > 0 else "cpu"
-    workers = [actor.remote(config, device, int(cpus)) for _ in range(count)]
+    workers = [_new_worker(config) for _ in range(count)]
     started, errors = _placed(workers, config.placement_timeout)
     if errors and not started:
         raise TeachFailed(f"no worker started: {errors[0]}")
@@ -484,32 +567,114 @@ def _resources(have: dict) -> str:
     return f"{have.get('CPU', 0):g} CPUs and {have.get('GPU', 0):g} GPUs"
 
 
+def _live_nodes() -> str:
+    """The live nodes' resources, one ``CPUs and GPUs`` entry per node."""
+    return "; ".join(_resources(n["Resources"]) for n in ray.nodes() if n.get("Alive")) or "none"
+
+
+TICK = 1.0  # the longest the driver waits on Ray before looking at the run again
+LOSSES = 3  # a shard whose worker is lost this many times fails, naming the last loss
+
+
+class _Crew:
+    """The live workers and the replacements being placed. A lost worker is replaced while
+    the live nodes can hold more workers than are running or starting; a replacement not
+    placed within ``placement_timeout`` is given up."""
+
+    def __init__(self, config: TeachConfig, live: list, every: list):
+        self.config = config
+        self.idle = list(live)
+        self.busy = 0
+        self.starting: dict = {}  # a replacement's ready() call -> (actor, deadline)
+        self.every = every  # every actor asked for, killed when the run ends
+        self.lost: list[str] = []
+
+    def lose(self, worker, why: str) -> None:
+        """``worker`` is gone (its node died, or its process): replace it if there is room."""
+        ray.kill(worker)
+        self.lost.append(why)
+        running = self.busy + len(self.idle) + len(self.starting)
+        if _placeable(*_worker_resources(self.config)) > running:
+            actor = _new_worker(self.config)
+            self.every.append(actor)
+            deadline = time.monotonic() + self.config.placement_timeout
+            self.starting[actor.ready.remote()] = (actor, deadline)
+
+    def started(self, ref) -> None:
+        """A replacement answered (placed and running) or failed to start."""
+        actor, _ = self.starting.pop(ref)
+        try:
+            ray.get(ref)
+            self.idle.append(actor)
+        except ray.exceptions.RayError as error:
+            self.lost.append(_one_line(error))
+
+    def expire(self) -> None:
+        """Give up replacements still unplaced at their deadline."""
+        now = time.monotonic()
+        for ref, (actor, deadline) in list(self.starting.items()):
+            if now > deadline:
+                del self.starting[ref]
+                ray.kill(actor)
+
+    def stranded(self, queued: int, total: int) -> RayUnavailable:
+        """The error of a run left with shards to do, no worker, and no room for one."""
+        cpus, gpus = _worker_resources(self.config)
+        return RayUnavailable(
+            f"the Ray cluster lost every teach worker and has no room for another: each needs "
+            f"{cpus:g} CPUs and {gpus:g} GPUs, the live nodes have {_live_nodes()} "
+            f"({_resources(ray.available_resources())} free); {len(self.lost)} workers lost, "
+            f"{queued} of {total} shards not done; the done shards are kept: rerun when the "
+            "cluster has room"
+        )
+
+
 def _compute(
-    config: TeachConfig, pool: ActorPool, todo: list, summary: TeachSummary, lock: RunLock
+    config: TeachConfig, crew: _Crew, todo: list, summary: TeachSummary, lock: RunLock
 ) -> None:
-    """Hand every shard to the pool and gather the results as they come. A failed shard is
-    reported and the others go on; a shard whose worker died for good (after Ray's restarts
-    and retries) is reported with the death; a lost run lock stops the run."""
-    pending = {shard.id: shard for shard in todo}
-    for shard in todo:
-        pool.submit(lambda worker, shard_id: worker.process.remote(shard_id), shard.id)
+    """Hand the shards to the workers one at a time and gather the results as they come,
+    never waiting on Ray longer than :data:`TICK`. A failed shard is reported and the others go
+    on; a lost worker's shard goes back to the queue (failed after :data:`LOSSES` losses) and
+    the worker is replaced where there is room; shards left with no worker and no room for one
+    stop the run (:meth:`_Crew.stranded`); a lost run lock stops the run."""
+    queue = deque(todo)
+    running: dict = {}  # a process() call -> (worker, shard)
+    losses: dict[int, int] = defaultdict(int)
     timings: dict[str, float] = defaultdict(float)
-    deaths: list[str] = []
     disable = None if config.progress else True
     with tqdm(total=len(todo), desc="teach", unit="shard", disable=disable) as bar:
-        while pool.has_next():
-            try:
-                result = pool.get_next_unordered()
-            except ray.exceptions.RayError as error:
-                deaths.append(_one_line(error))
-                continue
-            _record(summary, timings, pending.pop(result["shard"]), result)
-            bar.update()
-            rate = summary.views / max(bar.format_dict["elapsed"], 1e-9)
-            bar.set_postfix(views_per_s=f"{rate:.0f}")
+        while queue or running:
+            while queue and crew.idle:
+                worker, shard = crew.idle.pop(), queue.popleft()
+                running[worker.process.remote(shard.id)] = (worker, shard)
+            crew.busy = len(running)
+            if not running and not crew.starting:
+                raise crew.stranded(len(queue), len(todo))
+            ready, _ = ray.wait([*running, *crew.starting], num_returns=1, timeout=TICK)
+            for ref in ready:
+                if ref in crew.starting:
+                    crew.started(ref)
+                    continue
+                worker, shard = running.pop(ref)
+                crew.busy = len(running)
+                try:
+                    result = ray.get(ref)
+                except ray.exceptions.RayActorError as error:
+                    losses[shard.id] += 1
+                    crew.lose(worker, _one_line(error))
+                    if losses[shard.id] < LOSSES:
+                        queue.appendleft(shard)
+                    else:
+                        summary.shards_failed[shard.file] = f"its worker died: {crew.lost[-1]}"
+                    continue
+                crew.idle.append(worker)
+                _record(summary, timings, shard, result)
+                bar.update()
+                rate = summary.views / max(bar.format_dict["elapsed"], 1e-9)
+                bar.set_postfix(views_per_s=f"{rate:.0f}")
+            crew.expire()
             lock.check()
-    for shard in pending.values():  # never answered: no live worker was left for it
-        summary.shards_failed[shard.file] = f"its worker died: {deaths[0] if deaths else '?'}"
+    summary.workers_lost = len(crew.lost)
     summary.timings = dict(timings)
 
 

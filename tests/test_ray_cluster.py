@@ -1,0 +1,169 @@
+"""teach on a real 2-node Ray cluster on this machine (a head without CPUs, two worker nodes
+of one CPU, token authentication): ``--address auto`` finds it and the cache equals a local
+run; a worker node killed mid-job is survived with spare capacity and fails within a bounded
+time without it, and a rerun completes; an unreachable cluster or a missing token is one line."""
+
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import zarr
+
+from tests.conftest import PLAN, TOPK
+from tests.ray_nodes import LocalCluster
+
+pytestmark = pytest.mark.slow
+
+ARRAYS = ["params"] + [
+    f"teachers/regnet/{name}"
+    for name in ("topk_logits", "topk_index", "logsumexp", "shard_done", "shard_checksum")
+]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    nodes = LocalCluster(str(tmp_path_factory.mktemp("ray-cluster")), head_cpus=0)
+    try:
+        nodes.add_worker()
+        nodes.add_worker()
+        yield nodes
+    finally:
+        nodes.close()
+
+
+def _teach(data, teacher_path, cache, env, *options) -> subprocess.Popen:
+    command = [
+        sys.executable, "-m", "kdcache.tools.cli.main", "teach", "--data", data.location,
+        "--cache", str(cache), "--teacher", f"regnet={teacher_path}", "--views", str(PLAN.views),
+        "--plan-seed", str(PLAN.seed), "--topk", str(TOPK), "--batch-size", "128", "--quiet",
+        *options,
+    ]  # fmt: skip
+    return subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def _finished(process: subprocess.Popen, timeout: float = 240) -> tuple[int, str, str]:
+    out, err = process.communicate(timeout=timeout)
+    return process.returncode, out, err
+
+
+def _assert_same_cache(location, uninterrupted) -> None:
+    got, want = zarr.open_group(str(location), mode="r"), zarr.open_group(uninterrupted, mode="r")
+    for name in ARRAYS:
+        np.testing.assert_array_equal(got[name][:], want[name][:], err_msg=name)
+
+
+def _regions_done(cache) -> int:
+    try:
+        return int(zarr.open_group(str(cache), mode="r")["teachers/regnet/shard_done"][:].sum())
+    except Exception:  # not created yet
+        return 0
+
+
+def _when_started(process: subprocess.Popen, cache) -> bool:
+    """Wait until the job has written a region; False if it ended first."""
+    deadline = time.monotonic() + 180
+    while _regions_done(cache) < 1:
+        if process.poll() is not None:
+            return False
+        assert time.monotonic() < deadline, "the job made no progress"
+        time.sleep(0.05)
+    return process.poll() is None and _regions_done(cache) < 5 * PLAN.views
+
+
+def test_teach_on_two_nodes_found_with_address_auto_equals_a_local_run(
+    cluster, tmp_path, data, teacher_path, cache
+):
+    code, out, err = _finished(_teach(data, teacher_path, tmp_path / "c.zarr", cluster.env,
+                                      "--address", "auto"))  # fmt: skip
+    assert code == 0, err[-3000:]
+    assert "starting 2 workers" in out  # one actor on each worker node
+    _assert_same_cache(tmp_path / "c.zarr", cache)
+
+
+def test_a_worker_node_lost_with_spare_capacity_is_survived_with_the_same_cache(
+    cluster, tmp_path, data, teacher_path, cache
+):
+    for attempt in range(3):  # on a fast machine the job may finish before the kill lands
+        location = tmp_path / f"c{attempt}.zarr"
+        job = _teach(data, teacher_path, location, cluster.env, "--address", cluster.address,
+                     "--workers", "1")  # fmt: skip
+        if _when_started(job, location):
+            node = cluster.holding("ray::ShardWorker")
+            if node is not None and job.poll() is None:
+                cluster.kill(node)
+                cluster.add_worker()  # the spare node stays spare: the job moved to the other
+                break
+        assert _finished(job)[0] == 0
+    else:
+        pytest.fail("the job finished before a node could be killed, three times")
+    code, out, err = _finished(job)
+    assert code == 0, err[-3000:]
+    assert "1 workers lost; their shards were redone" in out
+    _assert_same_cache(location, cache)
+
+
+def test_worker_nodes_lost_without_capacity_fail_in_bounded_time_and_a_rerun_completes(
+    cluster, tmp_path, data, teacher_path, cache
+):
+    location = tmp_path / "c.zarr"
+    for attempt in range(3):
+        location = tmp_path / f"c{attempt}.zarr"
+        job = _teach(data, teacher_path, location, cluster.env, "--address", cluster.address)
+        if _when_started(job, location):
+            for node in list(cluster.workers):
+                cluster.kill(node)
+            killed = time.monotonic()
+            break
+        assert _finished(job)[0] == 0
+    else:
+        pytest.fail("the job finished before the nodes could be killed, three times")
+    try:
+        code, _, err = _finished(job, timeout=120)
+    finally:
+        cluster.add_worker()
+        cluster.add_worker()
+    assert time.monotonic() - killed < 120
+    last = err.strip().splitlines()[-1]
+    assert code == 2, err[-3000:]
+    assert last.startswith("kdcache teach: error: the Ray cluster lost every teach worker and "
+                           "has no room for another: each needs 1 CPUs and 0 GPUs"), last  # fmt: skip
+    assert "shards not done" in last
+
+    code, out, err = _finished(_teach(data, teacher_path, location, cluster.env,
+                                      "--address", cluster.address))  # fmt: skip
+    assert code == 0, err[-3000:]
+    assert "0 failed" in out and " 0 shards computed" not in out
+    _assert_same_cache(location, cache)
+
+
+def test_an_unreachable_cluster_and_a_missing_token_are_one_line_errors(
+    cluster, tmp_path, data, teacher_path
+):
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    began = time.monotonic()
+    code, _, err = _finished(_teach(data, teacher_path, tmp_path / "a.zarr", cluster.env,
+                                    "--address", f"127.0.0.1:{port}"), timeout=60)  # fmt: skip
+    assert code == 2 and time.monotonic() - began < 60
+    assert (
+        err.strip()
+        .splitlines()[-1]
+        .startswith(f"kdcache teach: error: no Ray cluster answers at 127.0.0.1:{port}")
+    ), err[-2000:]
+
+    tokenless = {k: v for k, v in cluster.env.items() if not k.startswith("RAY_AUTH")}
+    tokenless["HOME"] = str(tmp_path)  # no ~/.ray/auth_token either
+    code, _, err = _finished(_teach(data, teacher_path, tmp_path / "b.zarr", tokenless,
+                                    "--address", cluster.address), timeout=120)  # fmt: skip
+    assert code == 2, err[-2000:]
+    assert err.strip().splitlines()[-1] == (
+        f"kdcache teach: error: the Ray cluster at {cluster.address} requires token "
+        "authentication: set RAY_AUTH_MODE=token and the cluster's token (RAY_AUTH_TOKEN, a file "
+        "named by RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token) in this environment"
+    )
