@@ -73,12 +73,15 @@ def teacher_path(data, tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def ray_local():
-    """A real local Ray cluster (2 CPUs) shared by the session."""
+    """A real local Ray cluster of this machine's CPUs, on the loopback interface as ``kdcache
+    teach`` starts it, shared by the session."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    from kdcache.pipeline.teach import start_ray, stop_ray
+
+    start_ray(None)
     yield ray
-    ray.shutdown()
+    stop_ray()
 
 
 def teach(data, teacher_path, cache, **options):

@@ -138,8 +138,8 @@ def run_benchmark(args: argparse.Namespace) -> dict:
               "views": plan.views, "total_views": args.images * plan.views,
               "plan": plan.to_attrs(), "topk": args.topk, "batch_size": args.batch_size,
               "teacher_spec": {"arch": spec.arch, "resolution": spec.resolution},
-              "raw_shard_split": "shard i to process i mod W (teach: Ray ActorPool, a free "
-                                 "actor takes the next shard)", "work": work}  # fmt: skip
+              "raw_shard_split": "shard i to process i mod W (teach: a free actor takes "
+                                 "the next shard)", "work": work}  # fmt: skip
     return session.report(config, measured)
 
 
