@@ -3,11 +3,11 @@
 import os
 import posixpath
 
-import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from kdcache.errors import OutputError
+from kdcache.pipeline.data.storage import filesystem, open_file
 
 
 def is_url(location: str) -> bool:
@@ -36,13 +36,13 @@ def local_path(location: str) -> str | None:
 
 def disk_bytes(location: str) -> int:
     """Bytes stored at ``location`` (a file, or everything under a folder); 0 if absent."""
-    fs, path = fsspec.core.url_to_fs(location)
+    fs, path = filesystem(location)
     return int(fs.du(path)) if fs.exists(path) else 0
 
 
 def exists(location: str) -> bool:
     """Whether a file or folder exists at ``location``."""
-    fs, path = fsspec.core.url_to_fs(location)
+    fs, path = filesystem(location)
     return fs.exists(path)
 
 
@@ -63,7 +63,7 @@ def read_parquet(location: str) -> pa.Table:
     same from its dataset threads, apache/arrow#34314). Every Parquet read goes through here.
     """
     sink = pa.BufferOutputStream()
-    with fsspec.open(location, "rb") as f:
+    with open_file(location, "rb") as f:
         while chunk := f.read(_COPY_CHUNK):
             sink.write(chunk)
     return pq.ParquetFile(pa.BufferReader(sink.getvalue())).read()
@@ -98,7 +98,7 @@ def write_bytes(location: str, data: bytes | memoryview) -> None:
                 if os.path.exists(temporary):
                     os.remove(temporary)
             return
-        fs, remote = fsspec.core.url_to_fs(location)
+        fs, remote = filesystem(location)
         with fs.open(remote, "wb") as f:
             f.write(data)
         if fs.size(remote) != len(data):

@@ -36,7 +36,7 @@ from kdcache.pipeline.cache import (
     lock_holder,
     sample_uniforms,
 )
-from kdcache.pipeline.data import Manifest, urls
+from kdcache.pipeline.data import Manifest, storage, urls
 from kdcache.pipeline.teach.shard_targets import (
     decode_block,
     joined,
@@ -211,7 +211,15 @@ def peak_rss() -> int:
 
 # -- the driver, top to bottom -----------------------------------------------------------------
 def run_teach(config: TeachConfig) -> TeachSummary:
-    """Run the teacher pass; raise :class:`TeachFailed` (after finishing the rest) if shards fail."""
+    """Run the teacher pass; raise :class:`TeachFailed` (after finishing the rest) if shards fail.
+
+    ``config.storage_options`` (over ``$KDCACHE_STORAGE_OPTIONS``) reach every URL, in this
+    process and in the Ray actors (through their ``runtime_env``)."""
+    with storage.using(config.storage_options):
+        return _run_teach(config)
+
+
+def _run_teach(config: TeachConfig) -> TeachSummary:
     began = time.perf_counter()
     manifest = Manifest.read(config.manifest)
     config = _checked_request(config, manifest)
@@ -445,8 +453,9 @@ def _start_workers(config: TeachConfig, shards: int) -> list:
         )
     count = min(config.workers or placeable, placeable, shards)
     actor = ray.remote(ShardWorker).options(
-        num_cpus=cpus, num_gpus=gpus, max_restarts=2, max_task_retries=2
-    )
+        num_cpus=cpus, num_gpus=gpus, max_restarts=2, max_task_retries=2,
+        runtime_env=storage.runtime_env(),
+    )  # fmt: skip
     device = "cuda" if gpus > 0 else "cpu"
     workers = [actor.remote(config, device, int(cpus)) for _ in range(count)]
     started, errors = _placed(workers, config.placement_timeout)
