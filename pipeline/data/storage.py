@@ -4,8 +4,9 @@ A process has one set, from the ``KDCACHE_STORAGE_OPTIONS`` environment variable
 with a command's ``--storage-options`` or a public function's ``storage_options=`` (their keys
 win), made current by :func:`using` for the length of a command. Every fsspec, Zarr and
 Parquet open of a URL takes them from :func:`filesystem` or :func:`current`; local paths get
-none. Ray actors get them through ``runtime_env`` (:func:`runtime_env`); forked DataLoader
-workers inherit them and open their own filesystems (fsspec drops its instances on fork).
+none. Ray actors get them in the config they are started with (not through a ``runtime_env``:
+Ray's runtime-env agent logs its environment variables in clear) and DataLoader workers
+through ``worker_init_fn`` (:func:`adopt`); both open their own filesystems.
 
 Secrets are never shown: a :class:`StorageOptions` prints its secret values as ``***``, and
 :func:`scrub` removes them from any message.
@@ -78,7 +79,7 @@ def _parse(text: str) -> dict:
     """Options from JSON text, ``@FILE`` or a JSON file's path; errors never quote the text."""
     where = "--storage-options"
     stripped = text.strip()
-    if stripped.startswith("@") or (stripped and not stripped.startswith("{")):
+    if stripped.startswith("@") or (stripped and stripped[0] not in "{["):
         path = stripped.removeprefix("@")
         where = f"storage options file {path}"
         try:
@@ -108,6 +109,7 @@ def storage_option() -> Any:
         help="fsspec options for s3:// and other URLs (endpoint, key, secret, region, anon) "
         f"as JSON, @FILE or a JSON file's path; merged over ${ENV} (JSON), whose keys these "
         "replace. Never written or printed",
+        shown=False,
     )
 
 
@@ -162,11 +164,11 @@ def using(options: dict | str | None) -> Iterator[StorageOptions]:
         _current = previous
 
 
-def runtime_env() -> dict | None:
-    """A Ray ``runtime_env`` passing the current options to actors (None when there are
-    none)."""
-    options = current()
-    return {"env_vars": {ENV: json.dumps(options)}} if options else None
+def adopt(options: dict) -> None:
+    """Make ``options`` this process's current ones for good: a DataLoader worker's
+    ``worker_init_fn``, whatever the start method."""
+    global _current
+    _current = StorageOptions(options)
 
 
 def _local(location: str) -> bool:

@@ -99,6 +99,7 @@ class ShardWorker:
 
     def __init__(self, config: TeachConfig, device: str, threads: int):
         torch.set_num_threads(max(1, threads))
+        storage.adopt(storage.resolve(config.storage_options))  # the driver's, over this node's
         self.config = config
         self.device = torch.device(device)
         self.teachers: list[Teacher] | None = None
@@ -214,7 +215,8 @@ def run_teach(config: TeachConfig) -> TeachSummary:
     """Run the teacher pass; raise :class:`TeachFailed` (after finishing the rest) if shards fail.
 
     ``config.storage_options`` (over ``$KDCACHE_STORAGE_OPTIONS``) reach every URL, in this
-    process and in the Ray actors (through their ``runtime_env``)."""
+    process and in the Ray actors (in the config they are started with, merged over the
+    actor's own environment; a ``runtime_env`` would be written in clear to Ray's logs)."""
     with storage.using(config.storage_options):
         return _run_teach(config)
 
@@ -453,10 +455,10 @@ def _start_workers(config: TeachConfig, shards: int) -> list:
         )
     count = min(config.workers or placeable, placeable, shards)
     actor = ray.remote(ShardWorker).options(
-        num_cpus=cpus, num_gpus=gpus, max_restarts=2, max_task_retries=2,
-        runtime_env=storage.runtime_env(),
-    )  # fmt: skip
+        num_cpus=cpus, num_gpus=gpus, max_restarts=2, max_task_retries=2
+    )
     device = "cuda" if gpus > 0 else "cpu"
+    config = replace(config, storage_options=storage.current())  # not runtime_env: Ray logs it
     workers = [actor.remote(config, device, int(cpus)) for _ in range(count)]
     started, errors = _placed(workers, config.placement_timeout)
     if errors and not started:
