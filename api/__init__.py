@@ -4,6 +4,8 @@ Produce a cache once, then train any number of students from it:
 
 - ``kdcache.shard(source, out)`` writes a dataset as WebDataset tars plus ``manifest.parquet``
   and returns its :class:`Manifest`;
+- ``kdcache.index_webdataset(tars, out)`` (and ``index_parquet``) writes ``manifest.parquet``
+  over existing WebDataset tars (or Parquet files) in place, without rewriting them;
 - ``kdcache.teach(TeachConfig(...))`` runs the teachers over the planned views (a Ray job) and
   writes their top-k targets into a Zarr cache; returns a :class:`TeachSummary`;
 - ``kdcache.open_cache(location)`` opens a cache read-only (:class:`Cache`: plan, teachers,
@@ -28,6 +30,9 @@ __getattr__, __dir__, __all__ = lazy_face(
     __name__,
     {
         "shard": "kdcache.pipeline.data.shard_writer:write_shards",
+        "index_webdataset": "kdcache.pipeline.data.wds_index:index_webdataset",
+        "index_parquet": "kdcache.pipeline.data.parquet_index:index_parquet",
+        "IndexConfig": "kdcache.pipeline.data",
         "Manifest": "kdcache.pipeline.data",
         "ViewPlan": "kdcache.pipeline.views",
         "teach": "kdcache.pipeline.teach.job:run_teach",

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 
 import pytest
 
@@ -165,12 +166,16 @@ def test_bench_timm_runs_through_the_harness(tmp_path, data, cache, teacher_path
     result = _main(tmp_path, "bench-timm", "--data", data.location, "--cache", cache,
                   "--teacher-checkpoint", teacher_path, "--model-kwargs", kwargs, "--steps",
                   "2", "--warmup-steps", "1", "--batch-size", "16", "--workers", "1",
-                  "--repeats", "2", "--warmup", "0")  # fmt: skip
+                  "--repeats", "2", "--warmup", "0", "--accuracy-epochs", "1")  # fmt: skip
     config = _check(result, "bench-timm", ["none", "online", "cached", "teacher"], 2,
                     {"tasks", "plan", "topk", "student_kwargs", "persistent_workers"})  # fmt: skip
     assert config["distill"] == "token" and config["topk"] == 4
     assert "teacher_ms_per_image" in result["modes"]["online"]
     assert len(result["ratios"]["share_of_ideal"]["runs"]) == 2
+    accuracy = result["accuracy"]  # one epoch of each task, and the no-KD seed noise
+    assert list(accuracy) == ["none", "none, seed + 1", "online", "cached"]
+    assert [row["seed"] for row in accuracy.values()] == [0, 1, 0, 0]
+    assert all(0 <= row["test_acc"] <= 100 and row["images_per_s"] > 0 for row in accuracy.values())
 
 
 def test_gpu_views_interleaves_renderers(tmp_path):
@@ -208,3 +213,29 @@ def test_bench_modules_import_no_torch():
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert done.stdout.split("\n")[:-1] == [f"{m} False False" for m in modules], done.stderr
+
+
+def test_shape_sets_the_defaults_and_a_given_flag_wins():
+    """``--shape imagenet`` picks the ImageNet-shaped defaults; an option given still wins."""
+    from kdcache.tools.bench.harness import apply_shape
+    from kdcache.tools.bench.train_speed import SHAPES
+    from kdcache.tools.cli.main import build_parser
+
+    args = build_parser().parse_args(["bench-train", "--shape", "imagenet", "--images", "7"])
+    apply_shape(args, SHAPES)
+    assert (args.source, args.resolution, args.teacher, args.images) == (
+        "imagenet-shaped", 224, "efficientnet_lite0", 7)  # fmt: skip
+    args = build_parser().parse_args(["bench-train"])
+    apply_shape(args, SHAPES)
+    assert (args.source, args.resolution, args.images) == ("fashion-mnist", 28, 10000)
+
+
+def test_imagenet_shaped_slice_is_rgb_jpegs_over_all_classes(tmp_path):
+    """The ImageNet shape's slice: JPEGs kept as JPEGs, RGB, every class folder a class."""
+    from kdcache.tools.bench.bench_data import bench_manifest
+
+    manifest = bench_manifest(str(tmp_path / "data"), "imagenet-shaped", 6, 2, 3)
+    assert (manifest.num_classes, manifest.channels) == (1000, 3)
+    assert len(manifest.shards_of("train")) == 2 and len(manifest.shards_of("test")) == 1
+    with tarfile.open(manifest.shard_url(manifest.shards_of("train")[0])) as tar:
+        assert {name.rsplit(".", 1)[1] for name in tar.getnames()} == {"jpg", "cls"}

@@ -4,14 +4,14 @@ import subprocess
 import sys
 
 _EVERY_HELP = """
-import argparse, contextlib, io, sys
-from kdcache.tools.cli.main import build_parser, main
-commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-for argv in [["--help"]] + [[name, "--help"] for name in commands.choices]:
+import contextlib, io, sys
+from kdcache.tools.cli.main import command_names, main
+commands = command_names()
+for argv in [["--help"]] + [[name, "--help"] for name in commands]:
     with contextlib.redirect_stdout(io.StringIO()) as shown, contextlib.suppress(SystemExit):
         main(argv)
     assert "usage: kdcache" in shown.getvalue(), argv
-print("commands", len(commands.choices))
+print("commands", len(commands))
 print("heavy", sorted(m for m in ("torch", "torchvision", "timm", "ray") if m in sys.modules))
 """
 

@@ -6,6 +6,10 @@ __getattr__, __dir__, __all__ = lazy_face(
     __name__,
     {
         "FASHION_MNIST_DIR": ".sources",
+        "IndexConfig": ".index_config",
+        "index_webdataset": ".wds_index",
+        "index_parquet": ".parquet_index",
+        "index_shards": ".indexer",
         "Manifest": ".manifest",
         "checked_samples": ".shard_check",
         "ShardError": ".tar_reader",

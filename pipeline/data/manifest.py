@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
 
 from kdcache.pipeline.data import urls
+from kdcache.pipeline.data.tar_reader import IMAGE_EXTENSIONS, LABEL_FIELD
 
 MANIFEST_FORMAT = "kdcache-manifest/1"
 METADATA_KEY = b"kdcache"
@@ -37,7 +38,8 @@ OPTIONAL_COLUMNS = {"path": pa.string()}
 
 @dataclass(frozen=True)
 class ShardInfo:
-    """One tar shard: its id (index in the manifest), file relative to the manifest, split, rows."""
+    """One shard: its id (index in the manifest), file (a tar, or an indexed Parquet file;
+    relative to the manifest's folder, or absolute), split, rows."""
 
     id: int
     file: str
@@ -68,11 +70,15 @@ def write_manifest(
     pixel_mean: list[float],
     pixel_std: list[float],
     skipped: list[dict] | None = None,
+    samples: dict | None = None,
 ) -> str:
     """Write ``manifest.parquet`` with its metadata; return the fingerprint.
 
     ``pixel_mean`` and ``pixel_std`` are per-channel statistics of the train split on [0, 1];
-    ``skipped`` lists source files left out as unreadable (``path``, ``error``).
+    ``skipped`` lists source files left out as unreadable (``path``, ``error``); ``samples``
+    says how a shard's samples hold image and label when not as kdcache writes them
+    (``format``: webdataset or parquet, ``image_extensions``, ``label_field``: a manifest
+    indexed over existing files).
     """
     schema = pa.schema(
         [*SCHEMA, *(pa.field(k, t) for k, t in OPTIONAL_COLUMNS.items() if k in table.column_names)]
@@ -91,6 +97,8 @@ def write_manifest(
     }
     if skipped:
         meta["skipped"] = skipped
+    if samples:
+        meta["samples"] = samples
     table = table.replace_schema_metadata({METADATA_KEY: json.dumps(meta).encode()})
     urls.write_parquet(location, table)
     return meta["fingerprint"]
@@ -110,6 +118,13 @@ class Manifest:
         self.shards = [ShardInfo(**s) for s in meta["shards"]]
         self.pixel_mean: tuple[float, ...] = tuple(meta["pixel_mean"])
         self.pixel_std: tuple[float, ...] = tuple(meta["pixel_std"])
+        samples = meta.get("samples", {})
+        # which member of a sample is its image, and where its label is (kdcache.index records them)
+        self.image_extensions: tuple[str, ...] = tuple(
+            samples.get("image_extensions", IMAGE_EXTENSIONS)
+        )
+        self.label_field: str = samples.get("label_field", LABEL_FIELD)
+        self.shard_format: str = samples.get("format", "webdataset")  # or parquet
 
     @classmethod
     def read(cls, location: str) -> "Manifest":

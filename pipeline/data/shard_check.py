@@ -13,7 +13,8 @@ from collections.abc import Iterator
 
 from kdcache.errors import KdcacheError, ShardError
 from kdcache.pipeline.data.manifest import Manifest, ShardInfo
-from kdcache.pipeline.data.tar_reader import sample_image, tar_samples
+from kdcache.pipeline.data.parquet_reader import parquet_samples
+from kdcache.pipeline.data.tar_reader import sample_image, sample_label, tar_samples
 
 
 def checked_samples(manifest: Manifest, shard: ShardInfo) -> Iterator[dict]:
@@ -25,8 +26,8 @@ def checked_samples(manifest: Manifest, shard: ShardInfo) -> Iterator[dict]:
     labels = manifest.labels[manifest.shard_rows(shard)]
     position = 0
     try:
-        for sample in tar_samples([url]):
-            _check(url, sample, position, keys, sha1s, labels)
+        for sample in _read(manifest, url):
+            _check(manifest, url, sample, position, keys, sha1s, labels)
             position += 1
             yield sample
     except KdcacheError:
@@ -47,7 +48,14 @@ def checked_samples(manifest: Manifest, shard: ShardInfo) -> Iterator[dict]:
         )
 
 
-def _check(url: str, sample: dict, position: int, keys, sha1s, labels) -> None:
+def _read(manifest: Manifest, url: str) -> Iterator[dict]:
+    """A shard file's samples: a tar's, or a Parquet file's rows (an indexed Parquet dataset)."""
+    if manifest.shard_format == "parquet":
+        return parquet_samples(url, manifest.image_extensions[0], manifest.label_field)
+    return iter(tar_samples([url]))
+
+
+def _check(manifest: Manifest, url: str, sample: dict, position: int, keys, sha1s, labels):
     key = sample["__key__"]
     if position >= len(keys):
         raise ShardError(
@@ -58,16 +66,17 @@ def _check(url: str, sample: dict, position: int, keys, sha1s, labels) -> None:
             f"{url}: key {key!r} at position {position}, the manifest has {keys[position]!r} "
             "there (samples missing, extra or reordered)"
         )
-    found = hashlib.sha1(sample_image(sample)).hexdigest()
+    found = hashlib.sha1(sample_image(sample, manifest.image_extensions)).hexdigest()
     if found != sha1s[position]:
         raise ShardError(
             f"{url}: sample {key}: image bytes have sha1 {found[:12]}, the manifest "
             f"{sha1s[position][:12]} (the image was replaced or altered)"
         )
-    label = sample.get("cls")
-    if label is not None and int(label) != labels[position]:
+    label = sample_label(sample, manifest.label_field)
+    if label is not None and label != labels[position]:
         raise ShardError(
-            f"{url}: sample {key} has label {int(label)}, the manifest says {labels[position]}"
+            f"{url}: sample {key} has label {label} ({manifest.label_field}), the manifest "
+            f"says {labels[position]}"
         )
 
 

@@ -13,7 +13,7 @@ from kdcache.pipeline.data.sources import DatasetSource, open_source
 from kdcache.pipeline.views import decode_image
 
 
-class _PixelStats:
+class PixelStats:
     """Running per-channel mean and std of pixel values on [0, 1]."""
 
     def __init__(self):
@@ -70,7 +70,7 @@ def _write_shards(source: DatasetSource | str | None, out: str, config: ShardCon
     columns.update(height=[], width=[], sha1=[], path=[])
     shards: list[ShardInfo] = []
     total = sum(min(source.split_sizes[s], limits.get(s, source.split_sizes[s])) for s in splits)
-    stats = _PixelStats()
+    stats = PixelStats()
     bar = tqdm(total=total, desc="shard", unit="img", disable=None if config.progress else True)
     for split in splits:
         writer, count = None, 0

@@ -2,11 +2,12 @@
 
 import os
 import posixpath
+from collections.abc import Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from kdcache.errors import OutputError
+from kdcache.errors import OutputError, ShardError
 from kdcache.pipeline.data.storage import filesystem, open_file
 
 
@@ -67,6 +68,29 @@ def read_parquet(location: str) -> pa.Table:
         while chunk := f.read(_COPY_CHUNK):
             sink.write(chunk)
     return pq.ParquetFile(pa.BufferReader(sink.getvalue())).read()
+
+
+def parquet_row_groups(location: str, columns: list[str]) -> Iterator[pa.Table]:
+    """The ``columns`` of the Parquet file at ``location``, one row group at a time (a missing
+    column is a :class:`ShardError` naming the file's columns). A local
+    file is opened by Arrow itself (its own file, no Python object; only the row group being
+    read is in memory); a URL is copied into Arrow memory first, as :func:`read_parquet` does."""
+    path = local_path(location)
+    if path is not None:
+        source = pa.memory_map(path)
+    else:
+        sink = pa.BufferOutputStream()
+        with open_file(location, "rb") as f:
+            while chunk := f.read(_COPY_CHUNK):
+                sink.write(chunk)
+        source = pa.BufferReader(sink.getvalue())
+    parquet = pq.ParquetFile(source)
+    names = parquet.schema_arrow.names
+    missing = [c for c in columns if c not in names]
+    if missing:
+        raise ShardError(f"{location}: no column {missing[0]!r} (its columns: {', '.join(names)})")
+    for group in range(parquet.num_row_groups):
+        yield parquet.read_row_group(group, columns=columns)
 
 
 def write_parquet(location: str, table: pa.Table) -> None:

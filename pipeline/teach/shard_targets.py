@@ -26,7 +26,8 @@ def read_shard_images(
     images = []
     for sample in checked_samples(manifest, shard):
         try:
-            image = source_image(sample_image(sample), manifest.channels)
+            encoded = sample_image(sample, manifest.image_extensions)
+            image = source_image(encoded, manifest.channels)
             if decode:
                 image.hwc()  # decoded here: a corrupt image is this shard's error
         except Exception as error:  # PIL and decoder errors

@@ -1,19 +1,53 @@
-"""The recipes the benchmarks share: a sharded Fashion-MNIST slice, randomly initialised
-teachers (speed does not depend on the weights) and a one-view cache of them, every one made
-afresh in the work folder on every run (a rerun with other options must not measure stale
-data). Imports no torch until a recipe runs."""
+"""The recipes the benchmarks share: a sharded slice of Fashion-MNIST or of ImageNet-shaped
+photos, randomly initialised teachers (speed does not depend on the weights) and a one-view
+cache of them, every one made afresh in the work folder on every run (a rerun with other
+options must not measure stale data). Imports no torch until a recipe runs."""
 
 import os
 
 from kdcache.errors import ConfigError
 from kdcache.tools.bench.harness import fresh, work_folder
 
+IMAGENET_SHAPED = "imagenet-shaped"
+IMAGENET_CLASSES = 1000
+SMALL_DEIT = {"embed_dim": 128, "depth": 6, "num_heads": 4}  # patches: a quarter of the side
+
+
+def small_deit(resolution: int) -> dict:
+    """The Fashion-MNIST shape's DeiT: DeiT-Tiny's layout, narrower, patches a quarter wide."""
+    return {**SMALL_DEIT, "patch_size": max(1, resolution // 4)}
+
+
+def photo_folder(root: str, train: int, test: int, classes: int = IMAGENET_CLASSES) -> str:
+    """An ImageFolder at ``root`` of ``train`` + ``test`` ImageNet-shaped JPEGs
+    (:func:`~kdcache.tools.bench.photo_set.photo_jpegs`), labels round-robin over ``classes``
+    class folders (all made, some may stay empty); written once per size and kept."""
+    from kdcache.tools.bench.photo_set import photo_jpegs
+
+    stamp = os.path.join(root, f"made-{train}-{test}-{classes}")
+    if os.path.exists(stamp):
+        return root
+    fresh(root)
+    for split, count, seed in (("train", train, 0), ("test", test, 1)):
+        names = [f"n{label:05d}" for label in range(classes)]
+        for name in names if count else []:
+            os.makedirs(os.path.join(root, split, name))
+        for index, data in enumerate(photo_jpegs(count, seed=seed)):
+            path = os.path.join(root, split, names[index % classes], f"{split}_{index:07d}.jpg")
+            with open(path, "wb") as f:
+                f.write(data)
+    open(stamp, "w").close()
+    return root
+
 
 def bench_manifest(folder: str, source: str, train_images: int, test_images: int, shard_size: int):
     """The slice's shards written to ``folder`` (replacing earlier ones: a rerun with other
-    sizes must not measure a stale slice; the tars are byte-identical on every write)."""
+    sizes must not measure a stale slice; the tars are byte-identical on every write); the
+    ``imagenet-shaped`` photos are made once beside it (``folder``-photos)."""
     from kdcache.pipeline.data import open_source, write_shards
 
+    if source == IMAGENET_SHAPED:
+        source = photo_folder(f"{folder}-photos", train_images, test_images)
     return write_shards(
         open_source(source),
         folder,

@@ -233,16 +233,48 @@ def add_common_options(
                             "torch's)")  # fmt: skip
 
 
-def add_data_options(
-    parser: argparse.ArgumentParser, *, images: int, test_images: int, shard_size: int = 1000
-) -> None:
-    """The Fashion-MNIST slice's options: dataset, train and test images, shard size."""
-    parser.add_argument("--source", default="fashion-mnist", help="dataset (as for kdcache shard)")
-    parser.add_argument("--images", type=int, default=images,
-                        help="train images (default: %(default)s)")  # fmt: skip
-    parser.add_argument("--test-images", type=int, default=test_images,
-                        help="default: %(default)s")  # fmt: skip
-    parser.add_argument("--shard-size", type=int, default=shard_size, help="default: %(default)s")
+SHAPES_HELP = (
+    "the workload: fmnist, 28 px grey Fashion-MNIST with 10 classes; imagenet, "
+    "ImageNet-shaped RGB JPEGs (about 500x375, made from scikit-image's photos) at "
+    "224 px with 1000 classes"
+)
+
+
+def add_shape_option(parser: argparse.ArgumentParser, shapes: dict[str, dict]) -> None:
+    """``--shape NAME``: picks the defaults of the :func:`shaped` options (the first shape's
+    unless given)."""
+    parser.add_argument("--shape", choices=tuple(shapes), default=next(iter(shapes)),
+                        help=f"{SHAPES_HELP} (default: %(default)s)")  # fmt: skip
+
+
+def shaped(parser: argparse.ArgumentParser, shapes: dict[str, dict], flag: str, help: str,
+           **kwargs) -> None:  # fmt: skip
+    """An option whose default is the chosen shape's (``shapes[shape][dest]``, set by
+    :func:`apply_shape`); a value on the command line wins. Its help lists every shape's."""
+    dest = flag.lstrip("-").replace("-", "_")
+    values = {name: preset[dest] for name, preset in shapes.items()}
+    if len(set(map(str, values.values()))) == 1:
+        text = str(next(iter(values.values())))
+    else:
+        text = ", ".join(f"{name} {value}" for name, value in values.items())
+    parser.add_argument(flag, default=None, help=f"{help} (default: {text})", **kwargs)
+
+
+def apply_shape(args: argparse.Namespace, shapes: dict[str, dict]) -> None:
+    """Fill every :func:`shaped` option left unset with the chosen shape's default."""
+    for dest, value in shapes[getattr(args, "shape", next(iter(shapes)))].items():
+        if getattr(args, dest) is None:
+            setattr(args, dest, value)
+
+
+def add_data_options(parser: argparse.ArgumentParser, shapes: dict[str, dict]) -> None:
+    """The data slice's options (defaults per shape: ``source``, ``images``, ``test_images``,
+    ``shard_size``): dataset, train and test images, shard size."""
+    shaped(parser, shapes, "--source", "dataset: as for kdcache shard, or imagenet-shaped "
+           "(JPEGs made from scikit-image's photos, 1000 classes)")  # fmt: skip
+    shaped(parser, shapes, "--images", "train images", type=int)
+    shaped(parser, shapes, "--test-images", "test images", type=int)
+    shaped(parser, shapes, "--shard-size", "images per shard", type=int)
 
 
 def set_threads(threads: int | None) -> int:
@@ -254,16 +286,13 @@ def set_threads(threads: int | None) -> int:
     return torch.get_num_threads()
 
 
-def add_step_options(
-    parser: argparse.ArgumentParser, *, steps: int, warmup_steps: int = 10, workers: int = 2
-) -> None:
-    """The training benchmarks' per-run budget: timed steps after untimed ones, batch size and
+def add_step_options(parser: argparse.ArgumentParser, shapes: dict[str, dict]) -> None:
+    """The training benchmarks' per-run budget (defaults per shape: ``steps``,
+    ``warmup_steps``, ``batch_size``): timed steps after untimed ones, batch size, and
     DataLoader workers (kept alive across runs)."""
-    parser.add_argument("--steps", type=int, default=steps,
-                        help="timed steps per run (default: %(default)s)")  # fmt: skip
-    parser.add_argument("--warmup-steps", type=int, default=warmup_steps,
-                        help="untimed steps before them in every run; at least the loader's "
-                        "prefetched batches (default: %(default)s)")  # fmt: skip
-    parser.add_argument("--batch-size", type=int, default=128, help="default: %(default)s")
-    parser.add_argument("--workers", type=int, default=workers,
+    shaped(parser, shapes, "--steps", "timed steps per run", type=int)
+    shaped(parser, shapes, "--warmup-steps", "untimed steps before them in every run; at "
+           "least the loader's prefetched batches", type=int)  # fmt: skip
+    shaped(parser, shapes, "--batch-size", "images per step", type=int)
+    parser.add_argument("--workers", type=int, default=2,
                         help="DataLoader workers, persistent (default: %(default)s)")  # fmt: skip

@@ -15,13 +15,6 @@ from kdcache.tools.bench.harness import Mode, Session, interleave, ratio, shown,
 _TORCH = "import torch"
 
 
-def _commands() -> list[str]:
-    from kdcache.tools.cli.main import build_parser
-
-    action = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    return list(action.choices)
-
-
 def _timed(argv: list[str]):
     def run(_repeat: int) -> dict[str, float]:
         began = time.perf_counter()
@@ -33,9 +26,11 @@ def _timed(argv: list[str]):
 
 def measure(repeats: int, warmup: int) -> dict:
     """Per mode, the seconds of every run and their ratio to ``import torch`` (per round)."""
+    from kdcache.tools.cli.main import command_names
+
     argvs = {_TORCH: [sys.executable, "-c", _TORCH],
              "kdcache --help": [sys.executable, "-m", "kdcache", "--help"]}  # fmt: skip
-    for name in _commands():
+    for name in command_names():
         argvs[f"kdcache {name} --help"] = [sys.executable, "-m", "kdcache", name, "--help"]
     modes = [Mode(name, _timed(argv)) for name, argv in argvs.items()]
     measured = interleave(modes, repeats, warmup, log=lambda line: None)

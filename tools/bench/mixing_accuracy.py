@@ -26,6 +26,7 @@ from kdcache.tools.bench.harness import (
     Session,
     add_common_options,
     add_data_options,
+    apply_shape,
     fresh,
     interleave,
     options_of,
@@ -38,6 +39,8 @@ from kdcache.tools.bench.harness import (
 STUDENT = "deit_tiny_distilled_patch16_224"
 STUDENT_ARGS = {"patch_size": 7, "embed_dim": 64, "depth": 3, "num_heads": 2}
 MODES = ("exact", "label", "none")
+SHAPES = {"fmnist": {"source": "fashion-mnist", "images": 2000, "test_images": 500,
+                     "shard_size": 500}}  # fmt: skip
 
 
 def run_bench_mixing(args: argparse.Namespace) -> dict:
@@ -46,6 +49,7 @@ def run_bench_mixing(args: argparse.Namespace) -> dict:
     from kdcache.pipeline.views import ViewPlan
     from kdcache.trainer.run import TrainConfig, train
 
+    apply_shape(args, SHAPES)
     session = Session("bench-mixing", options_of(args))
     threads = set_threads(args.threads)
     work = work_folder(args.work, "bench-mixing", session.options)
@@ -118,7 +122,7 @@ def add_bench_mixing_parser(commands) -> None:
         help="accuracy of cached KD with exact, label-space and no mixing",
         description=__doc__.split("\n\n")[1].replace("\n", " "),
     )
-    add_data_options(parser, images=2000, test_images=500, shard_size=500)
+    add_data_options(parser, SHAPES)
     parser.add_argument("--views", type=int, default=3, help="default: %(default)s")
     parser.add_argument(
         "--epochs", type=int, default=8, help="student epochs (default: %(default)s)"

@@ -4,11 +4,14 @@ Each image is a random crop of one photo (scale, aspect ratio, position), resize
 500x375 (or 375x500, with some odd sizes), flipped at random, colour-shifted (per-channel gain
 and a brightness offset), and saved as JPEG at quality 88..92; about one in twelve is grey.
 Natural content keeps the decode cost real (a flat or noise image decodes at another speed).
-Seeded: the same arguments give byte-identical files.
+Seeded: the same arguments give byte-identical files. :func:`write_wds_tars` packs them as
+WebDataset tars written with plain ``tarfile``, as tars kdcache did not write look.
 """
 
 import io
+import json
 import os
+import tarfile
 
 import numpy as np
 from PIL import Image
@@ -57,3 +60,46 @@ def photo_jpegs(count: int, seed: int = 0) -> list[bytes]:
         image.save(buffer, "JPEG", quality=int(rng.integers(88, 93)))
         out.append(buffer.getvalue())
     return out
+
+
+def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = len(data), 1_700_000_000, 0o644
+    tar.addfile(info, io.BytesIO(data))
+
+
+def write_wds_tars(
+    folder: str,
+    count: int,
+    *,
+    per_tar: int,
+    classes: int = 1000,
+    prefix: str = "train",
+    seed: int = 0,
+    members: tuple[str, ...] = ("jpg", "cls", "json"),
+) -> list[str]:
+    """``count`` photo JPEGs (:func:`photo_jpegs`) as WebDataset tars
+    ``folder/<prefix>-NNNNNN.tar`` of ``per_tar`` samples, written with plain ``tarfile``.
+
+    Sample i (label drawn from ``classes``) is the members ``<key>.<ext>`` for ``members``:
+    ``jpg`` the image, ``cls`` the label as text, ``json`` ``{"label": ..., "index": i}``. Keys
+    hold slashes and dots, as ImageNet-style tars have: ``n<label:08d>.d/<prefix>.<i>`` is not
+    a valid key (the dot in the file name ends it), so the key is ``n<label>.d/<prefix>_<i>``
+    with the dot in its folder part. Returns the tar paths.
+    """
+    rng = np.random.default_rng(seed + 1)
+    images = photo_jpegs(count, seed)
+    os.makedirs(folder, exist_ok=True)
+    paths = []
+    for first in range(0, count, per_tar):
+        path = os.path.join(folder, f"{prefix}-{len(paths):06d}.tar")
+        with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+            for index in range(first, min(first + per_tar, count)):
+                label = int(rng.integers(classes))
+                key = f"n{label:08d}.d/{prefix}_{index:06d}"
+                data = {"jpg": images[index], "cls": str(label).encode(),
+                        "json": json.dumps({"label": label, "index": index}).encode()}  # fmt: skip
+                for ext in members:
+                    _add_member(tar, f"{key}.{ext}", data[ext])
+        paths.append(path)
+    return paths

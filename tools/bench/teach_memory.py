@@ -24,16 +24,9 @@ def measure(images: int, block_rows: int, work: str) -> dict:
         save_checkpoint,
     )
     from kdcache.pipeline.views import ViewPlan
-    from kdcache.tools.bench.photo_set import photo_jpegs
+    from kdcache.tools.bench.bench_data import photo_folder
 
-    photos = os.path.join(work, "photos")
-    if not os.path.exists(os.path.join(photos, "done")):
-        for i, data in enumerate(photo_jpegs(images, seed=0)):
-            folder = os.path.join(photos, "train", f"c{i % 2}")
-            os.makedirs(folder, exist_ok=True)
-            with open(os.path.join(folder, f"{i:05d}.jpg"), "wb") as f:
-                f.write(data)
-        open(os.path.join(photos, "done"), "w").close()
+    photos = photo_folder(os.path.join(work, "photos"), images, 0, classes=2)
     data = os.path.join(work, f"data{images}")
     shutil.rmtree(data, ignore_errors=True)
     write_shards(photos, data, shard_size=images, splits=["train"], limits={"train": images},

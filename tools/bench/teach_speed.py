@@ -15,20 +15,30 @@ import argparse
 import os
 import time
 
-from kdcache.tools.bench.bench_data import bench_manifest, random_teacher
+from kdcache.tools.bench.bench_data import IMAGENET_SHAPED, bench_manifest, random_teacher
 from kdcache.tools.bench.harness import (
     Mode,
     Session,
     add_common_options,
     add_data_options,
+    add_shape_option,
+    apply_shape,
     fresh,
     interleave,
     options_of,
     ratio,
+    shaped,
     shown,
     work_folder,
     write_json,
 )
+
+SHAPES = {
+    "fmnist": {"source": "fashion-mnist", "teacher": "regnety_016", "resolution": 64,
+               "images": 10000, "test_images": 10, "shard_size": 1000, "batch_size": 128},
+    "imagenet": {"source": IMAGENET_SHAPED, "teacher": "efficientnet_lite0", "resolution": 224,
+                 "images": 1000, "test_images": 10, "shard_size": 250, "batch_size": 32},
+}  # fmt: skip
 
 
 def layouts(cpus: int, shards: int) -> list[tuple[int, int]]:
@@ -91,6 +101,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     from kdcache.pipeline.views import ViewPlan
     from kdcache.tools.bench.teach_raw import raw_layout
 
+    apply_shape(args, SHAPES)
     session = Session("bench-teach", options_of(args))
     work = work_folder(args.work, "bench-teach", session.options)
     data = os.path.join(work, "data")
@@ -142,15 +153,12 @@ def add_bench_parser(commands) -> None:
         help="benchmark the teacher pass against raw teacher inference in the same layout",
         description=__doc__.split("\n\n")[1].replace("\n", " "),
     )
-    parser.add_argument(
-        "--teacher", default="regnety_016", help="timm architecture (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--resolution", type=int, default=64, help="teacher input size (default: %(default)s)"
-    )
+    add_shape_option(parser, SHAPES)
+    shaped(parser, SHAPES, "--teacher", "timm architecture")
+    shaped(parser, SHAPES, "--resolution", "teacher input size", type=int)
     parser.add_argument("--views", type=int, default=2, help="default: %(default)s")
     parser.add_argument("--topk", type=int, default=5, help="default: %(default)s")
-    parser.add_argument("--batch-size", type=int, default=128, help="default: %(default)s")
+    shaped(parser, SHAPES, "--batch-size", "teacher batch size", type=int)
     parser.add_argument("--workers", type=int, default=None,
                         help="teach's Ray actors (default: as many as fit)")  # fmt: skip
     parser.add_argument("--cpus-per-worker", type=float, default=1.0,
@@ -158,7 +166,7 @@ def add_bench_parser(commands) -> None:
     parser.add_argument("--raw-layouts", type=_layout_list, default=None, metavar="PxT,...",
                         help="raw model(x) layouts, processes x threads (default: every one "
                         "using all CPUs); teach's own is always measured")  # fmt: skip
-    add_data_options(parser, images=10000, test_images=10)
+    add_data_options(parser, SHAPES)
     add_common_options(parser, work="shards and caches", with_threads=False)
     parser.set_defaults(run=run_bench_command)
 

@@ -19,19 +19,19 @@ from timm.task import (
 from kdcache.pipeline.data import Manifest
 from kdcache.pipeline.teach import load_teacher
 from kdcache.pipeline.views import normalize
+from kdcache.tools.bench.bench_data import small_deit
 from kdcache.tools.bench.harness import StepModes
 from kdcache.tools.bench.train_modes import persistent_batches
 from kdcache.trainer.data import CachedTargets, PlannedViews, TrainViews
 from kdcache.trainer.kd import CachedLogitDistillationTask, CachedTokenDistillationTask
-
-DEIT_SMALL = {"embed_dim": 128, "depth": 6, "num_heads": 4}  # patches: a quarter of the side
 
 
 class TimmModes(StepModes):
     """What every run shares (manifest, cache, teacher, student recipe) and each mode's task,
     optimiser and batches; :meth:`run` times one run."""
 
-    def __init__(self, args, data: str, cache: str, checkpoint: str, plan: dict | None):
+    def __init__(self, args, data: str, cache: str, checkpoint: str, plan: dict | None,
+                 modes: tuple[str, ...] = ("none", "online", "cached")):  # fmt: skip
         self.args = args
         self.manifest = Manifest.read(data)
         self.mean, self.std = self.manifest.pixel_mean, self.manifest.pixel_std
@@ -49,14 +49,16 @@ class TimmModes(StepModes):
         )
         self.train_images = sum(s.num_rows for s in self.manifest.shards_of("train"))
         self.tasks, self.batches = {}, {}
-        for mode, source in (("none", planned), ("online", planned), ("cached", self.cached)):
+        sources = {"none": planned, "online": planned, "cached": self.cached}
+        for mode, source in ((m, sources[m]) for m in modes):
             views = TrainViews(self.manifest, source, resolution=self.resolution, seed=args.seed)
             self.batches[mode] = persistent_batches(views, args.batch_size, args.workers)
             task = self.task(mode)
             task.train()
             optimizer = create_optimizer_v2(task.get_trainable_module(), "adamw", lr=args.lr)
             self.tasks[mode] = task, optimizer
-        self.batches["teacher"] = self.batches["online"]  # the online run's real batches
+        if "online" in modes:
+            self.batches["teacher"] = self.batches["online"]  # the online run's real batches
 
     def _teacher_starts(self, *_) -> None:
         self._began = time.perf_counter()
@@ -77,9 +79,8 @@ class TimmModes(StepModes):
     def model_kwargs(self) -> dict:
         if self.args.model_kwargs is not None:
             return json.loads(self.args.model_kwargs)
-        if self.args.student.startswith("deit"):
-            size = self.resolution
-            return {**DEIT_SMALL, "img_size": size, "patch_size": max(1, size // 4)}
+        if self.args.student.startswith("deit") and self.resolution < 224:
+            return {**small_deit(self.resolution), "img_size": self.resolution}
         return {}
 
     def task(self, mode: str):

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 from kdcache.pipeline.data import Manifest
 from kdcache.pipeline.teach import ModelSpec, create_model
 from kdcache.pipeline.views import normalize
+from kdcache.tools.bench.bench_data import small_deit
 from kdcache.tools.bench.harness import StepModes
 from kdcache.trainer.data import (
     CachedTargets,
@@ -27,7 +28,6 @@ from kdcache.trainer.data import (
 )
 from kdcache.trainer.kd import DistillationLoss, teacher_mix
 
-DEIT_SMALL = {"patch_size": 7, "embed_dim": 128, "depth": 6, "num_heads": 4}
 PREFETCH = 4  # batches per DataLoader worker
 
 
@@ -56,7 +56,9 @@ class TrainModes(StepModes):
         planned = PlannedViews(cached.plan, manifest)  # the same views, no targets
         self.spec = ModelSpec(args.student, manifest.num_classes, manifest.channels,
                               args.resolution, manifest.pixel_mean, manifest.pixel_std,
-                              model_args=DEIT_SMALL if args.student.startswith("deit") else {})  # fmt: skip
+                              model_args=small_deit(args.resolution)
+                              if args.student.startswith("deit") and args.resolution < 224
+                              else {})  # fmt: skip
         self.batches, self.students = {}, {}
         for mode, source, teachers in (("none", planned, None), ("cached", cached, cached.teachers),
                                        ("online", planned, ["online"])):  # fmt: skip

@@ -15,29 +15,43 @@ Teachers are randomly initialised: speed does not depend on the weights.
 
 import argparse
 
-from kdcache.tools.bench.bench_data import add_given_cache_options, given_or_made
+from kdcache.tools.bench.bench_data import IMAGENET_SHAPED, add_given_cache_options, given_or_made
 from kdcache.tools.bench.harness import (
     Mode,
     Session,
     add_common_options,
     add_data_options,
+    add_shape_option,
     add_step_options,
+    apply_shape,
     interleave,
     options_of,
     ratio,
     set_threads,
+    shaped,
     shown,
     spread,
     write_json,
 )
 
 MODES = ("none", "cached", "online", "teacher")
+SHAPES = {
+    "fmnist": {"student": "deit_tiny_distilled_patch16_224", "resolution": 28,
+               "teacher": "regnety_032", "teacher_resolution": 64, "source": "fashion-mnist",
+               "images": 10000, "test_images": 100, "shard_size": 1000, "steps": 60,
+               "warmup_steps": 10, "batch_size": 128},
+    "imagenet": {"student": "deit_tiny_distilled_patch16_224", "resolution": 224,
+                 "teacher": "efficientnet_lite0", "teacher_resolution": 224,
+                 "source": IMAGENET_SHAPED, "images": 1000, "test_images": 10,
+                 "shard_size": 250, "steps": 12, "warmup_steps": 8, "batch_size": 16},
+}  # fmt: skip
 
 
 def run_benchmark(args: argparse.Namespace) -> dict:
     """Teach a one-view cache, then time the modes interleaved; the report as a dict."""
     from kdcache.tools.bench.train_modes import TrainModes
 
+    apply_shape(args, SHAPES)
     session = Session("bench-train", options_of(args))
     threads = set_threads(args.threads)
     data, cache, checkpoint, plan, work = given_or_made(
@@ -79,20 +93,16 @@ def add_bench_train_parser(commands) -> None:
         help="benchmark student training: no teacher vs cached targets vs online teacher",
         description=__doc__.split("\n\n")[1].replace("\n", " "),
     )
-    parser.add_argument(
-        "--student",
-        default="deit_tiny_distilled_patch16_224",
-        help="timm architecture (DeiT gets the demo's small size) (default: %(default)s)",
-    )
-    parser.add_argument("--resolution", type=int, default=28, help="student input size")
-    parser.add_argument(
-        "--teacher", default="regnety_032", help="timm architecture (default: %(default)s)"
-    )
-    parser.add_argument("--teacher-resolution", type=int, default=64, help="default: %(default)s")
+    add_shape_option(parser, SHAPES)
+    shaped(parser, SHAPES, "--student", "timm architecture (a DeiT below 224 px gets the "
+           "demo's small size)")  # fmt: skip
+    shaped(parser, SHAPES, "--resolution", "student input size", type=int)
+    shaped(parser, SHAPES, "--teacher", "timm architecture")
+    shaped(parser, SHAPES, "--teacher-resolution", "teacher input size", type=int)
     parser.add_argument("--topk", type=int, default=5, help="default: %(default)s")
     add_given_cache_options(parser)
-    add_data_options(parser, images=10000, test_images=100)
-    add_step_options(parser, steps=60)
+    add_data_options(parser, SHAPES)
+    add_step_options(parser, SHAPES)
     add_common_options(parser, work="shards and cache")
     parser.set_defaults(run=run_bench_train_command)
 
@@ -103,7 +113,7 @@ def run_bench_train_command(args: argparse.Namespace) -> None:
     ratios, config = result["ratios"], result["config"]
     teacher = result["modes"]["online"]["teacher_ms_per_image"]
     print(
-        f"bench-train: {args.student} at {args.resolution} px, teacher {args.teacher} at "
+        f"bench-train ({args.shape}): {args.student} at {args.resolution} px, teacher {args.teacher} at "
         f"{args.teacher_resolution} px, batch {args.batch_size}, {args.workers} workers, "
         f"{config['torch_threads']} threads, {args.repeats} repeats x {args.steps} steps, "
         f"{config['machine']['cpu_count']} CPUs; median (min-max)\n"

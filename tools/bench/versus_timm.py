@@ -20,34 +20,48 @@ all rebuilt in ``--work`` on every run.
 
 import argparse
 
-from kdcache.tools.bench.bench_data import add_given_cache_options, given_or_made
+from kdcache.tools.bench.bench_data import IMAGENET_SHAPED, add_given_cache_options, given_or_made
 from kdcache.tools.bench.harness import (
     Mode,
     Session,
     add_common_options,
     add_data_options,
+    add_shape_option,
     add_step_options,
+    apply_shape,
     interleave,
     options_of,
     ratio,
     set_threads,
+    shaped,
     shown,
     spread,
     write_json,
 )
 
 MODES = ("none", "online", "cached", "teacher")
+SHAPES = {
+    "fmnist": {"student": "deit_tiny_distilled_patch16_224", "teacher": "regnety_032",
+               "teacher_resolution": 32, "source": "fashion-mnist", "images": 5000,
+               "test_images": 100, "shard_size": 1000, "steps": 30, "warmup_steps": 10,
+               "batch_size": 128},
+    "imagenet": {"student": "deit_tiny_distilled_patch16_224", "teacher": "efficientnet_lite0",
+                 "teacher_resolution": 224, "source": IMAGENET_SHAPED, "images": 1000,
+                 "test_images": 10, "shard_size": 250, "steps": 12, "warmup_steps": 8,
+                 "batch_size": 16},
+}  # fmt: skip
 
 
 def run_benchmark(args: argparse.Namespace) -> dict:
     from kdcache.tools.bench.timm_modes import TimmModes
 
+    apply_shape(args, SHAPES)
     if args.steps < 1 or args.warmup_steps < 0:
         raise ValueError("need --steps >= 1 and --warmup-steps >= 0")
     session = Session("bench-timm", options_of(args))
     threads = set_threads(args.threads)
     data, cache, checkpoint, plan, work = given_or_made(
-        args, "bench-timm", session.options, args.resolution or 32
+        args, "bench-timm", session.options, args.teacher_resolution
     )
     bench = TimmModes(args, data, cache, checkpoint, plan)
     modes = [Mode(name, lambda _, name=name: bench.run(name)) for name in MODES]
@@ -84,6 +98,10 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         "loss_weights": {"task_loss_weight": 1 - args.alpha, "distill_loss_weight": args.alpha,
                          "temperature": args.tau},
     }  # fmt: skip
+    if args.accuracy_epochs:
+        from kdcache.tools.bench.timm_accuracy import accuracy_rows
+
+        measured["accuracy"] = accuracy_rows(args, data, cache, checkpoint, plan)
     return session.report(config, measured)
 
 
@@ -97,12 +115,9 @@ def add_bench_timm_parser(commands) -> None:
         help="benchmark against timm's tasks: no KD vs timm online KD vs kdcache's cached task",
         description=__doc__.split("\n\n")[1].replace("\n", " "),
     )
-    parser.add_argument(
-        "--student",
-        default="deit_tiny_distilled_patch16_224",
-        help="timm architecture (DeiT gets a small size unless --model-kwargs) "
-        "(default: %(default)s)",
-    )
+    add_shape_option(parser, SHAPES)
+    shaped(parser, SHAPES, "--student", "timm architecture (a DeiT below 224 px gets a small "
+           "size unless --model-kwargs)")  # fmt: skip
     parser.add_argument("--model-kwargs", default=None, help="JSON for timm.create_model")
     parser.add_argument(
         "--distill",
@@ -110,15 +125,15 @@ def add_bench_timm_parser(commands) -> None:
         default=None,
         help="timm task pair (default: token for a student with a distillation head)",
     )
-    parser.add_argument(
-        "--teacher", default="regnety_032", help="timm architecture (default: %(default)s)"
-    )
+    shaped(parser, SHAPES, "--teacher", "timm architecture of the teacher made here")
+    shaped(parser, SHAPES, "--teacher-resolution", "input size of the teacher made here",
+           type=int)  # fmt: skip
     add_given_cache_options(parser)
     parser.add_argument(
         "--resolution",
         type=int,
         default=None,
-        help="student input (and online teacher) size (default: the teacher's, 32 if made here)",
+        help="student input (and online teacher) size (default: the teacher's)",
     )
     parser.add_argument(
         "--topk", type=int, default=None, help="cached top-k used (default: all the cache holds)"
@@ -127,8 +142,12 @@ def add_bench_timm_parser(commands) -> None:
     parser.add_argument("--tau", type=float, default=1.0, help="default: %(default)s")
     parser.add_argument("--lr", type=float, default=1e-3, help="default: %(default)s")
     parser.add_argument("--seed", type=int, default=0, help="default: %(default)s")
-    add_data_options(parser, images=5000, test_images=100)
-    add_step_options(parser, steps=30)
+    parser.add_argument("--accuracy-epochs", type=int, default=0, metavar="E",
+                        help="also train each task E epochs and report test accuracy, with the "
+                        "no-KD seed noise (needs a trained teacher: --data/--cache/"
+                        "--teacher-checkpoint) (default: %(default)s, speed only)")  # fmt: skip
+    add_data_options(parser, SHAPES)
+    add_step_options(parser, SHAPES)
     add_common_options(parser, work="shards, teacher and cache")
     parser.set_defaults(run=run_bench_timm_command)
 
@@ -139,7 +158,7 @@ def run_bench_timm_command(args: argparse.Namespace) -> None:
     ratios, config = result["ratios"], result["config"]
     teacher = result["modes"]["online"]["teacher_ms_per_image"]
     print(
-        f"bench-timm: {args.student} at {config['resolution']} px ({config['distill']}), "
+        f"bench-timm ({args.shape}): {args.student} at {config['resolution']} px ({config['distill']}), "
         f"teacher {config['teacher_arch']}, batch {args.batch_size}, {args.repeats} "
         f"repeats x {args.steps} steps, {config['machine']['cpu_count']} CPUs; median (min-max)\n"
         + "".join(f"  {mode:8s} {shown(rates[mode], 1)} img/s\n" for mode in MODES)
@@ -149,4 +168,7 @@ def run_bench_timm_command(args: argparse.Namespace) -> None:
         f"{shown(ratios['ideal_cached_over_online'])}\n"
         f"  share of ideal:  {shown(ratios['share_of_ideal'])}"
     )
+    for run, row in result.get("accuracy", {}).items():
+        print(f"  {args.accuracy_epochs} epochs, {run:16s} test acc {row['test_acc']:.2f} % "
+              f"({row['images_per_s']:.0f} img/s)")  # fmt: skip
     write_json(args.json, result)

@@ -15,12 +15,23 @@ from kdcache.tools.bench.train_speed import add_bench_train_parser
 from kdcache.tools.bench.versus_timm import add_bench_timm_parser
 from kdcache.tools.cli.cache_commands import add_inspect_parser, add_verify_parser
 from kdcache.tools.cli.data_commands import add_catalog_parser, add_shard_parser, add_teach_parser
+from kdcache.tools.cli.index_command import add_index_parser
 from kdcache.tools.cli.train_command import add_train_parser
 from kdcache.tools.demo import add_demo_parser
 from kdcache.tools.plot_runs import add_plot_parser
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``kdcache`` command's parser."""
+    return _parser_and_commands()[0]
+
+
+def command_names() -> list[str]:
+    """Every command's name, in the order ``kdcache --help`` lists them."""
+    return list(_parser_and_commands()[1].choices)
+
+
+def _parser_and_commands() -> tuple[argparse.ArgumentParser, argparse.Action]:
     parser = argparse.ArgumentParser(
         prog="kdcache",
         description="Cache teacher outputs once on replayable augmented views, then distil "
@@ -29,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"kdcache {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_shard_parser(commands)
+    add_index_parser(commands)
     add_teach_parser(commands)
     add_train_parser(commands)
     add_catalog_parser(commands)
@@ -42,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_replay_parser(commands)
     add_bench_mixing_parser(commands)
     add_bench_timm_parser(commands)
-    return parser
+    return parser, commands
 
 
 # OSError: unwritable or full disks, missing files, refused connections (with the path)

@@ -182,7 +182,7 @@ class TrainViews(_ShardStream):
             images = ShardImages(shard, self.manifest.channels, self.manifest.shard_url(shard))
             rows = []
             for sample, row in self._shard_samples(shard):
-                images.encoded[row - first] = sample_image(sample)
+                images.encoded[row - first] = sample_image(sample, self.manifest.image_extensions)
                 images.keys[row - first] = sample["__key__"]
                 rows.append(row)
             block = self.source.block(shard)
@@ -298,19 +298,22 @@ class EvalViews(_ShardStream):
         return sum(s.num_rows for s in self.shards)
 
     def __iter__(self):
-        channels = self.manifest.channels
+        channels, extensions = self.manifest.channels, self.manifest.image_extensions
         for shard in wds.split_by_worker(wds.split_by_node(self.shards)):
-            for sample, _ in self._shard_samples(shard):
+            for sample, row in self._shard_samples(shard):
                 try:
                     image = eval_image(
-                        sample_image(sample), channels, self.resolution, **self.preprocessing
+                        sample_image(sample, extensions),
+                        channels,
+                        self.resolution,
+                        **self.preprocessing,
                     )
                 except Exception as error:  # PIL and decoder errors
                     raise ShardError(
                         f"{sample['__url__']}: sample {sample['__key__']}: unreadable image "
                         f"({type(error).__name__}: {error})"
                     ) from error
-                yield image, int(sample["cls"])
+                yield image, int(self.manifest.labels[row])  # checked against the tar's
 
 
 def make_loader(

@@ -1,0 +1,188 @@
+"""What indexing existing shards in place shares, whatever their format: which files the
+patterns name, their splits, where the manifest records them, and the manifest built from the
+samples found (keys, content hashes, labels, image sizes, class count, pixel statistics)."""
+
+import fnmatch
+import hashlib
+import io
+import os
+import posixpath
+from collections import Counter
+from collections.abc import Sequence
+
+import pyarrow as pa
+from braceexpand import braceexpand
+from PIL import Image
+
+from kdcache.errors import ManifestError
+from kdcache.pipeline.data import storage, urls
+from kdcache.pipeline.data.index_config import IndexConfig
+from kdcache.pipeline.data.manifest import Manifest, ShardInfo, write_manifest
+from kdcache.pipeline.data.shard_writer import PixelStats
+from kdcache.pipeline.views import decode_image
+
+_GLOB = ("*", "?", "[")
+
+
+def expand_locations(patterns: str | Sequence[str]) -> list[str]:
+    """Every file ``patterns`` name, in the order given: brace ranges expanded
+    (``train-{000000..000146}.tar``), then globs matched (locally or through fsspec, matches
+    sorted). A name that matches nothing, or a file named twice, is refused."""
+    found: list[str] = []
+    for pattern in [patterns] if isinstance(patterns, str) else patterns:
+        for location in braceexpand(pattern):
+            if not any(c in location for c in _GLOB):
+                if not urls.exists(location):
+                    raise ManifestError(f"{location}: no such file")
+                found.append(location)
+                continue
+            fs, path = storage.filesystem(location)
+            matches = sorted(fs.glob(path))
+            if not matches:
+                raise ManifestError(f"{location}: no file matches this pattern")
+            found += [m if urls.local_path(location) == location else fs.unstrip_protocol(m)
+                      for m in matches]  # fmt: skip
+    twice = sorted(x for x, n in Counter(found).items() if n > 1)
+    if twice:
+        raise ManifestError(f"{twice[0]}: named twice by the patterns {patterns}")
+    return found
+
+
+def assign_splits(locations: list[str], splits: dict[str, str]) -> list[str]:
+    """Each file's split: the one ``NAME=PATTERN`` whose glob matches its name or whole
+    location (every file is ``train`` without patterns); a file matching none or several is
+    refused."""
+    if not splits:
+        return ["train"] * len(locations)
+    names = []
+    for location in locations:
+        name = posixpath.basename(location.rstrip("/"))
+        hits = [s for s, p in splits.items() if fnmatch.fnmatchcase(name, p)
+                or fnmatch.fnmatchcase(location, p)]  # fmt: skip
+        if len(hits) != 1:
+            which = "no split pattern" if not hits else f"the patterns of splits {hits}"
+            raise ManifestError(f"{location}: matches {which} ({splits})")
+        names.append(hits[0])
+    if "train" not in names:
+        raise ManifestError(f"no file is in split train (splits {splits})")
+    return names
+
+
+def recorded_location(location: str, folder: str) -> str:
+    """How the manifest in ``folder`` records a shard file: relative to ``folder`` when the file
+    is under it, else as given (a local path made absolute, a URL unchanged)."""
+    path, base = urls.local_path(location), urls.local_path(folder)
+    if path is not None and base is not None:
+        path, base = os.path.abspath(path), os.path.abspath(base)
+        return os.path.relpath(path, base) if path.startswith(base + os.sep) else path
+    if path is None and base is None and _scheme(location) == _scheme(folder):
+        # compared as the filesystem spells paths (memory://a and memory:///a are one file)
+        within = storage.filesystem(location)[1]
+        prefix = storage.filesystem(folder)[1].rstrip("/") + "/"
+        if within.startswith(prefix):
+            return within[len(prefix) :]
+    return urls.resolved(location)
+
+
+def _scheme(location: str) -> str:
+    return location.split("://", 1)[0]
+
+
+class IndexBuilder:
+    """Collects the samples of existing shards, checks them (distinct keys, labels present and
+    in range, readable image headers) and writes the manifest over them."""
+
+    def __init__(self, out: str, config: IndexConfig, samples: dict):
+        self.out, self.config, self.samples = out, config, samples
+        self.manifest_location = urls.join(out, "manifest.parquet")
+        if urls.exists(self.manifest_location) and not config.overwrite:
+            raise FileExistsError(
+                f"{self.manifest_location} exists; pass --overwrite to replace it"
+            )
+        self.columns: dict[str, list] = {n: [] for n in
+                                         ("key", "shard", "label", "split", "height", "width",
+                                          "sha1", "position")}  # fmt: skip
+        self.shards: list[ShardInfo] = []
+        self.location = ""  # the file being read
+        self.where: dict[str, str] = {}  # key -> the file it was first found in
+        self.stats, self.decoded = PixelStats(), 0
+        if config.stats_images < 1:
+            raise ManifestError(f"stats_images must be at least 1, got {config.stats_images}")
+
+    def begin_shard(self, location: str, split: str) -> None:
+        """Samples added next belong to the file at ``location``."""
+        file = recorded_location(location, self.out)
+        self.shards.append(ShardInfo(len(self.shards), file, split, 0))
+        self.location = location
+
+    def add(self, key: str, label: int | None, image: bytes) -> None:
+        """One sample of the current shard: its key, label (None: missing) and encoded image."""
+        shard = self.shards[-1]
+        if key in self.where:
+            raise ManifestError(
+                f"{self.location}: duplicate key {key!r} (first in {self.where[key]}); "
+                "every sample's key must be distinct"
+            )
+        self.where[key] = self.location
+        field = self.samples["label_field"]
+        if label is None:
+            raise ManifestError(f"{self.location}: sample {key} has no label {field!r}")
+        if label < 0:
+            raise ManifestError(f"{self.location}: sample {key} has label {label} ({field}) < 0")
+        try:
+            with Image.open(io.BytesIO(image)) as opened:
+                width, height = opened.size
+        except (OSError, ValueError, Image.DecompressionBombError) as error:
+            raise ManifestError(
+                f"{self.location}: sample {key}: unreadable image ({type(error).__name__}: {error})"
+            ) from None
+        if shard.split == "train" and self.decoded < self.config.stats_images:
+            self.stats.add(decode_image(image, 3))
+            self.decoded += 1
+        values = (key, shard.id, label, shard.split, height, width,
+                  hashlib.sha1(image).hexdigest(), shard.num_rows)  # fmt: skip
+        for name, value in zip(self.columns, values, strict=True):
+            self.columns[name].append(value)
+        self.shards[-1] = ShardInfo(shard.id, shard.file, shard.split, shard.num_rows + 1)
+
+    def write(self, dataset: str) -> Manifest:
+        """Write ``manifest.parquet``: rows laid out with the largest shard as the shard size,
+        classes from the labels (or ``num_classes``), pixel statistics of the first train
+        images (RGB, the ImageFolder rule)."""
+        labels = self.columns["label"]
+        if not labels:
+            raise ManifestError(f"{dataset}: no samples found")
+        top = max(labels)
+        classes = self.config.num_classes or top + 1
+        if top >= classes:
+            at = labels.index(top)
+            raise ManifestError(
+                f"sample {self.columns['key'][at]} has label {top}, but there are {classes} "
+                "classes (labels must be below the class count)"
+            )
+        shard_size = max(s.num_rows for s in self.shards)
+        columns = dict(self.columns)
+        positions = columns.pop("position")
+        rows = [s * shard_size + p for s, p in zip(columns["shard"], positions, strict=True)]
+        columns = {"row": rows} | columns
+        mean, std = self.stats.result()
+        fs, path = storage.filesystem(self.out)
+        fs.makedirs(path, exist_ok=True)
+        write_manifest(
+            self.manifest_location,
+            pa.table(columns),
+            dataset=dataset,
+            classes=[str(c) for c in range(classes)],
+            channels=3,
+            shard_size=shard_size,
+            shards=self.shards,
+            pixel_mean=mean,
+            pixel_std=std,
+            samples=self.samples,
+        )
+        return Manifest.read(self.manifest_location)
+
+
+def dataset_name(config: IndexConfig, out: str) -> str:
+    """The name recorded for the dataset: ``config.dataset``, else the output folder's name."""
+    return config.dataset or posixpath.basename(out.rstrip("/")) or "dataset"
