@@ -22,10 +22,12 @@ def option(
     choices: Sequence[str] | None = None,
     metavar: str | tuple[str, ...] | None = None,
     group: str | None = None,
+    shown: bool = True,
 ) -> Any:
     """A dataclass field with its option metadata (``help`` is required; ``flag`` defaults to
-    ``--field-name``; ``factory`` for mutable defaults)."""
+    ``--field-name``; ``factory`` for mutable defaults; ``shown=False`` keeps the value out of
+    the config's repr, for secrets)."""
     metadata = {"help": help, "flag": flag, "choices": choices, "metavar": metavar, "group": group}
     if factory is not None:
-        return dataclasses.field(default_factory=factory, metadata=metadata)
-    return dataclasses.field(default=default, metadata=metadata)
+        return dataclasses.field(default_factory=factory, metadata=metadata, repr=shown)
+    return dataclasses.field(default=default, metadata=metadata, repr=shown)

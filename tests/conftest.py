@@ -129,3 +129,26 @@ def mixed_cache(data, teacher_path, ray_local, tmp_path_factory) -> str:
     location = str(tmp_path_factory.mktemp("mixed") / "cache.zarr")
     teach(data, teacher_path, location, plan=MIXED_PLAN)
     return location
+
+
+# distinctive fake credentials: tests grep everything the S3 runs wrote and printed for them
+S3_KEY = "AKIAKDCACHEFAKEKEY17"
+S3_SECRET = "kdcache-fake-secret-9QzX7wPq"
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3 server (moto's) on 127.0.0.1 with bucket ``kdcache``, shared by the session:
+    the fsspec storage options that reach it (fake key and secret, endpoint)."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    client_kwargs = {"endpoint_url": endpoint, "region_name": "us-east-1"}
+    credentials = {"aws_access_key_id": S3_KEY, "aws_secret_access_key": S3_SECRET}
+    boto3.client("s3", **client_kwargs, **credentials).create_bucket(Bucket="kdcache")
+    yield {"key": S3_KEY, "secret": S3_SECRET, "client_kwargs": client_kwargs}
+    server.stop()

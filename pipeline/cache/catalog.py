@@ -16,11 +16,10 @@ import hashlib
 import json
 import os
 
-import fsspec
 import pyarrow as pa
 
 from kdcache.pipeline.cache.store import CacheStore
-from kdcache.pipeline.data import Manifest, urls
+from kdcache.pipeline.data import Manifest, storage, urls
 
 CATALOG_ENV = "KDCACHE_CATALOG"
 _TEACHER_KEYS = ("arch", "weights_sha256", "num_classes", "model_args", "preprocessing")
@@ -84,7 +83,7 @@ class Catalog:
 
     def record(self, store: CacheStore, manifest: Manifest) -> list[dict]:
         """Write (or refresh) one row per teacher of ``store``; return the rows."""
-        fs, folder = fsspec.core.url_to_fs(self.folder)
+        fs, folder = storage.filesystem(self.folder)
         fs.makedirs(folder, exist_ok=True)
         location = urls.resolved(store.location)
         stored_bytes = urls.disk_bytes(location)
@@ -135,7 +134,7 @@ class Catalog:
 
     def table(self) -> pa.Table:
         """Every row of the catalogue (an empty table if there is none yet)."""
-        fs, folder = fsspec.core.url_to_fs(self.folder)
+        fs, folder = storage.filesystem(self.folder)
         files = sorted(fs.glob(urls.join(folder, "*.parquet"))) if fs.exists(folder) else []
         tables = []
         for path in files:

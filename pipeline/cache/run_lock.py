@@ -20,9 +20,8 @@ import threading
 import time
 import uuid
 
-import fsspec
-
 from kdcache.errors import CacheBusy
+from kdcache.pipeline.data import storage
 
 
 def lock_location(cache: str) -> str:
@@ -31,7 +30,7 @@ def lock_location(cache: str) -> str:
 
 
 def _read_lock(location: str) -> dict | None:
-    fs, path = fsspec.core.url_to_fs(location)
+    fs, path = storage.filesystem(location)
     try:
         with fs.open(path, "r") as f:
             return json.load(f)
@@ -66,7 +65,7 @@ class RunLock:
         self._stop = threading.Event()
         self._lost = threading.Event()
         self._thread: threading.Thread | None = None
-        self.fs, self.path = fsspec.core.url_to_fs(self.location)
+        self.fs, self.path = storage.filesystem(self.location)
 
     def _read(self) -> dict | None:
         return _read_lock(self.location)

@@ -27,6 +27,7 @@ counts the complete views; arrays may be wider while views are being added.
 
 import datetime
 import hashlib
+import os
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -43,7 +44,7 @@ from kdcache.pipeline.cache.integrity import (
     region_problem,
 )
 from kdcache.pipeline.cache.sampled_targets import SAMPLING_ATTRS
-from kdcache.pipeline.data import Manifest, ShardInfo, urls
+from kdcache.pipeline.data import Manifest, ShardInfo, storage, urls
 from kdcache.pipeline.views import ViewPlan
 
 FORMAT = "kdcache/1"
@@ -103,9 +104,10 @@ def index_dtype(num_classes: int) -> str:
 class CacheStore:
     """A kdcache Zarr group opened for reading or writing."""
 
-    def __init__(self, location: str, group: zarr.Group):
+    def __init__(self, location: str, group: zarr.Group, storage_options: dict | None = None):
         self.location = location
-        self.group = group
+        self._group, self._pid = group, os.getpid()
+        self._options = storage_options
         self.attrs = group.attrs.asdict()
         if self.attrs.get("format") != FORMAT:
             raise CacheMismatch(
@@ -121,18 +123,26 @@ class CacheStore:
         self.shard_size: int = self.attrs["dataset"]["shard_size"]
         self._check_identity()
 
+    @property
+    def group(self) -> zarr.Group:
+        """The Zarr group, reopened in a forked process (a DataLoader worker): an object
+        store's client and event loop do not survive a fork."""
+        if os.getpid() != self._pid:
+            mode = "r" if self._group.read_only else "r+"
+            self._group, self._pid = _open_group(self.location, mode, self._options), os.getpid()
+        return self._group
+
     @classmethod
     def open(
         cls, location: str, mode: str = "r", storage_options: dict | None = None
     ) -> "CacheStore":
         """Open an existing cache: ``mode`` ``r`` to read, ``r+`` to write; ``storage_options``
-        go to fsspec for URLs (endpoint, credentials)."""
-        options = {"storage_options": storage_options} if storage_options else {}
+        go to fsspec for URLs (endpoint, credentials; default: :func:`storage.current`)."""
         try:
-            group = zarr.open_group(_zarr_location(location), mode=mode, **options)
+            group = _open_group(location, mode, storage_options)
         except FileNotFoundError as error:
             raise FileNotFoundError(f"{location}: no cache here") from error
-        return cls(location, group)
+        return cls(location, group, storage_options)
 
     @classmethod
     def create(
@@ -152,7 +162,7 @@ class CacheStore:
             raise ValueError(f"--topk must lie in 1..{manifest.num_classes}, got {topk}")
         if samples < 0:
             raise ValueError(f"--samples must be 0 (none) or more, got {samples}")
-        group = zarr.open_group(_zarr_location(location), mode="w-")
+        group = _open_group(location, "w-", None)
         n, v, p = manifest.num_rows, plan.views, len(plan.param_names)
         _create(group, "params", (n, v, p), (manifest.shard_size, 1, p), "float32", np.nan)
         group.require_group("teachers")
@@ -441,6 +451,14 @@ class CacheStore:
                 f"{view}: {problem}{more}; refusing to use it (kdcache inspect/verify list every "
                 "bad region; re-teach the shard into a fresh cache)"
             )
+
+
+def _open_group(location: str, mode: str, storage_options: dict | None) -> zarr.Group:
+    """The Zarr group at ``location``; a URL opened with ``storage_options`` (default: the
+    current ones)."""
+    options = storage.options_for(location) if storage_options is None else storage_options
+    extra = {"storage_options": options} if options and urls.local_path(location) is None else {}
+    return zarr.open_group(_zarr_location(location), mode=mode, **extra)
 
 
 def _zarr_location(location: str) -> str:

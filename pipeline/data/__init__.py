@@ -14,6 +14,8 @@ __getattr__, __dir__, __all__ = lazy_face(
         "checked_samples": ".shard_check",
         "ShardError": ".tar_reader",
         "ShardConfig": ".shard_config",
+        "StorageConfig": ".storage",
+        "StorageOptions": ".storage",
         "ShardInfo": ".manifest",
         "fashion_mnist": ".sources",
         "open_source": ".sources",

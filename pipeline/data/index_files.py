@@ -10,13 +10,12 @@ import posixpath
 from collections import Counter
 from collections.abc import Sequence
 
-import fsspec
 import pyarrow as pa
 from braceexpand import braceexpand
 from PIL import Image
 
 from kdcache.errors import ManifestError
-from kdcache.pipeline.data import urls
+from kdcache.pipeline.data import storage, urls
 from kdcache.pipeline.data.index_config import IndexConfig
 from kdcache.pipeline.data.manifest import Manifest, ShardInfo, write_manifest
 from kdcache.pipeline.data.shard_writer import PixelStats
@@ -37,7 +36,7 @@ def expand_locations(patterns: str | Sequence[str]) -> list[str]:
                     raise ManifestError(f"{location}: no such file")
                 found.append(location)
                 continue
-            fs, path = fsspec.core.url_to_fs(location)
+            fs, path = storage.filesystem(location)
             matches = sorted(fs.glob(path))
             if not matches:
                 raise ManifestError(f"{location}: no file matches this pattern")
@@ -78,8 +77,8 @@ def recorded_location(location: str, folder: str) -> str:
         return os.path.relpath(path, base) if path.startswith(base + os.sep) else path
     if path is None and base is None and _scheme(location) == _scheme(folder):
         # compared as the filesystem spells paths (memory://a and memory:///a are one file)
-        within = fsspec.core.url_to_fs(location)[1]
-        prefix = fsspec.core.url_to_fs(folder)[1].rstrip("/") + "/"
+        within = storage.filesystem(location)[1]
+        prefix = storage.filesystem(folder)[1].rstrip("/") + "/"
         if within.startswith(prefix):
             return within[len(prefix) :]
     return urls.resolved(location)
@@ -167,7 +166,7 @@ class IndexBuilder:
         rows = [s * shard_size + p for s, p in zip(columns["shard"], positions, strict=True)]
         columns = {"row": rows} | columns
         mean, std = self.stats.result()
-        fs, path = fsspec.core.url_to_fs(self.out)
+        fs, path = storage.filesystem(self.out)
         fs.makedirs(path, exist_ok=True)
         write_manifest(
             self.manifest_location,

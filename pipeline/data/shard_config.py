@@ -4,6 +4,7 @@ default and help (``kdcache shard --help`` is generated from these fields)."""
 from dataclasses import dataclass
 
 from kdcache._options import option
+from kdcache.pipeline.data.storage import StorageOptions, storage_option
 
 BAD_IMAGE_POLICIES = ("fail", "skip")
 
@@ -31,3 +32,4 @@ class ShardConfig:
     )
     overwrite: bool = option(False, help="replace an existing manifest")
     progress: bool = option(True, flag="--quiet", help="no progress bar")
+    storage_options: StorageOptions | None = storage_option()

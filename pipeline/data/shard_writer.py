@@ -2,12 +2,11 @@
 
 import hashlib
 
-import fsspec
 import pyarrow as pa
 import webdataset as wds
 from tqdm import tqdm
 
-from kdcache.pipeline.data import urls
+from kdcache.pipeline.data import storage, urls
 from kdcache.pipeline.data.manifest import Manifest, ShardInfo, write_manifest
 from kdcache.pipeline.data.shard_config import ShardConfig
 from kdcache.pipeline.data.sources import DatasetSource, open_source
@@ -41,8 +40,14 @@ def write_shards(source: DatasetSource | str | None, out: str, **options) -> Man
     ``source``: a :class:`DatasetSource`, or what ``kdcache shard --source`` takes (None or
     ``fashion-mnist``, a folder of IDX files, an ImageFolder root; for a folder,
     ``on_bad_image`` and ``shuffle_seed`` as :func:`~pipeline.data.sources.image_folder` takes).
+    ``storage_options`` (fsspec's, over ``$KDCACHE_STORAGE_OPTIONS``) reach ``out``.
     """
     config = ShardConfig(**options)
+    with storage.using(config.storage_options):
+        return _write_shards(source, out, config)
+
+
+def _write_shards(source: DatasetSource | str | None, out: str, config: ShardConfig) -> Manifest:
     shard_size, splits, limits = config.shard_size, config.splits, config.limits
     if not isinstance(source, DatasetSource):
         source = open_source(
@@ -58,7 +63,7 @@ def write_shards(source: DatasetSource | str | None, out: str, **options) -> Man
         raise ValueError(
             f"{source.name}: no split {sorted(unknown)}; it has {sorted(source.split_sizes)}"
         )
-    fs, out_path = fsspec.core.url_to_fs(out)
+    fs, out_path = storage.filesystem(out)
     fs.makedirs(urls.join(out_path, "shards"), exist_ok=True)
 
     columns: dict[str, list] = {name: [] for name in ("row", "key", "shard", "label", "split")}

@@ -7,11 +7,11 @@ URL through fsspec and hand the stream to webdataset's own tar expansion and gro
 import json
 from collections.abc import Iterable, Iterator, Sequence
 
-import fsspec
 import webdataset as wds
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from kdcache.errors import ShardError
+from kdcache.pipeline.data import storage
 
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp", "bmp")
 LABEL_FIELD = "cls"  # what kdcache's own tars hold: the label as a text integer
@@ -61,7 +61,7 @@ def _members(sample: dict) -> list[str]:
 def _open_streams(sources: Iterable[dict]) -> Iterator[dict]:
     for source in sources:
         # closed when the expander asks for the next tar, i.e. once this one is read
-        with fsspec.open(source["url"], "rb") as stream:
+        with storage.open_file(source["url"], "rb") as stream:
             yield {**source, "stream": stream}
 
 

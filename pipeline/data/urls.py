@@ -4,11 +4,11 @@ import os
 import posixpath
 from collections.abc import Iterator
 
-import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from kdcache.errors import OutputError, ShardError
+from kdcache.pipeline.data.storage import filesystem, open_file
 
 
 def is_url(location: str) -> bool:
@@ -37,13 +37,13 @@ def local_path(location: str) -> str | None:
 
 def disk_bytes(location: str) -> int:
     """Bytes stored at ``location`` (a file, or everything under a folder); 0 if absent."""
-    fs, path = fsspec.core.url_to_fs(location)
+    fs, path = filesystem(location)
     return int(fs.du(path)) if fs.exists(path) else 0
 
 
 def exists(location: str) -> bool:
     """Whether a file or folder exists at ``location``."""
-    fs, path = fsspec.core.url_to_fs(location)
+    fs, path = filesystem(location)
     return fs.exists(path)
 
 
@@ -64,7 +64,7 @@ def read_parquet(location: str) -> pa.Table:
     same from its dataset threads, apache/arrow#34314). Every Parquet read goes through here.
     """
     sink = pa.BufferOutputStream()
-    with fsspec.open(location, "rb") as f:
+    with open_file(location, "rb") as f:
         while chunk := f.read(_COPY_CHUNK):
             sink.write(chunk)
     return pq.ParquetFile(pa.BufferReader(sink.getvalue())).read()
@@ -80,7 +80,7 @@ def parquet_row_groups(location: str, columns: list[str]) -> Iterator[pa.Table]:
         source = pa.memory_map(path)
     else:
         sink = pa.BufferOutputStream()
-        with fsspec.open(location, "rb") as f:
+        with open_file(location, "rb") as f:
             while chunk := f.read(_COPY_CHUNK):
                 sink.write(chunk)
         source = pa.BufferReader(sink.getvalue())
@@ -122,7 +122,7 @@ def write_bytes(location: str, data: bytes | memoryview) -> None:
                 if os.path.exists(temporary):
                     os.remove(temporary)
             return
-        fs, remote = fsspec.core.url_to_fs(location)
+        fs, remote = filesystem(location)
         with fs.open(remote, "wb") as f:
             f.write(data)
         if fs.size(remote) != len(data):

@@ -38,7 +38,7 @@ from kdcache.pipeline.cache import (
     lock_holder,
     sample_uniforms,
 )
-from kdcache.pipeline.data import Manifest, urls
+from kdcache.pipeline.data import Manifest, storage, urls
 from kdcache.pipeline.teach.shard_targets import (
     decode_block,
     joined,
@@ -104,6 +104,7 @@ class ShardWorker:
 
     def __init__(self, config: TeachConfig, device: str, threads: int):
         torch.set_num_threads(max(1, threads))
+        storage.adopt(storage.resolve(config.storage_options))  # the driver's, over this node's
         self.config = config
         self.device = torch.device(device)
         self.teachers: list[Teacher] | None = None
@@ -216,7 +217,16 @@ def peak_rss() -> int:
 
 # -- the driver, top to bottom -----------------------------------------------------------------
 def run_teach(config: TeachConfig) -> TeachSummary:
-    """Run the teacher pass; raise :class:`TeachFailed` (after finishing the rest) if shards fail."""
+    """Run the teacher pass; raise :class:`TeachFailed` (after finishing the rest) if shards fail.
+
+    ``config.storage_options`` (over ``$KDCACHE_STORAGE_OPTIONS``) reach every URL, in this
+    process and in the Ray actors (in the config they are started with, merged over the
+    actor's own environment; a ``runtime_env`` would be written in clear to Ray's logs)."""
+    with storage.using(config.storage_options):
+        return _run_teach(config)
+
+
+def _run_teach(config: TeachConfig) -> TeachSummary:
     began = time.perf_counter()
     manifest = Manifest.read(config.manifest)
     config = _checked_request(config, manifest)
@@ -515,6 +525,7 @@ def _new_worker(config: TeachConfig):
     actor = ray.remote(ShardWorker).options(
         num_cpus=cpus, num_gpus=gpus, max_restarts=0, max_task_retries=0
     )
+    config = replace(config, storage_options=storage.current())  # not runtime_env: Ray logs it
     return actor.remote(config, "cuda" if gpus > 0 else "cpu", int(cpus))
 
 

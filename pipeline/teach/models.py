@@ -19,7 +19,7 @@ import timm  # noqa: E402
 import torch  # noqa: E402
 
 from kdcache.errors import ConfigError  # noqa: E402
-from kdcache.pipeline.data import urls  # noqa: E402
+from kdcache.pipeline.data import storage, urls  # noqa: E402
 
 CHECKPOINT_FORMAT = "kdcache-checkpoint/1"
 MIN_RESOLUTION = 16
@@ -128,7 +128,10 @@ def local_copy(location: str) -> str:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{location}: no such checkpoint file")
         return path
-    return fsspec.open_local(f"simplecache::{location}")
+    protocol = location.split("://", 1)[0]  # its storage options go to the remote layer
+    return fsspec.open_local(
+        f"simplecache::{location}", **{protocol: storage.options_for(location)}
+    )
 
 
 def file_sha256(path: str) -> str:

@@ -5,6 +5,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
 from kdcache._options import option
+from kdcache.pipeline.data import StorageOptions, storage
 from kdcache.pipeline.views import ViewPlan
 
 if TYPE_CHECKING:
@@ -114,4 +115,5 @@ class TeachConfig:
         help="give up on workers Ray has not placed and started by then; fail if none",
     )
     progress: bool = option(True, flag="--quiet", help="no progress bar")
+    storage_options: StorageOptions | None = storage.storage_option()
     run_id: str | None = None  # set by run_teach: the run lock this run holds

@@ -2,11 +2,10 @@
 
 import itertools
 
-import fsspec
 import numpy as np
 
 from kdcache.pipeline.cache import CacheStore
-from kdcache.pipeline.data import Manifest, urls
+from kdcache.pipeline.data import Manifest, storage, urls
 from kdcache.tools.cache.cache_manifest import manifest_for
 
 
@@ -17,9 +16,17 @@ def _quantiles(values: np.ndarray) -> dict[str, float]:
     return {"mean": float(values.mean()), "p05": float(p05), "p50": float(p50), "p95": float(p95)}
 
 
-def inspect_cache(location: str, data: str | None = None) -> dict:
+def inspect_cache(
+    location: str, data: str | None = None, storage_options: dict | None = None
+) -> dict:
     """Every figure of ``kdcache inspect`` as a dict (computed over complete shards only;
-    agreement between two teachers over the shards complete for both)."""
+    agreement between two teachers over the shards complete for both); ``storage_options``
+    (over ``$KDCACHE_STORAGE_OPTIONS``) reach URLs."""
+    with storage.using(storage_options):
+        return _inspect(location, data)
+
+
+def _inspect(location: str, data: str | None) -> dict:
     store = CacheStore.open(location)
     manifest: Manifest = manifest_for(store, data)
     views = store.plan.views
@@ -199,7 +206,7 @@ def plot_report(report: dict, location: str) -> None:
         title=f"tail mass, top-{report['topk']} (p5-p50-p95)",
     )
     figure.tight_layout()
-    with fsspec.open(location, "wb") as f:
+    with storage.open_file(location, "wb") as f:
         figure.savefig(f, format="png", dpi=100)
     plt.close(figure)
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from kdcache.pipeline.cache import CacheStore, ShardTargets, region_checksum, sample_uniforms
-from kdcache.pipeline.data import Manifest, ShardInfo
+from kdcache.pipeline.data import Manifest, ShardInfo, storage
 from kdcache.pipeline.teach import (
     Teacher,
     load_options,
@@ -117,10 +117,25 @@ def verify_cache(
     teachers: dict[str, str] | None = None,
     replay: bool = False,
     replay_tolerance: float = 0.0,
+    storage_options: dict | None = None,
 ) -> VerifyReport:
     """Check every done region's checksum (recomputing any failing region row by row), and
     recompute ``samples`` random (row, view) pairs per teacher; with ``replay``, also rebuild
-    ``samples`` views in the trainer's loader and compare them with the teacher's inputs."""
+    ``samples`` views in the trainer's loader and compare them with the teacher's inputs.
+    ``storage_options`` (over ``$KDCACHE_STORAGE_OPTIONS``) reach URLs."""
+    with storage.using(storage_options):
+        return _verify(location, data, samples, seed, teachers, replay, replay_tolerance)
+
+
+def _verify(
+    location: str,
+    data: str | None,
+    samples: int,
+    seed: int,
+    teachers: dict[str, str] | None,
+    replay: bool,
+    replay_tolerance: float,
+) -> VerifyReport:
     store = CacheStore.open(location)
     manifest = manifest_for(store, data)
     report = VerifyReport(cache=location)

@@ -5,7 +5,9 @@ import json
 from dataclasses import asdict
 from functools import partial
 
+from kdcache.pipeline.data import StorageConfig
 from kdcache.tools.cli.arg_types import key_value
+from kdcache.tools.cli.config_options import add_config_options
 
 
 def add_inspect_parser(commands) -> None:
@@ -30,6 +32,7 @@ def add_inspect_parser(commands) -> None:
         help="exit 1 if any done region is bad (checksum mismatch, missing chunks, NaN/inf "
         "targets, a done flag without data)",
     )
+    add_config_options(parser, StorageConfig)
     parser.set_defaults(run=run_inspect)
 
 
@@ -41,7 +44,7 @@ def run_inspect(args: argparse.Namespace) -> None:
         plot_report,
     )
 
-    report = inspect_cache(args.cache, args.data)
+    report = inspect_cache(args.cache, args.data, args.storage_options)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     if args.plot:
         plot_report(report, args.plot)
@@ -81,6 +84,7 @@ def add_verify_parser(commands) -> None:
         help="pixel difference allowed by --replay, e.g. across machines (default: 0, bitwise)",
     )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_config_options(parser, StorageConfig)
     parser.set_defaults(run=run_verify)
 
 
@@ -95,6 +99,7 @@ def run_verify(args: argparse.Namespace) -> None:
         teachers=dict(args.teacher),
         replay=args.replay,
         replay_tolerance=args.replay_tolerance,
+        storage_options=args.storage_options,
     )
     if args.json:
         print(json.dumps({**asdict(report), "ok": report.ok}, indent=2))

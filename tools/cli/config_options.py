@@ -8,6 +8,8 @@ import types
 import typing
 from collections.abc import Callable, Iterable
 
+from kdcache.errors import KdcacheError
+
 
 def _value_type(annotation) -> tuple[object, int | str | None]:
     """(element type, nargs) of a field: ``X | None`` is X; ``tuple[float, float]`` is
@@ -96,8 +98,22 @@ def add_config_options(
         if meta["choices"]:
             names["choices"] = meta["choices"]
         names["metavar"] = meta["metavar"] or (None if meta["choices"] else spec.name.upper())
-        names["type"] = parse.get(spec.name, element)
+        names["type"] = _checked(parse.get(spec.name, element))
         target.add_argument(meta["flag"] or _flag(spec.name), **names)
+
+
+def _checked(convert: Callable[[str], object]) -> Callable[[str], object]:
+    """``convert`` whose :class:`KdcacheError` becomes argparse's one-line usage error with
+    that message alone (argparse would quote the rejected text, which may hold a secret)."""
+
+    def checked(text: str) -> object:
+        try:
+            return convert(text)
+        except KdcacheError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    checked.__name__ = getattr(convert, "__name__", "value")
+    return checked
 
 
 def _flag(name: str) -> str:

@@ -5,7 +5,7 @@ import contextlib
 import sys
 from dataclasses import replace
 
-from kdcache.pipeline.data import ShardConfig
+from kdcache.pipeline.data import ShardConfig, StorageConfig
 from kdcache.pipeline.teach import TeachConfig
 from kdcache.pipeline.views import ViewPlan
 from kdcache.tools.cli.arg_types import key_value
@@ -98,12 +98,13 @@ def add_teach_parser(commands) -> None:
 
 def run_teach(args: argparse.Namespace) -> None:
     from kdcache.pipeline.cache import CacheStore, catalog_root
+    from kdcache.pipeline.data import storage
     from kdcache.pipeline.teach import TeachFailed, run_teach
 
     teachers = teacher_sources(args)
     existing = None
     if args.cache is not None:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(FileNotFoundError), storage.using(args.storage_options):
             existing = CacheStore.open(args.cache)
     values = config_values(TeachConfig, args)
     if existing is not None:  # unset options default to the existing cache's
@@ -117,7 +118,7 @@ def run_teach(args: argparse.Namespace) -> None:
     try:
         summary = run_teach(config)
     except TeachFailed as error:
-        print(error, file=sys.stderr)
+        print(storage.scrub(str(error), args.storage_options), file=sys.stderr)
         raise SystemExit(1) from None
     print("\n".join(summary.lines()))
 
@@ -140,6 +141,7 @@ def add_catalog_parser(commands) -> None:
     parser.add_argument("--plan-seed", type=int, default=None, help="only this plan seed")
     parser.add_argument("--all", action="store_true", help="include unfinished caches")
     parser.add_argument("--json", action="store_true", help="JSON lines instead of a table")
+    add_config_options(parser, StorageConfig)
     parser.set_defaults(run=run_catalog)
 
 
@@ -147,17 +149,18 @@ def run_catalog(args: argparse.Namespace) -> None:
     import json
 
     from kdcache.pipeline.cache import Catalog, catalog_root
-    from kdcache.pipeline.data import Manifest
+    from kdcache.pipeline.data import Manifest, storage
 
     root = catalog_root(args.catalog)
     if root is None:
         raise ValueError("no catalogue: pass --catalog ROOT or set $KDCACHE_CATALOG")
-    rows = Catalog(root).find(
-        fingerprint=Manifest.read(args.data).fingerprint if args.data else None,
-        plan={"seed": args.plan_seed} if args.plan_seed is not None else None,
-        teacher=args.teacher,
-        complete=not args.all,
-    )
+    with storage.using(args.storage_options):
+        rows = Catalog(root).find(
+            fingerprint=Manifest.read(args.data).fingerprint if args.data else None,
+            plan={"seed": args.plan_seed} if args.plan_seed is not None else None,
+            teacher=args.teacher,
+            complete=not args.all,
+        )
     if args.json:
         for row in rows:
             print(json.dumps(row))

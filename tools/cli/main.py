@@ -6,6 +6,7 @@ import sys
 
 from kdcache import __version__
 from kdcache.errors import KdcacheError
+from kdcache.pipeline.data import storage
 from kdcache.tools.bench.kd_objectives import add_bench_kd_parser
 from kdcache.tools.bench.mixing_accuracy import add_bench_mixing_parser
 from kdcache.tools.bench.replay_cost import add_bench_replay_parser
@@ -77,7 +78,9 @@ def main(argv: list[str] | None = None) -> None:
             isinstance(error, USER_ERRORS) or _is_store_error(error)
         ):
             raise
-        message = " ".join(str(error).split())  # one line, whatever the message holds
+        message = storage.scrub(
+            " ".join(str(error).split()), getattr(args, "storage_options", None)
+        )  # one line, no secrets
         if _is_store_error(error):
             message = f"object store: {type(error).__name__}: {message} (check the endpoint and credentials)"
         print(f"kdcache {args.command}: error: {message}", file=sys.stderr)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields
 import torch
 import webdataset as wds
 
-from kdcache.pipeline.data import Manifest
+from kdcache.pipeline.data import Manifest, storage
 from kdcache.pipeline.views import ViewPlan, normalize
 from kdcache.trainer.data.input_size import default_resolution
 from kdcache.trainer.data.label_mixing import label_targets
@@ -89,7 +89,8 @@ class KDLoader:
     for the plan's views without targets (``plan`` then sets the plan fields). ``teachers``
     picks teachers of the cache (default: its only one); ``topk`` keeps the first K of each
     view's top-k. Call :meth:`set_epoch` before each epoch: the epoch picks each sample's view
-    (``view_schedule``), the shard order and the shuffle.
+    (``view_schedule``), the shard order and the shuffle. ``storage_options`` (over
+    ``$KDCACHE_STORAGE_OPTIONS``) reach URLs, in the DataLoader workers too.
     """
 
     def __init__(
@@ -108,29 +109,32 @@ class KDLoader:
         shuffle_buffer: int = 2000,
         view_schedule: str = "cycle",
         pin_memory: bool = False,
+        storage_options: dict | None = None,
     ):
-        self.manifest = Manifest.read(data)
-        if cache is not None:
-            source = CachedTargets(
-                cache, self.manifest, teachers=teachers, plan=plan, topk=topk, split=split
+        self.storage_options = storage.resolve(storage_options)
+        with storage.using(self.storage_options):  # workers adopt them (make_loader)
+            self.manifest = Manifest.read(data)
+            if cache is not None:
+                source = CachedTargets(
+                    cache, self.manifest, teachers=teachers, plan=plan, topk=topk, split=split
+                )
+            else:
+                source = PlannedViews(ViewPlan(**(plan or {})), self.manifest)
+            self.plan = source.plan
+            self.resolution = resolution or default_resolution(self.manifest, source)
+            self.views = TrainViews(
+                self.manifest,
+                source,
+                resolution=self.resolution,
+                seed=seed,
+                shuffle_buffer=shuffle_buffer,
+                split=split,
+                schedule=ViewSchedule(view_schedule, source.plan.views, seed),
             )
-        else:
-            source = PlannedViews(ViewPlan(**(plan or {})), self.manifest)
-        self.plan = source.plan
-        self.resolution = resolution or default_resolution(self.manifest, source)
-        self.views = TrainViews(
-            self.manifest,
-            source,
-            resolution=self.resolution,
-            seed=seed,
-            shuffle_buffer=shuffle_buffer,
-            split=split,
-            schedule=ViewSchedule(view_schedule, source.plan.views, seed),
-        )
-        self.batch_size = batch_size
-        self.world_size = wds.utils.pytorch_worker_info()[1]  # as the dataset splits shards
-        self._loader = make_loader(self.views, batch_size, workers, pin_memory, seed)
-        self.workers = self._loader.num_workers
+            self.batch_size = batch_size
+            self.world_size = wds.utils.pytorch_worker_info()[1]  # as the dataset splits shards
+            self._loader = make_loader(self.views, batch_size, workers, pin_memory, seed)
+            self.workers = self._loader.num_workers
 
     def set_epoch(self, epoch: int) -> None:
         self.views.set_epoch(epoch)
@@ -143,19 +147,16 @@ class KDLoader:
         return self.steps(self.views.epoch)
 
     def __iter__(self) -> Iterator[KDBatch]:
-        classes, mean, std = (
-            self.manifest.num_classes,
-            self.manifest.pixel_mean,
-            self.manifest.pixel_std,
+        with storage.using(self.storage_options):  # without workers, read in this process
+            yield from map(self._batch, self._loader)
+
+    def _batch(self, batch: dict) -> KDBatch:
+        manifest = self.manifest
+        return KDBatch(
+            images=normalize(batch["image"], manifest.pixel_mean, manifest.pixel_std),
+            labels=label_targets(batch, manifest.num_classes),
+            teacher_targets={name: Targets(**arrays) for name, arrays in batch["targets"].items()},
+            rows=batch["row"],
+            views=batch["view"],
+            padded=batch["pad"],
         )
-        for batch in self._loader:
-            yield KDBatch(
-                images=normalize(batch["image"], mean, std),
-                labels=label_targets(batch, classes),
-                teacher_targets={
-                    name: Targets(**arrays) for name, arrays in batch["targets"].items()
-                },
-                rows=batch["row"],
-                views=batch["view"],
-                padded=batch["pad"],
-            )

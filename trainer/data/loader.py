@@ -5,6 +5,7 @@ import math
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
@@ -13,7 +14,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from kdcache.errors import DataSplitError, KdcacheError, ShardError
 from kdcache.pipeline.cache import ShardTargets
-from kdcache.pipeline.data import Manifest, ShardInfo, checked_samples, sample_image
+from kdcache.pipeline.data import Manifest, ShardInfo, checked_samples, sample_image, storage
 from kdcache.pipeline.views import ViewRenderer, eval_image, source_image
 from kdcache.trainer.data.label_mixing import mix_targets
 from kdcache.trainer.data.targets import CachedTargets, PlannedViews, ShardBlock
@@ -321,7 +322,9 @@ def make_loader(
     """A DataLoader over a streaming dataset (workers get disjoint shards).
 
     The loader draws its workers' base seed from its own generator, never from the global
-    torch RNG: a resumed run's dropout masks then follow the saved RNG state exactly."""
+    torch RNG: a resumed run's dropout masks then follow the saved RNG state exactly. Its
+    workers take the storage options current now, and open their own filesystems and stores.
+    """
     workers = min(workers, len(dataset.shards))
     if isinstance(dataset, TrainViews):
         dataset.configure(batch_size, workers)
@@ -333,4 +336,9 @@ def make_loader(
         persistent_workers=False,
         prefetch_factor=4 if workers > 0 else None,
         generator=torch.Generator().manual_seed(seed),
+        worker_init_fn=partial(_adopt_storage, dict(storage.current())) if workers else None,
     )
+
+
+def _adopt_storage(options: dict, worker: int) -> None:
+    storage.adopt(options)

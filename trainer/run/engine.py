@@ -20,7 +20,7 @@ from timm.utils import ModelEmaV3
 from torch.nn.parallel import DistributedDataParallel
 
 from kdcache.pipeline.cache import catalog_root, resolve_cache
-from kdcache.pipeline.data import Manifest
+from kdcache.pipeline.data import Manifest, storage
 from kdcache.pipeline.teach import ModelSpec, create_model, save_checkpoint
 from kdcache.pipeline.views import MIX_FIELDS, ViewPlan, normalize
 from kdcache.trainer.data import (
@@ -122,6 +122,7 @@ def _views_source(config: TrainConfig, manifest: Manifest) -> CachedTargets | Pl
 
 def _config_json(config: TrainConfig, source, spec: ModelSpec, online) -> dict:
     values = asdict(config)
+    del values["storage_options"]  # secrets are never written
     values["plan"] = source.plan.to_attrs()
     values["spec"] = spec.to_dict()
     if isinstance(source, CachedTargets):
@@ -140,7 +141,14 @@ def train(config: TrainConfig) -> dict:
 
     Under torchrun every rank calls this; rank 0 writes the run folder. Raises
     :class:`~trainer.resume.Stopped` after saving a resumable state when sent SIGTERM.
+    ``config.storage_options`` (over ``$KDCACHE_STORAGE_OPTIONS``) reach every URL: data,
+    cache, catalogue and ``out``, in DataLoader workers too.
     """
+    with storage.using(config.storage_options):
+        return _train(config)
+
+
+def _train(config: TrainConfig) -> dict:
     world, device = start_world(config.device)
     try:
         run = _build_run(config, world, device)
@@ -178,7 +186,11 @@ def _build_run(config: TrainConfig, world: World, device: torch.device) -> _Run:
     if config.epochs < 1:
         raise ValueError(f"--epochs must be at least 1, got {config.epochs}")
     if world.is_main:
-        claim_run_folder(config.out, resume=config.resume, overwrite=config.overwrite)
+        local_only = [name for name, on in (("--tensorboard", config.tensorboard),
+                                            ("--profile", config.profile)) if on]  # fmt: skip
+        claim_run_folder(
+            config.out, resume=config.resume, overwrite=config.overwrite, local_only=local_only
+        )
     _seed_everything(config.seed)
     mode = teacher_mode(config)
     manifest = Manifest.read(config.manifest)

@@ -9,14 +9,13 @@ in anything but the fields in :data:`FREE_FIELDS`.
 """
 
 import io
-import os
 import signal
 import threading
 from dataclasses import asdict, dataclass, field
 
 import torch
 
-from kdcache.pipeline.data import urls
+from kdcache.pipeline.data import storage, urls
 
 RESUME_FILE = "resume.pth"
 RESUME_FORMAT = "kdcache-resume/1"
@@ -64,9 +63,10 @@ def save_state(path: str, *, config: dict, model, optimizer, ema, progress: Prog
 
 def load_state(path: str, config: dict) -> dict:
     """Read a resumable state, checking it was made by a run with the same config."""
-    if not os.path.exists(path):
+    if not urls.exists(path):
         raise FileNotFoundError(f"{path}: no resumable state (--resume needs a run folder)")
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    with storage.open_file(path, "rb") as f:
+        state = torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=False)
     if state.get("format") != RESUME_FORMAT:
         raise ValueError(f"{path}: format {state.get('format')!r}, expected {RESUME_FORMAT!r}")
     saved = state["config"]

@@ -4,6 +4,7 @@ is generated from these fields)."""
 from dataclasses import dataclass
 
 from kdcache._options import option
+from kdcache.pipeline.data import StorageOptions, storage
 from kdcache.trainer.data import SCHEDULES
 from kdcache.trainer.kd import (
     KD_MODES,
@@ -198,3 +199,4 @@ class TrainConfig:
         False, group=RUN, help="replace the run already in --out instead of refusing to start"
     )
     progress: bool = option(True, flag="--quiet", group=RUN, help="no progress output")
+    storage_options: StorageOptions | None = storage.storage_option()
