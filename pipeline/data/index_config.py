@@ -5,6 +5,7 @@ manifest is built over existing WebDataset tars or Parquet files without rewriti
 from dataclasses import dataclass
 
 from kdcache._options import option
+from kdcache.pipeline.data.storage import StorageOptions, storage_option
 
 SOURCE_FORMATS = ("auto", "webdataset", "parquet")
 
@@ -47,4 +48,5 @@ class IndexConfig:
         "auto", choices=SOURCE_FORMATS, help="the files' format (auto: by their suffix)"
     )
     overwrite: bool = option(False, help="replace an existing manifest")
+    storage_options: StorageOptions | None = storage_option()
     progress: bool = option(True, flag="--quiet", help="no progress bar")

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from tqdm import tqdm
 
 from kdcache.errors import KdcacheError, ManifestError
+from kdcache.pipeline.data import storage
 from kdcache.pipeline.data.index_config import IndexConfig
 from kdcache.pipeline.data.index_files import (
     IndexBuilder,
@@ -28,6 +29,11 @@ def index_parquet(files: str | Sequence[str], out: str, **options) -> Manifest:
     ``<file name>/<row>`` (:func:`~pipeline.data.parquet_reader.row_key`). Refused, naming file
     and key: a missing column, a row without image bytes or label, a key seen twice."""
     config = IndexConfig(**options)
+    with storage.using(config.storage_options):
+        return _index_parquet(files, out, config)
+
+
+def _index_parquet(files: str | Sequence[str], out: str, config: IndexConfig) -> Manifest:
     image, label = config.image_column, config.label_field or LABEL_COLUMN
     locations = expand_locations(files)
     splits = assign_splits(locations, config.splits)

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from tqdm import tqdm
 
 from kdcache.errors import KdcacheError, ManifestError
+from kdcache.pipeline.data import storage
 from kdcache.pipeline.data.index_config import IndexConfig
 from kdcache.pipeline.data.index_files import (
     IndexBuilder,
@@ -38,6 +39,11 @@ def index_webdataset(tars: str | Sequence[str], out: str, **options) -> Manifest
     and key: a tar without image members, a sample without image or label, a key seen twice.
     """
     config = IndexConfig(**options)
+    with storage.using(config.storage_options):
+        return _index_webdataset(tars, out, config)
+
+
+def _index_webdataset(tars: str | Sequence[str], out: str, config: IndexConfig) -> Manifest:
     extensions = [e.lower().lstrip(".") for e in config.image_extensions]
     field = (config.label_field or LABEL_FIELD).lower()
     locations = expand_locations(tars)
