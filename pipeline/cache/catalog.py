@@ -66,6 +66,9 @@ def identity_key(cache_attrs: dict, teacher: dict) -> str:
     }
     if cache_attrs.get("samples"):  # only then: caches without samples keep their identity
         identity["samples"] = cache_attrs["samples"]
+    target_dtype = cache_attrs.get("layout", {}).get("target_dtype", "fp16")
+    if target_dtype != "fp16":  # only then, likewise: quantised targets are other targets
+        identity["target_dtype"] = target_dtype
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
@@ -109,6 +112,8 @@ class Catalog:
                 "operations": ",".join(plan["operations"]),
                 "plan": json.dumps(plan, sort_keys=True),
                 "topk": store.topk,
+                "format": store.format,
+                "target_dtype": store.target_dtype,
                 "splits": ",".join(store.attrs["splits"]),
                 "complete": bool(done.all()),
                 "shards_done": int(done.sum()),

@@ -272,6 +272,7 @@ def _requested_attrs(config: TeachConfig, manifest: Manifest) -> dict:
         "topk": config.topk,
         "samples": config.samples,
         "splits": config.splits,
+        "layout": {"target_dtype": config.target_dtype},
     }
 
 
@@ -313,11 +314,17 @@ def _prepare_store(config: TeachConfig, manifest: Manifest, identities: list[dic
             topk=config.topk,
             splits=config.splits,
             samples=config.samples,
+            target_dtype=config.target_dtype,
         )
     # more views than the cache has is an extension: the same plan, views appended
     fewer = replace(config.plan, views=min(config.plan.views, store.plan.views))
     store.check_matches(
-        manifest, plan=fewer, topk=config.topk, splits=config.splits, samples=config.samples
+        manifest,
+        plan=fewer,
+        topk=config.topk,
+        splits=config.splits,
+        samples=config.samples,
+        target_dtype=config.target_dtype,
     )
     if config.plan.views < store.plan.views:
         raise CacheMismatch(
