@@ -140,6 +140,8 @@ class CacheStore:
         layout = self.attrs.get("layout", {})  # format 1: none, fp16 targets
         self.target_dtype: str = layout.get("target_dtype", "fp16")
         self.view_block: int | None = layout.get("view_block")
+        self._handles: dict[tuple[str | None, str], zarr.Array] = {}
+        self._checksums: dict[str, np.ndarray] = {}
         self._check_identity()
 
     @classmethod
@@ -291,6 +293,15 @@ class CacheStore:
     def teacher_identity(self, name: str) -> dict:
         return self._teacher(name).attrs.asdict()
 
+    def _array(self, teacher: str | None, name: str) -> zarr.Array:
+        """An array (``teacher`` None: ``params``), its metadata read once per store object:
+        a reader's requests are then its chunks' alone."""
+        key = (teacher, name)
+        if key not in self._handles:
+            group = self.group if teacher is None else self._teacher(teacher)
+            self._handles[key] = group[name]
+        return self._handles[key]
+
     def _teacher(self, name: str) -> zarr.Group:
         if name not in self.teacher_names:
             raise CacheMismatch(
@@ -351,6 +362,7 @@ class CacheStore:
         """Widen every array to ``views`` views; existing chunks are not touched."""
         if views <= self.array_views:
             return
+        self._handles.clear()
         arrays = [self.group["params"]]
         for name in self.teacher_names:
             group = self._teacher(name)
@@ -381,7 +393,7 @@ class CacheStore:
     def _ledger(self, teacher: str, name: str, shard_id: int | None = None) -> np.ndarray:
         """A ledger array, whole or one shard's row; an object failing its crc32c is a
         :class:`CacheCorrupt` naming teacher and shard."""
-        array = self._teacher(teacher)[name]
+        array = self._array(teacher, name)
         try:
             return array[:] if shard_id is None else array[shard_id]
         except Exception as error:  # codec and store errors: a damaged object
@@ -409,6 +421,15 @@ class CacheStore:
     def shard_checksums(self, teacher: str) -> np.ndarray:
         """(S, array views) checksums; 0 where not written."""
         return self._ledger(teacher, "shard_checksum")
+
+    def _checksum_row(self, teacher: str, shard_id: int) -> np.ndarray:
+        """A shard's stored checksums; a read-only store reads the whole ledger once (a
+        trainer then fetches per shard only the chunks of the views it uses)."""
+        if not self.group.read_only:  # a writer's ledger changes as it writes
+            return self._ledger(teacher, "shard_checksum", shard_id)
+        if teacher not in self._checksums:
+            self._checksums[teacher] = self._ledger(teacher, "shard_checksum")
+        return self._checksums[teacher][shard_id]
 
     def quantisation_kl(self, teacher: str) -> np.ndarray | None:
         """(S, array views) mean KL(fp16 targets || stored q8 targets) per region, NaN where
@@ -462,26 +483,26 @@ class CacheStore:
         object in format 2). An earlier partial write of these regions (a crash) is
         overwritten, never trusted.
         """
-        group = self._teacher(teacher)
         rows = self._rows(shard)
         stored = self._encode(block)
         decoded = self._decode(block.params, stored)
         for first, last in _runs(views):  # positions in the block
             where = (rows, slice(views[first], views[last] + 1))
-            self.group["params"][where] = block.params[:, first : last + 1]
+            self._array(None, "params")[where] = block.params[:, first : last + 1]
             for name, values in stored.items():
-                group[name][where] = values[:, first : last + 1]
+                self._array(teacher, name)[where] = values[:, first : last + 1]
         checksums = [region_checksum(decoded.view(index)) for index in range(len(views))]
         for first, last in _runs(views):
             where = (shard.id, slice(views[first], views[last] + 1))
-            group["shard_checksum"][where] = np.array(checksums[first : last + 1], np.uint64)
+            checksum = np.array(checksums[first : last + 1], np.uint64)
+            self._array(teacher, "shard_checksum")[where] = checksum
             if self.target_dtype == "q8":
                 part = slice(first, last + 1)
                 kl = topk_kl(block.topk_logits[:, part], block.logsumexp[:, part],
                              decoded.topk_logits[:, part], decoded.logsumexp[:, part])  # fmt: skip
-                group["quant_kl"][where] = kl.mean(0).astype(np.float32)
+                self._array(teacher, "quant_kl")[where] = kl.mean(0).astype(np.float32)
         for first, last in _runs(views):
-            group["shard_done"][shard.id, views[first] : views[last] + 1] = 1
+            self._array(teacher, "shard_done")[shard.id, views[first] : views[last] + 1] = 1
         return checksums
 
     def read_shard(self, teacher: str, shard: ShardInfo, views: int | None = None) -> ShardTargets:
@@ -492,23 +513,23 @@ class CacheStore:
     def _read(self, teacher: str, shard: ShardInfo, where: tuple[slice, slice]) -> ShardTargets:
         """The block at ``where`` (rows, views); a chunk that cannot be decoded or fails its
         crc32c is a :class:`CacheCorrupt` naming teacher, shard and the first bad view."""
-        group = self._teacher(teacher)
         try:
             return self._decode(
-                self.group["params"][where],
-                {name: group[name][where] for name in self._stored_names()},
+                self._array(None, "params")[where],
+                {name: self._array(teacher, name)[where] for name in self._stored_names()},
             )
         except Exception as error:  # codec and store errors: a damaged chunk
             views = range(where[1].start, where[1].stop)
-            bad = [v for v in views if not self._view_readable(group, where[0], v)]
+            bad = [v for v in views if not self._view_readable(teacher, where[0], v)]
             named = f"view {bad[0]}" if bad else f"views {views.start}..{views.stop - 1}"
             raise CacheCorrupt(
                 f"{self.location}: teacher {teacher}, shard {shard.file} (id {shard.id}), "
                 f"{named}: a chunk cannot be read ({type(error).__name__}: {error})"
             ) from error
 
-    def _view_readable(self, group: zarr.Group, rows: slice, view: int) -> bool:
-        arrays = [self.group["params"], *(group[n] for n in self._stored_names())]
+    def _view_readable(self, teacher: str, rows: slice, view: int) -> bool:
+        names = [(None, "params"), *((teacher, n) for n in self._stored_names())]
+        arrays = [self._array(*name) for name in names]
         return all(_readable(a, (rows, slice(view, view + 1))) for a in arrays)
 
     def read_views(self, teacher: str, shard: ShardInfo, views: list[int]) -> ShardTargets:
@@ -523,7 +544,7 @@ class CacheStore:
     ) -> dict[int, str]:
         """Per view of ``views`` (cache view ids; ``block``'s view axis starts at view
         ``first``), what is wrong with that region: checksum mismatch or non-finite targets."""
-        ledger = self._ledger(teacher, "shard_checksum", shard.id)
+        ledger = self._checksum_row(teacher, shard.id)
         found = {}
         for view in views:
             part = block.view(view - first)
