@@ -11,12 +11,14 @@ import numpy as np
 import pytest
 import torch
 import zarr
+from zarr.codecs import BloscCodec
 from zarr.storage import LocalStore, WrapperStore
 
 from kdcache.errors import CacheCorrupt
 from kdcache.pipeline.cache import (
     CachePlan,
     CacheStore,
+    Catalog,
     ShardTargets,
     index_dtype,
     reduce_logits,
@@ -28,7 +30,8 @@ from kdcache.tools.cache.inspect_cache import inspect_cache
 from kdcache.trainer.data import CachedTargets, TrainViews
 from tests.conftest import make_shards
 
-TEACHER = {"name": "t", "arch": "synthetic", "weights_sha256": "0" * 64, "num_classes": 10}
+TEACHER = {"name": "t", "arch": "synthetic", "weights_sha256": "0" * 64, "num_classes": 10,
+           "model_args": {}, "preprocessing": {}}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -207,3 +210,35 @@ def test_train_exits_on_a_flipped_byte_naming_teacher_shard_and_view(data, tmp_p
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert "teacher t" in lines[0] and "train-000002" in lines[0] and "view 0" in lines[0]
+
+
+def test_a_format1_cache_is_still_read_and_catalogued_as_such(data, tmp_path):
+    new = write_cache(tmp_path / "new.zarr", data, views=2, topk=4, target_dtype="fp16")
+    old = zarr.open_group(str(tmp_path / "old.zarr"), mode="w")  # kdcache/1 as README has it
+    blosc = (BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle"),)
+    teacher = old.create_group("teachers").create_group("t")
+    for group, source in ((old, new.group), (teacher, new.group["teachers/t"])):
+        for name in source.array_keys():
+            values = source[name][:]
+            rows = 1 if name.startswith("shard_") else data.shard_size
+            group.create_array(name, shape=values.shape, dtype=values.dtype,
+                               chunks=(rows, 1, *values.shape[2:]), compressors=blosc,
+                               fill_value=source[name].fill_value)[...] = values  # fmt: skip
+    teacher.attrs.update(new.teacher_identity("t"))
+    attrs = {k: v for k, v in new.attrs.items() if k not in ("layout", "identity_sha256")}
+    old.attrs.update({**attrs, "format": "kdcache/1"})
+    shard = data.shards_of("train")[2]
+    read = CachedTargets(str(tmp_path / "old.zarr"), data).block(shard, [1])
+    expected = CachedTargets(str(tmp_path / "new.zarr"), data).block(shard, [1])
+    for name, values in expected.targets["t"].arrays().items():
+        assert np.array_equal(read.targets["t"].arrays()[name], values), name
+    assert inspect_cache(str(tmp_path / "old.zarr"))["format"] == "kdcache/1"
+    catalog = Catalog(str(tmp_path / "catalog"))
+    rows = [
+        catalog.record(CacheStore.open(str(tmp_path / n)), data)[0]
+        for n in ("old.zarr", "new.zarr")
+    ]
+    expected = [("kdcache/1", "fp16"), ("kdcache/2", "fp16")]
+    assert [(r["format"], r["target_dtype"]) for r in rows] == expected
+    stored = sorted(catalog.rows(), key=lambda r: r["cache"])  # new.zarr sorts first
+    assert [(r["format"], r["target_dtype"]) for r in stored] == expected[::-1]

@@ -192,6 +192,5 @@ def run_catalog(args: argparse.Namespace) -> None:
     widths = {"identity": 12, "fingerprint": 12}
     print("  ".join(c[: widths.get(c, 40)] for c in columns))
     for row in rows:
-        old = {"format": "kdcache/1", "target_dtype": "fp16"}  # rows recorded before format 2
-        print("  ".join(str(row.get(c, old.get(c)))[: widths.get(c, 200)] for c in columns))
+        print("  ".join(str(row[c])[: widths.get(c, 200)] for c in columns))
     print(f"catalog: {len(rows)} entries in {root}")
