@@ -9,9 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import zarr
-from zarr.codecs import BloscCodec
 from zarr.storage import LocalStore, WrapperStore
 
 from kdcache.errors import CacheCorrupt
@@ -19,19 +17,13 @@ from kdcache.pipeline.cache import (
     CachePlan,
     CacheStore,
     Catalog,
-    ShardTargets,
-    index_dtype,
-    reduce_logits,
     size_plan,
 )
 from kdcache.pipeline.cache.quantize import dequantize, pack_ids, quantize, unpack_ids
-from kdcache.pipeline.views import ViewPlan
+from kdcache.tools.bench.target_reads import format1_copy, synthetic_cache
 from kdcache.tools.cache.inspect_cache import inspect_cache
 from kdcache.trainer.data import CachedTargets, TrainViews
 from tests.conftest import make_shards
-
-TEACHER = {"name": "t", "arch": "synthetic", "weights_sha256": "0" * 64, "num_classes": 10,
-           "model_args": {}, "preprocessing": {}}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -40,27 +32,9 @@ def full_shards(tmp_path_factory):
     return make_shards(tmp_path_factory.mktemp("full"), train_rows=400, test_rows=100)
 
 
-def write_cache(location, manifest, views, topk, target_dtype, seed=0) -> CacheStore:
-    """A complete cache of the train split with synthetic teacher logits, written by the store."""
-    plan = ViewPlan(seed=1, views=views)
-    store = CacheStore.create(
-        str(location), manifest=manifest, plan=plan, topk=topk, splits=["train"],
-        target_dtype=target_dtype,
-    )  # fmt: skip
-    store.add_teacher({**TEACHER, "num_classes": manifest.num_classes})
-    rng = np.random.default_rng(seed)
-    for shard in manifest.shards_of("train"):
-        logits = torch.from_numpy(rng.normal(0, 3, (shard.num_rows, views, manifest.num_classes)))
-        values, index, lse = reduce_logits(logits, topk)
-        block = ShardTargets(
-            params=plan.shard_params(manifest, shard),
-            topk_logits=values.numpy().astype(np.float16),
-            topk_index=index.numpy().astype(index_dtype(manifest.num_classes)),
-            logsumexp=lse.numpy().astype(np.float32),
-        )
-        store.write_shard("t", shard, list(range(views)), block)
-    store.publish_views(views, [s.id for s in manifest.shards_of("train")])
-    return CacheStore.open(str(location))
+def write_cache(location, manifest, views, topk, target_dtype) -> CacheStore:
+    """A complete cache of the train split with synthetic teacher ``t``, written by the store."""
+    return synthetic_cache(str(location), manifest, views, topk, target_dtype)
 
 
 def objects(location) -> dict[str, list[Path]]:
@@ -214,19 +188,7 @@ def test_train_exits_on_a_flipped_byte_naming_teacher_shard_and_view(data, tmp_p
 
 def test_a_format1_cache_is_still_read_and_catalogued_as_such(data, tmp_path):
     new = write_cache(tmp_path / "new.zarr", data, views=2, topk=4, target_dtype="fp16")
-    old = zarr.open_group(str(tmp_path / "old.zarr"), mode="w")  # kdcache/1 as README has it
-    blosc = (BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle"),)
-    teacher = old.create_group("teachers").create_group("t")
-    for group, source in ((old, new.group), (teacher, new.group["teachers/t"])):
-        for name in source.array_keys():
-            values = source[name][:]
-            rows = 1 if name.startswith("shard_") else data.shard_size
-            group.create_array(name, shape=values.shape, dtype=values.dtype,
-                               chunks=(rows, 1, *values.shape[2:]), compressors=blosc,
-                               fill_value=source[name].fill_value)[...] = values  # fmt: skip
-    teacher.attrs.update(new.teacher_identity("t"))
-    attrs = {k: v for k, v in new.attrs.items() if k not in ("layout", "identity_sha256")}
-    old.attrs.update({**attrs, "format": "kdcache/1"})
+    format1_copy(new, str(tmp_path / "old.zarr"))  # kdcache/1 as README has it
     shard = data.shards_of("train")[2]
     read = CachedTargets(str(tmp_path / "old.zarr"), data).block(shard, [1])
     expected = CachedTargets(str(tmp_path / "new.zarr"), data).block(shard, [1])

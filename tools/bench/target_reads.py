@@ -12,8 +12,6 @@ import logging
 import os
 import time
 
-import numpy as np
-
 from kdcache.tools.bench.bench_data import bench_manifest
 from kdcache.tools.bench.harness import (
     Mode,
@@ -33,6 +31,7 @@ TEACHER = {"name": "t", "arch": "synthetic", "weights_sha256": "0" * 64, "model_
 
 def synthetic_cache(location: str, manifest, views: int, topk: int, target_dtype: str, seed=0):
     """A complete format-2 cache of the train split with random teacher logits."""
+    import numpy as np
     import torch
 
     from kdcache.pipeline.cache import CacheStore, ShardTargets, index_dtype, reduce_logits
