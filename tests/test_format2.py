@@ -204,3 +204,35 @@ def test_a_format1_cache_is_still_read_and_catalogued_as_such(data, tmp_path):
     assert [(r["format"], r["target_dtype"]) for r in rows] == expected
     stored = sorted(catalog.rows(), key=lambda r: r["cache"])  # new.zarr sorts first
     assert [(r["format"], r["target_dtype"]) for r in stored] == expected[::-1]
+
+
+Q8_READER = r"""
+import json, math, sys
+sys.modules["kdcache"] = None  # importing kdcache's code would fail here
+import numpy as np, zarr
+cache, row, view = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+g = zarr.open_group(cache, mode="r"); t = g["teachers/t"]; K = g.attrs["topk"]
+assert g.attrs["format"] == "kdcache/2" and g.attrs["layout"]["target_dtype"] == "q8"
+C = g.attrs["dataset"]["num_classes"]; b = max(1, math.ceil(math.log2(max(C, 2))))
+level, scale = t["topk_logits"][row, view], t["logit_scale"][row, view]
+logits = -level.astype(np.float32) * np.float32(scale); lse = np.float32(t["logsumexp"][row, view])
+bits = np.unpackbits(t["topk_index"][row, view], count=K * b).reshape(K, b)
+ids = (bits.astype(np.int64) << np.arange(b - 1, -1, -1)).sum(-1)
+print(json.dumps({"logits": logits.tolist(), "lse": float(lse), "ids": ids.tolist()}))
+"""
+
+
+def test_a_reader_with_plain_zarr_decodes_q8_targets_as_readme_says(data, tmp_path):
+    import json
+
+    location = str(tmp_path / "q.zarr")
+    write_cache(location, data, views=2, topk=4, target_dtype="q8")
+    row, view, shard = 234, 1, data.shards[2]
+    result = subprocess.run([sys.executable, "-c", Q8_READER, location, str(row), str(view)],
+                            capture_output=True, text=True, check=True)  # fmt: skip
+    plain = json.loads(result.stdout)
+    ours = CachedTargets(location, data).block(shard, [view]).targets["t"]
+    position = row - shard.id * data.shard_size
+    assert np.array_equal(np.float32(plain["logits"]), ours.topk_logits[position, 0])
+    assert plain["ids"] == ours.topk_index[position, 0].tolist()
+    assert np.float32(plain["lse"]) == ours.logsumexp[position, 0]
