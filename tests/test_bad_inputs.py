@@ -116,10 +116,12 @@ def _hashes(root: pathlib.Path, skip: Callable[[pathlib.Path], bool] = lambda p:
 
 # -- ways to break the world ---------------------------------------------------------------------
 def _chunk(w, array: str, shard: int = 0, view: int = 0) -> pathlib.Path:
-    """The chunk file of a teacher array (or ``params``) for (shard, view)."""
+    """The storage object of a teacher array (or ``params``) holding (shard, view): in format
+    kdcache/2 one per (shard, view block)."""
     base = w / "cache.zarr" / ("params" if array == "params" else f"teachers/regnet/{array}")
     tail = [] if array == "logsumexp" else ["0"]
-    return base.joinpath("c", str(shard), str(view), *tail)
+    attrs = json.loads((w / "cache.zarr" / "zarr.json").read_text())["attributes"]
+    return base.joinpath("c", str(shard), str(view // attrs["layout"]["view_block"]), *tail)
 
 
 def delete_chunk(w):
@@ -127,9 +129,11 @@ def delete_chunk(w):
 
 
 def flip_a_byte(w):
-    path = _chunk(w, "topk_logits", view=1)
+    """A byte in view 0's inner chunk (the first quarter of the object): the view the one-epoch
+    train reads (format 2 reads only the views used)."""
+    path = _chunk(w, "topk_logits", view=0)
     data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0x40
+    data[len(data) // 4] ^= 0x40
     path.write_bytes(bytes(data))
 
 

@@ -212,6 +212,11 @@ def peak_rss() -> int:
 # -- the driver, top to bottom -----------------------------------------------------------------
 def run_teach(config: TeachConfig) -> TeachSummary:
     """Run the teacher pass; raise :class:`TeachFailed` (after finishing the rest) if shards fail."""
+    if config.dry_run:
+        raise ConfigError(
+            "teach: dry_run runs no teacher; size the plan with kdcache.pipeline.cache.size_plan "
+            "(what kdcache teach --dry-run prints)"
+        )
     began = time.perf_counter()
     manifest = Manifest.read(config.manifest)
     config = _checked_request(config, manifest)
