@@ -116,10 +116,12 @@ def _hashes(root: pathlib.Path, skip: Callable[[pathlib.Path], bool] = lambda p:
 
 # -- ways to break the world ---------------------------------------------------------------------
 def _chunk(w, array: str, shard: int = 0, view: int = 0) -> pathlib.Path:
-    """The chunk file of a teacher array (or ``params``) for (shard, view)."""
+    """The storage object of a teacher array (or ``params``) holding (shard, view): in format
+    kdcache/2 one per (shard, view block)."""
     base = w / "cache.zarr" / ("params" if array == "params" else f"teachers/regnet/{array}")
     tail = [] if array == "logsumexp" else ["0"]
-    return base.joinpath("c", str(shard), str(view), *tail)
+    attrs = json.loads((w / "cache.zarr" / "zarr.json").read_text())["attributes"]
+    return base.joinpath("c", str(shard), str(view // attrs["layout"]["view_block"]), *tail)
 
 
 def delete_chunk(w):
@@ -127,9 +129,11 @@ def delete_chunk(w):
 
 
 def flip_a_byte(w):
-    path = _chunk(w, "topk_logits", view=1)
+    """A byte in view 0's inner chunk (the first quarter of the object): the view the one-epoch
+    train reads (format 2 reads only the views used)."""
+    path = _chunk(w, "topk_logits", view=0)
     data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0x40
+    data[len(data) // 4] ^= 0x40
     path.write_bytes(bytes(data))
 
 
@@ -156,8 +160,13 @@ def nan_logits_checksummed(w):
 
 
 def done_but_never_written(w):
-    for array in ("params", "topk_logits", "topk_index", "logsumexp"):
-        _chunk(w, array, shard=1, view=1).unlink()
+    """Shard 1's view 1 emptied (its inner chunks hold only fill values, so zarr drops them
+    from their storage objects; view 0 in the same objects stays), its done flag left set."""
+    group = zarr.open_group(str(w / "cache.zarr"), mode="r+")
+    for array in ("params", "teachers/regnet/topk_logits", "teachers/regnet/topk_index",
+                  "teachers/regnet/logsumexp"):  # fmt: skip
+        values = group[array]
+        values[100:200, 1:2] = np.full((100, 1, *values.shape[2:]), values.fill_value)
 
 
 def _edit_attrs(w, edit) -> None:

@@ -1,6 +1,13 @@
 """The distillation benchmark's plan: every objective the issue asks for, at equal bytes."""
 
-from kdcache.tools.bench.kd_objectives import TAILS, BenchConfig, _runs, sampled_bytes, topk_bytes
+from kdcache.tools.bench.kd_objectives import (
+    TAILS,
+    BenchConfig,
+    _runs,
+    q8_bytes,
+    sampled_bytes,
+    topk_bytes,
+)
 
 
 def test_runs_cover_every_objective_and_sampled_runs_match_topk_bytes():
@@ -17,3 +24,12 @@ def test_runs_cover_every_objective_and_sampled_runs_match_topk_bytes():
     ensemble = [o for _, _, o in runs if len(o.get("teachers", [])) == 2]
     assert ensemble == [{"kd": "soft", "teachers": ["regnety", "resnet10t"]}]
     assert topk_bytes(10) == 44  # fp16 logits + int16 ids + fp32 logsumexp
+
+
+def test_q8_runs_read_the_q8_cache_at_its_bytes():
+    runs = _runs(BenchConfig(q8=True), ["regnety", "resnet10t"])
+    q8 = [(label, size, o) for label, size, o in runs if o.get("cache") == "q8"]
+    assert [o["topk"] for _, _, o in q8] == [10, 5]
+    # 10 levels + float16 scale + float16 logsumexp + 10 ids of 4 bits
+    assert q8[0][1] == q8_bytes(10, 10) == 19
+    assert not any(o.get("cache") for _, _, o in _runs(BenchConfig(), ["regnety", "resnet10t"]))

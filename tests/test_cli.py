@@ -6,7 +6,8 @@ import sys
 import pytest
 
 COMMANDS = ["shard", "teach", "train", "catalog", "inspect", "verify", "plot", "demo",
-            "bench-teach", "bench-train", "bench-kd", "bench-replay", "bench-mixing"]  # fmt: skip
+            "bench-teach", "bench-train", "bench-kd", "bench-replay", "bench-mixing",
+            "bench-reads"]  # fmt: skip
 
 
 def _kdcache(*args):

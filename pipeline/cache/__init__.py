@@ -1,5 +1,5 @@
 """The cache contract: the Zarr store of teacher targets, the catalogue of caches, the
-writers' lock, and the sampled-id draws a cache records."""
+writers' lock, the sampled-id draws a cache records, its layout, quantised targets and sizing."""
 
 from kdcache._lazy import lazy_face
 
@@ -7,11 +7,14 @@ __getattr__, __dir__, __all__ = lazy_face(
     __name__,
     {
         "CacheBusy": ".run_lock",
+        "CachePlan": ".sizing",
         "CacheCorrupt": ".store",
         "CacheMismatch": ".store",
         "CacheStore": ".store",
         "Catalog": ".catalog",
         "FORMAT": ".store",
+        "FORMATS": ".store",
+        "format_size": ".sizing",
         "RunLock": ".run_lock",
         "ShardTargets": ".store",
         "catalog_root": ".catalog",
@@ -23,5 +26,7 @@ __getattr__, __dir__, __all__ = lazy_face(
         "region_checksum": ".store",
         "resolve_cache": ".catalog",
         "sample_uniforms": ".sampled_targets",
+        "size_plan": ".sizing",
+        "topk_kl": ".quantize",
     },
 )

@@ -37,6 +37,8 @@ SCHEMA = pa.schema(
         ("operations", pa.string()),
         ("plan", pa.string()),
         ("topk", pa.int64()),
+        ("format", pa.string()),
+        ("target_dtype", pa.string()),
         ("splits", pa.string()),
         ("complete", pa.bool_()),
         ("shards_done", pa.int64()),
@@ -47,6 +49,9 @@ SCHEMA = pa.schema(
         ("tool_version", pa.string()),
     ]
 )
+
+
+_BEFORE_FORMAT_2 = {"format": "kdcache/1", "target_dtype": "fp16"}  # rows recorded before
 
 
 def catalog_root(explicit: str | None) -> str | None:
@@ -65,6 +70,9 @@ def identity_key(cache_attrs: dict, teacher: dict) -> str:
     }
     if cache_attrs.get("samples"):  # only then: caches without samples keep their identity
         identity["samples"] = cache_attrs["samples"]
+    target_dtype = cache_attrs.get("layout", {}).get("target_dtype", "fp16")
+    if target_dtype != "fp16":  # only then, likewise: quantised targets are other targets
+        identity["target_dtype"] = target_dtype
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
@@ -108,6 +116,8 @@ class Catalog:
                 "operations": ",".join(plan["operations"]),
                 "plan": json.dumps(plan, sort_keys=True),
                 "topk": store.topk,
+                "format": store.format,
+                "target_dtype": store.target_dtype,
                 "splits": ",".join(store.attrs["splits"]),
                 "complete": bool(done.all()),
                 "shards_done": int(done.sum()),
@@ -139,13 +149,16 @@ class Catalog:
         tables = []
         for path in files:
             tables.append(urls.read_parquet(fs.unstrip_protocol(path)))
-        return pa.concat_tables(tables) if tables else SCHEMA.empty_table()
+        if not tables:
+            return SCHEMA.empty_table()
+        return pa.concat_tables(tables, promote_options="default")  # older rows: fewer columns
 
     def rows(self) -> list[dict]:
         """Every entry, the latest per (identity, cache, teacher) if a catalogue written by an
         older version (one file per identity) holds another."""
         latest: dict[tuple, dict] = {}
         for row in self.table().to_pylist():
+            row.update({k: v for k, v in _BEFORE_FORMAT_2.items() if row.get(k) is None})
             key = (row["identity"], row["cache"], row["teacher"])
             if key not in latest or row["updated"] > latest[key]["updated"]:
                 latest[key] = row

@@ -1,11 +1,13 @@
-"""What a cache reader checks before trusting what it reads (format ``kdcache/1``).
+"""What a cache reader checks before trusting what it reads (formats ``kdcache/1`` and ``/2``;
+format 2 also has a crc32c per inner chunk, checked by zarr on every read).
 
 - **Regions**: every (shard, view) region a reader uses must hash to the checksum stored in
   the ledger when it was written (``region_checksum``), and its targets must be finite. A
   deleted chunk reads as its fill value (NaN, -1) and so fails the checksum too.
 - **Identity**: the attrs that say what the cache *is* (format, dataset, splits, plan, K,
-  samples, sampling, each teacher's identity) are covered by ``attrs.identity_sha256``, one
-  sha256 per field, written with them and checked on every open, so an edited ``topk`` or
+  samples, sampling, the format-2 layout, each teacher's identity) are covered by
+  ``attrs.identity_sha256``, one sha256 per field, written with them and checked on every
+  open, so an edited ``topk`` or
   ``plan.seed`` is refused naming the field. Not covered: the manifest's location (caches
   and data move), ``tool_version`` and ``created``. A cache made before this hash existed has
   none: it is read as before, and the next ``teach`` that opens it (after checking it matches
@@ -18,7 +20,8 @@ import json
 import numpy as np
 
 IDENTITY_ATTR = "identity_sha256"
-IDENTITY_FIELDS = ("format", "dataset", "splits", "plan", "topk", "samples", "sampling")
+IDENTITY_FIELDS = ("format", "dataset", "splits", "plan", "topk", "samples", "sampling", "layout")
+IF_PRESENT = ("layout",)  # format-1 caches have none; their hashes stay as written
 UNCOVERED_DATASET_KEYS = ("manifest",)
 
 
@@ -31,6 +34,8 @@ def identity_digests(attrs: dict, teachers: dict[str, dict]) -> dict[str, str]:
     (``teachers``: name -> sub-group attrs; its ``source``, a location, is not identity)."""
     digests = {}
     for name in IDENTITY_FIELDS:
+        if name in IF_PRESENT and name not in attrs:
+            continue
         value = attrs.get(name)
         if name == "dataset" and isinstance(value, dict):
             value = {k: v for k, v in value.items() if k not in UNCOVERED_DATASET_KEYS}

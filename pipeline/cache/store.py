@@ -1,4 +1,5 @@
-"""The cache store (format ``kdcache/1``): a Zarr v3 group of teacher targets per view.
+"""The cache store (formats ``kdcache/2``, written, and ``kdcache/1``, read and extended): a
+Zarr v3 group of teacher targets per view.
 
 Part of the contract between ``pipeline`` and ``trainer``. Layout (N rows, V views, K, S shards,
 D sampled draws)::
@@ -23,6 +24,12 @@ long and one view wide, and the ledger has one chunk per (shard, view): every wr
 whole chunks, and adding views (:meth:`CacheStore.grow_views`) never rewrites a chunk of an
 existing view. ``attrs.plan.views``
 counts the complete views; arrays may be wider while views are being added.
+
+Format ``kdcache/2`` (``attrs.layout``) keeps these arrays and meanings but stores them in
+Zarr shards, one object per (data shard, view block) per array, inner chunks one view wide
+with a crc32c each (:mod:`layout`); with ``attrs.layout.target_dtype`` = ``q8`` a teacher's
+targets are stored quantised (:mod:`quantize`; readers get them decoded) and its ledger
+gains ``quant_kl`` (S, V): the mean KL(fp16 targets || stored targets) of each region.
 """
 
 import datetime
@@ -43,11 +50,21 @@ from kdcache.pipeline.cache.integrity import (
     identity_digests,
     region_problem,
 )
+from kdcache.pipeline.cache.layout import CODECS, ArraySpec, params_spec, teacher_specs
+from kdcache.pipeline.cache.quantize import (
+    TARGET_DTYPES,
+    dequantize,
+    pack_ids,
+    quantize,
+    topk_kl,
+    unpack_ids,
+)
 from kdcache.pipeline.cache.sampled_targets import SAMPLING_ATTRS
 from kdcache.pipeline.data import Manifest, ShardInfo, storage, urls
 from kdcache.pipeline.views import ViewPlan
 
-FORMAT = "kdcache/1"
+FORMAT = "kdcache/2"
+FORMATS = ("kdcache/1", FORMAT)  # readable
 TARGET_ARRAYS = ("topk_logits", "topk_index", "logsumexp")
 SAMPLE_ARRAYS = ("sample_index",)
 LEDGER_ARRAYS = ("shard_done", "shard_checksum")
@@ -109,9 +126,10 @@ class CacheStore:
         self._group, self._pid = group, os.getpid()
         self._options = storage_options
         self.attrs = group.attrs.asdict()
-        if self.attrs.get("format") != FORMAT:
+        self.format = self.attrs.get("format")
+        if self.format not in FORMATS:
             raise CacheMismatch(
-                f"{location}: format is {self.attrs.get('format')!r}, expected {FORMAT!r} "
+                f"{location}: format is {self.format!r}, expected one of {list(FORMATS)} "
                 "(not a kdcache store, or its creation was interrupted)"
             )
         try:
@@ -121,6 +139,11 @@ class CacheStore:
         self.topk: int = self.attrs["topk"]
         self.samples: int = self.attrs.get("samples", 0)  # caches older than sampling: 0
         self.shard_size: int = self.attrs["dataset"]["shard_size"]
+        layout = self.attrs.get("layout", {})  # format 1: none, fp16 targets
+        self.target_dtype: str = layout.get("target_dtype", "fp16")
+        self.view_block: int | None = layout.get("view_block")
+        self._handles: dict[tuple[str | None, str], zarr.Array] = {}
+        self._checksums: dict[str, np.ndarray] = {}
         self._check_identity()
 
     @property
@@ -154,24 +177,29 @@ class CacheStore:
         topk: int,
         splits: list[str],
         samples: int = 0,
+        target_dtype: str = "fp16",
     ) -> "CacheStore":
         """Create an empty cache for ``manifest`` and ``plan``; ``format`` is written last.
 
-        ``samples`` > 0 adds sampled targets: that many class ids per view and teacher."""
+        ``samples`` > 0 adds sampled targets: that many class ids per view and teacher;
+        ``target_dtype`` ``q8`` stores the targets quantised (:mod:`quantize`)."""
         if not 1 <= topk <= manifest.num_classes:
             raise ValueError(f"--topk must lie in 1..{manifest.num_classes}, got {topk}")
         if samples < 0:
             raise ValueError(f"--samples must be 0 (none) or more, got {samples}")
+        if target_dtype not in TARGET_DTYPES:
+            raise ValueError(f"--target-dtype must be one of {TARGET_DTYPES}, got {target_dtype!r}")
         group = _open_group(location, "w-", None)
-        n, v, p = manifest.num_rows, plan.views, len(plan.param_names)
-        _create(group, "params", (n, v, p), (manifest.shard_size, 1, p), "float32", np.nan)
+        layout = {"target_dtype": target_dtype, "view_block": plan.views}
+        sizes = (manifest.num_rows, len(manifest.shards), manifest.shard_size)
+        _create_spec(group, params_spec(len(plan.param_names)), sizes, plan.views, plan.views)
         group.require_group("teachers")
         attrs = {
                 "dataset": {
                     "name": manifest.meta["dataset"],
                     "fingerprint": manifest.fingerprint,
                     "manifest": urls.relative_to(manifest.location, urls.parent(location)),
-                    "num_rows": n,
+                    "num_rows": manifest.num_rows,
                     "num_shards": len(manifest.shards),
                     "shard_size": manifest.shard_size,
                     "num_classes": manifest.num_classes,
@@ -181,6 +209,7 @@ class CacheStore:
                 "topk": topk,
                 "samples": samples,
                 **({"sampling": SAMPLING_ATTRS} if samples else {}),
+                "layout": layout,
                 "tool_version": __version__,
                 "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         }  # fmt: skip
@@ -233,6 +262,7 @@ class CacheStore:
         topk: int | None = None,
         splits: list[str] | None = None,
         samples: int | None = None,
+        target_dtype: str | None = None,
     ) -> list[str]:
         """Every field in which this cache differs from what it is being used with.
 
@@ -253,6 +283,8 @@ class CacheStore:
             found.append(f"topk: {self.topk} in cache vs {topk}")
         if samples is not None and samples != self.samples:
             found.append(f"samples: {self.samples} in cache vs {samples}")
+        if target_dtype is not None and target_dtype != self.target_dtype:
+            found.append(f"target_dtype: {self.target_dtype} in cache vs {target_dtype}")
         if splits is not None and sorted(splits) != self.attrs["splits"]:
             found.append(f"splits: {self.attrs['splits']} in cache vs {sorted(splits)}")
         return found
@@ -270,6 +302,15 @@ class CacheStore:
 
     def teacher_identity(self, name: str) -> dict:
         return self._teacher(name).attrs.asdict()
+
+    def _array(self, teacher: str | None, name: str) -> zarr.Array:
+        """An array (``teacher`` None: ``params``), its metadata read once per store object:
+        a reader's requests are then its chunks' alone."""
+        key = (teacher, name)
+        if key not in self._handles:
+            group = self.group if teacher is None else self._teacher(teacher)
+            self._handles[key] = group[name]
+        return self._handles[key]
 
     def _teacher(self, name: str) -> zarr.Group:
         if name not in self.teacher_names:
@@ -296,6 +337,12 @@ class CacheStore:
         v, rows = self.array_views, self.shard_size
         group = self.group["teachers"].create_group(name)
         classes = index_dtype(dataset["num_classes"])
+        if self.format == FORMAT:
+            for spec in self._specs():
+                _create_spec(group, spec, (n, s, rows), v, self.view_block)
+            group.attrs.update(identity)
+            self.write_identity()
+            return
         _create(group, "topk_logits", (n, v, k), (rows, 1, k), "float16", np.nan)
         _create(group, "topk_index", (n, v, k), (rows, 1, k), classes, -1)
         _create(group, "logsumexp", (n, v), (rows, 1), "float32", np.nan)
@@ -307,6 +354,14 @@ class CacheStore:
         group.attrs.update(identity)
         self.write_identity()
 
+    def _specs(self) -> list[ArraySpec]:
+        """A teacher's format-2 arrays (:mod:`layout`)."""
+        dataset = self.attrs["dataset"]
+        classes = dataset["num_classes"]
+        return teacher_specs(
+            self.target_dtype, self.topk, classes, self.samples, index_dtype(classes)
+        )
+
     # -- views ---------------------------------------------------------------------------------
     @property
     def array_views(self) -> int:
@@ -317,9 +372,11 @@ class CacheStore:
         """Widen every array to ``views`` views; existing chunks are not touched."""
         if views <= self.array_views:
             return
+        self._handles.clear()
         arrays = [self.group["params"]]
         for name in self.teacher_names:
-            arrays += [self._teacher(name)[a] for a in self._arrays(*LEDGER_ARRAYS)]
+            group = self._teacher(name)
+            arrays += [group[a] for a in sorted(group.array_keys())]
         for array in arrays:
             array.resize((array.shape[0], views, *array.shape[2:]))
 
@@ -343,9 +400,24 @@ class CacheStore:
         return (*TARGET_ARRAYS, *(SAMPLE_ARRAYS if self.samples else ()), *extra)
 
     # -- ledger and regions --------------------------------------------------------------------
+    def _ledger(self, teacher: str, name: str, shard_id: int | None = None) -> np.ndarray:
+        """A ledger array, whole or one shard's row; an object failing its crc32c is a
+        :class:`CacheCorrupt` naming teacher and shard."""
+        array = self._array(teacher, name)
+        try:
+            return array[:] if shard_id is None else array[shard_id]
+        except Exception as error:  # codec and store errors: a damaged object
+            shards = range(array.shape[0]) if shard_id is None else [shard_id]
+            bad = next((s for s in shards if not _readable(array, s)), shard_id)
+            raise CacheCorrupt(
+                f"{self.location}: teacher {teacher}, shard id {bad}, views "
+                f"0..{array.shape[1] - 1}: its {name} ledger cannot be read "
+                f"({type(error).__name__}: {error})"
+            ) from error
+
     def views_done(self, teacher: str) -> np.ndarray:
         """Boolean (S, array views): view v of shard s written and checksummed."""
-        return self._teacher(teacher)["shard_done"][:].astype(bool)
+        return self._ledger(teacher, "shard_done").astype(bool)
 
     def shard_done(self, teacher: str) -> np.ndarray:
         """Boolean per shard: all of the plan's views written and checksummed."""
@@ -353,37 +425,94 @@ class CacheStore:
 
     def pending_views(self, teacher: str, shard_id: int, views: int) -> list[int]:
         """Views among ``0..views-1`` of a shard not yet done (reads that shard's ledger row)."""
-        done = self._teacher(teacher)["shard_done"][shard_id, :views]
+        done = self._ledger(teacher, "shard_done", shard_id)[:views]
         return [v for v in range(views) if not done[v]]
 
     def shard_checksums(self, teacher: str) -> np.ndarray:
         """(S, array views) checksums; 0 where not written."""
-        return self._teacher(teacher)["shard_checksum"][:]
+        return self._ledger(teacher, "shard_checksum")
+
+    def _checksum_row(self, teacher: str, shard_id: int) -> np.ndarray:
+        """A shard's stored checksums; a read-only store reads the whole ledger once (a
+        trainer then fetches per shard only the chunks of the views it uses)."""
+        if not self.group.read_only:  # a writer's ledger changes as it writes
+            return self._ledger(teacher, "shard_checksum", shard_id)
+        if teacher not in self._checksums:
+            self._checksums[teacher] = self._ledger(teacher, "shard_checksum")
+        return self._checksums[teacher][shard_id]
+
+    def quantisation_kl(self, teacher: str) -> np.ndarray | None:
+        """(S, array views) mean KL(fp16 targets || stored q8 targets) per region, NaN where
+        not written; None for fp16 targets (stored as computed)."""
+        if self.target_dtype != "q8":
+            return None
+        return self._ledger(teacher, "quant_kl")
 
     def _rows(self, shard: ShardInfo) -> slice:
         start = shard.id * self.shard_size
         return slice(start, start + shard.num_rows)
+
+    def _encode(self, block: ShardTargets) -> dict[str, np.ndarray]:
+        """A block's teacher arrays as stored (q8: quantised and packed; else as they are)."""
+        arrays = {k: v for k, v in block.arrays().items() if k != "params"}
+        if self.target_dtype != "q8":
+            return arrays
+        levels, scale, lse = quantize(block.topk_logits, block.logsumexp)
+        classes = self.attrs["dataset"]["num_classes"]
+        index = pack_ids(block.topk_index, classes)
+        arrays.update(topk_logits=levels, logit_scale=scale, topk_index=index, logsumexp=lse)
+        return arrays
+
+    def _decode(self, params: np.ndarray, stored: dict[str, np.ndarray]) -> ShardTargets:
+        """Stored arrays back to targets (q8: logits and logsumexp relative to the view's max)."""
+        if self.target_dtype != "q8":
+            return ShardTargets(params=params, **stored)
+        stored = dict(stored)
+        classes = self.attrs["dataset"]["num_classes"]
+        logits, lse = dequantize(stored.pop("topk_logits"), stored.pop("logit_scale"),
+                                 stored.pop("logsumexp"))  # fmt: skip
+        index = unpack_ids(stored.pop("topk_index"), self.topk, classes)
+        index = index.astype(index_dtype(classes))
+        return ShardTargets(params, logits, index, lse, **stored)
+
+    def as_stored(self, block: ShardTargets) -> ShardTargets:
+        """What reading ``block`` back from this cache gives (q8: quantised and decoded)."""
+        return self._decode(block.params, self._encode(block))
+
+    def _stored_names(self) -> tuple[str, ...]:
+        if self.format == FORMAT:
+            return tuple(s.name for s in self._specs() if not s.ledger)
+        return self._arrays()
 
     def write_shard(
         self, teacher: str, shard: ShardInfo, views: list[int], block: ShardTargets
     ) -> list[int]:
         """Write ``views`` of a shard (block axis 1 in that order), then checksums, then done flags.
 
-        An earlier partial write of these regions (a crash) is overwritten, never trusted.
+        Each run of consecutive views is one write per array (one rewrite of its storage
+        object in format 2). An earlier partial write of these regions (a crash) is
+        overwritten, never trusted.
         """
-        group = self._teacher(teacher)
         rows = self._rows(shard)
-        checksums = []
-        for index, view in enumerate(views):
-            part = block.view(index)
-            self.group["params"][rows, view : view + 1] = part.params
-            for name in self._arrays():
-                group[name][rows, view : view + 1] = getattr(part, name)
-            checksums.append(region_checksum(part))
-        for view, checksum in zip(views, checksums, strict=True):
-            group["shard_checksum"][shard.id, view] = np.uint64(checksum)
-        for view in views:
-            group["shard_done"][shard.id, view] = 1
+        stored = self._encode(block)
+        decoded = self._decode(block.params, stored)
+        for first, last in _runs(views):  # positions in the block
+            where = (rows, slice(views[first], views[last] + 1))
+            self._array(None, "params")[where] = block.params[:, first : last + 1]
+            for name, values in stored.items():
+                self._array(teacher, name)[where] = values[:, first : last + 1]
+        checksums = [region_checksum(decoded.view(index)) for index in range(len(views))]
+        for first, last in _runs(views):
+            where = (shard.id, slice(views[first], views[last] + 1))
+            checksum = np.array(checksums[first : last + 1], np.uint64)
+            self._array(teacher, "shard_checksum")[where] = checksum
+            if self.target_dtype == "q8":
+                part = slice(first, last + 1)
+                kl = topk_kl(block.topk_logits[:, part], block.logsumexp[:, part],
+                             decoded.topk_logits[:, part], decoded.logsumexp[:, part])  # fmt: skip
+                self._array(teacher, "quant_kl")[where] = kl.mean(0).astype(np.float32)
+        for first, last in _runs(views):
+            self._array(teacher, "shard_done")[shard.id, views[first] : views[last] + 1] = 1
         return checksums
 
     def read_shard(self, teacher: str, shard: ShardInfo, views: int | None = None) -> ShardTargets:
@@ -392,31 +521,44 @@ class CacheStore:
         return self._read(teacher, shard, (rows, columns))
 
     def _read(self, teacher: str, shard: ShardInfo, where: tuple[slice, slice]) -> ShardTargets:
-        """The block at ``where`` (rows, views); a chunk that cannot be decoded is a
-        :class:`CacheCorrupt` naming teacher and shard."""
-        group = self._teacher(teacher)
+        """The block at ``where`` (rows, views); a chunk that cannot be decoded or fails its
+        crc32c is a :class:`CacheCorrupt` naming teacher, shard and the first bad view."""
         try:
-            return ShardTargets(
-                params=self.group["params"][where],
-                **{name: group[name][where] for name in self._arrays()},
+            return self._decode(
+                self._array(None, "params")[where],
+                {name: self._array(teacher, name)[where] for name in self._stored_names()},
             )
         except Exception as error:  # codec and store errors: a damaged chunk
-            views = f"{where[1].start}..{where[1].stop - 1}"
+            views = range(where[1].start, where[1].stop)
+            bad = [v for v in views if not self._view_readable(teacher, where[0], v)]
+            named = f"view {bad[0]}" if bad else f"views {views.start}..{views.stop - 1}"
             raise CacheCorrupt(
-                f"{self.location}: teacher {teacher}, shard {shard.file} (id {shard.id}), views "
-                f"{views}: a chunk cannot be read ({type(error).__name__}: {error})"
+                f"{self.location}: teacher {teacher}, shard {shard.file} (id {shard.id}), "
+                f"{named}: a chunk cannot be read ({type(error).__name__}: {error})"
             ) from error
+
+    def _view_readable(self, teacher: str, rows: slice, view: int) -> bool:
+        names = [(None, "params"), *((teacher, n) for n in self._stored_names())]
+        arrays = [self._array(*name) for name in names]
+        return all(_readable(a, (rows, slice(view, view + 1))) for a in arrays)
+
+    def read_views(self, teacher: str, shard: ShardInfo, views: list[int]) -> ShardTargets:
+        """Only ``views`` of a shard (block axis 1 in that order), each view one read per
+        array (in format 2 one inner chunk each), each checked as :meth:`read_verified`."""
+        parts = [self.read_region(teacher, shard, view) for view in views]
+        arrays = [part.arrays() for part in parts]
+        return ShardTargets(**{k: np.concatenate([a[k] for a in arrays], 1) for k in arrays[0]})
 
     def region_problems(
         self, teacher: str, shard: ShardInfo, block: ShardTargets, views: list[int], first: int = 0
     ) -> dict[int, str]:
         """Per view of ``views`` (cache view ids; ``block``'s view axis starts at view
         ``first``), what is wrong with that region: checksum mismatch or non-finite targets."""
-        ledger = self._teacher(teacher)["shard_checksum"]
+        ledger = self._checksum_row(teacher, shard.id)
         found = {}
         for view in views:
             part = block.view(view - first)
-            problem = region_problem(part, ledger[shard.id, view], region_checksum)
+            problem = region_problem(part, ledger[view], region_checksum)
             if problem is not None:
                 found[view] = problem
         return found
@@ -464,6 +606,38 @@ def _open_group(location: str, mode: str, storage_options: dict | None) -> zarr.
 def _zarr_location(location: str) -> str:
     """Local locations as plain paths (zarr's fsspec store cannot create ``file://`` groups)."""
     return urls.local_path(location) or location
+
+
+def _readable(array: zarr.Array, where) -> bool:
+    try:
+        array[where]
+    except Exception:  # codec and store errors
+        return False
+    return True
+
+
+def _runs(views: list[int]) -> list[tuple[int, int]]:
+    """(first, last) positions in ``views`` of each run of consecutive view ids."""
+    runs, start = [], 0
+    for i in range(1, len(views) + 1):
+        if i == len(views) or views[i] != views[i - 1] + 1:
+            runs.append((start, i - 1))
+            start = i
+    return runs
+
+
+def _create_spec(group: zarr.Group, spec: ArraySpec, sizes, views: int, view_block: int) -> None:
+    """A format-2 array: ``sizes`` (rows, shards, shard size), sharded per :mod:`layout`."""
+    rows, shards, shard_size = sizes
+    group.create_array(
+        spec.name,
+        shape=spec.shape(rows, shards, views),
+        chunks=spec.chunks(shard_size),
+        shards=spec.storage_shards(shard_size, view_block),
+        dtype=spec.dtype,
+        fill_value=spec.fill,
+        compressors=CODECS,
+    )
 
 
 def _create(group: zarr.Group, name: str, shape, chunks, dtype: str, fill) -> None:

@@ -222,6 +222,11 @@ def run_teach(config: TeachConfig) -> TeachSummary:
     ``config.storage_options`` (over ``$KDCACHE_STORAGE_OPTIONS``) reach every URL, in this
     process and in the Ray actors (in the config they are started with, merged over the
     actor's own environment; a ``runtime_env`` would be written in clear to Ray's logs)."""
+    if config.dry_run:
+        raise ConfigError(
+            "teach: dry_run runs no teacher; size the plan with kdcache.pipeline.cache.size_plan "
+            "(what kdcache teach --dry-run prints)"
+        )
     with storage.using(config.storage_options):
         return _run_teach(config)
 
@@ -287,6 +292,7 @@ def _requested_attrs(config: TeachConfig, manifest: Manifest) -> dict:
         "topk": config.topk,
         "samples": config.samples,
         "splits": config.splits,
+        "layout": {"target_dtype": config.target_dtype},
     }
 
 
@@ -328,11 +334,17 @@ def _prepare_store(config: TeachConfig, manifest: Manifest, identities: list[dic
             topk=config.topk,
             splits=config.splits,
             samples=config.samples,
+            target_dtype=config.target_dtype,
         )
     # more views than the cache has is an extension: the same plan, views appended
     fewer = replace(config.plan, views=min(config.plan.views, store.plan.views))
     store.check_matches(
-        manifest, plan=fewer, topk=config.topk, splits=config.splits, samples=config.samples
+        manifest,
+        plan=fewer,
+        topk=config.topk,
+        splits=config.splits,
+        samples=config.samples,
+        target_dtype=config.target_dtype,
     )
     if config.plan.views < store.plan.views:
         raise CacheMismatch(

@@ -15,6 +15,10 @@ if TYPE_CHECKING:
     from kdcache.pipeline.teach.teachers import Teacher
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+TARGET_DTYPES = (
+    "fp16",
+    "q8",
+)  # as pipeline.cache.quantize (not imported: teach --help stays light)
 RAY = "Ray job"
 
 
@@ -70,6 +74,12 @@ class TeachConfig:
         help="also draw D class ids per view from the teacher's softmax, for sampled "
         "distillation (RS-KD; train --targets sampled)",
     )
+    target_dtype: str = option(
+        "fp16",
+        choices=TARGET_DTYPES,
+        help="how targets are stored: fp16 logits, or q8 (8-bit logits relative to the view's "
+        "max with a per-view scale, bit-packed class ids; inspect reports its KL)",
+    )
     splits: list[str] = option(factory=lambda: ["train"], help="splits to cache")
     batch_size: int = option(256, help="inference batch")
     block_rows: int = option(
@@ -116,4 +126,10 @@ class TeachConfig:
     )
     progress: bool = option(True, flag="--quiet", help="no progress bar")
     storage_options: StorageOptions | None = storage.storage_option()
+    dry_run: bool = option(
+        False, help="print the cache's objects, bytes and read requests/s; run no teacher"
+    )
+    student_rate: float = option(
+        10000.0, metavar="IMG_PER_S", help="with --dry-run: the student's assumed images/s"
+    )
     run_id: str | None = None  # set by run_teach: the run lock this run holds

@@ -4,10 +4,13 @@ Trains two teachers, caches both in one Ray pass (top-10 = all classes, and samp
 then trains the same student (same seed, views and budget) once per objective: no KD, soft
 KD from full logits, hard KD, top-K for K in {1, 3, 5} with each tail option (the first K of
 the cached top-10 are exactly what a top-K cache holds), sampled ids at the bytes of top-K,
-and the mean of the two teachers. Writes DIR/bench.json after every run and prints a table.
+and the mean of the two teachers; with ``q8`` also soft KD from a second cache of the same
+teachers with q8 targets (full logits and top-5), beside the fp16 rows. Writes DIR/bench.json
+after every run and prints a table.
 """
 
 import argparse
+import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -31,6 +34,12 @@ TAILS = ("uniform", "renormalize", "bucket")
 def topk_bytes(k: int) -> int:
     """Raw bytes per view and teacher of top-k targets: fp16 logits, int16 ids, fp32 logsumexp."""
     return 2 * k + 2 * k + 4
+
+
+def q8_bytes(k: int, num_classes: int) -> int:
+    """Raw bytes per view and teacher of q8 top-k targets (pipeline.cache.quantize): uint8
+    levels, float16 scale and logsumexp, bit-packed ids."""
+    return k + 2 + 2 + math.ceil(k * max(1, math.ceil(math.log2(num_classes))) / 8)
 
 
 def sampled_bytes(draws: int) -> int:
@@ -67,6 +76,7 @@ class BenchConfig:
     repeats: int = 3  # rounds of every run, round r with training seed + r
     warmup: int = 0
     threads: int | None = None
+    q8: bool = False  # also a q8 cache: fp16 vs q8 targets at the same budget
 
 
 def _runs(config: BenchConfig, names: list[str]) -> list[tuple[str, int, dict]]:
@@ -99,6 +109,10 @@ def _runs(config: BenchConfig, names: list[str]) -> list[tuple[str, int, dict]]:
             {"kd": "soft", "teachers": names},
         )  # fmt: skip
     )
+    if config.q8:
+        for k in (num_classes, 5):
+            options = {"kd": "soft", "teachers": first, "topk": k, "cache": "q8"}
+            runs.append((f"soft KD, top-{k}, q8 targets", q8_bytes(k, num_classes), options))
     if config.noise_seed is not None:
         runs.append(
             (
@@ -147,6 +161,12 @@ def run_bench(out: str, config: BenchConfig, progress: bool = True) -> dict:
     run_teach(TeachConfig(manifest=manifest.location, cache=cache, teachers=sources, plan=plan,
                           topk=manifest.num_classes, samples=draws, progress=progress))  # fmt: skip
     phases["teach"] = round(time.perf_counter() - started, 1)
+    caches = {"fp16": cache}
+    if config.q8:
+        caches["q8"] = fresh(os.path.join(out, "cache-q8.zarr"))
+        run_teach(TeachConfig(manifest=manifest.location, cache=caches["q8"], teachers=sources,
+                              plan=plan, topk=manifest.num_classes, target_dtype="q8",
+                              progress=progress))  # fmt: skip
     student = dict(
         model=config.student, model_args=config.student_args,
         resolution=config.student_resolution, epochs=config.student_epochs, lr=config.lr,
@@ -156,12 +176,14 @@ def run_bench(out: str, config: BenchConfig, progress: bool = True) -> dict:
 
     def student_run(index: int, repeat: int) -> dict[str, float]:
         label, _, options = runs[index]
+        options = dict(options)
+        chosen = caches[options.pop("cache", "fp16")]
         if progress:
             print(f"== bench-kd: {label} (round {repeat + 1})", flush=True)
         started = time.perf_counter()
         seed = options.get("seed", config.seed) + max(repeat, 0)
         final = train(TrainConfig(out=fresh(os.path.join(out, "runs", f"student-{index:02d}")),
-                                  cache=cache if options["kd"] != "none" else None,
+                                  cache=chosen if options["kd"] != "none" else None,
                                   **{**student, **options, "seed": seed}))  # fmt: skip
         return {"test_acc": final["test_acc"], "seconds": time.perf_counter() - started}
 
@@ -210,6 +232,9 @@ def add_bench_kd_parser(commands) -> None:
     parser.add_argument("--teacher-epochs", type=int, default=3, help="default: %(default)s")
     parser.add_argument("--seed", type=int, default=0, help="plan and training seed (default: 0)")
     parser.add_argument("--quiet", action="store_true", help="only the final table")
+    parser.add_argument(
+        "--q8", action="store_true", help="also soft KD from a q8-targets cache (fp16 vs q8)"
+    )
     parser.set_defaults(run=run_bench_command)
 
 
@@ -224,6 +249,7 @@ def run_bench_command(args: argparse.Namespace) -> None:
         repeats=args.repeats,
         warmup=args.warmup,
         threads=args.threads,
+        q8=args.q8,
     )
     report = run_bench(args.work, config, progress=not args.quiet)
     print(format_table(report))

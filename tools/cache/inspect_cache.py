@@ -34,6 +34,7 @@ def _inspect(location: str, data: str | None) -> dict:
     report = {
         "cache": location,
         "format": store.attrs["format"],
+        "target_dtype": store.target_dtype,
         "dataset": store.attrs["dataset"]["name"],
         "fingerprint": store.attrs["dataset"]["fingerprint"],
         "splits": store.attrs["splits"],
@@ -56,6 +57,7 @@ def _inspect(location: str, data: str | None) -> dict:
             "shards_total": len(split_shards),
             "missing": missing,
             "problems": problems,
+            "quantisation_kl": _quantisation_kl(store, name),
         }
         top1[name] = {s.id: b.topk_index[..., 0] for s, b in zip(complete, blocks, strict=True)}
         raw_bytes += sum(
@@ -78,6 +80,16 @@ def _inspect(location: str, data: str | None) -> dict:
         "compression_ratio": raw_bytes / disk if disk else None,
     }
     return report
+
+
+def _quantisation_kl(store: CacheStore, name: str) -> float | None:
+    """Mean KL(fp16 targets || stored q8 targets) over a teacher's done regions, as measured
+    when they were written; None for fp16 targets."""
+    kl = store.quantisation_kl(name)
+    if kl is None:
+        return None
+    done = store.views_done(name)
+    return float(kl[done].mean()) if done.any() else None
 
 
 def _region_problems(store: CacheStore, name: str, shards: list) -> tuple[list[dict], list]:
@@ -141,7 +153,8 @@ def format_report(report: dict) -> str:
     """A human-readable summary of :func:`inspect_cache`."""
     bad = bad_regions(report)
     lines = [
-        f"cache {report['cache']} ({report['format']}): {report['dataset']} "
+        f"cache {report['cache']} ({report['format']}, {report['target_dtype']} targets): "
+        f"{report['dataset']} "
         f"{report['fingerprint'][:12]}, splits {','.join(report['splits'])}, "
         f"{report['views']} views, top-{report['topk']}"
         + (f", {report['samples']} sampled ids" if report["samples"] else ""),
@@ -157,6 +170,11 @@ def format_report(report: dict) -> str:
             f"{(np.mean(agreement) if agreement else 0):>9.3f}"
             f"{t['tail_mass'].get('p50', 0):>10.4f}{t['tail_mass'].get('p95', 0):>10.4f}"
         )
+        if t["quantisation_kl"] is not None:
+            lines.append(
+                f"  quantisation: mean KL(fp16 targets || q8 targets) {t['quantisation_kl']:.3g} "
+                "nats per view (measured as written)"
+            )
         if t["missing"]:
             lines.append(
                 f"  missing: {', '.join(t['missing'][:5])}{' ...' if len(t['missing']) > 5 else ''}"

@@ -97,7 +97,7 @@ def _recompute(
     rows = manifest.shard_rows(shard)[positions]
     params = store.plan.shard_params(manifest, shard, views=[view])
     samples = store.samples
-    return teacher_targets(
+    fresh = teacher_targets(
         teacher,
         store.plan,
         images,
@@ -106,6 +106,9 @@ def _recompute(
         positions=positions,
         uniforms=sample_uniforms(store.plan.seed, rows, [view], samples) if samples else None,
     )
+    return store.as_stored(
+        fresh
+    )  # quantised as the cache stores it (q8), to compare like with like
 
 
 def verify_cache(

@@ -58,9 +58,12 @@ class _StoredViews(PlannedViews):
         super().__init__(store.plan, manifest)
         self.store, self.teacher = store, teacher
 
-    def block(self, shard: ShardInfo):
-        planned = super().block(shard)  # the trainer's block, its params replaced by the stored
-        return replace(planned, params=self.store.read_shard(self.teacher, shard).params)
+    def block(self, shard: ShardInfo, views: list[int] | None = None):
+        planned = super().block(shard, views)  # the trainer's, its params replaced by the stored
+        if views is None:
+            return replace(planned, params=self.store.read_shard(self.teacher, shard).params)
+        stored = self.store.read_views(self.teacher, shard, views)
+        return replace(planned, params=stored.params)
 
 
 def _preprocessings(store: CacheStore) -> list[tuple[str, ModelSpec]]:

@@ -65,7 +65,7 @@ def run_shard(args: argparse.Namespace) -> None:
     )
 
 
-_FROM_EXISTING = ("topk", "samples", "splits")  # unset: the existing cache's values
+_FROM_EXISTING = ("topk", "samples", "splits", "target_dtype")  # unset: the existing cache's values
 
 
 def add_teach_parser(commands) -> None:
@@ -110,17 +110,42 @@ def run_teach(args: argparse.Namespace) -> None:
     if existing is not None:  # unset options default to the existing cache's
         plan = replace(existing.plan, **plan_overrides(args))
         inherited = {"topk": existing.topk, "samples": existing.samples}
+        inherited["target_dtype"] = existing.target_dtype
         inherited["splits"] = existing.attrs["splits"]
     else:
         plan, inherited = ViewPlan(**plan_overrides(args)), {}
     values["catalog"] = catalog_root(args.catalog)
     config = TeachConfig(**(inherited | values), teachers=teachers, plan=plan)
+    if config.dry_run:
+        print(_dry_run(config))
+        return
     try:
         summary = run_teach(config)
     except TeachFailed as error:
         print(storage.scrub(str(error), args.storage_options), file=sys.stderr)
         raise SystemExit(1) from None
     print("\n".join(summary.lines()))
+
+
+def _dry_run(config: TeachConfig) -> str:
+    """``teach --dry-run``: the size of the cache ``config`` makes, no teacher loaded."""
+    from kdcache.pipeline.cache import CachePlan, format_size, size_plan
+    from kdcache.pipeline.data import Manifest
+
+    manifest = Manifest.read(config.manifest)
+    plan = CachePlan(
+        shards=len(manifest.shards_of(config.splits)),
+        shard_size=manifest.shard_size,
+        num_classes=manifest.num_classes,
+        views=config.plan.views,
+        topk=config.topk,
+        params=len(config.plan.param_names),
+        teachers=len(config.teachers),
+        samples=config.samples,
+        target_dtype=config.target_dtype,
+        student_rate=config.student_rate,
+    )
+    return format_size(plan, size_plan(plan))
 
 
 def add_catalog_parser(commands) -> None:
@@ -166,7 +191,7 @@ def run_catalog(args: argparse.Namespace) -> None:
             print(json.dumps(row))
         return
     columns = ("identity", "teacher", "arch", "fingerprint", "plan_seed", "views", "topk",
-               "complete", "bytes", "cache")  # fmt: skip
+               "format", "target_dtype", "complete", "bytes", "cache")  # fmt: skip
     widths = {"identity": 12, "fingerprint": 12}
     print("  ".join(c[: widths.get(c, 40)] for c in columns))
     for row in rows:

@@ -10,6 +10,7 @@ from kdcache.pipeline.data import storage
 from kdcache.tools.bench.kd_objectives import add_bench_kd_parser
 from kdcache.tools.bench.mixing_accuracy import add_bench_mixing_parser
 from kdcache.tools.bench.replay_cost import add_bench_replay_parser
+from kdcache.tools.bench.target_reads import add_bench_reads_parser
 from kdcache.tools.bench.teach_speed import add_bench_parser
 from kdcache.tools.bench.train_speed import add_bench_train_parser
 from kdcache.tools.bench.versus_timm import add_bench_timm_parser
@@ -52,6 +53,7 @@ def _parser_and_commands() -> tuple[argparse.ArgumentParser, argparse.Action]:
     add_bench_train_parser(commands)
     add_bench_kd_parser(commands)
     add_bench_replay_parser(commands)
+    add_bench_reads_parser(commands)
     add_bench_mixing_parser(commands)
     add_bench_timm_parser(commands)
     return parser, commands

@@ -44,11 +44,12 @@ class LabelMixedTargets(CachedTargets):
         if not self.plan.mixes:
             raise ValueError("--mixing label needs --mixup-alpha or --cutmix-alpha")
 
-    def block(self, shard: ShardInfo) -> ShardBlock:
-        cached = super().block(shard)
-        views = range(cached.params.shape[1])
+    def block(self, shard: ShardInfo, views: list[int] | None = None) -> ShardBlock:
+        cached = super().block(shard, views)
+        views = range(cached.params.shape[1]) if views is None else views
         mixing = self.plan.shard_params(self.manifest, shard, views)[..., -len(MIX_COLUMNS) :]
-        return ShardBlock(np.concatenate([cached.params, mixing], axis=-1), cached.targets)
+        params = np.concatenate([cached.params, mixing], axis=-1)
+        return ShardBlock(params, cached.targets, cached.views)
 
 
 def mix_targets(

@@ -185,8 +185,8 @@ class TrainViews(_ShardStream):
                 images.encoded[row - first] = sample_image(sample, self.manifest.image_extensions)
                 images.keys[row - first] = sample["__key__"]
                 rows.append(row)
-            block = self.source.block(shard)
             views = self.schedule.views_for(self.epoch, np.array(rows))
+            block = self.source.block(shard, sorted(set(views.tolist())))  # only those used
             for row, view in zip(rows, views.tolist(), strict=True):
                 try:
                     made = self._sample(renderer, images, block, row - first, view)
@@ -205,10 +205,11 @@ class TrainViews(_ShardStream):
         view: int,
     ) -> dict:
         """One sample's dict: its view, label, targets and, for mixing plans, lam and partner label."""
-        params = block.params[:, view]
+        column = block.column(view)
+        params = block.params[:, column]
         first_row = images.shard.id * self.manifest.shard_size
         label = int(self.manifest.labels[first_row + position])
-        targets = {name: view_targets(t, position, view) for name, t in block.targets.items()}
+        targets = {name: view_targets(t, position, column) for name, t in block.targets.items()}
         sample = {
             "image": renderer.render(images, params, position, self.resolution),
             "label": label,
@@ -232,7 +233,7 @@ class TrainViews(_ShardStream):
             if self.mix_targets:
                 classes = self.manifest.num_classes
                 sample["targets"] = {
-                    name: mix_targets(own, view_targets(block.targets[name], partner, view),
+                    name: mix_targets(own, view_targets(block.targets[name], partner, column),
                                       lam, classes)
                     for name, own in targets.items()
                 }  # fmt: skip

@@ -1,7 +1,8 @@
 """Where a training run's views and teacher targets come from, one shard block at a time.
 
-With a cache, a shard's stored params and targets are read in one go (one Zarr read per array
-per shard) and every view's region is checked against its stored checksum, and for finite
+With a cache, a shard's stored params and targets are read for the views its samples use this
+epoch only (one Zarr read per array and view: in format 2 one inner chunk, checked by its
+crc32c) and every view's region is checked against its stored checksum, and for finite
 targets, before a sample of it is yielded; without one, the params come from the plan and
 there are no targets.
 """
@@ -17,10 +18,16 @@ from kdcache.pipeline.views import ViewPlan
 
 @dataclass
 class ShardBlock:
-    """A shard's view params (n, v, P) and, per teacher name, its cached targets."""
+    """A shard's view params (n, v, P) and, per teacher name, its cached targets; ``views``
+    are the view ids along axis 1 (None: all, in order)."""
 
     params: np.ndarray
     targets: dict[str, ShardTargets]
+    views: list[int] | None = None
+
+    def column(self, view: int) -> int:
+        """Where view ``view`` lies along axis 1."""
+        return view if self.views is None else self.views.index(view)
 
 
 class PlannedViews:
@@ -32,8 +39,11 @@ class PlannedViews:
         self.topk = 0
         self.teachers: list[str] = []
 
-    def block(self, shard: ShardInfo) -> ShardBlock:
-        return ShardBlock(self.plan.shard_params(self.manifest, shard), {})
+    def block(self, shard: ShardInfo, views: list[int] | None = None) -> ShardBlock:
+        """A shard's params for ``views`` (default: all)."""
+        if views is None:
+            return ShardBlock(self.plan.shard_params(self.manifest, shard), {})
+        return ShardBlock(self.plan.shard_params(self.manifest, shard, views=views), {}, views)
 
 
 class CachedTargets:
@@ -103,10 +113,14 @@ class CachedTargets:
             )
         return wanted or held
 
-    def block(self, shard: ShardInfo) -> ShardBlock:
+    def block(self, shard: ShardInfo, views: list[int] | None = None) -> ShardBlock:
+        """A shard's params and targets for ``views`` (default: all the plan's), checked."""
         targets = {}
         for name in self.teachers:
-            block = self.store.read_verified(name, shard, views=self.plan.views)
+            if views is None:
+                block = self.store.read_verified(name, shard, views=self.plan.views)
+            else:
+                block = self.store.read_views(name, shard, views)
             keep = block.sample_index[..., : self.samples] if self.samples else None
             targets[name] = replace(
                 block,
@@ -114,4 +128,4 @@ class CachedTargets:
                 topk_index=block.topk_index[..., : self.topk],
                 sample_index=keep,
             )
-        return ShardBlock(targets[self.teachers[0]].params, targets)
+        return ShardBlock(targets[self.teachers[0]].params, targets, views)

@@ -1,0 +1,238 @@
+"""Format kdcache/2: few objects (sized exactly by the dry run), reads of only the views used,
+q8 targets, and a crc32c on every read (a flipped byte names teacher, shard and view)."""
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from zarr.storage import LocalStore, WrapperStore
+
+from kdcache.errors import CacheCorrupt
+from kdcache.pipeline.cache import (
+    CachePlan,
+    CacheStore,
+    Catalog,
+    size_plan,
+)
+from kdcache.pipeline.cache.quantize import dequantize, pack_ids, quantize, unpack_ids
+from kdcache.tools.bench.target_reads import format1_copy, synthetic_cache
+from kdcache.tools.cache.inspect_cache import inspect_cache
+from kdcache.trainer.data import CachedTargets, TrainViews
+from tests.conftest import make_shards
+
+
+@pytest.fixture(scope="module")
+def full_shards(tmp_path_factory):
+    """400 train rows in four full shards of 100 (no short shard: every chunk read is used)."""
+    return make_shards(tmp_path_factory.mktemp("full"), train_rows=400, test_rows=100)
+
+
+def write_cache(location, manifest, views, topk, target_dtype) -> CacheStore:
+    """A complete cache of the train split with synthetic teacher ``t``, written by the store."""
+    return synthetic_cache(str(location), manifest, views, topk, target_dtype)
+
+
+def objects(location) -> dict[str, list[Path]]:
+    """Storage objects per array (``params``, ``teacher/<name>``), metadata left out."""
+    found = {}
+    for array in [Path(location) / "params", *(Path(location) / "teachers" / "t").iterdir()]:
+        if array.is_dir():
+            key = "params" if array.name == "params" else f"teacher/{array.name}"
+            found[key] = sorted(p for p in (array / "c").rglob("*") if p.is_file())
+    return found
+
+
+def test_an_imagenet_shaped_plan_needs_few_objects():
+    for dtype in ("fp16", "q8"):
+        plan = CachePlan(shards=math.ceil(1_281_167 / 1000), shard_size=1000, num_classes=1000,
+                         views=100, topk=10, params=5, target_dtype=dtype)  # fmt: skip
+        size = size_plan(plan)
+        assert all(a["objects"] <= 2000 for a in size["arrays"].values()), size["arrays"]
+    # q8 at K = 10, C = 1000: 10 levels + scale 2 + 100 bits of ids + logsumexp 2 (+ crc, index, ledger)
+    assert 27 <= size["target_bytes_per_view"] < 27.2  # ledgers and indexes: 0.15
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "q8"])
+def test_the_dry_run_equals_a_written_cache(data, tmp_path, dtype):
+    store = write_cache(tmp_path / "c.zarr", data, views=3, topk=4, target_dtype=dtype)
+    plan = CachePlan(shards=len(data.shards_of("train")), shard_size=data.shard_size,
+                     num_classes=data.num_classes, views=3, topk=4,
+                     params=len(store.plan.param_names), target_dtype=dtype)  # fmt: skip
+    expected = size_plan(plan)
+    found = objects(tmp_path / "c.zarr")
+    assert found.keys() == expected["arrays"].keys()
+    for name, files in found.items():
+        assert len(files) == expected["arrays"][name]["objects"], name
+        assert sum(f.stat().st_size for f in files) == expected["arrays"][name]["bytes"], name
+    # the command prints the same totals, without loading the (here absent) teacher
+    result = subprocess.run(
+        [sys.executable, "-m", "kdcache", "teach", "--dry-run", "--data", data.location,
+         "--teacher", str(tmp_path / "absent.pth"), "--views", "3", "--topk", "4",
+         "--target-dtype", dtype, "--plan-seed", "1"],
+        capture_output=True, text=True, env=os.environ, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    total = sum(sum(f.stat().st_size for f in files) for files in found.values())
+    assert f"total: {expected['objects']} objects, {total} bytes" in result.stdout
+
+
+class CountingStore(WrapperStore):
+    """A real local store whose reads are counted: requests and bytes returned."""
+
+    def __init__(self, store):
+        super().__init__(store)
+        self.requests, self.bytes = 0, 0
+
+    async def get(self, key, prototype, byte_range=None):
+        value = await self._store.get(key, prototype, byte_range)
+        self.requests += 1
+        self.bytes += 0 if value is None else len(value)
+        return value
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "q8"])
+def test_the_trainer_fetches_only_the_views_it_uses(full_shards, tmp_path, dtype):
+    views, topk = 8, 10
+    write_cache(tmp_path / "c.zarr", full_shards, views=views, topk=topk, target_dtype=dtype)
+    targets = CachedTargets(str(tmp_path / "c.zarr"), full_shards)
+    counting = CountingStore(LocalStore(str(tmp_path / "c.zarr"), read_only=True))
+    targets.store = CacheStore(str(tmp_path / "c.zarr"), zarr.open_group(counting, mode="r"))
+    loader = TrainViews(full_shards, targets, resolution=28)
+    loader.set_epoch(0)  # opens the arrays and reads the checksum ledger once
+    sum(1 for _ in loader.iter_views(full_shards.shards_of("train")))
+    counting.requests = counting.bytes = 0
+    loader.set_epoch(5)
+    seen = [s["view"] for s in loader.iter_views(full_shards.shards_of("train"))]
+    assert set(seen) == {5} and len(seen) == 400
+    stored = [targets.store._array(None, "params")]
+    stored += [targets.store._array("t", n) for n in targets.store._stored_names()]
+    used = sum(len(seen) * math.prod(a.shape[2:]) * a.dtype.itemsize for a in stored)
+    ratio = counting.bytes / used
+    print(f"{dtype}: fetched {counting.bytes} B in {counting.requests} requests for {used} B")
+    assert ratio <= 1.25, ratio
+    assert counting.requests == 4 * len(stored) * 2  # per shard and array: index, chunk
+
+
+def test_q8_targets_round_trip_and_are_measured(data, tmp_path):
+    rng = np.random.default_rng(0)
+    for classes in (10, 1000, 40000):
+        ids = rng.integers(0, classes, (50, 3, 10))
+        assert (unpack_ids(pack_ids(ids, classes), 10, classes) == ids).all()
+    logits = np.sort(rng.normal(0, 3, (500, 10)), -1)[:, ::-1].astype(np.float16)
+    lse = logits.astype(np.float32).max(-1) + 0.7
+    back, back_lse = dequantize(*quantize(logits, lse))
+    relative = logits.astype(np.float32) - logits[:, :1].astype(np.float32)
+    assert np.abs(back - relative).max() < (relative[:, -1].min() * -1) / 255  # half a step
+    assert np.abs(back_lse - 0.7).max() < 1e-3
+    store = write_cache(tmp_path / "q.zarr", data, views=2, topk=4, target_dtype="q8")
+    report = inspect_cache(str(tmp_path / "q.zarr"))
+    kl = report["teachers"]["t"]["quantisation_kl"]
+    assert 0 < kl < 1e-3 and not report["teachers"]["t"]["problems"]
+    assert report["target_dtype"] == "q8" and report["format"] == "kdcache/2"
+    assert store.group["teachers/t/topk_logits"].dtype == np.uint8
+
+
+def _flip(path: Path, position: int) -> int:
+    data = bytearray(path.read_bytes())
+    position %= len(data)
+    data[position] ^= 0x10
+    path.write_bytes(bytes(data))
+    return position
+
+
+def test_a_flipped_byte_in_any_object_fails_the_read_that_touches_it(data, tmp_path):
+    location = tmp_path / "q.zarr"
+    write_cache(location, data, views=2, topk=4, target_dtype="q8")
+    rng = np.random.default_rng(1)
+    checked = 0
+    for name, files in objects(location).items():
+        if name == "teacher/quant_kl":  # read by inspect only
+            continue
+        for path in files:
+            original = path.read_bytes()
+            _flip(path, int(rng.integers(0, len(original))))
+            with pytest.raises(CacheCorrupt) as caught:
+                targets = CachedTargets(str(location), data)
+                for epoch in range(2):
+                    for shard in data.shards_of("train"):
+                        targets.block(shard, [epoch])
+            message = str(caught.value)
+            assert "\n" not in message and "teacher t" in message, message
+            assert "shard" in message and "view" in message, message
+            path.write_bytes(original)
+            checked += 1
+    assert checked == 5 * (1 + 4 + 2)  # params, 4 q8 target arrays, 2 ledgers per shard
+
+
+def test_train_exits_on_a_flipped_byte_naming_teacher_shard_and_view(data, tmp_path):
+    location = tmp_path / "q.zarr"
+    write_cache(location, data, views=2, topk=4, target_dtype="q8")
+    target = location / "teachers" / "t" / "topk_logits" / "c" / "2" / "0" / "0"
+    _flip(target, 150)  # shard 2, view 0 (the first epoch's)
+    result = subprocess.run(
+        [sys.executable, "-m", "kdcache", "train", "--data", data.location, "--cache",
+         str(location), "--kd", "soft", "--model", "regnety_002", "--epochs", "1",
+         "--batch-size", "64", "--workers", "0", "--quiet", "--out", str(tmp_path / "run")],
+        capture_output=True, text=True, env=os.environ, timeout=240,
+    )  # fmt: skip
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "teacher t" in lines[0] and "train-000002" in lines[0] and "view 0" in lines[0]
+
+
+def test_a_format1_cache_is_still_read_and_catalogued_as_such(data, tmp_path):
+    new = write_cache(tmp_path / "new.zarr", data, views=2, topk=4, target_dtype="fp16")
+    format1_copy(new, str(tmp_path / "old.zarr"))  # kdcache/1 as README has it
+    shard = data.shards_of("train")[2]
+    read = CachedTargets(str(tmp_path / "old.zarr"), data).block(shard, [1])
+    expected = CachedTargets(str(tmp_path / "new.zarr"), data).block(shard, [1])
+    for name, values in expected.targets["t"].arrays().items():
+        assert np.array_equal(read.targets["t"].arrays()[name], values), name
+    assert inspect_cache(str(tmp_path / "old.zarr"))["format"] == "kdcache/1"
+    catalog = Catalog(str(tmp_path / "catalog"))
+    rows = [
+        catalog.record(CacheStore.open(str(tmp_path / n)), data)[0]
+        for n in ("old.zarr", "new.zarr")
+    ]
+    expected = [("kdcache/1", "fp16"), ("kdcache/2", "fp16")]
+    assert [(r["format"], r["target_dtype"]) for r in rows] == expected
+    stored = sorted(catalog.rows(), key=lambda r: r["cache"])  # new.zarr sorts first
+    assert [(r["format"], r["target_dtype"]) for r in stored] == expected[::-1]
+
+
+Q8_READER = r"""
+import json, math, sys
+sys.modules["kdcache"] = None  # importing kdcache's code would fail here
+import numpy as np, zarr
+cache, row, view = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+g = zarr.open_group(cache, mode="r"); t = g["teachers/t"]; K = g.attrs["topk"]
+assert g.attrs["format"] == "kdcache/2" and g.attrs["layout"]["target_dtype"] == "q8"
+C = g.attrs["dataset"]["num_classes"]; b = max(1, math.ceil(math.log2(max(C, 2))))
+level, scale = t["topk_logits"][row, view], t["logit_scale"][row, view]
+logits = -level.astype(np.float32) * np.float32(scale); lse = np.float32(t["logsumexp"][row, view])
+bits = np.unpackbits(t["topk_index"][row, view], count=K * b).reshape(K, b)
+ids = (bits.astype(np.int64) << np.arange(b - 1, -1, -1)).sum(-1)
+print(json.dumps({"logits": logits.tolist(), "lse": float(lse), "ids": ids.tolist()}))
+"""
+
+
+def test_a_reader_with_plain_zarr_decodes_q8_targets_as_readme_says(data, tmp_path):
+    import json
+
+    location = str(tmp_path / "q.zarr")
+    write_cache(location, data, views=2, topk=4, target_dtype="q8")
+    row, view, shard = 234, 1, data.shards[2]
+    result = subprocess.run([sys.executable, "-c", Q8_READER, location, str(row), str(view)],
+                            capture_output=True, text=True, check=True)  # fmt: skip
+    plain = json.loads(result.stdout)
+    ours = CachedTargets(location, data).block(shard, [view]).targets["t"]
+    position = row - shard.id * data.shard_size
+    assert np.array_equal(np.float32(plain["logits"]), ours.topk_logits[position, 0])
+    assert plain["ids"] == ours.topk_index[position, 0].tolist()
+    assert np.float32(plain["lse"]) == ours.logsumexp[position, 0]
