@@ -153,6 +153,7 @@ class CacheStore:
         if os.getpid() != self._pid:
             mode = "r" if self._group.read_only else "r+"
             self._group, self._pid = _open_group(self.location, mode, self._options), os.getpid()
+            self._handles.clear()  # arrays opened through the parent's group
         return self._group
 
     @classmethod
@@ -306,9 +307,9 @@ class CacheStore:
     def _array(self, teacher: str | None, name: str) -> zarr.Array:
         """An array (``teacher`` None: ``params``), its metadata read once per store object:
         a reader's requests are then its chunks' alone."""
-        key = (teacher, name)
+        key, root = (teacher, name), self.group  # in a forked worker: reopened, handles dropped
         if key not in self._handles:
-            group = self.group if teacher is None else self._teacher(teacher)
+            group = root if teacher is None else self._teacher(teacher)
             self._handles[key] = group[name]
         return self._handles[key]
 
