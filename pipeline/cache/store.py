@@ -35,7 +35,7 @@ import zarr
 from zarr.codecs import BloscCodec
 
 from kdcache import __version__
-from kdcache.errors import CacheCorrupt, CacheMismatch
+from kdcache.errors import CacheCorrupt, CacheMismatch, ConfigError
 from kdcache.pipeline.cache.integrity import (
     IDENTITY_ATTR,
     edited_fields,
@@ -50,6 +50,7 @@ FORMAT = "kdcache/1"
 TARGET_ARRAYS = ("topk_logits", "topk_index", "logsumexp")
 SAMPLE_ARRAYS = ("sample_index",)
 LEDGER_ARRAYS = ("shard_done", "shard_checksum")
+MAX_VIEWS = 4096  # views a cache's arrays may hold: bounds what a read of its ledger allocates
 _COMPRESSORS = (BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle"),)
 
 
@@ -120,6 +121,7 @@ class CacheStore:
         self.samples: int = self.attrs.get("samples", 0)  # caches older than sampling: 0
         self.shard_size: int = self.attrs["dataset"]["shard_size"]
         self._check_identity()
+        self._check_shapes()
 
     @classmethod
     def open(
@@ -204,6 +206,44 @@ class CacheStore:
                 "it was made and cannot be trusted (restore the attrs or re-teach)"
             )
 
+    def _check_shapes(self) -> None:
+        """Refuse arrays whose declared shape or chunks differ from what the attrs (checked
+        against the identity hash, and the dataset's against the manifest) give: rows,
+        shards, P, K, D, one view count at most :data:`MAX_VIEWS` for all. Only metadata is
+        read, so an edited ``zarr.json`` cannot make a read allocate what it declares."""
+        dataset = self.attrs["dataset"]
+        n, s, rows = dataset["num_rows"], dataset["num_shards"], self.shard_size
+        p, k, d = len(self.plan.param_names), self.topk, self.samples
+        v = self.group["params"].shape[1] if len(self.group["params"].shape) == 3 else -1
+        if not self.plan.views <= v <= MAX_VIEWS:
+            raise CacheCorrupt(
+                f"{self.location}/params/zarr.json: field shape {list(self.group['params'].shape)} "
+                f"declares {v} views; expected {self.plan.views}..{MAX_VIEWS} (the plan's views "
+                "up to the most a cache holds); the array's description was edited"
+            )
+        expected = {"params": ((n, v, p), (rows, 1, p))}
+        for name in self.teacher_names:
+            base = f"teachers/{name}/"
+            expected |= {
+                base + "topk_logits": ((n, v, k), (rows, 1, k)),
+                base + "topk_index": ((n, v, k), (rows, 1, k)),
+                base + "logsumexp": ((n, v), (rows, 1)),
+                base + "shard_done": ((s, v), (1, 1)),
+                base + "shard_checksum": ((s, v), (1, 1)),
+                **({base + "sample_index": ((n, v, d), (rows, 1, d))} if d else {}),
+            }
+        for path, (shape, chunks) in expected.items():
+            try:
+                array = self.group[path]
+            except KeyError:  # not made yet (a run stopped while adding a teacher)
+                continue
+            if (tuple(array.shape), tuple(array.chunks)) != (shape, chunks):
+                raise CacheCorrupt(
+                    f"{self.location}/{path}/zarr.json: field shape {list(array.shape)} (chunks "
+                    f"{list(array.chunks)}), expected {list(shape)} (chunks {list(chunks)}) for "
+                    f"{n} rows in {s} shards and {v} views; the array's description was edited"
+                )
+
     @property
     def identity_hashed(self) -> bool:
         """Whether the attrs carry the identity hash (caches made before it existed do not)."""
@@ -230,6 +270,9 @@ class CacheStore:
         """
         found = []
         dataset = self.attrs["dataset"]
+        for field, value in (("num_rows", manifest.num_rows), ("num_shards", len(manifest.shards))):
+            if dataset[field] != value:
+                found.append(f"dataset.{field}: {dataset[field]} in cache vs {value} in manifest")
         if dataset["fingerprint"] != manifest.fingerprint:
             found.append(
                 f"dataset.fingerprint: cache {dataset['fingerprint'][:12]} vs "
@@ -307,6 +350,8 @@ class CacheStore:
         """Widen every array to ``views`` views; existing chunks are not touched."""
         if views <= self.array_views:
             return
+        if views > MAX_VIEWS:
+            raise ConfigError(f"plan: {views} views asked; a cache holds at most {MAX_VIEWS}")
         arrays = [self.group["params"]]
         for name in self.teacher_names:
             arrays += [self._teacher(name)[a] for a in self._arrays(*LEDGER_ARRAYS)]
