@@ -7,6 +7,8 @@ __getattr__, __dir__, __all__ = lazy_face(
     {
         "FASHION_MNIST_DIR": ".sources",
         "Manifest": ".manifest",
+        "catalogued_cache": ".confine",
+        "recorded_teacher": ".confine",
         "checked_samples": ".shard_check",
         "ShardError": ".tar_reader",
         "ShardConfig": ".shard_config",
