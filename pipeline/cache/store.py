@@ -209,39 +209,40 @@ class CacheStore:
     def _check_shapes(self) -> None:
         """Refuse arrays whose declared shape or chunks differ from what the attrs (checked
         against the identity hash, and the dataset's against the manifest) give: rows,
-        shards, P, K, D, one view count at most :data:`MAX_VIEWS` for all. Only metadata is
-        read, so an edited ``zarr.json`` cannot make a read allocate what it declares."""
+        shards, P, K, D exactly, and a view count between the plan's and :data:`MAX_VIEWS`
+        (arrays are widened one by one when views are added). Only metadata is read, so an
+        edited ``zarr.json`` cannot make a read allocate what it declares."""
         dataset = self.attrs["dataset"]
         n, s, rows = dataset["num_rows"], dataset["num_shards"], self.shard_size
         p, k, d = len(self.plan.param_names), self.topk, self.samples
-        v = self.group["params"].shape[1] if len(self.group["params"].shape) == 3 else -1
-        if not self.plan.views <= v <= MAX_VIEWS:
-            raise CacheCorrupt(
-                f"{self.location}/params/zarr.json: field shape {list(self.group['params'].shape)} "
-                f"declares {v} views; expected {self.plan.views}..{MAX_VIEWS} (the plan's views "
-                "up to the most a cache holds); the array's description was edited"
-            )
-        expected = {"params": ((n, v, p), (rows, 1, p))}
+        expected = {"params": ((n, p), (rows, 1, p))}
         for name in self.teacher_names:
             base = f"teachers/{name}/"
             expected |= {
-                base + "topk_logits": ((n, v, k), (rows, 1, k)),
-                base + "topk_index": ((n, v, k), (rows, 1, k)),
-                base + "logsumexp": ((n, v), (rows, 1)),
-                base + "shard_done": ((s, v), (1, 1)),
-                base + "shard_checksum": ((s, v), (1, 1)),
-                **({base + "sample_index": ((n, v, d), (rows, 1, d))} if d else {}),
+                base + "topk_logits": ((n, k), (rows, 1, k)),
+                base + "topk_index": ((n, k), (rows, 1, k)),
+                base + "logsumexp": ((n,), (rows, 1)),
+                base + "shard_done": ((s,), (1, 1)),
+                base + "shard_checksum": ((s,), (1, 1)),
+                **({base + "sample_index": ((n, d), (rows, 1, d))} if d else {}),
             }
-        for path, (shape, chunks) in expected.items():
+        for path, ((first, *rest), chunks) in expected.items():
             try:
                 array = self.group[path]
             except KeyError:  # not made yet (a run stopped while adding a teacher)
                 continue
-            if (tuple(array.shape), tuple(array.chunks)) != (shape, chunks):
+            shape = tuple(array.shape)
+            views = shape[1] if len(shape) == len(chunks) else -1
+            if (
+                shape != (first, views, *rest)
+                or not self.plan.views <= views <= MAX_VIEWS
+                or tuple(array.chunks) != chunks
+            ):
+                wanted = [first, f"{self.plan.views}..{MAX_VIEWS} views", *rest]
                 raise CacheCorrupt(
-                    f"{self.location}/{path}/zarr.json: field shape {list(array.shape)} (chunks "
-                    f"{list(array.chunks)}), expected {list(shape)} (chunks {list(chunks)}) for "
-                    f"{n} rows in {s} shards and {v} views; the array's description was edited"
+                    f"{self.location}/{path}/zarr.json: field shape {list(shape)} (chunks "
+                    f"{list(array.chunks)}), expected {wanted} (chunks {list(chunks)}) for "
+                    f"{n} rows in {s} shards; the array's description was edited"
                 )
 
     @property
