@@ -19,7 +19,7 @@ import os
 import pyarrow as pa
 
 from kdcache.pipeline.cache.store import CacheStore
-from kdcache.pipeline.data import Manifest, storage, urls
+from kdcache.pipeline.data import Manifest, catalogued_cache, storage, urls
 
 CATALOG_ENV = "KDCACHE_CATALOG"
 _TEACHER_KEYS = ("arch", "weights_sha256", "num_classes", "model_args", "preprocessing")
@@ -82,6 +82,7 @@ class Catalog:
     def __init__(self, root: str):
         self.root = root
         self.folder = urls.join(root, "catalog")
+        self._files: dict[tuple, str] = {}  # (identity, cache, teacher) -> the file read
 
     def default_cache_location(self, teachers: list[tuple[str, str]]) -> str:
         """Where ``kdcache teach`` puts a cache of ``teachers`` ((identity, name) pairs) when
@@ -131,6 +132,13 @@ class Catalog:
             rows.append(row)
         return rows
 
+    def confined_cache(self, row: dict, *, writes: bool) -> str:
+        """``row`` (one of :meth:`rows`)'s cache location, checked as
+        :func:`~pipeline.data.confine.catalogued_cache` does (naming the entry's file and
+        field): an edited row cannot make a run write elsewhere or fetch from a URL."""
+        entry = self._files[(row["identity"], row["cache"], row["teacher"])]
+        return catalogued_cache(self.root, row["cache"], entry, writes=writes)
+
     @staticmethod
     def _write_row(fs, folder: str, row: dict) -> None:
         """One entry's file, named by identity, cache and teacher name; written whole."""
@@ -142,26 +150,30 @@ class Catalog:
         )
         fs.mv(temporary, urls.join(folder, f"{name}.parquet"))
 
-    def table(self) -> pa.Table:
-        """Every row of the catalogue (an empty table if there is none yet)."""
+    def _entries(self) -> list[tuple[str, dict]]:
+        """(file, row) of every row in the catalogue's files."""
         fs, folder = storage.filesystem(self.folder)
         files = sorted(fs.glob(urls.join(folder, "*.parquet"))) if fs.exists(folder) else []
-        tables = []
+        entries = []
         for path in files:
-            tables.append(urls.read_parquet(fs.unstrip_protocol(path)))
-        if not tables:
-            return SCHEMA.empty_table()
-        return pa.concat_tables(tables, promote_options="default")  # older rows: fewer columns
+            location = fs.unstrip_protocol(path)
+            entries += [(location, row) for row in urls.read_parquet(location).to_pylist()]
+        return entries
+
+    def table(self) -> pa.Table:
+        """Every row of the catalogue (an empty table if there is none yet)."""
+        return pa.Table.from_pylist([row for _, row in self._entries()], schema=SCHEMA)
 
     def rows(self) -> list[dict]:
         """Every entry, the latest per (identity, cache, teacher) if a catalogue written by an
         older version (one file per identity) holds another."""
         latest: dict[tuple, dict] = {}
-        for row in self.table().to_pylist():
+        for location, row in self._entries():
             row.update({k: v for k, v in _BEFORE_FORMAT_2.items() if row.get(k) is None})
             key = (row["identity"], row["cache"], row["teacher"])
             if key not in latest or row["updated"] > latest[key]["updated"]:
                 latest[key] = row
+                self._files[key] = location
         return list(latest.values())
 
     def caches_holding(self, teachers: list[tuple[str, str]]) -> dict[str, list[dict]]:
@@ -229,4 +241,4 @@ def resolve_cache(
             f"{root}: {len(rows)} caches fit {wanted}: {listed}; pass --cache PATH "
             "or narrow with --teacher-name / plan options"
         )
-    return rows[0]["cache"], rows[0]["teacher"]
+    return catalog.confined_cache(rows[0], writes=False), rows[0]["teacher"]

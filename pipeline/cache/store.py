@@ -43,7 +43,7 @@ import zarr
 from zarr.codecs import BloscCodec
 
 from kdcache import __version__
-from kdcache.errors import CacheCorrupt, CacheMismatch
+from kdcache.errors import CacheCorrupt, CacheMismatch, ConfigError
 from kdcache.pipeline.cache.integrity import (
     IDENTITY_ATTR,
     edited_fields,
@@ -68,6 +68,7 @@ FORMATS = ("kdcache/1", FORMAT)  # readable
 TARGET_ARRAYS = ("topk_logits", "topk_index", "logsumexp")
 SAMPLE_ARRAYS = ("sample_index",)
 LEDGER_ARRAYS = ("shard_done", "shard_checksum")
+MAX_VIEWS = 4096  # views a cache's arrays may hold: bounds what a read of its ledger allocates
 _COMPRESSORS = (BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle"),)
 
 
@@ -145,6 +146,7 @@ class CacheStore:
         self._handles: dict[tuple[str | None, str], zarr.Array] = {}
         self._checksums: dict[str, np.ndarray] = {}
         self._check_identity()
+        self._check_shapes()
 
     @property
     def group(self) -> zarr.Group:
@@ -244,6 +246,45 @@ class CacheStore:
                 "it was made and cannot be trusted (restore the attrs or re-teach)"
             )
 
+    def _check_shapes(self) -> None:
+        """Refuse arrays whose declared shape or chunks differ from what the attrs (checked
+        against the identity hash, and the dataset's against the manifest) give: rows,
+        shards, P, K, D exactly, and a view count between the plan's and :data:`MAX_VIEWS`
+        (arrays are widened one by one when views are added). Only metadata is read, so an
+        edited ``zarr.json`` cannot make a read allocate what it declares."""
+        dataset = self.attrs["dataset"]
+        n, s, rows = dataset["num_rows"], dataset["num_shards"], self.shard_size
+        p, k, d = len(self.plan.param_names), self.topk, self.samples
+        expected = {"params": ((n, p), (rows, 1, p))}
+        for name in self.teacher_names:
+            base = f"teachers/{name}/"
+            expected |= {
+                base + "topk_logits": ((n, k), (rows, 1, k)),
+                base + "topk_index": ((n, k), (rows, 1, k)),
+                base + "logsumexp": ((n,), (rows, 1)),
+                base + "shard_done": ((s,), (1, 1)),
+                base + "shard_checksum": ((s,), (1, 1)),
+                **({base + "sample_index": ((n, d), (rows, 1, d))} if d else {}),
+            }
+        for path, ((first, *rest), chunks) in expected.items():
+            try:
+                array = self.group[path]
+            except KeyError:  # not made yet (a run stopped while adding a teacher)
+                continue
+            shape = tuple(array.shape)
+            views = shape[1] if len(shape) == len(chunks) else -1
+            if (
+                shape != (first, views, *rest)
+                or not self.plan.views <= views <= MAX_VIEWS
+                or tuple(array.chunks) != chunks
+            ):
+                wanted = [first, f"{self.plan.views}..{MAX_VIEWS} views", *rest]
+                raise CacheCorrupt(
+                    f"{self.location}/{path}/zarr.json: field shape {list(shape)} (chunks "
+                    f"{list(array.chunks)}), expected {wanted} (chunks {list(chunks)}) for "
+                    f"{n} rows in {s} shards; the array's description was edited"
+                )
+
     @property
     def identity_hashed(self) -> bool:
         """Whether the attrs carry the identity hash (caches made before it existed do not)."""
@@ -271,6 +312,9 @@ class CacheStore:
         """
         found = []
         dataset = self.attrs["dataset"]
+        for field, value in (("num_rows", manifest.num_rows), ("num_shards", len(manifest.shards))):
+            if dataset[field] != value:
+                found.append(f"dataset.{field}: {dataset[field]} in cache vs {value} in manifest")
         if dataset["fingerprint"] != manifest.fingerprint:
             found.append(
                 f"dataset.fingerprint: cache {dataset['fingerprint'][:12]} vs "
@@ -373,6 +417,8 @@ class CacheStore:
         """Widen every array to ``views`` views; existing chunks are not touched."""
         if views <= self.array_views:
             return
+        if views > MAX_VIEWS:
+            raise ConfigError(f"plan: {views} views asked; a cache holds at most {MAX_VIEWS}")
         self._handles.clear()
         arrays = [self.group["params"]]
         for name in self.teacher_names:

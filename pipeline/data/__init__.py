@@ -11,6 +11,8 @@ __getattr__, __dir__, __all__ = lazy_face(
         "index_parquet": ".parquet_index",
         "index_shards": ".indexer",
         "Manifest": ".manifest",
+        "catalogued_cache": ".confine",
+        "recorded_teacher": ".confine",
         "checked_samples": ".shard_check",
         "ShardError": ".tar_reader",
         "ShardConfig": ".shard_config",

@@ -2,23 +2,29 @@
 
 Part of the contract between ``pipeline`` and ``trainer``. Row ids are laid out so that the
 cache can give every shard whole chunks: row = shard * shard_size + position in the shard.
-The fingerprint is a sha256 over every row's identity and content hash, the classes and the
-shard layout; it is stored in the Parquet metadata and re-checked on every read.
+The fingerprint is a sha256 over every row's identity and content hash, the classes, the
+shard layout and (format 2) every shard file's name, size and sha256; it is stored in the
+Parquet metadata and re-checked on every read. Manifests of format 1 (no shard file sizes and
+hashes) are still read, with their fingerprint as it was. Shard file names are checked
+against the manifest's folder on every read (:mod:`pipeline.data.confine`).
 """
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import cached_property
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
 
-from kdcache.pipeline.data import urls
+from kdcache.errors import ManifestError
+from kdcache.pipeline.data import storage, urls
+from kdcache.pipeline.data.confine import shard_location
 from kdcache.pipeline.data.tar_reader import IMAGE_EXTENSIONS, LABEL_FIELD
 
-MANIFEST_FORMAT = "kdcache-manifest/1"
+MANIFEST_FORMAT = "kdcache-manifest/2"
+OLD_FORMATS = ("kdcache-manifest/1",)  # read, fingerprint without the shard files
 METADATA_KEY = b"kdcache"
 SCHEMA = pa.schema(
     [
@@ -39,23 +45,41 @@ OPTIONAL_COLUMNS = {"path": pa.string()}
 @dataclass(frozen=True)
 class ShardInfo:
     """One shard: its id (index in the manifest), file (a tar, or an indexed Parquet file;
-    relative to the manifest's folder, or absolute), split, rows."""
+    relative to the manifest's folder, or as confined by :mod:`confine`), split, rows, and the
+    file's size and sha256 (None in a format-1 manifest)."""
 
     id: int
     file: str
     split: str
     num_rows: int
+    bytes: int | None = None
+    sha256: str | None = None
 
 
-def fingerprint(table: pa.Table, classes: list[str], shard_size: int) -> str:
-    """sha256 of the manifest's identity: every row (id, key, shard, label, split, sha1), classes, layout."""
+def fingerprint(
+    table: pa.Table, classes: list[str], shard_size: int, shards: list[ShardInfo] | None = None
+) -> str:
+    """sha256 of the manifest's identity: every row (id, key, shard, label, split, sha1),
+    classes, layout and, given ``shards`` (format 2), each shard's file, size and sha256."""
     digest = hashlib.sha256()
+    if shards is not None:
+        digest.update(json.dumps([asdict(s) for s in shards], sort_keys=True).encode())
     digest.update(json.dumps({"classes": classes, "shard_size": shard_size}).encode())
     for name in ("row", "shard", "label"):
         digest.update(np.ascontiguousarray(table[name].to_numpy(), dtype="<i8").tobytes())
     for name in ("key", "split", "sha1"):
         digest.update("\n".join(table[name].to_pylist()).encode())
     return digest.hexdigest()
+
+
+def _file_identity(location: str) -> tuple[int, str]:
+    """(size, sha256) of the file at ``location``, read in 16 MiB blocks."""
+    digest, size = hashlib.sha256(), 0
+    with storage.open_file(location) as f:
+        while block := f.read(16 << 20):
+            digest.update(block)
+            size += len(block)
+    return size, digest.hexdigest()
 
 
 def write_manifest(
@@ -78,8 +102,14 @@ def write_manifest(
     ``skipped`` lists source files left out as unreadable (``path``, ``error``); ``samples``
     says how a shard's samples hold image and label when not as kdcache writes them
     (``format``: webdataset or parquet, ``image_extensions``, ``label_field``: a manifest
-    indexed over existing files).
+    indexed over existing files). The shard files must be written already: their sizes and
+    sha256 go into the fingerprint.
     """
+    shards = [
+        ShardInfo(s.id, s.file, s.split, s.num_rows,
+                  *_file_identity(shard_location(location, s.file, allow_remote=True)))
+        for s in shards
+    ]  # fmt: skip
     schema = pa.schema(
         [*SCHEMA, *(pa.field(k, t) for k, t in OPTIONAL_COLUMNS.items() if k in table.column_names)]
     )
@@ -90,10 +120,10 @@ def write_manifest(
         "classes": classes,
         "channels": channels,
         "shard_size": shard_size,
-        "shards": [s.__dict__ for s in shards],
+        "shards": [asdict(s) for s in shards],
         "pixel_mean": pixel_mean,
         "pixel_std": pixel_std,
-        "fingerprint": fingerprint(table, classes, shard_size),
+        "fingerprint": fingerprint(table, classes, shard_size, shards),
     }
     if skipped:
         meta["skipped"] = skipped
@@ -107,7 +137,9 @@ def write_manifest(
 class Manifest:
     """A read-only view of ``manifest.parquet`` with per-row arrays indexed by row id."""
 
-    def __init__(self, location: str, table: pa.Table, meta: dict):
+    def __init__(
+        self, location: str, table: pa.Table, meta: dict, *, allow_remote_shards: bool = False
+    ):
         self.location = location
         self.table = table
         self.meta = meta
@@ -116,6 +148,10 @@ class Manifest:
         self.shard_size: int = meta["shard_size"]
         self.fingerprint: str = meta["fingerprint"]
         self.shards = [ShardInfo(**s) for s in meta["shards"]]
+        self._shard_urls = {
+            s.id: shard_location(location, s.file, allow_remote=allow_remote_shards)
+            for s in self.shards
+        }
         self.pixel_mean: tuple[float, ...] = tuple(meta["pixel_mean"])
         self.pixel_std: tuple[float, ...] = tuple(meta["pixel_std"])
         samples = meta.get("samples", {})
@@ -127,8 +163,9 @@ class Manifest:
         self.shard_format: str = samples.get("format", "webdataset")  # or parquet
 
     @classmethod
-    def read(cls, location: str) -> "Manifest":
-        """Read and check a manifest; a folder means ``<folder>/manifest.parquet``."""
+    def read(cls, location: str, *, allow_remote_shards: bool = False) -> "Manifest":
+        """Read and check a manifest; a folder means ``<folder>/manifest.parquet``. Shard
+        files must lie in its folder; ``allow_remote_shards`` also takes URLs elsewhere."""
         if not location.endswith(".parquet"):
             location = urls.join(location, "manifest.parquet")
         if not urls.exists(location):
@@ -138,20 +175,23 @@ class Manifest:
         if raw is None:
             raise ValueError(f"{location}: Parquet file has no kdcache metadata")
         meta = json.loads(raw)
-        if meta.get("format") != MANIFEST_FORMAT:
-            raise ValueError(
+        if meta.get("format") not in (MANIFEST_FORMAT, *OLD_FORMATS):
+            raise ManifestError(
                 f"{location}: format is {meta.get('format')!r}, expected {MANIFEST_FORMAT!r}"
             )
         missing = set(SCHEMA.names) - set(table.column_names)
         if missing:
             raise ValueError(f"{location}: missing columns {sorted(missing)}")
-        found = fingerprint(table, meta["classes"], meta["shard_size"])
+        shards = None
+        if meta["format"] == MANIFEST_FORMAT:
+            shards = [ShardInfo(**s) for s in meta["shards"]]
+        found = fingerprint(table, meta["classes"], meta["shard_size"], shards)
         if found != meta["fingerprint"]:
             raise ValueError(
                 f"{location}: rows do not match the stored fingerprint "
                 f"(stored {meta['fingerprint'][:12]}, computed {found[:12]}); the file was edited"
             )
-        return cls(location, table, meta)
+        return cls(location, table, meta, allow_remote_shards=allow_remote_shards)
 
     @property
     def num_classes(self) -> int:
@@ -163,8 +203,8 @@ class Manifest:
         return len(self.shards) * self.shard_size
 
     def shard_url(self, shard: ShardInfo) -> str:
-        """Location of a shard's tar file."""
-        return urls.join(urls.parent(self.location), shard.file)
+        """Location of a shard's tar file (checked when the manifest was read)."""
+        return self._shard_urls[shard.id]
 
     def shards_of(self, splits: str | list[str]) -> list[ShardInfo]:
         """The shards of one split or several, in id order."""

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 from kdcache._options import option
 from kdcache.pipeline.data.storage import StorageOptions, storage_option
+from kdcache.pipeline.views.pixel_limit import MAX_PIXELS
 
 BAD_IMAGE_POLICIES = ("fail", "skip")
 
@@ -24,8 +25,14 @@ class ShardConfig:
     on_bad_image: str = option(
         "fail",
         choices=BAD_IMAGE_POLICIES,
-        help="an ImageFolder file that is unreadable or not a regular file: fail naming it, or "
-        "skip it (counted, and listed in the manifest)",
+        help="an ImageFolder file that is unreadable, over the pixel limit or not a regular "
+        "file: fail naming it, or skip it (counted, and listed in the manifest)",
+    )
+    max_pixels: int = option(
+        MAX_PIXELS, help="largest image (width x height) decoded, checked from its header"
+    )
+    follow_symlinks: bool = option(
+        False, help="read ImageFolder files and folders whose symlinks lead outside the root"
     )
     shuffle_seed: int = option(
         0, help="seed of an ImageFolder's class-stratified shuffled order over the shards"

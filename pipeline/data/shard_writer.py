@@ -10,11 +10,14 @@ from kdcache.pipeline.data import storage, urls
 from kdcache.pipeline.data.manifest import Manifest, ShardInfo, write_manifest
 from kdcache.pipeline.data.shard_config import ShardConfig
 from kdcache.pipeline.data.sources import DatasetSource, open_source
-from kdcache.pipeline.views import decode_image
+from kdcache.pipeline.views import decode_image, set_pixel_limit
+
+STATS_SIDE = 512  # pixel statistics on images shrunk to fit this square (bounded memory)
 
 
 class PixelStats:
-    """Running per-channel mean and std of pixel values on [0, 1]."""
+    """Running per-channel mean and std of pixel values on [0, 1] (of each image as
+    :data:`STATS_SIDE` bounds it)."""
 
     def __init__(self):
         self.count, self.total, self.squares = 0, 0.0, 0.0
@@ -43,6 +46,7 @@ def write_shards(source: DatasetSource | str | None, out: str, **options) -> Man
     ``storage_options`` (fsspec's, over ``$KDCACHE_STORAGE_OPTIONS``) reach ``out``.
     """
     config = ShardConfig(**options)
+    set_pixel_limit(config.max_pixels)
     with storage.using(config.storage_options):
         return _write_shards(source, out, config)
 
@@ -51,7 +55,10 @@ def _write_shards(source: DatasetSource | str | None, out: str, config: ShardCon
     shard_size, splits, limits = config.shard_size, config.splits, config.limits
     if not isinstance(source, DatasetSource):
         source = open_source(
-            source, on_bad_image=config.on_bad_image, shuffle_seed=config.shuffle_seed
+            source,
+            on_bad_image=config.on_bad_image,
+            shuffle_seed=config.shuffle_seed,
+            follow_symlinks=config.follow_symlinks,
         )
     if shard_size < 1:
         raise ValueError(f"--shard-size must be at least 1, got {shard_size}")
@@ -85,7 +92,7 @@ def _write_shards(source: DatasetSource | str | None, out: str, config: ShardCon
                 writer = wds.TarWriter(fs.open(urls.join(out_path, file), "wb"), mtime=0)
                 count = 0
             if split == "train":
-                stats.add(decode_image(sample.image, source.channels))
+                stats.add(decode_image(sample.image, source.channels, fit=STATS_SIDE))
             writer.write({"__key__": sample.key, sample.ext: sample.image, "cls": sample.label})
             columns["row"].append(shard_id * shard_size + count)
             columns["key"].append(sample.key)

@@ -15,6 +15,7 @@ from PIL import Image
 from kdcache.errors import ConfigError, ManifestError
 from kdcache.pipeline.data.idx import read_idx
 from kdcache.pipeline.data.shard_config import BAD_IMAGE_POLICIES
+from kdcache.pipeline.views import check_pixels
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = (
@@ -130,6 +131,11 @@ def image_files(folder: Path) -> list[Path]:
     )
 
 
+def _escapes(path: Path, root: Path) -> bool:
+    """Whether ``path``, with every symlink resolved, lies outside ``root`` (resolved)."""
+    return not path.resolve().is_relative_to(root.resolve())
+
+
 def sample_key(relative: str) -> str:
     """The tar key of the file at ``relative`` (POSIX path from the root): the path without its
     extension. A path holding characters a WebDataset key cannot (a dot in the file name splits
@@ -165,13 +171,18 @@ def _read_image(path: Path) -> tuple[bytes, int, int]:
         raise OSError("not a regular file")
     data = path.read_bytes()
     with Image.open(io.BytesIO(data)) as image:
+        check_pixels(image)
         image.load()
         width, height = image.size
     return data, height, width
 
 
 def image_folder(
-    root: str | Path, *, on_bad_image: str = "fail", shuffle_seed: int = 0
+    root: str | Path,
+    *,
+    on_bad_image: str = "fail",
+    shuffle_seed: int = 0,
+    follow_symlinks: bool = False,
 ) -> DatasetSource:
     """An ImageFolder tree ``root/{train,test}/<class>/**/<image>``; classes are sorted names.
 
@@ -181,8 +192,10 @@ def image_folder(
     Channels: the data is RGB (3 channels) whatever each file's mode; every image is decoded
     as Pillow's ``Image.convert("RGB")`` gives it (torchvision's ImageFolder rule): grey is
     replicated, alpha (RGBA, LA, PA) dropped, palettes expanded, CMYK converted.
-    A file that is not a regular file (a FIFO) or does not decode: ``on_bad_image="fail"``
-    raises naming it; ``"skip"`` leaves it out and lists it in ``skipped`` (the manifest's).
+    A file that is not a regular file (a FIFO), does not decode or declares more pixels than
+    the limit (:mod:`pipeline.views.pixel_limit`): ``on_bad_image="fail"`` raises naming it;
+    ``"skip"`` leaves it out and lists it in ``skipped`` (the manifest's). A file or class
+    folder whose symlinks lead outside ``root`` is refused (named) unless ``follow_symlinks``.
     """
     if on_bad_image not in BAD_IMAGE_POLICIES:
         raise ConfigError(f"on_bad_image must be one of {BAD_IMAGE_POLICIES}, got {on_bad_image!r}")
@@ -200,6 +213,13 @@ def image_folder(
             folder = root / split / name
             if folder.is_dir():
                 entries += [(path, label) for path in image_files(folder)]
+        if not follow_symlinks:
+            outside = next((path for path, _ in entries if _escapes(path, root)), None)
+            if outside is not None:
+                raise ManifestError(
+                    f"{outside}: a symlink leads outside the dataset root {root} (to "
+                    f"{outside.resolve()}); follow symlinks explicitly to read it"
+                )
         order = stratified_order([label for _, label in entries], shuffle_seed)
         files[split] = [entries[i] for i in order]
     skipped: list[dict] = []
@@ -246,7 +266,8 @@ def image_folder(
 
 def open_source(source: str | None, **folder_options) -> DatasetSource:
     """``None`` or ``fashion-mnist``: the Debian package's files; a folder of IDX files; or an
-    ImageFolder (``folder_options``: :func:`image_folder`'s ``on_bad_image``, ``shuffle_seed``)."""
+    ImageFolder (``folder_options``: :func:`image_folder`'s ``on_bad_image``, ``shuffle_seed``,
+    ``follow_symlinks``)."""
     if source in (None, "fashion-mnist"):
         return fashion_mnist()
     path = Path(source)

@@ -49,6 +49,7 @@ from kdcache.pipeline.teach.shard_targets import (
 )
 from kdcache.pipeline.teach.teach_config import TeachConfig
 from kdcache.pipeline.teach.teachers import Teacher
+from kdcache.pipeline.views import set_pixel_limit
 
 
 @dataclass
@@ -121,7 +122,10 @@ class ShardWorker:
 
     def _load(self) -> None:
         config = self.config
-        self.manifest = Manifest.read(config.manifest)
+        set_pixel_limit(config.max_pixels)
+        self.manifest = Manifest.read(
+            config.manifest, allow_remote_shards=config.allow_remote_shards
+        )
         self.store = CacheStore.open(config.cache, mode="r+")
         self.teachers = [t.load(self.manifest, self.device) for t in config.teachers]
         self.precision = config.precision
@@ -233,7 +237,7 @@ def run_teach(config: TeachConfig) -> TeachSummary:
 
 def _run_teach(config: TeachConfig) -> TeachSummary:
     began = time.perf_counter()
-    manifest = Manifest.read(config.manifest)
+    manifest = Manifest.read(config.manifest, allow_remote_shards=config.allow_remote_shards)
     config = _checked_request(config, manifest)
     identities = [source.load(manifest).identity() for source in config.teachers]
     names = [identity["name"] for identity in identities]
@@ -304,21 +308,24 @@ def _from_catalog(
     Reused is only what the user can then address as asked: a complete cache with enough
     views, holding every teacher under its requested name, at ``--cache`` if one was given.
     Without ``--cache`` the catalogue's cache of these teachers is resumed (or grown), else a
-    new one is started under the catalogue root."""
+    new one is started under the catalogue root; a catalogued cache to be written outside the
+    root (an edited row) is refused, naming the entry's file."""
     attrs = _requested_attrs(config, manifest)
     teachers = [(identity_key(attrs, identity), identity["name"]) for identity in identities]
     held = {
         location: rows
         for location, rows in catalog.caches_holding(teachers).items()
-        if urls.exists(location)
-        and (config.cache is None or location == urls.resolved(config.cache))
+        if (config.cache is None or location == urls.resolved(config.cache))
+        and (config.cache is not None or catalog.confined_cache(rows[0], writes=False))
+        and urls.exists(location)
     }
     for location, rows in held.items():
         if all(row["complete"] and row["views"] >= config.plan.views for row in rows):
             return config, location
     if config.cache is None:
-        location = next(iter(held), None) or catalog.default_cache_location(teachers)
-        config = replace(config, cache=location)
+        resumed = next(iter(held.values()), None)
+        location = catalog.confined_cache(resumed[0], writes=True) if resumed else None
+        config = replace(config, cache=location or catalog.default_cache_location(teachers))
     return config, None
 
 

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from kdcache._options import option
 from kdcache.pipeline.data import StorageOptions, storage
-from kdcache.pipeline.views import ViewPlan
+from kdcache.pipeline.views import MAX_PIXELS, ViewPlan
 
 if TYPE_CHECKING:
     import torch
@@ -123,6 +123,12 @@ class TeachConfig:
         metavar="SECONDS",
         group=RAY,
         help="give up on workers Ray has not placed and started by then; fail if none",
+    )
+    max_pixels: int = option(
+        MAX_PIXELS, help="largest image (width x height) decoded, checked from its header"
+    )
+    allow_remote_shards: bool = option(
+        False, help="read shard files the manifest lists at URLs outside its own folder"
     )
     progress: bool = option(True, flag="--quiet", help="no progress bar")
     storage_options: StorageOptions | None = storage.storage_option()

@@ -12,6 +12,7 @@ from PIL import Image
 from timm.data import create_transform
 
 from kdcache.errors import ConfigError
+from kdcache.pipeline.views.pixel_limit import check_pixels
 
 EVAL_CROP_MODES = ("center", "squash", "border")
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos", "box", "hamming")
@@ -48,6 +49,7 @@ def eval_image(
     if not 0 < crop_pct <= 1:
         raise ConfigError(f"evaluation crop_pct must lie in (0, 1], got {crop_pct}")
     with Image.open(io.BytesIO(data)) as image:
+        check_pixels(image)
         image = image.convert("L" if channels == 1 else "RGB")
     pixels = _transform(size, float(crop_pct), interpolation, crop_mode)(image)  # uint8 CHW
     return pixels.to(torch.float32).div_(255.0)

@@ -44,6 +44,7 @@ from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
 from kdcache.pipeline.views.mix import mix_weight
+from kdcache.pipeline.views.pixel_limit import check_pixels
 from kdcache.pipeline.views.pixel_ops import (
     apply_erasing,
     apply_jitter,
@@ -57,9 +58,16 @@ from kdcache.pipeline.views.source import SourceImage, as_source
 CACHE_BYTES = 128 * 2**20  # uint8 views a mixing plan's renderer keeps for partners
 
 
-def decode_image(data: bytes, channels: int) -> torch.Tensor:
-    """Encoded image bytes -> uint8 tensor (C, H, W) with C = ``channels`` (1 or 3)."""
+def decode_image(data: bytes, channels: int, fit: int | None = None) -> torch.Tensor:
+    """Encoded image bytes -> uint8 tensor (C, H, W) with C = ``channels`` (1 or 3); with
+    ``fit``, an image with a side above it is shrunk to fit ``fit`` x ``fit`` (a JPEG decoded
+    reduced first). Images over the pixel limit are refused before decoding."""
     with Image.open(io.BytesIO(data)) as image:
+        check_pixels(image)
+        if fit is not None and max(image.size) > fit:
+            image.draft(image.mode, (fit, fit))
+            image = image.convert("L" if channels == 1 else "RGB")
+            image.thumbnail((fit, fit))
         pixels = np.asarray(image.convert("L" if channels == 1 else "RGB"))
     if pixels.ndim == 2:
         pixels = pixels[:, :, None]

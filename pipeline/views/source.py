@@ -19,12 +19,15 @@ import torch
 from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
 
+from kdcache.pipeline.views.pixel_limit import check_pixels
+
 REDUCTIONS = (8, 4, 2)  # DCT scalings Pillow's draft offers (besides 1)
 
 
 def pil_decode(data: bytes, channels: int, reduce: int = 1) -> np.ndarray:
     """Pillow's decode (at 1/``reduce`` for a JPEG) as uint8 (H, W, C)."""
     with Image.open(io.BytesIO(data)) as image:
+        check_pixels(image)
         if reduce > 1:
             width, height = image.size
             image.draft(image.mode, (width // reduce, height // reduce))
@@ -33,13 +36,15 @@ def pil_decode(data: bytes, channels: int, reduce: int = 1) -> np.ndarray:
 
 
 class SourceImage:
-    """One encoded image of a shard: size from its header, pixels decoded when first asked."""
+    """One encoded image of a shard: size from its header (refused over the pixel limit),
+    pixels decoded when first asked."""
 
     def __init__(self, data: bytes, channels: int):
         self.data = data
         self.channels = channels
         self._decoded: dict[int | str, torch.Tensor] = {}
         with Image.open(io.BytesIO(data)) as image:
+            check_pixels(image)
             self.width, self.height = image.size
             self.format, self.mode = image.format, image.mode
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from kdcache.pipeline.cache import CacheStore, ShardTargets, region_checksum, sample_uniforms
-from kdcache.pipeline.data import Manifest, ShardInfo, storage
+from kdcache.pipeline.data import Manifest, ShardInfo, recorded_teacher, storage
 from kdcache.pipeline.teach import (
     Teacher,
     load_options,
@@ -165,10 +165,12 @@ def _verify(
 def _checked_teacher(
     report: VerifyReport, store: CacheStore, name: str, moved_to: str | None
 ) -> Teacher | None:
-    """The teacher that made ``name``'s targets, from where the cache says (or ``moved_to``);
+    """The teacher that made ``name``'s targets, from where the cache says (a local file, never
+    a URL: :func:`~pipeline.data.confine.recorded_teacher`) or ``moved_to``;
     None, with a problem recorded, if its weights are not the ones the cache was made with."""
     identity = store.teacher_identity(name)
-    teacher = load_teacher(moved_to or identity["source"], **load_options(identity))
+    source = moved_to or recorded_teacher(store.location, name, identity["source"])
+    teacher = load_teacher(source, **load_options(identity))
     if teacher.weights_sha256 != identity["weights_sha256"]:
         report.problems.append(
             f"teacher {name}: weights at {teacher.source} have sha256 "

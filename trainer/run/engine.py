@@ -22,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 from kdcache.pipeline.cache import catalog_root, resolve_cache
 from kdcache.pipeline.data import Manifest, storage
 from kdcache.pipeline.teach import ModelSpec, create_model, save_checkpoint
-from kdcache.pipeline.views import MIX_FIELDS, ViewPlan, normalize
+from kdcache.pipeline.views import MIX_FIELDS, ViewPlan, normalize, set_pixel_limit
 from kdcache.trainer.data import (
     CachedTargets,
     EvalViews,
@@ -193,7 +193,8 @@ def _build_run(config: TrainConfig, world: World, device: torch.device) -> _Run:
         )
     _seed_everything(config.seed)
     mode = teacher_mode(config)
-    manifest = Manifest.read(config.manifest)
+    set_pixel_limit(config.max_pixels)
+    manifest = Manifest.read(config.manifest, allow_remote_shards=config.allow_remote_shards)
     source = _views_source(config, manifest)
     net, spec, evaluation = _student(config, manifest, source, device)
     distilled = hasattr(net, "set_distilled_training")

@@ -1,0 +1,62 @@
+"""Where a file kdcache reads may send it: every location named inside a data file (a
+manifest's shard files, a catalogue row's cache, a cache's teacher source) is checked here
+against the root it must stay under, so an edited file cannot make kdcache read, write or
+fetch elsewhere. Each check raises :class:`ManifestError` naming the file and field."""
+
+import posixpath
+
+from kdcache.errors import ManifestError
+from kdcache.pipeline.data import urls
+
+
+def shard_location(manifest: str, file: str, *, allow_remote: bool = False) -> str:
+    """The location of a shard ``file`` listed by the manifest at ``manifest``: a relative
+    path that stays inside the manifest's folder (no absolute path, no ``..`` leaving it). A
+    URL only under the folder of a remote manifest, or anywhere with ``allow_remote``."""
+    folder = urls.parent(manifest)
+    if urls.is_url(file) and urls.local_path(file) is None:
+        inside = urls.is_url(folder) and file.startswith(folder.rstrip("/") + "/")
+        if inside and ".." not in file.split("/"):
+            return file
+        if allow_remote:
+            return file
+        raise ManifestError(
+            f"{manifest}: shard file {file!r} is a URL outside the manifest's folder; shard "
+            "files are paths relative to the manifest (allow remote shards explicitly to read it)"
+        )
+    normal = posixpath.normpath(file)
+    if file.startswith("/") or urls.is_url(file) or normal == ".." or normal.startswith("../"):
+        raise ManifestError(
+            f"{manifest}: shard file {file!r} leaves the manifest's folder; shard files are "
+            "paths relative to it, without '..'"
+        )
+    return urls.join(folder, normal)
+
+
+def catalogued_cache(root: str, cache: str, entry: str, *, writes: bool) -> str:
+    """A cache location read from the catalogue entry ``entry``. Under the catalogue root
+    ``root`` it is used as it is; elsewhere only a local one, and only to read (a complete
+    cache reused, ``--cache auto``): a run writes a cache outside the root, or reads one at a
+    URL outside it, only when the user names it."""
+    base = urls.resolved(root).rstrip("/") + "/"
+    location = urls.resolved(cache)
+    if location.startswith(base) and ".." not in location[len(base) :].split("/"):
+        return location
+    if writes or urls.local_path(location) is None:
+        use = "written" if writes else "read at a URL"
+        raise ManifestError(
+            f"{entry}: field cache is {cache!r}, outside the catalogue root {root}; a cache "
+            f"outside it is {use} only when given as the cache location"
+        )
+    return location
+
+
+def recorded_teacher(cache: str, name: str, source: str) -> str:
+    """The weights a cache's attrs record for teacher ``name``: a local file (relative paths
+    against the cache's folder). A URL is never fetched because an attribute names it."""
+    if urls.is_url(source) and urls.local_path(source) is None:
+        raise ManifestError(
+            f"{cache}: teachers/{name} field source is the URL {source!r}; a teacher recorded "
+            "at a URL is not fetched (give its weights as NAME=PATH)"
+        )
+    return urls.join(urls.parent(cache), source)
