@@ -84,6 +84,13 @@ def ray_local():
     stop_ray()
 
 
+def session_address(ray) -> str:
+    """``--address`` of the session's Ray for a command in another process: its GCS port on the
+    loopback interface, where a kdcache-started Ray listens (the runtime context may name the
+    machine's address instead)."""
+    return "127.0.0.1:" + ray.get_runtime_context().gcs_address.rsplit(":", 1)[1]
+
+
 def teach(data, teacher_path, cache, **options):
     from kdcache.pipeline.teach import TeachConfig, TeacherSource, run_teach
 

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from conftest import make_shards, teach
+from conftest import make_shards, session_address, teach
 
 from kdcache.pipeline.cache import CacheStore, region_checksum
 from kdcache.pipeline.data import Manifest
@@ -341,7 +341,7 @@ def test_a_bad_input_is_refused_in_one_line_and_changes_nothing(case, world, cli
     skip = (lambda p: p.name == "zarr.json") if case.grown else (lambda p: False)
     before = _hashes(w, skip)
     if argv[0] == "teach":
-        argv += ["--address", ray_local.get_runtime_context().gcs_address]  # the session's Ray
+        argv += ["--address", session_address(ray_local)]  # the session's Ray
     result = cli(*argv, file_limit=case.file_limit)
     assert result.returncode != 0, result.stdout + result.stderr
     assert "Traceback" not in result.stderr, result.stderr

@@ -25,12 +25,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import make_shards, teach
+from conftest import make_shards, session_address, teach
 from PIL import Image
 from test_bad_inputs import cli  # noqa: F401  (the fixture)
 
 from kdcache.pipeline.cache import CacheStore, Catalog
 from kdcache.pipeline.cache.catalog import SCHEMA as CATALOG_SCHEMA
+from kdcache.pipeline.cache.integrity import IDENTITY_ATTR, identity_digests
 from kdcache.pipeline.data import Manifest, ShardInfo
 from kdcache.pipeline.data.manifest import METADATA_KEY, fingerprint, write_manifest
 from kdcache.pipeline.teach import ModelSpec, TeacherSource, create_model, save_checkpoint
@@ -244,6 +245,21 @@ def teacher_source_is_a_url(w, s, url):
     _edit_json(path, lambda meta: meta["attributes"].update(source=f"{url}/teacher.pth"))
 
 
+def factory_in_attrs(w, s, url):
+    """A teacher factory named in the cache's attrs, the identity hash recomputed as an editor
+    would: importing the module would plant a file in the sentinel folder."""
+    (w / "planted_code.py").write_text(f"open({str(s / 'imported')!r}, 'w').close()\n"
+                                      "def make():\n    raise SystemExit('ran')\n")  # fmt: skip
+    teacher = w / "cache.zarr" / "teachers" / "regnet" / "zarr.json"
+    _edit_json(teacher, lambda meta: meta["attributes"].update(arch="factory:planted_code:make"))
+    group = w / "cache.zarr" / "zarr.json"
+    identity = json.loads(teacher.read_text())["attributes"]
+    digest = identity_digests({}, {"regnet": identity})["teachers/regnet"]
+    _edit_json(
+        group, lambda meta: meta["attributes"][IDENTITY_ATTR].update({"teachers/regnet": digest})
+    )
+
+
 def _declared_views(views: int):
     def damage(w, s, url):
         path = w / "cache.zarr" / "teachers" / "regnet" / "shard_done" / "zarr.json"
@@ -334,6 +350,8 @@ CASES = [
     # 3. a teacher source at a URL in the cache's attrs
     Case("verify-teacher-url", teacher_source_is_a_url, ["verify", "{w}/cache.zarr", "--samples", "2"],
          ["teachers/regnet", "source", "{url}/teacher.pth"]),
+    Case("verify-factory-in-attrs", factory_in_attrs, ["verify", "{w}/cache.zarr", "--samples", "2"],
+         ["teachers/regnet", "factory", "planted_code:make", "--allow-code"]),
     # 4. declared shapes
     Case("inspect-declared-1e10", _declared_views(10**10), ["inspect", "{w}/cache.zarr"],
          ["shard_done/zarr.json", "shape"]),
@@ -386,7 +404,7 @@ def test_a_hostile_input_cannot_escape_fetch_or_exhaust(case, world, server, ray
 
     argv = [fill(a) for a in case.argv]
     if case.ray:
-        argv += ["--address", ray_local.get_runtime_context().gcs_address]
+        argv += ["--address", session_address(ray_local)]
     result, peak = watched(*argv, cwd=w)
     output = result.stdout + result.stderr
     assert "Traceback" not in output, output

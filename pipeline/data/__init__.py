@@ -13,6 +13,7 @@ __getattr__, __dir__, __all__ = lazy_face(
         "Manifest": ".manifest",
         "catalogued_cache": ".confine",
         "recorded_teacher": ".confine",
+        "recorded_code": ".confine",
         "checked_samples": ".shard_check",
         "ShardError": ".tar_reader",
         "ShardConfig": ".shard_config",

@@ -60,3 +60,15 @@ def recorded_teacher(cache: str, name: str, source: str) -> str:
             "at a URL is not fetched (give its weights as NAME=PATH)"
         )
     return urls.join(urls.parent(cache), source)
+
+
+def recorded_code(cache: str, name: str, field: str, reference: str | None,
+                  allowed: tuple[str, ...]) -> None:  # fmt: skip
+    """Refuse a ``module:function`` that a cache's attrs record for teacher ``name`` (a teacher
+    factory, a key map) unless the command line allows it: naming code in an attribute must
+    not make kdcache import and run it."""
+    if reference and ":" in reference and reference not in allowed:
+        raise ManifestError(
+            f"{cache}: teachers/{name} field {field} names the code {reference!r}; it is "
+            f"imported only when the command line allows it (--allow-code {reference})"
+        )

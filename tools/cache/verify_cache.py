@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from kdcache.pipeline.cache import CacheStore, ShardTargets, region_checksum, sample_uniforms
-from kdcache.pipeline.data import Manifest, ShardInfo, recorded_teacher, storage
+from kdcache.pipeline.data import Manifest, ShardInfo, recorded_code, recorded_teacher, storage
 from kdcache.pipeline.teach import (
     Teacher,
     load_options,
@@ -121,13 +121,17 @@ def verify_cache(
     replay: bool = False,
     replay_tolerance: float = 0.0,
     storage_options: dict | None = None,
+    allow_code: tuple[str, ...] = (),
 ) -> VerifyReport:
     """Check every done region's checksum (recomputing any failing region row by row), and
     recompute ``samples`` random (row, view) pairs per teacher; with ``replay``, also rebuild
     ``samples`` views in the trainer's loader and compare them with the teacher's inputs.
-    ``storage_options`` (over ``$KDCACHE_STORAGE_OPTIONS``) reach URLs."""
+    ``storage_options`` (over ``$KDCACHE_STORAGE_OPTIONS``) reach URLs. A teacher factory or
+    key map (``module:function``) the cache records is imported only if ``allow_code`` names it.
+    """
     with storage.using(storage_options):
-        return _verify(location, data, samples, seed, teachers, replay, replay_tolerance)
+        return _verify(location, data, samples, seed, teachers, replay, replay_tolerance,
+                       tuple(allow_code))  # fmt: skip
 
 
 def _verify(
@@ -138,6 +142,7 @@ def _verify(
     teachers: dict[str, str] | None,
     replay: bool,
     replay_tolerance: float,
+    allow_code: tuple[str, ...],
 ) -> VerifyReport:
     store = CacheStore.open(location)
     manifest = manifest_for(store, data)
@@ -150,7 +155,7 @@ def _verify(
     rng = np.random.default_rng(seed)
     shards = manifest.shards_of(store.attrs["splits"])
     for name in store.teacher_names:
-        teacher = _checked_teacher(report, store, name, (teachers or {}).get(name))
+        teacher = _checked_teacher(report, store, name, (teachers or {}).get(name), allow_code)
         if teacher is None:
             continue
         done = store.views_done(name)[:, : store.plan.views]
@@ -163,14 +168,18 @@ def _verify(
 
 
 def _checked_teacher(
-    report: VerifyReport, store: CacheStore, name: str, moved_to: str | None
-) -> Teacher | None:
+    report: VerifyReport, store: CacheStore, name: str, moved_to: str | None,
+    allow_code: tuple[str, ...],
+) -> Teacher | None:  # fmt: skip
     """The teacher that made ``name``'s targets, from where the cache says (a local file, never
     a URL: :func:`~pipeline.data.confine.recorded_teacher`) or ``moved_to``;
     None, with a problem recorded, if its weights are not the ones the cache was made with."""
     identity = store.teacher_identity(name)
     source = moved_to or recorded_teacher(store.location, name, identity["source"])
-    teacher = load_teacher(source, **load_options(identity))
+    options = load_options(identity)
+    for recorded in ("factory", "key_map"):
+        recorded_code(store.location, name, recorded, options[recorded], allow_code)
+    teacher = load_teacher(source, **options)
     if teacher.weights_sha256 != identity["weights_sha256"]:
         report.problems.append(
             f"teacher {name}: weights at {teacher.source} have sha256 "

@@ -71,6 +71,9 @@ def add_verify_parser(commands) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the sample (default: 0)")
     parser.add_argument("--teacher", type=partial(key_value, form="NAME=PATH"), action="append", default=[],
                         metavar="NAME=PATH", help="weights of a teacher if moved since teaching")  # fmt: skip
+    parser.add_argument("--allow-code", action="append", default=[], metavar="MODULE:FUNCTION",
+                        help="a teacher factory or key map the cache records that verify may "
+                        "import and run (repeatable; without it such a cache is refused)")  # fmt: skip
     parser.add_argument(
         "--replay",
         action="store_true",
@@ -100,6 +103,7 @@ def run_verify(args: argparse.Namespace) -> None:
         replay=args.replay,
         replay_tolerance=args.replay_tolerance,
         storage_options=args.storage_options,
+        allow_code=tuple(args.allow_code),
     )
     if args.json:
         print(json.dumps({**asdict(report), "ok": report.ok}, indent=2))
