@@ -419,12 +419,19 @@ def start_ray(address: str | None) -> None:
         with _loopback_node():
             ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, **options)
         return
+    loopback = contextlib.nullcontext()
     if address != "auto" and "://" not in address:
         _check_reachable(address)
+        if address.rpartition(":")[0] in LOOPBACK_HOSTS:  # e.g. another kdcache's local Ray
+            loopback = _loopback_node()
     try:
-        ray.init(address=address, **options)
+        with loopback:
+            ray.init(address=address, **options)
     except ConnectionError as error:
         raise RayUnavailable(_refused(address, error)) from None
+
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 
 
 @contextlib.contextmanager
@@ -432,7 +439,8 @@ def _loopback_node():
     """Make the node Ray starts here take 127.0.0.1 as its address, so that its GCS, raylet,
     object manager, agents and workers bind to the loopback interface alone (Ray binds every
     interface for any other node address; its ``_node_ip_address`` maps 127.0.0.1 back to the
-    machine's address unless multi-node clusters are switched off, which is what this does)."""
+    machine's address unless multi-node clusters are switched off, which is what this does; a
+    driver joining a loopback cluster needs the same, or it dials the machine's address)."""
     constants = ray._private.ray_constants
     enabled = constants.ENABLE_RAY_CLUSTER
     constants.ENABLE_RAY_CLUSTER = False
