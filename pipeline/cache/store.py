@@ -254,18 +254,13 @@ class CacheStore:
         edited ``zarr.json`` cannot make a read allocate what it declares."""
         dataset = self.attrs["dataset"]
         n, s, rows = dataset["num_rows"], dataset["num_shards"], self.shard_size
-        p, k, d = len(self.plan.param_names), self.topk, self.samples
-        expected = {"params": ((n, p), (rows, 1, p))}
-        for name in self.teacher_names:
-            base = f"teachers/{name}/"
-            expected |= {
-                base + "topk_logits": ((n, k), (rows, 1, k)),
-                base + "topk_index": ((n, k), (rows, 1, k)),
-                base + "logsumexp": ((n,), (rows, 1)),
-                base + "shard_done": ((s,), (1, 1)),
-                base + "shard_checksum": ((s,), (1, 1)),
-                **({base + "sample_index": ((n, d), (rows, 1, d))} if d else {}),
-            }
+        specs = {"params": params_spec(len(self.plan.param_names))}
+        for name in self.teacher_names:  # format 1's arrays are format 2's fp16 ones
+            specs |= {f"teachers/{name}/{spec.name}": spec for spec in self._specs()}
+        expected = {}
+        for path, spec in specs.items():
+            first, _, *rest = spec.shape(n, s, 0)
+            expected[path] = ((first, *rest), spec.chunks(rows))
         for path, ((first, *rest), chunks) in expected.items():
             try:
                 array = self.group[path]
