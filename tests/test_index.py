@@ -60,14 +60,23 @@ def test_verify_replay_and_train_on_wds_tars_kdcache_did_not_write(tmp_path, ray
     assert manifest.table["height"].to_pylist()[0] == Image.open(io.BytesIO(jpegs[0])).height
 
     cache = tmp_path / "cache.zarr"
-    teach(manifest, _teacher(tmp_path, 1000, 224), cache, plan=PLAN, topk=3, batch_size=8)
+    teach(
+        manifest,
+        _teacher(tmp_path, 1000, 224),
+        cache,
+        plan=PLAN,
+        topk=3,
+        batch_size=8,
+        allow_remote_shards=True,
+    )  # tars outside the manifest's folder: the user vouches
     capsys.readouterr()
-    main(["verify", str(cache), "--replay", "--samples", "6"])
+    main(["verify", str(cache), "--replay", "--samples", "6", "--allow-remote-shards"])
     out = capsys.readouterr().out
     assert "verify: replay: 6 views rebuilt" in out and "teacher's input 0\n" in out
     result = train(TrainConfig(manifest=manifest.location, out=str(tmp_path / "run"),
                                cache=str(cache), model="resnet10t", kd="soft", resolution=32,
-                               epochs=1, batch_size=4, workers=0, progress=False))  # fmt: skip
+                               epochs=1, batch_size=4, workers=0, progress=False,
+                               allow_remote_shards=True))  # fmt: skip
     assert result["test_acc"] >= 0 and result["train_kd"] > 0
     assert _sha256(tars) == before
 

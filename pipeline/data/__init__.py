@@ -18,6 +18,7 @@ __getattr__, __dir__, __all__ = lazy_face(
         "ShardError": ".tar_reader",
         "ShardConfig": ".shard_config",
         "StorageConfig": ".storage",
+        "CacheReadConfig": ".storage",
         "StorageOptions": ".storage",
         "ShardInfo": ".manifest",
         "fashion_mnist": ".sources",

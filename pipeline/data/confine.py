@@ -12,7 +12,9 @@ from kdcache.pipeline.data import urls
 def shard_location(manifest: str, file: str, *, allow_remote: bool = False) -> str:
     """The location of a shard ``file`` listed by the manifest at ``manifest``: a relative
     path that stays inside the manifest's folder (no absolute path, no ``..`` leaving it). A
-    URL only under the folder of a remote manifest, or anywhere with ``allow_remote``."""
+    URL only under the folder of a remote manifest. With ``allow_remote`` (the user vouches for
+    the manifest: one ``kdcache index`` wrote over files elsewhere) also an absolute path or a
+    URL anywhere."""
     folder = urls.parent(manifest)
     if urls.is_url(file) and urls.local_path(file) is None:
         inside = urls.is_url(folder) and file.startswith(folder.rstrip("/") + "/")
@@ -22,13 +24,15 @@ def shard_location(manifest: str, file: str, *, allow_remote: bool = False) -> s
             return file
         raise ManifestError(
             f"{manifest}: shard file {file!r} is a URL outside the manifest's folder; shard "
-            "files are paths relative to the manifest (allow remote shards explicitly to read it)"
+            "files are paths relative to the manifest (--allow-remote-shards to read it)"
         )
+    if allow_remote and (file.startswith("/") or urls.is_url(file)):
+        return file
     normal = posixpath.normpath(file)
     if file.startswith("/") or urls.is_url(file) or normal == ".." or normal.startswith("../"):
         raise ManifestError(
             f"{manifest}: shard file {file!r} leaves the manifest's folder; shard files are "
-            "paths relative to it, without '..'"
+            "paths relative to it, without '..' (--allow-remote-shards to read files elsewhere)"
         )
     return urls.join(folder, normal)
 

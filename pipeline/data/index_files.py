@@ -180,7 +180,7 @@ class IndexBuilder:
             pixel_std=std,
             samples=self.samples,
         )
-        return Manifest.read(self.manifest_location)
+        return Manifest.read(self.manifest_location, allow_remote_shards=True)  # as asked
 
 
 def dataset_name(config: IndexConfig, out: str) -> str:

@@ -79,35 +79,46 @@ def _write_shards(source: DatasetSource | str | None, out: str, config: ShardCon
     total = sum(min(source.split_sizes[s], limits.get(s, source.split_sizes[s])) for s in splits)
     stats = PixelStats()
     bar = tqdm(total=total, desc="shard", unit="img", disable=None if config.progress else True)
-    for split in splits:
-        writer, count = None, 0
-        for sample in source.iter_split(split, limits.get(split)):
-            if writer is None or count == shard_size:
-                if writer is not None:
-                    writer.close()
-                shard_id = len(shards)
-                file = f"shards/{split}-{sum(s.split == split for s in shards):06d}.tar"
-                shards.append(ShardInfo(shard_id, file, split, 0))
-                # a fixed integer mtime: byte-identical tars on every run, and no PAX headers
-                writer = wds.TarWriter(fs.open(urls.join(out_path, file), "wb"), mtime=0)
-                count = 0
-            if split == "train":
-                stats.add(decode_image(sample.image, source.channels, fit=STATS_SIDE))
-            writer.write({"__key__": sample.key, sample.ext: sample.image, "cls": sample.label})
-            columns["row"].append(shard_id * shard_size + count)
-            columns["key"].append(sample.key)
-            columns["shard"].append(shard_id)
-            columns["label"].append(sample.label)
-            columns["split"].append(split)
-            columns["height"].append(sample.height)
-            columns["width"].append(sample.width)
-            columns["sha1"].append(hashlib.sha1(sample.image).hexdigest())
-            columns["path"].append(sample.path)
-            count += 1
-            shards[-1] = ShardInfo(shard_id, shards[-1].file, split, count)
-            bar.update()
-        if writer is not None:
-            writer.close()
+    opened: list = []  # shard files; on an error the unfinished one is dropped, not uploaded
+    try:
+        for split in splits:
+            writer, stream, count = None, None, 0
+            for sample in source.iter_split(split, limits.get(split)):
+                if writer is None or count == shard_size:
+                    if writer is not None:
+                        writer.close()
+                        stream.close()  # TarWriter leaves a given stream open; S3 uploads on close
+                    shard_id = len(shards)
+                    file = f"shards/{split}-{sum(s.split == split for s in shards):06d}.tar"
+                    shards.append(ShardInfo(shard_id, file, split, 0))
+                    # a fixed integer mtime: byte-identical tars on every run, and no PAX headers
+                    stream = fs.open(urls.join(out_path, file), "wb")
+                    opened.append(stream)
+                    writer = wds.TarWriter(stream, mtime=0)
+                    count = 0
+                if split == "train":
+                    stats.add(decode_image(sample.image, source.channels, fit=STATS_SIDE))
+                writer.write({"__key__": sample.key, sample.ext: sample.image, "cls": sample.label})
+                columns["row"].append(shard_id * shard_size + count)
+                columns["key"].append(sample.key)
+                columns["shard"].append(shard_id)
+                columns["label"].append(sample.label)
+                columns["split"].append(split)
+                columns["height"].append(sample.height)
+                columns["width"].append(sample.width)
+                columns["sha1"].append(hashlib.sha1(sample.image).hexdigest())
+                columns["path"].append(sample.path)
+                count += 1
+                shards[-1] = ShardInfo(shard_id, shards[-1].file, split, count)
+                bar.update()
+            if writer is not None:
+                writer.close()
+                stream.close()
+    except BaseException:
+        for stream in opened:
+            if not stream.closed:
+                getattr(stream, "discard", stream.close)()  # an object store's: no upload
+        raise
     bar.close()
     if stats.count == 0:
         raise ValueError(f"{source.name}: the train split is empty; nothing to shard")

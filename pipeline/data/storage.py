@@ -113,12 +113,26 @@ def storage_option() -> Any:
     )
 
 
+def remote_shards_option(**extra) -> Any:
+    """The ``allow_remote_shards`` field of a config (``--allow-remote-shards``), declared once."""
+    return option(False, help="read shard files the manifest lists outside its own folder "
+                  "(absolute paths, URLs elsewhere), e.g. tars kdcache index left where they are",
+                  **extra)  # fmt: skip
+
+
 @dataclass(frozen=True)
 class StorageConfig:
     """The storage options alone: the option of commands without a config of their own
     (``inspect``, ``verify``, ``catalog``)."""
 
     storage_options: StorageOptions | None = storage_option()
+
+
+@dataclass(frozen=True)
+class CacheReadConfig(StorageConfig):
+    """The options of commands that read a cache and its manifest (``inspect``, ``verify``)."""
+
+    allow_remote_shards: bool = remote_shards_option()
 
 
 def from_env() -> dict:

@@ -127,9 +127,7 @@ class TeachConfig:
     max_pixels: int = option(
         MAX_PIXELS, help="largest image (width x height) decoded, checked from its header"
     )
-    allow_remote_shards: bool = option(
-        False, help="read shard files the manifest lists at URLs outside its own folder"
-    )
+    allow_remote_shards: bool = storage.remote_shards_option()
     progress: bool = option(True, flag="--quiet", help="no progress bar")
     storage_options: StorageOptions | None = storage.storage_option()
     dry_run: bool = option(

@@ -17,18 +17,21 @@ def _quantiles(values: np.ndarray) -> dict[str, float]:
 
 
 def inspect_cache(
-    location: str, data: str | None = None, storage_options: dict | None = None
+    location: str,
+    data: str | None = None,
+    storage_options: dict | None = None,
+    allow_remote_shards: bool = False,
 ) -> dict:
     """Every figure of ``kdcache inspect`` as a dict (computed over complete shards only;
     agreement between two teachers over the shards complete for both); ``storage_options``
     (over ``$KDCACHE_STORAGE_OPTIONS``) reach URLs."""
     with storage.using(storage_options):
-        return _inspect(location, data)
+        return _inspect(location, data, allow_remote_shards)
 
 
-def _inspect(location: str, data: str | None) -> dict:
+def _inspect(location: str, data: str | None, allow_remote_shards: bool) -> dict:
     store = CacheStore.open(location)
-    manifest: Manifest = manifest_for(store, data)
+    manifest: Manifest = manifest_for(store, data, allow_remote_shards)
     views = store.plan.views
     split_shards = manifest.shards_of(store.attrs["splits"])
     report = {

@@ -122,6 +122,7 @@ def verify_cache(
     replay_tolerance: float = 0.0,
     storage_options: dict | None = None,
     allow_code: tuple[str, ...] = (),
+    allow_remote_shards: bool = False,
 ) -> VerifyReport:
     """Check every done region's checksum (recomputing any failing region row by row), and
     recompute ``samples`` random (row, view) pairs per teacher; with ``replay``, also rebuild
@@ -131,7 +132,7 @@ def verify_cache(
     """
     with storage.using(storage_options):
         return _verify(location, data, samples, seed, teachers, replay, replay_tolerance,
-                       tuple(allow_code))  # fmt: skip
+                       tuple(allow_code), allow_remote_shards)  # fmt: skip
 
 
 def _verify(
@@ -143,9 +144,10 @@ def _verify(
     replay: bool,
     replay_tolerance: float,
     allow_code: tuple[str, ...],
+    allow_remote_shards: bool,
 ) -> VerifyReport:
     store = CacheStore.open(location)
-    manifest = manifest_for(store, data)
+    manifest = manifest_for(store, data, allow_remote_shards)
     report = VerifyReport(cache=location)
     if replay:
         report.replay = replay_check(

@@ -5,7 +5,7 @@ import json
 from dataclasses import asdict
 from functools import partial
 
-from kdcache.pipeline.data import StorageConfig
+from kdcache.pipeline.data import CacheReadConfig
 from kdcache.tools.cli.arg_types import key_value
 from kdcache.tools.cli.config_options import add_config_options
 
@@ -32,7 +32,7 @@ def add_inspect_parser(commands) -> None:
         help="exit 1 if any done region is bad (checksum mismatch, missing chunks, NaN/inf "
         "targets, a done flag without data)",
     )
-    add_config_options(parser, StorageConfig)
+    add_config_options(parser, CacheReadConfig)
     parser.set_defaults(run=run_inspect)
 
 
@@ -44,7 +44,7 @@ def run_inspect(args: argparse.Namespace) -> None:
         plot_report,
     )
 
-    report = inspect_cache(args.cache, args.data, args.storage_options)
+    report = inspect_cache(args.cache, args.data, args.storage_options, args.allow_remote_shards)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     if args.plot:
         plot_report(report, args.plot)
@@ -87,7 +87,7 @@ def add_verify_parser(commands) -> None:
         help="pixel difference allowed by --replay, e.g. across machines (default: 0, bitwise)",
     )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    add_config_options(parser, StorageConfig)
+    add_config_options(parser, CacheReadConfig)
     parser.set_defaults(run=run_verify)
 
 
@@ -104,6 +104,7 @@ def run_verify(args: argparse.Namespace) -> None:
         replay_tolerance=args.replay_tolerance,
         storage_options=args.storage_options,
         allow_code=tuple(args.allow_code),
+        allow_remote_shards=args.allow_remote_shards,
     )
     if args.json:
         print(json.dumps({**asdict(report), "ok": report.ok}, indent=2))

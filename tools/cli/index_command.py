@@ -50,3 +50,6 @@ def run_index(args: argparse.Namespace) -> None:
         f"index: {len(manifest.shards)} files ({counts}), {manifest.num_classes} classes, "
         f"{manifest.location}; fingerprint {manifest.fingerprint[:16]}"
     )
+    if any(x.file.startswith("/") or "://" in x.file for x in manifest.shards):
+        print("index: the files lie outside the manifest's folder: teach, train, inspect and "
+              "verify read them with --allow-remote-shards")  # fmt: skip

@@ -194,9 +194,7 @@ class TrainConfig:
         group=RUN,
         help="largest image (width x height) decoded, checked from its header",
     )
-    allow_remote_shards: bool = option(
-        False, group=RUN, help="read shard files the manifest lists at URLs outside its own folder"
-    )
+    allow_remote_shards: bool = storage.remote_shards_option(group=RUN)
     tensorboard: bool = option(False, group=RUN, help="also log to RUN/tensorboard (TensorBoard)")
     resume: bool = option(
         False,
