@@ -10,10 +10,11 @@ import pytest
 import torch
 import zarr
 
+from kdcache.errors import CacheCorrupt
 from kdcache.pipeline.cache import CacheStore
 from kdcache.pipeline.teach import load_teacher, read_shard_images, teacher_inputs
 from kdcache.pipeline.views import ViewPlan, ViewRenderer, normalize
-from kdcache.tools.cache.verify_replay import replay_check, sample_done_rows
+from kdcache.tools.cache.verify_replay import replay_check
 from kdcache.trainer.data import CachedTargets, LabelMixedTargets, PlannedViews, TrainViews
 from tests.conftest import MIXED_PLAN
 
@@ -166,13 +167,10 @@ def test_verify_replay_reports_zero_difference_and_catches_altered_params(
     rows = params[:100, :, column]
     params[:100, :, column] = np.where(rows > 0.05, rows - 0.05, rows + 0.05)
     store = CacheStore.open(str(altered))
-    report = replay_check(store, data, samples=10)
-    assert report.views_compared == 10 and report.largest_pixel_diff > 0.1
-    done = store.views_done("regnet")[:, : MIXED_PLAN.views]
-    picked = sample_done_rows(done, data.shards_of("train"), 10, np.random.default_rng(0))
-    in_shard_0 = sum(len(positions) for (shard, _), positions in picked.items() if shard == 0)
-    assert len(report.problems) == in_shard_0 > 0  # every sampled view of shard 0, no other
-    assert all(p.startswith("shards/train-000000.tar row ") for p in report.problems)
+    # the views' recorded parameters are covered by the region checksums: refused before replay
+    with pytest.raises(CacheCorrupt, match=r"shard shards/train-000000.tar \(id 0\), view \d: "
+                       "checksum mismatch"):  # fmt: skip
+        replay_check(store, data, samples=10)
 
 
 @pytest.mark.parametrize("mixing", ["exact", "label"])
