@@ -80,6 +80,7 @@ def _write_shards(source: DatasetSource | str | None, out: str, config: ShardCon
     stats = PixelStats()
     bar = tqdm(total=total, desc="shard", unit="img", disable=None if config.progress else True)
     opened: list = []  # shard files; on an error the unfinished one is dropped, not uploaded
+    writer = None
     try:
         for split in splits:
             writer, stream, count = None, None, 0
@@ -115,9 +116,11 @@ def _write_shards(source: DatasetSource | str | None, out: str, config: ShardCon
                 writer.close()
                 stream.close()
     except BaseException:
+        if writer is not None:
+            writer.close()  # the tar's own buffer, before its file is dropped
         for stream in opened:
             if not stream.closed:
-                getattr(stream, "discard", stream.close)()  # an object store's: no upload
+                _drop(stream)
         raise
     bar.close()
     if stats.count == 0:
@@ -138,3 +141,12 @@ def _write_shards(source: DatasetSource | str | None, out: str, config: ShardCon
         skipped=source.skipped,
     )
     return Manifest.read(manifest_location)
+
+
+def _drop(stream) -> None:
+    """An unfinished shard file closed without being uploaded where the store can do that (an
+    object store's buffered file aborts its upload); a local file is closed as written."""
+    try:
+        stream.discard()
+    except (AttributeError, RuntimeError):  # local files: "cannot discard if set to autocommit"
+        stream.close()
