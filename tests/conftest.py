@@ -1,10 +1,12 @@
 """Shared fixtures: a real Fashion-MNIST slice, a trained RegNetY teacher, real Ray caches."""
 
 import os
+import pathlib
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
 
 from kdcache.pipeline.data import (
     Manifest,  # noqa: E402
@@ -89,6 +91,21 @@ def session_address(ray) -> str:
     loopback interface, where a kdcache-started Ray listens (the runtime context may name the
     machine's address instead)."""
     return "127.0.0.1:" + ray.get_runtime_context().gcs_address.rsplit(":", 1)[1]
+
+
+def small_world(root: pathlib.Path, plan, topk: int) -> Manifest:
+    """``root/data`` (200 train rows in 2 shards, 100 test), ``root/teacher.pth`` (a random
+    regnety_002 at 28 px) and ``root/cache.zarr`` of it (teacher ``regnet``): the material the
+    bad-input and hostile-input tests damage."""
+    from kdcache.pipeline.teach import ModelSpec, TeacherSource, create_model, save_checkpoint
+
+    manifest = make_shards(root / "data", train_rows=200, test_rows=100)
+    spec = ModelSpec("regnety_002", 10, 1, 28, manifest.pixel_mean, manifest.pixel_std)
+    torch.manual_seed(0)
+    save_checkpoint(str(root / "teacher.pth"), create_model(spec), spec)
+    teacher = TeacherSource(str(root / "teacher.pth"), name="regnet")
+    teach(manifest, None, root / "cache.zarr", teachers=[teacher], plan=plan, topk=topk)
+    return manifest
 
 
 def teach(data, teacher_path, cache, **options):

@@ -17,13 +17,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
-import torch
 import zarr
-from conftest import make_shards, session_address, teach
+from conftest import session_address, small_world, teach
 
 from kdcache.pipeline.cache import CacheStore, region_checksum
 from kdcache.pipeline.data import Manifest
-from kdcache.pipeline.teach import ModelSpec, TeacherSource, create_model, save_checkpoint
+from kdcache.pipeline.teach import TeacherSource
 from kdcache.pipeline.views import ViewPlan
 
 PLAN = ViewPlan(seed=3, views=2)
@@ -38,12 +37,7 @@ def world(tmp_path_factory, ray_local) -> pathlib.Path:
     from kdcache.trainer.run import TrainConfig, train
 
     root = tmp_path_factory.mktemp("world")
-    manifest = make_shards(root / "data", train_rows=200, test_rows=100)
-    spec = ModelSpec("regnety_002", 10, 1, 28, manifest.pixel_mean, manifest.pixel_std)
-    torch.manual_seed(0)
-    save_checkpoint(str(root / "teacher.pth"), create_model(spec), spec)
-    teacher = TeacherSource(str(root / "teacher.pth"), name="regnet")
-    teach(manifest, None, root / "cache.zarr", teachers=[teacher], plan=PLAN, topk=TOPK)
+    small_world(root, PLAN, TOPK)
     train(TrainConfig(manifest=str(root / "data"), out=str(root / "run"), model="regnety_002",
                       kd="soft", cache=str(root / "cache.zarr"), epochs=1, batch_size=64,
                       workers=0, progress=False))  # fmt: skip

@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import make_shards, session_address, teach
+from conftest import session_address, small_world
 from PIL import Image
 from test_bad_inputs import cli  # noqa: F401  (the fixture)
 
@@ -34,7 +34,6 @@ from kdcache.pipeline.cache.catalog import SCHEMA as CATALOG_SCHEMA
 from kdcache.pipeline.cache.integrity import IDENTITY_ATTR, identity_digests
 from kdcache.pipeline.data import Manifest, ShardInfo
 from kdcache.pipeline.data.manifest import METADATA_KEY, fingerprint, write_manifest
-from kdcache.pipeline.teach import ModelSpec, TeacherSource, create_model, save_checkpoint
 from kdcache.pipeline.views import ViewPlan
 
 PLAN = ViewPlan(seed=3, views=2)
@@ -167,12 +166,7 @@ def world(tmp_path_factory, ray_local) -> pathlib.Path:
     cache.zarr (2 views, top-3, teacher 'regnet'), huge/ (a shard of huge-pixel PNGs),
     huge-folder/ (an ImageFolder with one 13000 x 13000 PNG)."""
     root = tmp_path_factory.mktemp("hostile")
-    manifest = make_shards(root / "data", train_rows=200, test_rows=100)
-    spec = ModelSpec("regnety_002", 10, 1, 28, manifest.pixel_mean, manifest.pixel_std)
-    torch.manual_seed(0)
-    save_checkpoint(str(root / "teacher.pth"), create_model(spec), spec)
-    teacher = TeacherSource(str(root / "teacher.pth"), name="regnet")
-    teach(manifest, None, root / "cache.zarr", teachers=[teacher], plan=PLAN, topk=3)
+    manifest = small_world(root, PLAN, 3)
     _huge_dataset(root / "huge", manifest.classes)
     for name, data in (("a", _png(13000)), ("b", _png(16, "L"))):
         (root / "huge-folder" / "train" / name).mkdir(parents=True)

@@ -90,8 +90,13 @@ def _parse(text: str) -> dict:
                 f"{where}: cannot read it ({error.strerror}); expected JSON text "
                 '(e.g. {"anon": true}), @FILE or the path of a JSON file'
             ) from None
+    return _json_object(stripped, where)
+
+
+def _json_object(text: str, where: str) -> dict:
+    """The JSON object ``text`` holds; an error names ``where`` and never quotes the text."""
     try:
-        value = json.loads(stripped)
+        value = json.loads(text)
     except json.JSONDecodeError as error:  # its message holds no part of the text
         raise ConfigError(
             f"{where}: not JSON ({error.msg} at line {error.lineno}, column {error.colno})"
@@ -138,17 +143,7 @@ class CacheReadConfig(StorageConfig):
 def from_env() -> dict:
     """The options in ``$KDCACHE_STORAGE_OPTIONS`` (none if unset or empty)."""
     text = os.environ.get(ENV, "").strip()
-    if not text:
-        return {}
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ConfigError(
-            f"${ENV}: not JSON ({error.msg} at line {error.lineno}, column {error.colno})"
-        ) from None
-    if not isinstance(value, dict):
-        raise ConfigError(f"${ENV}: expected a JSON object, found {type(value).__name__}")
-    return value
+    return _json_object(text, f"${ENV}") if text else {}
 
 
 def resolve(options: dict | str | None = None) -> StorageOptions:
