@@ -1,5 +1,6 @@
 """The cache contract: the Zarr store of teacher targets, the catalogue of caches, the
-writers' lock, the sampled-id draws a cache records, its layout, quantised targets and sizing."""
+writers' lock, the sampled-id draws a cache records, its layout, quantised targets, feature
+targets and sizing."""
 
 from kdcache._lazy import lazy_face
 
@@ -19,6 +20,10 @@ __getattr__, __dir__, __all__ = lazy_face(
         "ShardTargets": ".store",
         "catalog_root": ".catalog",
         "draw_classes": ".sampled_targets",
+        "feature_view_bytes": ".feature_layout",
+        "matrix_sha256": ".feature_layout",
+        "projection_matrix": ".feature_layout",
+        "projection_seed": ".feature_layout",
         "identity_key": ".catalog",
         "index_dtype": ".store",
         "lock_holder": ".run_lock",
@@ -27,6 +32,8 @@ __getattr__, __dir__, __all__ = lazy_face(
         "resolve_cache": ".catalog",
         "sample_uniforms": ".sampled_targets",
         "size_plan": ".sizing",
+        "slug": ".feature_layout",
+        "stored_features": ".feature_layout",
         "topk_kl": ".quantize",
     },
 )

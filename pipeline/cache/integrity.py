@@ -68,6 +68,7 @@ def region_problem(block, checksum: int, region_checksum) -> str | None:
         )
         return f"checksum mismatch (stored {int(checksum):016x}, data {found:016x}): {what}"
     bad = int((~np.isfinite(block.topk_logits)).sum() + (~np.isfinite(block.logsumexp)).sum())
+    bad += sum(int((~np.isfinite(v)).sum()) for v in block.features.values())
     if bad:
         return f"{bad} non-finite target values (NaN or inf)"
     return None

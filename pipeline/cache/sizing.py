@@ -3,13 +3,15 @@ storage objects and bytes per array, from the array specs the store creates (:mo
 
 from dataclasses import dataclass
 
+from kdcache.pipeline.cache.feature_layout import feature_specs, feature_view_bytes
 from kdcache.pipeline.cache.layout import params_spec, plan_size, teacher_specs
 from kdcache.pipeline.cache.store import index_dtype
 
 
 @dataclass(frozen=True)
 class CachePlan:
-    """The numbers a cache's size depends on (``shards``: data shards of the cached splits)."""
+    """The numbers a cache's size depends on (``shards``: data shards of the cached splits;
+    ``features``: a teacher's feature and attention target records, with their shapes)."""
 
     shards: int
     shard_size: int
@@ -21,6 +23,7 @@ class CachePlan:
     samples: int = 0
     target_dtype: str = "fp16"
     student_rate: float = 10000.0
+    features: tuple[dict, ...] = ()
 
 
 def size_plan(plan: CachePlan) -> dict:
@@ -30,6 +33,7 @@ def size_plan(plan: CachePlan) -> dict:
     specs = teacher_specs(
         plan.target_dtype, plan.topk, plan.num_classes, plan.samples, index_dtype(plan.num_classes)
     )
+    specs += feature_specs(list(plan.features), plan.target_dtype)
     arrays = {
         "params": plan_size([params_spec(plan.params)], plan.shards, plan.shard_size, plan.views)[
             "params"
@@ -49,6 +53,9 @@ def size_plan(plan: CachePlan) -> dict:
         "bytes": total,
         "target_bytes_per_view": per_teacher / rows_views,
         "read_requests_per_s": plan.student_rate / plan.shard_size * read_arrays * 2,
+        "feature_bytes_per_view": feature_view_bytes(
+            list(plan.features), plan.target_dtype, plan.shard_size, plan.views
+        ),
     }
 
 
@@ -63,6 +70,8 @@ def format_size(plan: CachePlan, size: dict) -> str:
         lines.append(
             f"{name:<24}{array['objects']:>10}{array['bytes']:>16}{array['bytes_per_view']:>16.3f}"
         )
+    for name, per_view in size["feature_bytes_per_view"].items():
+        lines.append(f"target {name}: {per_view:.2f} bytes per view and teacher")
     lines.append(
         f"total: {size['objects']} objects, {size['bytes']} bytes "
         f"({size['bytes'] / 2**30:.3f} GiB), {size['target_bytes_per_view']:.2f} target bytes "

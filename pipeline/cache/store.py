@@ -32,6 +32,7 @@ targets are stored quantised (:mod:`quantize`; readers get them decoded) and its
 gains ``quant_kl`` (S, V): the mean KL(fp16 targets || stored targets) of each region.
 """
 
+import dataclasses
 import datetime
 import hashlib
 import os
@@ -44,13 +45,29 @@ from zarr.codecs import BloscCodec
 
 from kdcache import __version__
 from kdcache.errors import CacheCorrupt, CacheMismatch, ConfigError
+from kdcache.pipeline.cache.feature_layout import (
+    FEATURE_KEY,
+    decode_features,
+    encode_features,
+    feature_specs,
+    feature_view_bytes,
+    matrix_sha256,
+    projection_matrix,
+    slug,
+)
 from kdcache.pipeline.cache.integrity import (
     IDENTITY_ATTR,
     edited_fields,
     identity_digests,
     region_problem,
 )
-from kdcache.pipeline.cache.layout import CODECS, ArraySpec, params_spec, teacher_specs
+from kdcache.pipeline.cache.layout import (
+    CODECS,
+    ArraySpec,
+    object_bytes,
+    params_spec,
+    teacher_specs,
+)
 from kdcache.pipeline.cache.quantize import (
     TARGET_DTYPES,
     dequantize,
@@ -75,21 +92,32 @@ _COMPRESSORS = (BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle"),)
 @dataclass
 class ShardTargets:
     """A shard's block for some views: params (n, v, P) and a teacher's targets for them
-    (``sample_index`` (n, v, D) only in a cache with sampled targets)."""
+    (``sample_index`` (n, v, D) only in a cache with sampled targets; ``features``: per
+    feature or attention target name its float32 (n, v, *shape) values, :mod:`feature_layout`)."""
 
     params: np.ndarray
     topk_logits: np.ndarray
     topk_index: np.ndarray
     logsumexp: np.ndarray
     sample_index: np.ndarray | None = None
+    features: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
     def arrays(self) -> dict[str, np.ndarray]:
-        """The block's arrays by name, without the absent ones."""
-        return {k: v for k, v in self.__dict__.items() if v is not None}
+        """The block's arrays by name, without the absent ones (features as ``feature:NAME``)."""
+        found = {k: v for k, v in self.__dict__.items() if v is not None and k != "features"}
+        return found | {FEATURE_KEY + name: v for name, v in self.features.items()}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "ShardTargets":
+        """The block of :meth:`arrays`' names and values."""
+        n = len(FEATURE_KEY)
+        features = {k[n:]: v for k, v in arrays.items() if k.startswith(FEATURE_KEY)}
+        rest = {k: v for k, v in arrays.items() if not k.startswith(FEATURE_KEY)}
+        return cls(**rest, features=features)
 
     def select(self, positions, views: slice) -> "ShardTargets":
         """The block of some rows (positions in the shard) and views."""
-        return ShardTargets(**{k: v[positions, views] for k, v in self.arrays().items()})
+        return ShardTargets.from_arrays({k: v[positions, views] for k, v in self.arrays().items()})
 
     def view(self, index: int) -> "ShardTargets":
         """The block of one of its views (keeping a view axis of length 1)."""
@@ -98,12 +126,14 @@ class ShardTargets:
 
 def region_checksum(block: ShardTargets) -> int:
     """blake2b (8 bytes, little-endian uint64) over params, topk_logits, topk_index, logsumexp
-    and, in a cache with sampled targets, sample_index."""
+    and, in a cache with sampled targets, sample_index, then feature targets by sorted name."""
     digest = hashlib.blake2b(digest_size=8)
     names = ("params", *TARGET_ARRAYS, *(SAMPLE_ARRAYS if block.sample_index is not None else ()))
-    for name in names:
-        values = np.ascontiguousarray(getattr(block, name))
-        digest.update(values.astype(values.dtype.newbyteorder("<")).tobytes())
+    values = [getattr(block, name) for name in names]
+    values += [block.features[name] for name in sorted(block.features)]
+    for value in values:
+        value = np.ascontiguousarray(value)
+        digest.update(value.astype(value.dtype.newbyteorder("<")).tobytes())
     return int.from_bytes(digest.digest(), "little")
 
 
@@ -144,6 +174,7 @@ class CacheStore:
         self.target_dtype: str = layout.get("target_dtype", "fp16")
         self.view_block: int | None = layout.get("view_block")
         self._handles: dict[tuple[str | None, str], zarr.Array] = {}
+        self._feature_targets: dict[str, list[dict]] = {}
         self._checksums: dict[str, np.ndarray] = {}
         self._check_identity()
         self._check_shapes()
@@ -256,7 +287,7 @@ class CacheStore:
         n, s, rows = dataset["num_rows"], dataset["num_shards"], self.shard_size
         specs = {"params": params_spec(len(self.plan.param_names))}
         for name in self.teacher_names:  # format 1's arrays are format 2's fp16 ones
-            specs |= {f"teachers/{name}/{spec.name}": spec for spec in self._specs()}
+            specs |= {f"teachers/{name}/{spec.name}": spec for spec in self._specs(name)}
         expected = {}
         for path, spec in specs.items():
             first, _, *rest = spec.shape(n, s, 0)
@@ -377,9 +408,13 @@ class CacheStore:
         v, rows = self.array_views, self.shard_size
         group = self.group["teachers"].create_group(name)
         classes = index_dtype(dataset["num_classes"])
+        targets = identity.get("features", [])
+        if targets and self.format != FORMAT:
+            raise CacheMismatch(f"{self.location}: feature targets need format {FORMAT}")
         if self.format == FORMAT:
-            for spec in self._specs():
+            for spec in self._specs(name, targets):
                 _create_spec(group, spec, (n, s, rows), v, self.view_block)
+            _write_projections(group, targets)
             group.attrs.update(identity)
             self.write_identity()
             return
@@ -394,13 +429,51 @@ class CacheStore:
         group.attrs.update(identity)
         self.write_identity()
 
-    def _specs(self) -> list[ArraySpec]:
-        """A teacher's format-2 arrays (:mod:`layout`)."""
+    def _specs(self, teacher: str, targets: list[dict] | None = None) -> list[ArraySpec]:
+        """A teacher's format-2 arrays (:mod:`layout`), its feature targets' last
+        (``targets``: from its identity, default the stored one)."""
         dataset = self.attrs["dataset"]
         classes = dataset["num_classes"]
-        return teacher_specs(
+        specs = teacher_specs(
             self.target_dtype, self.topk, classes, self.samples, index_dtype(classes)
         )
+        targets = self.feature_targets(teacher) if targets is None else targets
+        return specs + feature_specs(targets, self.target_dtype)
+
+    def feature_targets(self, teacher: str) -> list[dict]:
+        """A teacher's feature and attention targets (its identity's ``features``; none in a
+        cache without them)."""
+        if teacher not in self._feature_targets:
+            self._feature_targets[teacher] = self.teacher_identity(teacher).get("features", [])
+        return self._feature_targets[teacher]
+
+    def view_bytes(self, teacher: str) -> dict[str, float]:
+        """Stored bytes per row-view of a teacher's logit targets (``topk``: its top-k, q8
+        scale, logsumexp and sampled arrays) and of each feature or attention target (format
+        2: raw chunks with their crc32c and the storage objects' index, :mod:`layout`)."""
+        views = self.view_block or self.plan.views
+        logits = [s for s in teacher_specs(self.target_dtype, self.topk,
+                                           self.attrs["dataset"]["num_classes"], self.samples,
+                                           index_dtype(self.attrs["dataset"]["num_classes"]))
+                  if not s.ledger]  # fmt: skip
+        rows = self.shard_size * views
+        found = {"topk": sum(object_bytes(s, self.shard_size, views, views) for s in logits) / rows}
+        targets = self.feature_targets(teacher)
+        return found | feature_view_bytes(targets, self.target_dtype, self.shard_size, views)
+
+    def projection(self, teacher: str, name: str) -> np.ndarray | None:
+        """The stored (C, D) projection matrix of a feature target, or None (none asked);
+        refused if it differs from the sha256 its attrs record."""
+        target = next(t for t in self.feature_targets(teacher) if t["name"] == name)
+        if not target.get("projection"):
+            return None
+        matrix = self._teacher(teacher)["projections"][slug(name)][:]
+        if matrix_sha256(matrix) != target["projection"]["sha256"]:
+            raise CacheCorrupt(
+                f"{self.location}: teacher {teacher}, feature {name}: its projection matrix "
+                "differs from the sha256 recorded in its attrs"
+            )
+        return matrix
 
     # -- views ---------------------------------------------------------------------------------
     @property
@@ -494,9 +567,12 @@ class CacheStore:
         start = shard.id * self.shard_size
         return slice(start, start + shard.num_rows)
 
-    def _encode(self, block: ShardTargets) -> dict[str, np.ndarray]:
+    def _encode(self, teacher: str, block: ShardTargets) -> dict[str, np.ndarray]:
         """A block's teacher arrays as stored (q8: quantised and packed; else as they are)."""
-        arrays = {k: v for k, v in block.arrays().items() if k != "params"}
+        arrays = {k: v for k, v in block.arrays().items()
+                  if k != "params" and not k.startswith(FEATURE_KEY)}  # fmt: skip
+        targets = self.feature_targets(teacher)
+        arrays |= encode_features(block.features, targets, self.target_dtype)
         if self.target_dtype != "q8":
             return arrays
         levels, scale, lse = quantize(block.topk_logits, block.logsumexp)
@@ -505,25 +581,28 @@ class CacheStore:
         arrays.update(topk_logits=levels, logit_scale=scale, topk_index=index, logsumexp=lse)
         return arrays
 
-    def _decode(self, params: np.ndarray, stored: dict[str, np.ndarray]) -> ShardTargets:
+    def _decode(
+        self, teacher: str, params: np.ndarray, stored: dict[str, np.ndarray]
+    ) -> ShardTargets:
         """Stored arrays back to targets (q8: logits and logsumexp relative to the view's max)."""
-        if self.target_dtype != "q8":
-            return ShardTargets(params=params, **stored)
         stored = dict(stored)
+        features = decode_features(stored, self.feature_targets(teacher), self.target_dtype)
+        if self.target_dtype != "q8":
+            return ShardTargets(params=params, **stored, features=features)
         classes = self.attrs["dataset"]["num_classes"]
         logits, lse = dequantize(stored.pop("topk_logits"), stored.pop("logit_scale"),
                                  stored.pop("logsumexp"))  # fmt: skip
         index = unpack_ids(stored.pop("topk_index"), self.topk, classes)
         index = index.astype(index_dtype(classes))
-        return ShardTargets(params, logits, index, lse, **stored)
+        return ShardTargets(params, logits, index, lse, **stored, features=features)
 
-    def as_stored(self, block: ShardTargets) -> ShardTargets:
+    def as_stored(self, teacher: str, block: ShardTargets) -> ShardTargets:
         """What reading ``block`` back from this cache gives (q8: quantised and decoded)."""
-        return self._decode(block.params, self._encode(block))
+        return self._decode(teacher, block.params, self._encode(teacher, block))
 
-    def _stored_names(self) -> tuple[str, ...]:
+    def _stored_names(self, teacher: str) -> tuple[str, ...]:
         if self.format == FORMAT:
-            return tuple(s.name for s in self._specs() if not s.ledger)
+            return tuple(s.name for s in self._specs(teacher) if not s.ledger)
         return self._arrays()
 
     def write_shard(
@@ -536,8 +615,8 @@ class CacheStore:
         overwritten, never trusted.
         """
         rows = self._rows(shard)
-        stored = self._encode(block)
-        decoded = self._decode(block.params, stored)
+        stored = self._encode(teacher, block)
+        decoded = self._decode(teacher, block.params, stored)
         for first, last in _runs(views):  # positions in the block
             where = (rows, slice(views[first], views[last] + 1))
             self._array(None, "params")[where] = block.params[:, first : last + 1]
@@ -567,8 +646,9 @@ class CacheStore:
         crc32c is a :class:`CacheCorrupt` naming teacher, shard and the first bad view."""
         try:
             return self._decode(
+                teacher,
                 self._array(None, "params")[where],
-                {name: self._array(teacher, name)[where] for name in self._stored_names()},
+                {name: self._array(teacher, name)[where] for name in self._stored_names(teacher)},
             )
         except Exception as error:  # codec and store errors: a damaged chunk
             views = range(where[1].start, where[1].stop)
@@ -580,7 +660,7 @@ class CacheStore:
             ) from error
 
     def _view_readable(self, teacher: str, rows: slice, view: int) -> bool:
-        names = [(None, "params"), *((teacher, n) for n in self._stored_names())]
+        names = [(None, "params"), *((teacher, n) for n in self._stored_names(teacher))]
         arrays = [self._array(*name) for name in names]
         return all(_readable(a, (rows, slice(view, view + 1))) for a in arrays)
 
@@ -589,7 +669,9 @@ class CacheStore:
         array (in format 2 one inner chunk each), each checked as :meth:`read_verified`."""
         parts = [self.read_region(teacher, shard, view) for view in views]
         arrays = [part.arrays() for part in parts]
-        return ShardTargets(**{k: np.concatenate([a[k] for a in arrays], 1) for k in arrays[0]})
+        return ShardTargets.from_arrays(
+            {k: np.concatenate([a[k] for a in arrays], 1) for k in arrays[0]}
+        )
 
     def region_problems(
         self, teacher: str, shard: ShardInfo, block: ShardTargets, views: list[int], first: int = 0
@@ -680,6 +762,17 @@ def _create_spec(group: zarr.Group, spec: ArraySpec, sizes, views: int, view_blo
         fill_value=spec.fill,
         compressors=CODECS,
     )
+
+
+def _write_projections(group: zarr.Group, targets: list[dict]) -> None:
+    """Each projected target's matrix at ``projections/<slug>`` (:mod:`feature_layout`)."""
+    for target in targets:
+        projection = target.get("projection")
+        if projection:
+            matrix = projection_matrix(projection["seed"], projection["in_dim"], projection["dim"])
+            group.require_group("projections").create_array(
+                slug(target["name"]), data=matrix, chunks=matrix.shape
+            )
 
 
 def _create(group: zarr.Group, name: str, shape, chunks, dtype: str, fill) -> None:

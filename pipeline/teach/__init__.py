@@ -1,11 +1,17 @@
 """Teachers and the teacher job: models and checkpoints, loading teachers, one shard through
-the teachers, and the Ray job over all shards (the only place Ray is imported)."""
+the teachers, their feature and attention targets, and the Ray job over all shards (the only
+place Ray is imported)."""
 
 from kdcache._lazy import lazy_face
 
 __getattr__, __dir__, __all__ = lazy_face(
     __name__,
     {
+        "ATTENTION_HELP": ".feature_request",
+        "FEATURES_HELP": ".feature_request",
+        "FEATURE_DIM_HELP": ".feature_request",
+        "FeatureRequest": ".feature_request",
+        "FeatureTaps": ".feature_taps",
         "ModelSpec": ".models",
         "TeachConfig": ".teach_config",
         "TeachFailed": ".job",
@@ -16,11 +22,14 @@ __getattr__, __dir__, __all__ = lazy_face(
         "load_options": ".teachers",
         "load_teacher": ".teachers",
         "read_checkpoint_meta": ".models",
+        "requests": ".feature_request",
+        "resolve_targets": ".feature_taps",
         "read_shard_images": ".shard_targets",
         "run_teach": ".job",
         "save_checkpoint": ".models",
         "start_ray": ".job",
         "stop_ray": ".job",
+        "teacher_identity": ".feature_taps",
         "teacher_inputs": ".shard_targets",
         "teacher_targets": ".shard_targets",
     },

@@ -39,6 +39,7 @@ from kdcache.pipeline.cache import (
     sample_uniforms,
 )
 from kdcache.pipeline.data import Manifest, storage, urls
+from kdcache.pipeline.teach.feature_taps import teacher_identity
 from kdcache.pipeline.teach.shard_targets import (
     decode_block,
     joined,
@@ -128,6 +129,11 @@ class ShardWorker:
         )
         self.store = CacheStore.open(config.cache, mode="r+")
         self.teachers = [t.load(self.manifest, self.device) for t in config.teachers]
+        self.features = {t.name: self.store.feature_targets(t.name) for t in self.teachers}
+        self.projections = {
+            t.name: {f["name"]: self.store.projection(t.name, f["name"]) for f in targets}
+            for t, targets in zip(self.teachers, self.features.values(), strict=True)
+        }
         self.precision = config.precision
         if self.precision == "auto":
             self.precision = "bf16" if self.device.type == "cuda" else "fp32"
@@ -201,6 +207,8 @@ class ShardWorker:
             batch_size=self.config.batch_size,
             precision=self.precision,
             timings=timings,
+            features=self.features[teacher.name],
+            projections=self.projections[teacher.name],
         )
 
     def _write(self, teacher: Teacher, shard, views: list[int], block, timings) -> None:
@@ -239,7 +247,7 @@ def _run_teach(config: TeachConfig) -> TeachSummary:
     began = time.perf_counter()
     manifest = Manifest.read(config.manifest, allow_remote_shards=config.allow_remote_shards)
     config = _checked_request(config, manifest)
-    identities = [source.load(manifest).identity() for source in config.teachers]
+    identities = [teacher_identity(source, manifest, config) for source in config.teachers]
     names = [identity["name"] for identity in identities]
     if len(set(names)) != len(names):
         raise ValueError(f"teachers need distinct names, got {names}; use --teacher NAME=PATH")

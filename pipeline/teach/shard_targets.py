@@ -12,6 +12,7 @@ import torch
 
 from kdcache.pipeline.cache import ShardTargets, draw_classes, index_dtype, reduce_logits
 from kdcache.pipeline.data import Manifest, ShardError, ShardInfo, checked_samples, sample_image
+from kdcache.pipeline.teach.feature_taps import FeatureTaps
 from kdcache.pipeline.teach.models import ModelSpec
 from kdcache.pipeline.teach.teachers import Teacher
 from kdcache.pipeline.views import SourceImage, ViewPlan, ViewRenderer, normalize, source_image
@@ -69,7 +70,7 @@ def release(images: Sequence[SourceImage]) -> None:
 def joined(parts: list[ShardTargets]) -> ShardTargets:
     """Row blocks of a shard's targets, in order, as one block."""
     arrays = [part.arrays() for part in parts]
-    return ShardTargets(**{k: np.concatenate([a[k] for a in arrays]) for k in arrays[0]})
+    return ShardTargets.from_arrays({k: np.concatenate([a[k] for a in arrays]) for k in arrays[0]})
 
 
 def autocast_for(device: torch.device, precision: str):
@@ -130,12 +131,17 @@ def teacher_targets(
     batch_size: int = 256,
     precision: str = "fp32",
     timings: dict | None = None,
+    features: list[dict] | None = None,
+    projections: dict[str, np.ndarray | None] | None = None,
 ) -> ShardTargets:
     """A teacher's targets for every view of ``params`` (n, v, P, the whole shard's, as
     ``plan`` made them) at ``positions`` (default all n): blocks of (len(positions), v, ...).
 
     With ``uniforms`` (len(positions), v, D) (:func:`pipeline.sampled_targets.sample_uniforms`)
     it also draws D class ids per view from the teacher's softmax (``sample_index``).
+
+    ``features`` (a cache's records of the teacher's feature and attention targets, with
+    their ``projections``) adds those targets, read in the same forward (:mod:`feature_taps`).
 
     Batches never span two views, so a view's values do not depend on which other views are
     computed with it (a resumed shard computes exactly what an uninterrupted run did).
@@ -150,6 +156,9 @@ def teacher_targets(
     index_out = np.empty((n, v, topk), dtype=np.int64)
     lse_out = np.empty((n, v), dtype=np.float32)
     samples_out = None if uniforms is None else np.empty(uniforms.shape, dtype=np.int64)
+    features = features or []
+    features_out = {t["name"]: np.empty((n, v, *t["shape"]), np.float32) for t in features}
+    taps = FeatureTaps(teacher.model, features, projections)
     work = [(view, range(start, min(start + batch_size, n)))
             for view in range(v) for start in range(0, n, batch_size)]  # fmt: skip
 
@@ -168,8 +177,10 @@ def teacher_targets(
         batch = batch.to(device, non_blocking=True)
         if device.type == "cuda":
             batch = batch.contiguous(memory_format=torch.channels_last)
-        with autocast_for(device, precision):
+        with autocast_for(device, precision), taps:
             logits = teacher.model(batch)
+        for name, values in taps.collect().items():
+            features_out[name][rows.start : rows.stop, view] = values.cpu().numpy()
         values, index, lse = reduce_logits(logits, topk)
         logits_out[rows.start : rows.stop, view] = values.cpu().numpy().astype(np.float16)
         index_out[rows.start : rows.stop, view] = index.cpu().numpy()
@@ -185,4 +196,5 @@ def teacher_targets(
         topk_index=index_out.astype(classes),
         logsumexp=lse_out,
         sample_index=None if samples_out is None else samples_out.astype(classes),
+        features=features_out,
     )

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from kdcache._options import option
 from kdcache.pipeline.data import StorageOptions, storage
+from kdcache.pipeline.teach.feature_request import ATTENTION_HELP, FEATURE_DIM_HELP, FEATURES_HELP
 from kdcache.pipeline.views import MAX_PIXELS, ViewPlan
 
 if TYPE_CHECKING:
@@ -80,6 +81,9 @@ class TeachConfig:
         help="how targets are stored: fp16 logits, or q8 (8-bit logits relative to the view's "
         "max with a per-view scale, bit-packed class ids; inspect reports its KL)",
     )
+    features: tuple[str, ...] = option((), metavar="LAYER[:POOL]", help=FEATURES_HELP)
+    attention: tuple[str, ...] = option((), metavar="BLOCK[:SxS]", help=ATTENTION_HELP)
+    feature_dim: int | None = option(None, metavar="D", help=FEATURE_DIM_HELP)
     splits: list[str] = option(factory=lambda: ["train"], help="splits to cache")
     batch_size: int = option(256, help="inference batch")
     block_rows: int = option(

@@ -4,7 +4,7 @@ import itertools
 
 import numpy as np
 
-from kdcache.pipeline.cache import CacheStore
+from kdcache.pipeline.cache import FORMAT, CacheStore
 from kdcache.pipeline.data import Manifest, storage, urls
 from kdcache.tools.cache.cache_manifest import manifest_for
 
@@ -61,6 +61,8 @@ def _inspect(location: str, data: str | None, allow_remote_shards: bool) -> dict
             "missing": missing,
             "problems": problems,
             "quantisation_kl": _quantisation_kl(store, name),
+            "features": {t["name"]: t["shape"] for t in store.feature_targets(name)},
+            "target_bytes_per_view": store.view_bytes(name) if store.format == FORMAT else None,
         }
         top1[name] = {s.id: b.topk_index[..., 0] for s, b in zip(complete, blocks, strict=True)}
         raw_bytes += sum(
@@ -182,6 +184,11 @@ def format_report(report: dict) -> str:
             lines.append(
                 f"  missing: {', '.join(t['missing'][:5])}{' ...' if len(t['missing']) > 5 else ''}"
             )
+        for target, shape in t["features"].items():
+            lines.append(f"  target {target}: shape {shape}")
+        if t["target_bytes_per_view"]:
+            parts = ", ".join(f"{k} {v:.1f}" for k, v in t["target_bytes_per_view"].items())
+            lines.append(f"  stored bytes per view: {parts}")
         for p in t["problems"][:20]:
             lines.append(f"  BAD {p['shard']} view {p['view']}: {p['problem']}")
         if len(t["problems"]) > 20:

@@ -13,13 +13,14 @@ from kdcache.errors import KdcacheError
 
 def _value_type(annotation) -> tuple[object, int | str | None]:
     """(element type, nargs) of a field: ``X | None`` is X; ``tuple[float, float]`` is
-    (float, 2); ``list[str]`` is (str, '+'); ``dict`` is (None, 'append': KEY=VALUE pairs)."""
+    (float, 2); ``tuple[str, ...]`` is (str, 'repeat': the option repeated); ``list[str]`` is
+    (str, '+'); ``dict`` is (None, 'append': KEY=VALUE pairs)."""
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin in (typing.Union, types.UnionType):
         (inner,) = [a for a in args if a is not type(None)]
         return _value_type(inner)
     if origin is tuple:
-        return args[0], len(args)
+        return args[0], "repeat" if args[-1] is Ellipsis else len(args)
     if origin is list:
         return args[0], "+"
     if annotation is dict or origin is dict:
@@ -91,7 +92,7 @@ def add_config_options(
             continue
         if default is dataclasses.MISSING:
             names.update(required=True, default=None)
-        if nargs == "append":
+        if nargs in ("append", "repeat"):
             names.update(action="append", default=[])
         elif nargs is not None and spec.name not in parse:
             names["nargs"] = nargs
@@ -131,7 +132,7 @@ def config_values(config: type, args: argparse.Namespace, dest_prefix: str = "")
         _, nargs = _value_type(hints[spec.name])
         if nargs == "append":
             value = dict(value)
-        elif isinstance(nargs, int):
+        elif isinstance(nargs, int) or nargs == "repeat":
             value = tuple(value)
         values[spec.name] = value
     return values

@@ -128,11 +128,17 @@ def run_teach(args: argparse.Namespace) -> None:
 
 
 def _dry_run(config: TeachConfig) -> str:
-    """``teach --dry-run``: the size of the cache ``config`` makes, no teacher loaded."""
+    """``teach --dry-run``: the size of the cache ``config`` makes; no teacher runs (feature
+    or attention targets load the first teacher for one forward of a zero image: their shapes)."""
     from kdcache.pipeline.cache import CachePlan, format_size, size_plan
     from kdcache.pipeline.data import Manifest
 
     manifest = Manifest.read(config.manifest)
+    features = ()
+    if config.features or config.attention:
+        from kdcache.pipeline.teach import teacher_identity
+
+        features = tuple(teacher_identity(config.teachers[0], manifest, config)["features"])
     plan = CachePlan(
         shards=len(manifest.shards_of(config.splits)),
         shard_size=manifest.shard_size,
@@ -144,6 +150,7 @@ def _dry_run(config: TeachConfig) -> str:
         samples=config.samples,
         target_dtype=config.target_dtype,
         student_rate=config.student_rate,
+        features=features,
     )
     return format_size(plan, size_plan(plan))
 
