@@ -18,6 +18,10 @@ from kdcache.tools.cache.cache_manifest import manifest_for
 from kdcache.tools.cache.verify_replay import ReplayReport, replay_check, sample_done_rows
 
 LOGIT_TOLERANCE = 2e-2  # fp16 storage plus batch-dependent float sums
+# feature and attention values: largest difference, beyond two fp16 steps of the view's
+# largest magnitude, as a share of the view's value range
+FEATURE_TOLERANCE = {"fp16": 1e-2, "q8": 2 / 255}  # batch-dependent sums; two q8 levels
+FP16_SLACK = 2**-10  # two fp16 rounding steps, relative
 
 
 @dataclass
@@ -28,6 +32,8 @@ class VerifyReport:
     regions_checked: int = 0
     views_recomputed: int = 0
     largest_logit_diff: float = 0.0
+    largest_feature_diff: float | None = None  # share of the view's range; None: no features
+    target_dtype: str = "fp16"
     replay: ReplayReport | None = None
     problems: list[str] = field(default_factory=list)
 
@@ -42,6 +48,15 @@ class VerifyReport:
             f"verify: {self.regions_checked} (shard, view) checksums checked, "
             f"{self.views_recomputed} views recomputed, largest logit difference "
             f"{self.largest_logit_diff:.4g} (tolerance {LOGIT_TOLERANCE})",
+            *(
+                [
+                    f"verify: feature and attention targets: largest difference "
+                    f"{self.largest_feature_diff:.4g} of a view's value range (tolerance "
+                    f"{FEATURE_TOLERANCE[self.target_dtype]:.4g}, {self.target_dtype})"
+                ]
+                if self.largest_feature_diff is not None
+                else []
+            ),
             *(
                 [
                     f"verify: replay: {self.replay.views_compared} views rebuilt by the trainer's "
@@ -83,6 +98,26 @@ def _compare(
             f"{shard.file} row {rows[position]} view {view} (teacher {teacher}): stored values "
             f"differ from the teacher's (largest logit difference {diff[position].max():.4g})"
         )
+    for name, values in fresh.features.items():
+        share = feature_difference(stored.features[name][:, 0], values[:, 0])
+        found = float(share.max(initial=0))
+        report.largest_feature_diff = max(report.largest_feature_diff or 0.0, found)
+        for position in np.flatnonzero(share > FEATURE_TOLERANCE[report.target_dtype]):
+            report.problems.append(
+                f"{shard.file} row {rows[position]} view {view} (teacher {teacher}): target "
+                f"{name} differs from the teacher's by {share[position]:.4g} of its value range"
+            )
+
+
+def feature_difference(stored: np.ndarray, fresh: np.ndarray) -> np.ndarray:
+    """Per row, the largest |stored - fresh| over the row's values, less two fp16 rounding
+    steps of its largest magnitude, as a share of the range of its fresh values (NaN, i.e.
+    unwritten, counts as infinite)."""
+    axes = tuple(range(1, fresh.ndim))
+    spread = fresh.max(axis=axes) - fresh.min(axis=axes)
+    slack = FP16_SLACK * np.abs(fresh).max(axis=axes)
+    diff = np.nan_to_num(np.abs(stored - fresh), nan=np.inf).max(axis=axes)
+    return np.maximum(diff - slack, 0) / np.maximum(spread, 1e-6)
 
 
 def _recompute(
@@ -105,10 +140,14 @@ def _recompute(
         topk=store.topk,
         positions=positions,
         uniforms=sample_uniforms(store.plan.seed, rows, [view], samples) if samples else None,
+        features=store.feature_targets(teacher.name),
+        projections={
+            t["name"]: store.projection(teacher.name, t["name"])
+            for t in store.feature_targets(teacher.name)
+        },
     )
-    return store.as_stored(
-        fresh
-    )  # quantised as the cache stores it (q8), to compare like with like
+    # quantised as the cache stores it (q8), to compare like with like
+    return store.as_stored(teacher.name, fresh)
 
 
 def verify_cache(
@@ -148,7 +187,7 @@ def _verify(
 ) -> VerifyReport:
     store = CacheStore.open(location)
     manifest = manifest_for(store, data, allow_remote_shards)
-    report = VerifyReport(cache=location)
+    report = VerifyReport(cache=location, target_dtype=store.target_dtype)
     if replay:
         report.replay = replay_check(
             store, manifest, samples=samples, seed=seed, tolerance=replay_tolerance
