@@ -20,5 +20,6 @@ __getattr__, __dir__, __all__ = lazy_face(
         "default_resolution": ".input_size",
         "label_targets": ".label_mixing",
         "make_loader": ".loader",
+        "moved": ".kd_loader",
     },
 )

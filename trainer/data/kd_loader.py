@@ -26,25 +26,31 @@ from kdcache.trainer.data.view_schedule import ViewSchedule
 @dataclass
 class Targets:
     """One teacher's targets for a batch: the cached top-k logits (float32, descending), their
-    class ids (int64), the log-sum-exp of all logits, and (sampled caches) drawn class ids."""
+    class ids (int64), the log-sum-exp of all logits, (sampled caches) drawn class ids, and
+    (caches with feature or attention targets) ``features``: target name -> float32
+    (B, *shape), e.g. ``features["pre_logits"]`` (B, D)."""
 
     topk_logits: torch.Tensor
     topk_index: torch.Tensor
     logsumexp: torch.Tensor
     sample_index: torch.Tensor | None = None
+    features: dict[str, torch.Tensor] | None = None
 
     def to(self, device, non_blocking: bool = False) -> "Targets":
-        return Targets(
-            **{
-                f.name: None if (t := getattr(self, f.name)) is None else t.to(device, non_blocking=non_blocking)
-                for f in fields(self)
-            }
-        )  # fmt: skip
+        return Targets(**moved(self.as_dict(), device, non_blocking))
 
     def as_dict(self) -> dict[str, torch.Tensor]:
         return {
             f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None
         }
+
+
+def moved(arrays: dict, device, non_blocking: bool = False) -> dict:
+    """A (nested) dict of tensors on ``device``."""
+    return {
+        k: moved(v, device, non_blocking) if isinstance(v, dict) else v.to(device, non_blocking=non_blocking)
+        for k, v in arrays.items()
+    }  # fmt: skip
 
 
 @dataclass
@@ -69,6 +75,11 @@ class KDBatch:
                 "pick one from teacher_targets"
             )
         return next(iter(self.teacher_targets.values()))
+
+    @property
+    def features(self) -> dict[str, torch.Tensor]:
+        """The only teacher's feature and attention targets by name (empty if none)."""
+        return self.targets.features or {}
 
     def to(self, device, non_blocking: bool = False) -> "KDBatch":
         move = {"non_blocking": non_blocking}

@@ -23,7 +23,8 @@ from kdcache.trainer.data.view_schedule import ViewSchedule
 
 def view_targets(block: ShardTargets, position: int, view: int) -> dict[str, torch.Tensor]:
     """One sample's targets for one view, as tensors (fp32 logits, int64 class ids; with
-    sampled targets also ``sample_index``, the drawn class ids)."""
+    sampled targets also ``sample_index``, the drawn class ids; with feature or attention
+    targets ``features``: name -> float32 values)."""
     targets = {
         "topk_logits": torch.from_numpy(block.topk_logits[position, view].astype(np.float32)),
         "topk_index": torch.from_numpy(block.topk_index[position, view].astype(np.int64)),
@@ -33,6 +34,11 @@ def view_targets(block: ShardTargets, position: int, view: int) -> dict[str, tor
         targets["sample_index"] = torch.from_numpy(
             block.sample_index[position, view].astype(np.int64)
         )
+    if block.features:
+        targets["features"] = {
+            name: torch.from_numpy(np.ascontiguousarray(values[position, view]))
+            for name, values in block.features.items()
+        }
     return targets
 
 

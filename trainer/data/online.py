@@ -4,13 +4,21 @@ It sees the same replayed views as a cache's teacher (rendered at its own resolu
 loader) and its logits are reduced exactly as the teacher job reduces them for a cache
 (:func:`pipeline.store.reduce_logits`, top-k logits rounded to fp16 as the cache stores them),
 so cached and online runs differ only in when the teacher runs: its batches are the training
-batches instead of a shard's rows in order.
+batches instead of a shard's rows in order. Feature and attention targets (``features``:
+requests, :mod:`pipeline.teach.feature_request`) are read in the same forward by the teacher
+job's hooks, projected by the same seeded matrix, and rounded as a fp16 cache stores them.
 """
 
 import torch
 
-from kdcache.pipeline.cache import reduce_logits
-from kdcache.pipeline.teach import Teacher, load_teacher
+from kdcache.pipeline.cache import projection_matrix, reduce_logits, stored_features
+from kdcache.pipeline.teach import (
+    FeatureRequest,
+    FeatureTaps,
+    Teacher,
+    load_teacher,
+    resolve_targets,
+)
 from kdcache.pipeline.views import normalize
 
 
@@ -27,6 +35,8 @@ class OnlineTeacher:
         topk: int | None = None,
         arch: str | None = None,
         amp: bool = False,
+        features: list[FeatureRequest] | None = None,
+        feature_dim: int | None = None,
     ):
         self.teacher: Teacher = load_teacher(
             location,
@@ -41,6 +51,17 @@ class OnlineTeacher:
             raise ValueError(f"--topk must lie in 1..{num_classes}, got {self.topk}")
         self.device = device
         self.amp = amp
+        spec = self.teacher.spec
+        self.feature_targets = []
+        if features:
+            self.feature_targets = resolve_targets(
+                self.teacher.model, spec.resolution, spec.in_chans, features, feature_dim, "fp16"
+            )
+        self.projections = {
+            t["name"]: projection_matrix(p["seed"], p["in_dim"], p["dim"])
+            for t in self.feature_targets
+            if (p := t["projection"])
+        }
 
     @property
     def resolution(self) -> int:
@@ -53,8 +74,18 @@ class OnlineTeacher:
         images = normalize(images.to(self.device, non_blocking=True), spec.mean, spec.std)
         if self.device.type == "cuda":
             images = images.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+        taps = FeatureTaps(self.teacher.model, self.feature_targets, self.projections)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp), taps:
             logits = self.teacher.model(images)
         values, index, lse = reduce_logits(logits, self.topk)
         values = values.half().float()  # stored as fp16 in a cache: the same targets exactly
-        return {"topk_logits": values, "topk_index": index, "logsumexp": lse}
+        targets = {"topk_logits": values, "topk_index": index, "logsumexp": lse}
+        if self.feature_targets:
+            found = taps.collect()
+            targets["features"] = {
+                t["name"]: torch.from_numpy(
+                    stored_features(found[t["name"]].cpu().numpy(), t, "fp16")
+                ).to(self.device)
+                for t in self.feature_targets
+            }
+        return targets

@@ -84,6 +84,7 @@ class CachedTargets:
             raise CacheMismatch(f"{location}: holds top-{self.store.topk}; asked for top-{topk}")
         self.topk = topk or self.store.topk
         self.samples = self._samples(location, samples) if sampled else 0
+        self.feature_targets = self.store.feature_targets(self.teachers[0])
 
     def _check_teacher(self, location: str, teacher: str, manifest: Manifest, split: str) -> None:
         identity = self.store.teacher_identity(teacher)

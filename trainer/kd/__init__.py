@@ -1,6 +1,8 @@
 """Distillation objectives: label loss plus soft, hard or sampled distillation from cached
-top-k targets, several teachers, DeiT's two heads; timm ``TrainingTask`` classes on cached
-targets (``CachedLogitDistillationTask``, ``CachedTokenDistillationTask``)."""
+top-k targets, several teachers, DeiT's two heads; feature and attention alignment
+(``FeatureAlignment``); timm ``TrainingTask`` classes on cached targets
+(``CachedLogitDistillationTask``, ``CachedTokenDistillationTask``,
+``CachedFeatureDistillationTask``)."""
 
 from kdcache._lazy import lazy_face
 
@@ -9,7 +11,11 @@ __getattr__, __dir__, __all__ = lazy_face(
     {
         "CachedLogitDistillationTask": ".timm_tasks",
         "CachedTokenDistillationTask": ".timm_tasks",
+        "ATTENTION_LOSSES": ".modes",
+        "CachedFeatureDistillationTask": ".timm_tasks",
         "DistillationLoss": ".losses",
+        "FEATURE_LOSSES": ".modes",
+        "FeatureAlignment": ".feature_losses",
         "KD_MODES": ".modes",
         "KL_REDUCTIONS": ".modes",
         "MIXING_MODES": ".modes",

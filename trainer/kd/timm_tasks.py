@@ -1,5 +1,6 @@
-"""Cached distillation behind timm's ``timm.task`` contract: ``LogitDistillationTask`` and
-``TokenDistillationTask`` with the teacher forward replaced by kdcache's cached targets.
+"""Cached distillation behind timm's ``timm.task`` contract: ``LogitDistillationTask``,
+``TokenDistillationTask`` and ``FeatureDistillationTask`` with the teacher forward replaced by
+kdcache's cached targets.
 
 timm 1.0.31's tasks run the teacher on every step (online KD). These classes keep timm's
 ``TrainingTask`` interface (the same forward, the same returned keys, ``prepare_distributed``,
@@ -45,6 +46,17 @@ is ``criterion_kwargs=dict(smoothing=S)``. timm's default, neither weight given,
 ``--alpha`` gives it (``A = 1/2`` is half of it). kdcache's ``--kd hard`` on a one-head
 student has no timm task.
 
+* :class:`CachedFeatureDistillationTask` (timm ``FeatureDistillationTask``): the student's
+  pooled pre-logits, through a linear projection when its size differs from the teacher's,
+  against the cache's ``pre_logits`` feature target (``teach --features pre_logits``, which is
+  timm's teacher ``forward_head(forward_features(x), pre_logits=True)`` on the same view)::
+
+      loss = task_loss_weight * criterion(z_s, y) + distill_loss_weight * MSE(proj(f_s), f_t)
+
+  The student and projection are timm's own ``FeatureDistillationTrainableModule``; its
+  ``projection`` is the task state timm checkpoints. The teacher's normalisation does not
+  arise: the cache's teacher saw the view with its own.
+
 Calling: ``task(input, target, teacher_targets)`` with ``teacher_targets`` a batch's
 ``targets`` (``{teacher_name: {topk_logits, topk_index, logsumexp}}``, or one teacher's dict),
 or ``task(input, batch)`` with the loader's batch dict as ``target`` (labels from ``label``,
@@ -59,7 +71,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from timm.task import TrainingTask, resolve_classification_loss
+from timm.task import FeatureDistillationTask, TrainingTask, resolve_classification_loss
+from timm.task.distillation import FeatureDistillationTrainableModule
 from timm.utils import unwrap_model
 
 from kdcache.trainer.kd.losses import soft_distillation
@@ -155,7 +168,7 @@ class _CachedDistillationTask(TrainingTask):
             target, teacher_targets = target.labels, target.teacher_targets
         if hasattr(teacher_targets, "as_dict"):  # one teacher's kdcache.Targets
             teacher_targets = teacher_targets.as_dict()
-        if "topk_logits" not in teacher_targets:
+        if "topk_logits" not in teacher_targets and "features" not in teacher_targets:
             names = sorted(teacher_targets)
             name = self.teacher_name or (names[0] if len(names) == 1 else None)
             if name is None or name not in teacher_targets:
@@ -309,4 +322,98 @@ class CachedTokenDistillationTask(_CachedDistillationTask):
             "output": main_logits,
             "task_loss": task_loss,
             "distill_loss": distill_loss,
+        }
+
+
+class CachedFeatureDistillationTask(_CachedDistillationTask):
+    """timm's ``FeatureDistillationTask`` on a cached feature target (default
+    ``pre_logits``; see the module's docstring).
+
+    Args as timm's, without the teacher model: ``teacher`` names the cached teacher (default:
+    the batch's only one), ``feature`` the target; ``teacher_feature_dim`` is the target's size
+    (required: the cache's ``shape``; ``CachedTargets.feature_targets`` lists them). Returns
+    ``loss``, ``output`` (student logits), ``task_loss`` and ``kd_loss``.
+    """
+
+    get_task_state = FeatureDistillationTask.get_task_state
+    load_task_state = FeatureDistillationTask.load_task_state
+    get_clip_parameters = FeatureDistillationTask.get_clip_parameters
+
+    def __init__(
+        self,
+        student_model: torch.nn.Module,
+        teacher_feature_dim: int,
+        teacher: str | None = None,
+        feature: str = "pre_logits",
+        criterion=None,
+        criterion_kwargs: dict[str, Any] | None = None,
+        distill_loss_weight: float | None = None,
+        task_loss_weight: float | None = None,
+        student_feature_dim: int | None = None,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        verbose: bool = True,
+    ):
+        super().__init__(
+            student_model,
+            teacher=teacher,
+            criterion=criterion,
+            criterion_kwargs=criterion_kwargs,
+            distill_loss_weight=distill_loss_weight,
+            task_loss_weight=task_loss_weight,
+            temperature=1.0,
+            tail="uniform",
+            num_classes=None,
+            device=device,
+            dtype=dtype,
+            verbose=verbose,
+        )
+        if student_feature_dim is None:
+            student_feature_dim = FeatureDistillationTask._detect_feature_dim(student_model)
+        projection = None
+        if student_feature_dim != teacher_feature_dim:
+            projection = torch.nn.Linear(
+                student_feature_dim, teacher_feature_dim, device=self.device, dtype=self.dtype
+            )
+        self.trainable_module = FeatureDistillationTrainableModule(student_model, projection)
+        self.feature = feature
+
+    def compile(self, backend: str = "inductor", mode: str | None = None, **compile_kwargs):
+        """Compile the student (the eval model, returned) and the trainable module."""
+        student = self.trainable_module.student
+        self.eval_model = torch.compile(student, backend=backend, mode=mode, **compile_kwargs)
+        self.trainable_module = torch.compile(
+            self.trainable_module, backend=backend, mode=mode, **compile_kwargs
+        )
+        return self.eval_model
+
+    def get_eval_model(self, module: torch.nn.Module | None = None, ema: bool = False):
+        """The student alone (without the projection), as timm's task gives it."""
+        resolved = TrainingTask.get_eval_model(self, module=module, ema=ema)
+        current = resolved
+        while current is not None:
+            if isinstance(current, FeatureDistillationTrainableModule):
+                return current.student
+            current = getattr(current, "module", None)
+        return resolved
+
+    def forward(
+        self, input: torch.Tensor, target, teacher_targets: Mapping | None = None
+    ) -> dict[str, torch.Tensor]:
+        target, teacher_targets = self.split_target(target, teacher_targets, input.device)
+        features = teacher_targets.get("features") or {}
+        if self.feature not in features:
+            raise ValueError(
+                f"the teacher targets hold no feature {self.feature!r} (they hold "
+                f"{sorted(features)}); teach the cache with --features {self.feature}"
+            )
+        student_logits, student_features = self.trainable_module(input)
+        task_loss = self.criterion(student_logits, target)
+        wanted = features[self.feature].to(student_features.device, non_blocking=True)
+        kd_loss = F.mse_loss(student_features, wanted.to(student_features.dtype))
+        return {
+            "loss": self.task_loss_weight * task_loss + self.distill_loss_weight * kd_loss,
+            "output": student_logits,
+            "task_loss": task_loss,
+            "kd_loss": kd_loss,
         }

@@ -4,6 +4,7 @@ Runs alone or under torchrun (DDP, one process per device), checkpoints every ep
 SIGTERM, and resumes exactly (:mod:`trainer.resume`).
 """
 
+import contextlib
 import json
 import os
 import random
@@ -19,9 +20,10 @@ from timm.scheduler import CosineLRScheduler
 from timm.utils import ModelEmaV3
 from torch.nn.parallel import DistributedDataParallel
 
+from kdcache.errors import ConfigError
 from kdcache.pipeline.cache import catalog_root, resolve_cache
 from kdcache.pipeline.data import Manifest, storage
-from kdcache.pipeline.teach import ModelSpec, create_model, save_checkpoint
+from kdcache.pipeline.teach import ModelSpec, create_model, requests, save_checkpoint
 from kdcache.pipeline.views import MIX_FIELDS, ViewPlan, normalize, set_pixel_limit
 from kdcache.trainer.data import (
     CachedTargets,
@@ -34,8 +36,9 @@ from kdcache.trainer.data import (
     default_resolution,
     label_targets,
     make_loader,
+    moved,
 )
-from kdcache.trainer.kd import TEACHER_MODES, DistillationLoss, teacher_mix
+from kdcache.trainer.kd import TEACHER_MODES, DistillationLoss, FeatureAlignment, teacher_mix
 from kdcache.trainer.run.distributed import (
     World,
     check_in_sync,
@@ -169,6 +172,7 @@ class _Run:
     model: torch.nn.Module  # what trains: net, maybe DDP-wrapped and compiled
     ema: ModelEmaV3 | None
     step: Callable  # batch -> (loss, parts)
+    alignment: FeatureAlignment | None  # feature/attention adapters (optimised, checkpointed)
     train_set: TrainViews
     train_loader: Iterable
     test_loader: Iterable
@@ -201,6 +205,7 @@ def _build_run(config: TrainConfig, world: World, device: torch.device) -> _Run:
     online = _online_teacher(config, manifest, device) if mode == "online" else None
     teachers = None if mode == "none" else (["online"] if online else source.teachers)
     criterion = _criterion(config, manifest.num_classes, teachers, distilled)
+    alignment = _alignment(config, net, spec, source, online, device)
     train_set = TrainViews(
         manifest, source, resolution=spec.resolution, seed=config.seed,
         shuffle_buffer=config.shuffle_buffer,
@@ -213,12 +218,12 @@ def _build_run(config: TrainConfig, world: World, device: torch.device) -> _Run:
         train_set.epoch_steps(e, config.batch_size, config.workers, world.size)
         for e in range(config.epochs)
     ]
-    optimizer, scheduler = _optimizer(net, config, epoch_steps)
+    optimizer, scheduler = _optimizer(net, config, epoch_steps, alignment)
     ema = ModelEmaV3(net, decay=config.ema_decay) if config.ema_decay else None
     run_config = _config_json(config, source, spec, online)
     progress = Progress()
     if config.resume:
-        progress = _resume(config, run_config, net, optimizer, scheduler, ema, device)
+        progress = _resume(config, run_config, net, optimizer, scheduler, ema, device, alignment)
         if world.is_main and config.progress:
             total = epoch_steps[min(progress.epoch, config.epochs - 1)]
             print(f"train: resuming {config.out} at epoch {progress.epoch}, "
@@ -231,7 +236,9 @@ def _build_run(config: TrainConfig, world: World, device: torch.device) -> _Run:
         net=net,
         model=_wrapped(net, world, device, config.compile),
         ema=ema,
-        step=partial(_step, criterion, manifest.num_classes, spec, online, device, config),
+        step=partial(_step, criterion, alignment, net, manifest.num_classes, spec, online, device,
+                     config),
+        alignment=alignment,
         train_set=train_set,
         train_loader=make_loader(train_set, config.batch_size, config.workers, pin, config.seed),
         test_loader=make_loader(EvalViews(manifest, resolution=spec.resolution, **evaluation),
@@ -280,8 +287,11 @@ def _student_spec(config: TrainConfig, manifest: Manifest, source) -> ModelSpec:
 
 
 def _online_teacher(config: TrainConfig, manifest: Manifest, device) -> OnlineTeacher:
+    aligned = config.feature_weight or config.attention_weight
     return OnlineTeacher(
         config.teacher_checkpoint,
+        features=requests(config.features, config.attention) if aligned else None,
+        feature_dim=config.feature_dim,
         num_classes=manifest.num_classes,
         in_chans=manifest.channels,
         device=device,
@@ -308,7 +318,40 @@ def _criterion(config: TrainConfig, num_classes: int, teachers, distilled: bool)
     )
 
 
-def _step(criterion, num_classes, spec, online, device, config: TrainConfig, model, batch):
+def _alignment(config: TrainConfig, net, spec: ModelSpec, source, online, device):
+    """The feature and attention alignment of a run with a feature or attention weight: the
+    online teacher's targets, or the cache's (its first teacher's; those asked, else all)."""
+    if not (config.feature_weight or config.attention_weight):
+        return None
+    if online is not None:
+        targets = online.feature_targets
+    elif isinstance(source, CachedTargets) and not isinstance(source, LabelMixedTargets):
+        asked = [r.name for r in requests(config.features, config.attention)]
+        held = {t["name"]: t for t in source.feature_targets}
+        missing = [name for name in asked if name not in held]
+        if missing:
+            raise ConfigError(
+                f"{source.store.location}: teacher {source.teachers[0]} has no targets "
+                f"{missing}; it has {sorted(held)}"
+            )
+        targets = [held[name] for name in asked] if asked else list(held.values())
+    else:
+        raise ConfigError(
+            "feature and attention weights need teacher targets: a cache taught with "
+            "features or attention, or an online teacher with features (no label mixing)"
+        )
+    if not targets:
+        raise ConfigError("feature and attention weights: the teacher has no such targets")
+    return FeatureAlignment(
+        net, targets, student_layers=config.student_layers, feature_loss=config.feature_loss,
+        attention_loss=config.attention_loss, resolution=spec.resolution, in_chans=spec.in_chans,
+        seed=config.seed,
+    ).to(device)  # fmt: skip
+
+
+def _step(
+    criterion, alignment, net, num_classes, spec, online, device, config: TrainConfig, model, batch
+):
     """One batch through the student: (loss, its parts)."""
     images = normalize(batch["image"].to(device, non_blocking=True), spec.mean, spec.std)
     if config.channels_last:
@@ -318,17 +361,27 @@ def _step(criterion, num_classes, spec, online, device, config: TrainConfig, mod
         targets = {"online": online(batch["teacher_image"])}
     else:
         targets = {
-            name: {k: t.to(device, non_blocking=True) for k, t in arrays.items()}
+            name: moved(arrays, device, non_blocking=True)
             for name, arrays in batch["targets"].items()
         }
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp):
+    taps = alignment.taps(net) if alignment is not None else contextlib.nullcontext()
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp), taps:
         outputs = model(images)
-    return criterion(outputs, labels, targets), criterion.parts
+    loss, parts = criterion(outputs, labels, targets), dict(criterion.parts)
+    if alignment is not None:
+        feat, attn = alignment(taps.collect(), next(iter(targets.values()))["features"])
+        loss = loss + config.feature_weight * feat + config.attention_weight * attn
+        parts |= {"feat": feat.detach(), "attn": attn.detach()}
+    return loss, parts
 
 
-def _optimizer(net, config: TrainConfig, epoch_steps: list[int]):
-    """AdamW and its per-update cosine schedule with linear warm-up."""
+def _optimizer(net, config: TrainConfig, epoch_steps: list[int], alignment=None):
+    """AdamW and its per-update cosine schedule with linear warm-up; the feature adapters'
+    parameters are one more group."""
     optimizer = create_optimizer_v2(net, "adamw", lr=config.lr, weight_decay=config.weight_decay)
+    adapters = list(alignment.parameters()) if alignment is not None else []
+    if adapters:
+        optimizer.add_param_group({"params": adapters, "weight_decay": config.weight_decay})
     scheduler = CosineLRScheduler(
         optimizer,
         t_initial=max(1, sum(epoch_steps)),
@@ -340,10 +393,12 @@ def _optimizer(net, config: TrainConfig, epoch_steps: list[int]):
     return optimizer, scheduler
 
 
-def _resume(config, run_config, net, optimizer, scheduler, ema, device) -> Progress:
+def _resume(config, run_config, net, optimizer, scheduler, ema, device, alignment) -> Progress:
     """Load ``RUN/resume.pth`` into the run's parts; where the run stopped."""
     state = load_state(os.path.join(config.out, RESUME_FILE), run_config)
     net.load_state_dict(state["model"])
+    if alignment is not None:
+        alignment.load_state_dict(state["feature_adapters"])
     optimizer.load_state_dict(state["optimizer"])
     if ema is not None:
         ema.load_state_dict(state["ema"])
@@ -456,6 +511,7 @@ def _save(run: _Run, epoch_row: dict | None) -> None:
                     run.spec,
                     epoch=epoch_row["epoch"],
                     metrics=epoch_row,
+                    **_adapter_state(run),
                 )
     save_state(
         os.path.join(run.config.out, RESUME_FILE),
@@ -464,14 +520,25 @@ def _save(run: _Run, epoch_row: dict | None) -> None:
         optimizer=run.optimizer,
         ema=run.ema,
         progress=run.progress,
+        extra=_adapter_state(run),
     )
+
+
+def _adapter_state(run: _Run) -> dict:
+    """The feature adapters' weights under ``feature_adapters`` (nothing without them)."""
+    if run.alignment is None:
+        return {}
+    return {"feature_adapters": run.alignment.state_dict()}
 
 
 def _print_epoch(row: dict) -> None:
     ema = f", EMA {row['test_ema_acc']:.2f}%" if "test_ema_acc" in row else ""
+    extra = "".join(
+        f", {k} {row['train_' + k]:.4f}" for k in ("feat", "attn") if f"train_{k}" in row
+    )
     print(
         f"epoch {row['epoch']}: loss {row['train_loss']:.4f} (ce {row['train_ce']:.4f}, "
-        f"kd {row['train_kd']:.4f}), {row['train_images_per_s']:.0f} img/s, "
+        f"kd {row['train_kd']:.4f}{extra}), {row['train_images_per_s']:.0f} img/s, "
         f"test acc {row['test_acc']:.2f}%{ema}",
         flush=True,
     )

@@ -42,9 +42,13 @@ class Progress:
     rows: list[dict] = field(default_factory=list)
 
 
-def save_state(path: str, *, config: dict, model, optimizer, ema, progress: Progress) -> None:
-    """Write the resumable state whole (temp file, then rename; :func:`urls.write_bytes`)."""
+def save_state(
+    path: str, *, config: dict, model, optimizer, ema, progress: Progress, extra: dict | None = None
+) -> None:
+    """Write the resumable state whole (temp file, then rename; :func:`urls.write_bytes`);
+    ``extra``: more state by name (the feature adapters)."""
     state = {
+        **(extra or {}),
         "format": RESUME_FORMAT,
         "config": config,
         "model": model.state_dict(),

@@ -5,9 +5,12 @@ from dataclasses import dataclass
 
 from kdcache._options import option
 from kdcache.pipeline.data import StorageOptions, storage
+from kdcache.pipeline.teach import ATTENTION_HELP, FEATURE_DIM_HELP, FEATURES_HELP
 from kdcache.pipeline.views import MAX_PIXELS
 from kdcache.trainer.data import SCHEDULES
 from kdcache.trainer.kd import (
+    ATTENTION_LOSSES,
+    FEATURE_LOSSES,
     KD_MODES,
     KL_REDUCTIONS,
     MIXING_MODES,
@@ -17,6 +20,7 @@ from kdcache.trainer.kd import (
 )
 
 KD, OPT, RUN, EVAL = "distillation", "optimisation", "run", "evaluation"
+FEAT = "feature and attention distillation"
 EVAL_CROP_MODES = ("center", "squash", "border")  # timm's crop modes
 
 
@@ -144,6 +148,46 @@ class TrainConfig:
         "(uniform), drop it and renormalise, or keep one 'other' bucket",
     )
     label_smoothing: float = option(0.0, group=KD, help="on the label term")
+    feature_weight: float = option(
+        0.0, group=FEAT, help="weight of the feature alignment term, added to the loss (0: off)"
+    )
+    attention_weight: float = option(
+        0.0, group=FEAT, help="weight of the attention map term, added to the loss (0: off)"
+    )
+    feature_loss: str = option("mse", choices=FEATURE_LOSSES, group=FEAT, help="feature term")
+    attention_loss: str = option(
+        "kl",
+        choices=ATTENTION_LOSSES,
+        group=FEAT,
+        help="attention term, on maps normalised to sum 1",
+    )
+    features: tuple[str, ...] = option(
+        (),
+        metavar="LAYER[:POOL]",
+        group=FEAT,
+        help="cached: which of the cache's feature targets to learn (default: all); online: "
+        + FEATURES_HELP,
+    )
+    attention: tuple[str, ...] = option(
+        (),
+        metavar="BLOCK[:SxS]",
+        group=FEAT,
+        help="cached: which of the cache's attention targets to learn (default: all); online: "
+        + ATTENTION_HELP,
+    )
+    feature_dim: int | None = option(
+        None, metavar="D", group=FEAT, help="online: " + FEATURE_DIM_HELP
+    )
+    student_layers: dict = option(
+        factory=dict,
+        flag="--student-layer",
+        metavar="TARGET=LAYER",
+        group=FEAT,
+        help="the student layer a teacher target is learnt from: pre_logits, a "
+        "forward_intermediates index, a module name, or attention:BLOCK for a ViT student's "
+        "own attention (default: pre_logits for vectors, the last feature_info stage for maps "
+        "and attention) (repeatable)",
+    )
     epochs: int = option(10, group=OPT, help="epochs to train")
     batch_size: int = option(128, group=OPT, help="samples per step (per rank under DDP)")
     lr: float = option(1e-3, group=OPT, help="AdamW peak learning rate")
