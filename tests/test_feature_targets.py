@@ -3,7 +3,6 @@
 trained from the cache with feature + logit KD equals the online teacher's run; the cached
 timm FeatureDistillationTask equals timm's online one."""
 
-import json
 import pathlib
 import re
 import subprocess
@@ -30,6 +29,7 @@ from kdcache.pipeline.teach import (
     teacher_targets,
 )
 from kdcache.pipeline.views import ViewPlan
+from kdcache.tools.cache.inspect_cache import inspect_cache
 from kdcache.tools.cache.verify_cache import verify_cache
 from kdcache.trainer.data import KDLoader
 from kdcache.trainer.kd import CachedFeatureDistillationTask
@@ -43,23 +43,38 @@ NAMES = ["pre_logits", "1:s2x2", "attention:1:s2x2"]
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    """200 train rows of Fashion-MNIST in 2 shards, a tiny ViT teacher (28 px, patch 4)
-    trained one epoch here, and its caches with features and attention in fp16 and q8."""
+def world(tmp_path_factory, ray_local):
+    """100 train rows of Fashion-MNIST (one shard) and 50 test rows, a tiny ViT teacher (28 px,
+    patch 4) trained a few steps here on them, and its caches with features and attention in
+    fp16 and q8 (q8 also projected to 16 dims), each made by the real teach job."""
     root = tmp_path_factory.mktemp("features")
-    manifest = make_shards(root / "data", train_rows=200, test_rows=100)
-    train(TrainConfig(manifest=manifest.location, out=str(root / "vit"),
-                      model="vit_tiny_patch16_224", model_args=VIT, resolution=28, epochs=1,
-                      batch_size=50, lr=2e-3, warmup_epochs=0, workers=0,
-                      progress=False))  # fmt: skip
-    checkpoint = str(root / "vit" / "checkpoint.pth")
+    manifest = make_shards(root / "data", train_rows=100, test_rows=50)
+    checkpoint = str(root / "vit.pth")
+    _train_teacher(manifest, checkpoint)
     caches = {}
     for dtype in ("fp16", "q8"):
         caches[dtype] = str(root / f"{dtype}.zarr")
         teach(manifest, None, caches[dtype], teachers=[TeacherSource(checkpoint, name="vit")],
-              plan=PLAN, topk=10, features=FEATURES, attention=ATTENTION,
+              plan=PLAN, topk=10, features=FEATURES, attention=ATTENTION, workers=1,
               feature_dim=16 if dtype == "q8" else None, target_dtype=dtype)  # fmt: skip
     return manifest, checkpoint, caches
+
+
+def _train_teacher(manifest, checkpoint: str) -> None:
+    """Four AdamW steps of the ViT on the slice's replayed views (plain labels)."""
+    torch.manual_seed(0)
+    spec = ModelSpec("vit_tiny_patch16_224", 10, 1, 28, manifest.pixel_mean, manifest.pixel_std,
+                     VIT)  # fmt: skip
+    model = create_model(spec)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    loader = KDLoader(manifest.location, batch_size=25, workers=0, plan={"seed": 0})
+    loader.set_epoch(0)
+    for batch in loader:
+        loss = torch.nn.functional.cross_entropy(model(batch.images), batch.labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    save_checkpoint(checkpoint, model.eval(), spec)
 
 
 def test_requests_are_parsed_and_refused_by_name():
@@ -144,7 +159,7 @@ def test_dry_run_and_inspect_size_features_from_the_layout(world, tmp_path):
     costs at most 400 bytes per view (command line, one line per target)."""
     manifest, checkpoint, caches = world
     store = CacheStore.open(caches["q8"])
-    plan = CachePlan(shards=2, shard_size=100, num_classes=10, views=2, topk=10,
+    plan = CachePlan(shards=1, shard_size=100, num_classes=10, views=2, topk=10,
                      params=len(PLAN.param_names), target_dtype="q8",
                      features=tuple(store.feature_targets("vit")))  # fmt: skip
     sized = size_plan(plan)["arrays"]
@@ -168,17 +183,14 @@ def test_dry_run_and_inspect_size_features_from_the_layout(world, tmp_path):
     assert float(per_view["0:cls"]) <= 400 and float(per_view["pre_logits"]) <= 400
     assert float(per_view["attention:0:s4x4"]) < 21
     print(result.stdout)
-    inspect = subprocess.run([sys.executable, "-m", "kdcache", "inspect", caches["q8"], "--json"],
-                             capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert inspect.returncode == 0, inspect.stderr
-    vit = json.loads(inspect.stdout)["teachers"]["vit"]
+    vit = inspect_cache(caches["q8"])["teachers"]["vit"]
     assert vit["features"]["pre_logits"] == [16]
     assert vit["target_bytes_per_view"]["pre_logits"] == pytest.approx(16 + 4, abs=0.5)
 
 
 def _student_run(manifest, out, **options) -> list[dict]:
     config = TrainConfig(manifest=manifest.location, out=str(out), model="resnet10t",
-                         resolution=28, epochs=1, batch_size=50, lr=2e-3, warmup_epochs=0,
+                         resolution=28, epochs=1, batch_size=25, lr=2e-3, warmup_epochs=0,
                          workers=0, kd="soft", feature_weight=1.0, attention_weight=0.5,
                          student_layers={"1:s2x2": "layer3", "attention:1:s2x2": "layer3"},
                          progress=False, **options)  # fmt: skip

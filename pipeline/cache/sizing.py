@@ -61,14 +61,16 @@ def size_plan(plan: CachePlan) -> dict:
 
 def format_size(plan: CachePlan, size: dict) -> str:
     """``teach --dry-run``'s lines."""
+    width = max(24, *(len(name) + 2 for name in size["arrays"]))
     lines = [
         f"dry run: format kdcache/2, {plan.target_dtype} targets, {plan.shards} shards of "
         f"{plan.shard_size} rows, {plan.views} views, top-{plan.topk}, {plan.teachers} teacher(s)",
-        f"{'array':<24}{'objects':>10}{'bytes':>16}{'bytes/row-view':>16}",
+        f"{'array':<{width}}{'objects':>10}{'bytes':>16}{'bytes/row-view':>16}",
     ]
     for name, array in size["arrays"].items():
         lines.append(
-            f"{name:<24}{array['objects']:>10}{array['bytes']:>16}{array['bytes_per_view']:>16.3f}"
+            f"{name:<{width}}{array['objects']:>10}{array['bytes']:>16}"
+            f"{array['bytes_per_view']:>16.3f}"
         )
     for name, per_view in size["feature_bytes_per_view"].items():
         lines.append(f"target {name}: {per_view:.2f} bytes per view and teacher")
