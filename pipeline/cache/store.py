@@ -429,15 +429,16 @@ class CacheStore:
         group.attrs.update(identity)
         self.write_identity()
 
-    def _specs(self, teacher: str, targets: list[dict] | None = None) -> list[ArraySpec]:
+    def _specs(self, teacher: str | None, targets: list[dict] | None = None) -> list[ArraySpec]:
         """A teacher's format-2 arrays (:mod:`layout`), its feature targets' last
-        (``targets``: from its identity, default the stored one)."""
+        (``targets``: from its identity, default the stored one; no teacher: none)."""
         dataset = self.attrs["dataset"]
         classes = dataset["num_classes"]
         specs = teacher_specs(
             self.target_dtype, self.topk, classes, self.samples, index_dtype(classes)
         )
-        targets = self.feature_targets(teacher) if targets is None else targets
+        if targets is None:
+            targets = self.feature_targets(teacher) if teacher is not None else []
         return specs + feature_specs(targets, self.target_dtype)
 
     def feature_targets(self, teacher: str) -> list[dict]:
@@ -600,7 +601,8 @@ class CacheStore:
         """What reading ``block`` back from this cache gives (q8: quantised and decoded)."""
         return self._decode(teacher, block.params, self._encode(teacher, block))
 
-    def _stored_names(self, teacher: str) -> tuple[str, ...]:
+    def _stored_names(self, teacher: str | None = None) -> tuple[str, ...]:
+        """The stored per-view arrays of a teacher (no teacher: those every teacher has)."""
         if self.format == FORMAT:
             return tuple(s.name for s in self._specs(teacher) if not s.ledger)
         return self._arrays()
