@@ -188,33 +188,44 @@ def test_dry_run_and_inspect_size_features_from_the_layout(world, tmp_path):
     assert vit["target_bytes_per_view"]["pre_logits"] == pytest.approx(16 + 4, abs=0.5)
 
 
-def _student_run(manifest, out, **options) -> list[dict]:
-    config = TrainConfig(manifest=manifest.location, out=str(out), model="resnet10t",
-                         resolution=28, epochs=1, batch_size=25, lr=2e-3, warmup_epochs=0,
-                         workers=0, kd="soft", feature_weight=1.0, attention_weight=0.5,
-                         student_layers={"1:s2x2": "layer3", "attention:1:s2x2": "layer3"},
-                         progress=False, **options)  # fmt: skip
-    train(config)
+STUDENT = dict(model="resnet10t", resolution=28, epochs=1, batch_size=25, lr=2e-3,
+               warmup_epochs=0, workers=0, kd="soft", feature_weight=1.0, attention_weight=0.5,
+               student_layers={"1:s2x2": "layer3", "attention:1:s2x2": "layer3"})  # fmt: skip
+
+
+def _metrics(out: pathlib.Path) -> dict:
     with open(out / "metrics.csv") as f:
-        header, *rows = [line.strip().split(",") for line in f]
-    return [dict(zip(header, row, strict=True)) for row in rows]
+        header, row = [line.strip().split(",") for line in f]
+    return dict(zip(header, row, strict=True))
 
 
 def test_resnet_student_cached_and_online_feature_kd_agree(world, tmp_path):
     """A ResNet student learns the ViT's pre-logits, its 2x2 block map and its attention with
-    the logit KD term; the online teacher computes the same targets: same printed losses."""
+    the logit KD term, from the cache (``kdcache train`` command line) and from the online
+    teacher, which computes the same targets: the same printed losses."""
     manifest, checkpoint, caches = world
-    cached = _student_run(manifest, tmp_path / "cached", cache=caches["fp16"])
-    online = _student_run(manifest, tmp_path / "online", teacher="online",
-                          teacher_checkpoint=checkpoint, features=FEATURES, attention=ATTENTION,
-                          plan={"seed": PLAN.seed, "views": PLAN.views})  # fmt: skip
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in STUDENT.items() if k != "student_layers"]
+    flags += [f"--student-layer={k}={v}" for k, v in STUDENT["student_layers"].items()]
+    result = subprocess.run(
+        [sys.executable, "-m", "kdcache", "train", "--data", manifest.location, "--out",
+         str(tmp_path / "cached"), "--cache", caches["fp16"], *flags],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert re.search(r"kd [\d.]+, feat [\d.]+, attn [\d.]+\)", result.stdout), result.stdout
+    train(TrainConfig(manifest=manifest.location, out=str(tmp_path / "online"), teacher="online",
+                      teacher_checkpoint=checkpoint, features=FEATURES, attention=ATTENTION,
+                      plan={"seed": PLAN.seed, "views": PLAN.views}, progress=False,
+                      **STUDENT))  # fmt: skip
+    cached, online = _metrics(tmp_path / "cached"), _metrics(tmp_path / "online")
     for key in ("train_loss", "train_ce", "train_kd", "train_feat", "train_attn"):
-        assert f"{float(cached[0][key]):.4f}" == f"{float(online[0][key]):.4f}", key
-    assert float(cached[0]["train_feat"]) > 0 and float(cached[0]["train_attn"]) > 0
+        assert f"{float(cached[key]):.4f}" == f"{float(online[key]):.4f}", key
+    assert float(cached["train_feat"]) > 0 and float(cached["train_attn"]) > 0
     saved = torch.load(tmp_path / "cached" / "checkpoint.pth", weights_only=True)
     adapters = saved["kdcache"]["feature_adapters"]
     assert adapters["adapters.pre_logits.weight"].shape == (48, 512)  # resnet10t: 512
     assert adapters["adapters.1_s2x2.weight"].shape == (48, 256, 1, 1)
+    print({k: (cached[k], online[k]) for k in cached if k.startswith("train_")})
 
 
 def test_batch_features_and_cached_timm_feature_task_parity(world):

@@ -45,6 +45,7 @@ def configure_train_parser(parser: argparse.ArgumentParser) -> None:
         "model_args": _model_arg,
         "teacher_weights": _teacher_weight,
         "head_teachers": partial(key_value, form="HEAD=NAME"),
+        "student_layers": partial(key_value, form="TARGET=LAYER"),
     }
     add_config_options(parser, TrainConfig, skip=("plan",), parse=pairs)
     add_plan_arguments(
