@@ -232,9 +232,9 @@ def resolve_targets(
 
 def teacher_identity(source: "TeacherSource", manifest: "Manifest", config: "TeachConfig") -> dict:
     """A teacher's identity in the cache, with its feature and attention targets if asked."""
+    asked = requests(config.features, config.attention)  # malformed: refused before loading
     teacher = source.load(manifest)
     identity = teacher.identity()
-    asked = requests(config.features, config.attention)
     if asked:
         spec = teacher.spec
         identity["features"] = resolve_targets(
