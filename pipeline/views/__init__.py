@@ -13,6 +13,7 @@ __getattr__, __dir__, __all__ = lazy_face(
         "MIX_FIELDS": ".plan",
         "ViewPlan": ".plan",
         "MAX_PIXELS": ".pixel_limit",
+        "max_pixels_option": ".pixel_limit",
         "ViewRenderer": ".render",
         "check_pixels": ".pixel_limit",
         "decode_image": ".render",
