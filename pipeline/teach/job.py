@@ -166,7 +166,7 @@ class ShardWorker:
         url, keys = self.manifest.shard_url(shard), self.manifest.shard_keys(shard)
         for positions in row_blocks(len(images), self.config.block_rows, self.config.batch_size):
             began = time.perf_counter()
-            decode_block(images, positions, url, keys)
+            decode_block(images, positions, url, keys, self.config.plan.renderer)
             timings["decode"] += time.perf_counter() - began
             for teacher in teachers:
                 parts[teacher.name].append(

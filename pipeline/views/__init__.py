@@ -7,6 +7,7 @@ __getattr__, __dir__, __all__ = lazy_face(
     __name__,
     {
         "CROP_FLIP_NAMES": ".plan",
+        "DEFAULT_RENDERER": ".plan",
         "ERASE_MODES": ".augment",
         "EVAL_CROP_MODES": ".eval_input",
         "MIX_COLUMNS": ".mix",

@@ -28,7 +28,11 @@ def set_pixel_limit(pixels: int) -> None:
 def check_pixels(image: Image.Image) -> None:
     """Raise Pillow's ``DecompressionBombError`` for an opened (not yet decoded) ``image``
     whose header declares more pixels than the limit."""
-    width, height = image.size
+    check_size(*image.size)
+
+
+def check_size(width: int, height: int) -> None:
+    """:func:`check_pixels` for an image whose header declares ``width`` x ``height``."""
     if width * height > _limit["pixels"]:
         raise Image.DecompressionBombError(
             f"{width}x{height} image has {width * height} pixels, above the limit of "
