@@ -108,10 +108,12 @@ def test_bench_replay_interleaves_every_configuration_path_and_mode(tmp_path):
     result = _run(tmp_path, "bench-replay", "--images", "5", "--resolution", "32", "--views",
                   "2", "--repeats", "2", "--warmup", "1")  # fmt: skip
     names = [f"{c} / {p} / {m}" for c in ("crop + flip", "full plan")
-             for p in ("trainer", "teacher") for m in ("kdcache", "today", "timm", "decode")]  # fmt: skip
+             for p in ("trainer", "teacher")
+             for m in ("kdcache", "cpu2", "today", "timm", "decode")]  # fmt: skip
     config = _check(result, "bench-replay", names, 2,
                     {"images", "teacher_views", "torch_threads", "plans", "modes_meaning"})  # fmt: skip
     assert config["torch_threads"] == 1 and "last partial batch" in config["modes_meaning"]["timm"]
+    assert config["modes_meaning"]["kdcache"] == "renderer cpu/3"  # the default renderer
     assert {"core_us", "wall_us"} == set(result["modes"][names[0]])
     assert "full plan / teacher / timm_over_kdcache" in result["ratios"]
     # timm's Mixup mixes every sample, the last partial batch of 128 too (here: the only one)

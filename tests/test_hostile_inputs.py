@@ -239,6 +239,11 @@ def teacher_source_is_a_url(w, s, url):
     _edit_json(path, lambda meta: meta["attributes"].update(source=f"{url}/teacher.pth"))
 
 
+def manifest_is_a_url(w, s, url):
+    path = w / "cache.zarr" / "zarr.json"
+    _edit_json(path, lambda meta: meta["attributes"]["dataset"].update(manifest=f"{url}/m.parquet"))
+
+
 def factory_in_attrs(w, s, url):
     """A teacher factory named in the cache's attrs, the identity hash recomputed as an editor
     would: importing the module would plant a file in the sentinel folder."""
@@ -344,6 +349,8 @@ CASES = [
     # 3. a teacher source at a URL in the cache's attrs
     Case("verify-teacher-url", teacher_source_is_a_url, ["verify", "{w}/cache.zarr", "--samples", "2"],
          ["teachers/regnet", "source", "{url}/teacher.pth"]),
+    Case("verify-manifest-url", manifest_is_a_url, ["verify", "{w}/cache.zarr", "--samples", "2"],
+         ["dataset field manifest", "{url}/m.parquet", "--data"]),
     Case("verify-factory-in-attrs", factory_in_attrs, ["verify", "{w}/cache.zarr", "--samples", "2"],
          ["teachers/regnet", "factory", "planted_code:make", "--allow-code"]),
     # 4. declared shapes

@@ -54,6 +54,9 @@ def test_verify_replay_and_train_on_wds_tars_kdcache_did_not_write(tmp_path, ray
     # outside the manifest's folder: recorded as absolute paths, read where they are
     assert [s.file for s in manifest.shards] == [os.path.abspath(t) for t in tars]
     assert [s.num_rows for s in manifest.shards] == [4, 4, 2, 4] and manifest.shard_size == 4
+    # size and sha256 hashed while indexing cover the whole file (the tar's end blocks too)
+    sizes = [os.path.getsize(t) for t in tars]
+    assert [(s.bytes, s.sha256) for s in manifest.shards] == list(zip(sizes, before, strict=True))
     assert manifest.num_classes == 1000 and manifest.channels == 3
     jpegs = photo_jpegs(10)
     assert manifest.table["sha1"].to_pylist()[:10] == [hashlib.sha1(j).hexdigest() for j in jpegs]

@@ -44,11 +44,15 @@ def test_inspect_matches_the_arrays(tmp_path, data, cache):
     assert (tmp_path / "inspect.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_verify_passes_then_names_an_altered_row(tmp_path, data, cache):
+def test_verify_passes_then_names_an_altered_row(tmp_path, data, cache, capsys):
     fresh = verify_cache(cache, samples=40)
     assert fresh.ok, fresh.problems
     assert fresh.regions_checked == 5 * PLAN.views and fresh.views_recomputed == 40
     assert fresh.largest_logit_diff < 2e-2
+    with pytest.raises(SystemExit) as exit_info:  # 28 x 28 images over a 700-pixel limit
+        main(["verify", cache, "--samples", "2", "--max-pixels", "700"])
+    assert exit_info.value.code == 2
+    assert "784 pixels, above the limit of 700" in capsys.readouterr().err
 
     copy = str(tmp_path / "cache.zarr")
     shutil.copytree(cache, copy)

@@ -156,6 +156,7 @@ def test_an_unreachable_cluster_and_a_missing_token_are_one_line_errors(
         .splitlines()[-1]
         .startswith(f"kdcache teach: error: no Ray cluster answers at 127.0.0.1:{port}")
     ), err[-2000:]
+    assert not (tmp_path / "a.zarr").exists()  # refused before anything is written
 
     tokenless = {k: v for k, v in cluster.env.items() if not k.startswith("RAY_AUTH")}
     tokenless["HOME"] = str(tmp_path)  # no ~/.ray/auth_token either

@@ -42,7 +42,7 @@ for row in rows:
         left = min(width - w, math.floor(p[column["crop_left"]] * width + 0.5))
         return top, left, h, w
     top, left, h, w = box(image.height, image.width)
-    assert plan["renderer"] == "cpu/2"  # the README's replay contract of renderer cpu/2
+    assert plan["renderer"] == "cpu/3"  # the README's replay contract of renderer cpu/3 (PNGs: Pillow's decode)
     reduce = next((r for r in (8, 4, 2) if image.format == "JPEG" and min(h, w) // size >= r), 1)
     if reduce > 1:  # a JPEG decoded at 1/reduce in the DCT domain, the box taken on it
         image.draft(image.mode, (image.width // reduce, image.height // reduce))

@@ -1,8 +1,10 @@
 """At the real shape: ImageNet-shaped JPEGs (colour and grey, reduced decodes at the teacher's
-64 px) through shard, teach (renderer cpu/2, every operation) and ``verify --replay``."""
+64 px) through shard, teach (renderer cpu/3, the default, every operation) and
+``verify --replay``."""
 
 from PIL import Image
 
+from kdcache.pipeline.cache import CacheStore
 from kdcache.pipeline.data import open_source, write_shards
 from kdcache.pipeline.teach import ModelSpec, create_model, save_checkpoint
 from kdcache.pipeline.views import ViewPlan
@@ -31,6 +33,7 @@ def test_verify_replay_passes_on_a_jpeg_cache_of_the_new_renderer(tmp_path, ray_
     save_checkpoint(checkpoint, create_model(spec), spec)
     cache = tmp_path / "cache.zarr"
     teach(manifest, checkpoint, cache, plan=PLAN, topk=2)
+    assert CacheStore.open(str(cache)).plan.renderer == "cpu/3"
     main(["verify", str(cache), "--replay", "--samples", "12"])
     out = capsys.readouterr().out
     assert "verify: replay: 12 views rebuilt" in out and "teacher's input 0\n" in out

@@ -1,11 +1,14 @@
 """Renderers: versions in the plan and the cache, cpu/1 kept for caches made before versions,
-cpu/2's decode and reduced decode as the README's contract says, batched = single views."""
+cpu/2's and cpu/3's decode and reduced decode as the README's contract says, batched = single
+views, the teacher's normalised batches = the trainer's views normalised."""
 
 import io
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
+import simplejpeg
 import torch
 import zarr
 from PIL import Image
@@ -13,7 +16,7 @@ from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
 from kdcache.pipeline.cache import CacheMismatch, CacheStore
-from kdcache.pipeline.views import ViewPlan, ViewRenderer, decode_image, source_image
+from kdcache.pipeline.views import ViewPlan, ViewRenderer, decode_image, normalize, source_image
 from kdcache.tools.bench.photo_set import photo_jpegs
 from kdcache.trainer.data import CachedTargets
 from tests.conftest import MIXED_PLAN, PLAN
@@ -31,15 +34,24 @@ def _params(plan: ViewPlan, encoded: list[bytes]) -> np.ndarray:
 
 
 def test_the_plan_names_its_renderer_and_old_attrs_mean_cpu1():
-    assert ViewPlan().renderer == "cpu/2"
-    assert ViewPlan(renderer="cpu").renderer == "cpu/2"
+    assert ViewPlan().renderer == "cpu/3"
+    assert ViewPlan(renderer="cpu").renderer == "cpu/3"
     assert ViewPlan(renderer="cuda").renderer == "device/1"
     attrs = ViewPlan().to_attrs()
-    assert attrs["renderer"] == "cpu/2"
-    del attrs["renderer"]  # a cache made before renderer versions
+    assert attrs["renderer"] == "cpu/3"
+    assert attrs["decoder"] == f"simplejpeg {simplejpeg.__version__} (libjpeg-turbo; " \
+        "fastdct=False, fastupsample=True)"  # fmt: skip
+    assert "decoder" not in ViewPlan(renderer="cpu/2").to_attrs()  # cpu/2's attrs as before
+    assert ViewPlan.from_attrs(ViewPlan(renderer="cpu/2").to_attrs()).renderer == "cpu/2"
+    with pytest.raises(ValueError, match=r"plan.decoder: 'simplejpeg 0.1' made this cpu/3"):
+        ViewPlan.from_attrs({**attrs, "decoder": "simplejpeg 0.1"})
+    del attrs["renderer"], attrs["decoder"]  # a cache made before renderer versions
     assert ViewPlan.from_attrs(attrs).renderer == "cpu/1"
-    with pytest.raises(ValueError, match=r"'cpu/9' is not a renderer .* renders with 'cpu/2'"):
+    with pytest.raises(ValueError, match=r"'cpu/9' is not a renderer .* renders with 'cpu/3'"):
         ViewPlan.from_attrs({**attrs, "renderer": "cpu/9"})
+    for name in ("cpu/4", "gpu", ""):
+        with pytest.raises(ValueError, match=f"{name!r} is not a renderer of this kdcache"):
+            ViewPlan(renderer=name)
 
 
 def _store(tmp_path, data, renderer: str | None) -> str:
@@ -47,6 +59,7 @@ def _store(tmp_path, data, renderer: str | None) -> str:
     CacheStore.create(location, manifest=data, plan=PLAN, topk=4, splits=["train"])
     group = zarr.open_group(location, mode="r+")
     plan = group.attrs["plan"]
+    plan.pop("decoder")  # only cpu/3, the default, records its decoder
     if renderer is None:  # a cache from before renderer versions, so before identity hashes
         del plan["renderer"]
         group.attrs.pop("identity_sha256")
@@ -65,13 +78,13 @@ def test_a_cache_of_an_unknown_renderer_is_refused_in_one_line(tmp_path, data, c
     with pytest.raises(SystemExit):
         main(["inspect", location])
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "'cpu/9'" in err and "'cpu/2'" in err
+    assert len(err.splitlines()) == 1 and "'cpu/9'" in err and "'cpu/3'" in err
 
 
 def test_a_cache_made_before_renderer_versions_replays_with_cpu1(tmp_path, data):
     location = _store(tmp_path, data, None)
     assert CacheStore.open(location).plan.renderer == "cpu/1"
-    with pytest.raises(CacheMismatch, match=r"plan.renderer: 'cpu/1' in cache vs 'cpu/2'"):
+    with pytest.raises(CacheMismatch, match=r"plan.renderer: 'cpu/1' in cache vs 'cpu/3'"):
         CachedTargets(location, data, plan={"renderer": "cpu"})
 
 
@@ -88,7 +101,7 @@ def _today(image: torch.Tensor, values: dict, size: int) -> torch.Tensor:
 
 
 def test_cpu1_is_todays_renderer_and_cpu2_stays_close_to_it(photos):
-    plan = ViewPlan(seed=1, views=2)
+    plan = ViewPlan(seed=1, views=2, renderer="cpu/2")
     params = _params(plan, photos)[:, 1]
     old = ViewRenderer(ViewPlan(seed=1, views=2, renderer="cpu/1"))
     new = ViewRenderer(plan)
@@ -123,7 +136,7 @@ def _grey_jpeg(encoded: bytes) -> bytes:
 
 
 def test_big_crops_decode_reduced_as_pillows_draft(photos):
-    plan = ViewPlan(seed=2, views=1, crop_scale=(0.5, 1.0))
+    plan = ViewPlan(seed=2, views=1, crop_scale=(0.5, 1.0), renderer="cpu/2")
     params = _params(plan, photos)[:, 0]
     renderer = ViewRenderer(plan)
     reductions = set()
@@ -158,10 +171,8 @@ def _box(values: dict, height: int, width: int):
     return top, left, h, w
 
 
-@pytest.mark.parametrize("renderer", ["cpu/1", "cpu/2"])
+@pytest.mark.parametrize("renderer", ["cpu/1", "cpu/2", "cpu/3"])
 def test_a_batch_is_bitwise_its_views_rendered_alone(photos, renderer):
-    from dataclasses import replace
-
     plan = replace(MIXED_PLAN, renderer=renderer)
     params = _params(plan, photos)
     positions = list(range(len(photos)))
@@ -201,3 +212,108 @@ def test_the_teacher_renders_ahead_and_gets_the_serial_targets(photos):
         torch.set_num_threads(threads)
     for name, array in results[1].arrays().items():
         assert np.array_equal(array, results[2].arrays()[name]), name
+
+
+def _cmyk_and_png(encoded: bytes) -> list[bytes]:
+    out = []
+    for mode, fmt in (("CMYK", "JPEG"), ("RGB", "PNG")):
+        buffer = io.BytesIO()
+        Image.open(io.BytesIO(encoded)).convert(mode).save(buffer, fmt)
+        out.append(buffer.getvalue())
+    return out
+
+
+def _contract_v3(encoded: bytes, values: dict, size: int) -> torch.Tensor:
+    """cpu/3 by the README's contract, for a baseline JPEG: simplejpeg's decode (at 1/r for a
+    big crop), the box, torch's uint8 antialiased bilinear resize, the flip, / 255."""
+    height, width, _, _ = simplejpeg.decode_jpeg_header(encoded)
+    top, left, h, w = _box(values, height, width)
+    reduce = next((r for r in (8, 4, 2) if min(h, w) // size >= r), 1)
+    shape = (math.ceil(height / reduce), math.ceil(width / reduce))
+    pixels = simplejpeg.decode_jpeg(encoded, "RGB", fastdct=False, fastupsample=True,
+                                    min_height=shape[0], min_width=shape[1])  # fmt: skip
+    assert pixels.shape[:2] == shape
+    top, left, h, w = _box(values, *shape)
+    crop = torch.from_numpy(pixels)[top : top + h, left : left + w].permute(2, 0, 1)[None]
+    if (h, w) != (size, size):
+        crop = torch.nn.functional.interpolate(
+            crop.contiguous(memory_format=torch.channels_last), size=(size, size),
+            mode="bilinear", antialias=True,
+        )  # fmt: skip
+    view = crop[0].flip(-1) if values["flip"] >= 0.5 else crop[0]
+    return view.float() / 255
+
+
+def test_cpu3_decodes_jpegs_with_simplejpeg_and_the_rest_as_cpu2(photos):
+    plan = ViewPlan(seed=2, views=1, crop_scale=(0.08, 1.0), renderer="cpu/3")
+    params = _params(plan, photos)[:, 0]
+    renderer, images = ViewRenderer(plan), [source_image(e, 3) for e in photos]
+    reductions, gaps = set(), []
+    for size in (56, 224):
+        for position, encoded in enumerate(photos):
+            values = renderer.values(params[position])
+            view = renderer.render(images, params, position, size)
+            assert torch.equal(view, _contract_v3(encoded, values, size)), (size, position)
+            top, left, h, w = _box(values, images[position].height, images[position].width)
+            reductions.add(next((r for r in (8, 4, 2) if min(h, w) // size >= r), 1))
+            if size == 224:  # no reduced decode: only the chroma upsampling differs
+                old = ViewRenderer(replace(plan, renderer="cpu/2"))
+                gaps.append((view - old.render(images, params, position, size)).abs() * 255)
+    assert {1, 2} <= reductions
+    gaps = torch.stack(gaps)
+    assert 0 < float(gaps.mean()) < 2  # another decode, so another renderer version
+    others = _cmyk_and_png(photos[0])  # not baseline RGB/grey JPEGs: decoded by Pillow
+    assert [source_image(e, 3).mode for e in others] == ["CMYK", "RGB"]
+    params = _params(plan, others)[:, 0]
+    for size in (56, 224):
+        for position in range(len(others)):
+            new, old = (
+                ViewRenderer(replace(plan, renderer=name)).render(
+                    [source_image(e, 3) for e in others], params, position, size)
+                for name in ("cpu/3", "cpu/2")
+            )  # fmt: skip
+            assert torch.equal(new, old)
+
+
+def test_cpu3_grey_jpegs_and_headers_match_pillow(photos):
+    grey = _grey_jpeg(photos[0])
+    for encoded in photos[:4] + [grey]:
+        image, pil = source_image(encoded, 3), Image.open(io.BytesIO(encoded))
+        assert (image.width, image.height, image.mode, image.format) == (
+            *pil.size,
+            pil.mode,
+            "JPEG",
+        )
+    for channels in (3, 1):  # a grey JPEG decoded by simplejpeg is Pillow's, in 1 or 3 channels
+        pixels = source_image(grey, channels).fast_hwc().numpy()
+        pillow = np.asarray(Image.open(io.BytesIO(grey)).convert("RGB" if channels == 3 else "L"))
+        assert np.array_equal(pixels, pillow if channels == 3 else pillow[:, :, None])
+    colour = source_image(photos[0], 1)  # a colour JPEG to grey: Pillow's convert("L")
+    assert np.array_equal(colour.fast_hwc()[:, :, 0].numpy(),
+                          np.asarray(Image.open(io.BytesIO(photos[0])).convert("L")))  # fmt: skip
+
+
+@pytest.mark.parametrize("plan", [ViewPlan(seed=5, views=2, crop_scale=(0.08, 1.0)), MIXED_PLAN],
+                         ids=["crop+flip", "mixed"])  # fmt: skip
+def test_cpu3_teacher_batches_are_the_trainers_views_normalised(photos, plan):
+    from kdcache.pipeline.teach import ModelSpec, batch_buffers, teacher_inputs
+
+    assert plan.renderer == "cpu/3"
+    params = _params(plan, photos)
+    spec = ModelSpec("resnet10t", 10, 3, 48, (0.5, 0.4, 0.3), (0.25, 0.2, 0.3))
+    renderer, images = ViewRenderer(plan), [source_image(e, 3) for e in photos]
+    for image in images:
+        image.prepare(plan.renderer)  # the job's decode before its views
+    buffers, batches = batch_buffers(2), []
+    for index, (view, start) in enumerate([(0, 0), (0, 10), (1, 0), (1, 10)]):
+        positions = range(start, min(start + 10, len(photos)))
+        out = buffers(index, (len(positions), 3, 48, 48))
+        batch = teacher_inputs(renderer, images, params[:, view], positions, spec, out=out)
+        assert batch.data_ptr() == out.data_ptr()  # written into the job's buffer
+        batches.append((view, positions, batch.clone()))
+    for view, positions, batch in batches:  # the trainer: one view at a time, fresh decodes
+        trainer = torch.stack([
+            ViewRenderer(plan).render([source_image(e, 3) for e in photos], params[:, view], p, 48)
+            for p in positions
+        ])  # fmt: skip
+        assert torch.equal(batch, normalize(trainer, spec.mean, spec.std))

@@ -1,4 +1,6 @@
+import hashlib
 import io
+import pathlib
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -21,6 +23,11 @@ def test_manifest_layout_and_rows(data):
     assert data.num_rows == 7 * SHARD_SIZE
     assert data.classes[0] == "T-shirt/top" and data.channels == 1
     assert 0.2 < data.pixel_mean[0] < 0.4 and 0.25 < data.pixel_std[0] < 0.45
+    # each shard's size and sha256, hashed while written, are the file's
+    files = [pathlib.Path(data.shard_url(s)).read_bytes() for s in data.shards]
+    assert [(s.bytes, s.sha256) for s in data.shards] == [
+        (len(f), hashlib.sha256(f).hexdigest()) for f in files
+    ]
 
 
 def test_tars_hold_the_images_and_labels_of_the_idx_files(data):

@@ -14,6 +14,7 @@ __getattr__, __dir__, __all__ = lazy_face(
         "catalogued_cache": ".confine",
         "recorded_teacher": ".confine",
         "recorded_code": ".confine",
+        "recorded_manifest": ".confine",
         "checked_samples": ".shard_check",
         "ShardError": ".tar_reader",
         "ShardConfig": ".shard_config",

@@ -66,6 +66,22 @@ def recorded_teacher(cache: str, name: str, source: str) -> str:
     return urls.join(urls.parent(cache), source)
 
 
+def recorded_manifest(cache: str, recorded: str) -> str:
+    """The manifest location a cache's attrs record (relative paths against the cache's
+    folder). A URL is read only under the folder of a cache at a URL; any other is never
+    fetched because an attribute names it."""
+    folder = urls.parent(cache)
+    if urls.is_url(recorded) and urls.local_path(recorded) is None:
+        inside = urls.is_url(folder) and recorded.startswith(folder.rstrip("/") + "/")
+        if not inside or ".." in recorded.split("/"):
+            raise ManifestError(
+                f"{cache}: dataset field manifest is the URL {recorded!r}, outside the cache's "
+                "folder; a manifest recorded elsewhere is not fetched (give it with --data)"
+            )
+        return recorded
+    return urls.join(folder, recorded)
+
+
 def recorded_code(cache: str, name: str, field: str, reference: str | None,
                   allowed: tuple[str, ...]) -> None:  # fmt: skip
     """Refuse a ``module:function`` that a cache's attrs record for teacher ``name`` (a teacher

@@ -115,6 +115,12 @@ class IndexBuilder:
         self.shards.append(ShardInfo(len(self.shards), file, split, 0))
         self.location = location
 
+    def end_shard(self, identity: tuple[int, str]) -> None:
+        """The current file is read whole: its (size, sha256), so the manifest need not read
+        it again (files indexed without this are hashed when the manifest is written)."""
+        last = self.shards[-1]
+        self.shards[-1] = ShardInfo(last.id, last.file, last.split, last.num_rows, *identity)
+
     def add(self, key: str, label: int | None, image: bytes) -> None:
         """One sample of the current shard: its key, label (None: missing) and encoded image."""
         shard = self.shards[-1]

@@ -19,8 +19,9 @@ import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
 
 from kdcache.errors import ManifestError
-from kdcache.pipeline.data import storage, urls
+from kdcache.pipeline.data import urls
 from kdcache.pipeline.data.confine import shard_location
+from kdcache.pipeline.data.file_identity import file_identity
 from kdcache.pipeline.data.tar_reader import IMAGE_EXTENSIONS, LABEL_FIELD
 
 MANIFEST_FORMAT = "kdcache-manifest/2"
@@ -72,16 +73,6 @@ def fingerprint(
     return digest.hexdigest()
 
 
-def _file_identity(location: str) -> tuple[int, str]:
-    """(size, sha256) of the file at ``location``, read in 16 MiB blocks."""
-    digest, size = hashlib.sha256(), 0
-    with storage.open_file(location) as f:
-        while block := f.read(16 << 20):
-            digest.update(block)
-            size += len(block)
-    return size, digest.hexdigest()
-
-
 def write_manifest(
     location: str,
     table: pa.Table,
@@ -103,13 +94,13 @@ def write_manifest(
     says how a shard's samples hold image and label when not as kdcache writes them
     (``format``: webdataset or parquet, ``image_extensions``, ``label_field``: a manifest
     indexed over existing files). The shard files must be written already: their sizes and
-    sha256 go into the fingerprint.
+    sha256 go into the fingerprint, as given in ``shards`` (hashed while written or read) or
+    else read here.
     """
-    shards = [
-        ShardInfo(s.id, s.file, s.split, s.num_rows,
-                  *_file_identity(shard_location(location, s.file, allow_remote=True)))
-        for s in shards
-    ]  # fmt: skip
+    shards = [s if s.sha256 is not None else
+              ShardInfo(s.id, s.file, s.split, s.num_rows,
+                        *file_identity(shard_location(location, s.file, allow_remote=True)))
+              for s in shards]  # fmt: skip
     schema = pa.schema(
         [*SCHEMA, *(pa.field(k, t) for k, t in OPTIONAL_COLUMNS.items() if k in table.column_names)]
     )

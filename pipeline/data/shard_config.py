@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 from kdcache._options import option
 from kdcache.pipeline.data.storage import StorageOptions, storage_option
-from kdcache.pipeline.views.pixel_limit import MAX_PIXELS
+from kdcache.pipeline.views.pixel_limit import max_pixels_option
 
 BAD_IMAGE_POLICIES = ("fail", "skip")
 
@@ -28,9 +28,7 @@ class ShardConfig:
         help="an ImageFolder file that is unreadable, over the pixel limit or not a regular "
         "file: fail naming it, or skip it (counted, and listed in the manifest)",
     )
-    max_pixels: int = option(
-        MAX_PIXELS, help="largest image (width x height) decoded, checked from its header"
-    )
+    max_pixels: int = max_pixels_option()
     follow_symlinks: bool = option(
         False, help="read ImageFolder files and folders whose symlinks lead outside the root"
     )

@@ -7,6 +7,7 @@ import webdataset as wds
 from tqdm import tqdm
 
 from kdcache.pipeline.data import storage, urls
+from kdcache.pipeline.data.file_identity import HashedFile
 from kdcache.pipeline.data.manifest import Manifest, ShardInfo, write_manifest
 from kdcache.pipeline.data.shard_config import ShardConfig
 from kdcache.pipeline.data.sources import DatasetSource, open_source
@@ -75,32 +76,17 @@ def _write_shards(source: DatasetSource | str | None, out: str, config: ShardCon
 
     columns: dict[str, list] = {name: [] for name in ("row", "key", "shard", "label", "split")}
     columns.update(height=[], width=[], sha1=[], path=[])
-    shards: list[ShardInfo] = []
     total = sum(min(source.split_sizes[s], limits.get(s, source.split_sizes[s])) for s in splits)
     stats = PixelStats()
     bar = tqdm(total=total, desc="shard", unit="img", disable=None if config.progress else True)
-    opened: list = []  # shard files; on an error the unfinished one is dropped, not uploaded
-    writer = None
+    tars = TarShards(fs, out_path, shard_size)
     try:
         for split in splits:
-            writer, stream, count = None, None, 0
             for sample in source.iter_split(split, limits.get(split)):
-                if writer is None or count == shard_size:
-                    if writer is not None:
-                        writer.close()
-                        stream.close()  # TarWriter leaves a given stream open; S3 uploads on close
-                    shard_id = len(shards)
-                    file = f"shards/{split}-{sum(s.split == split for s in shards):06d}.tar"
-                    shards.append(ShardInfo(shard_id, file, split, 0))
-                    # a fixed integer mtime: byte-identical tars on every run, and no PAX headers
-                    stream = fs.open(urls.join(out_path, file), "wb")
-                    opened.append(stream)
-                    writer = wds.TarWriter(stream, mtime=0)
-                    count = 0
                 if split == "train":
                     stats.add(decode_image(sample.image, source.channels, fit=STATS_SIDE))
-                writer.write({"__key__": sample.key, sample.ext: sample.image, "cls": sample.label})
-                columns["row"].append(shard_id * shard_size + count)
+                shard_id, position = tars.write(split, sample)
+                columns["row"].append(shard_id * shard_size + position)
                 columns["key"].append(sample.key)
                 columns["shard"].append(shard_id)
                 columns["label"].append(sample.label)
@@ -109,18 +95,10 @@ def _write_shards(source: DatasetSource | str | None, out: str, config: ShardCon
                 columns["width"].append(sample.width)
                 columns["sha1"].append(hashlib.sha1(sample.image).hexdigest())
                 columns["path"].append(sample.path)
-                count += 1
-                shards[-1] = ShardInfo(shard_id, shards[-1].file, split, count)
                 bar.update()
-            if writer is not None:
-                writer.close()
-                stream.close()
+            tars.finish()
     except BaseException:
-        if writer is not None:
-            writer.close()  # the tar's own buffer, before its file is dropped
-        for stream in opened:
-            if not stream.closed:
-                _drop(stream)
+        tars.abort()
         raise
     bar.close()
     if stats.count == 0:
@@ -135,7 +113,7 @@ def _write_shards(source: DatasetSource | str | None, out: str, config: ShardCon
         classes=list(source.classes),
         channels=source.channels,
         shard_size=shard_size,
-        shards=shards,
+        shards=tars.shards,
         pixel_mean=pixel_mean,
         pixel_std=pixel_std,
         skipped=source.skipped,
@@ -143,10 +121,50 @@ def _write_shards(source: DatasetSource | str | None, out: str, config: ShardCon
     return Manifest.read(manifest_location)
 
 
-def _drop(stream) -> None:
-    """An unfinished shard file closed without being uploaded where the store can do that (an
-    object store's buffered file aborts its upload); a local file is closed as written."""
-    try:
-        stream.discard()
-    except (AttributeError, RuntimeError):  # local files: "cannot discard if set to autocommit"
-        stream.close()
+class TarShards:
+    """The tar files of a split being written, ``shard_size`` samples each, as ``ShardInfo``s
+    with the size and sha256 of their bytes as written (the manifest reads nothing back)."""
+
+    def __init__(self, fs, out_path: str, shard_size: int):
+        self.fs, self.out_path, self.shard_size = fs, out_path, shard_size
+        self.shards: list[ShardInfo] = []
+        self.writer, self.stream, self.count = None, None, 0
+
+    def write(self, split: str, sample) -> tuple[int, int]:
+        """Write ``sample`` to the current tar (a new one of ``split`` when it is full or
+        finished); return its (shard id, position in the shard)."""
+        if self.writer is None or self.count == self.shard_size:
+            self.finish()
+            file = f"shards/{split}-{sum(s.split == split for s in self.shards):06d}.tar"
+            self.shards.append(ShardInfo(len(self.shards), file, split, 0))
+            self.stream = HashedFile(self.fs.open(urls.join(self.out_path, file), "wb"))
+            # a fixed integer mtime: byte-identical tars on every run, and no PAX headers
+            self.writer, self.count = wds.TarWriter(self.stream, mtime=0), 0
+        self.writer.write({"__key__": sample.key, sample.ext: sample.image, "cls": sample.label})
+        self.count += 1
+        return self.shards[-1].id, self.count - 1
+
+    def finish(self) -> None:
+        """Close the current tar (TarWriter leaves a given stream open; S3 uploads on close)
+        and record its rows, size and sha256."""
+        if self.writer is None:
+            return
+        self.writer.close()
+        self.stream.close()
+        last = self.shards[-1]
+        self.shards[-1] = ShardInfo(last.id, last.file, last.split, self.count,
+                                    *self.stream.identity())  # fmt: skip
+        self.writer = self.stream = None
+
+    def abort(self) -> None:
+        """After an error: the unfinished tar is dropped, not uploaded where the store can do
+        that (an object store's buffered file aborts its upload); a local file is closed as
+        written."""
+        if self.writer is None:
+            return
+        self.writer.close()  # the tar's own buffer, before its file is dropped
+        try:
+            self.stream.discard()
+        except (AttributeError, RuntimeError):  # local files: "cannot discard if set to autocommit"
+            self.stream.close()
+        self.writer = self.stream = None

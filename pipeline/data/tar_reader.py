@@ -65,6 +65,11 @@ def _open_streams(sources: Iterable[dict]) -> Iterator[dict]:
             yield {**source, "stream": stream}
 
 
+def stream_samples(stream, url: str) -> Iterator[dict]:
+    """Samples of the one tar being read from ``stream`` (its location ``url``)."""
+    return group_by_keys(tar_file_expander([{"url": url, "stream": stream}]))
+
+
 def tar_samples(urls: list[str], *splitters) -> wds.DataPipeline:
     """Samples (dicts keyed by extension, with ``__key__`` and ``__url__``) of the tars at
     ``urls``, in order, after the given shard-list stages (e.g. ``wds.split_by_worker``)."""

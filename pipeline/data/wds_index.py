@@ -11,6 +11,7 @@ from tqdm import tqdm
 
 from kdcache.errors import KdcacheError, ManifestError
 from kdcache.pipeline.data import storage
+from kdcache.pipeline.data.file_identity import HashedFile
 from kdcache.pipeline.data.index_config import IndexConfig
 from kdcache.pipeline.data.index_files import (
     IndexBuilder,
@@ -23,7 +24,7 @@ from kdcache.pipeline.data.tar_reader import (
     LABEL_FIELD,
     image_extension,
     sample_label,
-    tar_samples,
+    stream_samples,
 )
 
 
@@ -56,14 +57,18 @@ def _index_webdataset(tars: str | Sequence[str], out: str, config: IndexConfig) 
         without_image: list[dict] = []
         with_image = 0
         try:
-            for sample in tar_samples([location]):
-                ext = image_extension(sample, extensions)
-                if ext is None:
-                    without_image.append(sample)
-                    continue
-                with_image += 1
-                builder.add(sample["__key__"], sample_label(sample, field), sample[ext])
-                bar.update()
+            with storage.open_file(location) as file:
+                stream = HashedFile(file)
+                for sample in stream_samples(stream, location):
+                    ext = image_extension(sample, extensions)
+                    if ext is None:
+                        without_image.append(sample)
+                        continue
+                    with_image += 1
+                    builder.add(sample["__key__"], sample_label(sample, field), sample[ext])
+                    bar.update()
+                stream.drain()
+            builder.end_shard(stream.identity())
         except KdcacheError:
             raise
         except Exception as error:  # tarfile errors, webdataset's duplicate member names

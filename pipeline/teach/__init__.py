@@ -17,6 +17,7 @@ __getattr__, __dir__, __all__ = lazy_face(
         "TeachFailed": ".job",
         "Teacher": ".teachers",
         "TeacherSource": ".teach_config",
+        "batch_buffers": ".shard_targets",
         "create_model": ".models",
         "file_sha256": ".models",
         "load_options": ".teachers",

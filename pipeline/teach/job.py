@@ -172,7 +172,7 @@ class ShardWorker:
         url, keys = self.manifest.shard_url(shard), self.manifest.shard_keys(shard)
         for positions in row_blocks(len(images), self.config.block_rows, self.config.batch_size):
             began = time.perf_counter()
-            decode_block(images, positions, url, keys)
+            decode_block(images, positions, url, keys, self.config.plan.renderer)
             timings["decode"] += time.perf_counter() - began
             for teacher in teachers:
                 parts[teacher.name].append(
@@ -258,6 +258,8 @@ def _run_teach(config: TeachConfig) -> TeachSummary:
             return TeachSummary(cache=reusable, reused=True, cache_bytes=urls.disk_bytes(reusable))
     elif config.cache is None:
         raise ValueError("teach needs --cache, or a catalogue (--catalog or $KDCACHE_CATALOG)")
+    if config.address not in (None, "auto") and "://" not in config.address:
+        _check_reachable(config.address)  # before the cache is created: nothing left behind
     with RunLock(config.cache, config.lock_stale_after) as lock:
         config = replace(config, run_id=lock.owner["run"])
         store = _prepare_store(config, manifest, identities)

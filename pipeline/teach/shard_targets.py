@@ -15,7 +15,13 @@ from kdcache.pipeline.data import Manifest, ShardError, ShardInfo, checked_sampl
 from kdcache.pipeline.teach.feature_taps import FeatureTaps
 from kdcache.pipeline.teach.models import ModelSpec
 from kdcache.pipeline.teach.teachers import Teacher
-from kdcache.pipeline.views import SourceImage, ViewPlan, ViewRenderer, normalize, source_image
+from kdcache.pipeline.views import (
+    DEFAULT_RENDERER,
+    SourceImage,
+    ViewPlan,
+    ViewRenderer,
+    source_image,
+)
 
 
 def read_shard_images(
@@ -46,13 +52,17 @@ def row_blocks(rows: int, block_rows: int, batch_size: int) -> list[np.ndarray]:
 
 
 def decode_block(
-    images: Sequence[SourceImage], positions: np.ndarray, url: str, keys: Sequence[str]
+    images: Sequence[SourceImage],
+    positions: np.ndarray,
+    url: str,
+    keys: Sequence[str],
+    renderer: str = DEFAULT_RENDERER,
 ) -> None:
-    """Decode the images at ``positions`` now (a corrupt one is the shard's error, named by
-    its key); :func:`release` frees them after the block."""
+    """Decode the images at ``positions`` now, as ``renderer`` renders from them (a corrupt
+    one is the shard's error, named by its key); :func:`release` frees them after the block."""
     for position in positions:
         try:
-            images[position].hwc()
+            images[position].prepare(renderer)
         except Exception as error:  # PIL and decoder errors
             raise _unreadable(url, keys[position], error) from error
 
@@ -87,12 +97,31 @@ def teacher_inputs(
     view_params: np.ndarray,
     positions: Iterable[int],
     spec: ModelSpec,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The normalised batch a teacher is fed for ``positions`` of a shard in one view:
     ``images`` and ``view_params`` (n, P) are the whole shard's (mixing partners come from it);
-    ``spec`` gives the resolution, mean and std."""
-    batch = renderer.render_batch(images, view_params, list(positions), spec.resolution)
-    return normalize(batch, spec.mean, spec.std, inplace=True)
+    ``spec`` gives the resolution, mean and std; ``out`` a buffer the batch may be written into
+    (``ViewRenderer.render_batch``)."""
+    return renderer.render_batch(
+        images, view_params, list(positions), spec.resolution,
+        normalise=(spec.mean, spec.std), out=out,
+    )  # fmt: skip
+
+
+def batch_buffers(count: int):
+    """``buffer(index, shape)``: float32 batch buffers reused in turn (batch ``index`` gets
+    buffer ``index % count``, grown to ``shape``), so a pass does not page in fresh memory
+    for every batch; a buffer is overwritten ``count`` batches later."""
+    held: list[torch.Tensor | None] = [None] * count
+
+    def buffer(index: int, shape: tuple[int, ...]) -> torch.Tensor:
+        slot = held[index % count]
+        if slot is None or slot.shape[1:] != shape[1:] or slot.shape[0] < shape[0]:
+            held[index % count] = slot = torch.empty(shape, dtype=torch.float32)
+        return slot
+
+    return buffer
 
 
 def overlaps(device: torch.device) -> bool:
@@ -159,20 +188,22 @@ def teacher_targets(
     features = features or []
     features_out = {t["name"]: np.empty((n, v, *t["shape"]), np.float32) for t in features}
     taps = FeatureTaps(teacher.model, features, projections)
-    work = [(view, range(start, min(start + batch_size, n)))
-            for view in range(v) for start in range(0, n, batch_size)]  # fmt: skip
+    work = [(index, view, range(start, min(start + batch_size, n))) for index, (view, start)
+            in enumerate((view, start) for view in range(v) for start in range(0, n, batch_size))]  # fmt: skip
+    buffers = batch_buffers(2)  # the batch the model runs on and the one rendered ahead
 
-    def prepare(view: int, rows: range) -> torch.Tensor:
+    def prepare(index: int, view: int, rows: range) -> torch.Tensor:
         began = time.perf_counter()
         batch = teacher_inputs(
-            renderer, images, params[:, view], positions[rows.start : rows.stop], spec
-        )
+            renderer, images, params[:, view], positions[rows.start : rows.stop], spec,
+            out=buffers(index, (len(rows), spec.in_chans, spec.resolution, spec.resolution)),
+        )  # fmt: skip
         if device.type == "cuda" and batch.device.type == "cpu":
             batch = batch.pin_memory()  # so the copy below is asynchronous
         timings["augment"] += time.perf_counter() - began
         return batch
 
-    for (view, rows), batch in zip(work, _rendered_ahead(work, prepare, device), strict=True):
+    for (_, view, rows), batch in zip(work, _rendered_ahead(work, prepare, device), strict=True):
         began = time.perf_counter()
         batch = batch.to(device, non_blocking=True)
         if device.type == "cuda":

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from kdcache._options import option
 from kdcache.pipeline.data import StorageOptions, storage
 from kdcache.pipeline.teach.feature_request import ATTENTION_HELP, FEATURE_DIM_HELP, FEATURES_HELP
-from kdcache.pipeline.views import MAX_PIXELS, ViewPlan
+from kdcache.pipeline.views import ViewPlan, max_pixels_option
 
 if TYPE_CHECKING:
     import torch
@@ -128,9 +128,7 @@ class TeachConfig:
         group=RAY,
         help="give up on workers Ray has not placed and started by then; fail if none",
     )
-    max_pixels: int = option(
-        MAX_PIXELS, help="largest image (width x height) decoded, checked from its header"
-    )
+    max_pixels: int = max_pixels_option()
     allow_remote_shards: bool = storage.remote_shards_option()
     progress: bool = option(True, flag="--quiet", help="no progress bar")
     storage_options: StorageOptions | None = storage.storage_option()

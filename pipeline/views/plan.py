@@ -57,10 +57,14 @@ PARAMS_LAYOUT = "kdcache-params/2"
 # Renderers, "name/version": what turns params into pixels (``pipeline.views.render``). A cache
 # records the one that made it (``attrs.plan.renderer``) and is replayed by that one. cpu/1 is
 # the renderer of caches made before renderers had versions (their attrs have no renderer).
-RENDERERS = ("cpu/1", "cpu/2", "device/1")
-DEFAULT_RENDERER = "cpu/2"
+# A renderer with its own decoder records it (``attrs.plan.decoder``): it is part of its identity.
+RENDERERS = ("cpu/1", "cpu/2", "cpu/3", "device/1")
+DEFAULT_RENDERER = "cpu/3"
 LEGACY_RENDERER = "cpu/1"
-RENDERER_ALIASES = {"cpu": "cpu/2", "cuda": "device/1", "device": "device/1"}
+RENDERER_ALIASES = {"cpu": "cpu/3", "cuda": "device/1", "device": "device/1"}
+RENDERER_DECODERS = {
+    "cpu/3": "simplejpeg 1.9.0 (libjpeg-turbo; fastdct=False, fastupsample=True)",
+}  # pipeline.views.jpeg_decode.DECODER
 CROP_FLIP_NAMES = ("crop_top", "crop_left", "crop_height", "crop_width", "flip")
 MIX_FIELDS = ("mixup_alpha", "cutmix_alpha", "mix_prob", "mix_switch_prob")
 _CROP_TRIES = 10
@@ -134,8 +138,8 @@ class ViewPlan:
     )
     renderer: str = option(
         DEFAULT_RENDERER,
-        help="view renderer: cpu (= cpu/2), cuda (= device/1), or cpu/1, the renderer of "
-        "caches made before renderers had versions",
+        help="view renderer: cpu (= cpu/3), cuda (= device/1), cpu/2, or cpu/1, the renderer "
+        "of caches made before renderers had versions",
     )
 
     def __post_init__(self):
@@ -221,6 +225,8 @@ class ViewPlan:
         }
         if self.randaugment:
             attrs["randaugment_ops"] = [op.name for op in parse_randaugment(self.randaugment).ops]
+        if self.renderer in RENDERER_DECODERS:
+            attrs["decoder"] = RENDERER_DECODERS[self.renderer]
         return attrs
 
     @classmethod
@@ -234,6 +240,12 @@ class ViewPlan:
         values = {f.name: attrs[f.name] for f in fields(cls) if f.name != "renderer"}
         values["renderer"] = attrs.get("renderer", LEGACY_RENDERER)
         plan = cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+        decoder = RENDERER_DECODERS.get(plan.renderer)
+        if attrs.get("decoder", decoder) != decoder:
+            raise ValueError(
+                f"plan.decoder: {attrs['decoder']!r} made this {plan.renderer} cache, this "
+                f"kdcache's {plan.renderer} decodes with {decoder!r} (replay it there, or re-teach it)"
+            )
         if list(plan.param_names) != list(attrs["param_names"]):
             raise ValueError(
                 f"plan: param_names {attrs['param_names']} do not match the plan's "

@@ -17,7 +17,10 @@ and the caller normalises with its model's mean and std. The crop's pixel box is
 ``floor(fraction * image_size + 0.5)`` for top, left, height and width (height and width at
 least 1, clipped to the image). The renderers differ in how step 1 is done:
 
-* ``cpu/2`` (the default): the image decoded as ``pipeline.views.source`` says (at 1/2, 1/4 or
+* ``cpu/3`` (the default): ``cpu/2``'s steps on the image as renderer cpu/3 decodes it: a
+  baseline JPEG by simplejpeg without fancy upsampling (``pipeline.views.jpeg_decode``), the
+  rest as ``cpu/2``.
+* ``cpu/2``: the image decoded as ``pipeline.views.source`` says (at 1/2, 1/4 or
   1/8 of its size in the DCT domain when the crop is at least 2, 4 or 8 times the output on both
   sides, the box then taken on the reduced image), the box cropped, resized in uint8
   (``torch.nn.functional.interpolate``, bilinear, antialias: Pillow's fixed-point filter),
@@ -32,6 +35,7 @@ a student at 32 px render the same view at their own resolution; only the pixel 
 the boxes and the resampling differ between sizes.
 """
 
+import functools
 import io
 import math
 from collections import OrderedDict
@@ -43,6 +47,7 @@ from PIL import Image
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
+from kdcache.pipeline.views.jpeg_decode import check_decoder
 from kdcache.pipeline.views.mix import mix_weight
 from kdcache.pipeline.views.pixel_limit import check_pixels
 from kdcache.pipeline.views.pixel_ops import (
@@ -56,6 +61,7 @@ from kdcache.pipeline.views.plan import ViewPlan
 from kdcache.pipeline.views.source import SourceImage, as_source
 
 CACHE_BYTES = 128 * 2**20  # uint8 views a mixing plan's renderer keeps for partners
+LATE_NORMALISED = ("cpu/1", "device/1")  # renderers that normalise a batch once it is made
 
 
 def decode_image(data: bytes, channels: int, fit: int | None = None) -> torch.Tensor:
@@ -102,6 +108,8 @@ class ViewRenderer:
         self.device = torch.device(device or "cpu")
         self._device_views = None
         self._cache_owner, self._cache, self._cache_bytes = None, OrderedDict(), 0
+        if plan.renderer == "cpu/3":
+            check_decoder()
         if plan.renderer == "device/1":
             from kdcache.pipeline.views.device import DeviceViews
 
@@ -119,27 +127,37 @@ class ViewRenderer:
         """Own views of several images at one size: float32 (B, C, size, size)."""
         return self._views(images, [None] * len(images), values, size)
 
-    def _views(self, images: list, keys: list, values: list[dict], size: int) -> torch.Tensor:
+    def _views(
+        self, images: list, keys: list, values: list[dict], size: int, out=None, normalise=None
+    ) -> torch.Tensor:
         """Own views (everything but mixing) at one size: float32 (B, C, size, size); ``keys``
-        (or None) name the views for the cache of a mixing plan's uint8 views."""
+        (or None) name the views for the cache of a mixing plan's uint8 views. cpu/2 and cpu/3
+        write into ``out`` (a float32 (>= B, C, size, size) buffer) if given, and normalise each
+        view as it is made with ``normalise`` = (mean, std) tensors if given."""
         if self.plan.renderer == "cpu/1":
             return torch.stack(
                 [self._base_view_v1(i, v, size) for i, v in zip(images, values, strict=True)]
             )
         if self._device_views is not None:
             return self._device_views.base_views([as_source(i) for i in images], values, size)
+        pixels_of = self._pixels_v3 if self.plan.renderer == "cpu/3" else self._pixels_v2
         views = None
         for index, (image, key, v) in enumerate(zip(images, keys, values, strict=True)):
             pixels = self._cached(key) if key is not None else None
             if pixels is None:
-                pixels = self._pixels_v2(as_source(image), v, size)
+                pixels = pixels_of(as_source(image), v, size)
                 self._remember(key, pixels)
             if views is None:
-                views = torch.empty((len(images), *pixels.shape), dtype=torch.float32)
-            torch.div(pixels, 255.0, out=views[index])  # float32 division, one pass
-        if self.plan.erase_prob > 0:
-            for index, v in enumerate(values):
-                views[index] = apply_erasing(views[index], v, self.plan.erase_mode)
+                views = _buffer(out, (len(images), *pixels.shape))
+            view = views[index]
+            torch.div(pixels, 255.0, out=view)  # float32 division, one pass
+            if (
+                self.plan.erase_prob > 0
+                and (erased := apply_erasing(view, v, self.plan.erase_mode)) is not view
+            ):
+                view.copy_(erased)
+            if normalise is not None:
+                view.sub_(normalise[0]).div_(normalise[1])
         return views
 
     def _cached(self, key) -> torch.Tensor | None:
@@ -162,7 +180,7 @@ class ViewRenderer:
     def _keys(self, images, params: np.ndarray, positions: list[int], size: int) -> list:
         """Cache keys of views (None without mixing): (position, size, params row); the cache
         is emptied when another shard's images come."""
-        if not self.plan.mixes or self.plan.renderer != "cpu/2":
+        if not self.plan.mixes or self.plan.renderer not in ("cpu/2", "cpu/3"):
             return [None] * len(positions)
         if self._cache_owner is not images:
             self._cache_owner, self._cache, self._cache_bytes = images, OrderedDict(), 0
@@ -170,11 +188,20 @@ class ViewRenderer:
 
     def _pixels_v2(self, source: SourceImage, values: dict[str, float], size: int):
         """cpu/2 steps 1-3 and colour jitter, on uint8: (C, size, size)."""
+        return self._uint8_view(source, source.hwc, values, size)
+
+    def _pixels_v3(self, source: SourceImage, values: dict[str, float], size: int):
+        """cpu/3: cpu/2's steps on the image as its own decoder gives it."""
+        return self._uint8_view(source, source.fast_hwc, values, size)
+
+    def _uint8_view(self, source: SourceImage, decoded, values: dict[str, float], size: int):
+        """Box, reduced decode (``decoded(reduce)``: uint8 (H, W, C)), uint8 resize, flip,
+        RandAugment and colour jitter: (C, size, size)."""
         top, left, h, w = crop_box(values, source.height, source.width)
         reduce = source.reduction_for(h, w, size)
         if reduce > 1:
             top, left, h, w = crop_box(values, *source.reduced_size(reduce))
-        crop = source.hwc(reduce)[top : top + h, left : left + w].permute(2, 0, 1)[None]
+        crop = decoded(reduce)[top : top + h, left : left + w].permute(2, 0, 1)[None]
         if (h, w) != (size, size):
             crop = torch.nn.functional.interpolate(
                 crop.contiguous(memory_format=torch.channels_last), size=(size, size),
@@ -222,14 +249,25 @@ class ViewRenderer:
         return self.render_batch(images, params, [position], size)[0]
 
     def render_batch(
-        self, images: Sequence, params: np.ndarray, positions: Sequence[int], size: int
+        self,
+        images: Sequence,
+        params: np.ndarray,
+        positions: Sequence[int],
+        size: int,
+        *,
+        normalise: tuple[Sequence[float], Sequence[float]] | None = None,
+        out: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Views of several positions at one size: float32 (B, C, size, size), each bitwise what
-        :meth:`render` gives for it alone."""
+        :meth:`render` gives for it alone; with ``normalise`` = (mean, std) normalised as
+        :func:`normalize` does (bitwise). ``out``: a float32 buffer of at least (B, C, size,
+        size) the views may be written into (the result is then a slice of it)."""
         positions = [int(p) for p in positions]
         values = [self.values(params[p]) for p in positions]
         own = [images[p] for p in positions]
-        views = self._views(own, self._keys(images, params, positions, size), values, size)
+        keys = self._keys(images, params, positions, size)
+        early = None if normalise is None or self.plan.mixes else _stats(*normalise)
+        views = self._views(own, keys, values, size, out, early)
         if self.plan.mixes:
             for index, v in enumerate(values):
                 if v["mix_mode"] > 0:
@@ -239,6 +277,8 @@ class ViewRenderer:
                         [images[partner]], key, [self.values(params[partner])], size
                     )
                     views[index] = mix_views(views[index], other[0].to(views.device), v)
+        if normalise is not None and (early is None or self.plan.renderer in LATE_NORMALISED):
+            views = normalize(views, *normalise, inplace=True)
         return views
 
     def label_weight(self, params: np.ndarray, size: int) -> float:
@@ -251,6 +291,19 @@ class ViewRenderer:
             return None
         values = self.values(params)
         return int(values["mix_partner"]) if values["mix_mode"] > 0 else None
+
+
+def _buffer(out: torch.Tensor | None, shape: tuple[int, ...]) -> torch.Tensor:
+    """``out[:B]`` if it holds float32 views of ``shape`` (B, C, H, W), else a new tensor."""
+    fits = out is not None and out.dtype == torch.float32 and out.device.type == "cpu"
+    if fits and out.shape[1:] == shape[1:] and out.shape[0] >= shape[0] and out.is_contiguous():
+        return out[: shape[0]]
+    return torch.empty(shape, dtype=torch.float32)
+
+
+def _stats(mean: Sequence[float], std: Sequence[float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, std) as (C, 1, 1) float32 CPU tensors, as :func:`normalize` makes them."""
+    return _stats_on(tuple(mean), tuple(std), torch.float32, torch.device("cpu"))
 
 
 def to_pil(view: torch.Tensor) -> Image.Image:
@@ -271,7 +324,12 @@ def normalize(
 ) -> torch.Tensor:
     """(x - mean) / std per channel, for a (..., C, H, W) tensor (``inplace``: overwriting
     ``batch``, the same values without a second batch in memory)."""
-    shape = (-1, 1, 1)
-    mean_t = torch.tensor(mean, dtype=batch.dtype, device=batch.device).view(shape)
-    std_t = torch.tensor(std, dtype=batch.dtype, device=batch.device).view(shape)
+    mean_t, std_t = _stats_on(tuple(mean), tuple(std), batch.dtype, batch.device)
     return (batch.sub_(mean_t) if inplace else torch.sub(batch, mean_t)).div_(std_t)
+
+
+@functools.lru_cache(maxsize=64)
+def _stats_on(mean: tuple, std: tuple, dtype: torch.dtype, device: torch.device):
+    """(mean, std) as (C, 1, 1) tensors of ``dtype`` on ``device`` (made once; read only)."""
+    return (torch.tensor(mean, dtype=dtype, device=device).view(-1, 1, 1),
+            torch.tensor(std, dtype=dtype, device=device).view(-1, 1, 1))  # fmt: skip

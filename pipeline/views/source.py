@@ -9,6 +9,10 @@ IDCT, fancy upsampling) and gives the same pixels, faster (tests check that it d
 Reduced decoding: a JPEG can be decoded at 1/2, 1/4 or 1/8 of its size in the DCT domain
 (libjpeg's scaling, Pillow's ``Image.draft``), far cheaper than a full decode. The renderer
 asks for the largest reduction that still leaves the crop at least the output size.
+
+Renderer ``cpu/3`` decodes baseline JPEGs its own way (:meth:`SourceImage.fast_hwc`,
+``pipeline.views.jpeg_decode``); every other image as above. A JPEG's header is read by
+simplejpeg (same size and mode as Pillow's, far cheaper); other files by Pillow.
 """
 
 import io
@@ -19,6 +23,8 @@ import torch
 from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
 
+from kdcache.pipeline.views.jpeg_decode import decode_jpeg as fast_decode
+from kdcache.pipeline.views.jpeg_decode import jpeg_header
 from kdcache.pipeline.views.pixel_limit import check_pixels
 
 REDUCTIONS = (8, 4, 2)  # DCT scalings Pillow's draft offers (besides 1)
@@ -42,7 +48,12 @@ class SourceImage:
     def __init__(self, data: bytes, channels: int):
         self.data = data
         self.channels = channels
-        self._decoded: dict[int | str, torch.Tensor] = {}
+        self._decoded: dict[int | str | tuple, torch.Tensor] = {}
+        header = jpeg_header(data)
+        if header is not None:
+            self.width, self.height, self.mode = header
+            self.format = "JPEG"
+            return
         with Image.open(io.BytesIO(data)) as image:
             check_pixels(image)
             self.width, self.height = image.size
@@ -75,6 +86,30 @@ class SourceImage:
         if reduce not in self._decoded:
             self._decoded[reduce] = self._decode(reduce)
         return self._decoded[reduce]
+
+    def fast_hwc(self, reduce: int = 1) -> torch.Tensor:
+        """Renderer cpu/3's uint8 (H, W, C) decode at 1/``reduce`` (cached): simplejpeg for a
+        baseline JPEG (modes RGB and L; L only from a grey JPEG), :meth:`hwc` for the rest."""
+        if not self._simplejpeg():
+            return self.hwc(reduce)
+        key = ("cpu/3", reduce)
+        if key not in self._decoded:
+            pixels = fast_decode(self.data, self.channels, reduce, self.height, self.width)
+            self._decoded[key] = torch.from_numpy(pixels)
+        return self._decoded[key]
+
+    def prepare(self, renderer: str) -> None:
+        """Decode now what ``renderer`` renders this image from at full size."""
+        if renderer == "cpu/1":
+            self.legacy_chw()
+        elif renderer == "cpu/3":
+            self.fast_hwc()
+        else:
+            self.hwc()
+
+    def _simplejpeg(self) -> bool:
+        baseline = self.data is not None and self.format == "JPEG" and self.mode in ("RGB", "L")
+        return baseline and (self.channels == 3 or self.mode == "L")
 
     def release(self) -> None:
         """Forget the decoded pixels (an image with encoded bytes decodes again on demand)."""

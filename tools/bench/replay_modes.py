@@ -12,11 +12,13 @@ from timm.data import Mixup
 from timm.data.transforms_factory import transforms_imagenet_train
 from torchvision.io import ImageReadMode, decode_jpeg
 
-from kdcache.pipeline.teach import teacher_inputs
-from kdcache.pipeline.views import ViewPlan, ViewRenderer, normalize, source_image
+from kdcache.pipeline.teach import batch_buffers, teacher_inputs
+from kdcache.pipeline.views import DEFAULT_RENDERER, ViewPlan, ViewRenderer, normalize, source_image
 from kdcache.tools.bench.replay_plans import MEAN, STD
 
 MIX_BATCH = 128  # timm's Mixup batches
+BATCH = 256  # the teacher job's default batch
+RENDERER_OF = {"kdcache": DEFAULT_RENDERER, "cpu2": "cpu/2", "today": "cpu/1"}
 
 
 def photo_params(plan: ViewPlan, encoded: list[bytes]) -> np.ndarray:
@@ -56,12 +58,14 @@ def _kdcache(plan: ViewPlan, encoded, params, size: int, path: str, views: int) 
         return len(encoded)
     images = [source_image(data, 3) for data in encoded]  # the job decodes a shard once
     for image in images:
-        image.legacy_chw() if plan.renderer == "cpu/1" else image.hwc()
-    spec = _Spec(size)
+        image.prepare(plan.renderer)
+    spec, buffers, batch = _Spec(size), batch_buffers(2), 0
     for view in range(views):  # what the teacher job feeds its model, batch by batch
-        for start in range(0, len(images), 256):
-            positions = range(start, min(start + 256, len(images)))
-            teacher_inputs(renderer, images, params[:, view], positions, spec)
+        for start in range(0, len(images), BATCH):
+            positions = range(start, min(start + BATCH, len(images)))
+            out = buffers(batch, (len(positions), 3, size, size))  # as teacher_targets does
+            teacher_inputs(renderer, images, params[:, view], positions, spec, out=out)
+            batch += 1
     return len(encoded) * views
 
 
@@ -124,7 +128,7 @@ def run_mode(mode: str, plan: ViewPlan, encoded, params, size: int, path: str, v
             )
         count = len(encoded) * (1 if path == "trainer" else views)
     else:
-        chosen = replace(plan, renderer="cpu/2" if mode == "kdcache" else "cpu/1")
+        chosen = replace(plan, renderer=RENDERER_OF[mode])
         count = _kdcache(chosen, encoded, params, size, path, views)
     return {"core_us": (time.process_time() - cpu) / count * 1e6,
             "wall_us": (time.perf_counter() - wall) / count * 1e6, **extra}  # fmt: skip

@@ -14,6 +14,7 @@ from kdcache.pipeline.teach import (
     read_shard_images,
     teacher_targets,
 )
+from kdcache.pipeline.views import MAX_PIXELS, set_pixel_limit
 from kdcache.tools.cache.cache_manifest import manifest_for
 from kdcache.tools.cache.verify_replay import ReplayReport, replay_check, sample_done_rows
 
@@ -162,13 +163,16 @@ def verify_cache(
     storage_options: dict | None = None,
     allow_code: tuple[str, ...] = (),
     allow_remote_shards: bool = False,
+    max_pixels: int = MAX_PIXELS,
 ) -> VerifyReport:
     """Check every done region's checksum (recomputing any failing region row by row), and
     recompute ``samples`` random (row, view) pairs per teacher; with ``replay``, also rebuild
     ``samples`` views in the trainer's loader and compare them with the teacher's inputs.
     ``storage_options`` (over ``$KDCACHE_STORAGE_OPTIONS``) reach URLs. A teacher factory or
     key map (``module:function``) the cache records is imported only if ``allow_code`` names it.
+    Images of more than ``max_pixels`` are refused from their header.
     """
+    set_pixel_limit(max_pixels)
     with storage.using(storage_options):
         return _verify(location, data, samples, seed, teachers, replay, replay_tolerance,
                        tuple(allow_code), allow_remote_shards)  # fmt: skip

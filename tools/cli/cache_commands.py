@@ -6,6 +6,7 @@ from dataclasses import asdict
 from functools import partial
 
 from kdcache.pipeline.data import CacheReadConfig
+from kdcache.tools.cache.verify_config import VerifyConfig
 from kdcache.tools.cli.arg_types import key_value
 from kdcache.tools.cli.config_options import add_config_options
 
@@ -87,7 +88,7 @@ def add_verify_parser(commands) -> None:
         help="pixel difference allowed by --replay, e.g. across machines (default: 0, bitwise)",
     )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    add_config_options(parser, CacheReadConfig)
+    add_config_options(parser, VerifyConfig)
     parser.set_defaults(run=run_verify)
 
 
@@ -105,6 +106,7 @@ def run_verify(args: argparse.Namespace) -> None:
         storage_options=args.storage_options,
         allow_code=tuple(args.allow_code),
         allow_remote_shards=args.allow_remote_shards,
+        max_pixels=args.max_pixels,
     )
     if args.json:
         print(json.dumps({**asdict(report), "ok": report.ok}, indent=2))

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from kdcache._options import option
 from kdcache.pipeline.data import StorageOptions, storage
 from kdcache.pipeline.teach import ATTENTION_HELP, FEATURE_DIM_HELP, FEATURES_HELP
-from kdcache.pipeline.views import MAX_PIXELS
+from kdcache.pipeline.views import max_pixels_option
 from kdcache.trainer.data import SCHEDULES
 from kdcache.trainer.kd import (
     ATTENTION_LOSSES,
@@ -233,11 +233,7 @@ class TrainConfig:
         help="write a torch.profiler trace of the first N steps to RUN/profile/ and print "
         "the share of step time spent waiting for input (0: off)",
     )
-    max_pixels: int = option(
-        MAX_PIXELS,
-        group=RUN,
-        help="largest image (width x height) decoded, checked from its header",
-    )
+    max_pixels: int = max_pixels_option(group=RUN)
     allow_remote_shards: bool = storage.remote_shards_option(group=RUN)
     tensorboard: bool = option(False, group=RUN, help="also log to RUN/tensorboard (TensorBoard)")
     resume: bool = option(
