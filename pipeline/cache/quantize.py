@@ -16,7 +16,8 @@ import math
 
 import numpy as np
 
-TARGET_DTYPES = ("fp16", "q8")
+TARGET_DTYPES = ("fp16", "q8", "q6")
+QUANTISED = ("q8", "q6")  # stored lossy: their ledger has quant_kl
 LEVELS = 255
 
 

@@ -108,7 +108,7 @@ def _recompute(
     )
     return store.as_stored(
         fresh
-    )  # quantised as the cache stores it (q8), to compare like with like
+    )  # quantised as the cache stores it (q8, q6), to compare like with like
 
 
 def verify_cache(
