@@ -164,23 +164,31 @@ def test_q6_targets_round_trip_and_are_measured(data, tmp_path):
         assert (np.sort(back_ids, -1) == np.sort(index.numpy(), -1)).all(), classes
         assert (back_ids[:, 0] == index.numpy()[:, 0]).all()
         assert (np.diff(back, axis=-1) <= 0).all() and (back[:, 0] == 0).all()
-        # every logit within half a step of its true value relative to the max
+        # every logit within half a step of its true value relative to the max: steps of one
+        # unit s up to 16 units below the max, then at most 1/8 of the distance
         relative = logits.astype(np.float32) - logits[:, :1].astype(np.float32)
-        error = np.abs(_by_id(back, back_ids) - _by_id(relative, index.numpy()))
-        step = -relative[:, -1:] / 63 * 17 / 16 + 2.0**-12  # the scale code rounds up < 1/16
-        assert (error <= step / 2 + 1e-6).all(), (classes, (error - step / 2).max())
-        # the tail mass within half a tail step in log-odds (above its floor)
+        true = _by_id(relative, index.numpy())
+        error = np.abs(_by_id(back, back_ids) - true)
+        unit = -relative[:, -1:] / 232 * 17 / 16 + 2.0**-12  # the scale code rounds up < 1/16
+        bound = np.maximum(unit / 2, -true / 16) + 1e-6
+        assert (error <= bound).all(), (classes, (error - bound).max())
+        # the tail mass within half a tail step in log-odds (above its floor; below e^-10 the
+        # float32 logsumexp, as in fp16 caches, holds too few digits of it)
         head = np.log(np.exp(relative.astype(np.float64)).sum(-1))
-        tail = np.log(np.expm1(lse.numpy() - logits[:, 0].astype(np.float64) - head))
+        with np.errstate(invalid="ignore", divide="ignore"):  # fp16 logits: "tails" <= 0
+            tail = np.log(np.expm1(lse.numpy() - logits[:, 0].astype(np.float64) - head))
         back_head = np.log(np.exp(back.astype(np.float64)).sum(-1))
         if topk < classes:
             back_tail = np.log(np.expm1(back_lse.astype(np.float64) - back_head))
             half = (math.log((classes - topk) / topk) - T_LOW) / 255 / 2
-            assert (np.abs(back_tail - np.maximum(tail, T_LOW)) <= half + 1e-4).all(), classes
+            tail = np.fmax(tail, T_LOW)
+            held = tail > -10
+            assert (np.abs(back_tail - tail)[held] <= half + 1e-3).all(), classes
+            assert (back_tail[~held] < -9).all(), classes
         else:
             assert np.allclose(back_lse, back_head, atol=1e-6)
         kl = topk_kl(_by_id(relative, index.numpy()), lse.numpy() - logits[:, 0],
-                     _by_id(back, back_ids), back_lse)  # fmt: skip
+                     _by_id(back, back_ids), back_lse, topk < classes)  # fmt: skip
         assert kl.max() < 5e-3, (classes, kl.max())
     store = write_cache(tmp_path / "q.zarr", data, views=2, topk=4, target_dtype="q6")
     report = inspect_cache(str(tmp_path / "q.zarr"))
@@ -318,8 +326,9 @@ for i in range(K - 1, -1, -1):  # the largest c with comb(c, i + 1) <= rank
     rank -= math.comb(c, i + 1)
 level = [(levels >> 6 * (K - 2 - j)) & 63 for j in range(K - 1)]
 level.insert(top, 0)
-step = (16 + (scale & 15)) * 2.0 ** ((scale >> 4) - 16)
-logits = -np.array(level, np.float32) * np.float32(step)
+units = [16 * (2 ** (L >> 4) - 1) + (L & 15) * 2 ** (L >> 4) for L in level]
+unit = (16 + (scale & 15)) * 2.0 ** ((scale >> 4) - 16)
+logits = -np.array(units, np.float32) * np.float32(unit)
 lse = math.log(sum(math.exp(x) for x in logits.astype(float)))
 if K < C:
     lse += math.log1p(math.exp(-16 + tail * (math.log((C - K) / K) + 16) / 255))

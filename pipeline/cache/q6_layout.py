@@ -5,15 +5,17 @@ zero-padded to whole bytes (``numpy.packbits`` order):
 
 1. ``rank`` (ceil(log2 C(C, K)) bits): the K class ids as a set, ascending (:mod:`id_sets`);
 2. ``top`` (bit length of K - 1): the position of the largest logit among the ascending ids;
-3. ``levels`` (K - 1 fields of 6 bits): for the other ids, ascending, ``round((l_0 - l) / s)``
-   clipped to 0..63, ``l_0`` the view's largest logit;
+3. ``levels`` (K - 1 fields of 6 bits): for the other ids, ascending, the level ``L`` whose
+   ``units(L) * s`` is nearest ``l_0 - l``, ``l_0`` the view's largest logit; with segment
+   ``k = L >> 4`` and ``j = L & 15``, ``units(L) = 16 * (2**k - 1) + j * 2**k``: steps of 1, 2,
+   4 and 8 units, 0..232 (fine near the max, where the probability is);
 4. ``scale`` (8 bits, 4-bit exponent e, 4-bit mantissa m): ``s = (16 + m) * 2**(e - 16)``, the
-   smallest such step at least (l_0 - l_{K-1}) / 63;
+   smallest such unit at least (l_0 - l_{K-1}) / 232;
 5. ``tail`` (8 bits): the log-odds ``t = log(tail mass / top-k mass)`` as ``T_LOW + u * step``,
    ``step = (log((C - K) / K) - T_LOW) / 255`` (an upper bound: no tail logit exceeds the
    K-th); 0 and no tail when K = C.
 
-Decoded: logits relative to the largest (``-level * s``, exact in float32, the largest 0),
+Decoded: logits relative to the largest (``-units(level) * s``, exact in float32, the largest 0),
 sorted descending with their ids (equal logits: the stored largest first, then by ascending
 id, so the teacher's argmax stays first), and
 ``logsumexp = log(sum(exp(logits))) + log1p(exp(t))`` (float64, then float32), so the top-k
@@ -34,7 +36,8 @@ from kdcache.pipeline.cache.id_sets import (
 )
 
 LEVEL_BITS = 6
-LEVELS = (1 << LEVEL_BITS) - 1
+UNITS = np.array([16 * (2 ** (L >> 4) - 1) + (L & 15) * 2 ** (L >> 4) for L in range(64)])
+MIDPOINTS = (UNITS[1:] + UNITS[:-1]) / 2  # a value rounds to the nearest level
 CODE_BITS = 8
 T_LOW = -16.0  # tail log-odds below this (tail mass < 1.1e-7) are stored as this
 
@@ -69,9 +72,9 @@ def _from_bits(planes: np.ndarray, width: int) -> np.ndarray:
 
 
 def scale_step(spread: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per view, the scale code and its step ``s`` (float32): the smallest representable
-    step >= spread / 63 (the largest, 15.5, if none is)."""
-    wanted = np.maximum(spread.astype(np.float64) / LEVELS, 0.0)
+    """Per view, the scale code and its unit ``s`` (float32): the smallest representable
+    unit >= spread / 232 (the largest, 15.5, if none is)."""
+    wanted = np.maximum(spread.astype(np.float64) / UNITS[-1], 0.0)
     exponent = np.clip(np.floor(np.log2(np.maximum(wanted, 2.0**-13))).astype(np.int64) + 12,
                        0, 15)  # fmt: skip
     mantissa = np.ceil(np.ldexp(wanted, -(exponent - 16)) - 16).astype(np.int64)
@@ -101,7 +104,7 @@ def encode(logits: np.ndarray, index: np.ndarray, lse: np.ndarray, num_classes: 
     relative = logits[:, :1] - np.take_along_axis(logits, order, 1)  # >= 0, ascending ids
     top = np.argmax(order == 0, axis=1)  # where the largest logit went
     code, step = scale_step(logits[:, 0] - logits[:, -1])
-    levels = np.clip(np.rint(relative / step[:, None]), 0, LEVELS).astype(np.int64)
+    levels = np.searchsorted(MIDPOINTS, relative / step[:, None]).astype(np.int64)
     others = levels[np.arange(topk)[None, :] != top[:, None]].reshape(n, topk - 1)
     rank_w, top_w, _, _, _ = field_bits(topk, num_classes)
     parts = [
@@ -144,7 +147,7 @@ def decode(
     levels = np.zeros((n, topk), np.int64)
     others = np.arange(topk)[None, :] != top[:, None]
     levels[others] = _from_bits(field[2], LEVEL_BITS).reshape(-1) if topk > 1 else []
-    relative = -levels.astype(np.float32) * step[:, None]
+    relative = -UNITS[levels].astype(np.float32) * step[:, None]
     head = np.log(np.exp(relative.astype(np.float64)).sum(1))
     if topk < num_classes:
         tail = T_LOW + _from_bits(field[4], CODE_BITS)[:, 0] * _tail_step(topk, num_classes)

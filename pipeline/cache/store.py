@@ -565,8 +565,9 @@ class CacheStore:
             self._array(teacher, "shard_checksum")[where] = checksum
             if self.target_dtype in QUANTISED:
                 part = slice(first, last + 1)
+                tail = self.topk < self.attrs["dataset"]["num_classes"]
                 kl = topk_kl(block.topk_logits[:, part], block.logsumexp[:, part],
-                             decoded.topk_logits[:, part], decoded.logsumexp[:, part])  # fmt: skip
+                             decoded.topk_logits[:, part], decoded.logsumexp[:, part], tail)  # fmt: skip
                 self._array(teacher, "quant_kl")[where] = kl.mean(0).astype(np.float32)
         for first, last in _runs(views):
             self._array(teacher, "shard_done")[shard.id, views[first] : views[last] + 1] = 1
