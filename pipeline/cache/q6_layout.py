@@ -6,11 +6,11 @@ zero-padded to whole bytes (``numpy.packbits`` order):
 1. ``rank`` (ceil(log2 C(C, K)) bits): the K class ids as a set, ascending (:mod:`id_sets`);
 2. ``top`` (bit length of K - 1): the position of the largest logit among the ascending ids;
 3. ``levels`` (K - 1 fields of 6 bits): for the other ids, ascending, the level ``L`` whose
-   ``units(L) * s`` is nearest ``l_0 - l``, ``l_0`` the view's largest logit; with segment
-   ``k = L >> 4`` and ``j = L & 15``, ``units(L) = 16 * (2**k - 1) + j * 2**k``: steps of 1, 2,
-   4 and 8 units, 0..232 (fine near the max, where the probability is);
+   ``units(L) * s`` is nearest ``l_0 - l``, ``l_0`` the view's largest logit;
+   ``units(L) = L + max(0, L - 32)``: 0..94, steps of one unit near the max (where the
+   probability is), of two beyond 32 units;
 4. ``scale`` (8 bits, 4-bit exponent e, 4-bit mantissa m): ``s = (16 + m) * 2**(e - 16)``, the
-   smallest such unit at least (l_0 - l_{K-1}) / 232;
+   smallest such unit at least (l_0 - l_{K-1}) / 94;
 5. ``tail`` (8 bits): the log-odds ``t = log(tail mass / top-k mass)`` as ``T_LOW + u * step``,
    ``step = (log((C - K) / K) - T_LOW) / 255`` (an upper bound: no tail logit exceeds the
    K-th); 0 and no tail when K = C.
@@ -36,10 +36,10 @@ from kdcache.pipeline.cache.id_sets import (
 )
 
 LEVEL_BITS = 6
-UNITS = np.array([16 * (2 ** (L >> 4) - 1) + (L & 15) * 2 ** (L >> 4) for L in range(64)])
+UNITS = np.arange(64) + np.maximum(0, np.arange(64) - 32)  # measured best of 4 spacings
 MIDPOINTS = (UNITS[1:] + UNITS[:-1]) / 2  # a value rounds to the nearest level
 CODE_BITS = 8
-T_LOW = -16.0  # tail log-odds below this (tail mass < 1.1e-7) are stored as this
+T_LOW = -12.0  # tail log-odds below this (tail mass < 6.1e-6) are stored as this
 
 
 def field_bits(topk: int, num_classes: int) -> tuple[int, ...]:
@@ -73,7 +73,7 @@ def _from_bits(planes: np.ndarray, width: int) -> np.ndarray:
 
 def scale_step(spread: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per view, the scale code and its unit ``s`` (float32): the smallest representable
-    unit >= spread / 232 (the largest, 15.5, if none is)."""
+    unit >= spread / 94 (the largest, 15.5, if none is)."""
     wanted = np.maximum(spread.astype(np.float64) / UNITS[-1], 0.0)
     exponent = np.clip(np.floor(np.log2(np.maximum(wanted, 2.0**-13))).astype(np.int64) + 12,
                        0, 15)  # fmt: skip
