@@ -344,7 +344,7 @@ def test_a_reader_with_plain_zarr_decodes_q6_targets_as_readme_says(data, tmp_pa
 
     location = str(tmp_path / "q.zarr")
     write_cache(location, data, views=2, topk=4, target_dtype="q6")
-    for row, view in ((234, 1), (5, 0), (449, 1)):
+    for row, view in ((234, 1), (449, 0)):
         result = subprocess.run([sys.executable, "-c", Q6_READER, location, str(row), str(view)],
                                 capture_output=True, text=True, check=True)  # fmt: skip
         plain = json.loads(result.stdout)

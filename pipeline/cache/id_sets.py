@@ -62,8 +62,7 @@ def unrank_sets(ranks: np.ndarray, topk: int, num_classes: int) -> np.ndarray:
     """(n, L) int64 limbs of ranks -> (n, K) ascending class ids (int32): per position a
     float64 search of the binomials' column, then an exact check of its neighbours (adjacent
     binomials differ by a factor >= 1 + 1/C, far above float64's error)."""
-    table = _binomials(topk, num_classes)
-    approx = _approximate(table)
+    table, approx = _binomials(topk, num_classes), _approximate_binomials(topk, num_classes)
     rest = ranks.astype(np.int64).copy()
     ids = np.empty((rest.shape[0], topk), np.int32)
     for j in range(topk - 1, -1, -1):
@@ -75,6 +74,12 @@ def unrank_sets(ranks: np.ndarray, topk: int, num_classes: int) -> np.ndarray:
         ids[:, j] = guess
         rest = _subtract(rest, table[guess, j])
     return ids
+
+
+@lru_cache(maxsize=8)
+def _approximate_binomials(topk: int, num_classes: int) -> np.ndarray:
+    """(C, K) float64 values of :func:`_binomials`."""
+    return _approximate(_binomials(topk, num_classes))
 
 
 def _approximate(limbs: np.ndarray) -> np.ndarray:
