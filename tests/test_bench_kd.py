@@ -4,6 +4,7 @@ from kdcache.tools.bench.kd_objectives import (
     TAILS,
     BenchConfig,
     _runs,
+    q6_bytes,
     q8_bytes,
     sampled_bytes,
     topk_bytes,
@@ -33,3 +34,20 @@ def test_q8_runs_read_the_q8_cache_at_its_bytes():
     # 10 levels + float16 scale + float16 logsumexp + 10 ids of 4 bits
     assert q8[0][1] == q8_bytes(10, 10) == 19
     assert not any(o.get("cache") for _, _, o in _runs(BenchConfig(), ["regnety", "resnet10t"]))
+
+
+def test_dtype_rows_compare_fp16_q8_and_q6_at_the_same_budgets():
+    config = BenchConfig(q8=True, q6=True, objectives=False)
+    runs = _runs(config, ["regnety"])
+    assert [(label, size) for label, size, _ in runs] == [
+        ("no KD", 0),
+        ("soft KD, full logits (top-10)", 44),
+        ("soft KD, top-5", 24),
+        ("soft KD, top-10, q8 targets", 19),
+        ("soft KD, top-5, q8 targets", 12),
+        ("soft KD, top-10, q6 targets", 10),  # K = C: no set rank, no tail code
+        ("soft KD, top-5, q6 targets", q6_bytes(5, 10)),
+        ("no KD, training seed 1", 0),
+    ]
+    assert q6_bytes(10, 1000) == 19 and q6_bytes(5, 10) == 7  # 8 + 3 + 24 + 16 bits
+    assert {o.get("cache") for _, _, o in runs} == {None, "q8", "q6"}

@@ -1,5 +1,5 @@
 """Format kdcache/2: few objects (sized exactly by the dry run), reads of only the views used,
-q8 targets, and a crc32c on every read (a flipped byte names teacher, shard and view)."""
+q8 and q6 targets, and a crc32c on every read (a flipped byte names teacher, shard and view)."""
 
 import math
 import os
@@ -19,7 +19,8 @@ from kdcache.pipeline.cache import (
     Catalog,
     size_plan,
 )
-from kdcache.pipeline.cache.quantize import dequantize, pack_ids, quantize, unpack_ids
+from kdcache.pipeline.cache.q6_layout import T_LOW, decode, encode, packed_size
+from kdcache.pipeline.cache.quantize import dequantize, pack_ids, quantize, topk_kl, unpack_ids
 from kdcache.tools.bench.target_reads import format1_copy, synthetic_cache
 from kdcache.tools.cache.inspect_cache import inspect_cache
 from kdcache.trainer.data import CachedTargets, TrainViews
@@ -48,16 +49,20 @@ def objects(location) -> dict[str, list[Path]]:
 
 
 def test_an_imagenet_shaped_plan_needs_few_objects():
-    for dtype in ("fp16", "q8"):
+    per_view = {}
+    for dtype in ("fp16", "q8", "q6"):
         plan = CachePlan(shards=math.ceil(1_281_167 / 1000), shard_size=1000, num_classes=1000,
                          views=100, topk=10, params=5, target_dtype=dtype)  # fmt: skip
         size = size_plan(plan)
         assert all(a["objects"] <= 2000 for a in size["arrays"].values()), size["arrays"]
+        per_view[dtype] = size["target_bytes_per_view"]
     # q8 at K = 10, C = 1000: 10 levels + scale 2 + 100 bits of ids + logsumexp 2 (+ crc, index, ledger)
-    assert 27 <= size["target_bytes_per_view"] < 27.2  # ledgers and indexes: 0.15
+    assert 27 <= per_view["q8"] < 27.2  # ledgers and indexes: 0.15
+    # q6: a 78-bit set rank + 4-bit top position + 9 x 6-bit levels + scale 8 + tail 8 = 19 B
+    assert packed_size(10, 1000) == 19 and 19 < per_view["q6"] <= 20, per_view
 
 
-@pytest.mark.parametrize("dtype", ["fp16", "q8"])
+@pytest.mark.parametrize("dtype", ["fp16", "q8", "q6"])
 def test_the_dry_run_equals_a_written_cache(data, tmp_path, dtype):
     store = write_cache(tmp_path / "c.zarr", data, views=3, topk=4, target_dtype=dtype)
     plan = CachePlan(shards=len(data.shards_of("train")), shard_size=data.shard_size,
@@ -95,7 +100,7 @@ class CountingStore(WrapperStore):
         return value
 
 
-@pytest.mark.parametrize("dtype", ["fp16", "q8"])
+@pytest.mark.parametrize("dtype", ["fp16", "q8", "q6"])
 def test_the_trainer_fetches_only_the_views_it_uses(full_shards, tmp_path, dtype):
     views, topk = 8, 10
     write_cache(tmp_path / "c.zarr", full_shards, views=views, topk=topk, target_dtype=dtype)
@@ -137,6 +142,65 @@ def test_q8_targets_round_trip_and_are_measured(data, tmp_path):
     assert store.group["teachers/t/topk_logits"].dtype == np.uint8
 
 
+def _by_id(values: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Per view, ``values`` in ascending order of their class ids."""
+    return np.take_along_axis(values, np.argsort(ids, -1), -1)
+
+
+def test_q6_targets_round_trip_and_are_measured(data, tmp_path):
+    import torch
+
+    from kdcache.pipeline.cache import reduce_logits
+
+    rng = np.random.default_rng(0)
+    for classes, topk in ((10, 10), (10, 4), (1000, 10), (40000, 10), (1000, 1)):
+        full = torch.from_numpy(rng.normal(0, 3, (200, classes)) * rng.uniform(0.2, 3, (200, 1)))
+        values, index, lse = reduce_logits(full, topk)
+        logits = values.numpy().astype(np.float16)
+        packed = encode(logits, index.numpy(), lse.numpy(), classes)
+        assert packed.shape == (200, packed_size(topk, classes)) and packed.dtype == np.uint8
+        back, back_ids, back_lse = decode(packed, topk, classes)
+        # the ids exactly (as a set; the argmax first, other equal decoded logits by id)
+        assert (np.sort(back_ids, -1) == np.sort(index.numpy(), -1)).all(), classes
+        assert (back_ids[:, 0] == index.numpy()[:, 0]).all()
+        assert (np.diff(back, axis=-1) <= 0).all() and (back[:, 0] == 0).all()
+        # every logit within half a step of its true value relative to the max: steps of one
+        # unit s up to 32 units below the max, then of two
+        relative = logits.astype(np.float32) - logits[:, :1].astype(np.float32)
+        true = _by_id(relative, index.numpy())
+        error = np.abs(_by_id(back, back_ids) - true)
+        least = -relative[:, -1:] / 94  # the unit s is at least this, and rounded up < 1/16
+        unit = least * 17 / 16 + 2.0**-12
+        bound = np.where(-true < 31 * least, unit / 2, unit) + 1e-6
+        assert (error <= bound).all(), (classes, (error - bound).max())
+        # the tail mass within half a tail step in log-odds (above its floor; below e^-10 the
+        # float32 logsumexp, as in fp16 caches, holds too few digits of it)
+        head = np.log(np.exp(relative.astype(np.float64)).sum(-1))
+        with np.errstate(invalid="ignore", divide="ignore"):  # fp16 logits: "tails" <= 0
+            tail = np.log(np.expm1(lse.numpy() - logits[:, 0].astype(np.float64) - head))
+        back_head = np.log(np.exp(back.astype(np.float64)).sum(-1))
+        if topk < classes:
+            back_tail = np.log(np.expm1(back_lse.astype(np.float64) - back_head))
+            half = (math.log((classes - topk) / topk) - T_LOW) / 255 / 2
+            tail = np.fmax(tail, T_LOW)
+            held = tail > -10
+            assert (np.abs(back_tail - tail)[held] <= half + 1e-3).all(), classes
+            assert (back_tail[~held] < -9).all(), classes
+        else:
+            assert np.allclose(back_lse, back_head, atol=1e-6)
+        kl = topk_kl(_by_id(relative, index.numpy()), lse.numpy() - logits[:, 0],
+                     _by_id(back, back_ids), back_lse, topk < classes)  # fmt: skip
+        assert kl.max() < 5e-3, (classes, kl.max())
+    store = write_cache(tmp_path / "q.zarr", data, views=2, topk=4, target_dtype="q6")
+    report = inspect_cache(str(tmp_path / "q.zarr"))
+    kl = report["teachers"]["t"]["quantisation_kl"]
+    assert 0 < kl < 5e-3 and not report["teachers"]["t"]["problems"]
+    assert report["target_dtype"] == "q6" and report["format"] == "kdcache/2"
+    assert store.group["teachers/t/topk_packed"].shape[2:] == (packed_size(4, 10),)
+    assert set(store.group["teachers/t"].array_keys()) == {
+        "topk_packed", "shard_done", "shard_checksum", "quant_kl"}  # fmt: skip
+
+
 def _flip(path: Path, position: int) -> int:
     data = bytearray(path.read_bytes())
     position %= len(data)
@@ -145,9 +209,10 @@ def _flip(path: Path, position: int) -> int:
     return position
 
 
-def test_a_flipped_byte_in_any_object_fails_the_read_that_touches_it(data, tmp_path):
+@pytest.mark.parametrize("dtype, arrays", [("q8", 4), ("q6", 1)])
+def test_a_flipped_byte_in_any_object_fails_the_read_that_touches_it(data, tmp_path, dtype, arrays):
     location = tmp_path / "q.zarr"
-    write_cache(location, data, views=2, topk=4, target_dtype="q8")
+    write_cache(location, data, views=2, topk=4, target_dtype=dtype)
     rng = np.random.default_rng(1)
     checked = 0
     for name, files in objects(location).items():
@@ -166,7 +231,7 @@ def test_a_flipped_byte_in_any_object_fails_the_read_that_touches_it(data, tmp_p
             assert "shard" in message and "view" in message, message
             path.write_bytes(original)
             checked += 1
-    assert checked == 5 * (1 + 4 + 2)  # params, 4 q8 target arrays, 2 ledgers per shard
+    assert checked == 5 * (1 + arrays + 2)  # params, target arrays, 2 ledgers per shard
 
 
 def test_train_exits_on_a_flipped_byte_naming_teacher_shard_and_view(data, tmp_path):
@@ -236,3 +301,56 @@ def test_a_reader_with_plain_zarr_decodes_q8_targets_as_readme_says(data, tmp_pa
     assert np.array_equal(np.float32(plain["logits"]), ours.topk_logits[position, 0])
     assert plain["ids"] == ours.topk_index[position, 0].tolist()
     assert np.float32(plain["lse"]) == ours.logsumexp[position, 0]
+
+
+Q6_READER = r"""
+import json, math, sys
+sys.modules["kdcache"] = None  # importing kdcache's code would fail here
+import numpy as np, zarr
+cache, row, view = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+g = zarr.open_group(cache, mode="r"); t = g["teachers/t"]
+assert g.attrs["format"] == "kdcache/2" and g.attrs["layout"]["target_dtype"] == "q6"
+K, C = g.attrs["topk"], g.attrs["dataset"]["num_classes"]
+widths = [(math.comb(C, K) - 1).bit_length(), (K - 1).bit_length(), 6 * (K - 1), 8, 8]
+bits = "".join(map(str, np.unpackbits(t["topk_packed"][row, view])))
+fields, at = [], 0
+for width in widths:
+    fields.append(int(bits[at:at + width] or "0", 2))
+    at += width
+rank, top, levels, scale, tail = fields
+ids = []
+for i in range(K - 1, -1, -1):  # the largest c with comb(c, i + 1) <= rank
+    c = i
+    while c + 1 < C and math.comb(c + 1, i + 1) <= rank:
+        c += 1
+    ids.insert(0, c)
+    rank -= math.comb(c, i + 1)
+level = [(levels >> 6 * (K - 2 - j)) & 63 for j in range(K - 1)]
+level.insert(top, 0)
+units = [L + max(0, L - 32) for L in level]
+unit = (16 + (scale & 15)) * 2.0 ** ((scale >> 4) - 16)
+logits = -np.array(units, np.float32) * np.float32(unit)
+lse = math.log(sum(math.exp(x) for x in logits.astype(float)))
+if K < C:
+    lse += math.log1p(math.exp(-12 + tail * (math.log((C - K) / K) + 12) / 255))
+order = np.lexsort((np.arange(K), np.arange(K) != top, -logits))  # the argmax first
+print(json.dumps({"logits": logits[order].tolist(), "lse": lse,
+                  "ids": np.array(ids)[order].tolist()}))
+"""
+
+
+def test_a_reader_with_plain_zarr_decodes_q6_targets_as_readme_says(data, tmp_path):
+    import json
+
+    location = str(tmp_path / "q.zarr")
+    write_cache(location, data, views=2, topk=4, target_dtype="q6")
+    for row, view in ((234, 1), (449, 0)):
+        result = subprocess.run([sys.executable, "-c", Q6_READER, location, str(row), str(view)],
+                                capture_output=True, text=True, check=True)  # fmt: skip
+        plain = json.loads(result.stdout)
+        shard = data.shards[row // data.shard_size]
+        ours = CachedTargets(location, data).block(shard, [view]).targets["t"]
+        position = row - shard.id * data.shard_size
+        assert np.array_equal(np.float32(plain["logits"]), ours.topk_logits[position, 0])
+        assert plain["ids"] == ours.topk_index[position, 0].tolist()
+        assert np.isclose(plain["lse"], ours.logsumexp[position, 0], rtol=1e-6)

@@ -7,8 +7,9 @@ and ``projection``). Each target is one array per teacher, ``feat.<slug>`` (N, V
 sharded and crc32c-checked like the logit arrays:
 
 - ``fp16``: float16 values;
-- ``q8``: uint8 levels ``q = round((x - lo) / scale)`` with ``lo`` the view's smallest value
-  and ``scale = (hi - lo) / 255`` (1 if 0), and ``feat.<slug>.range`` float16 (N, V, 2) holding
+- ``q8`` (and ``q6``, whose features are stored as q8's): uint8 levels
+  ``q = round((x - lo) / scale)`` with ``lo`` the view's smallest value and
+  ``scale = (hi - lo) / 255`` (1 if 0), and ``feat.<slug>.range`` float16 (N, V, 2) holding
   (lo, scale) as float16, the values the levels were made with: ``x' = lo + q * scale``.
 
 A projection (``--feature-dim D``) maps the target's channel axis (axis 0 of its pooled shape)
@@ -24,6 +25,7 @@ import zlib
 import numpy as np
 
 from kdcache.pipeline.cache.layout import ArraySpec, object_bytes
+from kdcache.pipeline.cache.quantize import QUANTISED
 
 FEATURE_KEY = "feature:"  # a feature target's key in ShardTargets.arrays()
 LEVELS = 255
@@ -47,7 +49,7 @@ def feature_specs(targets: list[dict], target_dtype: str) -> list[ArraySpec]:
     specs = []
     for target in targets:
         shape = tuple(target["shape"])
-        if target_dtype == "q8":
+        if target_dtype in QUANTISED:
             specs.append(ArraySpec(array_name(target["name"]), "uint8", 0, shape))
             specs.append(ArraySpec(range_name(target["name"]), "float16", np.nan, (2,)))
         else:
@@ -84,7 +86,7 @@ def encode_features(
     stored = {}
     for target in targets:
         values = features[target["name"]]
-        if target_dtype == "q8":
+        if target_dtype in QUANTISED:
             levels, ranges = quantize_features(values, len(target["shape"]))
             stored[array_name(target["name"])] = levels
             stored[range_name(target["name"])] = ranges
@@ -100,7 +102,7 @@ def decode_features(
     features = {}
     for target in targets:
         values = stored.pop(array_name(target["name"]))
-        if target_dtype == "q8":
+        if target_dtype in QUANTISED:
             values = dequantize_features(values, stored.pop(range_name(target["name"])))
         features[target["name"]] = values.astype(np.float32)
     return features
@@ -108,7 +110,7 @@ def decode_features(
 
 def stored_features(values: np.ndarray, target: dict, target_dtype: str) -> np.ndarray:
     """What reading ``values`` (n, ..., *shape) back from a cache gives (fp16 or q8 rounding)."""
-    if target_dtype == "q8":
+    if target_dtype in QUANTISED:
         return dequantize_features(*quantize_features(values, len(target["shape"])))
     return values.astype(np.float16).astype(np.float32)
 

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 from zarr.codecs import Crc32cCodec
 
-from kdcache.pipeline.cache.quantize import packed_bytes
+from kdcache.pipeline.cache.q6_layout import packed_size
+from kdcache.pipeline.cache.quantize import QUANTISED, packed_bytes
 
 CHUNK_CRC = 4  # crc32c after every inner chunk
 INDEX_ENTRY = 16  # (offset, length) uint64 per inner chunk in a storage object's index
@@ -54,8 +55,11 @@ def params_spec(param_count: int) -> ArraySpec:
 def teacher_specs(
     target_dtype: str, topk: int, num_classes: int, samples: int, classes_dtype: str
 ) -> list[ArraySpec]:
-    """A teacher's arrays in the ``fp16`` or ``q8`` layout (see :mod:`quantize`), then its ledger."""
-    if target_dtype == "q8":
+    """A teacher's arrays in the ``fp16``, ``q8`` (:mod:`quantize`) or ``q6``
+    (:mod:`q6_layout`) layout, then its ledger."""
+    if target_dtype == "q6":
+        specs = [ArraySpec("topk_packed", "uint8", 0, (packed_size(topk, num_classes),))]
+    elif target_dtype == "q8":
         specs = [
             ArraySpec("topk_logits", "uint8", 0, (topk,)),
             ArraySpec("logit_scale", "float16", np.nan),
@@ -72,7 +76,7 @@ def teacher_specs(
         specs.append(ArraySpec("sample_index", classes_dtype, -1, (samples,)))
     specs.append(ArraySpec("shard_done", "uint8", 0, ledger=True))
     specs.append(ArraySpec("shard_checksum", "uint64", 0, ledger=True))
-    if target_dtype == "q8":
+    if target_dtype in QUANTISED:
         specs.append(ArraySpec("quant_kl", "float32", np.nan, ledger=True))
     return specs
 

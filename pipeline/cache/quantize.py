@@ -16,7 +16,8 @@ import math
 
 import numpy as np
 
-TARGET_DTYPES = ("fp16", "q8")
+TARGET_DTYPES = ("fp16", "q8", "q6")
+QUANTISED = ("q8", "q6")  # stored lossy: their ledger has quant_kl
 LEVELS = 255
 
 
@@ -70,13 +71,29 @@ def dequantize(
 
 
 def topk_kl(
-    logits: np.ndarray, logsumexp: np.ndarray, other: np.ndarray, other_lse: np.ndarray
+    logits: np.ndarray,
+    logsumexp: np.ndarray,
+    other: np.ndarray,
+    other_lse: np.ndarray,
+    tail: bool = True,
 ) -> np.ndarray:
     """KL(p || q) in nats per view between two top-k targets on the same class ids, each
-    with its tail mass (1 - top-k mass) as one more outcome."""
+    with its tail mass (1 - top-k mass) as one more outcome; without ``tail`` (K = C: every
+    class is in the top-k) the softmax of the logits alone. A top-k mass above 1 (fp16
+    rounding of a confident view's logits against its float32 logsumexp) counts as 1."""
+    if not tail:
+        logsumexp, other_lse = _logsumexp(logits), _logsumexp(other)
+    logsumexp = np.maximum(logsumexp, _logsumexp(logits))
+    other_lse = np.maximum(other_lse, _logsumexp(other))
     log_p = logits.astype(np.float64) - logsumexp.astype(np.float64)[..., None]
     log_q = other.astype(np.float64) - other_lse.astype(np.float64)[..., None]
     p, q = np.exp(log_p), np.exp(log_q)
     tail_p = np.clip(1 - p.sum(-1), 1e-12, 1)
     tail_q = np.clip(1 - q.sum(-1), 1e-12, 1)
     return (p * (log_p - log_q)).sum(-1) + tail_p * (np.log(tail_p) - np.log(tail_q))
+
+
+def _logsumexp(logits: np.ndarray) -> np.ndarray:
+    values = logits.astype(np.float64)
+    top = values.max(-1)
+    return top + np.log(np.exp(values - top[..., None]).sum(-1))

@@ -28,8 +28,9 @@ counts the complete views; arrays may be wider while views are being added.
 Format ``kdcache/2`` (``attrs.layout``) keeps these arrays and meanings but stores them in
 Zarr shards, one object per (data shard, view block) per array, inner chunks one view wide
 with a crc32c each (:mod:`layout`); with ``attrs.layout.target_dtype`` = ``q8`` a teacher's
-targets are stored quantised (:mod:`quantize`; readers get them decoded) and its ledger
-gains ``quant_kl`` (S, V): the mean KL(fp16 targets || stored targets) of each region.
+targets are stored quantised (:mod:`quantize`; readers get them decoded), with ``q6`` packed
+into one array ``topk_packed`` (:mod:`q6_layout`), and its ledger gains ``quant_kl`` (S, V):
+the mean KL(fp16 targets || stored targets) of each region.
 """
 
 import dataclasses
@@ -55,6 +56,7 @@ from kdcache.pipeline.cache.feature_layout import (
     projection_matrix,
     slug,
 )
+from kdcache.pipeline.cache.id_sets import check_codable
 from kdcache.pipeline.cache.integrity import (
     IDENTITY_ATTR,
     edited_fields,
@@ -68,7 +70,10 @@ from kdcache.pipeline.cache.layout import (
     params_spec,
     teacher_specs,
 )
+from kdcache.pipeline.cache.q6_layout import decode as decode_q6
+from kdcache.pipeline.cache.q6_layout import encode as encode_q6
 from kdcache.pipeline.cache.quantize import (
+    QUANTISED,
     TARGET_DTYPES,
     dequantize,
     pack_ids,
@@ -216,13 +221,16 @@ class CacheStore:
         """Create an empty cache for ``manifest`` and ``plan``; ``format`` is written last.
 
         ``samples`` > 0 adds sampled targets: that many class ids per view and teacher;
-        ``target_dtype`` ``q8`` stores the targets quantised (:mod:`quantize`)."""
+        ``target_dtype`` ``q8`` or ``q6`` stores the targets quantised (:mod:`quantize`,
+        :mod:`q6_layout`)."""
         if not 1 <= topk <= manifest.num_classes:
             raise ValueError(f"--topk must lie in 1..{manifest.num_classes}, got {topk}")
         if samples < 0:
             raise ValueError(f"--samples must be 0 (none) or more, got {samples}")
         if target_dtype not in TARGET_DTYPES:
             raise ValueError(f"--target-dtype must be one of {TARGET_DTYPES}, got {target_dtype!r}")
+        if target_dtype == "q6":
+            check_codable(topk, manifest.num_classes)
         group = _open_group(location, "w-", None)
         layout = {"target_dtype": target_dtype, "view_block": plan.views}
         sizes = (manifest.num_rows, len(manifest.shards), manifest.shard_size)
@@ -558,9 +566,9 @@ class CacheStore:
         return self._checksums[teacher][shard_id]
 
     def quantisation_kl(self, teacher: str) -> np.ndarray | None:
-        """(S, array views) mean KL(fp16 targets || stored q8 targets) per region, NaN where
-        not written; None for fp16 targets (stored as computed)."""
-        if self.target_dtype != "q8":
+        """(S, array views) mean KL(fp16 targets || stored q8/q6 targets) per region, NaN
+        where not written; None for fp16 targets (stored as computed)."""
+        if self.target_dtype not in QUANTISED:
             return None
         return self._ledger(teacher, "quant_kl")
 
@@ -569,28 +577,38 @@ class CacheStore:
         return slice(start, start + shard.num_rows)
 
     def _encode(self, teacher: str, block: ShardTargets) -> dict[str, np.ndarray]:
-        """A block's teacher arrays as stored (q8: quantised and packed; else as they are)."""
+        """A block's teacher arrays as stored (q8, q6: quantised and packed; fp16 as they are;
+        feature targets fp16, or q8 levels in a quantised layout)."""
         arrays = {k: v for k, v in block.arrays().items()
                   if k != "params" and not k.startswith(FEATURE_KEY)}  # fmt: skip
         targets = self.feature_targets(teacher)
-        arrays |= encode_features(block.features, targets, self.target_dtype)
-        if self.target_dtype != "q8":
-            return arrays
-        levels, scale, lse = quantize(block.topk_logits, block.logsumexp)
+        features = encode_features(block.features, targets, self.target_dtype)
         classes = self.attrs["dataset"]["num_classes"]
+        if self.target_dtype == "q6":
+            packed = encode_q6(block.topk_logits, block.topk_index, block.logsumexp, classes)
+            samples = {k: arrays[k] for k in SAMPLE_ARRAYS if k in arrays}
+            return {"topk_packed": packed, **samples, **features}
+        if self.target_dtype != "q8":
+            return arrays | features
+        levels, scale, lse = quantize(block.topk_logits, block.logsumexp)
         index = pack_ids(block.topk_index, classes)
         arrays.update(topk_logits=levels, logit_scale=scale, topk_index=index, logsumexp=lse)
-        return arrays
+        return arrays | features
 
     def _decode(
         self, teacher: str, params: np.ndarray, stored: dict[str, np.ndarray]
     ) -> ShardTargets:
-        """Stored arrays back to targets (q8: logits and logsumexp relative to the view's max)."""
+        """Stored arrays back to targets (q8, q6: logits and logsumexp relative to the view's
+        max; q6: sorted descending, equal logits the argmax first, then by class id)."""
         stored = dict(stored)
         features = decode_features(stored, self.feature_targets(teacher), self.target_dtype)
-        if self.target_dtype != "q8":
+        if self.target_dtype not in QUANTISED:
             return ShardTargets(params=params, **stored, features=features)
         classes = self.attrs["dataset"]["num_classes"]
+        if self.target_dtype == "q6":
+            logits, index, lse = decode_q6(stored.pop("topk_packed"), self.topk, classes)
+            index = index.astype(index_dtype(classes))
+            return ShardTargets(params, logits, index, lse, **stored, features=features)
         logits, lse = dequantize(stored.pop("topk_logits"), stored.pop("logit_scale"),
                                  stored.pop("logsumexp"))  # fmt: skip
         index = unpack_ids(stored.pop("topk_index"), self.topk, classes)
@@ -629,10 +647,11 @@ class CacheStore:
             where = (shard.id, slice(views[first], views[last] + 1))
             checksum = np.array(checksums[first : last + 1], np.uint64)
             self._array(teacher, "shard_checksum")[where] = checksum
-            if self.target_dtype == "q8":
+            if self.target_dtype in QUANTISED:
                 part = slice(first, last + 1)
+                tail = self.topk < self.attrs["dataset"]["num_classes"]
                 kl = topk_kl(block.topk_logits[:, part], block.logsumexp[:, part],
-                             decoded.topk_logits[:, part], decoded.logsumexp[:, part])  # fmt: skip
+                             decoded.topk_logits[:, part], decoded.logsumexp[:, part], tail)  # fmt: skip
                 self._array(teacher, "quant_kl")[where] = kl.mean(0).astype(np.float32)
         for first, last in _runs(views):
             self._array(teacher, "shard_done")[shard.id, views[first] : views[last] + 1] = 1

@@ -16,10 +16,7 @@ if TYPE_CHECKING:
     from kdcache.pipeline.teach.teachers import Teacher
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-TARGET_DTYPES = (
-    "fp16",
-    "q8",
-)  # as pipeline.cache.quantize (not imported: teach --help stays light)
+TARGET_DTYPES = ("fp16", "q8", "q6")  # as pipeline.cache.quantize (teach --help stays light)
 RAY = "Ray job"
 
 
@@ -78,8 +75,9 @@ class TeachConfig:
     target_dtype: str = option(
         "fp16",
         choices=TARGET_DTYPES,
-        help="how targets are stored: fp16 logits, or q8 (8-bit logits relative to the view's "
-        "max with a per-view scale, bit-packed class ids; inspect reports its KL)",
+        help="how targets are stored: fp16 logits; q8 (8-bit logits relative to the view's "
+        "max with a per-view scale, bit-packed class ids); or q6 (the ids as a set, 6-bit "
+        "logits, 8-bit scale and tail: 19 B at top-10 of 1000); inspect reports q8/q6's KL",
     )
     features: tuple[str, ...] = option((), metavar="LAYER[:POOL]", help=FEATURES_HELP)
     attention: tuple[str, ...] = option((), metavar="BLOCK[:SxS]", help=ATTENTION_HELP)

@@ -5,8 +5,10 @@ then trains the same student (same seed, views and budget) once per objective: n
 KD from full logits, hard KD, top-K for K in {1, 3, 5} with each tail option (the first K of
 the cached top-10 are exactly what a top-K cache holds), sampled ids at the bytes of top-K,
 and the mean of the two teachers; with ``q8`` also soft KD from a second cache of the same
-teachers with q8 targets (full logits and top-5), beside the fp16 rows. Writes DIR/bench.json
-after every run and prints a table.
+teachers with q8 targets (full logits and top-5), beside the fp16 rows, and with ``q6`` the
+same from a q6 cache; ``objectives`` off keeps only the rows that compare target dtypes (no KD,
+soft KD top-10 and top-5 per cache, one teacher). Writes DIR/bench.json after every run and
+prints a table (with the quantised caches' mean KL as ``inspect`` reports it).
 """
 
 import argparse
@@ -40,6 +42,13 @@ def q8_bytes(k: int, num_classes: int) -> int:
     """Raw bytes per view and teacher of q8 top-k targets (pipeline.cache.quantize): uint8
     levels, float16 scale and logsumexp, bit-packed ids."""
     return k + 2 + 2 + math.ceil(k * max(1, math.ceil(math.log2(num_classes))) / 8)
+
+
+def q6_bytes(k: int, num_classes: int) -> int:
+    """Raw bytes per view and teacher of q6 top-k targets (pipeline.cache.q6_layout)."""
+    from kdcache.pipeline.cache.q6_layout import packed_size
+
+    return packed_size(k, num_classes)
 
 
 def sampled_bytes(draws: int) -> int:
@@ -77,6 +86,13 @@ class BenchConfig:
     warmup: int = 0
     threads: int | None = None
     q8: bool = False  # also a q8 cache: fp16 vs q8 targets at the same budget
+    q6: bool = False  # also a q6 cache, likewise
+    objectives: bool = True  # every objective; False: only the target-dtype rows
+
+    @property
+    def quantised(self) -> tuple[str, ...]:
+        """The quantised target dtypes compared with fp16."""
+        return tuple(d for d, on in (("q8", self.q8), ("q6", self.q6)) if on)
 
 
 def _runs(config: BenchConfig, names: list[str]) -> list[tuple[str, int, dict]]:
@@ -90,8 +106,38 @@ def _runs(config: BenchConfig, names: list[str]) -> list[tuple[str, int, dict]]:
             topk_bytes(num_classes),
             {"kd": "soft", "teachers": first},
         ),
-        ("hard KD (teacher argmax)", topk_bytes(1), {"kd": "hard", "teachers": first}),
     ]
+    if config.objectives:
+        runs += _objective_runs(config, names)
+    else:
+        runs.append(("soft KD, top-5", topk_bytes(5), {"kd": "soft", "teachers": first, "topk": 5}))
+    runs += _quantised_runs(config, first, num_classes)
+    if config.noise_seed is not None:
+        runs.append(
+            (
+                f"no KD, training seed {config.noise_seed}",
+                0,
+                {"kd": "none", "seed": config.noise_seed},
+            )
+        )
+    return runs
+
+
+def _quantised_runs(config: BenchConfig, first: list[str], num_classes: int) -> list:
+    """Soft KD top-10 and top-5 from each quantised cache."""
+    runs = []
+    for dtype in config.quantised:
+        size = q8_bytes if dtype == "q8" else q6_bytes
+        for k in (num_classes, 5):
+            options = {"kd": "soft", "teachers": first, "topk": k, "cache": dtype}
+            runs.append((f"soft KD, top-{k}, {dtype} targets", size(k, num_classes), options))
+    return runs
+
+
+def _objective_runs(config: BenchConfig, names: list[str]) -> list:
+    """Hard KD, top-K x tail, sampled ids at the bytes of top-K, and the teachers' mean."""
+    first, num_classes = [names[0]], 10
+    runs = [("hard KD (teacher argmax)", topk_bytes(1), {"kd": "hard", "teachers": first})]
     for k in config.topks:
         for tail in TAILS:
             options = {"kd": "soft", "teachers": first, "topk": k, "tail": tail}
@@ -109,18 +155,6 @@ def _runs(config: BenchConfig, names: list[str]) -> list[tuple[str, int, dict]]:
             {"kd": "soft", "teachers": names},
         )  # fmt: skip
     )
-    if config.q8:
-        for k in (num_classes, 5):
-            options = {"kd": "soft", "teachers": first, "topk": k, "cache": "q8"}
-            runs.append((f"soft KD, top-{k}, q8 targets", q8_bytes(k, num_classes), options))
-    if config.noise_seed is not None:
-        runs.append(
-            (
-                f"no KD, training seed {config.noise_seed}",
-                0,
-                {"kd": "none", "seed": config.noise_seed},
-            )
-        )
     return runs
 
 
@@ -130,6 +164,7 @@ def run_bench(out: str, config: BenchConfig, progress: bool = True) -> dict:
     written to DIR/bench.json."""
     from kdcache.pipeline.teach import TeachConfig, TeacherSource, run_teach
     from kdcache.pipeline.views import ViewPlan
+    from kdcache.tools.cache.inspect_cache import inspect_cache
     from kdcache.trainer.run import TrainConfig, train
 
     session = Session("bench-kd", asdict(config))
@@ -144,7 +179,7 @@ def run_bench(out: str, config: BenchConfig, progress: bool = True) -> dict:
     )  # fmt: skip
     teachers, phases = {}, {}
     sources, names = [], []
-    for arch in config.teachers:
+    for arch in config.teachers if config.objectives else config.teachers[:1]:
         name = arch.split("_")[0]
         run = fresh(os.path.join(out, "runs", f"teacher-{name}"))
         started = time.perf_counter()
@@ -156,17 +191,19 @@ def run_bench(out: str, config: BenchConfig, progress: bool = True) -> dict:
         sources.append(TeacherSource(os.path.join(run, "checkpoint.pth"), name=name))
         names.append(name)
     cache = fresh(os.path.join(out, "cache.zarr"))
-    draws = max(topk_bytes(k) // 2 for k in config.topks)
+    draws = max(topk_bytes(k) // 2 for k in config.topks) if config.objectives else 0
     started = time.perf_counter()
     run_teach(TeachConfig(manifest=manifest.location, cache=cache, teachers=sources, plan=plan,
                           topk=manifest.num_classes, samples=draws, progress=progress))  # fmt: skip
     phases["teach"] = round(time.perf_counter() - started, 1)
-    caches = {"fp16": cache}
-    if config.q8:
-        caches["q8"] = fresh(os.path.join(out, "cache-q8.zarr"))
-        run_teach(TeachConfig(manifest=manifest.location, cache=caches["q8"], teachers=sources,
-                              plan=plan, topk=manifest.num_classes, target_dtype="q8",
+    caches, kl = {"fp16": cache}, {}
+    for dtype in config.quantised:
+        caches[dtype] = fresh(os.path.join(out, f"cache-{dtype}.zarr"))
+        run_teach(TeachConfig(manifest=manifest.location, cache=caches[dtype], teachers=sources,
+                              plan=plan, topk=manifest.num_classes, target_dtype=dtype,
                               progress=progress))  # fmt: skip
+        report = inspect_cache(caches[dtype])["teachers"]
+        kl[dtype] = {name: report[name]["quantisation_kl"] for name in names}
     student = dict(
         model=config.student, model_args=config.student_args,
         resolution=config.student_resolution, epochs=config.student_epochs, lr=config.lr,
@@ -193,7 +230,8 @@ def run_bench(out: str, config: BenchConfig, progress: bool = True) -> dict:
     measured["runs"] = [{"run": label, "bytes_per_view": size, "options": options}
                         for label, size, options in runs]  # fmt: skip
     details = {"modes": [label for label, _, _ in runs], "teachers": teachers,
-               "phase_seconds": phases, "plan": plan.to_attrs(), "shard_size": config.shard_size,
+               "phase_seconds": phases, "quantisation_kl": kl, "plan": plan.to_attrs(),
+               "shard_size": config.shard_size,
                "repeat_seeds": [config.seed + r for r in range(config.repeats)], "work": out,
                "torch_threads": threads}  # fmt: skip
     report = session.report(details, measured)
@@ -203,9 +241,17 @@ def run_bench(out: str, config: BenchConfig, progress: bool = True) -> dict:
 
 def format_table(report: dict) -> str:
     """The runs as a Markdown table: test accuracy, median (min-max) over the rounds."""
-    lines = ["| student run | bytes/view | test acc % |", "|---|---|---|"]
-    lines += [f"| {r['run']} | {r['bytes_per_view']} | "
-              f"{shown(report['modes'][r['run']]['test_acc'], 2)} |" for r in report["runs"]]  # fmt: skip
+    seeds = report["config"]["repeat_seeds"]
+    rounds = list(range(len(seeds)))
+    lines = [f"| student run | bytes/view | test acc % | rounds {rounds} (row's seed + round) |",
+             "|---|---|---|---|"]  # fmt: skip
+    for r in report["runs"]:
+        figure = report["modes"][r["run"]]["test_acc"]
+        each = " / ".join(f"{a:.2f}" for a in figure["runs"])
+        lines.append(f"| {r['run']} | {r['bytes_per_view']} | {shown(figure, 2)} | {each} |")
+    for dtype, kl in report["config"].get("quantisation_kl", {}).items():
+        shown_kl = ", ".join(f"{name} {value:.3g}" for name, value in kl.items())
+        lines.append(f"\n{dtype} cache: mean KL(fp16 targets || {dtype} targets) {shown_kl} nats")
     teachers = ", ".join(f"{t['arch']} {t['test_acc']:.2f} %"
                          for t in report["config"]["teachers"].values())  # fmt: skip
     lines.append(f"\nteachers: {teachers}; {report['config']['repeats']} rounds (training seeds "
@@ -235,6 +281,15 @@ def add_bench_kd_parser(commands) -> None:
     parser.add_argument(
         "--q8", action="store_true", help="also soft KD from a q8-targets cache (fp16 vs q8)"
     )
+    parser.add_argument(
+        "--q6", action="store_true", help="also soft KD from a q6-targets cache (fp16 vs q6)"
+    )
+    parser.add_argument(
+        "--dtype-rows",
+        action="store_true",
+        help="only the rows comparing target dtypes: no KD, soft KD top-10 and top-5 from the "
+        "fp16 cache and each of --q8/--q6's (one teacher); use --repeats 2 for both seeds",
+    )
     parser.set_defaults(run=run_bench_command)
 
 
@@ -250,6 +305,8 @@ def run_bench_command(args: argparse.Namespace) -> None:
         warmup=args.warmup,
         threads=args.threads,
         q8=args.q8,
+        q6=args.q6,
+        objectives=not args.dtype_rows,
     )
     report = run_bench(args.work, config, progress=not args.quiet)
     print(format_table(report))

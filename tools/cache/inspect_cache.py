@@ -88,7 +88,7 @@ def _inspect(location: str, data: str | None, allow_remote_shards: bool) -> dict
 
 
 def _quantisation_kl(store: CacheStore, name: str) -> float | None:
-    """Mean KL(fp16 targets || stored q8 targets) over a teacher's done regions, as measured
+    """Mean KL(fp16 targets || stored q8/q6 targets) over a teacher's done regions, as measured
     when they were written; None for fp16 targets."""
     kl = store.quantisation_kl(name)
     if kl is None:
@@ -177,7 +177,8 @@ def format_report(report: dict) -> str:
         )
         if t["quantisation_kl"] is not None:
             lines.append(
-                f"  quantisation: mean KL(fp16 targets || q8 targets) {t['quantisation_kl']:.3g} "
+                f"  quantisation: mean KL(fp16 targets || {report['target_dtype']} targets) "
+                f"{t['quantisation_kl']:.3g} "
                 "nats per view (measured as written)"
             )
         if t["missing"]:

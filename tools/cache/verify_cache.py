@@ -21,7 +21,7 @@ from kdcache.tools.cache.verify_replay import ReplayReport, replay_check, sample
 LOGIT_TOLERANCE = 2e-2  # fp16 storage plus batch-dependent float sums
 # feature and attention values: largest difference, beyond two fp16 steps of the view's
 # largest magnitude, as a share of the view's value range
-FEATURE_TOLERANCE = {"fp16": 1e-2, "q8": 2 / 255}  # batch-dependent sums; two q8 levels
+FEATURE_TOLERANCE = {"fp16": 1e-2, "q8": 2 / 255, "q6": 2 / 255}  # batch sums; two q8 levels
 FP16_SLACK = 2**-10  # two fp16 rounding steps, relative
 
 
@@ -147,7 +147,7 @@ def _recompute(
             for t in store.feature_targets(teacher.name)
         },
     )
-    # quantised as the cache stores it (q8), to compare like with like
+    # quantised as the cache stores it (q8, q6), to compare like with like
     return store.as_stored(teacher.name, fresh)
 
 
