@@ -40,38 +40,28 @@ class LocalCluster:
             **FAST_HEALTH_CHECKS,
         }
         self.workers: list[psutil.Popen] = []
-        (self.head,) = self._start("head", "--head", "--port=0", f"--num-cpus={head_cpus}",
-                                   "--include-dashboard=false")  # fmt: skip
+        self.head = self._start("head", "--head", "--port=0", f"--num-cpus={head_cpus}",
+                                "--include-dashboard=false")  # fmt: skip
         with open(os.path.join(self.env["RAY_TMPDIR"], "ray", "ray_current_cluster")) as f:
             self.address = f.read().strip()
 
-    def _start(self, name: str, *args: str, count: int = 1) -> list[psutil.Popen]:
-        """``count`` nodes ``ray start ARGS --block``, started together, returning once each
-        runs (its log says so)."""
-        started = []
-        for _ in range(count):
-            log = os.path.join(self.root, f"{name}-{time.monotonic_ns()}.log")
-            command = ["ray", "start", *args, "--disable-usage-stats", "--block"]
-            with open(log, "w") as out:
-                node = psutil.Popen(command, env=self.env, stdout=out, stderr=subprocess.STDOUT)
-            started.append((node, log))
+    def _start(self, name: str, *args: str) -> psutil.Popen:
+        """``ray start ARGS --block``, returning once the node runs (its log says so)."""
+        log = os.path.join(self.root, f"{name}-{time.monotonic_ns()}.log")
+        command = ["ray", "start", *args, "--disable-usage-stats", "--block"]
+        with open(log, "w") as out:
+            node = psutil.Popen(command, env=self.env, stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 120
-        for node, log in started:
-            while "Ray runtime started" not in pathlib.Path(log).read_text():
-                assert node.poll() is None, pathlib.Path(log).read_text()[-3000:]
-                assert time.monotonic() < deadline, f"{name} node did not start: {log}"
-                time.sleep(0.2)
-        return [node for node, _ in started]
-
-    def add_workers(self, count: int = 1, cpus: int = 1) -> list[psutil.Popen]:
-        """``count`` worker nodes of ``cpus`` CPUs, joining at once."""
-        nodes = self._start("worker", f"--address={self.address}", f"--num-cpus={cpus}",
-                            count=count)  # fmt: skip
-        self.workers.extend(nodes)
-        return nodes
+        while "Ray runtime started" not in pathlib.Path(log).read_text():
+            assert node.poll() is None, pathlib.Path(log).read_text()[-3000:]
+            assert time.monotonic() < deadline, f"{name} node did not start: {log}"
+            time.sleep(0.2)
+        return node
 
     def add_worker(self, cpus: int = 1) -> psutil.Popen:
-        return self.add_workers(1, cpus)[0]
+        node = self._start("worker", f"--address={self.address}", f"--num-cpus={cpus}")
+        self.workers.append(node)
+        return node
 
     def holding(self, name: str) -> psutil.Popen | None:
         """The worker node whose process tree runs a process whose name starts with ``name``

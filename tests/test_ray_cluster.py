@@ -27,7 +27,8 @@ ARRAYS = ["params"] + [
 def cluster(tmp_path_factory):
     nodes = LocalCluster(str(tmp_path_factory.mktemp("ray-cluster")), head_cpus=0)
     try:
-        nodes.add_workers(2)
+        nodes.add_worker()
+        nodes.add_worker()
         yield nodes
     finally:
         nodes.close()
@@ -124,7 +125,8 @@ def test_worker_nodes_lost_without_capacity_fail_in_bounded_time_and_a_rerun_com
     try:
         code, _, err = _finished(job, timeout=120)
     finally:
-        cluster.add_workers(2)
+        cluster.add_worker()
+        cluster.add_worker()
     assert time.monotonic() - killed < 120
     last = err.strip().splitlines()[-1]
     assert code == 2, err[-3000:]
