@@ -62,7 +62,10 @@ def _killed_after(data, teacher_path, location: str, kill_after: int) -> np.ndar
     return zarr.open_group(location, mode="r")["teachers/regnet/shard_done"][:5].astype(bool)
 
 
-@pytest.mark.parametrize("kill_after", [1, 6, 12])  # regions done when killed
+# regions done when killed: after the first shard (the kill lands in a full shard early in the
+# job, most of it redone) and after the fourth (it lands in the last, short shard: the
+# store's partial edge chunk); a kill between two middle shards behaves as the first
+@pytest.mark.parametrize("kill_after", [1, 12])
 def test_sigkill_then_rerun_gives_the_uninterrupted_cache(
     tmp_path, data, teacher_path, cache, ray_local, kill_after
 ):

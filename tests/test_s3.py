@@ -2,6 +2,7 @@
 DataLoader workers, inspect, verify and catalog on ``s3://`` give what a local run gives, bit
 for bit; ``train --out s3://`` writes and resumes there; no secret is written or printed."""
 
+import contextlib
 import csv
 import io
 import json
@@ -55,20 +56,36 @@ class Runs:
             env["KDCACHE_STORAGE_OPTIONS"] = json.dumps(self.options)
         return env
 
-    def cli(self, *args: str, env_options: bool = False, check: bool = True):
+    def start(self, *args: str, env_options: bool = False) -> subprocess.Popen:
         """``python -m kdcache ARGS`` in ``root`` (so a stray local ``s3:`` folder would show)."""
-        result = subprocess.run(
-            [sys.executable, "-m", "kdcache", *args],
-            capture_output=True,
-            text=True,
-            cwd=self.root,
-            env=self.env(env_options),
-            timeout=600,
-        )
-        self.outputs.append(result.stdout + result.stderr)
-        if check:
+        return subprocess.Popen([sys.executable, "-m", "kdcache", *args], cwd=self.root,
+                                env=self.env(env_options), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+    def finish(self, *jobs: subprocess.Popen, check: bool = True) -> list:
+        """Wait for commands started together; their results, outputs kept."""
+        results = []
+        for job in jobs:
+            out, err = job.communicate(timeout=600)
+            self.outputs.append(out + err)
+            results.append(subprocess.CompletedProcess(job.args, job.returncode, out, err))
+        for result in results if check else ():
             assert result.returncode == 0, result.stderr
-        return result
+        return results
+
+    def cli(self, *args: str, env_options: bool = False, check: bool = True):
+        return self.finish(self.start(*args, env_options=env_options), check=check)[0]
+
+    def here(self, *args: str) -> str:
+        """``kdcache ARGS`` in this process, for the local reference runs that hold nothing
+        secret (teach on the session's Ray); what it printed."""
+        from kdcache.tools.cli.main import main
+
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            main(list(args))
+        self.outputs.append(printed.getvalue())
+        return printed.getvalue()
 
     def flag(self) -> tuple[str, str]:
         return ("--storage-options", f"@{self.options_file}")
@@ -83,35 +100,43 @@ def _local_rows(run) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def runs(s3_server, tmp_path_factory) -> Iterator[Runs]:
+def runs(s3_server, ray_local, tmp_path_factory) -> Iterator[Runs]:
     """The flow on S3 and the same flow on local disk. The shard and teach runs get the
     options from ``--storage-options @FILE`` alone (Ray actors only through their
-    runtime_env), the train runs from ``$KDCACHE_STORAGE_OPTIONS`` alone."""
+    runtime_env), the train runs from ``$KDCACHE_STORAGE_OPTIONS`` alone. The S3 commands run
+    as subprocesses, each local one beside its S3 twin: shard, teach and inspect in this
+    process (teach on the session's Ray), train as a subprocess too (the same torch set-up)."""
     root = tmp_path_factory.mktemp("s3")
     runs = Runs(root, s3_server)
     local = root / "local"
-    runs.cli("shard", "--out", str(local / "data"), *SHARD)
-    runs.cli("shard", "--out", f"{BUCKET}/data", *SHARD, *runs.flag())
+    job = runs.start("shard", "--out", f"{BUCKET}/data", *SHARD, *runs.flag())
+    runs.here("shard", "--out", str(local / "data"), *SHARD)
+    runs.finish(job)
     manifest = Manifest.read(str(local / "data"))
     spec = ModelSpec("regnety_002", 10, 1, 28, manifest.pixel_mean, manifest.pixel_std)
     torch.manual_seed(0)
     teacher = str(root / "teacher.pth")
     save_checkpoint(teacher, create_model(spec), spec)
     teach = [a.format(teacher=teacher) for a in TEACH]
-    runs.cli("teach", "--data", str(local / "data"), "--cache", str(local / "cache.zarr"), *teach)
-    runs.cli("teach", "--data", f"{BUCKET}/data", "--cache", f"{BUCKET}/cache.zarr",
-             "--catalog", f"{BUCKET}/catalog", *teach, *runs.flag())  # fmt: skip
-    runs.cli("train", "--data", str(local / "data"), "--cache", str(local / "cache.zarr"),
-             "--out", str(local / "run"), *TRAIN)  # fmt: skip
-    runs.cli("train", "--data", f"{BUCKET}/data", "--cache", f"{BUCKET}/cache.zarr",
-             "--out", f"{BUCKET}/run", *TRAIN, env_options=True)  # fmt: skip
+    job = runs.start("teach", "--data", f"{BUCKET}/data", "--cache", f"{BUCKET}/cache.zarr",
+                     "--catalog", f"{BUCKET}/catalog", *teach, *runs.flag())  # fmt: skip
+    runs.here("teach", "--data", str(local / "data"), "--cache", str(local / "cache.zarr"), *teach)
+    runs.finish(job)
+    runs.finish(
+        runs.start("train", "--data", str(local / "data"), "--cache", str(local / "cache.zarr"),
+                   "--out", str(local / "run"), *TRAIN),
+        runs.start("train", "--data", f"{BUCKET}/data", "--cache", f"{BUCKET}/cache.zarr",
+                   "--out", f"{BUCKET}/run", *TRAIN, env_options=True),
+    )  # fmt: skip
     cache = f"{BUCKET}/cache.zarr"
-    runs.inspected = [
-        json.loads(runs.cli("inspect", cache, "--json", *runs.flag()).stdout),
-        json.loads(runs.cli("inspect", str(local / "cache.zarr"), "--json").stdout),
-    ]
-    runs.verified = runs.cli("verify", cache, "--samples", "8", "--json", env_options=True)
-    runs.listed = runs.cli("catalog", "--catalog", f"{BUCKET}/catalog", "--json", *runs.flag())
+    jobs = (
+        runs.start("inspect", cache, "--json", *runs.flag()),
+        runs.start("verify", cache, "--samples", "8", "--json", env_options=True),
+        runs.start("catalog", "--catalog", f"{BUCKET}/catalog", "--json", *runs.flag()),
+    )
+    here = json.loads(runs.here("inspect", str(local / "cache.zarr"), "--json"))
+    inspected, runs.verified, runs.listed = runs.finish(*jobs)
+    runs.inspected = [json.loads(inspected.stdout), here]
     yield runs
     shutil.rmtree(runs.ray_dir, ignore_errors=True)
 

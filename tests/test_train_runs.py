@@ -85,24 +85,36 @@ def test_sigterm_mid_epoch_then_resume_matches_the_uninterrupted_run(tmp_path, d
         "--model-arg",
         "drop_path_rate=0.1",
     )
-    whole = tmp_path / "whole"
-    subprocess.run(_train_command(data, cache, whole, *extra), check=True)
-    cut = tmp_path / "cut"
-    job = subprocess.Popen(_train_command(data, cache, cut, *extra), stdout=subprocess.PIPE)
-    while not (cut / RESUME_FILE).exists():  # epoch 0 saved: a SIGTERM now stops epoch 1
-        assert job.poll() is None, "the run ended before it could be stopped"
-        time.sleep(0.01)
-    job.send_signal(signal.SIGTERM)
-    assert job.wait(timeout=120) == 143
-    assert b"--resume" in job.stdout.read()
-    state = torch.load(cut / RESUME_FILE, weights_only=False)
-    epoch, step = state["progress"]["epoch"], state["progress"]["step"]
-    views = TrainViews(data, CachedTargets(cache, data), resolution=28, seed=0)
-    assert epoch in (1, 2)  # 2 only if this process slept through all of epoch 1
-    assert 0 < step < views.epoch_steps(epoch, 8, 2)  # inside the epoch
-    assert len(_rows(cut)) == epoch
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    # the uninterrupted run goes on beside the cut one and its resume (independent runs)
+    uncut = subprocess.Popen(_train_command(data, cache, whole, *extra))
+    try:
+        job = subprocess.Popen(_train_command(data, cache, cut, *extra), stdout=subprocess.PIPE)
+        while not (cut / RESUME_FILE).exists():  # epoch 0 saved: a SIGTERM now stops epoch 1
+            assert job.poll() is None, "the run ended before it could be stopped"
+            time.sleep(0.01)
+        job.send_signal(signal.SIGTERM)
+        assert job.wait(timeout=120) == 143
+        assert b"--resume" in job.stdout.read()
+        state = torch.load(cut / RESUME_FILE, weights_only=False)
+        epoch, step = state["progress"]["epoch"], state["progress"]["step"]
+        views = TrainViews(data, CachedTargets(cache, data), resolution=28, seed=0)
+        assert epoch in (1, 2)  # 2 only if this process slept through all of epoch 1
+        assert 0 < step < views.epoch_steps(epoch, 8, 2)  # inside the epoch
+        assert len(_rows(cut)) == epoch
 
-    subprocess.run(_train_command(data, cache, cut, *extra, "--resume"), check=True)
+        result = subprocess.run(
+            _train_command(data, cache, cut, *extra, "--resume", "--epochs", "4"),
+            capture_output=True,
+        )
+        assert result.returncode == 2
+        assert b"saved run has epochs=3, this run 4" in result.stderr
+
+        subprocess.run(_train_command(data, cache, cut, *extra, "--resume"), check=True)
+        assert uncut.wait(timeout=300) == 0
+    finally:
+        uncut.kill()  # (a no-op once it ended)
+        uncut.wait()
     resumed, uninterrupted = _rows(cut), _rows(whole)
     assert len(resumed) == len(uninterrupted) == 3
     for got, want in zip(resumed, uninterrupted, strict=True):
@@ -111,13 +123,6 @@ def test_sigterm_mid_epoch_then_resume_matches_the_uninterrupted_run(tmp_path, d
                 assert got[name] == want[name], name  # identical rows
     assert "test_ema_acc" in resumed[-1]
     assert os.listdir(cut / "tensorboard") and (cut / "checkpoint-ema.pth").exists()
-
-    result = subprocess.run(
-        _train_command(data, cache, cut, *extra, "--resume", "--epochs", "4"),
-        capture_output=True,
-    )
-    assert result.returncode == 2
-    assert b"saved run has epochs=3, this run 4" in result.stderr
 
     png = tmp_path / "curves.png"
     panels = plot_runs([str(whole), str(cut)], str(png))
