@@ -46,13 +46,13 @@ NAMES = ["pre_logits", "1:s2x2", "attention:1:s2x2"]
 def world(tmp_path_factory, ray_local):
     """100 train rows of Fashion-MNIST (one shard) and 50 test rows, a tiny ViT teacher (28 px,
     patch 4) trained a few steps here on them, and its caches with features and attention in
-    fp16 and q8 (q8 also projected to 16 dims), each made by the real teach job."""
+    fp16, q8 (also projected to 16 dims) and q6, each made by the real teach job."""
     root = tmp_path_factory.mktemp("features")
     manifest = make_shards(root / "data", train_rows=100, test_rows=50)
     checkpoint = str(root / "vit.pth")
     _train_teacher(manifest, checkpoint)
     caches = {}
-    for dtype in ("fp16", "q8"):
+    for dtype in ("fp16", "q8", "q6"):
         caches[dtype] = str(root / f"{dtype}.zarr")
         teach(manifest, None, caches[dtype], teachers=[TeacherSource(checkpoint, name="vit")],
               plan=PLAN, topk=10, features=FEATURES, attention=ATTENTION, workers=1,
@@ -122,7 +122,7 @@ def test_taps_give_timms_features_and_attention():
         resolve_targets(cnn, 28, 1, requests((), ("1",)), None, "fp16")
 
 
-@pytest.mark.parametrize("dtype", ["fp16", "q8"])
+@pytest.mark.parametrize("dtype", ["fp16", "q8", "q6"])
 def test_cached_features_are_the_teachers_stored_and_verified(world, dtype):
     manifest, checkpoint, caches = world
     store = CacheStore.open(caches[dtype])
@@ -145,7 +145,7 @@ def test_cached_features_are_the_teachers_stored_and_verified(world, dtype):
         stored, exact = block.features[name], fresh.features[name]
         assert stored.shape == (100, 2, *targets[NAMES.index(name)]["shape"])
         flat, error = exact.reshape(200, -1), np.abs(stored - exact).reshape(200, -1)
-        spread = (flat.max(1) - flat.min(1))[:, None] if dtype == "q8" else 0
+        spread = (flat.max(1) - flat.min(1))[:, None] if dtype != "fp16" else 0
         allowed = spread / 255 + 2**-10 * np.abs(flat).max(1, keepdims=True)
         assert (error <= allowed).all(), (name, (error - allowed).max())
     report = verify_cache(caches[dtype], samples=8)
