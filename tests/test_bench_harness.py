@@ -187,7 +187,7 @@ def test_gpu_views_interleaves_renderers(tmp_path):
     main(["--device", "cpu", "--images", "4", "--views", "2", "--size", "32", "--repeats", "2",
           "--compare", "--json", str(out)])  # fmt: skip
     result = json.loads(out.read_text())
-    _check(result, "gpu-views", ["device/1", "cpu/2"], 2, {"gpu_utilisation", "torch_threads"})
+    _check(result, "gpu-views", ["device/1", "cpu/3"], 2, {"gpu_utilisation", "torch_threads"})
 
 
 def test_a_work_folder_holding_other_files_is_refused(tmp_path):
