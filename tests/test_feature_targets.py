@@ -33,7 +33,6 @@ from kdcache.tools.cache.inspect_cache import inspect_cache
 from kdcache.tools.cache.verify_cache import verify_cache
 from kdcache.trainer.data import KDLoader
 from kdcache.trainer.kd import CachedFeatureDistillationTask
-from kdcache.trainer.run import TrainConfig, train
 
 PLAN = ViewPlan(seed=2, views=2)
 VIT = {"patch_size": 4, "embed_dim": 48, "depth": 2, "num_heads": 3}
@@ -201,22 +200,23 @@ def _metrics(out: pathlib.Path) -> dict:
 
 def test_resnet_student_cached_and_online_feature_kd_agree(world, tmp_path):
     """A ResNet student learns the ViT's pre-logits, its 2x2 block map and its attention with
-    the logit KD term, from the cache (``kdcache train`` command line) and from the online
-    teacher, which computes the same targets: the same printed losses."""
+    the logit KD term, from the cache and from the online teacher, which computes the same
+    targets (both ``kdcache train`` on the command line): the same printed losses."""
     manifest, checkpoint, caches = world
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in STUDENT.items() if k != "student_layers"]
     flags += [f"--student-layer={k}={v}" for k, v in STUDENT["student_layers"].items()]
-    result = subprocess.run(
-        [sys.executable, "-m", "kdcache", "train", "--data", manifest.location, "--out",
-         str(tmp_path / "cached"), "--cache", caches["fp16"], *flags],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert re.search(r"kd [\d.]+, feat [\d.]+, attn [\d.]+\)", result.stdout), result.stdout
-    train(TrainConfig(manifest=manifest.location, out=str(tmp_path / "online"), teacher="online",
-                      teacher_checkpoint=checkpoint, features=FEATURES, attention=ATTENTION,
-                      plan={"seed": PLAN.seed, "views": PLAN.views}, progress=False,
-                      **STUDENT))  # fmt: skip
+    online = ["--teacher", "online", "--teacher-checkpoint", checkpoint, f"--plan-seed={PLAN.seed}",
+              f"--views={PLAN.views}", *(f"--features={f}" for f in FEATURES),
+              *(f"--attention={a}" for a in ATTENTION)]  # fmt: skip
+    # both through the command line: the same torch threads, so the same float sums
+    for run, extra in (("cached", ["--cache", caches["fp16"]]), ("online", online)):
+        result = subprocess.run(
+            [sys.executable, "-m", "kdcache", "train", "--data", manifest.location, "--out",
+             str(tmp_path / run), *extra, *flags],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert re.search(r"kd [\d.]+, feat [\d.]+, attn [\d.]+\)", result.stdout), result.stdout
     cached, online = _metrics(tmp_path / "cached"), _metrics(tmp_path / "online")
     for key in ("train_loss", "train_ce", "train_kd", "train_feat", "train_attn"):
         assert f"{float(cached[key]):.4f}" == f"{float(online[key]):.4f}", key
