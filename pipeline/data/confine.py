@@ -17,10 +17,7 @@ def shard_location(manifest: str, file: str, *, allow_remote: bool = False) -> s
     URL anywhere."""
     folder = urls.parent(manifest)
     if urls.is_url(file) and urls.local_path(file) is None:
-        inside = urls.is_url(folder) and file.startswith(folder.rstrip("/") + "/")
-        if inside and ".." not in file.split("/"):
-            return file
-        if allow_remote:
+        if _url_under(file, folder) or allow_remote:
             return file
         raise ManifestError(
             f"{manifest}: shard file {file!r} is a URL outside the manifest's folder; shard "
@@ -35,6 +32,12 @@ def shard_location(manifest: str, file: str, *, allow_remote: bool = False) -> s
             "paths relative to it, without '..' (--allow-remote-shards to read files elsewhere)"
         )
     return urls.join(folder, normal)
+
+
+def _url_under(url: str, folder: str) -> bool:
+    """Whether ``url`` lies under ``folder``, itself a URL, without a ``..`` step."""
+    inside = urls.is_url(folder) and url.startswith(folder.rstrip("/") + "/")
+    return inside and ".." not in url.split("/")
 
 
 def catalogued_cache(root: str, cache: str, entry: str, *, writes: bool) -> str:
@@ -72,8 +75,7 @@ def recorded_manifest(cache: str, recorded: str) -> str:
     fetched because an attribute names it."""
     folder = urls.parent(cache)
     if urls.is_url(recorded) and urls.local_path(recorded) is None:
-        inside = urls.is_url(folder) and recorded.startswith(folder.rstrip("/") + "/")
-        if not inside or ".." in recorded.split("/"):
+        if not _url_under(recorded, folder):
             raise ManifestError(
                 f"{cache}: dataset field manifest is the URL {recorded!r}, outside the cache's "
                 "folder; a manifest recorded elsewhere is not fetched (give it with --data)"
