@@ -33,14 +33,19 @@ def _teach_process(data, teacher_path, cache) -> subprocess.Popen:
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
-def _kill_everything(process: subprocess.Popen) -> None:
-    """SIGKILL the job and every process it started (its local Ray too), as a lost node."""
-    tree = psutil.Process(process.pid)
-    victims = [tree, *tree.children(recursive=True)]
+def _job_tree(process: subprocess.Popen) -> list[psutil.Process]:
+    """The job and every process it started (its local Ray too); none once it has ended."""
+    try:
+        job = psutil.Process(process.pid)
+        return [job, *job.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _signal_all(victims: list[psutil.Process], signum: int) -> None:
     for victim in victims:
         with contextlib.suppress(psutil.NoSuchProcess):
-            victim.send_signal(signal.SIGKILL)
-    psutil.wait_procs(victims, timeout=30)
+            victim.send_signal(signum)
 
 
 def _regions_done(cache: str) -> int:
@@ -51,14 +56,25 @@ def _regions_done(cache: str) -> int:
 
 
 def _killed_after(data, teacher_path, location: str, kill_after: int) -> np.ndarray:
-    """Start a teach job, SIGKILL it once ``kill_after`` regions are done: the done flags."""
+    """Start a teach job, SIGKILL it (as a lost node) once ``kill_after`` regions are done: the
+    done flags. From one shard before the kill point the job is frozen (SIGSTOP) while the flags
+    are read, so the reading's own time cannot let it run past the point; a job that finished
+    anyway returns all flags set."""
     process = _teach_process(data, teacher_path, location)
     deadline = time.monotonic() + 120
-    while _regions_done(location) < kill_after:
-        assert process.poll() is None, process.stderr.read().decode()
+    while True:
+        near = _regions_done(location) >= max(1, kill_after - PLAN.views)
+        victims = _job_tree(process) if near else []
+        _signal_all(victims, signal.SIGSTOP)
+        if _regions_done(location) >= kill_after or process.poll() is not None:
+            break
+        _signal_all(victims, signal.SIGCONT)
         assert time.monotonic() < deadline, "the job made no progress"
-        time.sleep(0.02)
-    _kill_everything(process)
+        time.sleep(0.005 if near else 0.02)
+    assert process.poll() in (None, 0), process.stderr.read().decode()
+    victims += _job_tree(process) if process.poll() is None else []  # or what is left of it
+    _signal_all(victims, signal.SIGKILL)
+    psutil.wait_procs(victims, timeout=30)
     return zarr.open_group(location, mode="r")["teachers/regnet/shard_done"][:5].astype(bool)
 
 
