@@ -1,5 +1,6 @@
 """A local teach keeps its Ray to itself: every port it listens on is on the loopback
-interface, and a cluster address is used only when the user gives one."""
+interface, and a cluster address is used only when the user gives one; its workers run at
+the command's own priority."""
 
 import contextlib
 import ipaddress
@@ -19,12 +20,15 @@ def _loopback(ip: str) -> bool:
     return (mapped or address).is_loopback
 
 
-def _listening(root: psutil.Process) -> dict[tuple[str, int], str]:
-    """The (address, port) every process of ``root``'s tree listens on, with its name."""
+def _listening(root: psutil.Process, nice: dict[str, set[int]]) -> dict[tuple[str, int], str]:
+    """The (address, port) every process of ``root``'s tree listens on, with its name; the
+    nice levels of its Ray workers (``ray::...``) are added to ``nice``."""
     names = {}
     for process in [root, *root.children(recursive=True)]:
         try:
             names[process.pid] = process.name()
+            if names[process.pid].startswith("ray::"):
+                nice.setdefault(names[process.pid], set()).add(process.nice())
         except psutil.NoSuchProcess:
             continue
     return {
@@ -45,11 +49,11 @@ def test_a_local_teach_listens_on_loopback_only_and_ignores_ray_address(
         "--workers", "1", "--quiet",
     ]  # fmt: skip
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    root, seen = psutil.Process(process.pid), {}
+    root, seen, nice = psutil.Process(process.pid), {}, {}
     deadline = time.monotonic() + 180
     while process.poll() is None and time.monotonic() < deadline:
         with contextlib.suppress(psutil.NoSuchProcess):
-            seen.update(_listening(root))
+            seen.update(_listening(root, nice))
         time.sleep(0.2)
     out, err = process.communicate(timeout=30)
     assert process.returncode == 0, err.decode()[-2000:]
@@ -59,3 +63,5 @@ def test_a_local_teach_listens_on_loopback_only_and_ignores_ray_address(
     assert any(name.startswith("ray::") for name in names), seen  # and a worker's
     exposed = {address: name for address, name in seen.items() if not _loopback(address[0])}
     assert exposed == {}, f"listening beyond the loopback interface: {exposed}"
+    assert any(name.startswith("ray::ShardWorker") for name in nice), nice
+    assert set().union(*nice.values()) == {os.nice(0)}, nice  # Ray's default: 15 levels below

@@ -40,6 +40,7 @@ from kdcache.pipeline.cache import (
 )
 from kdcache.pipeline.data import Manifest, storage, urls
 from kdcache.pipeline.teach.feature_taps import teacher_identity
+from kdcache.pipeline.teach.host_memory import reuse_freed_memory
 from kdcache.pipeline.teach.shard_targets import (
     decode_block,
     joined,
@@ -106,6 +107,8 @@ class ShardWorker:
 
     def __init__(self, config: TeachConfig, device: str, threads: int):
         torch.set_num_threads(max(1, threads))
+        if config.host_allocator == "reuse":
+            reuse_freed_memory()
         storage.adopt(storage.resolve(config.storage_options))  # the driver's, over this node's
         self.config = config
         self.device = torch.device(device)
@@ -420,14 +423,18 @@ def start_ray(address: str | None) -> None:
     """Connect to the cluster at ``address`` (``auto``: the one this node belongs to), or, with
     none, start a local Ray of this machine's CPUs that listens on the loopback interface only.
     A cluster is used only when asked for: ``RAY_ADDRESS`` and clusters started on this machine
-    with ``ray start`` are ignored without an address."""
+    with ``ray start`` are ignored without an address.
+
+    The local Ray's workers run at this process's priority: Ray's default puts them 15 nice
+    levels below it, which on a busy machine hands their CPU to anything else running."""
     if ray.is_initialized():
         return
     logging.getLogger("ray").setLevel(logging.WARNING)
     options = dict(log_to_driver=False, logging_level=logging.WARNING)
     if address is None:
         with _loopback_node():
-            ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, **options)
+            ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
+                     _system_config={"worker_niceness": 0}, **options)  # fmt: skip
         return
     loopback = contextlib.nullcontext()
     if address != "auto" and "://" not in address:
