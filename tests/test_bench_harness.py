@@ -86,11 +86,12 @@ def test_bench_teach_compares_teach_with_raw_in_its_own_layout(tmp_path):
                   "--views", "1", "--workers", "2", "--raw-layouts", "1x1", "--repeats", "2",
                   "--warmup", "0")  # fmt: skip
     config = result["config"]
-    modes = ["raw 1x1", "raw 2x1", "teach"]
+    modes = ["raw 1x1", "raw 2x1", "raw 2x1, default allocator", "teach"]
     assert config["layouts"] == ["1x1", "2x1"]  # the one asked for, and teach's own
     _check(result, "bench-teach", modes, 2,
            {"teach_layout", "same_layout_mode", "best_layout_mode", "shards", "shard_size",
-            "total_views", "plan", "topk", "batch_size"})  # fmt: skip
+            "total_views", "plan", "topk", "batch_size", "host_allocator",
+            "default_allocator_mode"})  # fmt: skip
     assert config["teach_layout"] == {"actors": 2, "threads": 1}
     assert config["same_layout_mode"] == "raw 2x1" and config["total_views"] == 200
     raw = {mode: result["modes"][mode]["views_per_s"]["median"] for mode in modes[:2]}
@@ -100,7 +101,7 @@ def test_bench_teach_compares_teach_with_raw_in_its_own_layout(tmp_path):
     assert all(s > 0 for s in teach["ray_start_s"]["runs"])  # the clock starts before Ray
     assert teach["actors"]["runs"] == [2, 2]  # the layout raw 2x1 matches
     for name in ("teach_over_raw_same_layout", "teach_over_raw_best_layout",
-                 "steady_over_raw_same_layout"):  # fmt: skip
+                 "steady_over_raw_same_layout", "raw_reuse_over_default_allocator"):  # fmt: skip
         assert len(result["ratios"][name]["runs"]) == 2
 
 

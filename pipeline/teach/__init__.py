@@ -24,6 +24,7 @@ __getattr__, __dir__, __all__ = lazy_face(
         "load_teacher": ".teachers",
         "read_checkpoint_meta": ".models",
         "requests": ".feature_request",
+        "reuse_freed_memory": ".host_memory",
         "resolve_targets": ".feature_taps",
         "read_shard_images": ".shard_targets",
         "run_teach": ".job",

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from kdcache._options import option
 from kdcache.pipeline.data import StorageOptions, storage
 from kdcache.pipeline.teach.feature_request import ATTENTION_HELP, FEATURE_DIM_HELP, FEATURES_HELP
+from kdcache.pipeline.teach.host_memory import HOST_ALLOCATORS
 from kdcache.pipeline.views import ViewPlan, max_pixels_option
 
 if TYPE_CHECKING:
@@ -100,6 +101,14 @@ class TeachConfig:
     )
     precision: str = option(
         "auto", choices=PRECISIONS, help="inference precision on CUDA (auto: bf16); CPU runs fp32"
+    )
+    host_allocator: str = option(
+        "reuse",
+        choices=HOST_ALLOCATORS,
+        group=RAY,
+        help="reuse: each actor keeps freed host memory for its next batch instead of faulting "
+        "fresh pages in at every layer (glibc mallopt; same values, faster CPU inference); "
+        "default: the C library's own behaviour",
     )
     address: str | None = option(
         None,

@@ -1,6 +1,7 @@
 """bench-teach's ceiling: raw ``model(x)`` in a given layout, P processes x T torch threads,
 each over its share of the shards (shard i to process i mod P), on batches decoded, rendered
-and normalised beforehand (the teacher job's own ``teacher_inputs``, in its batch size).
+and normalised beforehand (the teacher job's own ``teacher_inputs``, in its batch size), with
+the host allocator the teacher job's actors use (``reuse``) or the C library's ``default``.
 
 The processes prepare their batches and warm up, meet at a barrier, then run the model over
 every batch; the wall time from the first start to the last end gives the layout's views/s.
@@ -12,17 +13,24 @@ import time
 import torch
 
 from kdcache.pipeline.data import Manifest
-from kdcache.pipeline.teach import ModelSpec, create_model, read_shard_images, teacher_inputs
+from kdcache.pipeline.teach import (
+    ModelSpec,
+    create_model,
+    read_shard_images,
+    reuse_freed_memory,
+    teacher_inputs,
+)
 from kdcache.pipeline.views import ViewPlan, ViewRenderer
 
 
 def raw_layout(data: str, spec: ModelSpec, checkpoint: str, plan: ViewPlan, batch_size: int, processes: int,
-               threads: int) -> dict[str, float]:  # fmt: skip
+               threads: int, allocator: str = "reuse") -> dict[str, float]:  # fmt: skip
     """Views/s of ``model(x)`` over every train view in ``processes`` x ``threads``."""
     context = multiprocessing.get_context("spawn")
     barrier, results = context.Barrier(processes), context.Queue()
     workers = [context.Process(target=_infer, args=(data, spec, checkpoint, plan, batch_size,
-                                                    index, processes, threads, barrier, results))
+                                                    index, processes, threads, allocator, barrier,
+                                                    results))
                for index in range(processes)]  # fmt: skip
     for worker in workers:
         worker.start()
@@ -36,9 +44,12 @@ def raw_layout(data: str, spec: ModelSpec, checkpoint: str, plan: ViewPlan, batc
     return {"views_per_s": sum(s["views"] for s in spans) / wall}
 
 
-def _infer(data, spec, checkpoint, plan, batch_size, index, processes, threads, barrier, results):
+def _infer(data, spec, checkpoint, plan, batch_size, index, processes, threads, allocator, barrier,
+           results):  # fmt: skip
     try:
         torch.set_num_threads(threads)
+        if allocator == "reuse":
+            reuse_freed_memory()
         batches = _batches(data, spec, checkpoint, plan, batch_size, index, processes)
     except Exception as error:  # the others must not wait at the barrier forever
         barrier.abort()

@@ -3,8 +3,10 @@
 Modes, interleaved for ``--repeats`` rounds after ``--warmup`` untimed ones: ``raw WxT`` is
 ``model(x)`` alone in W processes x T torch threads over pre-decoded, pre-rendered, normalised
 batches of the same shards (shard i to process i mod W), for every layout W x T of this
-machine's CPUs; the one matching teach's (``--workers`` actors x ``--cpus-per-worker``
-threads) is the same-layout ceiling, the fastest the best-layout line. ``teach`` is the whole
+machine's CPUs, with the host allocator teach's actors use; the one matching teach's
+(``--workers`` actors x ``--cpus-per-worker`` threads) is the same-layout ceiling, the fastest
+the best-layout line, and ``raw WxT, default allocator`` is that layout with the C library's
+own allocator (what the actors' allocator buys). ``teach`` is the whole
 ``kdcache teach`` command (tar reading, decoding, view replay, inference, top-k, Zarr writes,
 ledger) into a new cache, its clock started before Ray starts; Ray's start and the actors'
 start-up (importing torch, loading the teacher) are reported apart, and the steady rate
@@ -117,11 +119,14 @@ def run_benchmark(args: argparse.Namespace) -> dict:
                                                             args.batch_size, p, t))
         for p, t in shapes
     ]  # fmt: skip
+    default = f"raw {same[0]}x{same[1]}, default allocator"
+    modes.append(Mode(default, lambda _: raw_layout(data, spec, checkpoint, plan, args.batch_size,
+                                                    *same, allocator="default")))  # fmt: skip
     modes.append(Mode("teach", lambda _: _teach(args, data, checkpoint, plan, work)))
     measured = interleave(modes, args.repeats, args.warmup, log=_log)
     figures = measured["modes"]
     same_name = f"raw {same[0]}x{same[1]}"
-    best = max((m.name for m in modes[:-1]), key=lambda n: figures[n]["views_per_s"]["median"])
+    best = max((m.name for m in modes[:-2]), key=lambda n: figures[n]["views_per_s"]["median"])
     teach = figures["teach"]
     measured["ratios"] = {
         "teach_over_raw_same_layout": ratio(teach["views_per_s"], figures[same_name]["views_per_s"]),
@@ -130,9 +135,12 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         "teach_over_raw_best_layout": ratio(teach["views_per_s"], figures[best]["views_per_s"]),
         "steady_over_raw_best_layout": ratio(teach["steady_views_per_s"],
                                              figures[best]["views_per_s"]),
+        "raw_reuse_over_default_allocator": ratio(figures[same_name]["views_per_s"],
+                                                  figures[default]["views_per_s"]),
     }  # fmt: skip
     config = {"teach_layout": {"actors": same[0], "threads": same[1]},
               "same_layout_mode": same_name, "best_layout_mode": best,
+              "default_allocator_mode": default, "host_allocator": "reuse",
               "layouts": [f"{p}x{t}" for p, t in shapes], "shards": shards,
               "shard_size": args.shard_size, "train_images": args.images,
               "views": plan.views, "total_views": args.images * plan.views,
@@ -193,6 +201,8 @@ def run_bench_command(args: argparse.Namespace) -> None:
         f"without start-up {shown(ratios['steady_over_raw_same_layout'])}\n"
         f"  teach / raw, best layout ({best}): {shown(ratios['teach_over_raw_best_layout'])}; "
         f"without start-up {shown(ratios['steady_over_raw_best_layout'])}\n"
+        f"  raw {same}: allocator reuse / default "
+        f"{shown(ratios['raw_reuse_over_default_allocator'])}\n"
         "  worker time: "
         + ", ".join(
             f"{k[13:]} {100 * v['median']:.1f}%"
