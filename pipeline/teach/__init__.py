@@ -10,6 +10,7 @@ __getattr__, __dir__, __all__ = lazy_face(
         "ATTENTION_HELP": ".feature_request",
         "FEATURES_HELP": ".feature_request",
         "FEATURE_DIM_HELP": ".feature_request",
+        "HOST_ALLOCATORS": ".host_memory",
         "FeatureRequest": ".feature_request",
         "FeatureTaps": ".feature_taps",
         "ModelSpec": ".models",

@@ -1,8 +1,9 @@
 """Peak resident memory of a teach actor on one shard of N ImageNet-shaped JPEGs at 224 px, to
 check that row blocks bound it whatever the shard size.
 
-``python -m kdcache.tools.bench.teach_memory --images 5000 [--block-rows 256] [--work DIR]``
-(one actor, a random-weight resnet10t teacher, 1 view, top-2, batch 64; prints one JSON line)
+``python -m kdcache.tools.bench.teach_memory --images 5000 [--block-rows 256]
+[--host-allocator reuse|default] [--work DIR]`` (one actor, a random-weight resnet10t teacher,
+1 view, top-2, batch 64; prints one JSON line)
 """
 
 import argparse
@@ -11,8 +12,10 @@ import os
 import shutil
 import tempfile
 
+from kdcache.pipeline.teach import HOST_ALLOCATORS
 
-def measure(images: int, block_rows: int, work: str) -> dict:
+
+def measure(images: int, block_rows: int, work: str, host_allocator: str = "reuse") -> dict:
     """Shard ``images`` photos (made once in ``work``) as one shard, teach it, report the peak."""
     from kdcache.pipeline.data import write_shards
     from kdcache.pipeline.teach import (
@@ -39,9 +42,10 @@ def measure(images: int, block_rows: int, work: str) -> dict:
     summary = run_teach(TeachConfig(
         manifest=data, cache=cache, teachers=[TeacherSource(checkpoint)],
         plan=ViewPlan(seed=0, views=1), topk=2, batch_size=64, block_rows=block_rows,
-        workers=1, progress=False,
+        workers=1, host_allocator=host_allocator, progress=False,
     ))  # fmt: skip
-    return {"images": images, "block_rows": block_rows, "views": summary.views,
+    return {"images": images, "block_rows": block_rows, "host_allocator": host_allocator,
+            "views": summary.views,
             "peak_rss_mib": round(summary.peak_rss / 2**20), "seconds": round(summary.seconds, 1)}  # fmt: skip
 
 
@@ -49,10 +53,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=500, help="images in the one shard")
     parser.add_argument("--block-rows", type=int, default=256, help="teach --block-rows")
+    parser.add_argument("--host-allocator", choices=HOST_ALLOCATORS, default="reuse",
+                        help="teach --host-allocator")  # fmt: skip
     parser.add_argument("--work", default=None, help="folder for photos, data, cache (reused)")
     args = parser.parse_args(argv)
     work = args.work or tempfile.mkdtemp(prefix="kdcache-teach-memory-")
-    print(json.dumps(measure(args.images, args.block_rows, work)))
+    print(json.dumps(measure(args.images, args.block_rows, work, args.host_allocator)))
     return 0
 
 
