@@ -164,6 +164,38 @@ def test_bench_kd_rounds_every_run_with_the_next_training_seed(tmp_path, ray_loc
     assert {"test_acc", "seconds"} == set(result["modes"]["no KD"])
 
 
+def test_bench_kd_feature_rows_report_each_target_kinds_bytes(tmp_path, ray_local):
+    """A ViT teacher trained here, cached once with logits, pre_logits and attention; a ResNet
+    student's rows (no KD, logits, + features, + attention, + both) read their targets' bytes
+    from the cache's layout (what inspect prints)."""
+    from kdcache.pipeline.cache import CacheStore
+    from kdcache.tools.bench.kd_objectives import BenchConfig, format_table, run_bench
+
+    config = BenchConfig(train_limit=100, test_limit=20, shard_size=100, teacher_epochs=1,
+                         views=1, student_epochs=1, batch_size=50, workers=0, noise_seed=None,
+                         repeats=1, feature_rows=True, feature_students=("resnet10t",),
+                         vit_teacher_args={"patch_size": 7, "embed_dim": 24, "depth": 1,
+                                           "num_heads": 2},
+                         attention_targets=("0:s2x2",))  # fmt: skip
+    result = run_bench(str(tmp_path / "kd"), config, progress=False)
+    labels = [run["run"] for run in result["runs"]]
+    assert labels == ["resnet10t: no KD", "resnet10t: soft KD, logits (top-10)",
+                      "resnet10t: logits + features (pre_logits)",
+                      "resnet10t: logits + attention (0:s2x2)",
+                      "resnet10t: logits + features + attention"]  # fmt: skip
+    _check(result, "bench-kd", labels, 1, {"teachers", "target_bytes_per_view", "feature_loss"})
+    sizes = result["config"]["target_bytes_per_view"]["vit"]
+    stored = CacheStore.open(str(tmp_path / "kd" / "cache.zarr")).view_bytes("vit")
+    assert sizes == {kind: round(value, 1) for kind, value in stored.items()}
+    assert set(sizes) == {"topk", "pre_logits", "attention:0:s2x2"}
+    assert 48 <= sizes["pre_logits"] < 50 and 8 <= sizes["attention:0:s2x2"] < 10  # fp16
+    row = {run["run"]: run["bytes_per_view"] for run in result["runs"]}
+    assert row["resnet10t: logits + features + attention"] == round(sum(sizes.values()), 1)
+    assert [d["run"] for d in result["done"]] == labels  # bench.json kept after every run
+    table = format_table(result)
+    assert "| resnet10t: logits + attention (0:s2x2) | " in table and "pre_logits 4" in table
+
+
 def test_bench_timm_runs_through_the_harness(tmp_path, data, cache, teacher_path):
     kwargs = '{"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2}'
     result = _main(tmp_path, "bench-timm", "--data", data.location, "--cache", cache,
@@ -209,7 +241,7 @@ def test_a_work_folder_holding_other_files_is_refused(tmp_path):
 def test_bench_modules_import_no_torch():
     """The CLI loads benchmark modules lazily: importing one must not import torch."""
     modules = ["harness", "bench_data", "train_speed", "teach_speed", "kd_objectives",
-               "replay_cost", "mixing_accuracy", "versus_timm", "gpu_views"]  # fmt: skip
+               "kd_features", "replay_cost", "mixing_accuracy", "versus_timm", "gpu_views"]  # fmt: skip
     code = (f"import importlib, sys\nfor m in {modules}:\n"
             "    importlib.import_module('kdcache.tools.bench.' + m)\n"
             "    print(m, 'torch' in sys.modules, 'numpy' in sys.modules)")  # fmt: skip

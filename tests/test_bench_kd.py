@@ -1,5 +1,8 @@
 """The distillation benchmark's plan: every objective the issue asks for, at equal bytes."""
 
+import pytest
+
+from kdcache.errors import ConfigError
 from kdcache.tools.bench.kd_objectives import (
     TAILS,
     BenchConfig,
@@ -51,3 +54,37 @@ def test_dtype_rows_compare_fp16_q8_and_q6_at_the_same_budgets():
     ]
     assert q6_bytes(10, 1000) == 19 and q6_bytes(5, 10) == 7  # 8 + 3 + 24 + 16 bits
     assert {o.get("cache") for _, _, o in runs} == {None, "q8", "q6"}
+
+
+def test_feature_rows_add_each_target_kinds_bytes_to_the_logits():
+    """Per student: no KD, logits, + features, + attention, + both, seed noise; a row's bytes
+    are the logits' plus its targets' (as the cache stores them); only attention rows name
+    the student layer attention is learnt from."""
+    from kdcache.tools.bench.kd_features import feature_runs
+
+    config = BenchConfig(feature_rows=True)
+    sizes = {"topk": 44.1, "pre_logits": 192.0, "attention:3:s4x4": 32.0}
+    runs = feature_runs(config, sizes)
+    assert [(label, size) for label, size, _ in runs[:6]] == [
+        ("resnet10t: no KD", 0.0),
+        ("resnet10t: soft KD, logits (top-10)", 44.1),
+        ("resnet10t: logits + features (pre_logits)", 236.1),
+        ("resnet10t: logits + attention (3:s4x4)", 76.1),
+        ("resnet10t: logits + features + attention", 268.1),
+        ("resnet10t: no KD, training seed 1", 0.0),
+    ]
+    assert [label for label, _, _ in runs[6:]] == [label.replace("resnet10t", "deit")
+                                                   for label, _, _ in runs[:6]]  # fmt: skip
+    both = runs[4][2]
+    assert both["features"] == ("pre_logits",) and both["attention"] == ("3:s4x4",)
+    assert both["student_layers"] == {"attention:3:s4x4": "layer2"}
+    assert both["model_args"] == config.resnet_args and "student_layers" not in runs[2][2]
+    assert runs[10][2]["student_layers"] == {"attention:3:s4x4": "attention:3"}
+    assert runs[10][2]["model"] == config.student
+
+
+def test_feature_rows_refuse_the_dtype_caches():
+    with pytest.raises(ConfigError, match="feature rows have a cache of their own"):
+        BenchConfig(feature_rows=True, q8=True)
+    with pytest.raises(ConfigError, match=r"feature students \['convnext'\]"):
+        BenchConfig(feature_rows=True, feature_students=("convnext",))

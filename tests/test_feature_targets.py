@@ -121,6 +121,22 @@ def test_taps_give_timms_features_and_attention():
         resolve_targets(cnn, 28, 1, requests((), ("1",)), None, "fp16")
 
 
+def test_pre_logits_of_a_distilled_deit_is_timms_mean_of_its_two_tokens():
+    """A distilled DeiT has two heads (get_classifier gives both): pre_logits is their mean
+    input, timm's forward_head(..., pre_logits=True), as a student tap and a teacher target."""
+    torch.manual_seed(0)
+    spec = ModelSpec("deit_tiny_distilled_patch16_224", 10, 1, 28, (0.5,), (0.5,),
+                     {"patch_size": 7, "embed_dim": 24, "depth": 1, "num_heads": 2})  # fmt: skip
+    model = create_model(spec).eval()
+    targets = resolve_targets(model, 28, 1, requests(("pre_logits",), ()), None, "fp16")
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad(), FeatureTaps(model, targets) as taps:
+        model(x)
+        got = taps.collect()["pre_logits"]
+        want = model.forward_head(model.forward_features(x), pre_logits=True)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize("dtype", ["fp16", "q8", "q6"])
 def test_cached_features_are_the_teachers_stored_and_verified(world, dtype):
     manifest, checkpoint, caches = world

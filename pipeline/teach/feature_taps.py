@@ -1,8 +1,9 @@
 """Feature and attention targets of a teacher, read by forward hooks during its logit forward
 (one forward gives logits and every extra target; requests: :mod:`feature_request`).
 
-- ``pre_logits``: the input of the model's classifier (``get_classifier()``), which for timm
-  models is ``forward_head(forward_features(x), pre_logits=True)`` in eval mode;
+- ``pre_logits``: the input of the model's classifier (``get_classifier()``; of a distilled
+  DeiT's two heads, their mean input), which for timm models is
+  ``forward_head(forward_features(x), pre_logits=True)`` in eval mode;
 - an integer i: the output of ``feature_info[i]['module']``, which is what timm's
   ``forward_intermediates(indices=[i])`` returns (before its NCHW reshape of ViT tokens);
 - a module name: that module's output (any ``nn.Module``; ``get_submodule``).
@@ -60,7 +61,8 @@ class FeatureTaps:
 
     def __enter__(self) -> "FeatureTaps":
         for target in self.targets:
-            self.handles.append(self._hook(target))
+            found = self._hook(target)
+            self.handles += found if isinstance(found, list) else [found]
         return self
 
     def __exit__(self, *exc) -> None:
@@ -78,11 +80,19 @@ class FeatureTaps:
 
             return attn.register_forward_pre_hook(on_attention)
         if target["layer"] == PRE_LOGITS:
+            heads = classifier(self.model)
+            heads = heads if isinstance(heads, tuple) else (heads,)  # DeiT: (head, head_dist)
+            inputs = [None] * len(heads)
 
-            def on_head(module, args):
-                self.captured[name] = args[0]
+            def on_head(index: int):
+                def hook(module, args):
+                    inputs[index] = args[0]
+                    if index == len(heads) - 1:  # the heads' mean input, as timm's pre_logits
+                        self.captured[name] = sum(inputs) / len(heads) if index else inputs[0]
 
-            return classifier(self.model).register_forward_pre_hook(on_head)
+                return hook
+
+            return [head.register_forward_pre_hook(on_head(i)) for i, head in enumerate(heads)]
 
         def on_output(module, args, output):
             self.captured[name] = output

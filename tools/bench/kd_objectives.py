@@ -7,8 +7,10 @@ the cached top-10 are exactly what a top-K cache holds), sampled ids at the byte
 and the mean of the two teachers; with ``q8`` also soft KD from a second cache of the same
 teachers with q8 targets (full logits and top-5), beside the fp16 rows, and with ``q6`` the
 same from a q6 cache; ``objectives`` off keeps only the rows that compare target dtypes (no KD,
-soft KD top-10 and top-5 per cache, one teacher). Writes DIR/bench.json after every run and
-prints a table (with the quantised caches' mean KL as ``inspect`` reports it).
+soft KD top-10 and top-5 per cache, one teacher); ``feature_rows`` replaces the teachers and
+rows by a ViT teacher's logit, feature and attention rows (:mod:`kd_features`). Writes
+DIR/bench.json after every run and prints a table (with the quantised caches' mean KL as
+``inspect`` reports it).
 """
 
 import argparse
@@ -17,6 +19,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 
+from kdcache.errors import ConfigError
 from kdcache.tools.bench.bench_data import bench_manifest
 from kdcache.tools.bench.harness import (
     Mode,
@@ -29,8 +32,10 @@ from kdcache.tools.bench.harness import (
     work_folder,
     write_json,
 )
+from kdcache.tools.bench.kd_features import DEIT, TEACHER, feature_cache, feature_runs
 
 TAILS = ("uniform", "renormalize", "bucket")
+FEATURE_STUDENTS = ("resnet10t", DEIT)
 
 
 def topk_bytes(k: int) -> int:
@@ -88,6 +93,34 @@ class BenchConfig:
     q8: bool = False  # also a q8 cache: fp16 vs q8 targets at the same budget
     q6: bool = False  # also a q6 cache, likewise
     objectives: bool = True  # every objective; False: only the target-dtype rows
+    feature_rows: bool = False  # instead: a ViT teacher's logit, feature and attention rows
+    vit_teacher: str = "vit_tiny_patch16_224"
+    vit_teacher_args: dict = field(
+        default_factory=lambda: {"patch_size": 4, "embed_dim": 96, "depth": 4, "num_heads": 3}
+    )
+    vit_teacher_lr: float = 2e-3
+    feature_targets: tuple[str, ...] = ("pre_logits",)  # teach --features
+    attention_targets: tuple[str, ...] = ("3:s4x4",)  # teach --attention: the last block's
+    feature_weight: float = 1.0  # train --feature-weight
+    feature_loss: str = "cosine"  # 1 - cos: scale-free, so the weight compares with CE and KD
+    attention_weight: float = 1.0  # train --attention-weight
+    attention_loss: str = "kl"  # KL(teacher || student) of the maps normalised to sum 1
+    feature_students: tuple[str, ...] = FEATURE_STUDENTS  # "deit": ``student`` above
+    resnet_args: dict = field(  # resnet10t at half width (stem 16): a DeiT student's img/s on CPU
+        default_factory=lambda: {"channels": [32, 64, 128, 256], "stem_width": 16}
+    )
+    attention_layers: dict = field(  # the student layer attention is learnt from (4 x 4 maps)
+        default_factory=lambda: {"resnet10t": "layer2", "deit": "attention:3"}
+    )
+
+    def __post_init__(self) -> None:
+        if self.feature_rows and (self.quantised or not self.objectives):
+            raise ConfigError("bench-kd: the feature rows have a cache of their own (fp16, one "
+                              "ViT teacher); run --q8/--q6/--dtype-rows separately")  # fmt: skip
+        unknown = sorted(set(self.feature_students) - set(self.attention_layers))
+        if self.feature_rows and unknown:
+            raise ConfigError(f"bench-kd: feature students {unknown} have no attention_layers "
+                              f"entry (the student layer attention is learnt from)")  # fmt: skip
 
     @property
     def quantised(self) -> tuple[str, ...]:
@@ -158,25 +191,13 @@ def _objective_runs(config: BenchConfig, names: list[str]) -> list:
     return runs
 
 
-def run_bench(out: str, config: BenchConfig, progress: bool = True) -> dict:
-    """Shards, teachers and one cache rebuilt in ``out``, then every student run, the runs
-    interleaved for ``config.repeats`` rounds (round r: training seed + r); the report, also
-    written to DIR/bench.json."""
+def _logit_caches(out: str, config: BenchConfig, common: dict, plan, manifest) -> tuple:
+    """(teachers' figures, phase seconds, caches by dtype, quantisation KL, teacher names): the
+    logit teachers trained in ``out`` and cached in one Ray pass, and each quantised cache."""
     from kdcache.pipeline.teach import TeachConfig, TeacherSource, run_teach
-    from kdcache.pipeline.views import ViewPlan
     from kdcache.tools.cache.inspect_cache import inspect_cache
     from kdcache.trainer.run import TrainConfig, train
 
-    session = Session("bench-kd", asdict(config))
-    threads = set_threads(config.threads)
-    out = work_folder(out, "bench-kd", session.options)
-    manifest = bench_manifest(os.path.join(out, "data"), "fashion-mnist", config.train_limit,
-                              config.test_limit or 0, config.shard_size)  # fmt: skip
-    plan = ViewPlan(seed=config.seed, views=config.views, crop_scale=config.crop_scale)
-    common = dict(
-        manifest=manifest.location, batch_size=config.batch_size, workers=config.workers,
-        plan=asdict(plan), progress=progress,
-    )  # fmt: skip
     teachers, phases = {}, {}
     sources, names = [], []
     for arch in config.teachers if config.objectives else config.teachers[:1]:
@@ -194,22 +215,56 @@ def run_bench(out: str, config: BenchConfig, progress: bool = True) -> dict:
     draws = max(topk_bytes(k) // 2 for k in config.topks) if config.objectives else 0
     started = time.perf_counter()
     run_teach(TeachConfig(manifest=manifest.location, cache=cache, teachers=sources, plan=plan,
-                          topk=manifest.num_classes, samples=draws, progress=progress))  # fmt: skip
+                          topk=manifest.num_classes, samples=draws,
+                          progress=common["progress"]))  # fmt: skip
     phases["teach"] = round(time.perf_counter() - started, 1)
     caches, kl = {"fp16": cache}, {}
     for dtype in config.quantised:
         caches[dtype] = fresh(os.path.join(out, f"cache-{dtype}.zarr"))
         run_teach(TeachConfig(manifest=manifest.location, cache=caches[dtype], teachers=sources,
                               plan=plan, topk=manifest.num_classes, target_dtype=dtype,
-                              progress=progress))  # fmt: skip
+                              progress=common["progress"]))  # fmt: skip
         report = inspect_cache(caches[dtype])["teachers"]
         kl[dtype] = {name: report[name]["quantisation_kl"] for name in names}
+    return teachers, phases, caches, kl, names
+
+
+def run_bench(out: str, config: BenchConfig, progress: bool = True) -> dict:
+    """Shards, teachers and one cache rebuilt in ``out``, then every student run, the runs
+    interleaved for ``config.repeats`` rounds (round r: training seed + r); the report, also
+    written to DIR/bench.json (after every run, with the runs done so far)."""
+    from kdcache.pipeline.views import ViewPlan
+    from kdcache.trainer.run import TrainConfig, train
+
+    session = Session("bench-kd", asdict(config))
+    threads = set_threads(config.threads)
+    out = work_folder(out, "bench-kd", session.options)
+    manifest = bench_manifest(os.path.join(out, "data"), "fashion-mnist", config.train_limit,
+                              config.test_limit or 0, config.shard_size)  # fmt: skip
+    plan = ViewPlan(seed=config.seed, views=config.views, crop_scale=config.crop_scale)
+    common = dict(
+        manifest=manifest.location, batch_size=config.batch_size, workers=config.workers,
+        plan=asdict(plan), progress=progress,
+    )  # fmt: skip
+    if config.feature_rows:
+        made = feature_cache(out, config, common, plan)
+        teachers, phases, kl = {TEACHER: made.teacher}, made.seconds, {}
+        caches, sizes = {"fp16": made.cache}, {TEACHER: made.sizes}
+        runs = feature_runs(config, made.sizes)
+    else:
+        teachers, phases, caches, kl, names = _logit_caches(out, config, common, plan, manifest)
+        runs, sizes = _runs(config, names), {}
     student = dict(
         model=config.student, model_args=config.student_args,
         resolution=config.student_resolution, epochs=config.student_epochs, lr=config.lr,
         alpha=config.alpha, **common,
     )  # fmt: skip
-    runs = _runs(config, names)
+    details = {"modes": [label for label, _, _ in runs], "teachers": teachers,
+               "phase_seconds": phases, "quantisation_kl": kl, "plan": plan.to_attrs(),
+               "target_bytes_per_view": sizes, "shard_size": config.shard_size,
+               "repeat_seeds": [config.seed + r for r in range(config.repeats)], "work": out,
+               "torch_threads": threads}  # fmt: skip
+    done = []
 
     def student_run(index: int, repeat: int) -> dict[str, float]:
         label, _, options = runs[index]
@@ -222,19 +277,17 @@ def run_bench(out: str, config: BenchConfig, progress: bool = True) -> dict:
         final = train(TrainConfig(out=fresh(os.path.join(out, "runs", f"student-{index:02d}")),
                                   cache=chosen if options["kd"] != "none" else None,
                                   **{**student, **options, "seed": seed}))  # fmt: skip
-        return {"test_acc": final["test_acc"], "seconds": time.perf_counter() - started}
+        figures = {"test_acc": final["test_acc"], "seconds": time.perf_counter() - started}
+        done.append({"run": label, "round": repeat, "seed": seed, **figures})
+        write_json(os.path.join(out, "bench.json"), session.report(details, {"done": done}))
+        return figures
 
     modes = [Mode(label, lambda repeat, i=i: student_run(i, repeat))
              for i, (label, _, _) in enumerate(runs)]  # fmt: skip
     measured = interleave(modes, config.repeats, config.warmup, log=lambda _: None)
     measured["runs"] = [{"run": label, "bytes_per_view": size, "options": options}
                         for label, size, options in runs]  # fmt: skip
-    details = {"modes": [label for label, _, _ in runs], "teachers": teachers,
-               "phase_seconds": phases, "quantisation_kl": kl, "plan": plan.to_attrs(),
-               "shard_size": config.shard_size,
-               "repeat_seeds": [config.seed + r for r in range(config.repeats)], "work": out,
-               "torch_threads": threads}  # fmt: skip
-    report = session.report(details, measured)
+    report = session.report(details, {**measured, "done": done})
     write_json(os.path.join(out, "bench.json"), report)
     return report
 
@@ -252,6 +305,10 @@ def format_table(report: dict) -> str:
     for dtype, kl in report["config"].get("quantisation_kl", {}).items():
         shown_kl = ", ".join(f"{name} {value:.3g}" for name, value in kl.items())
         lines.append(f"\n{dtype} cache: mean KL(fp16 targets || {dtype} targets) {shown_kl} nats")
+    for name, sizes in report["config"].get("target_bytes_per_view", {}).items():
+        shown_sizes = ", ".join(f"{kind} {value}" for kind, value in sizes.items())
+        lines.append(f"\nstored bytes per view, teacher {name} (the cache's layout, as inspect "
+                     f"prints): {shown_sizes}")  # fmt: skip
     teachers = ", ".join(f"{t['arch']} {t['test_acc']:.2f} %"
                          for t in report["config"]["teachers"].values())  # fmt: skip
     lines.append(f"\nteachers: {teachers}; {report['config']['repeats']} rounds (training seeds "
@@ -290,6 +347,19 @@ def add_bench_kd_parser(commands) -> None:
         help="only the rows comparing target dtypes: no KD, soft KD top-10 and top-5 from the "
         "fp16 cache and each of --q8/--q6's (one teacher); use --repeats 2 for both seeds",
     )
+    parser.add_argument(
+        "--feature-rows",
+        action="store_true",
+        help="instead: a small ViT teacher trained here, cached once with top-10 logits, "
+        "pre_logits features and its last block's attention (4x4); per student (half-width "
+        "resnet10t, the ViT -> ResNet row, and the DeiT of the other rows) no KD, soft KD on the "
+        "logits, + features, + attention, + both, and the no-KD seed noise; bytes per view per "
+        "target",
+    )
+    parser.add_argument(
+        "--feature-students", nargs="+", choices=FEATURE_STUDENTS, default=FEATURE_STUDENTS,
+        metavar="STUDENT", help="with --feature-rows: resnet10t and/or deit (default: both)",
+    )  # fmt: skip
     parser.set_defaults(run=run_bench_command)
 
 
@@ -307,6 +377,8 @@ def run_bench_command(args: argparse.Namespace) -> None:
         q8=args.q8,
         q6=args.q6,
         objectives=not args.dtype_rows,
+        feature_rows=args.feature_rows,
+        feature_students=tuple(args.feature_students),
     )
     report = run_bench(args.work, config, progress=not args.quiet)
     print(format_table(report))
