@@ -8,9 +8,8 @@ import pytest
 
 _FAULTS = """
 import resource, sys, timm, torch
-from kdcache.pipeline.teach import reuse_freed_memory
-if sys.argv[1] == "reuse":
-    assert reuse_freed_memory()
+from kdcache.pipeline.teach import use_host_allocator
+assert use_host_allocator(sys.argv[1]) == (sys.argv[1] == "reuse")
 torch.set_num_threads(1)
 model = timm.create_model("efficientnet_lite0").eval()
 x = torch.randn(24, 3, 224, 224)  # its widest activations are over glibc's mmap threshold

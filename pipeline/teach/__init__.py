@@ -25,7 +25,6 @@ __getattr__, __dir__, __all__ = lazy_face(
         "load_teacher": ".teachers",
         "read_checkpoint_meta": ".models",
         "requests": ".feature_request",
-        "reuse_freed_memory": ".host_memory",
         "resolve_targets": ".feature_taps",
         "read_shard_images": ".shard_targets",
         "run_teach": ".job",
@@ -35,5 +34,6 @@ __getattr__, __dir__, __all__ = lazy_face(
         "teacher_identity": ".feature_taps",
         "teacher_inputs": ".shard_targets",
         "teacher_targets": ".shard_targets",
+        "use_host_allocator": ".host_memory",
     },
 )

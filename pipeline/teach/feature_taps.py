@@ -61,8 +61,7 @@ class FeatureTaps:
 
     def __enter__(self) -> "FeatureTaps":
         for target in self.targets:
-            found = self._hook(target)
-            self.handles += found if isinstance(found, list) else [found]
+            self.handles += self._hook(target)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -70,7 +69,7 @@ class FeatureTaps:
             handle.remove()
         self.handles.clear()
 
-    def _hook(self, target: dict):
+    def _hook(self, target: dict) -> list:
         name = target["name"]
         if target["kind"] == "attention":
             attn = attention_module(self.model, target["layer"])
@@ -78,7 +77,7 @@ class FeatureTaps:
             def on_attention(module, args):
                 self.captured[name] = cls_attention(module, args[0], self.prefix)
 
-            return attn.register_forward_pre_hook(on_attention)
+            return [attn.register_forward_pre_hook(on_attention)]
         if target["layer"] == PRE_LOGITS:
             heads = classifier(self.model)
             heads = heads if isinstance(heads, tuple) else (heads,)  # DeiT: (head, head_dist)
@@ -97,9 +96,8 @@ class FeatureTaps:
         def on_output(module, args, output):
             self.captured[name] = output
 
-        return self.model.get_submodule(
-            module_name(self.model, target["layer"])
-        ).register_forward_hook(on_output)
+        module = self.model.get_submodule(module_name(self.model, target["layer"]))
+        return [module.register_forward_hook(on_output)]
 
     def collect(self) -> dict[str, torch.Tensor]:
         """The last forward's targets, pooled and projected, float32 on the model's device."""

@@ -3,8 +3,8 @@
 A CPU forward pass allocates and frees activation tensors of tens of MB at every layer. glibc
 serves each allocation over its mmap threshold (at most 32 MB) with a fresh ``mmap`` and hands
 it back to the kernel on free, so every layer of every batch faults its pages in again and the
-kernel zeroes them. :func:`reuse_freed_memory` keeps freed memory in the process for the next
-allocation instead (the glibc counterpart of the jemalloc/tcmalloc preload PyTorch's CPU
+kernel zeroes them. ``reuse`` (:func:`use_host_allocator`) keeps freed memory in the process
+for the next allocation instead (the glibc counterpart of the jemalloc/tcmalloc preload PyTorch's CPU
 tuning guides recommend). Values are unchanged: only where the bytes come from.
 """
 
@@ -16,10 +16,17 @@ _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # mallopt parameters, <malloc.h>
 _TRIM_THRESHOLD = 1 << 30  # free heap top returned to the kernel only beyond 1 GiB
 
 
-def reuse_freed_memory() -> bool:
+def use_host_allocator(choice: str) -> bool:
+    """Apply one of :data:`HOST_ALLOCATORS` to this process; whether anything changed.
+    ``default`` leaves the C library alone; ``reuse`` is :func:`_reuse_freed_memory`."""
+    return choice == "reuse" and _reuse_freed_memory()
+
+
+def _reuse_freed_memory() -> bool:
     """Serve every allocation from the heap (no ``mmap``) and keep freed memory for reuse
-    (trim only beyond 1 GiB free): the process's peak stays what it was, its pages are
-    faulted in once. Whether it applied: False where the C library is not glibc."""
+    (trim only beyond 1 GiB free): pages are faulted in once, and resident memory stays at its
+    high-water mark (which fragmentation can raise above the default's peak). Whether it
+    applied: False where the C library is not glibc."""
     name = ctypes.util.find_library("c")
     try:
         mallopt = ctypes.CDLL(name).mallopt

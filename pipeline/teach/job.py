@@ -40,7 +40,7 @@ from kdcache.pipeline.cache import (
 )
 from kdcache.pipeline.data import Manifest, storage, urls
 from kdcache.pipeline.teach.feature_taps import teacher_identity
-from kdcache.pipeline.teach.host_memory import reuse_freed_memory
+from kdcache.pipeline.teach.host_memory import use_host_allocator
 from kdcache.pipeline.teach.shard_targets import (
     decode_block,
     joined,
@@ -107,8 +107,7 @@ class ShardWorker:
 
     def __init__(self, config: TeachConfig, device: str, threads: int):
         torch.set_num_threads(max(1, threads))
-        if config.host_allocator == "reuse":
-            reuse_freed_memory()
+        use_host_allocator(config.host_allocator)
         storage.adopt(storage.resolve(config.storage_options))  # the driver's, over this node's
         self.config = config
         self.device = torch.device(device)

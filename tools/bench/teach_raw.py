@@ -17,8 +17,8 @@ from kdcache.pipeline.teach import (
     ModelSpec,
     create_model,
     read_shard_images,
-    reuse_freed_memory,
     teacher_inputs,
+    use_host_allocator,
 )
 from kdcache.pipeline.views import ViewPlan, ViewRenderer
 
@@ -48,8 +48,7 @@ def _infer(data, spec, checkpoint, plan, batch_size, index, processes, threads, 
            results):  # fmt: skip
     try:
         torch.set_num_threads(threads)
-        if allocator == "reuse":
-            reuse_freed_memory()
+        use_host_allocator(allocator)
         batches = _batches(data, spec, checkpoint, plan, batch_size, index, processes)
     except Exception as error:  # the others must not wait at the barrier forever
         barrier.abort()
