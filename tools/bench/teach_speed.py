@@ -6,7 +6,8 @@ batches of the same shards (shard i to process i mod W), for every layout W x T 
 machine's CPUs, with the host allocator teach's actors use; the one matching teach's
 (``--workers`` actors x ``--cpus-per-worker`` threads) is the same-layout ceiling, the fastest
 the best-layout line, and ``raw WxT, default allocator`` is that layout with the C library's
-own allocator (what the actors' allocator buys). ``teach`` is the whole
+own allocator (what the actors' allocator buys; ``--no-allocator-baseline`` leaves it out).
+``teach`` is the whole
 ``kdcache teach`` command (tar reading, decoding, view replay, inference, top-k, Zarr writes,
 ledger) into a new cache, its clock started before Ray starts; Ray's start and the actors'
 start-up (importing torch, loading the teacher) are reported apart, and the steady rate
@@ -119,14 +120,17 @@ def run_benchmark(args: argparse.Namespace) -> dict:
                                                             args.batch_size, p, t))
         for p, t in shapes
     ]  # fmt: skip
-    default = f"raw {same[0]}x{same[1]}, default allocator"
-    modes.append(Mode(default, lambda _: raw_layout(data, spec, checkpoint, plan, args.batch_size,
-                                                    *same, allocator="default")))  # fmt: skip
+    raw_modes = [mode.name for mode in modes]
+    default = f"raw {same[0]}x{same[1]}, default allocator" if args.allocator_baseline else None
+    if default:
+        modes.append(Mode(default, lambda _: raw_layout(data, spec, checkpoint, plan,
+                                                        args.batch_size, *same,
+                                                        allocator="default")))  # fmt: skip
     modes.append(Mode("teach", lambda _: _teach(args, data, checkpoint, plan, work)))
     measured = interleave(modes, args.repeats, args.warmup, log=_log)
     figures = measured["modes"]
     same_name = f"raw {same[0]}x{same[1]}"
-    best = max((m.name for m in modes[:-2]), key=lambda n: figures[n]["views_per_s"]["median"])
+    best = max(raw_modes, key=lambda n: figures[n]["views_per_s"]["median"])
     teach = figures["teach"]
     measured["ratios"] = {
         "teach_over_raw_same_layout": ratio(teach["views_per_s"], figures[same_name]["views_per_s"]),
@@ -135,9 +139,11 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         "teach_over_raw_best_layout": ratio(teach["views_per_s"], figures[best]["views_per_s"]),
         "steady_over_raw_best_layout": ratio(teach["steady_views_per_s"],
                                              figures[best]["views_per_s"]),
-        "raw_reuse_over_default_allocator": ratio(figures[same_name]["views_per_s"],
-                                                  figures[default]["views_per_s"]),
     }  # fmt: skip
+    if default:
+        measured["ratios"]["raw_reuse_over_default_allocator"] = ratio(
+            figures[same_name]["views_per_s"], figures[default]["views_per_s"]
+        )
     config = {"teach_layout": {"actors": same[0], "threads": same[1]},
               "same_layout_mode": same_name, "best_layout_mode": best,
               "default_allocator_mode": default, "host_allocator": "reuse",
@@ -171,6 +177,9 @@ def add_bench_parser(commands) -> None:
                         help="teach's Ray actors (default: as many as fit)")  # fmt: skip
     parser.add_argument("--cpus-per-worker", type=float, default=1.0,
                         help="CPUs (= torch threads) per actor (default: %(default)s)")  # fmt: skip
+    parser.add_argument("--allocator-baseline", action=argparse.BooleanOptionalAction,
+                        default=True, help="also time teach's raw layout with the C library's "
+                        "own allocator (default: %(default)s)")  # fmt: skip
     parser.add_argument("--raw-layouts", type=_layout_list, default=None, metavar="PxT,...",
                         help="raw model(x) layouts, processes x threads (default: every one "
                         "using all CPUs); teach's own is always measured")  # fmt: skip
@@ -201,9 +210,13 @@ def run_bench_command(args: argparse.Namespace) -> None:
         f"without start-up {shown(ratios['steady_over_raw_same_layout'])}\n"
         f"  teach / raw, best layout ({best}): {shown(ratios['teach_over_raw_best_layout'])}; "
         f"without start-up {shown(ratios['steady_over_raw_best_layout'])}\n"
-        f"  raw {same}: allocator reuse / default "
-        f"{shown(ratios['raw_reuse_over_default_allocator'])}\n"
-        "  worker time: "
+        + (
+            f"  raw {same}: allocator reuse / default "
+            f"{shown(ratios['raw_reuse_over_default_allocator'])}\n"
+            if "raw_reuse_over_default_allocator" in ratios
+            else ""
+        )
+        + "  worker time: "
         + ", ".join(
             f"{k[13:]} {100 * v['median']:.1f}%"
             for k, v in sorted(teach.items())
