@@ -25,18 +25,23 @@ from kdcache.pipeline.views import (
 
 
 def read_shard_images(
-    manifest: Manifest, shard: ShardInfo, *, decode: bool = True
+    manifest: Manifest,
+    shard: ShardInfo,
+    *,
+    decode: bool = True,
+    renderer: str = DEFAULT_RENDERER,
 ) -> list[SourceImage]:
     """A shard's images, each sample checked against the manifest (key, position, sha1, count:
-    :func:`checked_samples`); with ``decode`` each is decoded here (once; views reuse the
-    decode), else only its header is read and :func:`decode_block` decodes rows as needed."""
+    :func:`checked_samples`); with ``decode`` each is decoded here as ``renderer`` renders from
+    it (once; views reuse the decode), else only its header is read and :func:`decode_block`
+    decodes rows as needed."""
     images = []
     for sample in checked_samples(manifest, shard):
         try:
             encoded = sample_image(sample, manifest.image_extensions)
             image = source_image(encoded, manifest.channels)
             if decode:
-                image.hwc()  # decoded here: a corrupt image is this shard's error
+                image.prepare(renderer)  # decoded here: a corrupt image is this shard's error
         except Exception as error:  # PIL and decoder errors
             raise _unreadable(sample["__url__"], sample["__key__"], error) from error
         images.append(image)

@@ -72,7 +72,7 @@ def _batches(data, spec, checkpoint, plan, batch_size, index, processes) -> list
     model = create_model(spec, checkpoint_path=checkpoint).eval()
     renderer, batches = ViewRenderer(plan), []
     for shard in manifest.shards_of("train")[index::processes]:
-        images = read_shard_images(manifest, shard)
+        images = read_shard_images(manifest, shard, renderer=plan.renderer)
         params = plan.shard_params(manifest, shard)
         for view in range(plan.views):
             for start in range(0, len(images), batch_size):

@@ -259,7 +259,11 @@ def _verify_shard(
         if sampled is not None:
             positions.append(sampled)
         for chosen in positions:
-            images = images if images is not None else read_shard_images(manifest, shard)
+            images = (
+                images
+                if images is not None
+                else read_shard_images(manifest, shard, renderer=store.plan.renderer)
+            )
             stored = block.select(chosen, slice(view, view + 1))
             fresh = _recompute(teacher, store, manifest, shard, images, chosen, view)
             report.views_recomputed += len(chosen)

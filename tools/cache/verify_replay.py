@@ -96,7 +96,7 @@ def replay_check(
             sample_done_rows(done, shards, samples, rng).items()
         ):
             shard = manifest.shards[shard_id]
-            images = read_shard_images(manifest, shard)
+            images = read_shard_images(manifest, shard, renderer=store.plan.renderer)
             params = store.plan.shard_params(manifest, shard, views=[view])[:, 0]
             job = teacher_inputs(renderer, images, params, positions, spec)
             loader.set_epoch(view)
