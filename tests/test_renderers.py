@@ -317,3 +317,38 @@ def test_cpu3_teacher_batches_are_the_trainers_views_normalised(photos, plan):
             for p in positions
         ])  # fmt: skip
         assert torch.equal(batch, normalize(trainer, spec.mean, spec.std))
+
+
+def test_another_simplejpeg_is_refused_up_front_by_teach_and_train(data, teacher_path, tmp_path):
+    """cpu/3's pixels are simplejpeg 1.9.0's: with another version teach and train stop in one
+    line before any work (not once per shard in every actor, or in the loader's workers)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    site = tmp_path / "site"
+    copied = site / "simplejpeg"
+    shutil.copytree(os.path.dirname(simplejpeg.__file__), copied)
+    init = copied / "__init__.py"
+    init.write_text(init.read_text().replace(f"'{simplejpeg.__version__}'", "'1.8.2'"))
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
+    }
+    probe = [sys.executable, "-c", "import simplejpeg; print(simplejpeg.__version__)"]
+    assert subprocess.run(probe, capture_output=True, text=True, env=env).stdout.strip() == "1.8.2"
+    cache, out = tmp_path / "cache.zarr", tmp_path / "student"
+    commands = {
+        "teach": ["teach", "--data", data.location, "--cache", str(cache), "--teacher",
+                  teacher_path, "--views", "1", "--quiet"],
+        "train": ["train", "--data", data.location, "--out", str(out), "--model", "resnet10t",
+                  "--epochs", "1", "--quiet"],
+    }  # fmt: skip
+    for name, args in commands.items():
+        run = subprocess.run([sys.executable, "-m", "kdcache", *args], capture_output=True,
+                             text=True, env=env, timeout=300)  # fmt: skip
+        lines = run.stderr.strip().splitlines()
+        assert run.returncode != 0 and len(lines) == 1, (name, run.stderr)
+        assert "renderer cpu/3 decodes with simplejpeg 1.9.0, found simplejpeg 1.8.2" in lines[0]
+    assert not cache.exists() and not list(tmp_path.glob("cache.zarr*"))

@@ -51,7 +51,7 @@ from kdcache.pipeline.teach.shard_targets import (
 )
 from kdcache.pipeline.teach.teach_config import TeachConfig
 from kdcache.pipeline.teach.teachers import Teacher
-from kdcache.pipeline.views import set_pixel_limit
+from kdcache.pipeline.views import check_renderer, set_pixel_limit
 
 
 @dataclass
@@ -277,8 +277,9 @@ def _run_teach(config: TeachConfig) -> TeachSummary:
 
 
 def _checked_request(config: TeachConfig, manifest: Manifest) -> TeachConfig:
-    """``config`` with its ``only_shards`` checked against the manifest and splits, and local
-    teacher weights at absolute paths (the cache records them for ``verify`` from anywhere)."""
+    """``config`` with its ``only_shards`` checked against the manifest and splits, its plan's
+    renderer available here, and local teacher weights at absolute paths (the cache records
+    them for ``verify`` from anywhere)."""
     if not config.teachers:
         raise ConfigError("teach: no teachers given (TeachConfig.teachers, --teacher)")
     if config.cpus_per_worker <= 0 or (config.gpus_per_worker or 0) < 0:
@@ -296,6 +297,7 @@ def _checked_request(config: TeachConfig, manifest: Manifest) -> TeachConfig:
                 f"--only-shards: shard {shard_id} is a {manifest.shards[shard_id].split} shard; "
                 f"this pass caches {', '.join(sorted(splits))}"
             )
+    check_renderer(config.plan)  # here, not once per shard in every actor
     teachers = [replace(t, location=urls.resolved(t.location)) for t in config.teachers]
     return replace(config, teachers=teachers)
 

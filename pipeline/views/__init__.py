@@ -17,6 +17,7 @@ __getattr__, __dir__, __all__ = lazy_face(
         "max_pixels_option": ".pixel_limit",
         "ViewRenderer": ".render",
         "check_pixels": ".pixel_limit",
+        "check_renderer": ".render",
         "decode_image": ".render",
         "eval_image": ".eval_input",
         "normalize": ".render",

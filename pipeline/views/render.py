@@ -94,6 +94,14 @@ def source_image(data: bytes, channels: int) -> SourceImage:
     return SourceImage(data, channels)
 
 
+def check_renderer(plan: ViewPlan) -> None:
+    """Refuse in one line a plan this process cannot render exactly: ``cpu/3`` with another
+    simplejpeg than the one that defines it (called by the renderer, and up front by the teach
+    driver and the trainer's loader, before any work starts)."""
+    if plan.renderer == "cpu/3":
+        check_decoder()
+
+
 class ViewRenderer:
     """Renders planned views from params rows: the one code path of teacher job and trainer.
 
@@ -108,8 +116,7 @@ class ViewRenderer:
         self.device = torch.device(device or "cpu")
         self._device_views = None
         self._cache_owner, self._cache, self._cache_bytes = None, OrderedDict(), 0
-        if plan.renderer == "cpu/3":
-            check_decoder()
+        check_renderer(plan)
         if plan.renderer == "device/1":
             from kdcache.pipeline.views.device import DeviceViews
 

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from kdcache.errors import DataSplitError, KdcacheError, ShardError
 from kdcache.pipeline.cache import ShardTargets
 from kdcache.pipeline.data import Manifest, ShardInfo, checked_samples, sample_image, storage
-from kdcache.pipeline.views import ViewRenderer, eval_image, source_image
+from kdcache.pipeline.views import ViewRenderer, check_renderer, eval_image, source_image
 from kdcache.trainer.data.label_mixing import mix_targets
 from kdcache.trainer.data.targets import CachedTargets, PlannedViews, ShardBlock
 from kdcache.trainer.data.view_schedule import ViewSchedule
@@ -131,6 +131,7 @@ class TrainViews(_ShardStream):
         teacher_resolution: int | None = None,
     ):
         super().__init__(manifest, manifest.shards_of(split), resolution)
+        check_renderer(source.plan)  # here, not in the loader's worker processes
         self.split = split
         self.batch_size, self.workers, self.rank, self.world_size = 1, 0, 0, 1
         self.source = source
