@@ -7,11 +7,10 @@ machine's CPUs, with the host allocator teach's actors use; the one matching tea
 (``--workers`` actors x ``--cpus-per-worker`` threads) is the same-layout ceiling, the fastest
 the best-layout line, and ``raw WxT, default allocator`` is that layout with the C library's
 own allocator (what the actors' allocator buys; ``--no-allocator-baseline`` leaves it out).
-``teach`` is the whole
-``kdcache teach`` command (tar reading, decoding, view replay, inference, top-k, Zarr writes,
-ledger) into a new cache, its clock started before Ray starts; Ray's start and the actors'
-start-up (importing torch, loading the teacher) are reported apart, and the steady rate
-without them. Teachers are randomly initialised: speed does not depend on the weights.
+``teach`` is the whole ``kdcache teach`` command (tar reading, decoding, view replay, inference,
+top-k, Zarr writes, ledger) into a new cache, its clock started before Ray starts; Ray's start
+and the actors' start-up (importing torch, loading the teacher) are reported apart, and the
+steady rate without them. Teachers are randomly initialised: speed does not depend on the weights.
 """
 
 import argparse
