@@ -297,7 +297,7 @@ def _checked_request(config: TeachConfig, manifest: Manifest) -> TeachConfig:
                 f"--only-shards: shard {shard_id} is a {manifest.shards[shard_id].split} shard; "
                 f"this pass caches {', '.join(sorted(splits))}"
             )
-    check_renderer(config.plan)  # here, not once per shard in every actor
+    check_renderer(config.plan)  # before Ray starts; each actor's renderer checks its own node
     teachers = [replace(t, location=urls.resolved(t.location)) for t in config.teachers]
     return replace(config, teachers=teachers)
 

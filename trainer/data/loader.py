@@ -131,7 +131,7 @@ class TrainViews(_ShardStream):
         teacher_resolution: int | None = None,
     ):
         super().__init__(manifest, manifest.shards_of(split), resolution)
-        check_renderer(source.plan)  # here, not in the loader's worker processes
+        check_renderer(source.plan)  # before any loader worker starts and fails on it
         self.split = split
         self.batch_size, self.workers, self.rank, self.world_size = 1, 0, 0, 1
         self.source = source
