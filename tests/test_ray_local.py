@@ -1,6 +1,7 @@
 """A local teach keeps its Ray to itself: every port it listens on is on the loopback
 interface, and a cluster address is used only when the user gives one; its workers run at
-the command's own priority."""
+the command's own priority; with ``--quiet`` it prints nothing on stderr (Ray's notice that
+the new local Ray uses token authentication is kept off it)."""
 
 import contextlib
 import ipaddress
@@ -57,6 +58,7 @@ def test_a_local_teach_listens_on_loopback_only_and_ignores_ray_address(
         time.sleep(0.2)
     out, err = process.communicate(timeout=30)
     assert process.returncode == 0, err.decode()[-2000:]
+    assert err == b"", err.decode()[-2000:]  # --quiet: not even Ray's notice of token auth
     assert b"1 shards computed" not in out and b"5 shards computed" in out
     names = set(seen.values())
     assert {"gcs_server", "raylet"} <= names, seen  # Ray's servers were seen listening

@@ -433,9 +433,14 @@ def start_ray(address: str | None) -> None:
     logging.getLogger("ray").setLevel(logging.WARNING)
     options = dict(log_to_driver=False, logging_level=logging.WARNING)
     if address is None:
-        with _loopback_node():
-            ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
-                     _system_config={"worker_niceness": 0}, **options)  # fmt: skip
+        notices = logging.getLogger("ray._private.authentication.authentication_token_setup")
+        notices.addFilter(_not_the_default_token_notice)
+        try:
+            with _loopback_node():
+                ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
+                         _system_config={"worker_niceness": 0}, **options)  # fmt: skip
+        finally:
+            notices.removeFilter(_not_the_default_token_notice)
         return
     loopback = contextlib.nullcontext()
     if address != "auto" and "://" not in address:
@@ -450,6 +455,13 @@ def start_ray(address: str | None) -> None:
 
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+
+
+def _not_the_default_token_notice(record: logging.LogRecord) -> bool:
+    """False for Ray's warning that a new local Ray enables token authentication by default
+    (as README says; it went to stderr on every local teach, ``--quiet`` too), so that the
+    command's own lines are all it prints; Ray's other authentication warnings pass."""
+    return not record.getMessage().startswith("Token authentication is enabled for this Ray")
 
 
 @contextlib.contextmanager
