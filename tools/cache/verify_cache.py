@@ -259,11 +259,8 @@ def _verify_shard(
         if sampled is not None:
             positions.append(sampled)
         for chosen in positions:
-            images = (
-                images
-                if images is not None
-                else read_shard_images(manifest, shard, renderer=store.plan.renderer)
-            )
+            if images is None:  # read once, only for a shard with views to recompute
+                images = read_shard_images(manifest, shard, renderer=store.plan.renderer)
             stored = block.select(chosen, slice(view, view + 1))
             fresh = _recompute(teacher, store, manifest, shard, images, chosen, view)
             report.views_recomputed += len(chosen)
