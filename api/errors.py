@@ -72,3 +72,7 @@ class OutputError(KdcacheError, OSError):
 class RayUnavailable(KdcacheError, RuntimeError):
     """The Ray cluster cannot be reached, refuses this client, or has no room left for a
     teach worker."""
+
+
+class RunStateError(KdcacheError, ValueError):
+    """A run folder's saved state cannot be read safely or does not fit the run resuming it."""

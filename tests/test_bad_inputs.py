@@ -245,6 +245,39 @@ def delete_shard(w):
     (w / "data" / "shards" / "train-000001.tar").unlink()
 
 
+class _RunsCode:
+    """Pickles as a call of ``os.system`` with ``command``: what a hostile resume.pth holds."""
+
+    def __init__(self, command: str):
+        self.command = command
+
+    def __reduce__(self):
+        return os.system, (self.command,)
+
+
+def _edit_resume(w, edit) -> None:
+    """Rewrite run/resume.pth with ``edit(state)`` applied, its config's paths moved to ``w``
+    (so that only the edit makes it unfit)."""
+    import torch
+
+    path = w / "run" / "resume.pth"
+    state = torch.load(path, weights_only=True)
+    root = os.path.dirname(state["config"]["manifest"])
+    state["config"] = {name: value.replace(root, str(w)) if isinstance(value, str) else value
+                       for name, value in state["config"].items()}  # fmt: skip
+    edit(state)
+    torch.save(state, path)
+
+
+def pickled_resume(w):
+    """run/resume.pth holding a pickle that runs a shell command when unpickled."""
+    _edit_resume(w, lambda state: state.update(rng=_RunsCode(f"touch {w}/code-ran")))
+
+
+def resume_without_progress(w):
+    _edit_resume(w, lambda state: state.pop("progress"))
+
+
 def nothing(w):
     pass
 
@@ -305,6 +338,11 @@ CASES = [
     # extending a cache whose existing views are corrupt
     Case("extend-corrupt", plausible_logits, [*TEACH, "--views", "3"],
          ["teacher regnet", SHARD0, "view 0", "checksum"], grown=True),
+    # a run folder's resume.pth that runs code when unpickled; one that lacks a field
+    Case("pickled-resume", pickled_resume, [*CACHED, "--workers", "0", "--resume"], ["{w}/run/resume.pth"],
+         out="{w}/run", leaves_none=["{w}/code-ran"]),
+    Case("resume-without-progress", resume_without_progress, [*CACHED, "--workers", "0", "--resume"],
+         ["{w}/run/resume.pth", "progress"], out="{w}/run"),
     # tracebacks that are now one line
     Case("unreadable-image", corrupt_image_consistently, PLAIN, [SHARD0, "sample", "image"]),
     Case("missing-shard", delete_shard, PLAIN, ["shards/train-000001.tar", "missing"]),

@@ -96,7 +96,7 @@ def test_sigterm_mid_epoch_then_resume_matches_the_uninterrupted_run(tmp_path, d
         job.send_signal(signal.SIGTERM)
         assert job.wait(timeout=120) == 143
         assert b"--resume" in job.stdout.read()
-        state = torch.load(cut / RESUME_FILE, weights_only=False)
+        state = torch.load(cut / RESUME_FILE, weights_only=True)
         epoch, step = state["progress"]["epoch"], state["progress"]["step"]
         views = TrainViews(data, CachedTargets(cache, data), resolution=28, seed=0)
         assert epoch in (1, 2)  # 2 only if this process slept through all of epoch 1

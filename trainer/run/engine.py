@@ -20,7 +20,7 @@ from timm.scheduler import CosineLRScheduler
 from timm.utils import ModelEmaV3
 from torch.nn.parallel import DistributedDataParallel
 
-from kdcache.errors import ConfigError
+from kdcache.errors import ConfigError, RunStateError
 from kdcache.pipeline.cache import catalog_root, resolve_cache
 from kdcache.pipeline.data import Manifest, storage
 from kdcache.pipeline.teach import ModelSpec, create_model, requests, save_checkpoint
@@ -395,13 +395,19 @@ def _optimizer(net, config: TrainConfig, epoch_steps: list[int], alignment=None)
 
 def _resume(config, run_config, net, optimizer, scheduler, ema, device, alignment) -> Progress:
     """Load ``RUN/resume.pth`` into the run's parts; where the run stopped."""
-    state = load_state(os.path.join(config.out, RESUME_FILE), run_config)
-    net.load_state_dict(state["model"])
-    if alignment is not None:
-        alignment.load_state_dict(state["feature_adapters"])
-    optimizer.load_state_dict(state["optimizer"])
-    if ema is not None:
-        ema.load_state_dict(state["ema"])
+    path = os.path.join(config.out, RESUME_FILE)
+    state = load_state(path, run_config)
+    parts = [("model", net), ("optimizer", optimizer)]
+    parts += [("feature_adapters", alignment)] if alignment is not None else []
+    parts += [("ema", ema)] if ema is not None else []
+    for name, part in parts:
+        try:
+            part.load_state_dict(state[name])
+        except (KeyError, TypeError, ValueError, RuntimeError) as error:
+            first = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+            raise RunStateError(
+                f"{path}: field {name} does not fit this run ({first[:200]})"
+            ) from None
     restore_rng(state)
     progress = progress_from(state, device)
     scheduler.step_update(progress.updates)

@@ -9,12 +9,14 @@ in anything but the fields in :data:`FREE_FIELDS`.
 """
 
 import io
+import pickle
 import signal
 import threading
 from dataclasses import asdict, dataclass, field
 
 import torch
 
+from kdcache.errors import RunStateError
 from kdcache.pipeline.data import storage, urls
 
 RESUME_FILE = "resume.pth"
@@ -66,31 +68,71 @@ def save_state(
 
 
 def load_state(path: str, config: dict) -> dict:
-    """Read a resumable state, checking it was made by a run with the same config."""
+    """Read a resumable state, checking it was made by a run with the same config.
+
+    The file is read as tensors and plain containers only (``weights_only=True``): a pickle
+    that names any other object is refused, never run."""
     if not urls.exists(path):
         raise FileNotFoundError(f"{path}: no resumable state (--resume needs a run folder)")
     with storage.open_file(path, "rb") as f:
-        state = torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=False)
-    if state.get("format") != RESUME_FORMAT:
-        raise ValueError(f"{path}: format {state.get('format')!r}, expected {RESUME_FORMAT!r}")
+        payload = f.read()
+    try:
+        state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise RunStateError(
+            f"{path}: not a resumable state of tensors and plain values ({reason[:200]})"
+        ) from None
+    _check_layout(path, state)
     saved = state["config"]
     for name in sorted(set(saved) | set(config)):
         if name not in FREE_FIELDS and saved.get(name) != config.get(name):
-            raise ValueError(
+            raise RunStateError(
                 f"{path}: saved run has {name}={saved.get(name)!r}, this run "
                 f"{config.get(name)!r}; resume with the same options"
             )
     return state
 
 
+# what a state holds (besides extras such as the feature adapters), by type
+_STATE_FIELDS = {"config": dict, "model": dict, "optimizer": dict, "progress": dict, "rng": dict}
+_PROGRESS_FIELDS = {"epoch": int, "step": int, "updates": int, "sums": dict, "seen": int,
+                    "rows": list}  # fmt: skip
+
+
+def _check_layout(path: str, state) -> None:
+    """Refuse a state that lacks a field or holds one of the wrong type, naming it."""
+    if not isinstance(state, dict):
+        raise RunStateError(f"{path}: holds a {type(state).__name__}, expected a dict of state")
+    if state.get("format") != RESUME_FORMAT:
+        raise RunStateError(f"{path}: format {state.get('format')!r}, expected {RESUME_FORMAT!r}")
+    for where, fields, holder in (("", _STATE_FIELDS, state),
+                                  ("progress.", _PROGRESS_FIELDS, state.get("progress"))):  # fmt: skip
+        for name, kind in fields.items():
+            value = holder.get(name) if isinstance(holder, dict) else None
+            if not isinstance(value, kind) or isinstance(value, bool):
+                raise RunStateError(
+                    f"{path}: field {where}{name} is {type(value).__name__}, "
+                    f"expected {kind.__name__}"
+                )
+    sums = state["progress"]["sums"]
+    if not all(isinstance(v, torch.Tensor) and v.numel() == 1 for v in sums.values()):
+        raise RunStateError(f"{path}: field progress.sums must map names to scalar tensors")
+    if not isinstance(state["rng"].get("torch"), torch.Tensor):
+        raise RunStateError(f"{path}: field rng.torch is not a tensor")
+
+
 def restore_rng(state: dict) -> None:
-    torch.set_rng_state(state["rng"]["torch"])
-    if state["rng"]["cuda"] and torch.cuda.is_available():
+    try:
+        torch.set_rng_state(state["rng"]["torch"])
+    except (RuntimeError, TypeError) as error:
+        raise RunStateError(f"field rng.torch is not a generator state ({error})") from None
+    if state["rng"].get("cuda") and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["rng"]["cuda"])
 
 
 def progress_from(state: dict, device: torch.device) -> Progress:
-    values = dict(state["progress"])
+    values = {name: state["progress"][name] for name in _PROGRESS_FIELDS}
     values["sums"] = {name: value.to(device) for name, value in values["sums"].items()}
     return Progress(**values)
 
