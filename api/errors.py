@@ -15,12 +15,24 @@ _WORKER = re.compile(
 
 
 class KdcacheError(Exception):
-    """Base of every error kdcache raises for bad input or a state it refuses."""
+    """Base of every error kdcache raises for bad input or a state it refuses.
 
-    def __init__(self, *args):
+    ``field``: the config field the error is about (``topk``, ``plan.views``,
+    ``teacher.class_map``), for the command line to name its flag; the message itself speaks
+    of fields, never of flags."""
+
+    def __init__(self, *args, field: str | None = None):
         if len(args) == 1 and isinstance(args[0], str):
             args = (_original_message(args[0], type(self).__name__),)
         super().__init__(*args)
+        self.field = field
+
+    def __reduce__(self):  # keeps ``field`` across processes (Ray actors, DataLoader workers)
+        return _rebuilt, (type(self), self.args, self.field)
+
+
+def _rebuilt(kind: type, args: tuple, field: str | None) -> "KdcacheError":
+    return kind(*args, field=field)
 
 
 def _original_message(text: str, name: str) -> str:

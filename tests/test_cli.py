@@ -93,3 +93,34 @@ def test_training_and_the_cli_never_import_ray():
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
     )
     assert result.stdout.strip() == "False", result.stderr
+
+
+def test_a_library_error_naming_a_field_is_printed_with_the_flag_that_sets_it(tmp_path, capsys):
+    from kdcache.errors import ConfigError
+    from kdcache.tools.cli import main as cli
+    from kdcache.tools.cli.config_options import flag_of
+
+    args = cli.build_parser().parse_args(
+        ["teach", "--data", "d", "--cache", "c", "--teacher", "t.pth"]
+    )
+    found = {field: flag_of(args, field) for field in
+             ("topk", "manifest", "plan.views", "views", "teacher.class_map", "nothing")}  # fmt: skip
+    assert found == {"topk": "--topk", "manifest": "--data", "plan.views": "--views",
+                     "views": "--views", "teacher.class_map": "--teacher-class-map",
+                     "nothing": None}  # fmt: skip
+
+    def refuse(args):
+        raise ConfigError("plan.views must be at least 1, got 0", field="plan.views")
+
+    args.run = refuse
+    parser = cli.build_parser()
+    parser.parse_args = lambda argv=None: args
+    original, cli.build_parser = cli.build_parser, lambda: parser
+    try:
+        with pytest.raises(SystemExit):
+            cli.main([])
+    finally:
+        cli.build_parser = original
+    assert capsys.readouterr().err.strip() == (
+        "kdcache teach: error: plan.views must be at least 1, got 0 (option --views)"
+    )

@@ -53,6 +53,7 @@ def add_config_options(
     unset: Iterable[str] = (),
     unset_note: str = "default",
     dest_prefix: str = "",
+    field_prefix: str = "",
 ) -> None:
     """Add one option per ``option`` field of ``config`` (minus ``skip``).
 
@@ -64,10 +65,12 @@ def add_config_options(
     parse, unset = parse or {}, set(unset)
     hints = typing.get_type_hints(config)
     groups = {}
+    flags = {}
     for spec in dataclasses.fields(config):
         meta = spec.metadata
         if "help" not in meta or spec.name in skip:
             continue
+        flags[field_prefix + spec.name] = meta["flag"] or _flag(spec.name)
         target = parser
         if meta["group"]:
             if meta["group"] not in groups:
@@ -101,6 +104,19 @@ def add_config_options(
         names["metavar"] = meta["metavar"] or (None if meta["choices"] else spec.name.upper())
         names["type"] = _checked(parse.get(spec.name, element))
         target.add_argument(meta["flag"] or _flag(spec.name), **names)
+    add_field_flags(parser, flags)
+
+
+def add_field_flags(parser: argparse.ArgumentParser, flags: dict[str, str]) -> None:
+    """Record which flag sets which config field (``args.field_flags``): a library error
+    naming a field (``KdcacheError.field``) is then printed with the flag that sets it."""
+    known = dict(parser.get_default("field_flags") or {})
+    parser.set_defaults(field_flags=known | {k: v for k, v in flags.items() if k not in known})
+
+
+def flag_of(args: argparse.Namespace, field: str | None) -> str | None:
+    """The flag that sets ``field`` in the command ``args`` came from, if any."""
+    return (getattr(args, "field_flags", None) or {}).get(field) if field else None
 
 
 def _checked(convert: Callable[[str], object]) -> Callable[[str], object]:

@@ -15,6 +15,7 @@ from kdcache.tools.bench.teach_speed import add_bench_parser
 from kdcache.tools.bench.train_speed import add_bench_train_parser
 from kdcache.tools.bench.versus_timm import add_bench_timm_parser
 from kdcache.tools.cli.cache_commands import add_inspect_parser, add_verify_parser
+from kdcache.tools.cli.config_options import flag_of
 from kdcache.tools.cli.data_commands import add_catalog_parser, add_shard_parser, add_teach_parser
 from kdcache.tools.cli.index_command import add_index_parser
 from kdcache.tools.cli.train_command import add_train_parser
@@ -85,6 +86,9 @@ def main(argv: list[str] | None = None) -> None:
         )  # one line, no secrets
         if _is_store_error(error):
             message = f"object store: {type(error).__name__}: {message} (check the endpoint and credentials)"
+        flag = flag_of(args, getattr(error, "field", None))
+        if flag is not None and flag not in message:
+            message += f" (option {flag})"
         print(f"kdcache {args.command}: error: {message}", file=sys.stderr)
         raise SystemExit(2) from None
 

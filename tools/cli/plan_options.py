@@ -4,7 +4,7 @@
 import argparse
 
 from kdcache.pipeline.views import ViewPlan
-from kdcache.tools.cli.config_options import add_config_options, config_values
+from kdcache.tools.cli.config_options import add_config_options, add_field_flags, config_values
 
 _PREFIX = "plan_"
 
@@ -15,7 +15,12 @@ def add_plan_arguments(parser: argparse.ArgumentParser, *, defaults_from: str) -
     group = parser.add_argument_group("view plan", f"unset options: {defaults_from}")
     fields = [f.name for f in ViewPlan.__dataclass_fields__.values()]
     add_config_options(
-        group, ViewPlan, unset=fields, unset_note="plan default", dest_prefix=_PREFIX
+        group, ViewPlan, unset=fields, unset_note="plan default", dest_prefix=_PREFIX,
+        field_prefix="plan.",
+    )  # fmt: skip
+    flags = parser.get_default("field_flags")  # a plan's own errors name its fields bare
+    add_field_flags(
+        parser, {k.removeprefix("plan."): v for k, v in flags.items() if k.startswith("plan.")}
     )
 
 

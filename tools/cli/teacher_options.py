@@ -5,6 +5,7 @@ import json
 from dataclasses import replace
 
 from kdcache.errors import ConfigError
+from kdcache.tools.cli.config_options import add_field_flags
 
 PER_TEACHER = {  # repeatable: one value per --teacher in order (or one for all)
     "arch": ("--teacher-arch", "timm architecture of published weights"),
@@ -27,6 +28,10 @@ def add_teacher_arguments(parser: argparse.ArgumentParser) -> None:
     for flag, text in PER_TEACHER.values():
         group.add_argument(flag, action="append", default=[], help=f"{text}; repeatable, one "
                            "per --teacher in order, or one for all")  # fmt: skip
+    add_field_flags(parser, {f"teacher.{name}": flag for name, (flag, _) in PER_TEACHER.items()}
+                    | {f"teacher.{name}": f"--teacher-{name.replace('_', '-')}"
+                       for name in ("resolution", "mean", "std", "interpolation", "crop_pct")}
+                    | {"teacher.location": "--teacher"})  # fmt: skip
     group.add_argument(
         "--teacher-resolution",
         type=int,
