@@ -38,7 +38,9 @@ def stored(data, cache):
             for view in range(PLAN.views):
                 read = opened.targets(row, view)
                 for name, values in arrays.items():
-                    assert np.array_equal(read[name], values[row, view]), (row, view, name)
+                    assert np.array_equal(read[name], values[row, view]), (
+                        f"row {row} view {view} {name}"
+                    )
 
     def targets(row: int, view: int) -> dict[str, torch.Tensor]:
         return {
@@ -122,9 +124,9 @@ def test_kdloader_under_shuffle_joins_each_sample_with_its_own_view(data, cache,
             got = {name: values[i] for name, values in batch.targets.as_dict().items()}
             expected = stored(row, view)
             for name in ("topk_logits", "topk_index", "logsumexp"):
-                assert torch.equal(got[name], expected[name]), (row, view, name)
+                assert torch.equal(got[name], expected[name]), f"row {row} view {view}: {name}"
             image = normalize(rendered.image(row, view), data.pixel_mean, data.pixel_std)
-            assert torch.equal(batch.images[i], image), (row, view)
+            assert torch.equal(batch.images[i], image), f"row {row} view {view}: image"
 
 
 def _train_loader(data, cache: str, workers: int):
@@ -164,14 +166,18 @@ def test_label_mixing_under_shuffle_mixes_each_sample_with_its_partners_view(
         ):
             partner, lam = rendered.partner(row, view)
             mixed += partner != row
-            assert batch["mix_lam"][i].item() == pytest.approx(lam, abs=1e-12), (row, view)
-            assert batch["mix_label"][i].item() == data.labels[partner], (row, view)
+            assert batch["mix_lam"][i].item() == lam, f"row {row} view {view}"
+            assert batch["mix_label"][i].item() == data.labels[partner], f"row {row} view {view}"
             expected = lam * _probabilities(stored(row, view), classes) + (
                 1 - lam
             ) * _probabilities(stored(partner, view), classes)
             got = torch.zeros(classes).scatter(
                 0, targets["topk_index"][i], targets["topk_logits"][i].exp()
             )
-            torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6, msg=str((row, view)))
-            assert torch.equal(batch["image"][i], rendered.image(row, view)), (row, view)
+            torch.testing.assert_close(
+                got, expected, rtol=1e-4, atol=1e-6, msg=f"row {row} view {view}: mixed targets"
+            )
+            assert torch.equal(batch["image"][i], rendered.image(row, view)), (
+                f"row {row} view {view}"
+            )
     assert mixed > 0.9 * len(rows)  # mix_prob 1: (almost) every view has a partner
