@@ -25,7 +25,7 @@ from kdcache.pipeline.teach.models import (
     local_copy,
     read_checkpoint_meta,
 )
-from kdcache.pipeline.teach.weights import adapt_stem, load_strict, read_state_dict
+from kdcache.pipeline.teach.weights import adapt_stem, check_fits, load_strict, read_state_dict
 
 FACTORY_PREFIX = "factory:"  # a factory teacher's arch in the identity: factory:module:function
 EVAL_DEFAULTS = ("bilinear", 1.0)  # (interpolation, crop_pct) of teachers before these fields
@@ -151,15 +151,15 @@ def load_teacher(
     """
     path = local_copy(location)
     meta = read_checkpoint_meta(path)
+    state = read_state_dict(path)
     if meta is not None:
-        model, spec = _kdcache_model(location, meta, arch, in_chans)
+        model, spec = _kdcache_model(location, meta, arch, in_chans, state)
         config = {}  # the checkpoint's own preprocessing
     else:
         model, spec = _published_model(
             location, arch, factory, num_classes, in_chans, replace_classifier
         )
         config = getattr(model, "pretrained_cfg", None) or {}
-    state = read_state_dict(path)
     if key_map:
         state = resolve_key_map(key_map)(state, model)
     load_strict(model, adapt_stem(state, model), location, replace_classifier=replace_classifier)
@@ -181,9 +181,11 @@ def load_teacher(
     )
 
 
-def _kdcache_model(location, meta, arch, in_chans) -> tuple:
+def _kdcache_model(location, meta, arch, in_chans, state: dict) -> tuple:
     """The model of a kdcache checkpoint (not yet loaded) and its spec, checked against the
-    options given."""
+    options given. The spec's sizes come from the file: the model is first built on the meta
+    device and its tensors compared with the file's (:func:`check_fits`), so a spec declaring a
+    huge model is refused before anything is allocated."""
     spec = ModelSpec.from_dict(meta["spec"])
     spec = ModelSpec.from_dict({**spec.to_dict(), "model_args": architecture_args(spec.model_args)})
     for option, wanted, found in (
@@ -194,6 +196,8 @@ def _kdcache_model(location, meta, arch, in_chans) -> tuple:
             raise ConfigError(
                 f"{location}: checkpoint has {option}={found!r}, asked for {wanted!r}"
             )
+    with torch.device("meta"):
+        check_fits(create_model(spec), state, location)
     return create_model(spec), spec
 
 
