@@ -4,10 +4,22 @@ before anything is allocated; a cache's teacher set-up is compared whole when it
 import resource
 import subprocess
 import sys
+from dataclasses import replace
 
+import pytest
 import torch
+from conftest import PLAN
 
-from kdcache.pipeline.teach import ModelSpec, create_model, save_checkpoint
+from kdcache.pipeline.cache import CacheMismatch, CacheStore
+from kdcache.pipeline.teach import (
+    ModelSpec,
+    TeachConfig,
+    TeacherSource,
+    create_model,
+    run_teach,
+    save_checkpoint,
+    teacher_identity,
+)
 
 GIB = 1 << 30
 
@@ -49,3 +61,26 @@ def test_a_checkpoint_declaring_a_huge_model_is_refused_before_allocating(data, 
     assert str(path) in lines[0] and "of another shape" in lines[0], lines[0]
     assert peak < GIB, peak
     assert not (tmp_path / "c.zarr").exists()
+
+
+def test_a_cache_recording_a_key_map_is_not_extended_by_a_plain_teacher(data, tmp_path):
+    """The cache's teacher set-up and the request's are compared both ways: a key map (or class
+    map) recorded in the cache and left out of the request is a difference, refused before Ray
+    starts and with nothing grown."""
+    spec = ModelSpec("regnety_002", data.num_classes, data.channels, 28, data.pixel_mean,
+                     data.pixel_std)  # fmt: skip
+    checkpoint = str(tmp_path / "teacher.pth")
+    save_checkpoint(checkpoint, create_model(spec), spec)
+    location = str(tmp_path / "cache.zarr")
+    mapped = TeacherSource(checkpoint, name="regnet", key_map="strip-prefix")
+    config = TeachConfig(manifest=data.location, cache=location, teachers=[mapped], plan=PLAN)
+    store = CacheStore.create(location, manifest=data, plan=PLAN, topk=config.topk,
+                              splits=config.splits)  # fmt: skip
+    store.add_teacher(teacher_identity(mapped, data, config))
+
+    plain = TeacherSource(checkpoint, name="regnet")
+    for views in (PLAN.views, PLAN.views + 1):  # a rerun, an extension
+        asked = replace(config, teachers=[plain], plan=replace(PLAN, views=views))
+        with pytest.raises(CacheMismatch, match="teacher.key_map: 'strip-prefix' in cache vs None"):
+            run_teach(asked)
+    assert CacheStore.open(location).plan.views == PLAN.views

@@ -90,6 +90,10 @@ FORMATS = ("kdcache/1", FORMAT)  # readable
 TARGET_ARRAYS = ("topk_logits", "topk_index", "logsumexp")
 SAMPLE_ARRAYS = ("sample_index",)
 LEDGER_ARRAYS = ("shard_done", "shard_checksum")
+# a teacher's set-up recorded in the cache that a request must match even when it leaves it out
+# (a request without feature targets computes the cache's own)
+SET_UP = ("arch", "weights_sha256", "num_classes", "model_args", "preprocessing", "key_map",
+          "class_map")  # fmt: skip
 MAX_VIEWS = 4096  # views a cache's arrays may hold: bounds what a read of its ledger allocates
 _COMPRESSORS = (BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle"),)
 
@@ -403,13 +407,15 @@ class CacheStore:
         name = identity["name"]
         if name in self.teacher_names:
             stored = self.teacher_identity(name)
+            keys = [*identity, *(k for k in stored if k in SET_UP and k not in identity)]
             differing = [
-                f"teacher.{key}: {stored.get(key)!r} in cache vs {identity[key]!r}"
-                for key in identity
-                if key != "source" and stored.get(key) != identity[key]
+                f"teacher.{key}: {stored.get(key)!r} in cache vs {identity.get(key)!r}"
+                for key in keys
+                if key != "source" and stored.get(key) != identity.get(key)
             ]
             if differing:
-                raise CacheMismatch(f"{self.location}: " + "; ".join(differing))
+                field = differing[0].partition(":")[0]
+                raise CacheMismatch(f"{self.location}: " + "; ".join(differing), field=field)
             return
         dataset = self.attrs["dataset"]
         n, k, s = dataset["num_rows"], self.topk, dataset["num_shards"]
