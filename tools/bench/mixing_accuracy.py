@@ -1,4 +1,4 @@
-"""``kdcache bench-mixing``: accuracy of cached KD with exact mixing, label-space mixing and
+"""``kdcache bench mixing``: accuracy of cached KD with exact mixing, label-space mixing and
 no mixing, on a Fashion-MNIST subset, same student, seed, views and budget.
 
 It shards the subset, trains a ``regnety_002`` teacher at 32 px, caches its targets twice
@@ -118,7 +118,7 @@ def run_bench_mixing_command(args: argparse.Namespace) -> None:
 
 def add_bench_mixing_parser(commands) -> None:
     parser = commands.add_parser(
-        "bench-mixing",
+        "mixing",
         help="accuracy of cached KD with exact, label-space and no mixing",
         description=__doc__.split("\n\n")[1].replace("\n", " "),
     )

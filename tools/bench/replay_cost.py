@@ -1,4 +1,4 @@
-"""``kdcache bench-replay``: per-view cost of kdcache's renderers at the real shape (RGB JPEGs
+"""``kdcache bench replay``: per-view cost of kdcache's renderers at the real shape (RGB JPEGs
 of about 500x375 to 224 px) against today's renderer and timm's training transform, side by
 side in one process.
 
@@ -121,7 +121,7 @@ def _print(result: dict) -> None:
 
 def add_bench_replay_parser(commands) -> None:
     parser = commands.add_parser(
-        "bench-replay",
+        "replay",
         help="per-view cost of kdcache's renderers against today's and timm's at 224 px",
         description=__doc__.split("\n\n")[1].replace("\n", " "),
     )

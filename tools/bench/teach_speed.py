@@ -1,4 +1,4 @@
-"""``kdcache bench-teach``: the teacher pass against raw teacher inference in the same layout.
+"""``kdcache bench teach``: the teacher pass against raw teacher inference in the same layout.
 
 Modes, interleaved for ``--repeats`` rounds after ``--warmup`` untimed ones: ``raw WxT`` is
 ``model(x)`` alone in W processes x T torch threads over pre-decoded, pre-rendered, normalised
@@ -162,7 +162,7 @@ def _log(line: str) -> None:
 
 def add_bench_parser(commands) -> None:
     parser = commands.add_parser(
-        "bench-teach",
+        "teach",
         help="benchmark the teacher pass against raw teacher inference in the same layout",
         description=__doc__.split("\n\n")[1].replace("\n", " "),
     )

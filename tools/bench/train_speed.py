@@ -1,4 +1,4 @@
-"""``kdcache bench-train``: student training speed without a teacher, from the cache, and with
+"""``kdcache bench train``: student training speed without a teacher, from the cache, and with
 the teacher online, interleaved in one process.
 
 The same seeded student, views and batch size train four ways, each with its own persistent
@@ -89,7 +89,7 @@ def _log(line: str) -> None:
 
 def add_bench_train_parser(commands) -> None:
     parser = commands.add_parser(
-        "bench-train",
+        "train",
         help="benchmark student training: no teacher vs cached targets vs online teacher",
         description=__doc__.split("\n\n")[1].replace("\n", " "),
     )

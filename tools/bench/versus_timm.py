@@ -1,4 +1,4 @@
-"""``kdcache bench-timm``: the same student on the same data through timm's own tasks, no KD
+"""``kdcache bench timm``: the same student on the same data through timm's own tasks, no KD
 and online KD, against kdcache's cached task, interleaved in one run.
 
 Three modes train the same seeded student with timm's ``create_optimizer_v2`` (AdamW) on the
@@ -111,7 +111,7 @@ def _log(line: str) -> None:
 
 def add_bench_timm_parser(commands) -> None:
     parser = commands.add_parser(
-        "bench-timm",
+        "timm",
         help="benchmark against timm's tasks: no KD vs timm online KD vs kdcache's cached task",
         description=__doc__.split("\n\n")[1].replace("\n", " "),
     )
