@@ -362,6 +362,9 @@ class CacheStore:
             if plan.views <= self.plan.views:
                 plan = replace(plan, views=self.plan.views)
             found += [d.replace(" vs ", " in cache vs ", 1) for d in self.plan.differences(plan)]
+            if plan.views > self.plan.views:  # a teach pass asking for them adds them
+                found = [f"{d} (teaching the cache with plan.views {plan.views} adds views)"
+                         if d.startswith("plan.views:") else d for d in found]  # fmt: skip
         if topk is not None and topk != self.topk:
             found.append(f"topk: {self.topk} in cache vs {topk}")
         if samples is not None and samples != self.samples:
@@ -376,7 +379,8 @@ class CacheStore:
         """Raise :class:`CacheMismatch` naming every differing field."""
         found = self.mismatches(manifest, **options)
         if found:
-            raise CacheMismatch(f"{self.location} does not match: " + "; ".join(found))
+            field = found[0].partition(":")[0]
+            raise CacheMismatch(f"{self.location} does not match: " + "; ".join(found), field=field)
 
     # -- teachers ----------------------------------------------------------------------------
     @property
