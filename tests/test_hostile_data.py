@@ -160,3 +160,44 @@ def test_an_honest_tar_still_indexes(tmp_path):
     code, stderr, _ = measured(tmp_path, cli("index", path, "--out", tmp_path / "index"))
     assert code == 0, stderr
     assert (tmp_path / "index" / "manifest.parquet").exists()
+
+
+@pytest.fixture
+def http_folder(tmp_path):
+    """A local HTTP server over ``tmp_path/www``, recording every requested path."""
+    import functools
+    import http.server
+    import threading
+
+    root, hits = tmp_path / "www", []
+    root.mkdir()
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def send_head(self):
+            hits.append(self.path)
+            return super().send_head()
+
+        def log_message(self, *args):
+            pass
+
+    handler = functools.partial(Handler, directory=str(root))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield root, f"http://127.0.0.1:{httpd.server_address[1]}", hits
+    httpd.shutdown()
+
+
+def test_a_percent_encoded_shard_path_cannot_leave_a_remote_manifest_folder(http_folder, tmp_path):
+    from kdcache.pipeline.data import ShardInfo
+
+    root, url, hits = http_folder
+    (root / "data").mkdir()
+    (root / "secret.tar").write_bytes(b"secret")
+    shard = ShardInfo(0, "%2E%2E/secret.tar", "train", 1, 6, "0" * 64)
+    _write_small_manifest(root / "data", [shard], ["x/0"])
+    read = ("from kdcache.pipeline.data import Manifest, checked_samples\n"
+            f"m = Manifest.read({url + '/data'!r})\nlist(checked_samples(m, m.shards[0]))")  # fmt: skip
+    code, stderr, _ = measured(tmp_path, read)
+    assert code == 2
+    one_line_error(stderr, f"{url}/data/manifest.parquet", "%2E%2E/secret.tar")
+    assert not [h for h in hits if "secret" in h or "%2E" in h.upper()], hits
