@@ -169,7 +169,7 @@ def benchmark_parser(benches, name: str, help: str, doc: str) -> argparse.Argume
 
 
 def progress_log(name: str) -> Callable[[str], None]:
-    """A benchmark's progress lines, ``bench NAME:`` first, flushed at once."""
+    """A benchmark's progress lines, ``bench-NAME:`` first, flushed at once."""
     return lambda line: print(f"bench-{name}:{line}", flush=True)
 
 
