@@ -1,4 +1,4 @@
-"""``kdcache bench-replay``: per-view cost of kdcache's renderers at the real shape (RGB JPEGs
+"""``kdcache bench replay``: per-view cost of kdcache's renderers at the real shape (RGB JPEGs
 of about 500x375 to 224 px) against today's renderer and timm's training transform, side by
 side in one process.
 
@@ -23,6 +23,7 @@ from kdcache.tools.bench.harness import (
     Mode,
     Session,
     add_common_options,
+    benchmark_parser,
     interleave,
     options_of,
     ratio,
@@ -121,10 +122,11 @@ def _print(result: dict) -> None:
 
 
 def add_bench_replay_parser(commands) -> None:
-    parser = commands.add_parser(
-        "bench-replay",
-        help="per-view cost of kdcache's renderers against today's and timm's at 224 px",
-        description=__doc__.split("\n\n")[1].replace("\n", " "),
+    parser = benchmark_parser(
+        commands,
+        "replay",
+        "per-view cost of kdcache's renderers against today's and timm's at 224 px",
+        __doc__,
     )
     parser.add_argument("--images", type=int, default=200, help="default: %(default)s")
     parser.add_argument("--resolution", type=int, default=224, help="default: %(default)s")

@@ -66,7 +66,11 @@ def add_teacher_arguments(parser: argparse.ArgumentParser) -> None:
     # fmt: skip
 
 
-def _class_map(location: str) -> tuple[int, ...]:
+def _class_map(location: str) -> tuple[int, ...] | str:
+    from kdcache.pipeline.teach.class_maps import NAMED
+
+    if location in NAMED:
+        return location
     with open(location) as f:
         values = json.load(f)
     if not isinstance(values, list) or not all(isinstance(v, int) for v in values):
