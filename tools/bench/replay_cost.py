@@ -23,6 +23,7 @@ from kdcache.tools.bench.harness import (
     Mode,
     Session,
     add_common_options,
+    benchmark_parser,
     interleave,
     options_of,
     ratio,
@@ -120,10 +121,11 @@ def _print(result: dict) -> None:
 
 
 def add_bench_replay_parser(commands) -> None:
-    parser = commands.add_parser(
+    parser = benchmark_parser(
+        commands,
         "replay",
-        help="per-view cost of kdcache's renderers against today's and timm's at 224 px",
-        description=__doc__.split("\n\n")[1].replace("\n", " "),
+        "per-view cost of kdcache's renderers against today's and timm's at 224 px",
+        __doc__,
     )
     parser.add_argument("--images", type=int, default=200, help="default: %(default)s")
     parser.add_argument("--resolution", type=int, default=224, help="default: %(default)s")

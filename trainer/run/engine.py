@@ -68,6 +68,7 @@ from kdcache.trainer.run.resume import (
 from kdcache.trainer.run.run_folder import claim_run_folder, write_run_config
 from kdcache.trainer.run.run_log import RunLog
 from kdcache.trainer.run.step_profile import StepProfile
+from kdcache.trainer.run.student_weights import load_initial_checkpoint, pretrained_student
 from kdcache.trainer.run.train_config import TrainConfig
 
 
@@ -264,7 +265,13 @@ def _student(config: TrainConfig, manifest: Manifest, source, device):
     """The student on its device, its spec (with its evaluation preprocessing) and that
     preprocessing (EvalViews' options)."""
     spec = _student_spec(config, manifest, source)
-    net = create_model(spec).to(device)
+    if config.pretrained_path or config.pretrained:
+        net = pretrained_student(spec, config.pretrained_path)
+    else:
+        net = create_model(spec)
+    if config.initial_checkpoint:
+        load_initial_checkpoint(net, config.initial_checkpoint, config.initial_checkpoint_key_map)
+    net = net.to(device)
     if config.channels_last:
         net = net.to(memory_format=torch.channels_last)
     if hasattr(net, "set_distilled_training"):  # a DeiT student: both heads train with KD

@@ -44,6 +44,26 @@ class TrainConfig:
         help="input size, at least 16 (default: the images' size if they all share one, else "
         "the cache teacher's resolution, else the model's pretrained config)",
     )
+    pretrained: bool = option(
+        False,
+        help="start from timm's pretrained weights for --model, from --pretrained-path or the "
+        "local Hugging Face cache (nothing is downloaded); a classifier for another class "
+        "count starts new, as in timm fine-tuning",
+    )
+    pretrained_path: str | None = option(
+        None, metavar="FILE", help="the pretrained weights file (implies --pretrained)"
+    )
+    initial_checkpoint: str | None = option(
+        None,
+        metavar="FILE",
+        help="start from these weights (a kdcache checkpoint or a state dict), loaded strictly",
+    )
+    initial_checkpoint_key_map: str | None = option(
+        None,
+        metavar="MAP",
+        help="rename the initial checkpoint's tensors first: strip-prefix, positional or "
+        "module:function",
+    )
     eval_crop_pct: float | None = option(
         None,
         group=EVAL,
