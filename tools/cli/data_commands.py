@@ -79,7 +79,7 @@ def add_teach_parser(commands) -> None:
         help="teacher weights: a kdcache checkpoint, or published weights with "
         "--teacher-arch or --teacher-factory (repeatable for several teachers)",
     )
-    add_teacher_arguments(parser)
+    add_teacher_arguments(parser, per_teacher=True, location_flag="--teacher")
     add_plan_arguments(parser, defaults_from="the existing cache's plan, else the plan defaults")
     parser.set_defaults(run=run_teach)  # fmt: skip
 
