@@ -93,6 +93,10 @@ FORMATS = ("kdcache/1", FORMAT)  # readable
 TARGET_ARRAYS = ("topk_logits", "topk_index", "logsumexp")
 SAMPLE_ARRAYS = ("sample_index",)
 LEDGER_ARRAYS = ("shard_done", "shard_checksum")
+# a teacher's set-up recorded in the cache that a request must match even when it leaves it out
+# (a request without feature targets computes the cache's own)
+SET_UP = ("arch", "weights_sha256", "num_classes", "model_args", "preprocessing", "key_map",
+          "class_map")  # fmt: skip
 MAX_VIEWS = 4096  # views a cache's arrays may hold: bounds what a read of its ledger allocates
 _COMPRESSORS = (BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle"),)
 
@@ -374,6 +378,9 @@ class CacheStore:
             if plan.views <= self.plan.views:
                 plan = replace(plan, views=self.plan.views)
             found += [d.replace(" vs ", " in cache vs ", 1) for d in self.plan.differences(plan)]
+            if plan.views > self.plan.views:  # a teach pass asking for them adds them
+                found = [f"{d} (teaching the cache with plan.views {plan.views} adds views)"
+                         if d.startswith("plan.views:") else d for d in found]  # fmt: skip
         if topk is not None and topk != self.topk:
             found.append(f"topk: {self.topk} in cache vs {topk}")
         if samples is not None and samples != self.samples:
@@ -388,7 +395,8 @@ class CacheStore:
         """Raise :class:`CacheMismatch` naming every differing field."""
         found = self.mismatches(manifest, **options)
         if found:
-            raise CacheMismatch(f"{self.location} does not match: " + "; ".join(found))
+            field = found[0].partition(":")[0]
+            raise CacheMismatch(f"{self.location} does not match: " + "; ".join(found), field=field)
 
     # -- teachers ----------------------------------------------------------------------------
     @property
@@ -419,13 +427,15 @@ class CacheStore:
         name = identity["name"]
         if name in self.teacher_names:
             stored = self.teacher_identity(name)
+            keys = [*identity, *(k for k in stored if k in SET_UP and k not in identity)]
             differing = [
-                f"teacher.{key}: {stored.get(key)!r} in cache vs {identity[key]!r}"
-                for key in identity
-                if key != "source" and stored.get(key) != identity[key]
+                f"teacher.{key}: {stored.get(key)!r} in cache vs {identity.get(key)!r}"
+                for key in keys
+                if key != "source" and stored.get(key) != identity.get(key)
             ]
             if differing:
-                raise CacheMismatch(f"{self.location}: " + "; ".join(differing))
+                field = differing[0].partition(":")[0]
+                raise CacheMismatch(f"{self.location}: " + "; ".join(differing), field=field)
             return
         dataset = self.attrs["dataset"]
         n, k, s = dataset["num_rows"], self.topk, dataset["num_shards"]

@@ -18,6 +18,11 @@ def shard_location(manifest: str, file: str, *, allow_remote: bool = False) -> s
     the manifest: one ``kdcache index`` wrote over files elsewhere) also an absolute path or a
     URL anywhere."""
     folder = urls.parent(manifest)
+    if "%" in file and not allow_remote and urls.local_path(urls.join(folder, file)) is None:
+        raise ManifestError(
+            f"{manifest}: shard file {file!r} holds '%' (percent-encoding, which a URL client "
+            "decodes); shard files of a manifest at a URL are plain relative paths"
+        )
     if urls.is_url(file) and urls.local_path(file) is None:
         if _url_under(file, folder) or allow_remote:
             return file
@@ -37,9 +42,10 @@ def shard_location(manifest: str, file: str, *, allow_remote: bool = False) -> s
 
 
 def _url_under(url: str, folder: str) -> bool:
-    """Whether ``url`` lies under ``folder``, itself a URL, without a ``..`` step."""
+    """Whether ``url`` lies under ``folder``, itself a URL, without a ``..`` step (and
+    without ``%``: a client may decode ``%2E%2E`` into one)."""
     inside = urls.is_url(folder) and url.startswith(folder.rstrip("/") + "/")
-    return inside and ".." not in url.split("/")
+    return inside and ".." not in url.split("/") and "%" not in url[len(folder) :]
 
 
 def catalogued_cache(root: str, cache: str, entry: str, *, writes: bool) -> str:
