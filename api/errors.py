@@ -97,3 +97,7 @@ class NotInCache(KdcacheError, IndexError):
 class TargetsNotFinite(KdcacheError, ValueError):
     """A teacher's targets hold NaN or inf (or overflow the cache's storage type): refused
     before anything is written."""
+
+
+class CacheNotFound(KdcacheError, FileNotFoundError):
+    """No cache at a location, or none in the catalogue that fits."""

@@ -44,7 +44,7 @@ import numpy as np
 import zarr
 
 from kdcache import __version__
-from kdcache.errors import CacheCorrupt, CacheMismatch, ConfigError
+from kdcache.errors import CacheCorrupt, CacheMismatch, CacheNotFound, ConfigError
 from kdcache.pipeline.cache.block_io import BlockIO
 from kdcache.pipeline.cache.codecs import TargetCodec
 from kdcache.pipeline.cache.feature_layout import (
@@ -147,7 +147,7 @@ class CacheStore(BlockIO):
         try:
             group = open_group(location, mode, storage_options)
         except FileNotFoundError as error:
-            raise FileNotFoundError(f"{location}: no cache here") from error
+            raise CacheNotFound(f"{location}: no cache here") from error
         return cls(location, group, storage_options)
 
     @classmethod
@@ -168,11 +168,16 @@ class CacheStore(BlockIO):
         ``target_dtype`` ``q8`` or ``q6`` stores the targets quantised (:mod:`quantize`,
         :mod:`q6_layout`)."""
         if not 1 <= topk <= manifest.num_classes:
-            raise ValueError(f"--topk must lie in 1..{manifest.num_classes}, got {topk}")
+            raise ConfigError(
+                f"topk must lie in 1..{manifest.num_classes}, got {topk}", field="topk"
+            )
         if samples < 0:
-            raise ValueError(f"--samples must be 0 (none) or more, got {samples}")
+            raise ConfigError(f"samples must be 0 (none) or more, got {samples}", field="samples")
         if target_dtype not in TARGET_DTYPES:
-            raise ValueError(f"--target-dtype must be one of {TARGET_DTYPES}, got {target_dtype!r}")
+            raise ConfigError(
+                f"target_dtype must be one of {TARGET_DTYPES}, got {target_dtype!r}",
+                field="target_dtype",
+            )
         if target_dtype == "q6":
             check_codable(topk, manifest.num_classes)
         group = open_group(location, "w-", None)
