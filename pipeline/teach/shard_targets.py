@@ -211,7 +211,7 @@ def teacher_targets(
     n, v = len(positions), params.shape[1]
     spec = teacher.spec
     device = next(teacher.model.parameters()).device
-    logits_out = np.empty((n, v, topk), dtype=np.float16)
+    logits_out = np.empty((n, v, topk), dtype=np.float32)  # stored per the cache's layout
     index_out = np.empty((n, v, topk), dtype=np.int64)
     lse_out = np.empty((n, v), dtype=np.float32)
     samples_out = None if uniforms is None else np.empty(uniforms.shape, dtype=np.int64)
@@ -233,7 +233,7 @@ def teacher_targets(
         for name, values in taps.collect().items():
             features_out[name][rows.start : rows.stop, view] = values.cpu().numpy()
         values, index, lse = reduce_logits(logits, topk)
-        logits_out[rows.start : rows.stop, view] = values.cpu().numpy().astype(np.float16)
+        logits_out[rows.start : rows.stop, view] = values.cpu().numpy()
         index_out[rows.start : rows.stop, view] = index.cpu().numpy()
         lse_out[rows.start : rows.stop, view] = lse.cpu().numpy()
         if samples_out is not None:
