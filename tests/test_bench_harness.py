@@ -114,7 +114,7 @@ def test_bench_replay_interleaves_every_configuration_path_and_mode(tmp_path):
     config = _check(result, "bench-replay", names, 2,
                     {"images", "teacher_views", "torch_threads", "plans", "modes_meaning"})  # fmt: skip
     assert config["torch_threads"] == 1 and "last partial batch" in config["modes_meaning"]["timm"]
-    assert config["modes_meaning"]["kdcache"] == "renderer cpu/3"  # the default renderer
+    assert config["modes_meaning"]["kdcache"] == "renderer cpu/4"  # the default renderer
     assert {"core_us", "wall_us"} == set(result["modes"][names[0]])
     assert "full plan / teacher / timm_over_kdcache" in result["ratios"]
     # timm's Mixup mixes every sample, the last partial batch of 128 too (here: the only one)
@@ -220,7 +220,7 @@ def test_gpu_views_interleaves_renderers(tmp_path):
     main(["--device", "cpu", "--images", "4", "--views", "2", "--size", "32", "--repeats", "2",
           "--compare", "--json", str(out)])  # fmt: skip
     result = json.loads(out.read_text())
-    _check(result, "gpu-views", ["device/1", "cpu/3"], 2, {"gpu_utilisation", "torch_threads"})
+    _check(result, "gpu-views", ["device/1", "cpu/4"], 2, {"gpu_utilisation", "torch_threads"})
 
 
 def test_a_work_folder_holding_other_files_is_refused(tmp_path):

@@ -59,13 +59,14 @@ PARAMS_LAYOUT = "kdcache-params/2"
 # records the one that made it (``attrs.plan.renderer``) and is replayed by that one. cpu/1 is
 # the renderer of caches made before renderers had versions (their attrs have no renderer).
 # A renderer with its own decoder records it (``attrs.plan.decoder``): it is part of its identity.
-RENDERERS = ("cpu/1", "cpu/2", "cpu/3", "device/1")
-DEFAULT_RENDERER = "cpu/3"
+RENDERERS = ("cpu/1", "cpu/2", "cpu/3", "cpu/4", "device/1")
+DEFAULT_RENDERER = "cpu/4"
 LEGACY_RENDERER = "cpu/1"
-RENDERER_ALIASES = {"cpu": "cpu/3", "cuda": "device/1", "device": "device/1"}
+RENDERER_ALIASES = {"cpu": "cpu/4", "cuda": "device/1", "device": "device/1"}
 RENDERER_DECODERS = {
     "cpu/3": "simplejpeg 1.9.0 (libjpeg-turbo; fastdct=False, fastupsample=True)",
-}  # pipeline.views.jpeg_decode.DECODER
+    "cpu/4": "simplejpeg 1.9.0 (libjpeg-turbo; fastdct=False, fastupsample=False)",
+}  # pipeline.views.jpeg_decode.DECODERS
 CROP_FLIP_NAMES = ("crop_top", "crop_left", "crop_height", "crop_width", "flip")
 MIX_FIELDS = ("mixup_alpha", "cutmix_alpha", "mix_prob", "mix_switch_prob")
 _CROP_TRIES = 10
@@ -139,7 +140,7 @@ class ViewPlan:
     )
     renderer: str = option(
         DEFAULT_RENDERER,
-        help="view renderer: cpu (= cpu/3), cuda (= device/1), cpu/2, or cpu/1, the renderer "
+        help="view renderer: cpu (= cpu/4), cuda (= device/1), cpu/3, cpu/2, or cpu/1, the renderer "
         "of caches made before renderers had versions",
     )
 
