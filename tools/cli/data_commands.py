@@ -2,6 +2,7 @@
 
 import argparse
 import sys
+from dataclasses import replace
 
 from kdcache.pipeline.data import ShardConfig, StorageConfig
 from kdcache.pipeline.teach import TeachConfig
@@ -85,12 +86,14 @@ def add_teach_parser(commands) -> None:
 
 
 def run_teach(args: argparse.Namespace) -> None:
+    values, plan = config_values(TeachConfig, args), plan_overrides(args)
+    config = TeachConfig(**values, teachers=teacher_sources(args), plan=plan)  # checked here
     from kdcache.pipeline.cache import catalog_root
     from kdcache.pipeline.data import storage
     from kdcache.pipeline.teach import TeachFailed, run_teach
 
-    values = config_values(TeachConfig, args) | {"catalog": catalog_root(args.catalog)}
-    config = TeachConfig(**values, teachers=teacher_sources(args), plan=plan_overrides(args))
+    config = replace(config, catalog=catalog_root(args.catalog))
+
     if config.dry_run:
         print(_dry_run(config.resolve()))
         return

@@ -86,7 +86,10 @@ def _is_store_error(error: BaseException) -> bool:
 def main(argv: list[str] | None = None) -> None:
     """Run one command; a user error is one line on stderr and exit 2 (``KDCACHE_DEBUG=1``:
     the traceback too)."""
-    args = build_parser().parse_args(argv)
+    parser, commands = _parser_and_commands()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # the command's usage, not the top level's
+        commands.choices[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         args.run(args)
     except Exception as error:
