@@ -35,5 +35,10 @@ __getattr__, __dir__, __all__ = lazy_face(
         "teacher_inputs": ".shard_targets",
         "teacher_targets": ".shard_targets",
         "use_host_allocator": ".host_memory",
+        "adapt_stem": ".weights",
+        "key_map": ".key_maps",
+        "load_strict": ".weights",
+        "local_copy": ".models",
+        "read_state_dict": ".weights",
     },
 )

@@ -247,19 +247,25 @@ def run_teach(config: TeachConfig) -> TeachSummary:
 
 def _run_teach(config: TeachConfig) -> TeachSummary:
     began = time.perf_counter()
+    if config.cache is None and not config.catalog:
+        raise ConfigError("teach: no cache given, and no catalogue to pick one", field="cache")
     manifest = Manifest.read(config.manifest, allow_remote_shards=config.allow_remote_shards)
-    config = _checked_request(config, manifest)
+    existing = _existing(config.cache)
+    config = _checked_request(config.resolved(existing), manifest)
+    if existing is not None:  # before any teacher loads
+        _check_store(config, manifest, existing)
     identities = [teacher_identity(source, manifest, config) for source in config.teachers]
     names = [identity["name"] for identity in identities]
     if len(set(names)) != len(names):
-        raise ValueError(f"teachers need distinct names, got {names}; use --teacher NAME=PATH")
+        raise ConfigError(
+            f"teachers need distinct names, got {names}; name them (NAME=PATH)",
+            field="teacher.location",
+        )
     catalog = Catalog(config.catalog) if config.catalog else None
     if catalog is not None:
         config, reusable = _from_catalog(config, catalog, manifest, identities)
         if reusable is not None:
             return TeachSummary(cache=reusable, reused=True, cache_bytes=urls.disk_bytes(reusable))
-    elif config.cache is None:
-        raise ValueError("teach needs --cache, or a catalogue (--catalog or $KDCACHE_CATALOG)")
     if config.address not in (None, "auto") and "://" not in config.address:
         _check_reachable(config.address)  # before the cache is created: nothing left behind
     with RunLock(config.cache, config.lock_stale_after) as lock:
@@ -280,23 +286,23 @@ def _checked_request(config: TeachConfig, manifest: Manifest) -> TeachConfig:
     """``config`` with its ``only_shards`` checked against the manifest and splits, its plan's
     renderer available here, and local teacher weights at absolute paths (the cache records
     them for ``verify`` from anywhere)."""
-    if not config.teachers:
-        raise ConfigError("teach: no teachers given (TeachConfig.teachers, --teacher)")
-    if config.cpus_per_worker <= 0 or (config.gpus_per_worker or 0) < 0:
-        raise ValueError("--cpus-per-worker must be above 0 and --gpus-per-worker not below 0")
     splits = set(config.splits)
     manifest.shards_of(config.splits)  # unknown split names: one line
     for shard_id in config.only_shards or []:
         if not 0 <= shard_id < len(manifest.shards):
-            raise ValueError(
-                f"--only-shards: no shard {shard_id} in {manifest.location} "
-                f"(ids 0..{len(manifest.shards) - 1})"
+            raise ConfigError(
+                f"only_shards: no shard {shard_id} in {manifest.location} "
+                f"(ids 0..{len(manifest.shards) - 1})",
+                field="only_shards",
             )
         if manifest.shards[shard_id].split not in splits:
-            raise ValueError(
-                f"--only-shards: shard {shard_id} is a {manifest.shards[shard_id].split} shard; "
-                f"this pass caches {', '.join(sorted(splits))}"
+            raise ConfigError(
+                f"only_shards: shard {shard_id} is a {manifest.shards[shard_id].split} shard; "
+                f"this pass caches {', '.join(sorted(splits))}",
+                field="only_shards",
             )
+    for source in config.teachers:
+        source.check_classes(manifest)
     check_renderer(config.plan)  # before Ray starts; each actor's renderer checks its own node
     teachers = [replace(t, location=urls.resolved(t.location)) for t in config.teachers]
     return replace(config, teachers=teachers)
@@ -343,6 +349,16 @@ def _from_catalog(
     return config, None
 
 
+def _existing(location: str | None) -> CacheStore | None:
+    """The cache at ``location`` if there is one (read-only)."""
+    if location is None:
+        return None
+    try:
+        return CacheStore.open(location)
+    except FileNotFoundError:
+        return None
+
+
 def _prepare_store(config: TeachConfig, manifest: Manifest, identities: list[dict]) -> CacheStore:
     """Open or create the cache, check it matches (more views: an extension), register teachers."""
     try:
@@ -357,7 +373,18 @@ def _prepare_store(config: TeachConfig, manifest: Manifest, identities: list[dic
             samples=config.samples,
             target_dtype=config.target_dtype,
         )
-    # more views than the cache has is an extension: the same plan, views appended
+    _check_store(config, manifest, store)
+    _check_extension(config, store, [identity["name"] for identity in identities])
+    store.grow_views(config.plan.views)
+    for identity in identities:
+        store.add_teacher(identity)
+    store.write_identity()  # checked against the request above; a cache older than it gets one
+    return store
+
+
+def _check_store(config: TeachConfig, manifest: Manifest, store: CacheStore) -> None:
+    """Refuse a cache that does not match the request (more views is an extension: the same
+    plan, views appended; fewer is refused)."""
     fewer = replace(config.plan, views=min(config.plan.views, store.plan.views))
     store.check_matches(
         manifest,
@@ -370,14 +397,9 @@ def _prepare_store(config: TeachConfig, manifest: Manifest, identities: list[dic
     if config.plan.views < store.plan.views:
         raise CacheMismatch(
             f"{config.cache}: holds {store.plan.views} views; asked for {config.plan.views} "
-            "(views are never removed; ask for at least the cache's)"
+            "(views are never removed; ask for at least the cache's)",
+            field="plan.views",
         )
-    _check_extension(config, store, [identity["name"] for identity in identities])
-    store.grow_views(config.plan.views)
-    for identity in identities:
-        store.add_teacher(identity)
-    store.write_identity()  # checked against the request above; a cache older than it gets one
-    return store
 
 
 def _check_extension(config: TeachConfig, store: CacheStore, names: list[str]) -> None:
@@ -387,8 +409,9 @@ def _check_extension(config: TeachConfig, store: CacheStore, names: list[str]) -
     if config.plan.views > store.plan.views and left_out:
         raise CacheMismatch(
             f"{config.cache}: adding views {store.plan.views}..{config.plan.views - 1} needs "
-            f"every teacher of the cache; pass --teacher for {', '.join(left_out)} too, "
-            f"or keep --views {store.plan.views}"
+            f"every teacher of the cache; give {', '.join(left_out)} too, "
+            f"or keep plan.views {store.plan.views}",
+            field="plan.views",
         )
 
 

@@ -1,4 +1,4 @@
-"""``kdcache bench-teach``: the teacher pass against raw teacher inference in the same layout.
+"""``kdcache bench teach``: the teacher pass against raw teacher inference in the same layout.
 
 Modes, interleaved for ``--repeats`` rounds after ``--warmup`` untimed ones: ``raw WxT`` is
 ``model(x)`` alone in W processes x T torch threads over pre-decoded, pre-rendered, normalised
@@ -25,9 +25,11 @@ from kdcache.tools.bench.harness import (
     add_data_options,
     add_shape_option,
     apply_shape,
+    benchmark_parser,
     fresh,
     interleave,
     options_of,
+    progress_log,
     ratio,
     shaped,
     shown,
@@ -156,15 +158,15 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     return session.report(config, measured)
 
 
-def _log(line: str) -> None:
-    print(f"bench-teach:{line}", flush=True)
+_log = progress_log("teach")
 
 
 def add_bench_parser(commands) -> None:
-    parser = commands.add_parser(
-        "bench-teach",
-        help="benchmark the teacher pass against raw teacher inference in the same layout",
-        description=__doc__.split("\n\n")[1].replace("\n", " "),
+    parser = benchmark_parser(
+        commands,
+        "teach",
+        "benchmark the teacher pass against raw teacher inference in the same layout",
+        __doc__,
     )
     add_shape_option(parser, SHAPES)
     shaped(parser, SHAPES, "--teacher", "timm architecture")

@@ -1,13 +1,10 @@
 """``kdcache shard`` and ``kdcache teach``."""
 
 import argparse
-import contextlib
 import sys
-from dataclasses import replace
 
 from kdcache.pipeline.data import ShardConfig, StorageConfig
 from kdcache.pipeline.teach import TeachConfig
-from kdcache.pipeline.views import ViewPlan
 from kdcache.tools.cli.arg_types import key_value
 from kdcache.tools.cli.config_options import add_config_options, config_values
 from kdcache.tools.cli.plan_options import add_plan_arguments, plan_overrides
@@ -65,9 +62,6 @@ def run_shard(args: argparse.Namespace) -> None:
     )
 
 
-_FROM_EXISTING = ("topk", "samples", "splits", "target_dtype")  # unset: the existing cache's values
-
-
 def add_teach_parser(commands) -> None:
     parser = commands.add_parser(
         "teach",
@@ -76,13 +70,7 @@ def add_teach_parser(commands) -> None:
         "run the teacher(s), write top-k logits, class ids, logsumexp and view params into the "
         "Zarr cache, then mark the shard done. Rerunning skips done shards.",
     )
-    add_config_options(
-        parser,
-        TeachConfig,
-        parse={"only_shards": _shard_ids},
-        unset=_FROM_EXISTING,
-        unset_note="default: the existing cache's, else",
-    )
+    add_config_options(parser, TeachConfig, parse={"only_shards": _shard_ids})
     parser.add_argument(
         "--teacher",
         action="append",
@@ -91,33 +79,20 @@ def add_teach_parser(commands) -> None:
         help="teacher weights: a kdcache checkpoint, or published weights with "
         "--teacher-arch or --teacher-factory (repeatable for several teachers)",
     )
-    add_teacher_arguments(parser)
+    add_teacher_arguments(parser, per_teacher=True, location_flag="--teacher")
     add_plan_arguments(parser, defaults_from="the existing cache's plan, else the plan defaults")
     parser.set_defaults(run=run_teach)  # fmt: skip
 
 
 def run_teach(args: argparse.Namespace) -> None:
-    from kdcache.pipeline.cache import CacheStore, catalog_root
+    from kdcache.pipeline.cache import catalog_root
     from kdcache.pipeline.data import storage
     from kdcache.pipeline.teach import TeachFailed, run_teach
 
-    teachers = teacher_sources(args)
-    existing = None
-    if args.cache is not None:
-        with contextlib.suppress(FileNotFoundError), storage.using(args.storage_options):
-            existing = CacheStore.open(args.cache)
-    values = config_values(TeachConfig, args)
-    if existing is not None:  # unset options default to the existing cache's
-        plan = replace(existing.plan, **plan_overrides(args))
-        inherited = {"topk": existing.topk, "samples": existing.samples}
-        inherited["target_dtype"] = existing.target_dtype
-        inherited["splits"] = existing.attrs["splits"]
-    else:
-        plan, inherited = ViewPlan(**plan_overrides(args)), {}
-    values["catalog"] = catalog_root(args.catalog)
-    config = TeachConfig(**(inherited | values), teachers=teachers, plan=plan)
+    values = config_values(TeachConfig, args) | {"catalog": catalog_root(args.catalog)}
+    config = TeachConfig(**values, teachers=teacher_sources(args), plan=plan_overrides(args))
     if config.dry_run:
-        print(_dry_run(config))
+        print(_dry_run(config.resolve()))
         return
     try:
         summary = run_teach(config)

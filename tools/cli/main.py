@@ -50,14 +50,25 @@ def _parser_and_commands() -> tuple[argparse.ArgumentParser, argparse.Action]:
     add_verify_parser(commands)
     add_plot_parser(commands)
     add_demo_parser(commands)
-    add_bench_parser(commands)
-    add_bench_train_parser(commands)
-    add_bench_kd_parser(commands)
-    add_bench_replay_parser(commands)
-    add_bench_reads_parser(commands)
-    add_bench_mixing_parser(commands)
-    add_bench_timm_parser(commands)
+    _add_bench_parsers(commands)
     return parser, commands
+
+
+def _add_bench_parsers(commands) -> None:
+    """``kdcache bench NAME``: every benchmark under one command."""
+    bench = commands.add_parser(
+        "bench",
+        help="benchmarks: side-by-side ratios against timm, raw model(x) and plain training",
+        description="Run one benchmark; each saves its full config and JSON results.",
+    )
+    benches = bench.add_subparsers(dest="benchmark", required=True, metavar="NAME")
+    add_bench_parser(benches)
+    add_bench_train_parser(benches)
+    add_bench_kd_parser(benches)
+    add_bench_replay_parser(benches)
+    add_bench_reads_parser(benches)
+    add_bench_mixing_parser(benches)
+    add_bench_timm_parser(benches)
 
 
 # OSError: unwritable or full disks, missing files, refused connections (with the path)
@@ -89,7 +100,8 @@ def main(argv: list[str] | None = None) -> None:
         flag = flag_of(args, getattr(error, "field", None))
         if flag is not None and flag not in message:
             message += f" (option {flag})"
-        print(f"kdcache {args.command}: error: {message}", file=sys.stderr)
+        command = " ".join(filter(None, (args.command, getattr(args, "benchmark", None))))
+        print(f"kdcache {command}: error: {message}", file=sys.stderr)
         raise SystemExit(2) from None
 
 

@@ -3,9 +3,11 @@
 ``KDLoader`` streams the shards, replays each sample's view for the epoch and joins it with
 the cached targets, like ``kdcache train`` does (it is the same :class:`TrainViews`). Its
 ``len()`` is the number of batches this rank yields in the current epoch, whatever the worker
-count; under DDP every rank yields the same number, padding with repeated samples (flagged in
-``KDBatch.padded``) instead of dropping any. Ranks come from ``torch.distributed`` when it is
-initialised, else from ``RANK``/``WORLD_SIZE``.
+count: whole batches and at most one partial one (none with ``drop_last=True``); under DDP every
+rank yields the same number, padding with repeated samples (flagged in ``KDBatch.padded``)
+instead of dropping any (with ``drop_last``, every rank takes the smallest rank's whole batches).
+Ranks come from ``torch.distributed`` when it is initialised, else from
+``RANK``/``WORLD_SIZE``.
 """
 
 from collections.abc import Iterator
@@ -120,6 +122,7 @@ class KDLoader:
         shuffle_buffer: int = 2000,
         view_schedule: str = "cycle",
         pin_memory: bool = False,
+        drop_last: bool = False,
         storage_options: dict | None = None,
     ):
         self.storage_options = storage.resolve(storage_options)
@@ -142,9 +145,11 @@ class KDLoader:
                 split=split,
                 schedule=ViewSchedule(view_schedule, source.plan.views, seed),
             )
-            self.batch_size = batch_size
+            self.batch_size, self.drop_last = batch_size, drop_last
             self.world_size = wds.utils.pytorch_worker_info()[1]  # as the dataset splits shards
-            self._loader = make_loader(self.views, batch_size, workers, pin_memory, seed)
+            self._loader = make_loader(
+                self.views, batch_size, workers, pin_memory, seed, drop_last=drop_last
+            )
             self.workers = self._loader.num_workers
 
     def set_epoch(self, epoch: int) -> None:
@@ -152,7 +157,9 @@ class KDLoader:
 
     def steps(self, epoch: int) -> int:
         """Batches this rank yields in ``epoch`` (the same on every rank)."""
-        return self.views.epoch_steps(epoch, self.batch_size, self.workers, self.world_size)
+        return self.views.epoch_steps(
+            epoch, self.batch_size, self.workers, self.world_size, self.drop_last
+        )
 
     def __len__(self) -> int:
         return self.steps(self.views.epoch)

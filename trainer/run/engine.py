@@ -23,7 +23,13 @@ from torch.nn.parallel import DistributedDataParallel
 from kdcache.errors import ConfigError, RunStateError
 from kdcache.pipeline.cache import catalog_root, resolve_cache
 from kdcache.pipeline.data import Manifest, storage
-from kdcache.pipeline.teach import ModelSpec, create_model, requests, save_checkpoint
+from kdcache.pipeline.teach import (
+    ModelSpec,
+    TeacherSource,
+    create_model,
+    requests,
+    save_checkpoint,
+)
 from kdcache.pipeline.views import MIX_FIELDS, ViewPlan, normalize, set_pixel_limit
 from kdcache.trainer.data import (
     CachedTargets,
@@ -62,6 +68,7 @@ from kdcache.trainer.run.resume import (
 from kdcache.trainer.run.run_folder import claim_run_folder, write_run_config
 from kdcache.trainer.run.run_log import RunLog
 from kdcache.trainer.run.step_profile import StepProfile
+from kdcache.trainer.run.student_weights import load_initial_checkpoint, pretrained_student
 from kdcache.trainer.run.train_config import TrainConfig
 
 
@@ -258,7 +265,13 @@ def _student(config: TrainConfig, manifest: Manifest, source, device):
     """The student on its device, its spec (with its evaluation preprocessing) and that
     preprocessing (EvalViews' options)."""
     spec = _student_spec(config, manifest, source)
-    net = create_model(spec).to(device)
+    if config.pretrained_path or config.pretrained:
+        net = pretrained_student(spec, config.pretrained_path)
+    else:
+        net = create_model(spec)
+    if config.initial_checkpoint:
+        load_initial_checkpoint(net, config.initial_checkpoint, config.initial_checkpoint_key_map)
+    net = net.to(device)
     if config.channels_last:
         net = net.to(memory_format=torch.channels_last)
     if hasattr(net, "set_distilled_training"):  # a DeiT student: both heads train with KD
@@ -288,15 +301,18 @@ def _student_spec(config: TrainConfig, manifest: Manifest, source) -> ModelSpec:
 
 def _online_teacher(config: TrainConfig, manifest: Manifest, device) -> OnlineTeacher:
     aligned = config.feature_weight or config.attention_weight
+    source = config.teacher_source or TeacherSource(
+        location=config.teacher_checkpoint, arch=config.teacher_arch
+    )
     return OnlineTeacher(
-        config.teacher_checkpoint,
+        source,
+        class_names=manifest.classes,
         features=requests(config.features, config.attention) if aligned else None,
         feature_dim=config.feature_dim,
         num_classes=manifest.num_classes,
         in_chans=manifest.channels,
         device=device,
         topk=config.topk,
-        arch=config.teacher_arch,
         amp=config.amp,
     )
 

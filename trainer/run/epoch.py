@@ -1,11 +1,11 @@
 """One epoch of optimiser steps, resumable mid-epoch and stoppable at an agreed step."""
 
 import torch
-from tqdm import tqdm
 
 from kdcache.trainer.run.distributed import World, sum_across
 from kdcache.trainer.run.resume import Progress, StopOnSignal
 from kdcache.trainer.run.run_log import RunLog
+from kdcache.trainer.run.step_display import StepDisplay
 from kdcache.trainer.run.step_profile import StepProfile
 
 _STEP_LOG_EVERY = 50  # updates between per-step TensorBoard scalars
@@ -53,13 +53,8 @@ def train_epoch(
     for _ in range(progress.step):  # same order as the interrupted run: skip what it did
         next(batches)
     fresh = 0
-    with tqdm(
-        total=steps,
-        initial=progress.step,
-        desc=f"epoch {progress.epoch}",
-        disable=not bar,
-        leave=False,
-    ) as shown:
+    shown = StepDisplay(progress.epoch, steps, progress.step, show=bar)
+    try:
         while progress.step < steps:
             profile.batch_wanted()
             batch = next(batches)
@@ -75,7 +70,8 @@ def train_epoch(
             if ema is not None:
                 ema.update(net, step=progress.updates)
             profile.step_done()
-            fresh += _count_step(progress, batch["label"].numel(), loss, parts)
+            size = _count_step(progress, batch["label"].numel(), loss, parts)
+            fresh += size
             if (
                 log is not None
                 and log.writer is not None
@@ -83,9 +79,11 @@ def train_epoch(
             ):
                 lr = optimizer.param_groups[0]["lr"]
                 log.add_step(progress.updates, {"loss": loss.item(), "lr": lr})
-            shown.update()
+            shown.update(size)
             if stop(progress.step):
                 break
+    finally:
+        shown.close()
     return fresh
 
 

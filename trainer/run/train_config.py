@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 from kdcache._options import option
 from kdcache.pipeline.data import StorageOptions, storage
-from kdcache.pipeline.teach import ATTENTION_HELP, FEATURE_DIM_HELP, FEATURES_HELP
+from kdcache.pipeline.teach import ATTENTION_HELP, FEATURE_DIM_HELP, FEATURES_HELP, TeacherSource
 from kdcache.pipeline.views import max_pixels_option
 from kdcache.trainer.data import SCHEDULES
 from kdcache.trainer.kd import (
@@ -44,6 +44,26 @@ class TrainConfig:
         help="input size, at least 16 (default: the images' size if they all share one, else "
         "the cache teacher's resolution, else the model's pretrained config)",
     )
+    pretrained: bool = option(
+        False,
+        help="start from timm's pretrained weights for --model, from --pretrained-path or the "
+        "local Hugging Face cache (nothing is downloaded); a classifier for another class "
+        "count starts new, as in timm fine-tuning",
+    )
+    pretrained_path: str | None = option(
+        None, metavar="FILE", help="the pretrained weights file (implies --pretrained)"
+    )
+    initial_checkpoint: str | None = option(
+        None,
+        metavar="FILE",
+        help="start from these weights (a kdcache checkpoint or a state dict), loaded strictly",
+    )
+    initial_checkpoint_key_map: str | None = option(
+        None,
+        metavar="MAP",
+        help="rename the initial checkpoint's tensors first: strip-prefix, positional or "
+        "module:function",
+    )
     eval_crop_pct: float | None = option(
         None,
         group=EVAL,
@@ -80,6 +100,9 @@ class TrainConfig:
     teacher_arch: str | None = option(
         None, group=KD, help="timm architecture of published online weights"
     )
+    # the online teacher with all its build options (key map, class map, preprocessing); set,
+    # it is what teacher_checkpoint and teacher_arch describe
+    teacher_source: TeacherSource | None = None
     cache: str | None = option(
         None,
         group=KD,
