@@ -24,16 +24,21 @@ import numpy as np
 
 PER_TAR = 1000
 PROBE = """
-import json, resource, sys, time
+import json, sys, time
+def status(field):  # this process's own figures (ru_maxrss would carry the parent's over fork)
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) for l in f if l.startswith(field + ":")) >> 10
 exec(sys.argv[2])  # the step's imports: not timed, and the base of its memory
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+imports = status("VmHWM")
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # the peak starts again from the RSS now
+base = status("VmRSS")
 result = {}
 start = time.perf_counter()
 exec(sys.argv[3])
 result["seconds"] = round(time.perf_counter() - start, 3)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-result["peak_rss_mib"] = round(peak / 1024)
-result["above_imports_mib"] = round((peak - base) / 1024)
+result["peak_rss_mib"] = max(imports, status("VmHWM"))
+result["above_imports_mib"] = status("VmHWM") - base
 open(sys.argv[1], "w").write(json.dumps(result))
 """
 # per step: its imports (untimed) and its work (timed), formatted with the size's locations
@@ -213,10 +218,13 @@ def run_scale(sizes: list[str], work: str, real: str, timeout: float, steps: lis
                 )
                 log(f"{size} index: {results['index']}")
             os.replace(os.path.join(work, "manifest.parquet"), manifest)
-        else:
-            start = time.perf_counter()
-            extend_manifest(os.path.join(work, f"manifest-{real}.parquet"), manifest, rows)
-            log(f"{size}: synthetic manifest written in {time.perf_counter() - start:.0f} s")
+        elif not os.path.exists(manifest):  # made in its own process: this one stays small
+            source = os.path.join(work, f"manifest-{real}.parquet")
+            extend = f"extend_manifest({source!r}, {manifest!r}, {rows})"
+            made = run_step(f"extend-{size}", (STEPS["index"][0].replace("index_webdataset", "Manifest")
+                                               + "\nfrom kdcache.tools.bench.scale import extend_manifest",
+                                               extend), timeout, work)  # fmt: skip
+            log(f"{size}: synthetic manifest {made}")
         for step in steps:
             if step != "index":
                 results[step] = run_step(step, _filled(STEPS[step], **fill), timeout, work)
