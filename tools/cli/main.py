@@ -10,6 +10,7 @@ from kdcache.pipeline.data import storage
 from kdcache.tools.bench.kd_objectives import add_bench_kd_parser
 from kdcache.tools.bench.mixing_accuracy import add_bench_mixing_parser
 from kdcache.tools.bench.replay_cost import add_bench_replay_parser
+from kdcache.tools.bench.scale import add_bench_scale_parser
 from kdcache.tools.bench.target_reads import add_bench_reads_parser
 from kdcache.tools.bench.teach_speed import add_bench_parser
 from kdcache.tools.bench.train_speed import add_bench_train_parser
@@ -71,6 +72,7 @@ def _add_bench_parsers(commands) -> None:
     add_bench_mixing_parser(benches)
     add_bench_timm_parser(benches)
     add_bench_quality_parser(benches)
+    add_bench_scale_parser(benches)
 
 
 # OSError: unwritable or full disks, missing files, refused connections (with the path)
