@@ -115,8 +115,9 @@ def read_checkpoint_meta(path: str) -> dict | None:
     payload = torch.load(path, map_location="cpu", weights_only=True)
     meta = payload.get("kdcache") if isinstance(payload, dict) else None
     if meta is not None and meta.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(
-            f"{path}: checkpoint format {meta.get('format')!r}, expected {CHECKPOINT_FORMAT!r}"
+        raise ConfigError(
+            f"{path}: checkpoint format {meta.get('format')!r}, expected {CHECKPOINT_FORMAT!r}",
+            field="teacher.location",
         )
     return meta
 
