@@ -6,6 +6,7 @@ import pyarrow as pa
 import webdataset as wds
 from tqdm import tqdm
 
+from kdcache.errors import ConfigError, OutputExists
 from kdcache.pipeline.data import storage, urls
 from kdcache.pipeline.data.file_identity import HashedFile
 from kdcache.pipeline.data.manifest import Manifest, ShardInfo, write_manifest
@@ -62,13 +63,13 @@ def _write_shards(source: DatasetSource | str | None, out: str, config: ShardCon
             follow_symlinks=config.follow_symlinks,
         )
     if shard_size < 1:
-        raise ValueError(f"--shard-size must be at least 1, got {shard_size}")
+        raise ConfigError(f"shard_size must be at least 1, got {shard_size}", field="shard_size")
     manifest_location = urls.join(out, "manifest.parquet")
     if urls.exists(manifest_location) and not config.overwrite:
-        raise FileExistsError(f"{manifest_location} exists; pass --overwrite to replace it")
+        raise OutputExists(f"{manifest_location} exists; overwrite replaces it", field="overwrite")
     unknown = set(splits) - set(source.split_sizes)
     if unknown:
-        raise ValueError(
+        raise ConfigError(
             f"{source.name}: no split {sorted(unknown)}; it has {sorted(source.split_sizes)}"
         )
     fs, out_path = storage.filesystem(out)
@@ -102,7 +103,7 @@ def _write_shards(source: DatasetSource | str | None, out: str, config: ShardCon
         raise
     bar.close()
     if stats.count == 0:
-        raise ValueError(f"{source.name}: the train split is empty; nothing to shard")
+        raise ConfigError(f"{source.name}: the train split is empty; nothing to shard")
     pixel_mean, pixel_std = stats.result()
     if not any(columns["path"]):  # sources without files (IDX arrays) keep the old columns
         del columns["path"]
