@@ -53,6 +53,23 @@ def write_shards(source: DatasetSource | str | None, out: str, **options) -> Man
         return _write_shards(source, out, config)
 
 
+def _check_request(source: DatasetSource, config: ShardConfig, manifest_location: str) -> None:
+    """Refuse, before anything is written, a bad shard size, an existing manifest (unless
+    ``overwrite``) or splits the source lacks."""
+    if config.shard_size < 1:
+        raise ConfigError(
+            f"shard_size must be at least 1, got {config.shard_size}", field="shard_size"
+        )
+    if urls.exists(manifest_location) and not config.overwrite:
+        raise OutputExists(f"{manifest_location} exists; overwrite replaces it", field="overwrite")
+    unknown = set(config.splits) - set(source.split_sizes)
+    if unknown:
+        raise ConfigError(
+            f"{source.name}: no split {sorted(unknown)}; it has {sorted(source.split_sizes)}",
+            field="splits",
+        )
+
+
 def _write_shards(source: DatasetSource | str | None, out: str, config: ShardConfig) -> Manifest:
     shard_size, splits, limits = config.shard_size, config.splits, config.limits
     if not isinstance(source, DatasetSource):
@@ -62,16 +79,8 @@ def _write_shards(source: DatasetSource | str | None, out: str, config: ShardCon
             shuffle_seed=config.shuffle_seed,
             follow_symlinks=config.follow_symlinks,
         )
-    if shard_size < 1:
-        raise ConfigError(f"shard_size must be at least 1, got {shard_size}", field="shard_size")
     manifest_location = urls.join(out, "manifest.parquet")
-    if urls.exists(manifest_location) and not config.overwrite:
-        raise OutputExists(f"{manifest_location} exists; overwrite replaces it", field="overwrite")
-    unknown = set(splits) - set(source.split_sizes)
-    if unknown:
-        raise ConfigError(
-            f"{source.name}: no split {sorted(unknown)}; it has {sorted(source.split_sizes)}"
-        )
+    _check_request(source, config, manifest_location)
     fs, out_path = storage.filesystem(out)
     fs.makedirs(urls.join(out_path, "shards"), exist_ok=True)
 
