@@ -105,3 +105,7 @@ class OutputExists(OutputError, FileExistsError):
 
 class WeightsError(KdcacheError, ValueError):
     """A weights file or checkpoint does not hold what it should (format, keys, shapes)."""
+
+
+class CacheNotFound(KdcacheError, FileNotFoundError):
+    """No cache at a location, or none in the catalogue that fits."""
