@@ -146,7 +146,7 @@ def test_label_space_mixing_mixes_cached_targets_and_differs_from_the_teacher(
 
 
 def test_label_space_mixing_refuses_a_mixed_cache(data, mixed_cache):
-    with pytest.raises(ValueError, match="--mixing label needs a cache without mixing"):
+    with pytest.raises(ValueError, match="mixing label needs a cache without mixing"):
         LabelMixedTargets(mixed_cache, data, plan={"mixup_alpha": 1.0})
 
 

@@ -11,6 +11,7 @@ job's hooks, projected by the same seeded matrix, and rounded as a fp16 cache st
 
 import torch
 
+from kdcache.errors import ConfigError
 from kdcache.pipeline.cache import projection_matrix, reduce_logits, stored_features
 from kdcache.pipeline.teach import (
     FeatureRequest,
@@ -48,7 +49,7 @@ class OnlineTeacher:
         )
         self.topk = topk or num_classes
         if not 1 <= self.topk <= num_classes:
-            raise ValueError(f"--topk must lie in 1..{num_classes}, got {self.topk}")
+            raise ConfigError(f"topk must lie in 1..{num_classes}, got {self.topk}", field="topk")
         self.device = device
         self.amp = amp
         spec = self.teacher.spec
