@@ -31,7 +31,7 @@ def test_import_kdcache_from_outside_the_repository_shows_the_api(tmp_path):
 
 
 def test_open_cache_reads_what_the_store_holds(data, cache):
-    opened = kdcache.open_cache(cache)
+    opened = kdcache.open_cache(cache, data=data.location)  # the manifest lies outside its folder
     store = CacheStore.open(cache)
     assert opened.teachers == ["regnet"] and opened.plan == store.plan and opened.topk == 4
     assert opened.completeness() == {"regnet": 1.0} and opened.complete()

@@ -1,6 +1,6 @@
 """Every benchmark, run at a tiny size through the one harness: its JSON holds the full
 configuration and, per mode, every repeat with median and min-max, and the modes ran
-interleaved (README → Results; issue 21)."""
+interleaved (docs/results)."""
 
 import json
 import os
@@ -57,7 +57,7 @@ def _main(tmp_path, *args) -> dict:
 def test_bench_train_measures_the_teacher_inside_the_online_run(
     tmp_path, data, cache, teacher_path
 ):
-    result = _main(tmp_path, "bench-train", "--data", data.location, "--cache", cache,
+    result = _main(tmp_path, "bench", "train", "--data", data.location, "--cache", cache,
                   "--teacher-checkpoint", teacher_path, "--topk", "4", "--steps", "2",
                   "--warmup-steps", "1", "--batch-size", "16", "--workers", "1",
                   "--repeats", "2", "--warmup", "0", "--threads", "1")  # fmt: skip
@@ -81,12 +81,14 @@ def test_bench_train_measures_the_teacher_inside_the_online_run(
 
 
 def test_bench_teach_compares_teach_with_raw_in_its_own_layout(tmp_path):
-    result = _run(tmp_path, "bench-teach", "--work", str(tmp_path / "work"), "--images", "200",
+    result = _run(tmp_path, "bench", "teach", "--work", str(tmp_path / "work"), "--images", "200",
                   "--shard-size", "100", "--teacher", "regnety_002", "--resolution", "32",
                   "--views", "1", "--workers", "2", "--raw-layouts", "1x1", "--repeats", "2",
                   "--warmup", "0")  # fmt: skip
     config = result["config"]
-    modes = ["raw 1x1", "raw 2x1", "raw 2x1, default allocator", "teach"]
+    cpus = os.cpu_count()
+    renders = ["render 1 CPU"] + ([f"render {cpus} CPUs"] if cpus > 1 else [])
+    modes = ["raw 1x1", "raw 2x1", "raw 2x1, default allocator", "teach", *renders]
     assert config["layouts"] == ["1x1", "2x1"]  # the one asked for, and teach's own
     _check(result, "bench-teach", modes, 2,
            {"teach_layout", "same_layout_mode", "best_layout_mode", "shards", "shard_size",
@@ -101,12 +103,16 @@ def test_bench_teach_compares_teach_with_raw_in_its_own_layout(tmp_path):
     assert all(s > 0 for s in teach["ray_start_s"]["runs"])  # the clock starts before Ray
     assert teach["actors"]["runs"] == [2, 2]  # the layout raw 2x1 matches
     for name in ("teach_over_raw_same_layout", "teach_over_raw_best_layout",
-                 "steady_over_raw_same_layout", "raw_reuse_over_default_allocator"):  # fmt: skip
+                 "steady_over_raw_same_layout", "raw_reuse_over_default_allocator",
+                 "render_all_cpus_over_one"):  # fmt: skip
         assert len(result["ratios"][name]["runs"]) == 2
+    for name in renders:  # the render stage alone, its pool sized from the CPUs
+        assert result["modes"][name]["views_per_s"]["min"] > 0
+    assert result["modes"][renders[-1]]["render_threads"]["median"] == (cpus if cpus > 1 else 0)
 
 
 def test_bench_replay_interleaves_every_configuration_path_and_mode(tmp_path):
-    result = _run(tmp_path, "bench-replay", "--images", "5", "--resolution", "32", "--views",
+    result = _run(tmp_path, "bench", "replay", "--images", "5", "--resolution", "32", "--views",
                   "2", "--repeats", "2", "--warmup", "1")  # fmt: skip
     names = [f"{c} / {p} / {m}" for c in ("crop + flip", "full plan")
              for p in ("trainer", "teacher")
@@ -114,7 +120,7 @@ def test_bench_replay_interleaves_every_configuration_path_and_mode(tmp_path):
     config = _check(result, "bench-replay", names, 2,
                     {"images", "teacher_views", "torch_threads", "plans", "modes_meaning"})  # fmt: skip
     assert config["torch_threads"] == 1 and "last partial batch" in config["modes_meaning"]["timm"]
-    assert config["modes_meaning"]["kdcache"] == "renderer cpu/3"  # the default renderer
+    assert config["modes_meaning"]["kdcache"] == "renderer cpu/4"  # the default renderer
     assert {"core_us", "wall_us"} == set(result["modes"][names[0]])
     assert "full plan / teacher / timm_over_kdcache" in result["ratios"]
     # timm's Mixup mixes every sample, the last partial batch of 128 too (here: the only one)
@@ -134,7 +140,7 @@ def test_bench_mixing_rebuilds_the_caches_a_former_run_left(tmp_path, ray_local)
     for name in ("mixed.zarr", "plain.zarr"):  # what a run with other options left: 2 views
         CacheStore.create(str(work / name), manifest=manifest, plan=ViewPlan(seed=9, views=2),
                           topk=5, splits=["train"])  # fmt: skip
-    result = _main(tmp_path, "bench-mixing", "--work", str(work), "--images", "200",
+    result = _main(tmp_path, "bench", "mixing", "--work", str(work), "--images", "200",
                   "--test-images", "50", "--shard-size", "100", "--views", "1", "--epochs", "1",
                   "--teacher-epochs", "1", "--repeats", "2")  # fmt: skip
     config = _check(result, "bench-mixing", ["exact", "label", "none"], 2,
@@ -198,7 +204,7 @@ def test_bench_kd_feature_rows_report_each_target_kinds_bytes(tmp_path, ray_loca
 
 def test_bench_timm_runs_through_the_harness(tmp_path, data, cache, teacher_path):
     kwargs = '{"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2}'
-    result = _main(tmp_path, "bench-timm", "--data", data.location, "--cache", cache,
+    result = _main(tmp_path, "bench", "timm", "--data", data.location, "--cache", cache,
                   "--teacher-checkpoint", teacher_path, "--model-kwargs", kwargs, "--steps",
                   "2", "--warmup-steps", "1", "--batch-size", "16", "--workers", "1",
                   "--repeats", "2", "--warmup", "0", "--accuracy-epochs", "1")  # fmt: skip
@@ -220,7 +226,7 @@ def test_gpu_views_interleaves_renderers(tmp_path):
     main(["--device", "cpu", "--images", "4", "--views", "2", "--size", "32", "--repeats", "2",
           "--compare", "--json", str(out)])  # fmt: skip
     result = json.loads(out.read_text())
-    _check(result, "gpu-views", ["device/1", "cpu/3"], 2, {"gpu_utilisation", "torch_threads"})
+    _check(result, "gpu-views", ["device/1", "cpu/4"], 2, {"gpu_utilisation", "torch_threads"})
 
 
 def test_a_work_folder_holding_other_files_is_refused(tmp_path):
@@ -241,7 +247,8 @@ def test_a_work_folder_holding_other_files_is_refused(tmp_path):
 def test_bench_modules_import_no_torch():
     """The CLI loads benchmark modules lazily: importing one must not import torch."""
     modules = ["harness", "bench_data", "train_speed", "teach_speed", "kd_objectives",
-               "kd_features", "replay_cost", "mixing_accuracy", "versus_timm", "gpu_views"]  # fmt: skip
+               "kd_features", "replay_cost", "mixing_accuracy", "versus_timm", "gpu_views",
+               "view_quality"]  # fmt: skip
     code = (f"import importlib, sys\nfor m in {modules}:\n"
             "    importlib.import_module('kdcache.tools.bench.' + m)\n"
             "    print(m, 'torch' in sys.modules, 'numpy' in sys.modules)")  # fmt: skip
@@ -256,11 +263,11 @@ def test_shape_sets_the_defaults_and_a_given_flag_wins():
     from kdcache.tools.bench.train_speed import SHAPES
     from kdcache.tools.cli.main import build_parser
 
-    args = build_parser().parse_args(["bench-train", "--shape", "imagenet", "--images", "7"])
+    args = build_parser().parse_args(["bench", "train", "--shape", "imagenet", "--images", "7"])
     apply_shape(args, SHAPES)
     assert (args.source, args.resolution, args.teacher, args.images) == (
         "imagenet-shaped", 224, "efficientnet_lite0", 7)  # fmt: skip
-    args = build_parser().parse_args(["bench-train"])
+    args = build_parser().parse_args(["bench", "train"])
     apply_shape(args, SHAPES)
     assert (args.source, args.resolution, args.images) == ("fashion-mnist", 28, 10000)
 

@@ -5,9 +5,9 @@ import sys
 
 import pytest
 
-COMMANDS = ["shard", "teach", "train", "catalog", "inspect", "verify", "plot", "demo",
-            "bench-teach", "bench-train", "bench-kd", "bench-replay", "bench-mixing",
-            "bench-reads"]  # fmt: skip
+COMMANDS = ["shard", "index", "teach", "train", "catalog", "inspect", "verify", "plot", "demo",
+            "bench"]  # fmt: skip
+BENCHMARKS = ["teach", "train", "kd", "replay", "reads", "mixing", "timm", "quality", "scale"]
 
 
 def _kdcache(*args):
@@ -24,6 +24,10 @@ def test_help_describes_every_command():
     assert result.returncode == 0
     for command in COMMANDS:
         assert command in result.stdout
+    result = _kdcache("bench", "--help")
+    assert result.returncode == 0
+    for benchmark in BENCHMARKS:
+        assert benchmark in result.stdout
 
 
 @pytest.mark.parametrize(
@@ -59,12 +63,12 @@ def test_help_describes_every_command():
         ("inspect", ["--data", "--json", "--plot"]),
         ("verify", ["--samples", "--teacher", "--data"]),
         ("demo", ["--out", "--quick"]),
-        ("bench-teach", ["--teacher", "--resolution", "--batch-size", "--views"]),
-        ("bench-kd", ["--out", "--train-limit", "--student-epochs", "--seed"]),
+        ("bench teach", ["--teacher", "--resolution", "--batch-size", "--views"]),
+        ("bench kd", ["--out", "--train-limit", "--student-epochs", "--seed"]),
     ],
 )
 def test_each_command_documents_its_options(command, options):
-    result = _kdcache(command, "--help")
+    result = _kdcache(*command.split(), "--help")
     assert result.returncode == 0
     for option in options:
         assert option in result.stdout

@@ -99,7 +99,7 @@ UNCOVERED_LEAVES = {("dataset", "manifest"), ("source",)}
 IDENTITY_ATTRS = ["format", "dataset", "splits", "plan", "topk", "samples", "sampling", "layout"]
 PLAN_FIELDS = {f.name for f in fields(kdcache.ViewPlan)}
 # plausible values of text attributes (others get a suffix; hashes a changed digit)
-OTHER_TEXT = {"kdcache/2": "kdcache/1", "cpu/3": "cpu/2", "const": "pixel", "fp16": "q8",
+OTHER_TEXT = {"kdcache/2": "kdcache/1", "cpu/3": "cpu/2", "cpu/4": "cpu/3", "const": "pixel", "fp16": "q8",
               "": "rand-m9-mstd0.5", "bilinear-antialias": "bicubic"}  # fmt: skip
 
 

@@ -32,7 +32,7 @@ def stored(data, cache):
     sample's through it would take the test a minute)."""
     teacher = zarr.open_group(cache, mode="r")["teachers/regnet"]
     arrays = {name: teacher[name][:] for name in ("topk_logits", "topk_index", "logsumexp")}
-    opened = kdcache.open_cache(cache)
+    opened = kdcache.open_cache(cache, data=data.location)
     for shard in data.shards_of("train"):
         for row in data.shard_rows(shard)[[0, shard.num_rows // 2, -1]].tolist():
             for view in range(PLAN.views):

@@ -42,13 +42,15 @@ for row in rows:
         left = min(width - w, math.floor(p[column["crop_left"]] * width + 0.5))
         return top, left, h, w
     top, left, h, w = box(image.height, image.width)
-    assert plan["renderer"] == "cpu/3"  # the README's replay contract of renderer cpu/3 (PNGs: Pillow's decode)
-    reduce = next((r for r in (8, 4, 2) if image.format == "JPEG" and min(h, w) // size >= r), 1)
-    if reduce > 1:  # a JPEG decoded at 1/reduce in the DCT domain, the box taken on it
+    assert plan["renderer"] == "cpu/4"  # the guide's replay contract of renderer cpu/4 (PNGs: Pillow's decode)
+    reduce = next((r for r in (8, 4, 2) if image.format == "JPEG" and min(h, w) // (2 * size) >= r), 1)
+    if reduce > 1:  # a JPEG decoded at 1/reduce in the DCT domain, the same box on it (fractional)
         image.draft(image.mode, (image.width // reduce, image.height // reduce))
-        top, left, h, w = box(math.ceil(image.height / reduce), math.ceil(image.width / reduce))
     image = image.convert("L")
-    crop = image.crop((left, top, left + w, top + h)).resize((size, size), Image.Resampling.BILINEAR)
+    edges = (left / reduce, top / reduce, (left + w) / reduce, (top + h) / reduce)
+    region = (math.floor(edges[0]), math.floor(edges[1]), math.ceil(edges[2]), math.ceil(edges[3]))
+    fractional = tuple(e - region[i % 2] for i, e in enumerate(edges))
+    crop = image.crop(region).resize((size, size), Image.Resampling.BILINEAR, box=fractional)
     pixels = np.asarray(crop) / 255.0
     if p[column["flip"]] >= 0.5:
         pixels = pixels[:, ::-1]

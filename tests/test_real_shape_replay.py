@@ -1,5 +1,5 @@
 """At the real shape: ImageNet-shaped JPEGs (colour and grey, reduced decodes at the teacher's
-64 px) through shard, teach (renderer cpu/3, the default, every operation) and
+64 px) through shard, teach (renderer cpu/4, the default, every operation) and
 ``verify --replay``."""
 
 from PIL import Image
@@ -30,7 +30,7 @@ def _photo_shards(tmp_path):
 
 def test_a_shard_read_decoded_holds_the_renderers_decode_alone(tmp_path):
     manifest = _photo_shards(tmp_path)
-    for renderer, decode in (("cpu/3", ("cpu/3", 1)), ("cpu/2", 1), ("cpu/1", "pil")):
+    for renderer, decode in (("cpu/4", ("cpu/4", 1)), ("cpu/3", ("cpu/3", 1)), ("cpu/2", 1), ("cpu/1", "pil")):
         for shard in manifest.shards_of("train"):
             images = read_shard_images(manifest, shard, renderer=renderer)
             # what the renderer's views are cut from, decoded once (verify and bench-teach's
@@ -48,7 +48,7 @@ def test_verify_replay_passes_on_a_jpeg_cache_of_the_new_renderer(tmp_path, ray_
     save_checkpoint(checkpoint, create_model(spec), spec)
     cache = tmp_path / "cache.zarr"
     teach(manifest, checkpoint, cache, plan=PLAN, topk=2)
-    assert CacheStore.open(str(cache)).plan.renderer == "cpu/3"
+    assert CacheStore.open(str(cache)).plan.renderer == "cpu/4"
     main(["verify", str(cache), "--replay", "--samples", "12"])
     out = capsys.readouterr().out
     assert "verify: replay: 12 views rebuilt" in out and "teacher's input 0\n" in out

@@ -17,6 +17,7 @@ from torchvision.transforms.v2 import functional as F
 
 from kdcache.pipeline.cache import CacheMismatch, CacheStore
 from kdcache.pipeline.views import ViewPlan, ViewRenderer, decode_image, normalize, source_image
+from kdcache.pipeline.views.plan import RENDERER_DECODERS
 from kdcache.tools.bench.photo_set import photo_jpegs
 from kdcache.trainer.data import CachedTargets
 from tests.conftest import MIXED_PLAN, PLAN
@@ -34,22 +35,27 @@ def _params(plan: ViewPlan, encoded: list[bytes]) -> np.ndarray:
 
 
 def test_the_plan_names_its_renderer_and_old_attrs_mean_cpu1():
-    assert ViewPlan().renderer == "cpu/3"
-    assert ViewPlan(renderer="cpu").renderer == "cpu/3"
+    assert ViewPlan().renderer == "cpu/4"
+    assert ViewPlan(renderer="cpu").renderer == "cpu/4"
     assert ViewPlan(renderer="cuda").renderer == "device/1"
-    attrs = ViewPlan().to_attrs()
-    assert attrs["renderer"] == "cpu/3"
-    assert attrs["decoder"] == f"simplejpeg {simplejpeg.__version__} (libjpeg-turbo; " \
-        "fastdct=False, fastupsample=True)"  # fmt: skip
+    assert ViewPlan(renderer="cpu/3").to_attrs()["decoder"] == f"simplejpeg " \
+        f"{simplejpeg.__version__} (libjpeg-turbo; fastdct=False, fastupsample=True)"  # fmt: skip
+    attrs = ViewPlan(renderer="cpu/3").to_attrs()
     assert "decoder" not in ViewPlan(renderer="cpu/2").to_attrs()  # cpu/2's attrs as before
     assert ViewPlan.from_attrs(ViewPlan(renderer="cpu/2").to_attrs()).renderer == "cpu/2"
     with pytest.raises(ValueError, match=r"plan.decoder: 'simplejpeg 0.1' made this cpu/3"):
         ViewPlan.from_attrs({**attrs, "decoder": "simplejpeg 0.1"})
     del attrs["renderer"], attrs["decoder"]  # a cache made before renderer versions
     assert ViewPlan.from_attrs(attrs).renderer == "cpu/1"
-    with pytest.raises(ValueError, match=r"'cpu/9' is not a renderer .* renders with 'cpu/3'"):
+    with pytest.raises(ValueError, match=r"'cpu/9' is not a renderer .* renders with 'cpu/4'"):
         ViewPlan.from_attrs({**attrs, "renderer": "cpu/9"})
-    for name in ("cpu/4", "gpu", ""):
+    default = ViewPlan().to_attrs()
+    assert default["renderer"] == "cpu/4"
+    assert default["decoder"] == f"simplejpeg {simplejpeg.__version__} (libjpeg-turbo; " \
+        "fastdct=False, fastupsample=False)"  # fmt: skip
+    with pytest.raises(ValueError, match=r"plan.decoder: .*fastupsample=True.* made this cpu/4"):
+        ViewPlan.from_attrs({**default, "decoder": RENDERER_DECODERS["cpu/3"]})
+    for name in ("cpu/5", "gpu", ""):
         with pytest.raises(ValueError, match=f"{name!r} is not a renderer of this kdcache"):
             ViewPlan(renderer=name)
 
@@ -59,7 +65,7 @@ def _store(tmp_path, data, renderer: str | None) -> str:
     CacheStore.create(location, manifest=data, plan=PLAN, topk=4, splits=["train"])
     group = zarr.open_group(location, mode="r+")
     plan = group.attrs["plan"]
-    plan.pop("decoder")  # only cpu/3, the default, records its decoder
+    plan.pop("decoder")  # only cpu/3 and cpu/4 (the default) record their decoder
     if renderer is None:  # a cache from before renderer versions, so before identity hashes
         del plan["renderer"]
         group.attrs.pop("identity_sha256")
@@ -78,13 +84,13 @@ def test_a_cache_of_an_unknown_renderer_is_refused_in_one_line(tmp_path, data, c
     with pytest.raises(SystemExit):
         main(["inspect", location])
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "'cpu/9'" in err and "'cpu/3'" in err
+    assert len(err.splitlines()) == 1 and "'cpu/9'" in err and "'cpu/4'" in err
 
 
 def test_a_cache_made_before_renderer_versions_replays_with_cpu1(tmp_path, data):
     location = _store(tmp_path, data, None)
     assert CacheStore.open(location).plan.renderer == "cpu/1"
-    with pytest.raises(CacheMismatch, match=r"plan.renderer: 'cpu/1' in cache vs 'cpu/3'"):
+    with pytest.raises(CacheMismatch, match=r"plan.renderer: 'cpu/1' in cache vs 'cpu/4'"):
         CachedTargets(location, data, plan={"renderer": "cpu"})
 
 
@@ -171,7 +177,7 @@ def _box(values: dict, height: int, width: int):
     return top, left, h, w
 
 
-@pytest.mark.parametrize("renderer", ["cpu/1", "cpu/2", "cpu/3"])
+@pytest.mark.parametrize("renderer", ["cpu/1", "cpu/2", "cpu/3", "cpu/4"])
 def test_a_batch_is_bitwise_its_views_rendered_alone(photos, renderer):
     plan = replace(MIXED_PLAN, renderer=renderer)
     params = _params(plan, photos)
@@ -194,24 +200,28 @@ def test_the_teacher_renders_ahead_and_gets_the_serial_targets(photos):
     spec = ModelSpec("resnet10t", 10, 3, 48, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
     torch.manual_seed(0)
     teacher = Teacher("t", create_model(spec).eval(), spec, "0" * 64, "random")
-    plan = ViewPlan(seed=4, views=2, color_jitter=(0.4, 0.4, 0.4, 0.1))
-    params = _params(plan, photos)
     images = [source_image(e, 3) for e in photos]
     threads = torch.get_num_threads()
-    results = {}
     try:
-        for count in (1, 2):  # 1 thread: serial; 2: the next batch renders on a thread
+        for count in (1, 2):  # 1 CPU: serial; 2: the next batch renders on the pool's threads
             torch.set_num_threads(count)
             assert overlaps(torch.device("cpu")) == (count == 2)
-            timings = {"augment": 0.0, "infer": 0.0}
-            results[count] = teacher_targets(
-                teacher, plan, images, params, topk=3, batch_size=5, timings=timings
-            )
-            assert timings["augment"] > 0 and timings["infer"] > 0
+        torch.set_num_threads(2)  # the model's sums depend on its threads: the same for all
+        for plan in (ViewPlan(seed=4, views=2, color_jitter=(0.4, 0.4, 0.4, 0.1)), MIXED_PLAN):
+            params = _params(plan, photos)
+            results = {}
+            for pool in (0, 1, 3):  # serially in the caller; one render thread; three
+                timings = {"augment": 0.0, "infer": 0.0}
+                results[pool] = teacher_targets(
+                    teacher, plan, images, params, topk=3, batch_size=5, timings=timings,
+                    threads=pool,
+                )  # fmt: skip
+                assert timings["augment"] > 0 and timings["infer"] > 0
+            for pool in (1, 3):
+                for name, array in results[0].arrays().items():
+                    assert np.array_equal(array, results[pool].arrays()[name]), (pool, name)
     finally:
         torch.set_num_threads(threads)
-    for name, array in results[1].arrays().items():
-        assert np.array_equal(array, results[2].arrays()[name]), name
 
 
 def _cmyk_and_png(encoded: bytes) -> list[bytes]:
@@ -275,6 +285,57 @@ def test_cpu3_decodes_jpegs_with_simplejpeg_and_the_rest_as_cpu2(photos):
             assert torch.equal(new, old)
 
 
+def _contract_v4(encoded: bytes, values: dict, size: int) -> torch.Tensor:
+    """cpu/4 by the guide's contract: Pillow's decode (at 1/r when the box keeps 2 r output
+    pixels per side), the planned box (fractional on the reduced image, Pillow's resize of the
+    covering region; torch's uint8 antialiased resize at r = 1), the flip, / 255."""
+    image = Image.open(io.BytesIO(encoded))
+    top, left, h, w = _box(values, image.height, image.width)
+    reduce = next((r for r in (8, 4, 2) if min(h, w) // (2 * size) >= r), 1)
+    if reduce == 1:
+        pixels = torch.from_numpy(np.asarray(image.convert("RGB")).copy())
+        crop = pixels[top : top + h, left : left + w].permute(2, 0, 1)[None]
+        view = torch.nn.functional.interpolate(
+            crop.contiguous(memory_format=torch.channels_last), size=(size, size),
+            mode="bilinear", antialias=True,
+        )[0]  # fmt: skip
+    else:
+        image.draft("RGB", (image.width // reduce, image.height // reduce))
+        image = image.convert("RGB")
+        box = [top / reduce, left / reduce, (top + h) / reduce, (left + w) / reduce]
+        region = [math.floor(box[1]), math.floor(box[0]), math.ceil(box[3]), math.ceil(box[2])]
+        fractional = (
+            box[1] - region[0],
+            box[0] - region[1],
+            box[3] - region[0],
+            box[2] - region[1],
+        )
+        resized = image.crop(region).resize((size, size), Image.Resampling.BILINEAR, box=fractional)
+        view = torch.from_numpy(np.asarray(resized).copy()).permute(2, 0, 1)
+    view = view.flip(-1) if values["flip"] >= 0.5 else view
+    return view.float() / 255
+
+
+def test_cpu4_renders_its_contract_at_full_and_reduced_decodes(photos):
+    plan = ViewPlan(seed=2, views=1, crop_scale=(0.08, 1.0))
+    assert plan.renderer == "cpu/4"
+    params = _params(plan, photos)[:, 0]
+    renderer, images = ViewRenderer(plan), [source_image(e, 3) for e in photos]
+    reductions = set()
+    for size in (56, 224):
+        for position, encoded in enumerate(photos):
+            values = renderer.values(params[position])
+            view = renderer.render(images, params, position, size)
+            assert torch.equal(view, _contract_v4(encoded, values, size)), (size, position)
+            reductions |= {key[1] for key in images[position]._decoded}
+    assert reductions == {1, 2}
+    others = _cmyk_and_png(photos[0])  # not baseline RGB/grey JPEGs: decoded by Pillow
+    params = _params(plan, others)[:, 0]
+    for position, encoded in enumerate(others):
+        view = renderer.render([source_image(e, 3) for e in others], params, position, 56)
+        assert torch.equal(view, _contract_v4(encoded, renderer.values(params[position]), 56))
+
+
 def test_cpu3_grey_jpegs_and_headers_match_pillow(photos):
     grey = _grey_jpeg(photos[0])
     for encoded in photos[:4] + [grey]:
@@ -295,10 +356,10 @@ def test_cpu3_grey_jpegs_and_headers_match_pillow(photos):
 
 @pytest.mark.parametrize("plan", [ViewPlan(seed=5, views=2, crop_scale=(0.08, 1.0)), MIXED_PLAN],
                          ids=["crop+flip", "mixed"])  # fmt: skip
-def test_cpu3_teacher_batches_are_the_trainers_views_normalised(photos, plan):
+def test_default_teacher_batches_are_the_trainers_views_normalised(photos, plan):
     from kdcache.pipeline.teach import ModelSpec, batch_buffers, teacher_inputs
 
-    assert plan.renderer == "cpu/3"
+    assert plan.renderer == "cpu/4"
     params = _params(plan, photos)
     spec = ModelSpec("resnet10t", 10, 3, 48, (0.5, 0.4, 0.3), (0.25, 0.2, 0.3))
     renderer, images = ViewRenderer(plan), [source_image(e, 3) for e in photos]
@@ -320,7 +381,7 @@ def test_cpu3_teacher_batches_are_the_trainers_views_normalised(photos, plan):
 
 
 def test_another_simplejpeg_is_refused_up_front_by_teach_and_train(data, teacher_path, tmp_path):
-    """cpu/3's pixels are simplejpeg 1.9.0's: with another version teach and train stop in one
+    """cpu/4's (the default's) pixels are simplejpeg 1.9.0's: with another version teach and train stop in one
     line before any work (not once per shard in every actor, or in the loader's workers)."""
     import os
     import shutil
@@ -350,5 +411,5 @@ def test_another_simplejpeg_is_refused_up_front_by_teach_and_train(data, teacher
                              text=True, env=env, timeout=300)  # fmt: skip
         lines = run.stderr.strip().splitlines()
         assert run.returncode != 0 and len(lines) == 1, (name, run.stderr)
-        assert "renderer cpu/3 decodes with simplejpeg 1.9.0, found simplejpeg 1.8.2" in lines[0]
+        assert "renderer cpu/4 decodes with simplejpeg 1.9.0, found simplejpeg 1.8.2" in lines[0]
     assert not cache.exists() and not list(tmp_path.glob("cache.zarr*"))

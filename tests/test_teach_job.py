@@ -143,10 +143,10 @@ def test_only_shards_outside_the_manifest_or_the_splits_are_refused(
     tmp_path, data, teacher_path, ray_local
 ):
     location = tmp_path / "cache.zarr"
-    with pytest.raises(ValueError, match="--only-shards: no shard 9 ") as refusal:
+    with pytest.raises(ValueError, match="only_shards: no shard 9 ") as refusal:
         teach(data, teacher_path, str(location), only_shards=[0, 9])
     assert "\n" not in str(refusal.value)
-    with pytest.raises(ValueError, match="--only-shards: shard 5 is a test shard"):
+    with pytest.raises(ValueError, match="only_shards: shard 5 is a test shard"):
         teach(data, teacher_path, str(location), only_shards=[5])
     assert not location.exists()
 

@@ -27,6 +27,7 @@ __getattr__, __dir__, __all__ = lazy_face(
         "identity_key": ".catalog",
         "index_dtype": ".store",
         "lock_holder": ".run_lock",
+        "manifest_for": ".cache_manifest",
         "reduce_logits": ".store",
         "region_checksum": ".store",
         "resolve_cache": ".catalog",

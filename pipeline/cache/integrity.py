@@ -67,11 +67,20 @@ def region_problem(block, checksum: int, region_checksum) -> str | None:
             else "was altered after it was written"
         )
         return f"checksum mismatch (stored {int(checksum):016x}, data {found:016x}): {what}"
-    bad = int((~np.isfinite(block.topk_logits)).sum() + (~np.isfinite(block.logsumexp)).sum())
-    bad += sum(int((~np.isfinite(v)).sum()) for v in block.features.values())
+    bad = non_finite_counts(block)[0]
     if bad:
         return f"{bad} non-finite target values (NaN or inf)"
     return None
+
+
+def non_finite_counts(block) -> np.ndarray:
+    """Per view of ``block``, how many of its target values (top-k logits, logsumexp,
+    feature targets) are NaN or inf."""
+    values = [block.topk_logits, block.logsumexp[..., None], *block.features.values()]
+    views = block.logsumexp.shape[1]
+    return sum((~np.isfinite(v)).reshape(v.shape[0], views, -1).sum((0, 2)) for v in values).astype(
+        np.int64
+    )
 
 
 def _unwritten(values: np.ndarray) -> bool:

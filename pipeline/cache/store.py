@@ -35,7 +35,9 @@ the mean KL(fp16 targets || stored targets) of each region.
 
 import dataclasses
 import datetime
+import functools
 import hashlib
+import json
 import os
 from dataclasses import dataclass, replace
 
@@ -45,7 +47,7 @@ import zarr
 from zarr.codecs import BloscCodec
 
 from kdcache import __version__
-from kdcache.errors import CacheCorrupt, CacheMismatch, ConfigError
+from kdcache.errors import CacheCorrupt, CacheMismatch, ConfigError, TargetsNotFinite
 from kdcache.pipeline.cache.feature_layout import (
     FEATURE_KEY,
     decode_features,
@@ -61,6 +63,7 @@ from kdcache.pipeline.cache.integrity import (
     IDENTITY_ATTR,
     edited_fields,
     identity_digests,
+    non_finite_counts,
     region_problem,
 )
 from kdcache.pipeline.cache.layout import (
@@ -90,6 +93,10 @@ FORMATS = ("kdcache/1", FORMAT)  # readable
 TARGET_ARRAYS = ("topk_logits", "topk_index", "logsumexp")
 SAMPLE_ARRAYS = ("sample_index",)
 LEDGER_ARRAYS = ("shard_done", "shard_checksum")
+# a teacher's set-up recorded in the cache that a request must match even when it leaves it out
+# (a request without feature targets computes the cache's own)
+SET_UP = ("arch", "weights_sha256", "num_classes", "model_args", "preprocessing", "key_map",
+          "class_map")  # fmt: skip
 MAX_VIEWS = 4096  # views a cache's arrays may hold: bounds what a read of its ledger allocates
 _COMPRESSORS = (BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle"),)
 
@@ -305,6 +312,7 @@ class CacheStore:
                 array = self.group[path]
             except KeyError:  # not made yet (a run stopped while adding a teacher)
                 continue
+            self._check_codecs(path, array, specs[path])
             shape = tuple(array.shape)
             views = shape[1] if len(shape) == len(chunks) else -1
             if (
@@ -317,6 +325,18 @@ class CacheStore:
                     f"{self.location}/{path}/zarr.json: field shape {list(shape)} (chunks "
                     f"{list(array.chunks)}), expected {wanted} (chunks {list(chunks)}) for "
                     f"{n} rows in {s} shards; the array's description was edited"
+                )
+
+    def _check_codecs(self, path: str, array: zarr.Array, spec: ArraySpec) -> None:
+        """Refuse an array whose data type, storage chunks or codec chain differ from the
+        format's (an edited chain could decompress a small object into gigabytes)."""
+        found = array.metadata.to_dict()
+        expected = expected_metadata(spec, self.shard_size, self.view_block, self.format)
+        for key, value in expected.items():
+            if _plain(found.get(key)) != value:
+                raise CacheCorrupt(
+                    f"{self.location}/{path}/zarr.json: field {key} is {_plain(found.get(key))}, "
+                    f"expected {value} (the format's {key}); the array's description was edited"
                 )
 
     @property
@@ -358,6 +378,9 @@ class CacheStore:
             if plan.views <= self.plan.views:
                 plan = replace(plan, views=self.plan.views)
             found += [d.replace(" vs ", " in cache vs ", 1) for d in self.plan.differences(plan)]
+            if plan.views > self.plan.views:  # a teach pass asking for them adds them
+                found = [f"{d} (teaching the cache with plan.views {plan.views} adds views)"
+                         if d.startswith("plan.views:") else d for d in found]  # fmt: skip
         if topk is not None and topk != self.topk:
             found.append(f"topk: {self.topk} in cache vs {topk}")
         if samples is not None and samples != self.samples:
@@ -372,7 +395,8 @@ class CacheStore:
         """Raise :class:`CacheMismatch` naming every differing field."""
         found = self.mismatches(manifest, **options)
         if found:
-            raise CacheMismatch(f"{self.location} does not match: " + "; ".join(found))
+            field = found[0].partition(":")[0]
+            raise CacheMismatch(f"{self.location} does not match: " + "; ".join(found), field=field)
 
     # -- teachers ----------------------------------------------------------------------------
     @property
@@ -403,13 +427,15 @@ class CacheStore:
         name = identity["name"]
         if name in self.teacher_names:
             stored = self.teacher_identity(name)
+            keys = [*identity, *(k for k in stored if k in SET_UP and k not in identity)]
             differing = [
-                f"teacher.{key}: {stored.get(key)!r} in cache vs {identity[key]!r}"
-                for key in identity
-                if key != "source" and stored.get(key) != identity[key]
+                f"teacher.{key}: {stored.get(key)!r} in cache vs {identity.get(key)!r}"
+                for key in keys
+                if key != "source" and stored.get(key) != identity.get(key)
             ]
             if differing:
-                raise CacheMismatch(f"{self.location}: " + "; ".join(differing))
+                field = differing[0].partition(":")[0]
+                raise CacheMismatch(f"{self.location}: " + "; ".join(differing), field=field)
             return
         dataset = self.attrs["dataset"]
         n, k, s = dataset["num_rows"], self.topk, dataset["num_shards"]
@@ -588,8 +614,10 @@ class CacheStore:
             packed = encode_q6(block.topk_logits, block.topk_index, block.logsumexp, classes)
             samples = {k: arrays[k] for k in SAMPLE_ARRAYS if k in arrays}
             return {"topk_packed": packed, **samples, **features}
-        if self.target_dtype != "q8":
-            return arrays | features
+        if self.target_dtype != "q8":  # fp16: cast here, so the checksum is of what is read
+            with np.errstate(over="ignore"):  # beyond fp16: inf, refused by the caller
+                logits = block.topk_logits.astype(np.float16)
+            return arrays | {"topk_logits": logits} | features
         levels, scale, lse = quantize(block.topk_logits, block.logsumexp)
         index = pack_ids(block.topk_index, classes)
         arrays.update(topk_logits=levels, logit_scale=scale, topk_index=index, logsumexp=lse)
@@ -635,8 +663,12 @@ class CacheStore:
         overwritten, never trusted.
         """
         rows = self._rows(shard)
+        self._refuse_non_finite(teacher, shard, views, block, "")
         stored = self._encode(teacher, block)
         decoded = self._decode(teacher, block.params, stored)
+        self._refuse_non_finite(
+            teacher, shard, views, decoded, f" once stored as {self.target_dtype}"
+        )
         for first, last in _runs(views):  # positions in the block
             where = (rows, slice(views[first], views[last] + 1))
             self._array(None, "params")[where] = block.params[:, first : last + 1]
@@ -656,6 +688,20 @@ class CacheStore:
         for first, last in _runs(views):
             self._array(teacher, "shard_done")[shard.id, views[first] : views[last] + 1] = 1
         return checksums
+
+    def _refuse_non_finite(
+        self, teacher: str, shard: ShardInfo, views: list[int], block: ShardTargets, how: str
+    ) -> None:
+        """Raise :class:`TargetsNotFinite` for the first view of ``block`` holding NaN or inf
+        (checked before encoding, and on what a reader would decode): nothing is written."""
+        counts = non_finite_counts(block)
+        if counts.any():
+            first = int(np.flatnonzero(counts)[0])
+            raise TargetsNotFinite(
+                f"{self.location}: teacher {teacher}, shard {shard.file} (id {shard.id}), view "
+                f"{views[first]}: {int(counts[first])} target values are NaN or inf{how} "
+                "(the teacher's logits overflow or diverge); nothing written for this shard"
+            )
 
     def read_shard(self, teacher: str, shard: ShardInfo, views: int | None = None) -> ShardTargets:
         """Views ``0..views-1`` (default: the plan's) of a shard's block: one read per array."""
@@ -769,6 +815,25 @@ def _runs(views: list[int]) -> list[tuple[int, int]]:
             runs.append((start, i - 1))
             start = i
     return runs
+
+
+@functools.lru_cache(maxsize=256)
+def expected_metadata(spec: ArraySpec, shard_size: int, view_block: int | None, fmt: str) -> dict:
+    """The ``data_type``, ``chunk_grid`` and ``codecs`` an array of ``spec`` has in format
+    ``fmt`` (from a reference array made in memory as :meth:`CacheStore.create` makes it)."""
+    group = zarr.open_group(zarr.storage.MemoryStore(), mode="w")
+    if fmt == FORMAT:
+        _create_spec(group, spec, (shard_size, 1, shard_size), view_block, view_block)
+    else:
+        _create(group, spec.name, spec.shape(shard_size, 1, 1), spec.chunks(shard_size),
+                spec.dtype, spec.fill)  # fmt: skip
+    found = group[spec.name].metadata.to_dict()
+    return {key: _plain(found[key]) for key in ("codecs", "data_type", "chunk_grid")}
+
+
+def _plain(value):
+    """Metadata as plain JSON values (tuples as lists), for comparing."""
+    return json.loads(json.dumps(value, default=str))
 
 
 def _create_spec(group: zarr.Group, spec: ArraySpec, sizes, views: int, view_block: int) -> None:

@@ -71,7 +71,7 @@ def _find_idx(directory: Path, stem: str) -> Path:
             return candidate
     raise FileNotFoundError(
         f"{directory}: no IDX file {stem}(.gz); install Debian's dataset-fashion-mnist "
-        "or pass --source DIR holding the four IDX files"
+        "or name a source folder holding the four IDX files"
     )
 
 
@@ -83,7 +83,7 @@ def fashion_mnist(directory: str | Path = FASHION_MNIST_DIR) -> DatasetSource:
         images = read_idx(_find_idx(directory, images_stem))
         labels = read_idx(_find_idx(directory, labels_stem))
         if images.ndim != 3 or len(images) != len(labels):
-            raise ValueError(
+            raise ManifestError(
                 f"{directory}: {split} images have shape {images.shape} but "
                 f"{len(labels)} labels; expected (n, H, W) with n labels"
             )
@@ -205,7 +205,7 @@ def image_folder(
         raise FileNotFoundError(f"{root}: expected a train/ folder of class folders")
     classes = tuple(sorted(p.name for p in (root / "train").iterdir() if p.is_dir()))
     if not classes:
-        raise ValueError(f"{root / 'train'}: no class folders found")
+        raise ConfigError(f"{root / 'train'}: no class folders found", field="source")
     files: dict[str, list[tuple[Path, int]]] = {}
     for split in splits:
         entries = []
@@ -272,7 +272,7 @@ def open_source(source: str | None, **folder_options) -> DatasetSource:
         return fashion_mnist()
     path = Path(source)
     if not path.is_dir():
-        raise FileNotFoundError(f"--source {source}: not a directory")
+        raise ConfigError(f"source {source}: not a directory", field="source")
     if any(path.glob("*-idx3-ubyte*")):
         return fashion_mnist(path)
     return image_folder(path, **folder_options)

@@ -1,18 +1,26 @@
 """Reading WebDataset tars from any fsspec location (local paths, ``file://``, ``s3://`` ...).
 
 webdataset opens only local files, pipes and a few schemes itself; these stages open every
-URL through fsspec and hand the stream to webdataset's own tar expansion and grouping.
+URL through fsspec, expand the tar here and hand its members to webdataset's grouping. Tars
+are read as they are stored: a compressed tar (gzip, bzip2, xz, zstd) is refused, never
+inflated, and a member larger than :data:`MAX_MEMBER_BYTES` is refused before it is read, so
+memory is bounded by what a sample may hold, not by what a file declares.
 """
 
 import json
+import re
+import tarfile
 from collections.abc import Iterable, Iterator, Sequence
 
 import webdataset as wds
-from webdataset.tariterators import group_by_keys, tar_file_expander
+from webdataset.tariterators import group_by_keys
 
 from kdcache.errors import ShardError
 from kdcache.pipeline.data import storage
 
+MAX_MEMBER_BYTES = 256 << 20  # one member of a sample (an encoded image, a label, a JSON)
+_MAGIC = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "zstd"}
+_META = re.compile(r"__[^/]*__($|/)")  # webdataset's metadata members, skipped as it does
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp", "bmp")
 LABEL_FIELD = "cls"  # what kdcache's own tars hold: the label as a text integer
 
@@ -58,6 +66,55 @@ def _members(sample: dict) -> list[str]:
     return [k for k in sample if not k.startswith("__")]
 
 
+class _Prefixed:
+    """A stream with bytes already read from it put back in front."""
+
+    def __init__(self, head: bytes, stream):
+        self.head, self.stream = head, stream
+
+    def read(self, size: int = -1) -> bytes:
+        if not self.head:
+            return self.stream.read(size)
+        if size < 0:
+            data, self.head = self.head + self.stream.read(), b""
+            return data
+        data, self.head = self.head[:size], self.head[size:]
+        return data if len(data) == size else data + self.stream.read(size - len(data))
+
+
+def tar_members(stream, url: str) -> Iterator[dict]:
+    """The regular members of the uncompressed tar read from ``stream`` (its location
+    ``url``), in order, as ``{"fname", "data", "__url__"}``. A compressed tar, or a member
+    above :data:`MAX_MEMBER_BYTES`, is a :class:`ShardError` raised before anything is
+    inflated or read into memory."""
+    head = stream.read(512)
+    kind = next((name for magic, name in _MAGIC.items() if head.startswith(magic)), None)
+    if kind is not None:
+        raise ShardError(
+            f"{url}: a {kind}-compressed tar; shards are read as uncompressed tars only "
+            "(decompress it first)"
+        )
+    with tarfile.open(fileobj=_Prefixed(head, stream), mode="r|") as archive:
+        for info in archive:
+            if not info.isreg() or _META.match(info.name):
+                continue
+            if info.size > MAX_MEMBER_BYTES:
+                raise ShardError(
+                    f"{url}: member {info.name} declares {info.size} bytes, above the "
+                    f"{MAX_MEMBER_BYTES >> 20} MiB a sample's member may hold"
+                )
+            data = archive.extractfile(info).read()
+            yield {"fname": info.name, "data": data, "__url__": url}
+            archive.members = []
+
+
+def _expand(sources: Iterable[dict]) -> Iterator[dict]:
+    """Every tar's members, each tar followed by webdataset's end-of-shard marker ``{}``."""
+    for source in sources:
+        yield from tar_members(source["stream"], source["url"])
+        yield {}
+
+
 def _open_streams(sources: Iterable[dict]) -> Iterator[dict]:
     for source in sources:
         # closed when the expander asks for the next tar, i.e. once this one is read
@@ -67,12 +124,12 @@ def _open_streams(sources: Iterable[dict]) -> Iterator[dict]:
 
 def stream_samples(stream, url: str) -> Iterator[dict]:
     """Samples of the one tar being read from ``stream`` (its location ``url``)."""
-    return group_by_keys(tar_file_expander([{"url": url, "stream": stream}]))
+    return group_by_keys(_expand([{"url": url, "stream": stream}]))
 
 
 def tar_samples(urls: list[str], *splitters) -> wds.DataPipeline:
     """Samples (dicts keyed by extension, with ``__key__`` and ``__url__``) of the tars at
     ``urls``, in order, after the given shard-list stages (e.g. ``wds.split_by_worker``)."""
     return wds.DataPipeline(
-        wds.SimpleShardList(urls), *splitters, _open_streams, tar_file_expander, group_by_keys
+        wds.SimpleShardList(urls), *splitters, _open_streams, _expand, group_by_keys
     )

@@ -2,10 +2,10 @@
 teachers in batches and reduce their logits to top-k targets. No Ray here: the job calls this."""
 
 import contextlib
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -14,6 +14,12 @@ from kdcache.pipeline.cache import ShardTargets, draw_classes, index_dtype, redu
 from kdcache.pipeline.data import Manifest, ShardError, ShardInfo, checked_samples, sample_image
 from kdcache.pipeline.teach.feature_taps import FeatureTaps
 from kdcache.pipeline.teach.models import ModelSpec
+from kdcache.pipeline.teach.render_pool import (
+    RenderPool,
+    batch_buffers,
+    prepare_all,
+    render_threads,
+)
 from kdcache.pipeline.teach.teachers import Teacher
 from kdcache.pipeline.views import (
     DEFAULT_RENDERER,
@@ -33,18 +39,19 @@ def read_shard_images(
 ) -> list[SourceImage]:
     """A shard's images, each sample checked against the manifest (key, position, sha1, count:
     :func:`checked_samples`); with ``decode`` each is decoded here as ``renderer`` renders from
-    it (once; views reuse the decode), else only its header is read and :func:`decode_block`
-    decodes rows as needed."""
-    images = []
+    it (once, on a thread per CPU; views reuse the decode), else only its header is read and
+    :func:`decode_block` decodes rows as needed."""
+    images, url, keys = [], None, []
     for sample in checked_samples(manifest, shard):
         try:
             encoded = sample_image(sample, manifest.image_extensions)
-            image = source_image(encoded, manifest.channels)
-            if decode:
-                image.prepare(renderer)  # decoded here: a corrupt image is this shard's error
+            images.append(source_image(encoded, manifest.channels))
         except Exception as error:  # PIL and decoder errors
             raise _unreadable(sample["__url__"], sample["__key__"], error) from error
-        images.append(image)
+        url = sample["__url__"]
+        keys.append(sample["__key__"])
+    if decode:  # decoded here: a corrupt image is this shard's error
+        decode_block(images, range(len(images)), url, keys, renderer)
     return images
 
 
@@ -64,12 +71,16 @@ def decode_block(
     renderer: str = DEFAULT_RENDERER,
 ) -> None:
     """Decode the images at ``positions`` now, as ``renderer`` renders from them (a corrupt
-    one is the shard's error, named by its key); :func:`release` frees them after the block."""
-    for position in positions:
+    one is the shard's error, named by its key), on a thread per CPU of the actor;
+    :func:`release` frees them after the block."""
+
+    def prepare(position: int) -> None:
         try:
             images[position].prepare(renderer)
         except Exception as error:  # PIL and decoder errors
             raise _unreadable(url, keys[position], error) from error
+
+    prepare_all(positions, prepare)
 
 
 def _unreadable(url: str, key: str, error: Exception) -> ShardError:
@@ -114,42 +125,54 @@ def teacher_inputs(
     )  # fmt: skip
 
 
-def batch_buffers(count: int):
-    """``buffer(index, shape)``: float32 batch buffers reused in turn (batch ``index`` gets
-    buffer ``index % count``, grown to ``shape``), so a pass does not page in fresh memory
-    for every batch; a buffer is overwritten ``count`` batches later."""
-    held: list[torch.Tensor | None] = [None] * count
-
-    def buffer(index: int, shape: tuple[int, ...]) -> torch.Tensor:
-        slot = held[index % count]
-        if slot is None or slot.shape[1:] != shape[1:] or slot.shape[0] < shape[0]:
-            held[index % count] = slot = torch.empty(shape, dtype=torch.float32)
-        return slot
-
-    return buffer
-
-
 def overlaps(device: torch.device) -> bool:
-    """Whether the next batch is rendered while the model runs: always when the model is on a
-    GPU; on CPU only with at least 2 torch threads (an actor with 2 or more CPUs), else the
-    render thread would only take the model's one core."""
-    return device.type == "cuda" or torch.get_num_threads() >= 2
+    """Whether the next batch is rendered while the model runs (by :func:`render_threads`
+    threads, every CPU of the actor): always when the model is on a GPU; on CPU only with at
+    least 2 CPUs, else the render threads would only take the model's one core."""
+    return render_threads(device) > 0
 
 
-def _rendered_ahead(work: list, prepare, device: torch.device) -> Iterator[torch.Tensor]:
-    """``prepare(*item)`` for each item, the next one computed on a thread while the caller
-    uses the current one (serially where :func:`overlaps` says no). Same tensors either way:
-    rendering is a pure function of its inputs."""
-    if not overlaps(device) or len(work) < 2:
-        yield from (prepare(*item) for item in work)
-        return
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="kdcache-render") as pool:
-        ahead = pool.submit(torch.inference_mode()(prepare), *work[0])
-        for item in work[1:]:
-            batch = ahead.result()
-            ahead = pool.submit(torch.inference_mode()(prepare), *item)
-            yield batch
-        yield ahead.result()
+def rendered_batches(
+    plan: ViewPlan,
+    images: Sequence[SourceImage],
+    params: np.ndarray,
+    positions: np.ndarray,
+    spec: ModelSpec,
+    device: torch.device,
+    work: list[tuple[int, int, range]],
+    threads: int | None = None,
+    timings: dict | None = None,
+) -> Iterator[torch.Tensor]:
+    """The teacher's normalised input batch of each work item (index, view, rows of
+    ``positions``), in order, rendered by ``threads`` threads one batch ahead of the caller
+    (default :func:`render_threads`; 0 = in the caller) into two reused buffers (pinned for a
+    model on a GPU). ``timings["augment"]`` adds the render threads' seconds."""
+    threads = render_threads(device) if threads is None else threads
+    threads = 0 if plan.renderer == "device/1" else threads  # device/1 renders on the device
+    pinned = device.type == "cuda" and torch.cuda.is_available() and plan.renderer != "device/1"
+    buffers = batch_buffers(2, pinned)  # the batch the model runs on and the one rendered ahead
+    timings = timings if timings is not None else defaultdict(float)
+    lock = threading.Lock()
+
+    def allocate(item: tuple) -> torch.Tensor | None:
+        index, _, rows = item
+        shape = (len(rows), spec.in_chans, spec.resolution, spec.resolution)
+        return None if plan.renderer == "device/1" else buffers(index, shape)
+
+    def render(renderer: ViewRenderer, item: tuple, out: torch.Tensor | None, chunk: slice):
+        began = time.perf_counter()
+        _, view, rows = item
+        part = None if out is None else out[chunk]
+        chosen = positions[rows.start : rows.stop][chunk]
+        batch = teacher_inputs(renderer, images, params[:, view], chosen, spec, out=part)
+        if part is not None and batch.data_ptr() != part.data_ptr() and chunk != slice(None):
+            part.copy_(batch)  # a renderer that made its own tensor
+        with lock:
+            timings["augment"] += time.perf_counter() - began
+        return batch
+
+    with RenderPool(threads, lambda: ViewRenderer(plan, device=device)) as pool:
+        yield from pool.batches(work, allocate, render)
 
 
 @torch.inference_mode()
@@ -167,6 +190,7 @@ def teacher_targets(
     timings: dict | None = None,
     features: list[dict] | None = None,
     projections: dict[str, np.ndarray | None] | None = None,
+    threads: int | None = None,
 ) -> ShardTargets:
     """A teacher's targets for every view of ``params`` (n, v, P, the whole shard's, as
     ``plan`` made them) at ``positions`` (default all n): blocks of (len(positions), v, ...).
@@ -179,14 +203,15 @@ def teacher_targets(
 
     Batches never span two views, so a view's values do not depend on which other views are
     computed with it (a resumed shard computes exactly what an uninterrupted run did).
+    ``threads`` render the views ahead of the model (``pipeline.teach.render_pool``; default
+    :func:`render_threads`, 0 = serially in this thread): the same values either way.
     """
     timings = timings if timings is not None else defaultdict(float)
     positions = np.arange(params.shape[0]) if positions is None else np.asarray(positions)
     n, v = len(positions), params.shape[1]
     spec = teacher.spec
     device = next(teacher.model.parameters()).device
-    renderer = ViewRenderer(plan, device=device)
-    logits_out = np.empty((n, v, topk), dtype=np.float16)
+    logits_out = np.empty((n, v, topk), dtype=np.float32)  # stored per the cache's layout
     index_out = np.empty((n, v, topk), dtype=np.int64)
     lse_out = np.empty((n, v), dtype=np.float32)
     samples_out = None if uniforms is None else np.empty(uniforms.shape, dtype=np.int64)
@@ -195,20 +220,10 @@ def teacher_targets(
     taps = FeatureTaps(teacher.model, features, projections)
     work = [(index, view, range(start, min(start + batch_size, n))) for index, (view, start)
             in enumerate((view, start) for view in range(v) for start in range(0, n, batch_size))]  # fmt: skip
-    buffers = batch_buffers(2)  # the batch the model runs on and the one rendered ahead
-
-    def prepare(index: int, view: int, rows: range) -> torch.Tensor:
-        began = time.perf_counter()
-        batch = teacher_inputs(
-            renderer, images, params[:, view], positions[rows.start : rows.stop], spec,
-            out=buffers(index, (len(rows), spec.in_chans, spec.resolution, spec.resolution)),
-        )  # fmt: skip
-        if device.type == "cuda" and batch.device.type == "cpu":
-            batch = batch.pin_memory()  # so the copy below is asynchronous
-        timings["augment"] += time.perf_counter() - began
-        return batch
-
-    for (_, view, rows), batch in zip(work, _rendered_ahead(work, prepare, device), strict=True):
+    batches = rendered_batches(
+        plan, images, params, positions, spec, device, work, threads, timings
+    )
+    for (_, view, rows), batch in zip(work, batches, strict=True):
         began = time.perf_counter()
         batch = batch.to(device, non_blocking=True)
         if device.type == "cuda":
@@ -218,7 +233,7 @@ def teacher_targets(
         for name, values in taps.collect().items():
             features_out[name][rows.start : rows.stop, view] = values.cpu().numpy()
         values, index, lse = reduce_logits(logits, topk)
-        logits_out[rows.start : rows.stop, view] = values.cpu().numpy().astype(np.float16)
+        logits_out[rows.start : rows.stop, view] = values.cpu().numpy()
         index_out[rows.start : rows.stop, view] = index.cpu().numpy()
         lse_out[rows.start : rows.stop, view] = lse.cpu().numpy()
         if samples_out is not None:

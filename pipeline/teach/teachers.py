@@ -14,6 +14,7 @@ import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from kdcache.errors import ConfigError
+from kdcache.pipeline.teach.class_maps import named_class_map
 from kdcache.pipeline.teach.key_maps import key_map as resolve_key_map
 from kdcache.pipeline.teach.key_maps import resolve_callable
 from kdcache.pipeline.teach.models import (
@@ -25,7 +26,7 @@ from kdcache.pipeline.teach.models import (
     local_copy,
     read_checkpoint_meta,
 )
-from kdcache.pipeline.teach.weights import adapt_stem, load_strict, read_state_dict
+from kdcache.pipeline.teach.weights import adapt_stem, check_fits, load_strict, read_state_dict
 
 FACTORY_PREFIX = "factory:"  # a factory teacher's arch in the identity: factory:module:function
 EVAL_DEFAULTS = ("bilinear", 1.0)  # (interpolation, crop_pct) of teachers before these fields
@@ -134,7 +135,8 @@ def load_teacher(
     interpolation: str | None = None,
     crop_pct: float | None = None,
     key_map: str | None = None,
-    class_map: list[int] | tuple[int, ...] | None = None,
+    class_map: list[int] | tuple[int, ...] | str | None = None,
+    class_names: list[str] | None = None,
     replace_classifier: bool = False,
     device: str | torch.device = "cpu",
 ) -> Teacher:
@@ -146,27 +148,30 @@ def load_teacher(
     (``module:function``, called without arguments) returns; ``key_map`` renames the file's
     tensors first (:mod:`pipeline.teach.key_maps`), a timm stem is adapted to ``in_chans``.
     ``num_classes`` is the data's class count: the teacher's must equal it, or ``class_map``
-    lists the teacher class id of each data class. ``replace_classifier``: the classifier is
+    lists the teacher class id of each data class, or names a map made from the data's
+    ``class_names`` (``imagenet``: :mod:`pipeline.teach.class_maps`). ``replace_classifier``: the classifier is
     built for ``num_classes`` and left out of the strict check (a deliberately new head).
     """
     path = local_copy(location)
     meta = read_checkpoint_meta(path)
+    state = read_state_dict(path)
     if meta is not None:
-        model, spec = _kdcache_model(location, meta, arch, in_chans)
+        model, spec = _kdcache_model(location, meta, arch, in_chans, state)
         config = {}  # the checkpoint's own preprocessing
     else:
         model, spec = _published_model(
             location, arch, factory, num_classes, in_chans, replace_classifier
         )
         config = getattr(model, "pretrained_cfg", None) or {}
-    state = read_state_dict(path)
     if key_map:
         state = resolve_key_map(key_map)(state, model)
     load_strict(model, adapt_stem(state, model), location, replace_classifier=replace_classifier)
     given = dict(resolution=resolution, mean=mean, std=std, interpolation=interpolation,
                  crop_pct=crop_pct)  # fmt: skip
     spec = _preprocessing(spec, config, given)
-    model, spec, class_map = _fit_classes(location, model, spec, num_classes, class_map)
+    model, spec, class_map = _fit_classes(
+        location, model, spec, num_classes, class_map, class_names
+    )
     model.eval().requires_grad_(False).to(device)
     if torch.device(device).type == "cuda":
         model = model.to(memory_format=torch.channels_last)
@@ -181,9 +186,11 @@ def load_teacher(
     )
 
 
-def _kdcache_model(location, meta, arch, in_chans) -> tuple:
+def _kdcache_model(location, meta, arch, in_chans, state: dict) -> tuple:
     """The model of a kdcache checkpoint (not yet loaded) and its spec, checked against the
-    options given."""
+    options given. The spec's sizes come from the file: the model is first built on the meta
+    device and its tensors compared with the file's (:func:`check_fits`), so a spec declaring a
+    huge model is refused before anything is allocated."""
     spec = ModelSpec.from_dict(meta["spec"])
     spec = ModelSpec.from_dict({**spec.to_dict(), "model_args": architecture_args(spec.model_args)})
     for option, wanted, found in (
@@ -194,6 +201,8 @@ def _kdcache_model(location, meta, arch, in_chans) -> tuple:
             raise ConfigError(
                 f"{location}: checkpoint has {option}={found!r}, asked for {wanted!r}"
             )
+    with torch.device("meta"):
+        check_fits(create_model(spec), state, location)
     return create_model(spec), spec
 
 
@@ -246,7 +255,7 @@ def _output_classes(model: torch.nn.Module, spec: ModelSpec) -> int:
         return int(model.eval()(torch.zeros(1, spec.in_chans, size, size)).shape[-1])
 
 
-def _fit_classes(location, model, spec, num_classes, class_map) -> tuple:
+def _fit_classes(location, model, spec, num_classes, class_map, class_names) -> tuple:
     """(model, spec, class map) with the teacher's classes fitted to the data's ``num_classes``."""
     teacher_classes = spec.num_classes or _output_classes(model, spec)
     spec = ModelSpec.from_dict({**spec.to_dict(), "num_classes": teacher_classes})
@@ -254,16 +263,24 @@ def _fit_classes(location, model, spec, num_classes, class_map) -> tuple:
         if num_classes is not None and num_classes != teacher_classes:
             raise ConfigError(
                 f"{location}: the teacher {spec.arch} has {teacher_classes} classes, the data "
-                f"has {num_classes}; give a class map (the teacher class id of each data class)"
+                f"has {num_classes}; give a class map (the teacher class id of each data class "
+                "in the data's class order, or imagenet for WordNet-id class folders)",
+                field="teacher.class_map",
             )
         return model, spec, None
+    if isinstance(class_map, str):
+        class_map = named_class_map(class_map, list(class_names or []), teacher_classes, location)
     class_map = tuple(int(c) for c in class_map)
     if num_classes is not None and len(class_map) != num_classes:
-        raise ConfigError(f"class map: {len(class_map)} ids for data of {num_classes} classes")
+        raise ConfigError(
+            f"teacher.class_map: {len(class_map)} ids for data of {num_classes} classes",
+            field="teacher.class_map",
+        )
     outside = [c for c in class_map if not 0 <= c < teacher_classes]
     if outside:
         raise ConfigError(
-            f"class map: id {outside[0]} outside the teacher's {teacher_classes} classes"
+            f"teacher.class_map: id {outside[0]} outside the teacher's {teacher_classes} classes",
+            field="teacher.class_map",
         )
     spec = ModelSpec.from_dict({**spec.to_dict(), "num_classes": len(class_map)})
     return ClassMapped(model, class_map), spec, class_map

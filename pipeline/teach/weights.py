@@ -12,6 +12,10 @@ from timm.models import adapt_input_conv
 from kdcache.errors import ConfigError
 
 SHOWN = 3  # names listed per kind in a refusal
+UNSTORED_SLACK = 64 << 20  # bytes a model may hold beyond its stored tensors (index buffers)
+KEY_MAP_HINT = (
+    "give a key map that renames them (built in: strip-prefix, positional; or module:function)"
+)
 
 
 def read_state_dict(path: str) -> dict[str, torch.Tensor]:
@@ -48,13 +52,33 @@ def adapt_stem(state: dict, model: torch.nn.Module) -> dict:
     return {**state, key: adapt_input_conv(expected.shape[1], state[key])}
 
 
-def load_strict(
-    model: torch.nn.Module, state: dict, location: str, *, replace_classifier: bool = False
+def check_fits(model: torch.nn.Module, state: dict, location: str) -> None:
+    """Refuse, in one line, a model (built on the meta device from a file's declared sizes)
+    whose tensors do not match the file's by name and shape, or whose buffers the file does not
+    hold outgrow the file's tensors (:data:`UNSTORED_SLACK`): what the file declares never
+    allocates more than the file holds."""
+    hint = "its spec (arch, model_args, resolution) does not describe its tensors"
+    check_strict(model, adapt_stem(state, model), location, hint=hint)
+    stored = sum(t.numel() * t.element_size() for t in state.values())
+    tensors = [*model.parameters(), *model.buffers()]
+    declared = sum(t.numel() * t.element_size() for t in tensors)
+    if declared > stored + UNSTORED_SLACK:
+        raise ConfigError(
+            f"{location}: the checkpoint's model would take {declared / 2**20:.0f} MiB, its "
+            f"tensors hold {stored / 2**20:.0f} MiB (field model_args)"
+        )
+
+
+def check_strict(
+    model: torch.nn.Module,
+    state: dict,
+    location: str,
+    exempt: set[str] = frozenset(),
+    hint: str = KEY_MAP_HINT,
 ) -> None:
-    """Load ``state`` into ``model``; refuse in one line unless every tensor matches by name
-    and shape (a ``replace_classifier`` model's classifier excepted)."""
+    """Refuse in one line (ending in ``hint``) unless every tensor of ``model`` (but
+    ``exempt``) matches ``state`` by name and shape."""
     expected = model.state_dict()
-    exempt = classifier_keys(model) if replace_classifier else set()
     missing = [k for k in expected if k not in state and k not in exempt]
     unexpected = [k for k in state if k not in expected and k not in exempt]
     mismatched = [
@@ -74,8 +98,18 @@ def load_strict(
         ]
         raise ConfigError(
             f"{location}: weights do not fit the model ({len(state)} tensors in the file, "
-            f"{len(expected)} in the model): {'; '.join(parts)}; give a key map that renames "
-            "them (built in: strip-prefix, positional; or module:function)"
+            f"{len(expected)} in the model): {'; '.join(parts)}; {hint}",
+            field="teacher.key_map" if hint == KEY_MAP_HINT else None,
         )
+
+
+def load_strict(
+    model: torch.nn.Module, state: dict, location: str, *, replace_classifier: bool = False
+) -> None:
+    """Load ``state`` into ``model``; refuse in one line unless every tensor matches by name
+    and shape (a ``replace_classifier`` model's classifier excepted)."""
+    expected = model.state_dict()
+    exempt = classifier_keys(model) if replace_classifier else set()
+    check_strict(model, state, location, exempt)
     usable = {k: v for k, v in state.items() if k not in exempt or v.shape == expected[k].shape}
     model.load_state_dict(usable, strict=not exempt)

@@ -1,11 +1,13 @@
-"""Renderer ``cpu/3``'s JPEG decoder: simplejpeg (libjpeg-turbo, bundled in its wheel).
+"""Renderers ``cpu/3``'s and ``cpu/4``'s JPEG decoder: simplejpeg (libjpeg-turbo, bundled in
+its wheel).
 
 Part of the replay contract: a baseline JPEG (one or three components) is decoded by
-``simplejpeg.decode_jpeg(data, colorspace, fastdct=False, fastupsample=True, min_height,
-min_width)``: the accurate integer IDCT, chroma upsampled without libjpeg's "fancy"
-(triangular) filter, at 1/2, 1/4 or 1/8 of the size in the DCT domain when asked. The
-decoder and its version are part of the renderer's identity (:data:`DECODER`, recorded in the
-cache's ``attrs.plan.decoder``), so a cache is replayed only by the same decode.
+``simplejpeg.decode_jpeg(data, colorspace, fastdct=False, fastupsample, min_height,
+min_width)``: the accurate integer IDCT, at 1/2, 1/4 or 1/8 of the size in the DCT domain when
+asked. cpu/3 upsamples chroma without libjpeg's "fancy" (triangular) filter
+(``fastupsample=True``); cpu/4 with it (``fastupsample=False``: the pixels Pillow decodes). The
+decoder and its version are part of the renderer's identity (:data:`DECODERS`, recorded in
+the cache's ``attrs.plan.decoder``), so a cache is replayed only by the same decode.
 """
 
 import math
@@ -17,16 +19,17 @@ from kdcache.errors import ConfigError
 from kdcache.pipeline.views.pixel_limit import check_size
 from kdcache.pipeline.views.plan import RENDERER_DECODERS
 
-DECODER = RENDERER_DECODERS["cpu/3"]
-SIMPLEJPEG_VERSION = DECODER.split()[1]  # pinned in pyproject.toml
+DECODERS = {name: RENDERER_DECODERS[name] for name in ("cpu/3", "cpu/4")}
+SIMPLEJPEG_VERSION = DECODERS["cpu/3"].split()[1]  # pinned in pyproject.toml
 _MODES = {"Gray": "L", "YCbCr": "RGB", "RGB": "RGB", "CMYK": "CMYK", "YCCK": "CMYK"}
 
 
-def check_decoder() -> None:
-    """Refuse to render ``cpu/3`` with another simplejpeg than the one that defines it."""
+def check_decoder(renderer: str = "cpu/3") -> None:
+    """Refuse to render ``renderer`` (cpu/3, cpu/4) with another simplejpeg than the one that
+    defines it."""
     if simplejpeg.__version__ != SIMPLEJPEG_VERSION:
         raise ConfigError(
-            f"renderer cpu/3 decodes with simplejpeg {SIMPLEJPEG_VERSION}, found simplejpeg "
+            f"renderer {renderer} decodes with simplejpeg {SIMPLEJPEG_VERSION}, found simplejpeg "
             f"{simplejpeg.__version__} (pip install simplejpeg=={SIMPLEJPEG_VERSION})"
         )
 
@@ -64,11 +67,14 @@ def _maybe_multi_picture(data: bytes) -> bool:
     return True
 
 
-def decode_jpeg(data: bytes, channels: int, reduce: int, height: int, width: int) -> np.ndarray:
+def decode_jpeg(
+    data: bytes, channels: int, reduce: int, height: int, width: int, fastupsample: bool = True
+) -> np.ndarray:
     """A baseline JPEG of ``height`` x ``width`` decoded at 1/``reduce``: uint8 (H, W, C),
-    ``channels`` 3 (RGB; a grey JPEG's value repeated) or 1 (a grey JPEG only)."""
+    ``channels`` 3 (RGB; a grey JPEG's value repeated) or 1 (a grey JPEG only); chroma
+    upsampled the fast way (cpu/3) or with libjpeg's fancy filter (``fastupsample=False``)."""
     pixels = simplejpeg.decode_jpeg(
-        data, "RGB" if channels == 3 else "GRAY", fastdct=False, fastupsample=True,
+        data, "RGB" if channels == 3 else "GRAY", fastdct=False, fastupsample=fastupsample,
         min_height=math.ceil(height / reduce), min_width=math.ceil(width / reduce),
     )  # fmt: skip
     expected = (math.ceil(height / reduce), math.ceil(width / reduce))

@@ -7,6 +7,7 @@ from typing import Any
 from PIL import Image
 
 from kdcache._options import option
+from kdcache.errors import ConfigError
 
 MAX_PIXELS = 50_000_000  # above any real photo (a 45 MP camera frame fits)
 _limit = {"pixels": MAX_PIXELS}
@@ -21,7 +22,7 @@ def max_pixels_option(**extra) -> Any:
 def set_pixel_limit(pixels: int) -> None:
     """Refuse images of more than ``pixels`` pixels from now on, in this process."""
     if pixels < 1:
-        raise ValueError(f"the pixel limit must be at least 1, got {pixels}")
+        raise ConfigError(f"max_pixels must be at least 1, got {pixels}", field="max_pixels")
     _limit["pixels"] = int(pixels)
 
 

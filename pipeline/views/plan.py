@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from kdcache._options import option
+from kdcache.errors import CacheMismatch, ConfigError
 from kdcache.pipeline.views.augment import (
     ERASE_COLUMNS,
     ERASE_MODES,
@@ -58,13 +59,14 @@ PARAMS_LAYOUT = "kdcache-params/2"
 # records the one that made it (``attrs.plan.renderer``) and is replayed by that one. cpu/1 is
 # the renderer of caches made before renderers had versions (their attrs have no renderer).
 # A renderer with its own decoder records it (``attrs.plan.decoder``): it is part of its identity.
-RENDERERS = ("cpu/1", "cpu/2", "cpu/3", "device/1")
-DEFAULT_RENDERER = "cpu/3"
+RENDERERS = ("cpu/1", "cpu/2", "cpu/3", "cpu/4", "device/1")
+DEFAULT_RENDERER = "cpu/4"
 LEGACY_RENDERER = "cpu/1"
-RENDERER_ALIASES = {"cpu": "cpu/3", "cuda": "device/1", "device": "device/1"}
+RENDERER_ALIASES = {"cpu": "cpu/4", "cuda": "device/1", "device": "device/1"}
 RENDERER_DECODERS = {
     "cpu/3": "simplejpeg 1.9.0 (libjpeg-turbo; fastdct=False, fastupsample=True)",
-}  # pipeline.views.jpeg_decode.DECODER
+    "cpu/4": "simplejpeg 1.9.0 (libjpeg-turbo; fastdct=False, fastupsample=False)",
+}  # pipeline.views.jpeg_decode.DECODERS
 CROP_FLIP_NAMES = ("crop_top", "crop_left", "crop_height", "crop_width", "flip")
 MIX_FIELDS = ("mixup_alpha", "cutmix_alpha", "mix_prob", "mix_switch_prob")
 _CROP_TRIES = 10
@@ -138,43 +140,56 @@ class ViewPlan:
     )
     renderer: str = option(
         DEFAULT_RENDERER,
-        help="view renderer: cpu (= cpu/3), cuda (= device/1), cpu/2, or cpu/1, the renderer "
+        help="view renderer: cpu (= cpu/4), cuda (= device/1), cpu/3, cpu/2, or cpu/1, the renderer "
         "of caches made before renderers had versions",
     )
 
     def __post_init__(self):
         object.__setattr__(self, "renderer", RENDERER_ALIASES.get(self.renderer, self.renderer))
         if self.renderer not in RENDERERS:
-            raise ValueError(
+            raise ConfigError(
                 f"plan.renderer: {self.renderer!r} is not a renderer of this kdcache, which "
                 f"renders with {DEFAULT_RENDERER!r} and replays {', '.join(RENDERERS)} "
-                "(a cache from another kdcache version: replay it there, or re-teach it)"
+                "(a cache from another kdcache version: replay it there, or re-teach it)",
+                field="plan.renderer",
             )
         if self.views < 1:
-            raise ValueError(f"plan: views must be at least 1, got {self.views}")
+            raise ConfigError(
+                f"plan: views must be at least 1, got {self.views}", field="plan.views"
+            )
         low, high = self.crop_scale
         if not 0 < low <= high <= 1:
-            raise ValueError(f"plan: crop_scale must satisfy 0 < low <= high <= 1, got {low, high}")
+            raise ConfigError(
+                f"plan: crop_scale must satisfy 0 < low <= high <= 1, got {low, high}",
+                field="plan.crop_scale",
+            )
         if not 0 < self.crop_ratio[0] <= self.crop_ratio[1]:
-            raise ValueError(
-                f"plan: crop_ratio must satisfy 0 < low <= high, got {self.crop_ratio}"
+            raise ConfigError(
+                f"plan: crop_ratio must satisfy 0 < low <= high, got {self.crop_ratio}",
+                field="plan.crop_ratio",
             )
         for name in ("flip_prob", "erase_prob", "mix_prob", "mix_switch_prob"):
             if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"plan: {name} must lie in [0, 1], got {getattr(self, name)}")
+                raise ConfigError(
+                    f"plan: {name} must lie in [0, 1], got {getattr(self, name)}",
+                    field=f"plan.{name}",
+                )
         if len(self.color_jitter) != 4 or min(self.color_jitter) < 0 or self.color_jitter[3] > 0.5:
-            raise ValueError(
+            raise ConfigError(
                 "plan: color_jitter must be 4 values (brightness, contrast, saturation, hue) "
-                f">= 0 with hue <= 0.5, got {self.color_jitter}"
+                f">= 0 with hue <= 0.5, got {self.color_jitter}",
+                field="plan.color_jitter",
             )
         if self.erase_mode not in ERASE_MODES:
-            raise ValueError(
-                f"plan: erase_mode must be one of {ERASE_MODES}, got {self.erase_mode!r}"
+            raise ConfigError(
+                f"plan: erase_mode must be one of {ERASE_MODES}, got {self.erase_mode!r}",
+                field="plan.erase_mode",
             )
         if self.mixup_alpha < 0 or self.cutmix_alpha < 0:
-            raise ValueError(
+            raise ConfigError(
                 f"plan: mixup_alpha and cutmix_alpha must be >= 0, got "
-                f"{self.mixup_alpha} and {self.cutmix_alpha}"
+                f"{self.mixup_alpha} and {self.cutmix_alpha}",
+                field="plan.mixup_alpha" if self.mixup_alpha < 0 else "plan.cutmix_alpha",
             )
         if self.randaugment:
             parse_randaugment(self.randaugment)
@@ -233,7 +248,7 @@ class ViewPlan:
     def from_attrs(cls, attrs: dict) -> "ViewPlan":
         """Inverse of :meth:`to_attrs`; refuses a params layout this code cannot replay."""
         if attrs.get("params_layout") != PARAMS_LAYOUT:
-            raise ValueError(
+            raise CacheMismatch(
                 f"plan: params_layout is {attrs.get('params_layout')!r}, "
                 f"this kdcache replays {PARAMS_LAYOUT!r} (re-teach the cache)"
             )
@@ -242,12 +257,12 @@ class ViewPlan:
         plan = cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
         decoder = RENDERER_DECODERS.get(plan.renderer)
         if attrs.get("decoder", decoder) != decoder:
-            raise ValueError(
+            raise CacheMismatch(
                 f"plan.decoder: {attrs['decoder']!r} made this {plan.renderer} cache, this "
                 f"kdcache's {plan.renderer} decodes with {decoder!r} (replay it there, or re-teach it)"
             )
         if list(plan.param_names) != list(attrs["param_names"]):
-            raise ValueError(
+            raise CacheMismatch(
                 f"plan: param_names {attrs['param_names']} do not match the plan's "
                 f"{list(plan.param_names)}"
             )
@@ -288,7 +303,9 @@ class ViewPlan:
             columns.update(erase_params(self.seed, rows, views, self.erase_prob))
         if self.mixes:
             if shard_size is None or shard_rows is None:
-                raise ValueError("plan: a mixing plan needs shard_size and shard_rows for partners")
+                raise ConfigError(
+                    "plan: a mixing plan needs shard_size and shard_rows for partners"
+                )
             counts = np.broadcast_to(np.asarray(shard_rows, dtype=np.int64), rows.shape[:1])
             columns.update(mix_params(self, rows, views, rows % shard_size, counts[:, None]))
         shape = np.broadcast(rows, views).shape

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from kdcache.errors import ConfigError
 from kdcache.pipeline.views.draws import integer_seed, normal, uniform
 
 if TYPE_CHECKING:
@@ -46,13 +47,15 @@ def parse_randaugment(config: str) -> "RandAugment":
     try:
         augment = auto_augment.rand_augment_transform(config, hparams)
     except (AssertionError, KeyError, ValueError) as error:
-        raise ValueError(
+        raise ConfigError(
             f"plan.randaugment: {config!r} is not a timm RandAugment string "
-            "such as 'rand-m9-mstd0.5-inc1'"
+            "such as 'rand-m9-mstd0.5-inc1'",
+            field="plan.randaugment",
         ) from error
     if not 1 <= augment.num_layers <= MAX_LAYERS:
-        raise ValueError(
-            f"plan.randaugment: {config!r} has {augment.num_layers} layers, expected 1..{MAX_LAYERS}"
+        raise ConfigError(
+            f"plan.randaugment: {config!r} has {augment.num_layers} layers, expected 1..{MAX_LAYERS}",
+            field="plan.randaugment",
         )
     return augment
 

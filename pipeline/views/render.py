@@ -17,7 +17,12 @@ and the caller normalises with its model's mean and std. The crop's pixel box is
 ``floor(fraction * image_size + 0.5)`` for top, left, height and width (height and width at
 least 1, clipped to the image). The renderers differ in how step 1 is done:
 
-* ``cpu/3`` (the default): ``cpu/2``'s steps on the image as renderer cpu/3 decodes it: a
+* ``cpu/4`` (the default): the planned box itself at every reduction
+  (``pipeline.views.exact_box``: a JPEG decoded at 1/r only when the box keeps twice the
+  output's pixels there, the fractional box resampled), on the image as Pillow decodes it
+  (baseline JPEGs by simplejpeg with fancy upsampling: the same pixels), then flipped and
+  RandAugmented in uint8, and converted to float32 / 255 once.
+* ``cpu/3``: ``cpu/2``'s steps on the image as renderer cpu/3 decodes it: a
   baseline JPEG by simplejpeg without fancy upsampling (``pipeline.views.jpeg_decode``), the
   rest as ``cpu/2``.
 * ``cpu/2``: the image decoded as ``pipeline.views.source`` says (at 1/2, 1/4 or
@@ -47,6 +52,7 @@ from PIL import Image
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
+from kdcache.pipeline.views.exact_box import box_view, reduction
 from kdcache.pipeline.views.jpeg_decode import check_decoder
 from kdcache.pipeline.views.mix import mix_weight
 from kdcache.pipeline.views.pixel_limit import check_pixels
@@ -62,6 +68,7 @@ from kdcache.pipeline.views.source import SourceImage, as_source
 
 CACHE_BYTES = 128 * 2**20  # uint8 views a mixing plan's renderer keeps for partners
 LATE_NORMALISED = ("cpu/1", "device/1")  # renderers that normalise a batch once it is made
+UINT8_RENDERERS = ("cpu/2", "cpu/3", "cpu/4")  # renderers that resize in uint8
 
 
 def decode_image(data: bytes, channels: int, fit: int | None = None) -> torch.Tensor:
@@ -95,11 +102,11 @@ def source_image(data: bytes, channels: int) -> SourceImage:
 
 
 def check_renderer(plan: ViewPlan) -> None:
-    """Refuse in one line a plan this process cannot render exactly: ``cpu/3`` with another
-    simplejpeg than the one that defines it (called by the renderer, and up front by the teach
-    driver and the trainer's loader, before any work starts)."""
-    if plan.renderer == "cpu/3":
-        check_decoder()
+    """Refuse in one line a plan this process cannot render exactly: ``cpu/3`` or ``cpu/4``
+    with another simplejpeg than the one that defines it (called by the renderer, and up front
+    by the teach driver and the trainer's loader, before any work starts)."""
+    if plan.renderer in ("cpu/3", "cpu/4"):
+        check_decoder(plan.renderer)
 
 
 class ViewRenderer:
@@ -138,8 +145,8 @@ class ViewRenderer:
         self, images: list, keys: list, values: list[dict], size: int, out=None, normalise=None
     ) -> torch.Tensor:
         """Own views (everything but mixing) at one size: float32 (B, C, size, size); ``keys``
-        (or None) name the views for the cache of a mixing plan's uint8 views. cpu/2 and cpu/3
-        write into ``out`` (a float32 (>= B, C, size, size) buffer) if given, and normalise each
+        (or None) name the views for the cache of a mixing plan's uint8 views. cpu/2, cpu/3 and
+        cpu/4 write into ``out`` (a float32 (>= B, C, size, size) buffer) if given, and normalise each
         view as it is made with ``normalise`` = (mean, std) tensors if given."""
         if self.plan.renderer == "cpu/1":
             return torch.stack(
@@ -147,7 +154,9 @@ class ViewRenderer:
             )
         if self._device_views is not None:
             return self._device_views.base_views([as_source(i) for i in images], values, size)
-        pixels_of = self._pixels_v3 if self.plan.renderer == "cpu/3" else self._pixels_v2
+        pixels_of = {"cpu/3": self._pixels_v3, "cpu/4": self._pixels_v4}.get(
+            self.plan.renderer, self._pixels_v2
+        )
         views = None
         for index, (image, key, v) in enumerate(zip(images, keys, values, strict=True)):
             pixels = self._cached(key) if key is not None else None
@@ -187,7 +196,7 @@ class ViewRenderer:
     def _keys(self, images, params: np.ndarray, positions: list[int], size: int) -> list:
         """Cache keys of views (None without mixing): (position, size, params row); the cache
         is emptied when another shard's images come."""
-        if not self.plan.mixes or self.plan.renderer not in ("cpu/2", "cpu/3"):
+        if not self.plan.mixes or self.plan.renderer not in UINT8_RENDERERS:
             return [None] * len(positions)
         if self._cache_owner is not images:
             self._cache_owner, self._cache, self._cache_bytes = images, OrderedDict(), 0
@@ -202,8 +211,8 @@ class ViewRenderer:
         return self._uint8_view(source, source.fast_hwc, values, size)
 
     def _uint8_view(self, source: SourceImage, decoded, values: dict[str, float], size: int):
-        """Box, reduced decode (``decoded(reduce)``: uint8 (H, W, C)), uint8 resize, flip,
-        RandAugment and colour jitter: (C, size, size)."""
+        """cpu/2, cpu/3: box (taken again on the reduced grid), reduced decode (``decoded(reduce)``:
+        uint8 (H, W, C)), uint8 resize, then :meth:`_finish`: (C, size, size)."""
         top, left, h, w = crop_box(values, source.height, source.width)
         reduce = source.reduction_for(h, w, size)
         if reduce > 1:
@@ -214,7 +223,17 @@ class ViewRenderer:
                 crop.contiguous(memory_format=torch.channels_last), size=(size, size),
                 mode="bilinear", antialias=True, align_corners=False,
             )  # fmt: skip
-        view = crop[0]
+        return self._finish(crop[0], values)
+
+    def _pixels_v4(self, source: SourceImage, values: dict[str, float], size: int):
+        """cpu/4: the planned box at any reduction (``pipeline.views.exact_box``), then
+        :meth:`_finish`: (C, size, size)."""
+        box = crop_box(values, source.height, source.width)
+        reduce = reduction(source.format == "JPEG" and source.data is not None, *box[2:], size)
+        return self._finish(box_view(source.exact_hwc(reduce), box, reduce, size), values)
+
+    def _finish(self, view: torch.Tensor, values: dict[str, float]) -> torch.Tensor:
+        """Flip, RandAugment and colour jitter of a resized uint8 (C, size, size) view."""
         if values["flip"] >= 0.5:
             view = view.flip(-1)
         if not (self.plan.randaugment or any(self.plan.color_jitter)):

@@ -10,8 +10,9 @@ Reduced decoding: a JPEG can be decoded at 1/2, 1/4 or 1/8 of its size in the DC
 (libjpeg's scaling, Pillow's ``Image.draft``), far cheaper than a full decode. The renderer
 asks for the largest reduction that still leaves the crop at least the output size.
 
-Renderer ``cpu/3`` decodes baseline JPEGs its own way (:meth:`SourceImage.fast_hwc`,
-``pipeline.views.jpeg_decode``); every other image as above. A JPEG's header is read by
+Renderers ``cpu/3`` and ``cpu/4`` decode baseline JPEGs with simplejpeg
+(:meth:`SourceImage.fast_hwc`, ``pipeline.views.jpeg_decode``; cpu/4's decode is Pillow's
+pixels, cpu/3's upsamples chroma its own way); every other image as above. A JPEG's header is read by
 simplejpeg (same size and mode as Pillow's, far cheaper); other files by Pillow.
 """
 
@@ -87,23 +88,30 @@ class SourceImage:
             self._decoded[reduce] = self._decode(reduce)
         return self._decoded[reduce]
 
-    def fast_hwc(self, reduce: int = 1) -> torch.Tensor:
-        """Renderer cpu/3's uint8 (H, W, C) decode at 1/``reduce`` (cached): simplejpeg for a
-        baseline JPEG (modes RGB and L; L only from a grey JPEG), :meth:`hwc` for the rest."""
+    def fast_hwc(self, reduce: int = 1, renderer: str = "cpu/3") -> torch.Tensor:
+        """Renderer cpu/3's (or cpu/4's) uint8 (H, W, C) decode at 1/``reduce`` (cached):
+        simplejpeg for a baseline JPEG (modes RGB and L; L only from a grey JPEG), :meth:`hwc`
+        for the rest."""
         if not self._simplejpeg():
             return self.hwc(reduce)
-        key = ("cpu/3", reduce)
+        key = (renderer, reduce)
         if key not in self._decoded:
-            pixels = fast_decode(self.data, self.channels, reduce, self.height, self.width)
+            pixels = fast_decode(
+                self.data, self.channels, reduce, self.height, self.width, renderer == "cpu/3"
+            )
             self._decoded[key] = torch.from_numpy(pixels)
         return self._decoded[key]
+
+    def exact_hwc(self, reduce: int = 1) -> torch.Tensor:
+        """Renderer cpu/4's uint8 (H, W, C) decode at 1/``reduce`` (cached)."""
+        return self.fast_hwc(reduce, "cpu/4")
 
     def prepare(self, renderer: str) -> None:
         """Decode now what ``renderer`` renders this image from at full size."""
         if renderer == "cpu/1":
             self.legacy_chw()
-        elif renderer == "cpu/3":
-            self.fast_hwc()
+        elif renderer in ("cpu/3", "cpu/4"):
+            self.fast_hwc(1, renderer)
         else:
             self.hwc()
 

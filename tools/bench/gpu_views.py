@@ -7,7 +7,7 @@ Renders the teacher job's way: a set of ImageNet-shaped JPEGs (``tools.bench.pho
 decoded once on the device, then V views of each in batches (``ViewRenderer.render_batch``),
 normalised; through the benchmarks' harness: ``--warmup`` untimed rounds on a few images,
 then ``--repeats`` timed passes (median and min-max printed). ``--compare`` also times the
-default CPU renderer (``cpu/3``) on the same views, the two interleaved.
+default CPU renderer (``cpu/4``) on the same views, the two interleaved.
 """
 
 import argparse

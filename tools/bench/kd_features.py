@@ -1,4 +1,4 @@
-"""``kdcache bench-kd --feature-rows``: logit, feature and attention KD from one ViT teacher.
+"""``kdcache bench kd --feature-rows``: logit, feature and attention KD from one ViT teacher.
 
 A small timm ViT is trained here on the Fashion-MNIST slice and cached once with top-10 logits,
 its ``pre_logits`` vector and the class token's attention of its last block (the same plan as

@@ -1,4 +1,4 @@
-"""``kdcache bench-kd``: distillation objectives side by side on Fashion-MNIST.
+"""``kdcache bench kd``: distillation objectives side by side on Fashion-MNIST.
 
 Trains two teachers, caches both in one Ray pass (top-10 = all classes, and sampled ids),
 then trains the same student (same seed, views and budget) once per objective: no KD, soft
@@ -318,7 +318,7 @@ def format_table(report: dict) -> str:
 
 def add_bench_kd_parser(commands) -> None:
     parser = commands.add_parser(
-        "bench-kd",
+        "kd",
         help="distillation objectives side by side on Fashion-MNIST (same student and budget)",
         description="Train two teachers on a Fashion-MNIST subset, cache both (top-10 and "
         "sampled ids) in one teacher pass, then train the same student with the same seed, views "

@@ -1,4 +1,4 @@
-"""``kdcache bench-mixing``: accuracy of cached KD with exact mixing, label-space mixing and
+"""``kdcache bench mixing``: accuracy of cached KD with exact mixing, label-space mixing and
 no mixing, on a Fashion-MNIST subset, same student, seed, views and budget.
 
 It shards the subset, trains a ``regnety_002`` teacher at 32 px, caches its targets twice
@@ -27,9 +27,11 @@ from kdcache.tools.bench.harness import (
     add_common_options,
     add_data_options,
     apply_shape,
+    benchmark_parser,
     fresh,
     interleave,
     options_of,
+    progress_log,
     set_threads,
     shown,
     work_folder,
@@ -98,8 +100,7 @@ def run_bench_mixing(args: argparse.Namespace) -> dict:
     return session.report(config, measured)
 
 
-def _log(line: str) -> None:
-    print(f"bench-mixing:{line}", flush=True)
+_log = progress_log("mixing")
 
 
 def run_bench_mixing_command(args: argparse.Namespace) -> None:
@@ -117,10 +118,11 @@ def run_bench_mixing_command(args: argparse.Namespace) -> None:
 
 
 def add_bench_mixing_parser(commands) -> None:
-    parser = commands.add_parser(
-        "bench-mixing",
-        help="accuracy of cached KD with exact, label-space and no mixing",
-        description=__doc__.split("\n\n")[1].replace("\n", " "),
+    parser = benchmark_parser(
+        commands,
+        "mixing",
+        "accuracy of cached KD with exact, label-space and no mixing",
+        __doc__,
     )
     add_data_options(parser, SHAPES)
     parser.add_argument("--views", type=int, default=3, help="default: %(default)s")

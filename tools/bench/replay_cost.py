@@ -1,4 +1,4 @@
-"""``kdcache bench-replay``: per-view cost of kdcache's renderers at the real shape (RGB JPEGs
+"""``kdcache bench replay``: per-view cost of kdcache's renderers at the real shape (RGB JPEGs
 of about 500x375 to 224 px) against today's renderer and timm's training transform, side by
 side in one process.
 
@@ -6,8 +6,8 @@ Every mode starts from the same encoded JPEGs in memory (``tools.bench.photo_set
 scikit-image's photos) and ends with normalised float tensors at the same size. Trainer path:
 one view per image, decoded per view (a mixed view decodes and renders its partner too).
 Teacher path: each image decoded once and rendered in V views, in the job's batches of 256
-(two batch buffers in turn, as the job). Modes: ``kdcache`` (the default renderer, ``cpu/3``),
-``cpu2`` (the previous default), ``today`` (``cpu/1``, the renderer of caches made before
+(two batch buffers in turn, as the job). Modes: ``kdcache`` (the default renderer, ``cpu/4``),
+``cpu2`` (an earlier default), ``today`` (``cpu/1``, the renderer of caches made before
 renderer versions), ``timm`` (``PIL.Image.open`` and ``transforms_imagenet_train``, what
 ``create_transform(is_training=True)`` builds, with the same operations; with mixing, timm's
 ``Mixup`` in element mode on batches of 128, the last partial batch included, so every sample
@@ -23,6 +23,7 @@ from kdcache.tools.bench.harness import (
     Mode,
     Session,
     add_common_options,
+    benchmark_parser,
     interleave,
     options_of,
     ratio,
@@ -70,6 +71,7 @@ def run_bench_replay(args: argparse.Namespace) -> dict:
     """Time every mode per configuration and path, interleaved; print and return the report."""
     import numpy as np
 
+    from kdcache.pipeline.views.plan import DEFAULT_RENDERER
     from kdcache.tools.bench.photo_set import photo_jpegs
     from kdcache.tools.bench.replay_plans import CONFIGURATIONS, MEAN, STD
 
@@ -90,7 +92,7 @@ def run_bench_replay(args: argparse.Namespace) -> dict:
         "teacher_views": args.views, "photo_seed": args.seed, "torch_threads": threads,
         "warmup_images": WARM_IMAGES,
         "plans": {name: plan.to_attrs() for name, plan in CONFIGURATIONS.items()},
-        "modes_meaning": {"kdcache": "renderer cpu/3", "cpu2": "renderer cpu/2",
+        "modes_meaning": {"kdcache": f"renderer {DEFAULT_RENDERER}", "cpu2": "renderer cpu/2",
                           "today": "renderer cpu/1",
                           "timm": "transforms_imagenet_train + Mixup(elem, batch 128, every "
                                   "sample: the last partial batch too)",
@@ -120,10 +122,11 @@ def _print(result: dict) -> None:
 
 
 def add_bench_replay_parser(commands) -> None:
-    parser = commands.add_parser(
-        "bench-replay",
-        help="per-view cost of kdcache's renderers against today's and timm's at 224 px",
-        description=__doc__.split("\n\n")[1].replace("\n", " "),
+    parser = benchmark_parser(
+        commands,
+        "replay",
+        "per-view cost of kdcache's renderers against today's and timm's at 224 px",
+        __doc__,
     )
     parser.add_argument("--images", type=int, default=200, help="default: %(default)s")
     parser.add_argument("--resolution", type=int, default=224, help="default: %(default)s")

@@ -1,4 +1,4 @@
-"""``kdcache bench-reads``: one epoch of a trainer's target reads, format 1 vs format 2, from
+"""``kdcache bench reads``: one epoch of a trainer's target reads, format 1 vs format 2, from
 local disk and (with ``--s3``, when moto is installed) from a moto S3 server on 127.0.0.1.
 
 The caches hold synthetic top-k targets written by the store itself (reads do not depend on
@@ -197,7 +197,7 @@ def format_table(report: dict) -> str:
 
 def add_bench_reads_parser(commands) -> None:
     parser = commands.add_parser(
-        "bench-reads",
+        "reads",
         help="one epoch of target reads, format 1 vs 2, local and on a moto S3 server",
         description="Write synthetic caches (format 1, format 2 fp16 and q8) of a Fashion-MNIST "
         "slice, then read one view per sample for an epoch, as the trainer does, from local disk "

@@ -1,4 +1,4 @@
-"""``kdcache bench-timm --accuracy-epochs E``: the accuracy row beside the speed table.
+"""``kdcache bench timm --accuracy-epochs E``: the accuracy row beside the speed table.
 
 The same student trains for E epochs on the same replayed views, seed and budget through
 timm's ``ClassificationTask`` (no KD, at the training seed and at seed + 1: the seed noise),

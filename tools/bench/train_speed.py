@@ -1,4 +1,4 @@
-"""``kdcache bench-train``: student training speed without a teacher, from the cache, and with
+"""``kdcache bench train``: student training speed without a teacher, from the cache, and with
 the teacher online, interleaved in one process.
 
 The same seeded student, views and batch size train four ways, each with its own persistent
@@ -24,8 +24,10 @@ from kdcache.tools.bench.harness import (
     add_shape_option,
     add_step_options,
     apply_shape,
+    benchmark_parser,
     interleave,
     options_of,
+    progress_log,
     ratio,
     set_threads,
     shaped,
@@ -83,15 +85,15 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     return session.report(config, measured)
 
 
-def _log(line: str) -> None:
-    print(f"bench-train:{line}", flush=True)
+_log = progress_log("train")
 
 
 def add_bench_train_parser(commands) -> None:
-    parser = commands.add_parser(
-        "bench-train",
-        help="benchmark student training: no teacher vs cached targets vs online teacher",
-        description=__doc__.split("\n\n")[1].replace("\n", " "),
+    parser = benchmark_parser(
+        commands,
+        "train",
+        "benchmark student training: no teacher vs cached targets vs online teacher",
+        __doc__,
     )
     add_shape_option(parser, SHAPES)
     shaped(parser, SHAPES, "--student", "timm architecture (a DeiT below 224 px gets the "

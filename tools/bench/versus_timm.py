@@ -1,4 +1,4 @@
-"""``kdcache bench-timm``: the same student on the same data through timm's own tasks, no KD
+"""``kdcache bench timm``: the same student on the same data through timm's own tasks, no KD
 and online KD, against kdcache's cached task, interleaved in one run.
 
 Three modes train the same seeded student with timm's ``create_optimizer_v2`` (AdamW) on the
@@ -20,6 +20,7 @@ all rebuilt in ``--work`` on every run.
 
 import argparse
 
+from kdcache.errors import ConfigError
 from kdcache.tools.bench.bench_data import IMAGENET_SHAPED, add_given_cache_options, given_or_made
 from kdcache.tools.bench.harness import (
     Mode,
@@ -29,8 +30,10 @@ from kdcache.tools.bench.harness import (
     add_shape_option,
     add_step_options,
     apply_shape,
+    benchmark_parser,
     interleave,
     options_of,
+    progress_log,
     ratio,
     set_threads,
     shaped,
@@ -57,7 +60,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
 
     apply_shape(args, SHAPES)
     if args.steps < 1 or args.warmup_steps < 0:
-        raise ValueError("need --steps >= 1 and --warmup-steps >= 0")
+        raise ConfigError("need --steps >= 1 and --warmup-steps >= 0")
     session = Session("bench-timm", options_of(args))
     threads = set_threads(args.threads)
     data, cache, checkpoint, plan, work = given_or_made(
@@ -105,15 +108,15 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     return session.report(config, measured)
 
 
-def _log(line: str) -> None:
-    print(f"bench-timm:{line}", flush=True)
+_log = progress_log("timm")
 
 
 def add_bench_timm_parser(commands) -> None:
-    parser = commands.add_parser(
-        "bench-timm",
-        help="benchmark against timm's tasks: no KD vs timm online KD vs kdcache's cached task",
-        description=__doc__.split("\n\n")[1].replace("\n", " "),
+    parser = benchmark_parser(
+        commands,
+        "timm",
+        "benchmark against timm's tasks: no KD vs timm online KD vs kdcache's cached task",
+        __doc__,
     )
     add_shape_option(parser, SHAPES)
     shaped(parser, SHAPES, "--student", "timm architecture (a DeiT below 224 px gets a small "

@@ -9,7 +9,6 @@ __getattr__, __dir__, __all__ = lazy_face(
     {
         "bad_regions": ".inspect_cache",
         "format_report": ".inspect_cache",
-        "manifest_for": ".cache_manifest",
         "plot_report": ".inspect_cache",
         "replay_check": ".verify_replay",
         "sample_done_rows": ".verify_replay",

@@ -4,9 +4,10 @@ import itertools
 
 import numpy as np
 
+from kdcache.errors import CacheCorrupt
 from kdcache.pipeline.cache import FORMAT, CacheStore
+from kdcache.pipeline.cache.cache_manifest import manifest_for
 from kdcache.pipeline.data import Manifest, storage, urls
-from kdcache.tools.cache.cache_manifest import manifest_for
 
 
 def _quantiles(values: np.ndarray) -> dict[str, float]:
@@ -51,8 +52,8 @@ def _inspect(location: str, data: str | None, allow_remote_shards: bool) -> dict
     raw_bytes, rows_total = 0, sum(s.num_rows for s in split_shards)
     for name in store.teacher_names:
         done = store.shard_done(name)
-        complete = [s for s in split_shards if done[s.id]]
-        problems, blocks = _region_problems(store, name, split_shards)
+        problems, read = _region_problems(store, name, split_shards)
+        complete, blocks = [s for s, _ in read], [b for _, b in read]
         figures = _teacher_figures(store, manifest, name, complete, blocks)
         missing = [s.file for s in split_shards if not done[s.id]]
         report["teachers"][name] = {
@@ -72,11 +73,8 @@ def _inspect(location: str, data: str | None, allow_remote_shards: bool) -> dict
     written = [
         s for s in split_shards if any(store.shard_done(n)[s.id] for n in store.teacher_names)
     ]
-    raw_bytes += (
-        sum(store.read_shard(store.teacher_names[0], s).params.nbytes for s in written)
-        if written
-        else 0
-    )
+    params = len(store.plan.param_names) * views * np.dtype(np.float32).itemsize
+    raw_bytes += sum(s.num_rows for s in written) * params
     disk = urls.disk_bytes(location)
     report["storage"] = {
         "bytes_on_disk": disk,
@@ -99,20 +97,36 @@ def _quantisation_kl(store: CacheStore, name: str) -> float | None:
 
 def _region_problems(store: CacheStore, name: str, shards: list) -> tuple[list[dict], list]:
     """Every done (shard, view) region of a teacher checked (checksum, finite targets, data
-    behind its done flag): the problems found, and the plan's views of the complete shards'
-    blocks (for the figures), each shard read once."""
+    behind its done flag): the problems found, and (shard, the plan's views of its block) of
+    each complete shard that could be read (for the figures), each shard read once."""
     done = store.views_done(name)
     problems, blocks = [], []
     for shard in shards:
         views = [int(v) for v in np.flatnonzero(done[shard.id])]
         if not views:
             continue
-        block = store.read_shard(name, shard, views=store.array_views)
+        try:
+            block = store.read_shard(name, shard, views=store.array_views)
+        except CacheCorrupt:  # a chunk cannot be read: find which, per view
+            for view, problem in _unreadable(store, name, shard, views).items():
+                problems.append({"shard": shard.file, "view": view, "problem": problem})
+            continue
         for view, problem in store.region_problems(name, shard, block, views).items():
             problems.append({"shard": shard.file, "view": view, "problem": problem})
         if done[shard.id, : store.plan.views].all():
-            blocks.append(block.select(slice(None), slice(0, store.plan.views)))
+            blocks.append((shard, block.select(slice(None), slice(0, store.plan.views))))
     return problems, blocks
+
+
+def _unreadable(store: CacheStore, name: str, shard, views: list[int]) -> dict[int, str]:
+    """Per done view of a shard whose block cannot be read, what is wrong with its region."""
+    found = {}
+    for view in views:
+        try:
+            store.read_region(name, shard, view)
+        except CacheCorrupt as error:
+            found[view] = str(error).split(": ", 1)[-1]
+    return found
 
 
 def _teacher_figures(

@@ -115,8 +115,12 @@ def add_field_flags(parser: argparse.ArgumentParser, flags: dict[str, str]) -> N
 
 
 def flag_of(args: argparse.Namespace, field: str | None) -> str | None:
-    """The flag that sets ``field`` in the command ``args`` came from, if any."""
-    return (getattr(args, "field_flags", None) or {}).get(field) if field else None
+    """The flag that sets ``field`` in the command ``args`` came from, if any (a field the
+    command parses as an option of its own, such as ``source``, is its ``--field``)."""
+    if not field:
+        return None
+    flag = (getattr(args, "field_flags", None) or {}).get(field)
+    return flag if flag is not None or not hasattr(args, field) else _flag(field)
 
 
 def _checked(convert: Callable[[str], object]) -> Callable[[str], object]:

@@ -1,13 +1,11 @@
 """``kdcache shard`` and ``kdcache teach``."""
 
 import argparse
-import contextlib
 import sys
 from dataclasses import replace
 
 from kdcache.pipeline.data import ShardConfig, StorageConfig
 from kdcache.pipeline.teach import TeachConfig
-from kdcache.pipeline.views import ViewPlan
 from kdcache.tools.cli.arg_types import key_value
 from kdcache.tools.cli.config_options import add_config_options, config_values
 from kdcache.tools.cli.plan_options import add_plan_arguments, plan_overrides
@@ -65,9 +63,6 @@ def run_shard(args: argparse.Namespace) -> None:
     )
 
 
-_FROM_EXISTING = ("topk", "samples", "splits", "target_dtype")  # unset: the existing cache's values
-
-
 def add_teach_parser(commands) -> None:
     parser = commands.add_parser(
         "teach",
@@ -76,13 +71,7 @@ def add_teach_parser(commands) -> None:
         "run the teacher(s), write top-k logits, class ids, logsumexp and view params into the "
         "Zarr cache, then mark the shard done. Rerunning skips done shards.",
     )
-    add_config_options(
-        parser,
-        TeachConfig,
-        parse={"only_shards": _shard_ids},
-        unset=_FROM_EXISTING,
-        unset_note="default: the existing cache's, else",
-    )
+    add_config_options(parser, TeachConfig, parse={"only_shards": _shard_ids})
     parser.add_argument(
         "--teacher",
         action="append",
@@ -91,33 +80,24 @@ def add_teach_parser(commands) -> None:
         help="teacher weights: a kdcache checkpoint, or published weights with "
         "--teacher-arch or --teacher-factory (repeatable for several teachers)",
     )
-    add_teacher_arguments(parser)
+    add_teacher_arguments(parser, per_teacher=True, location_flag="--teacher")
     add_plan_arguments(parser, defaults_from="the existing cache's plan, else the plan defaults")
     parser.set_defaults(run=run_teach)  # fmt: skip
 
 
 def run_teach(args: argparse.Namespace) -> None:
-    from kdcache.pipeline.cache import CacheStore, catalog_root
+    values, plan = config_values(TeachConfig, args), plan_overrides(args)
+    config = TeachConfig(**values, teachers=teacher_sources(args), plan=plan)  # checked here
+    from kdcache.pipeline.cache import catalog_root
     from kdcache.pipeline.data import storage
     from kdcache.pipeline.teach import TeachFailed, run_teach
 
-    teachers = teacher_sources(args)
-    existing = None
-    if args.cache is not None:
-        with contextlib.suppress(FileNotFoundError), storage.using(args.storage_options):
-            existing = CacheStore.open(args.cache)
-    values = config_values(TeachConfig, args)
-    if existing is not None:  # unset options default to the existing cache's
-        plan = replace(existing.plan, **plan_overrides(args))
-        inherited = {"topk": existing.topk, "samples": existing.samples}
-        inherited["target_dtype"] = existing.target_dtype
-        inherited["splits"] = existing.attrs["splits"]
-    else:
-        plan, inherited = ViewPlan(**plan_overrides(args)), {}
-    values["catalog"] = catalog_root(args.catalog)
-    config = TeachConfig(**(inherited | values), teachers=teachers, plan=plan)
+    config = replace(config, catalog=catalog_root(args.catalog))
+
     if config.dry_run:
-        print(_dry_run(config))
+        from kdcache.pipeline.teach.dry_run import dry_run_report
+
+        print(dry_run_report(config))
         return
     try:
         summary = run_teach(config)
@@ -125,34 +105,6 @@ def run_teach(args: argparse.Namespace) -> None:
         print(storage.scrub(str(error), args.storage_options), file=sys.stderr)
         raise SystemExit(1) from None
     print("\n".join(summary.lines()))
-
-
-def _dry_run(config: TeachConfig) -> str:
-    """``teach --dry-run``: the size of the cache ``config`` makes; no teacher runs (feature
-    or attention targets load the first teacher for one forward of a zero image: their shapes)."""
-    from kdcache.pipeline.cache import CachePlan, format_size, size_plan
-    from kdcache.pipeline.data import Manifest
-
-    manifest = Manifest.read(config.manifest)
-    features = ()
-    if config.features or config.attention:
-        from kdcache.pipeline.teach import teacher_identity
-
-        features = tuple(teacher_identity(config.teachers[0], manifest, config)["features"])
-    plan = CachePlan(
-        shards=len(manifest.shards_of(config.splits)),
-        shard_size=manifest.shard_size,
-        num_classes=manifest.num_classes,
-        views=config.plan.views,
-        topk=config.topk,
-        params=len(config.plan.param_names),
-        teachers=len(config.teachers),
-        samples=config.samples,
-        target_dtype=config.target_dtype,
-        student_rate=config.student_rate,
-        features=features,
-    )
-    return format_size(plan, size_plan(plan))
 
 
 def add_catalog_parser(commands) -> None:

@@ -10,10 +10,12 @@ from kdcache.pipeline.data import storage
 from kdcache.tools.bench.kd_objectives import add_bench_kd_parser
 from kdcache.tools.bench.mixing_accuracy import add_bench_mixing_parser
 from kdcache.tools.bench.replay_cost import add_bench_replay_parser
+from kdcache.tools.bench.scale import add_bench_scale_parser
 from kdcache.tools.bench.target_reads import add_bench_reads_parser
 from kdcache.tools.bench.teach_speed import add_bench_parser
 from kdcache.tools.bench.train_speed import add_bench_train_parser
 from kdcache.tools.bench.versus_timm import add_bench_timm_parser
+from kdcache.tools.bench.view_quality import add_bench_quality_parser
 from kdcache.tools.cli.cache_commands import add_inspect_parser, add_verify_parser
 from kdcache.tools.cli.config_options import flag_of
 from kdcache.tools.cli.data_commands import add_catalog_parser, add_shard_parser, add_teach_parser
@@ -50,14 +52,27 @@ def _parser_and_commands() -> tuple[argparse.ArgumentParser, argparse.Action]:
     add_verify_parser(commands)
     add_plot_parser(commands)
     add_demo_parser(commands)
-    add_bench_parser(commands)
-    add_bench_train_parser(commands)
-    add_bench_kd_parser(commands)
-    add_bench_replay_parser(commands)
-    add_bench_reads_parser(commands)
-    add_bench_mixing_parser(commands)
-    add_bench_timm_parser(commands)
+    _add_bench_parsers(commands)
     return parser, commands
+
+
+def _add_bench_parsers(commands) -> None:
+    """``kdcache bench NAME``: every benchmark under one command."""
+    bench = commands.add_parser(
+        "bench",
+        help="benchmarks: side-by-side ratios against timm, raw model(x) and plain training",
+        description="Run one benchmark; each saves its full config and JSON results.",
+    )
+    benches = bench.add_subparsers(dest="benchmark", required=True, metavar="NAME")
+    add_bench_parser(benches)
+    add_bench_train_parser(benches)
+    add_bench_kd_parser(benches)
+    add_bench_replay_parser(benches)
+    add_bench_reads_parser(benches)
+    add_bench_mixing_parser(benches)
+    add_bench_timm_parser(benches)
+    add_bench_quality_parser(benches)
+    add_bench_scale_parser(benches)
 
 
 # OSError: unwritable or full disks, missing files, refused connections (with the path)
@@ -73,7 +88,10 @@ def _is_store_error(error: BaseException) -> bool:
 def main(argv: list[str] | None = None) -> None:
     """Run one command; a user error is one line on stderr and exit 2 (``KDCACHE_DEBUG=1``:
     the traceback too)."""
-    args = build_parser().parse_args(argv)
+    parser, commands = _parser_and_commands()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # the command's usage, not the top level's
+        commands.choices[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         args.run(args)
     except Exception as error:
@@ -89,7 +107,8 @@ def main(argv: list[str] | None = None) -> None:
         flag = flag_of(args, getattr(error, "field", None))
         if flag is not None and flag not in message:
             message += f" (option {flag})"
-        print(f"kdcache {args.command}: error: {message}", file=sys.stderr)
+        command = " ".join(filter(None, (args.command, getattr(args, "benchmark", None))))
+        print(f"kdcache {command}: error: {message}", file=sys.stderr)
         raise SystemExit(2) from None
 
 

@@ -33,7 +33,7 @@ class LabelMixedTargets(CachedTargets):
         """``options`` as for :class:`CachedTargets` (top-k targets only)."""
         if options.get("sampled"):
             raise ConfigError(
-                "mixing label mixes top-k distributions: not with targets sampled", field="mixing"
+                "mixing: label mixes top-k distributions, not sampled targets", field="mixing"
             )
         plan = dict(plan or {})
         mixing = {name: plan.pop(name) for name in MIX_FIELDS if name in plan}
@@ -41,12 +41,13 @@ class LabelMixedTargets(CachedTargets):
         if self.plan.mixes:
             raise CacheMismatch(
                 f"{location}: its plan mixes views (the teacher saw mixed images); "
-                "mixing label needs a cache without mixing (use mixing exact)"
+                "label mixing needs a cache without mixing (mixing exact replays its mixed views)",
+                field="mixing",
             )
         self.plan = replace(self.plan, **mixing)
         if not self.plan.mixes:
             raise ConfigError(
-                "mixing label needs plan.mixup_alpha or plan.cutmix_alpha", field="mixing"
+                "mixing: label needs plan.mixup_alpha or plan.cutmix_alpha", field="mixing"
             )
 
     def block(self, shard: ShardInfo, views: list[int] | None = None) -> ShardBlock:

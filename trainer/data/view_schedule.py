@@ -31,7 +31,7 @@ class ViewSchedule:
     def __post_init__(self):
         if self.kind not in SCHEDULES:
             raise ConfigError(
-                f"view_schedule must be one of {SCHEDULES}, got {self.kind!r}",
+                f"view_schedule: must be one of {SCHEDULES}, got {self.kind!r}",
                 field="view_schedule",
             )
 

@@ -51,7 +51,7 @@ def teacher_mix(
     head_teachers: dict[str, str] | None = None,
     two_heads: bool = False,
 ) -> TeacherMix:
-    """Check ``teacher_weights`` and ``head_teachers`` against the teachers read and the
+    """Check ``--teacher-weight`` and ``--head-teacher`` against the teachers read and the
     student; return who teaches which head."""
     weights, head_teachers = weights or {}, head_teachers or {}
     if weights and set(weights) != set(teachers):
@@ -71,12 +71,12 @@ def teacher_mix(
             )
         if name not in teachers:
             raise ConfigError(
-                f"head_teachers {head}={name}: not among the teachers {teachers}",
+                f"head_teachers: {head}={name}: not among the teachers {teachers}",
                 field="head_teachers",
             )
     if "cls" in head_teachers and not two_heads:
         raise ConfigError(
-            "head_teachers cls=...: the student has one head; use a model with a "
+            "head_teachers: cls=...: the student has one head; use a model with a "
             "distillation token (e.g. deit_tiny_distilled_patch16_224)",
             field="head_teachers",
         )
@@ -105,7 +105,7 @@ def teacher_probs(
         probs = torch.zeros(top.shape[0], num_classes, device=top.device)
         return probs.scatter_(1, target["topk_index"], F.softmax(top / tau, dim=-1))
     raise ConfigError(
-        f"tail {tail} cannot be averaged over teachers; use uniform or renormalize", field="tail"
+        f"tail: {tail} cannot be averaged over teachers; use uniform or renormalize", field="tail"
     )
 
 

@@ -42,6 +42,6 @@ def sampled_distillation(
     if reduction == "batchmean":
         return total / student_logits.shape[0]
     raise ConfigError(
-        f"kl_reduction must be one of ('batchmean', 'deit'), got {reduction!r}",
+        f"kl_reduction: must be one of ('batchmean', 'deit'), got {reduction!r}",
         field="kl_reduction",
     )

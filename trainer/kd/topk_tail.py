@@ -59,7 +59,7 @@ def distillation_bins(
         teacher = teacher_logits(topk_logits, topk_index, logsumexp, num_classes)
         return student_log, F.log_softmax(teacher / tau, dim=-1)
     if tail not in TAIL_MODES:
-        raise ConfigError(f"tail must be one of {TAIL_MODES}, got {tail!r}", field="tail")
+        raise ConfigError(f"tail: must be one of {TAIL_MODES}, got {tail!r}", field="tail")
     top = topk_logits.float()
     student_top = student_log.gather(1, topk_index)
     k = top.shape[-1]

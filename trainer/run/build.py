@@ -19,7 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 from kdcache.errors import ConfigError, RunStateError
 from kdcache.pipeline.cache import catalog_root, resolve_cache
 from kdcache.pipeline.data import Manifest
-from kdcache.pipeline.teach import ModelSpec, create_model, requests
+from kdcache.pipeline.teach import ModelSpec, TeacherSource, create_model, requests
 from kdcache.pipeline.views import MIX_FIELDS, ViewPlan, normalize, set_pixel_limit
 from kdcache.trainer.data import (
     CachedTargets,
@@ -247,15 +247,18 @@ def _student_spec(config: TrainConfig, manifest: Manifest, source) -> ModelSpec:
 
 def _online_teacher(config: TrainConfig, manifest: Manifest, device) -> OnlineTeacher:
     aligned = config.feature_weight or config.attention_weight
+    source = config.teacher_source or TeacherSource(
+        location=config.teacher_checkpoint, arch=config.teacher_arch
+    )
     return OnlineTeacher(
-        config.teacher_checkpoint,
+        source,
+        class_names=manifest.classes,
         features=requests(config.features, config.attention) if aligned else None,
         feature_dim=config.feature_dim,
         num_classes=manifest.num_classes,
         in_chans=manifest.channels,
         device=device,
         topk=config.topk,
-        arch=config.teacher_arch,
         amp=config.amp,
     )
 

@@ -73,7 +73,9 @@ def load_state(path: str, config: dict) -> dict:
     The file is read as tensors and plain containers only (``weights_only=True``): a pickle
     that names any other object is refused, never run."""
     if not urls.exists(path):
-        raise FileNotFoundError(f"{path}: no resumable state (resuming needs a run folder that holds one)")
+        raise FileNotFoundError(
+            f"{path}: no resumable state (resuming needs a run folder that holds one)"
+        )
     with storage.open_file(path, "rb") as f:
         payload = f.read()
     try:

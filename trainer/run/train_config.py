@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from kdcache._options import option
 from kdcache.errors import ConfigError
 from kdcache.pipeline.data import StorageOptions, storage
-from kdcache.pipeline.teach import ATTENTION_HELP, FEATURE_DIM_HELP, FEATURES_HELP
+from kdcache.pipeline.teach import ATTENTION_HELP, FEATURE_DIM_HELP, FEATURES_HELP, TeacherSource
 from kdcache.pipeline.views import ViewPlan, max_pixels_option
 from kdcache.trainer.data import SCHEDULES
 from kdcache.trainer.kd import (
@@ -101,6 +101,9 @@ class TrainConfig:
     teacher_arch: str | None = option(
         None, group=KD, help="timm architecture of published online weights"
     )
+    # the online teacher with all its build options (key map, class map, preprocessing); set,
+    # it is what teacher_checkpoint and teacher_arch describe
+    teacher_source: TeacherSource | None = None
     cache: str | None = option(
         None,
         group=KD,
