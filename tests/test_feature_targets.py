@@ -30,7 +30,7 @@ from kdcache.pipeline.teach import (
 )
 from kdcache.pipeline.views import ViewPlan
 from kdcache.tools.cache.inspect_cache import inspect_cache
-from kdcache.tools.cache.verify_cache import verify_cache
+from kdcache.verify_cache import verify_cache
 from kdcache.trainer.data import KDLoader
 from kdcache.trainer.kd import CachedFeatureDistillationTask
 

@@ -12,6 +12,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from kdcache.errors import ConfigError
+
 LIMB = 32
 MASK = (1 << LIMB) - 1
 MAX_RANK_BITS = 256  # larger sets (K near C / 2 of many classes) need too large a table
@@ -26,9 +28,10 @@ def check_codable(topk: int, num_classes: int) -> None:
     """Refuse set sizes whose ranks exceed :data:`MAX_RANK_BITS` bits."""
     bits = rank_bits(topk, num_classes)
     if bits > MAX_RANK_BITS:
-        raise ValueError(
-            f"top-{topk} of {num_classes} classes: a set rank takes {bits} bits, at most "
-            f"{MAX_RANK_BITS} are supported (use --target-dtype q8 or fp16)"
+        raise ConfigError(
+            f"target_dtype: q6 cannot hold top-{topk} of {num_classes} classes: a set rank "
+            f"takes {bits} bits, at most {MAX_RANK_BITS} are supported (use q8 or fp16)",
+            field="target_dtype",
         )
 
 

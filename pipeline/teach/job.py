@@ -43,7 +43,7 @@ def _run_teach(config: TeachConfig) -> TeachSummary:
         raise ConfigError("teach: no cache given, and no catalogue to pick one", field="cache")
     manifest = Manifest.read(config.manifest, allow_remote_shards=config.allow_remote_shards)
     existing = _existing(config.cache)
-    config = _checked_request(config.resolved(existing), manifest)
+    config = _checked_request(config.resolved(existing, manifest.num_classes), manifest)
     if existing is not None:  # before any teacher loads
         _check_store(config, manifest, existing)
     from kdcache.pipeline.views import check_renderer  # torchvision: once the rest is checked

@@ -259,7 +259,7 @@ class TeachConfig:
     )
     run_id: str | None = None  # set by run_teach: the run lock this run holds
 
-    def resolve(self) -> "TeachConfig":
+    def resolve(self, num_classes: int | None = None) -> "TeachConfig":
         """:meth:`resolved` against the cache at ``cache``, if there is one."""
         from kdcache.pipeline.cache import CacheStore
 
@@ -267,14 +267,18 @@ class TeachConfig:
         if self.cache is not None:
             with contextlib.suppress(FileNotFoundError), storage.using(self.storage_options):
                 existing = CacheStore.open(self.cache)
-        return self.resolved(existing)
+        return self.resolved(existing, num_classes)
 
-    def resolved(self, existing: "CacheStore | None" = None) -> "TeachConfig":
+    def resolved(
+        self, existing: "CacheStore | None" = None, num_classes: int | None = None
+    ) -> "TeachConfig":
         """This config with every unset field given: ``topk``, ``samples``, ``target_dtype``,
         ``splits`` and the plan fields not set are the ``existing`` cache's (else the
-        defaults), so rerunning or extending a cache needs only what changes."""
+        defaults; the default ``topk`` at most the data's ``num_classes``), so rerunning or
+        extending a cache needs only what changes."""
         if existing is None:
             inherited, plan = dict(DEFAULTS), ViewPlan()
+            inherited["topk"] = min(inherited["topk"], num_classes or inherited["topk"])
         else:
             inherited = {"topk": existing.topk, "samples": existing.samples,
                          "target_dtype": existing.target_dtype,

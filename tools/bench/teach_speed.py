@@ -11,6 +11,9 @@ own allocator (what the actors' allocator buys; ``--no-allocator-baseline`` leav
 top-k, Zarr writes, ledger) into a new cache, its clock started before Ray starts; Ray's start
 and the actors' start-up (importing torch, loading the teacher) are reported apart, and the
 steady rate without them. Teachers are randomly initialised: speed does not depend on the weights.
+``render 1 CPU`` and ``render N CPUs`` time one actor's render stage alone (decode and views,
+no model; ``tools.bench.teach_render``) with its torch threads, and so its render pool, set to
+1 and to all N CPUs of this machine.
 """
 
 import argparse
@@ -104,6 +107,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     """Raw inference in every layout and the teacher pass, interleaved; the report as a dict."""
     from kdcache.pipeline.views import ViewPlan
     from kdcache.tools.bench.teach_raw import raw_layout
+    from kdcache.tools.bench.teach_render import render_only
 
     apply_shape(args, SHAPES)
     session = Session("bench-teach", options_of(args))
@@ -128,6 +132,10 @@ def run_benchmark(args: argparse.Namespace) -> dict:
                                                         args.batch_size, *same,
                                                         allocator="default")))  # fmt: skip
     modes.append(Mode("teach", lambda _: _teach(args, data, checkpoint, plan, work)))
+    render_modes = {count: f"render {count} CPU{'s' if count > 1 else ''}"
+                    for count in sorted({1, cpus})}  # fmt: skip
+    modes += [Mode(name, lambda _, n=n: render_only(data, spec, plan, args.batch_size, n))
+              for n, name in render_modes.items()]  # fmt: skip
     measured = interleave(modes, args.repeats, args.warmup, log=_log)
     figures = measured["modes"]
     same_name = f"raw {same[0]}x{same[1]}"
@@ -141,6 +149,9 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         "steady_over_raw_best_layout": ratio(teach["steady_views_per_s"],
                                              figures[best]["views_per_s"]),
     }  # fmt: skip
+    measured["ratios"]["render_all_cpus_over_one"] = ratio(
+        figures[render_modes[cpus]]["views_per_s"], figures[render_modes[1]]["views_per_s"]
+    )
     if default:
         measured["ratios"]["raw_reuse_over_default_allocator"] = ratio(
             figures[same_name]["views_per_s"], figures[default]["views_per_s"]
@@ -202,8 +213,14 @@ def run_bench_command(args: argparse.Namespace) -> None:
         + "".join(
             f"  {name:10s} model(x) alone: {shown(figures[name]['views_per_s'], 1)} views/s\n"
             for name in figures
-            if name != "teach"
+            if name != "teach" and not name.startswith("render")
         )
+        + "".join(
+            f"  {name:10s} decode + views alone: {shown(figures[name]['views_per_s'], 1)} views/s\n"
+            for name in figures
+            if name.startswith("render")
+        )
+        + f"  render all CPUs / 1 CPU: {shown(ratios['render_all_cpus_over_one'])}\n"
         + f"  teach, whole command:         {shown(teach['views_per_s'], 1)} views/s "
         f"(Ray start {shown(teach['ray_start_s'], 1)} s, actor start-up "
         f"{shown(teach['actor_startup_s'], 1)} s)\n"
