@@ -116,7 +116,8 @@ def read_checkpoint_meta(path: str) -> dict | None:
     meta = payload.get("kdcache") if isinstance(payload, dict) else None
     if meta is not None and meta.get("format") != CHECKPOINT_FORMAT:
         raise WeightsError(
-            f"{path}: checkpoint format {meta.get('format')!r}, expected {CHECKPOINT_FORMAT!r}"
+            f"{path}: checkpoint format {meta.get('format')!r}, expected {CHECKPOINT_FORMAT!r}",
+            field="teacher.location",
         )
     return meta
 
