@@ -219,6 +219,18 @@ def test_bench_timm_runs_through_the_harness(tmp_path, data, cache, teacher_path
     assert all(0 <= row["test_acc"] <= 100 and row["images_per_s"] > 0 for row in accuracy.values())
 
 
+def test_bench_replay_loaders_times_kdloader_against_timms_loader(tmp_path):
+    result = _run(tmp_path, "bench", "replay", "--loaders", "--loader-images", "100",
+                  "--resolution", "32", "--batch-size", "16", "--repeats", "2", "--warmup", "0",
+                  "--work", str(tmp_path / "work"))  # fmt: skip
+    modes = ["loader / kdcache", "loader / timm"]
+    config = _check(result, "bench-replay", modes, 2, {"images", "workers", "batch_size"})
+    assert config["workers"] == 2
+    for mode in modes:  # every image once per epoch
+        assert result["modes"][mode]["images"]["runs"] == [100, 100]
+    assert len(result["ratios"]["kdcache_over_timm"]["runs"]) == 2
+
+
 def test_gpu_views_interleaves_renderers(tmp_path):
     from kdcache.tools.bench.gpu_views import main
 

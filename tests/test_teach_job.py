@@ -17,7 +17,7 @@ import zarr
 from kdcache.pipeline.cache import CacheMismatch, CacheStore
 from kdcache.pipeline.data import Manifest
 from kdcache.pipeline.teach import TeachFailed
-from kdcache.tools.cache.verify_cache import verify_cache
+from kdcache.verify_cache import verify_cache
 from tests.conftest import PLAN, teach
 
 ARRAYS = ["params"] + [
@@ -155,11 +155,14 @@ def test_teacher_path_is_stored_resolved_so_verify_works_elsewhere(
     tmp_path, data, teacher_path, ray_local, monkeypatch
 ):
     location = str(tmp_path / "cache.zarr")
-    monkeypatch.chdir(os.path.dirname(teacher_path))
-    teach(data, os.path.basename(teacher_path), location, only_shards=[0])
-    assert CacheStore.open(location).teacher_identity("regnet")["source"] == teacher_path
+    shutil.copy(teacher_path, tmp_path / "teacher.pth")  # inside the cache's folder
     monkeypatch.chdir(tmp_path)
-    report = verify_cache(location, samples=4)
+    teach(data, "teacher.pth", location, only_shards=[0])
+    assert CacheStore.open(location).teacher_identity("regnet")["source"] == str(
+        tmp_path / "teacher.pth"
+    )
+    monkeypatch.chdir(os.path.dirname(teacher_path))
+    report = verify_cache(location, data.location, samples=4)
     assert report.ok and report.views_recomputed == 4, report.problems
 
 

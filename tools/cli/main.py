@@ -7,6 +7,7 @@ import sys
 from kdcache import __version__
 from kdcache.errors import KdcacheError
 from kdcache.pipeline.data import storage
+from kdcache.tools.bench.inspect_scale import add_bench_inspect_parser
 from kdcache.tools.bench.kd_objectives import add_bench_kd_parser
 from kdcache.tools.bench.mixing_accuracy import add_bench_mixing_parser
 from kdcache.tools.bench.replay_cost import add_bench_replay_parser
@@ -73,6 +74,7 @@ def _add_bench_parsers(commands) -> None:
     add_bench_timm_parser(benches)
     add_bench_quality_parser(benches)
     add_bench_scale_parser(benches)
+    add_bench_inspect_parser(benches)
 
 
 # OSError: unwritable or full disks, missing files, refused connections (with the path)

@@ -101,6 +101,7 @@ class CachedTargets:
                 f"{location}: teacher {teacher} has not finished {len(missing)} {split} shards "
                 f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); rerun kdcache teach"
             )
+        self.store.shard_checksums(teacher)  # read once here: loader workers inherit it
 
     def _samples(self, location: str, wanted: int | None) -> int:
         held = self.store.samples
