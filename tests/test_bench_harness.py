@@ -108,6 +108,7 @@ def test_bench_teach_compares_teach_with_raw_in_its_own_layout(tmp_path):
         assert len(result["ratios"][name]["runs"]) == 2
     for name in renders:  # the render stage alone, its pool sized from the CPUs
         assert result["modes"][name]["views_per_s"]["min"] > 0
+    assert result["modes"]["render 1 CPU"]["render_threads"]["runs"] == [0, 0]  # serial
     assert result["modes"][renders[-1]]["render_threads"]["median"] == (cpus if cpus > 1 else 0)
 
 

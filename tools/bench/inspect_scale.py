@@ -19,6 +19,8 @@ import numpy as np
 
 from kdcache.tools.bench.harness import write_json
 
+SAMPLE_BYTES = 2048  # a small JPEG's tar member, declared for each synthetic shard file
+
 RUN = """
 import json, resource, sys, time, psutil
 from kdcache.tools.cli.main import main
@@ -43,8 +45,10 @@ def synthetic_manifest(folder: str, rows: int, shard_size: int, classes: int = 1
 
     os.makedirs(folder, exist_ok=True)
     count = -(-rows // shard_size)
-    shards = [ShardInfo(i, f"shards/train-{i:06d}.tar", "train", min(shard_size, rows - i * shard_size),
-                        1, hashlib.sha256(str(i).encode()).hexdigest()) for i in range(count)]  # fmt: skip
+    sizes = [min(shard_size, rows - i * shard_size) for i in range(count)]
+    shards = [ShardInfo(i, f"shards/train-{i:06d}.tar", "train", n, n * SAMPLE_BYTES,
+                        hashlib.sha256(str(i).encode()).hexdigest())
+              for i, n in enumerate(sizes)]  # fmt: skip
     ids = np.arange(rows, dtype=np.int64)
     table = pa.table({
         "row": ids, "key": pa.array(ids.astype(str)), "shard": (ids // shard_size).astype(np.int32),
