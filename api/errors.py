@@ -88,3 +88,24 @@ class RayUnavailable(KdcacheError, RuntimeError):
 
 class RunStateError(KdcacheError, ValueError):
     """A run folder's saved state cannot be read safely or does not fit the run resuming it."""
+
+
+class NotInCache(KdcacheError, IndexError):
+    """A row, view or teacher a cache does not hold (or has not written yet)."""
+
+
+class TargetsNotFinite(KdcacheError, ValueError):
+    """A teacher's targets hold NaN or inf (or overflow the cache's storage type): refused
+    before anything is written."""
+
+
+class OutputExists(OutputError, FileExistsError):
+    """An output is already there and the options do not say to replace it."""
+
+
+class WeightsError(KdcacheError, ValueError):
+    """A weights file or checkpoint does not hold what it should (format, keys, shapes)."""
+
+
+class CacheNotFound(KdcacheError, FileNotFoundError):
+    """No cache at a location, or none in the catalogue that fits."""

@@ -2,6 +2,7 @@
 LightningModule whose loss is kdcache's DistillationLoss.
 
     python examples/lightning_module.py DATA CACHE [--epochs 2] [--model resnet10t]
+        [--resolution PX]
 """
 
 import argparse
@@ -16,9 +17,18 @@ import kdcache
 class CachedKD(L.LightningDataModule):
     """Training batches: replayed views joined with their cached targets."""
 
-    def __init__(self, data: str, cache: str, batch_size: int = 64, workers: int = 2):
+    def __init__(
+        self,
+        data: str,
+        cache: str,
+        batch_size: int = 64,
+        workers: int = 2,
+        resolution: int | None = None,
+    ):
         super().__init__()
-        self.loader = kdcache.KDLoader(data, cache, batch_size=batch_size, workers=workers)
+        self.loader = kdcache.KDLoader(
+            data, cache, batch_size=batch_size, workers=workers, resolution=resolution
+        )
 
     def train_dataloader(self) -> kdcache.KDLoader:
         return self.loader
@@ -38,8 +48,9 @@ class Student(L.LightningModule):
 
     def training_step(self, batch: kdcache.KDBatch, index: int) -> torch.Tensor:
         loss = self.criterion(self.net(batch.images), batch.labels, batch.teacher_targets)
-        self.log("loss", loss, on_epoch=True, on_step=False, batch_size=len(batch.labels))
-        self.log("kd", self.criterion.parts["kd"], on_epoch=True, on_step=False)
+        size = len(batch.labels)  # Lightning weighs epoch means by it (a last batch is short)
+        self.log("loss", loss, on_epoch=True, on_step=False, batch_size=size)
+        self.log("kd", self.criterion.parts["kd"], on_epoch=True, on_step=False, batch_size=size)
         return loss
 
     def on_train_epoch_end(self) -> None:
@@ -55,10 +66,12 @@ if __name__ == "__main__":
     parser.add_argument("cache")
     parser.add_argument("--model", default="resnet10t")
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--resolution", type=int, default=None, help="default: the images'")
     args = parser.parse_args()
     torch.manual_seed(0)
-    data = CachedKD(args.data, args.cache)
+    data = CachedKD(args.data, args.cache, resolution=args.resolution)
     manifest = data.loader.manifest
+    print(f"training at {data.loader.resolution} px")
     student = Student(args.model, manifest.num_classes, manifest.channels)
     trainer = L.Trainer(
         max_epochs=args.epochs,

@@ -1,6 +1,6 @@
 """A plain PyTorch training loop on cached teacher targets, with kdcache's public API only.
 
-    python examples/plain_loop.py DATA CACHE [--epochs 2] [--model resnet10t]
+    python examples/plain_loop.py DATA CACHE [--epochs 2] [--model resnet10t] [--resolution PX]
 
 It trains as ``kdcache train --kd soft --warmup-epochs 0`` does with the same options and seed
 (AdamW from timm, a per-step cosine schedule), so both reach the same test accuracy.
@@ -23,11 +23,15 @@ parser.add_argument("--epochs", type=int, default=2)
 parser.add_argument("--batch-size", type=int, default=64)
 parser.add_argument("--lr", type=float, default=3e-3)
 parser.add_argument("--seed", type=int, default=0)
+parser.add_argument("--resolution", type=int, default=None, help="default: the images'")
 args = parser.parse_args()
 
 # --- training code ---
 torch.manual_seed(args.seed)
-loader = kdcache.KDLoader(args.data, args.cache, batch_size=args.batch_size, seed=args.seed)
+loader = kdcache.KDLoader(
+    args.data, args.cache, batch_size=args.batch_size, seed=args.seed, resolution=args.resolution
+)
+print(f"training at {loader.resolution} px")
 classes, channels = loader.manifest.num_classes, loader.manifest.channels
 model = timm.create_model(args.model, num_classes=classes, in_chans=channels)
 criterion = kdcache.DistillationLoss("soft", classes, alpha=0.5, tau=1.0)

@@ -31,7 +31,7 @@ def test_import_kdcache_from_outside_the_repository_shows_the_api(tmp_path):
 
 
 def test_open_cache_reads_what_the_store_holds(data, cache):
-    opened = kdcache.open_cache(cache)
+    opened = kdcache.open_cache(cache, data=data.location)  # the manifest lies outside its folder
     store = CacheStore.open(cache)
     assert opened.teachers == ["regnet"] and opened.plan == store.plan and opened.topk == 4
     assert opened.completeness() == {"regnet": 1.0} and opened.complete()
@@ -61,6 +61,18 @@ def test_loader_length_matches_its_batches_with_any_workers(data, cache):
     assert batch.images.shape == (32, 1, 28, 28) and batch.targets.topk_logits.shape == (32, 4)
     assert batch.images.mean().abs() < 1  # normalised with the dataset's statistics
     assert not batch.padded.any()
+
+
+def test_loader_yields_whole_batches_and_at_most_one_partial_one(data, cache):
+    """450 train rows in 5 shards read by 2 workers: each worker's short last batch is joined
+    with the other's, so only the epoch's last batch is partial; drop_last drops it."""
+    for drop_last in (False, True):
+        loader = kdcache.KDLoader(
+            data.location, cache, batch_size=32, workers=2, drop_last=drop_last
+        )
+        sizes = [len(b.labels) for b in loader]
+        assert len(sizes) == len(loader) == (14 if drop_last else 15), sizes
+        assert sizes[:14] == [32] * 14 and sum(sizes) == (448 if drop_last else 450)
 
 
 def _rank_rows(rank: int, world: int, data: str, cache: str, out: str) -> None:
@@ -124,9 +136,11 @@ def test_lightning_example_trains_with_a_falling_loss(data, cache):
     pytest.importorskip("lightning")
     run = subprocess.run(
         [sys.executable, os.path.join(ROOT, "examples", "lightning_module.py"), data.location,
-         cache, "--epochs", "3"],
+         cache, "--epochs", "3", "--resolution", "32"],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
+    assert "training at 32 px" in run.stdout
+    assert "ambiguous" not in run.stderr  # every logged value has its batch size
     losses = [float(x) for x in re.findall(r"loss ([\d.]+)", run.stdout)]
     assert len(losses) == 3 and losses[-1] < losses[0], run.stdout

@@ -1,12 +1,14 @@
 """The catalogue: reuse of identical teacher passes, new entries for any identity change,
 and ``--cache auto``."""
 
+import shutil
 from dataclasses import replace
 
 import pyarrow.dataset as ds
 import pytest
 import torch
 
+from kdcache.errors import ManifestError
 from kdcache.pipeline.cache import CacheStore, Catalog, resolve_cache
 from kdcache.trainer.run import TrainConfig, train
 from tests.conftest import PLAN, make_shards, teach
@@ -17,12 +19,14 @@ def test_identity_reuse_new_entries_and_auto_pick(tmp_path, data, teacher_path, 
     catalog = Catalog(root)
     catalog.record(CacheStore.open(cache), data)
 
-    # same identity: nothing computed, the existing cache is named, --cache is not created
-    again = teach(data, teacher_path, None, catalog=root)
+    # same identity: nothing computed, the existing cache is named; a catalogued cache
+    # outside the catalogue root only when the user names it (--cache)
+    with pytest.raises(ManifestError, match="field cache .* outside the catalogue root"):
+        teach(data, teacher_path, None, catalog=root)
+    again = teach(data, teacher_path, cache, catalog=root)
     assert again.reused and again.cache == cache and again.views == 0
-    assert teach(data, teacher_path, cache, catalog=root).reused  # the same --cache
     # fewer views than the cache holds is the same identity too
-    assert teach(data, teacher_path, None, catalog=root, plan=replace(PLAN, views=2)).reused
+    assert teach(data, teacher_path, cache, catalog=root, plan=replace(PLAN, views=2)).reused
 
     # every identity change is a new entry
     seed5 = teach(data, teacher_path, None, catalog=root, plan=replace(PLAN, seed=5))
@@ -44,7 +48,8 @@ def test_identity_reuse_new_entries_and_auto_pick(tmp_path, data, teacher_path, 
     with pytest.raises(ValueError, match="2 caches fit"):
         resolve_cache(root, data.fingerprint, {}, None)
     assert resolve_cache(root, data.fingerprint, {"seed": 5}, None) == (seed5.cache, "regnet")
-    assert resolve_cache(root, data.fingerprint, {"seed": 3, "views": 2}, "regnety_002")[0] == cache
+    with pytest.raises(ManifestError, match="outside the catalogue root"):  # picked: not named
+        resolve_cache(root, data.fingerprint, {"seed": 3, "views": 2}, "regnety_002")
     with pytest.raises(FileNotFoundError, match="no complete cache"):
         resolve_cache(root, data.fingerprint, {"seed": 9}, None)
     with pytest.raises(FileNotFoundError, match="1 unfinished"):
@@ -77,8 +82,9 @@ def test_caches_of_one_identity_are_listed_apart_and_reuse_picks_a_complete_one(
 ):
     root = str(tmp_path / "catalog")
     catalog = Catalog(root)
+    cache = str(shutil.copytree(cache, tmp_path / "catalog" / "cache.zarr"))  # under the root
     catalog.record(CacheStore.open(cache), data)  # complete, 3 views
-    partial = str(tmp_path / "partial.zarr")  # same identity: 4 views, one shard done
+    partial = str(tmp_path / "catalog" / "partial.zarr")  # same identity: 4 views, one shard done
     teach(data, teacher_path, partial, catalog=root, plan=replace(PLAN, views=4), only_shards=[0])
     rows = catalog.rows()
     assert sorted((r["cache"], r["views"], r["complete"]) for r in rows) == sorted(

@@ -135,7 +135,7 @@ def test_q8_targets_round_trip_and_are_measured(data, tmp_path):
     assert np.abs(back - relative).max() < (relative[:, -1].min() * -1) / 255  # half a step
     assert np.abs(back_lse - 0.7).max() < 1e-3
     store = write_cache(tmp_path / "q.zarr", data, views=2, topk=4, target_dtype="q8")
-    report = inspect_cache(str(tmp_path / "q.zarr"))
+    report = inspect_cache(str(tmp_path / "q.zarr"), data.location)
     kl = report["teachers"]["t"]["quantisation_kl"]
     assert 0 < kl < 1e-3 and not report["teachers"]["t"]["problems"]
     assert report["target_dtype"] == "q8" and report["format"] == "kdcache/2"
@@ -192,7 +192,7 @@ def test_q6_targets_round_trip_and_are_measured(data, tmp_path):
                      _by_id(back, back_ids), back_lse, topk < classes)  # fmt: skip
         assert kl.max() < 5e-3, (classes, kl.max())
     store = write_cache(tmp_path / "q.zarr", data, views=2, topk=4, target_dtype="q6")
-    report = inspect_cache(str(tmp_path / "q.zarr"))
+    report = inspect_cache(str(tmp_path / "q.zarr"), data.location)
     kl = report["teachers"]["t"]["quantisation_kl"]
     assert 0 < kl < 5e-3 and not report["teachers"]["t"]["problems"]
     assert report["target_dtype"] == "q6" and report["format"] == "kdcache/2"
@@ -259,7 +259,7 @@ def test_a_format1_cache_is_still_read_and_catalogued_as_such(data, tmp_path):
     expected = CachedTargets(str(tmp_path / "new.zarr"), data).block(shard, [1])
     for name, values in expected.targets["t"].arrays().items():
         assert np.array_equal(read.targets["t"].arrays()[name], values), name
-    assert inspect_cache(str(tmp_path / "old.zarr"))["format"] == "kdcache/1"
+    assert inspect_cache(str(tmp_path / "old.zarr"), data.location)["format"] == "kdcache/1"
     catalog = Catalog(str(tmp_path / "catalog"))
     rows = [
         catalog.record(CacheStore.open(str(tmp_path / n)), data)[0]

@@ -17,9 +17,14 @@ from PIL import Image
 
 GIB = 1 << 30
 PROBE = """
-import json, resource, sys
+import json, sys
+def status(field):  # this process's own figures (ru_maxrss would carry the parent's over fork)
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) for l in f if l.startswith(field + ":")) << 10
 import kdcache.tools.cli.main, kdcache.pipeline.data
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # the peak starts again from the RSS after the imports
+base = status("VmRSS")
 code = 0
 try:
     exec(sys.argv[2])
@@ -31,8 +36,7 @@ except Exception as error:  # an API call: a one-line error is the command line'
         raise
     print(f"error: {error}", file=sys.stderr)
     code = 2
-grew = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) << 10
-open(sys.argv[1], "w").write(json.dumps({"code": code, "grew": grew}))
+open(sys.argv[1], "w").write(json.dumps({"code": code, "grew": status("VmHWM") - base}))
 """
 
 
@@ -193,7 +197,7 @@ def test_a_percent_encoded_shard_path_cannot_leave_a_remote_manifest_folder(http
     root, url, hits = http_folder
     (root / "data").mkdir()
     (root / "secret.tar").write_bytes(b"secret")
-    shard = ShardInfo(0, "%2E%2E/secret.tar", "train", 1, 6, "0" * 64)
+    shard = ShardInfo(0, "%2E%2E/secret.tar", "train", 1, 10240, "0" * 64)
     _write_small_manifest(root / "data", [shard], ["x/0"])
     read = ("from kdcache.pipeline.data import Manifest, checked_samples\n"
             f"m = Manifest.read({url + '/data'!r})\nlist(checked_samples(m, m.shards[0]))")  # fmt: skip
@@ -201,3 +205,202 @@ def test_a_percent_encoded_shard_path_cannot_leave_a_remote_manifest_folder(http
     assert code == 2
     one_line_error(stderr, f"{url}/data/manifest.parquet", "%2E%2E/secret.tar")
     assert not [h for h in hits if "secret" in h or "%2E" in h.upper()], hits
+
+
+# -- manifests and Parquet files declaring more than they hold ----------------------------------
+def _honest(folder: pathlib.Path, shards: int = 2, rows: int = 3) -> pathlib.Path:
+    """A small current-format manifest over ``shards`` listed shards of ``rows`` rows each (the
+    tars themselves are not needed to read the manifest)."""
+    from kdcache.pipeline.data import ShardInfo
+
+    folder.mkdir(parents=True)
+    infos = [ShardInfo(i, f"s{i}.tar", "train", rows, 10240, "0" * 64) for i in range(shards)]
+    keys = [f"s{i}/{p}" for i in range(shards) for p in range(rows)]
+    _write_small_manifest(folder, infos, keys)
+    return folder / "manifest.parquet"
+
+
+def _rewrite(location: pathlib.Path, table, edit_meta=None) -> None:
+    """Write ``table`` over the manifest at ``location`` with its metadata (edited) kept."""
+    import pyarrow.parquet as pq
+
+    from kdcache.pipeline.data.manifest import METADATA_KEY
+
+    meta = json.loads(pq.ParquetFile(location).metadata.metadata[METADATA_KEY])
+    if edit_meta:
+        edit_meta(meta)
+    pq.write_table(table.replace_schema_metadata({METADATA_KEY: json.dumps(meta)}), location,
+                   row_group_size=len(table) or 1)  # fmt: skip
+
+
+READ = """from kdcache.pipeline.data import Manifest
+m = Manifest.read({folder!r})
+m.labels[m.shard_rows(m.shards[0])]
+m.shard_entries(m.shards[0])
+"""
+
+
+def _constant_rows(count: int):
+    import numpy as np
+    import pyarrow as pa
+
+    return pa.table({"row": np.zeros(count, np.int64), "key": pa.repeat("k" * 24, count),
+                     "shard": np.zeros(count, np.int32), "label": np.zeros(count, np.int32),
+                     "split": pa.repeat("train", count), "height": np.ones(count, np.int32),
+                     "width": np.ones(count, np.int32), "sha1": pa.repeat("0" * 40, count)})  # fmt: skip
+
+
+def _one_big_shard(meta: dict, rows: int, file_bytes: int) -> None:
+    """One shard of ``rows`` rows in a file of ``file_bytes``, the fingerprint made to match."""
+    from kdcache.pipeline.data.manifest_format import meta_fingerprint
+
+    meta["shard_size"] = rows
+    meta["shards"] = [{**meta["shards"][0], "num_rows": rows, "bytes": file_bytes}]
+    meta["fingerprint"] = meta_fingerprint(meta["classes"], rows, meta["shards"])
+
+
+@pytest.mark.parametrize(
+    ("case", "edit", "names"),
+    [
+        ("rows beyond the shards", None, ["num_rows", "5000000"]),
+        ("one shard of them, in a small file", lambda m: _one_big_shard(m, 5_000_000, 9000),
+         ["shard 0", "num_rows"]),
+        ("one shard of them, in a big file", lambda m: _one_big_shard(m, 5_000_000, 1 << 40),
+         ["num_rows", "5000000"]),
+    ],
+)  # fmt: skip
+def test_a_manifest_declaring_millions_of_constant_rows_is_refused_before_decoding(
+    tmp_path, case, edit, names
+):
+    location = _honest(tmp_path / "data", shards=1, rows=1)
+    _rewrite(location, _constant_rows(5_000_000), edit)
+    assert location.stat().st_size < 1 << 20
+    code, stderr, grew = measured(tmp_path, READ.format(folder=str(tmp_path / "data")))
+    assert code == 2, stderr[-2000:]
+    one_line_error(stderr, str(location), *names)
+    assert grew < GIB, f"grew {grew >> 20} MiB"
+
+
+def test_a_parquet_shard_declaring_a_huge_row_group_is_refused_by_index(tmp_path):
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = 1_500_000
+    path = tmp_path / "bomb.parquet"
+    image = pa.array([_jpeg()], pa.binary()).take(np.zeros(rows, np.int64))
+    pq.write_table(pa.table({"image": image, "label": np.zeros(rows, np.int64)}), path,
+                   row_group_size=rows)  # fmt: skip
+    assert path.stat().st_size < 1 << 20
+    out = tmp_path / "index"
+    code, stderr, grew = measured(tmp_path, cli("index", path, "--out", out))
+    assert code == 2, stderr[-2000:]
+    one_line_error(stderr, str(path), "num_rows", str(rows))
+    assert grew < GIB, f"grew {grew >> 20} MiB"
+    assert not (out / "manifest.parquet").exists()
+
+
+def test_a_declared_shard_size_beyond_the_data_is_refused_before_allocating(tmp_path):
+    from kdcache.pipeline.data import ShardInfo
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    shards = [ShardInfo(i, f"s{i}.tar", "train", 2, 10240, "0" * 64) for i in range(2)]
+    big = 1 << 36
+    import pyarrow as pa
+
+    from kdcache.pipeline.data.manifest import write_manifest
+
+    table = pa.table({"row": [0, 1, big, big + 1], "key": ["a", "b", "c", "d"],
+                      "shard": [0, 0, 1, 1], "label": [0] * 4, "split": ["train"] * 4,
+                      "height": [8] * 4, "width": [8] * 4, "sha1": ["0" * 40] * 4})  # fmt: skip
+    write_manifest(str(folder / "manifest.parquet"), table, dataset="d", classes=["0"],
+                   channels=3, shard_size=big, shards=shards, pixel_mean=[0.5] * 3,
+                   pixel_std=[0.2] * 3)  # fmt: skip
+    code, stderr, grew = measured(tmp_path, READ.format(folder=str(folder)))
+    assert code == 2, stderr[-2000:]
+    one_line_error(stderr, str(folder / "manifest.parquet"), "shard_size", str(big))
+    assert grew < GIB, f"grew {grew >> 20} MiB"
+
+
+def test_a_manifest_without_pixel_mean_is_refused_in_one_line(tmp_path):
+    import pyarrow.parquet as pq
+
+    location = _honest(tmp_path / "data")
+    _rewrite(location, pq.read_table(location), lambda meta: meta.pop("pixel_mean"))
+    code, stderr, _ = measured(tmp_path, READ.format(folder=str(tmp_path / "data")))
+    assert code == 2, stderr[-2000:]
+    one_line_error(stderr, str(location), "pixel_mean", "missing")
+
+
+# -- the current format: rows read by shard, each shard checked as it is read -------------------
+def test_rows_edited_with_the_file_resealed_are_refused_when_their_shard_is_read(tmp_path):
+    """An edit that keeps the layout and recomputes the footer's crc passes the read (which
+    reads no rows) and is refused when the edited shard's rows are read; other shards read."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from kdcache.errors import ManifestError
+    from kdcache.pipeline.data import Manifest, urls
+    from kdcache.pipeline.data.manifest_format import DATA_CRC_KEY
+
+    location = _honest(tmp_path / "data", shards=3, rows=4)
+    table = pq.read_table(location)
+    keys = table["key"].to_pylist()
+    keys[5], keys[6] = keys[6], keys[5]  # in shard 1
+    labels = table["label"].to_pylist()
+    labels[9] = 7  # in shard 2
+    table = table.set_column(1, "key", pa.array(keys)).set_column(
+        3, "label", pa.array(labels, pa.int32())
+    )
+    urls.write_sealed_parquet(str(location), [table], DATA_CRC_KEY)
+    manifest = Manifest.read(str(location))
+    assert manifest.shard_entries(manifest.shards[0])[0] == ["s0/0", "s0/1", "s0/2", "s0/3"]
+    with pytest.raises(ManifestError, match=r"rows of shard 1 \(s1.tar\).*rows_sha256"):
+        manifest.shard_entries(manifest.shards[1])
+    with pytest.raises(ManifestError, match=r"labels of shard 2 \(s2.tar\).*labels_sha256"):
+        manifest.labels[manifest.shard_rows(manifest.shards[2])]
+
+
+def test_shards_are_read_from_row_groups_of_whole_shards(tmp_path, monkeypatch):
+    """Row groups holding several shards each: every shard's keys, labels and row ids come
+    back as written, short shards' unused row ids give -1."""
+    from kdcache.pipeline.data import Manifest, ShardInfo, manifest_write
+
+    monkeypatch.setattr(manifest_write, "GROUP_ROWS", 5)
+    folder = tmp_path / "data"
+    folder.mkdir()
+    counts = [3, 4, 2, 4, 1]
+    shards = [ShardInfo(i, f"s{i}.tar", "train", n, 10240, "0" * 64) for i, n in enumerate(counts)]
+    keys = [f"s{i}/{p}" for i, n in enumerate(counts) for p in range(n)]
+    _write_small_manifest(folder, shards, keys)
+    manifest = Manifest.read(str(folder))
+    assert manifest._rows.source.metadata.num_row_groups == 3
+    for shard in manifest.shards:
+        assert manifest.shard_keys(shard) == [f"s{shard.id}/{p}" for p in range(shard.num_rows)]
+    assert manifest.labels[[0, 3, 4, 7, 8]].tolist() == [0, -1, 0, 0, 0]
+    assert manifest.table["key"].to_pylist() == keys
+
+
+def test_a_format_2_manifest_is_still_read(tmp_path):
+    """Manifests written before the current format are read whole and checked by their
+    fingerprint over every row."""
+    import pyarrow.parquet as pq
+
+    from kdcache.pipeline.data import Manifest, ShardInfo
+    from kdcache.pipeline.data.manifest import fingerprint
+    from kdcache.pipeline.data.manifest_format import V2_FIELDS
+
+    location = _honest(tmp_path / "data", shards=2, rows=3)
+    table = pq.read_table(location)
+
+    def to_v2(meta):
+        meta["format"] = "kdcache-manifest/2"
+        meta["shards"] = [{k: s[k] for k in V2_FIELDS} for s in meta["shards"]]
+        shards = [ShardInfo(**s) for s in meta["shards"]]
+        meta["fingerprint"] = fingerprint(table, meta["classes"], meta["shard_size"], shards)
+
+    _rewrite(location, table, to_v2)
+    old = Manifest.read(str(location))
+    assert old.shard_keys(old.shards[1]) == ["s1/0", "s1/1", "s1/2"]
+    assert old.labels[old.shard_rows(old.shards[1])].tolist() == [0, 0, 0]

@@ -1,4 +1,4 @@
-"""Hostile inputs (issue 22): an edited manifest, catalogue row or cache description, or an
+"""Hostile inputs: an edited manifest, catalogue row or cache description, or an
 image that is small on disk and huge in pixels, cannot make kdcache write outside its folders,
 read outside them, fetch from the network or exhaust memory. Every case runs the real command
 line in its own process and asserts: exit != 0 with one line naming the culprit (or the skip
@@ -33,7 +33,12 @@ from kdcache.pipeline.cache import CacheStore, Catalog
 from kdcache.pipeline.cache.catalog import SCHEMA as CATALOG_SCHEMA
 from kdcache.pipeline.cache.integrity import IDENTITY_ATTR, identity_digests
 from kdcache.pipeline.data import Manifest, ShardInfo
-from kdcache.pipeline.data.manifest import METADATA_KEY, fingerprint, write_manifest
+from kdcache.pipeline.data.manifest import (
+    MANIFEST_FORMAT,
+    METADATA_KEY,
+    fingerprint,
+    write_manifest,
+)
 from kdcache.pipeline.views import ViewPlan
 
 PLAN = ViewPlan(seed=3, views=2)
@@ -182,7 +187,14 @@ def _rewrite_meta(w: pathlib.Path, edit: Callable[[dict], None], refingerprint: 
     table = Manifest.read(str(location)).table
     meta = json.loads(table.schema.metadata[METADATA_KEY])
     edit(meta)
-    if refingerprint:
+    if refingerprint and meta["format"] == MANIFEST_FORMAT:  # written again, sealed as kdcache does
+        write_manifest(str(location), table, dataset=meta["dataset"], classes=meta["classes"],
+                       channels=meta["channels"], shard_size=meta["shard_size"],
+                       shards=[ShardInfo(**s) for s in meta["shards"]],
+                       pixel_mean=meta["pixel_mean"], pixel_std=meta["pixel_std"],
+                       samples=meta.get("samples"))  # fmt: skip
+        return
+    if refingerprint:  # an older format: its fingerprint over every row
         v2 = meta["format"].endswith("/2")  # the old code's fingerprint has no shard argument
         shards = [[ShardInfo(**s) for s in meta["shards"]]] if v2 else []
         meta["fingerprint"] = fingerprint(table, meta["classes"], meta["shard_size"], *shards)

@@ -10,14 +10,14 @@ import zarr
 
 from kdcache.pipeline.cache import CacheStore, ShardTargets
 from kdcache.tools.cache.inspect_cache import format_report, inspect_cache, plot_report
-from kdcache.tools.cache.verify_cache import verify_cache
-from kdcache.tools.cache.verify_replay import replay_check
+from kdcache.verify_cache import verify_cache
+from kdcache.verify_replay import replay_check
 from kdcache.tools.cli.main import main
 from tests.conftest import PLAN, TOPK
 
 
 def test_inspect_matches_the_arrays(tmp_path, data, cache):
-    report = inspect_cache(cache)
+    report = inspect_cache(cache, data.location)  # data and teacher lie outside its folder
     group = zarr.open_group(cache, mode="r")["teachers/regnet"]
     index = group["topk_index"][:450]
     logits = group["topk_logits"][:450].astype(np.float64)
@@ -44,13 +44,15 @@ def test_inspect_matches_the_arrays(tmp_path, data, cache):
     assert (tmp_path / "inspect.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_verify_passes_then_names_an_altered_row(tmp_path, data, cache, capsys):
-    fresh = verify_cache(cache, samples=40)
+def test_verify_passes_then_names_an_altered_row(tmp_path, data, cache, teacher_path, capsys):
+    named = ["--data", data.location, "--teacher", f"regnet={teacher_path}"]
+    moved = {"regnet": teacher_path}
+    fresh = verify_cache(cache, data.location, samples=40, teachers=moved)
     assert fresh.ok, fresh.problems
     assert fresh.regions_checked == 5 * PLAN.views and fresh.views_recomputed == 40
     assert fresh.largest_logit_diff < 2e-2
     with pytest.raises(SystemExit) as exit_info:  # 28 x 28 images over a 700-pixel limit
-        main(["verify", cache, "--samples", "2", "--max-pixels", "700"])
+        main(["verify", cache, "--samples", "2", "--max-pixels", "700", *named])
     assert exit_info.value.code == 2
     assert "784 pixels, above the limit of 700" in capsys.readouterr().err
 
@@ -59,13 +61,13 @@ def test_verify_passes_then_names_an_altered_row(tmp_path, data, cache, capsys):
     group = zarr.open_group(copy, mode="r+")
     logits = group["teachers/regnet/topk_logits"]
     logits[237, 1, 0] = logits[237, 1, 0] + 1.5  # one stored value altered on disk
-    altered = verify_cache(copy, samples=10)
+    altered = verify_cache(copy, data.location, samples=10, teachers=moved)
     assert not altered.ok
     assert "shards/train-000002.tar view 1 (teacher regnet): checksum mismatch" in altered.problems
     assert any("row 237 view 1" in p for p in altered.problems)
     assert not any("row 236" in p or "row 238" in p for p in altered.problems)
     with pytest.raises(SystemExit) as exit_info:
-        main(["verify", copy, "--samples", "4"])
+        main(["verify", copy, "--samples", "4", *named])
     assert exit_info.value.code == 1
 
 
@@ -95,12 +97,12 @@ def test_teacher_agreement_is_over_the_rows_both_teachers_have(tmp_path, data):
         store.add_teacher({**identity, "name": name})
         for shard in (shards[i] for i in done):
             store.write_shard(name, shard, list(range(PLAN.views)), _synthetic_block(data, shard))
-    agreement = inspect_cache(location)["teacher_agreement"]
+    agreement = inspect_cache(location, data.location)["teacher_agreement"]
     assert agreement == {"a|b": 1.0}
 
 
 def test_replay_rebuilds_as_many_views_as_asked_on_done_shards_of_an_unfinished_cache(
-    tmp_path, data, cache
+    tmp_path, data, cache, teacher_path
 ):
     store = CacheStore.open(cache)
     complete = replay_check(store, data, samples=40)
@@ -110,6 +112,7 @@ def test_replay_rebuilds_as_many_views_as_asked_on_done_shards_of_an_unfinished_
     group = zarr.open_group(copy, mode="r+")
     group["teachers/regnet/shard_done"][2] = 0  # shard 2 unfinished: its values unwritten
     group["params"][200:300] = np.nan
-    report = verify_cache(copy, samples=30, replay=True)
+    report = verify_cache(copy, data.location, samples=30, replay=True,
+                          teachers={"regnet": teacher_path})  # fmt: skip
     assert report.ok, report.problems
     assert report.replay.views_compared == 30 and report.views_recomputed == 30

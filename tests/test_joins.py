@@ -1,4 +1,4 @@
-"""Joins under the ``shuffle`` schedule (issue 35): every sample a loader yields carries the
+"""Joins under the ``shuffle`` schedule: every sample a loader yields carries the
 cached targets of its own (row, view) — what ``kdcache.open_cache(...).targets(row, view)``
 reads — and the image the plan's renderer makes of that view without a cache. Under ``shuffle``
 one shard block holds several views, so a sample joined with another view's column of the
@@ -32,7 +32,7 @@ def stored(data, cache):
     sample's through it would take the test a minute)."""
     teacher = zarr.open_group(cache, mode="r")["teachers/regnet"]
     arrays = {name: teacher[name][:] for name in ("topk_logits", "topk_index", "logsumexp")}
-    opened = kdcache.open_cache(cache)
+    opened = kdcache.open_cache(cache, data=data.location)
     for shard in data.shards_of("train"):
         for row in data.shard_rows(shard)[[0, shard.num_rows // 2, -1]].tolist():
             for view in range(PLAN.views):

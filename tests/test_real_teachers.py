@@ -95,7 +95,7 @@ def test_class_counts_must_agree_or_be_mapped(photo_folder, tmp_path, ray_local)
                            key_map="positional", class_map=(TABBY, ESPRESSO))  # fmt: skip
     teach(photo_folder, None, cache, teachers=[source], plan=ViewPlan(seed=0, views=1,
           crop_scale=(0.9, 1.0)), topk=2)  # fmt: skip
-    opened = kdcache.open_cache(str(cache))
+    opened = kdcache.open_cache(str(cache), data=photo_folder.location)
     assert opened.complete()
     identity = opened.teacher("lite0")
     assert identity["key_map"] == "positional" and identity["class_map"] == [TABBY, ESPRESSO]

@@ -131,7 +131,16 @@ def runs(s3_server, ray_local, tmp_path_factory) -> Iterator[Runs]:
     cache = f"{BUCKET}/cache.zarr"
     jobs = (
         runs.start("inspect", cache, "--json", *runs.flag()),
-        runs.start("verify", cache, "--samples", "8", "--json", env_options=True),
+        runs.start(
+            "verify",
+            cache,
+            "--samples",
+            "8",
+            "--json",
+            "--teacher",
+            f"regnet={teacher}",
+            env_options=True,
+        ),
         runs.start("catalog", "--catalog", f"{BUCKET}/catalog", "--json", *runs.flag()),
     )
     here = json.loads(runs.here("inspect", str(local / "cache.zarr"), "--json"))

@@ -16,7 +16,7 @@ from kdcache.pipeline.cache import (
 )
 from kdcache.pipeline.teach import TeacherSource, load_teacher
 from kdcache.pipeline.views import normalize
-from kdcache.tools.cache.verify_cache import verify_cache
+from kdcache.verify_cache import verify_cache
 from kdcache.trainer.data import CachedTargets, TrainViews
 from tests.conftest import PLAN, SAMPLES, SHARD_SIZE, teach
 
@@ -83,12 +83,15 @@ def test_a_rerun_draws_bitwise_the_same_ids(tmp_path, data, teacher_path, sample
         )
 
 
-def test_verify_recomputes_the_drawn_ids_and_names_an_altered_one(tmp_path, sampled_cache):
-    assert verify_cache(sampled_cache, samples=20).ok
+def test_verify_recomputes_the_drawn_ids_and_names_an_altered_one(
+    tmp_path, sampled_cache, data, teacher_path
+):
+    named = {"teachers": {"regnet": teacher_path, "regnet28": teacher_path}}
+    assert verify_cache(sampled_cache, data.location, samples=20, **named).ok
     copy = str(tmp_path / "cache.zarr")
     shutil.copytree(sampled_cache, copy)
     ids = zarr.open_group(copy, mode="r+")["teachers/regnet28/sample_index"]
     ids[137, 0, 5] = (ids[137, 0, 5] + 1) % 10
-    problems = verify_cache(copy, samples=0).problems
+    problems = verify_cache(copy, data.location, samples=0, **named).problems
     assert "shards/train-000001.tar view 0 (teacher regnet28): checksum mismatch" in problems
     assert any("row 137 view 0 (teacher regnet28)" in p for p in problems)

@@ -29,13 +29,32 @@ def lock_location(cache: str) -> str:
     return cache.rstrip("/") + ".run-lock.json"
 
 
+LOCK_FIELDS = {"run": (str,), "host": (str,), "pid": (int,), "heartbeat": (int, float)}
+
+
 def _read_lock(location: str) -> dict | None:
+    """The lock's fields, None if there is none (or a writer's rename is half done); a lock
+    that is not a JSON object of :data:`LOCK_FIELDS` is refused (:class:`CacheBusy`)."""
     fs, path = storage.filesystem(location)
     try:
         with fs.open(path, "r") as f:
-            return json.load(f)
+            held = json.load(f)
     except (FileNotFoundError, json.JSONDecodeError):
         return None
+    if not isinstance(held, dict):
+        raise CacheBusy(
+            f"{location}: holds {type(held).__name__}, expected a JSON object with fields "
+            f"{', '.join(LOCK_FIELDS)}; remove it if no run is writing this cache"
+        )
+    for field, types in LOCK_FIELDS.items():
+        value = held.get(field)
+        if not isinstance(value, types) or isinstance(value, bool):
+            raise CacheBusy(
+                f"{location}: field {field} is {value!r}, expected a "
+                f"{' or '.join(t.__name__ for t in types)}; remove it if no run is writing "
+                "this cache"
+            )
+    return held
 
 
 def lock_holder(cache: str) -> str | None:
@@ -70,6 +89,13 @@ class RunLock:
     def _read(self) -> dict | None:
         return _read_lock(self.location)
 
+    def _holds(self) -> bool:
+        """Whether the lock file names this run (a malformed one names no run)."""
+        try:
+            return (self._read() or {}).get("run") == self.owner["run"]
+        except CacheBusy:
+            return False
+
     def _write(self) -> None:
         temporary = f"{self.path}.{self.owner['run']}.tmp"
         with self.fs.open(temporary, "w") as f:
@@ -77,25 +103,25 @@ class RunLock:
         self.fs.mv(temporary, self.path)
 
     def _holder_alive(self, held: dict) -> bool:
-        if time.time() - held.get("heartbeat", 0) > self.stale_after:
+        if time.time() - held["heartbeat"] > self.stale_after:
             return False
-        if held.get("host") == self.owner["host"]:
-            return _process_alive(int(held.get("pid", -1)))
+        if held["host"] == self.owner["host"]:
+            return _process_alive(held["pid"])
         return True
 
     def __enter__(self) -> "RunLock":
         held = self._read()
         if held is not None and held.get("run") != self.owner["run"] and self._holder_alive(held):
-            age = time.time() - held.get("heartbeat", 0)
+            age = time.time() - held["heartbeat"]
             raise CacheBusy(
-                f"{self.cache} is being written by run {held.get('run', '?')[:8]} "
-                f"(host {held.get('host')}, pid {held.get('pid')}, heartbeat {age:.0f}s ago); "
+                f"{self.cache} is being written by run {held['run'][:8]} "
+                f"(host {held['host']}, pid {held['pid']}, heartbeat {age:.0f}s ago); "
                 f"wait for it, or remove {self.location} if that run is dead"
             )
         self.fs.makedirs(self.fs._parent(self.path), exist_ok=True)
         self._write()
         time.sleep(0.05)  # two runs starting together: the last writer wins, the other backs off
-        if (self._read() or {}).get("run") != self.owner["run"]:
+        if not self._holds():
             raise CacheBusy(f"{self.cache}: another run took the lock first")
         self._thread = threading.Thread(target=self._beat, daemon=True)
         self._thread.start()
@@ -108,14 +134,14 @@ class RunLock:
 
     def check(self) -> None:
         """Raise :class:`CacheBusy` unless this run still holds the lock (read from the store)."""
-        if not self.lost and (self._read() or {}).get("run") != self.owner["run"]:
+        if not self.lost and not self._holds():
             self._lost.set()
         if self.lost:
             raise CacheBusy(f"{self.cache}: this run lost its lock to another run; stopped")
 
     def _beat(self) -> None:
         while not self._stop.wait(self.stale_after / 4):
-            if (self._read() or {}).get("run") != self.owner["run"]:
+            if not self._holds():
                 self._lost.set()  # taken over (or removed): never write it again
                 return
             self._write()
@@ -124,5 +150,5 @@ class RunLock:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        if (self._read() or {}).get("run") == self.owner["run"]:
+        if self._holds():
             self.fs.rm(self.path)

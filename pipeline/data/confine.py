@@ -3,7 +3,9 @@ manifest's shard files, a catalogue row's cache, a cache's teacher source) is ch
 against the root it must stay under, so an edited file cannot make kdcache read, write or
 fetch elsewhere. Each check raises :class:`ManifestError` naming the file and field."""
 
+import os
 import posixpath
+import stat
 
 from kdcache.errors import ManifestError
 from kdcache.pipeline.data import urls
@@ -26,7 +28,8 @@ def shard_location(manifest: str, file: str, *, allow_remote: bool = False) -> s
             return file
         raise ManifestError(
             f"{manifest}: shard file {file!r} is a URL outside the manifest's folder; shard "
-            "files are paths relative to the manifest (--allow-remote-shards to read it)"
+            "files are paths relative to the manifest (allow_remote_shards to read it)",
+            field="allow_remote_shards",
         )
     if allow_remote and (file.startswith("/") or urls.is_url(file)):
         return file
@@ -34,7 +37,8 @@ def shard_location(manifest: str, file: str, *, allow_remote: bool = False) -> s
     if file.startswith("/") or urls.is_url(file) or normal == ".." or normal.startswith("../"):
         raise ManifestError(
             f"{manifest}: shard file {file!r} leaves the manifest's folder; shard files are "
-            "paths relative to it, without '..' (--allow-remote-shards to read files elsewhere)"
+            "paths relative to it, without '..' (allow_remote_shards to read files elsewhere)",
+            field="allow_remote_shards",
         )
     return urls.join(folder, normal)
 
@@ -47,47 +51,84 @@ def _url_under(url: str, folder: str) -> bool:
 
 
 def catalogued_cache(root: str, cache: str, entry: str, *, writes: bool) -> str:
-    """A cache location read from the catalogue entry ``entry``. Under the catalogue root
-    ``root`` it is used as it is; elsewhere only a local one, and only to read (a complete
-    cache reused, ``--cache auto``): a run writes a cache outside the root, or reads one at a
-    URL outside it, only when the user names it."""
+    """A cache location read from the catalogue entry ``entry``: used only under the catalogue
+    root ``root`` (no ``..`` leaving it). A cache elsewhere is read or written only when the
+    user names it as the cache location; an edited row cannot pick it (``writes`` says, in the
+    message, what the run would have done)."""
     base = urls.resolved(root).rstrip("/") + "/"
     location = urls.resolved(cache)
     if location.startswith(base) and ".." not in location[len(base) :].split("/"):
         return location
-    if writes or urls.local_path(location) is None:
-        use = "written" if writes else "read at a URL"
-        raise ManifestError(
-            f"{entry}: field cache is {cache!r}, outside the catalogue root {root}; a cache "
-            f"outside it is {use} only when given as the cache location"
-        )
-    return location
+    use = "written" if writes else "read"
+    raise ManifestError(
+        f"{entry}: field cache is {cache!r}, outside the catalogue root {root}; a cache "
+        f"outside it is {use} only when given as the cache location",
+        field="cache",
+    )
 
 
 def recorded_teacher(cache: str, name: str, source: str) -> str:
-    """The weights a cache's attrs record for teacher ``name``: a local file (relative paths
-    against the cache's folder). A URL is never fetched because an attribute names it."""
+    """The weights a cache's attrs record for teacher ``name``: a regular file inside the
+    cache's folder (relative paths against it). Anything else — a URL, a path leaving the
+    folder, a FIFO or device — is never read because an attribute names it."""
+    where = f"{cache}: teachers/{name} field source"
     if urls.is_url(source) and urls.local_path(source) is None:
         raise ManifestError(
-            f"{cache}: teachers/{name} field source is the URL {source!r}; a teacher recorded "
-            "at a URL is not fetched (give its weights as NAME=PATH)"
+            f"{where} is the URL {source!r}; a teacher recorded at a URL is not fetched (give "
+            "its weights as NAME=PATH)",
+            field="teacher",
         )
-    return urls.join(urls.parent(cache), source)
+    return _inside_cache_folder(cache, source, where, "give its weights as NAME=PATH", "teacher")
 
 
 def recorded_manifest(cache: str, recorded: str) -> str:
-    """The manifest location a cache's attrs record (relative paths against the cache's
-    folder). A URL is read only under the folder of a cache at a URL; any other is never
-    fetched because an attribute names it."""
+    """The manifest location a cache's attrs record: a regular file inside the cache's folder
+    (relative paths against it), or a URL under the folder of a cache at a URL. Any other is
+    never read because an attribute names it."""
     folder = urls.parent(cache)
+    where = f"{cache}: dataset field manifest"
     if urls.is_url(recorded) and urls.local_path(recorded) is None:
         if not _url_under(recorded, folder):
             raise ManifestError(
-                f"{cache}: dataset field manifest is the URL {recorded!r}, outside the cache's "
-                "folder; a manifest recorded elsewhere is not fetched (give it with --data)"
+                f"{where} is the URL {recorded!r}, outside the cache's folder; a manifest "
+                "recorded elsewhere is not fetched (name the manifest)",
+                field="data",
             )
         return recorded
-    return urls.join(folder, recorded)
+    if not recorded.endswith(".parquet"):  # a dataset folder, as Manifest.read takes it
+        recorded = urls.join(recorded, "manifest.parquet")
+    return _inside_cache_folder(cache, recorded, where, "give it with --data", "data")
+
+
+def _inside_cache_folder(cache: str, recorded: str, where: str, hint: str, field: str) -> str:
+    """``recorded`` against the cache's folder, refused (naming ``where``) unless it stays in
+    that folder (symlinks resolved) and, if it exists, is a regular file; checked without
+    opening it, so a FIFO cannot hang the reader."""
+    folder = urls.parent(cache)
+    location = urls.join(folder, recorded)
+    base, path = urls.local_path(folder), urls.local_path(location)
+    if base is None:  # a cache at a URL: only a relative path under its folder
+        if path is None and _url_under(location, folder):
+            return location
+        path = None
+    else:
+        base = os.path.realpath(base)
+        path = os.path.realpath(path) if path is not None else None
+    if path is None or os.path.commonpath([base, path]) != base:
+        raise ManifestError(
+            f"{where} is {recorded!r}, outside the cache's folder {folder}; a file recorded "
+            f"outside it is read only when the user names it ({hint})",
+            field=field,
+        )
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return location  # the reader says it is missing
+    if not stat.S_ISREG(mode):
+        raise ManifestError(
+            f"{where} is {recorded!r}: not a regular file; refusing to read it", field=field
+        )
+    return location
 
 
 def recorded_code(cache: str, name: str, field: str, reference: str | None,
@@ -98,5 +139,6 @@ def recorded_code(cache: str, name: str, field: str, reference: str | None,
     if reference and ":" in reference and reference not in allowed:
         raise ManifestError(
             f"{cache}: teachers/{name} field {field} names the code {reference!r}; it is "
-            f"imported only when the command line allows it (--allow-code {reference})"
+            f"imported only when the user allows that code (allow_code {reference})",
+            field="allow_code",
         )

@@ -9,12 +9,15 @@ import os
 import posixpath
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import replace
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from braceexpand import braceexpand
 from PIL import Image
 
-from kdcache.errors import ManifestError
+from kdcache.errors import ManifestError, OutputExists
 from kdcache.pipeline.data import storage, urls
 from kdcache.pipeline.data.index_config import IndexConfig
 from kdcache.pipeline.data.manifest import Manifest, ShardInfo, write_manifest
@@ -90,46 +93,53 @@ def _scheme(location: str) -> str:
 
 class IndexBuilder:
     """Collects the samples of existing shards, checks them (distinct keys, labels present and
-    in range, readable image headers) and writes the manifest over them."""
+    in range, readable image headers) and writes the manifest over them. Columns are kept as
+    Arrow arrays, one per shard (Python values only for the shard being read)."""
 
     def __init__(self, out: str, config: IndexConfig, samples: dict):
         self.out, self.config, self.samples = out, config, samples
         self.manifest_location = urls.join(out, "manifest.parquet")
         if urls.exists(self.manifest_location) and not config.overwrite:
-            raise FileExistsError(
-                f"{self.manifest_location} exists; pass --overwrite to replace it"
+            raise OutputExists(
+                f"{self.manifest_location} exists; overwrite replaces it", field="overwrite"
             )
-        self.columns: dict[str, list] = {n: [] for n in
-                                         ("key", "shard", "label", "split", "height", "width",
-                                          "sha1", "position")}  # fmt: skip
+        self.parts: list[pa.RecordBatch] = []  # the samples of each shard read
+        self.current: dict[str, list] = {}  # the shard being read
         self.shards: list[ShardInfo] = []
-        self.location = ""  # the file being read
-        self.where: dict[str, str] = {}  # key -> the file it was first found in
+        self.locations: list[str] = []  # each shard's file as given
+        self.seen: set[str] = set()  # keys of the shard being read
         self.stats, self.decoded = PixelStats(), 0
         if config.stats_images < 1:
             raise ManifestError(f"stats_images must be at least 1, got {config.stats_images}")
 
+    @property
+    def location(self) -> str:
+        """The file being read."""
+        return self.locations[-1]
+
     def begin_shard(self, location: str, split: str) -> None:
         """Samples added next belong to the file at ``location``."""
+        self._close_shard()
         file = recorded_location(location, self.out)
         self.shards.append(ShardInfo(len(self.shards), file, split, 0))
-        self.location = location
+        self.locations.append(location)
+        self.current = {name: [] for name in ("key", "label", "height", "width", "sha1")}
+        self.seen = set()
 
     def end_shard(self, identity: tuple[int, str]) -> None:
         """The current file is read whole: its (size, sha256), so the manifest need not read
         it again (files indexed without this are hashed when the manifest is written)."""
-        last = self.shards[-1]
-        self.shards[-1] = ShardInfo(last.id, last.file, last.split, last.num_rows, *identity)
+        self.shards[-1] = replace(self.shards[-1], bytes=identity[0], sha256=identity[1])
 
     def add(self, key: str, label: int | None, image: bytes) -> None:
         """One sample of the current shard: its key, label (None: missing) and encoded image."""
         shard = self.shards[-1]
-        if key in self.where:
+        if key in self.seen:
             raise ManifestError(
-                f"{self.location}: duplicate key {key!r} (first in {self.where[key]}); "
+                f"{self.location}: duplicate key {key!r} (first in {self.location}); "
                 "every sample's key must be distinct"
             )
-        self.where[key] = self.location
+        self.seen.add(key)
         field = self.samples["label_field"]
         if label is None:
             raise ManifestError(f"{self.location}: sample {key} has no label {field!r}")
@@ -145,38 +155,56 @@ class IndexBuilder:
         if shard.split == "train" and self.decoded < self.config.stats_images:
             self.stats.add(decode_image(image, 3))
             self.decoded += 1
-        values = (key, shard.id, label, shard.split, height, width,
-                  hashlib.sha1(image).hexdigest(), shard.num_rows)  # fmt: skip
-        for name, value in zip(self.columns, values, strict=True):
-            self.columns[name].append(value)
-        self.shards[-1] = ShardInfo(shard.id, shard.file, shard.split, shard.num_rows + 1)
+        values = (key, label, height, width, hashlib.sha1(image).hexdigest())
+        for column, value in zip(self.current.values(), values, strict=True):
+            column.append(value)
+        self.shards[-1] = replace(shard, num_rows=shard.num_rows + 1)
+
+    def _close_shard(self) -> None:
+        """The shard read so far as Arrow arrays (its Python values let go)."""
+        if not self.shards:
+            return
+        shard, columns = self.shards[-1], self.current
+        self.parts.append(pa.record_batch({
+            "key": pa.array(columns["key"], pa.string()),
+            "shard": pa.array(np.full(shard.num_rows, shard.id, np.int32)),
+            "position": pa.array(np.arange(shard.num_rows, dtype=np.int64)),
+            "label": pa.array(columns["label"], pa.int32()),
+            "split": pa.array([shard.split] * shard.num_rows, pa.string()),
+            "height": pa.array(columns["height"], pa.int32()),
+            "width": pa.array(columns["width"], pa.int32()),
+            "sha1": pa.array(columns["sha1"], pa.string()),
+        }))  # fmt: skip
+        self.current = {name: [] for name in columns}
 
     def write(self, dataset: str) -> Manifest:
         """Write ``manifest.parquet``: rows laid out with the largest shard as the shard size,
         classes from the labels (or ``num_classes``), pixel statistics of the first train
         images (RGB, the ImageFolder rule)."""
-        labels = self.columns["label"]
-        if not labels:
+        self._close_shard()
+        table = pa.Table.from_batches(self.parts) if self.parts else None
+        if table is None or not len(table):
             raise ManifestError(f"{dataset}: no samples found")
-        top = max(labels)
+        self._check_distinct(table)
+        labels = table["label"].to_numpy()
+        top = int(labels.max())
         classes = self.config.num_classes or top + 1
         if top >= classes:
-            at = labels.index(top)
+            key = table["key"][int(np.argmax(labels))].as_py()
             raise ManifestError(
-                f"sample {self.columns['key'][at]} has label {top}, but there are {classes} "
+                f"sample {key} has label {top}, but there are {classes} "
                 "classes (labels must be below the class count)"
             )
         shard_size = max(s.num_rows for s in self.shards)
-        columns = dict(self.columns)
-        positions = columns.pop("position")
-        rows = [s * shard_size + p for s, p in zip(columns["shard"], positions, strict=True)]
-        columns = {"row": rows} | columns
+        position = table["position"].to_numpy()
+        rows = table["shard"].to_numpy().astype(np.int64) * shard_size + position
+        table = table.drop_columns(["position"]).append_column("row", pa.array(rows))
         mean, std = self.stats.result()
         fs, path = storage.filesystem(self.out)
         fs.makedirs(path, exist_ok=True)
         write_manifest(
             self.manifest_location,
-            pa.table(columns),
+            table,
             dataset=dataset,
             classes=[str(c) for c in range(classes)],
             channels=3,
@@ -187,6 +215,25 @@ class IndexBuilder:
             samples=self.samples,
         )
         return Manifest.read(self.manifest_location, allow_remote_shards=True)  # as asked
+
+    def _check_distinct(self, table: pa.Table) -> None:
+        """Refuse a key found in two files, naming both: of the keys seen twice, the one whose
+        second sample comes first in reading order (a stable sort by key in Arrow)."""
+        order = pc.sort_indices(table["key"]).to_numpy()
+        keys = table["key"].take(order)
+        if len(keys) < 2:
+            return
+        same = pc.equal(keys.slice(1), keys.slice(0, len(keys) - 1)).to_numpy(zero_copy_only=False)
+        twice = np.flatnonzero(same)
+        if not len(twice):
+            return
+        at = int(twice[np.argmin(order[twice + 1])])
+        shard_of = table["shard"].to_numpy()
+        first, second = shard_of[order[at]], shard_of[order[at + 1]]
+        raise ManifestError(
+            f"{self.locations[second]}: duplicate key {keys[at].as_py()!r} (first in "
+            f"{self.locations[first]}); every sample's key must be distinct"
+        )
 
 
 def dataset_name(config: IndexConfig, out: str) -> str:

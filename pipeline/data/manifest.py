@@ -2,143 +2,57 @@
 
 Part of the contract between ``pipeline`` and ``trainer``. Row ids are laid out so that the
 cache can give every shard whole chunks: row = shard * shard_size + position in the shard.
-The fingerprint is a sha256 over every row's identity and content hash, the classes, the
-shard layout and (format 2) every shard file's name, size and sha256; it is stored in the
-Parquet metadata and re-checked on every read. Manifests of format 1 (no shard file sizes and
-hashes) are still read, with their fingerprint as it was. Shard file names are checked
-against the manifest's folder on every read (:mod:`pipeline.data.confine`).
+What the file holds and how its fingerprint is checked: :mod:`manifest_format` (the current
+format checks its metadata and footer on every read, a shard's rows when they are read; older
+formats are read whole). Shard file names are checked against the manifest's folder on every
+read (:mod:`pipeline.data.confine`).
 """
 
-import hashlib
-import json
-from dataclasses import asdict, dataclass
 from functools import cached_property
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute  # noqa: F401  (pa.compute)
 
 from kdcache.errors import ManifestError
 from kdcache.pipeline.data import urls
 from kdcache.pipeline.data.confine import shard_location
-from kdcache.pipeline.data.file_identity import file_identity
+from kdcache.pipeline.data.manifest_format import (
+    DATA_CRC_KEY,
+    IDENTITY_COLUMNS,
+    MANIFEST_FORMAT,
+    METADATA_KEY,
+    OLD_FORMATS,
+    OPTIONAL_COLUMNS,
+    SCHEMA,
+    ShardInfo,
+    check_sizes,
+    checked_meta,
+    fingerprint,
+    meta_fingerprint,
+    shard_infos,
+)
+from kdcache.pipeline.data.manifest_rows import ParquetRows, TableRows
+from kdcache.pipeline.data.manifest_write import write_manifest
 from kdcache.pipeline.data.tar_reader import IMAGE_EXTENSIONS, LABEL_FIELD
 
-MANIFEST_FORMAT = "kdcache-manifest/2"
-OLD_FORMATS = ("kdcache-manifest/1",)  # read, fingerprint without the shard files
-METADATA_KEY = b"kdcache"
-SCHEMA = pa.schema(
-    [
-        ("row", pa.int64()),
-        ("key", pa.string()),
-        ("shard", pa.int32()),
-        ("label", pa.int32()),
-        ("split", pa.string()),
-        ("height", pa.int32()),
-        ("width", pa.int32()),
-        ("sha1", pa.string()),
-    ]
-)
-# columns a manifest may have besides SCHEMA's: the source file of each sample (ImageFolder)
-OPTIONAL_COLUMNS = {"path": pa.string()}
-
-
-@dataclass(frozen=True)
-class ShardInfo:
-    """One shard: its id (index in the manifest), file (a tar, or an indexed Parquet file;
-    relative to the manifest's folder, or as confined by :mod:`confine`), split, rows, and the
-    file's size and sha256 (None in a format-1 manifest)."""
-
-    id: int
-    file: str
-    split: str
-    num_rows: int
-    bytes: int | None = None
-    sha256: str | None = None
-
-
-def fingerprint(
-    table: pa.Table, classes: list[str], shard_size: int, shards: list[ShardInfo] | None = None
-) -> str:
-    """sha256 of the manifest's identity: every row (id, key, shard, label, split, sha1),
-    classes, layout and, given ``shards`` (format 2), each shard's file, size and sha256."""
-    digest = hashlib.sha256()
-    if shards is not None:
-        digest.update(json.dumps([asdict(s) for s in shards], sort_keys=True).encode())
-    digest.update(json.dumps({"classes": classes, "shard_size": shard_size}).encode())
-    for name in ("row", "shard", "label"):
-        digest.update(np.ascontiguousarray(table[name].to_numpy(), dtype="<i8").tobytes())
-    for name in ("key", "split", "sha1"):
-        digest.update("\n".join(table[name].to_pylist()).encode())
-    return digest.hexdigest()
-
-
-def write_manifest(
-    location: str,
-    table: pa.Table,
-    *,
-    dataset: str,
-    classes: list[str],
-    channels: int,
-    shard_size: int,
-    shards: list[ShardInfo],
-    pixel_mean: list[float],
-    pixel_std: list[float],
-    skipped: list[dict] | None = None,
-    samples: dict | None = None,
-) -> str:
-    """Write ``manifest.parquet`` with its metadata; return the fingerprint.
-
-    ``pixel_mean`` and ``pixel_std`` are per-channel statistics of the train split on [0, 1];
-    ``skipped`` lists source files left out as unreadable (``path``, ``error``); ``samples``
-    says how a shard's samples hold image and label when not as kdcache writes them
-    (``format``: webdataset or parquet, ``image_extensions``, ``label_field``: a manifest
-    indexed over existing files). The shard files must be written already: their sizes and
-    sha256 go into the fingerprint, as given in ``shards`` (hashed while written or read) or
-    else read here.
-    """
-    shards = [s if s.sha256 is not None else
-              ShardInfo(s.id, s.file, s.split, s.num_rows,
-                        *file_identity(shard_location(location, s.file, allow_remote=True)))
-              for s in shards]  # fmt: skip
-    schema = pa.schema(
-        [*SCHEMA, *(pa.field(k, t) for k, t in OPTIONAL_COLUMNS.items() if k in table.column_names)]
-    )
-    table = table.cast(schema)
-    meta = {
-        "format": MANIFEST_FORMAT,
-        "dataset": dataset,
-        "classes": classes,
-        "channels": channels,
-        "shard_size": shard_size,
-        "shards": [asdict(s) for s in shards],
-        "pixel_mean": pixel_mean,
-        "pixel_std": pixel_std,
-        "fingerprint": fingerprint(table, classes, shard_size, shards),
-    }
-    if skipped:
-        meta["skipped"] = skipped
-    if samples:
-        meta["samples"] = samples
-    table = table.replace_schema_metadata({METADATA_KEY: json.dumps(meta).encode()})
-    urls.write_parquet(location, table)
-    return meta["fingerprint"]
+__all__ = ["MANIFEST_FORMAT", "METADATA_KEY", "OLD_FORMATS", "OPTIONAL_COLUMNS", "SCHEMA",
+           "Manifest", "ShardInfo", "fingerprint", "write_manifest"]  # fmt: skip
+ENTRY_COLUMNS = (*IDENTITY_COLUMNS, "label")
 
 
 class Manifest:
-    """A read-only view of ``manifest.parquet`` with per-row arrays indexed by row id."""
+    """A read-only view of ``manifest.parquet``: its shards, and per-row values read by shard
+    when asked (:class:`RowValues`)."""
 
     def __init__(
-        self, location: str, table: pa.Table, meta: dict, *, allow_remote_shards: bool = False
-    ):
-        self.location = location
-        self.table = table
-        self.meta = meta
+        self, location: str, rows, meta: dict, shards: list[ShardInfo], *,
+        allow_remote_shards: bool = False,
+    ):  # fmt: skip
+        self.location, self.meta, self.shards, self._rows = location, meta, shards, rows
         self.classes: list[str] = meta["classes"]
         self.channels: int = meta["channels"]
         self.shard_size: int = meta["shard_size"]
         self.fingerprint: str = meta["fingerprint"]
-        self.shards = [ShardInfo(**s) for s in meta["shards"]]
         self._shard_urls = {
             s.id: shard_location(location, s.file, allow_remote=allow_remote_shards)
             for s in self.shards
@@ -156,33 +70,27 @@ class Manifest:
     @classmethod
     def read(cls, location: str, *, allow_remote_shards: bool = False) -> "Manifest":
         """Read and check a manifest; a folder means ``<folder>/manifest.parquet``. Shard
-        files must lie in its folder; ``allow_remote_shards`` also takes URLs elsewhere."""
+        files must lie in its folder; ``allow_remote_shards`` also takes URLs elsewhere. Only
+        the footer and metadata are read here (a current manifest; older ones are read whole)."""
         if not location.endswith(".parquet"):
             location = urls.join(location, "manifest.parquet")
         if not urls.exists(location):
             raise FileNotFoundError(f"{location}: no manifest here (run `kdcache shard` first)")
-        table = urls.read_parquet(location)
-        raw = (table.schema.metadata or {}).get(METADATA_KEY)
-        if raw is None:
-            raise ValueError(f"{location}: Parquet file has no kdcache metadata")
-        meta = json.loads(raw)
-        if meta.get("format") not in (MANIFEST_FORMAT, *OLD_FORMATS):
-            raise ManifestError(
-                f"{location}: format is {meta.get('format')!r}, expected {MANIFEST_FORMAT!r}"
-            )
-        missing = set(SCHEMA.names) - set(table.column_names)
+        source = urls.ParquetSource(location)
+        footer = source.metadata
+        meta = checked_meta(location, (footer.metadata or {}).get(METADATA_KEY))
+        missing = set(SCHEMA.names) - set(source.file.schema_arrow.names)
         if missing:
-            raise ValueError(f"{location}: missing columns {sorted(missing)}")
-        shards = None
+            raise ManifestError(f"{location}: missing columns {sorted(missing)}")
         if meta["format"] == MANIFEST_FORMAT:
-            shards = [ShardInfo(**s) for s in meta["shards"]]
-        found = fingerprint(table, meta["classes"], meta["shard_size"], shards)
-        if found != meta["fingerprint"]:
-            raise ValueError(
-                f"{location}: rows do not match the stored fingerprint "
-                f"(stored {meta['fingerprint'][:12]}, computed {found[:12]}); the file was edited"
-            )
-        return cls(location, table, meta, allow_remote_shards=allow_remote_shards)
+            _check_fingerprint(location, meta)
+        shards = shard_infos(location, meta)
+        check_sizes(location, meta, shards, footer.num_rows, source.size)
+        if meta["format"] == MANIFEST_FORMAT:
+            rows = _current_rows(location, source, shards)
+        else:
+            rows = _old_rows(location, source, meta, shards)
+        return cls(location, rows, meta, shards, allow_remote_shards=allow_remote_shards)
 
     @property
     def num_classes(self) -> int:
@@ -202,7 +110,7 @@ class Manifest:
         wanted = {splits} if isinstance(splits, str) else set(splits)
         unknown = wanted - {s.split for s in self.shards}
         if unknown:
-            raise ValueError(f"{self.location}: no split named {sorted(unknown)}")
+            raise ManifestError(f"{self.location}: no split named {sorted(unknown)}")
         return [s for s in self.shards if s.split in wanted]
 
     def shard_rows(self, shard: ShardInfo) -> np.ndarray:
@@ -215,25 +123,110 @@ class Manifest:
         return self.shard_entries(shard)[0]
 
     def shard_entries(self, shard: ShardInfo) -> tuple[list[str], list[str]]:
-        """Keys and image sha1s of a shard's samples, in tar order."""
-        rows = self.table.filter(pa.compute.equal(self.table["shard"], shard.id)).sort_by("row")
+        """Keys and image sha1s of a shard's samples, in tar order (checked against the
+        shard's digests: only this shard's rows are read)."""
+        rows = self._rows.checked(shard.id, ENTRY_COLUMNS)
         return rows["key"].to_pylist(), rows["sha1"].to_pylist()
 
-    @cached_property
-    def key_to_row(self) -> dict[str, int]:
-        return dict(zip(self.table["key"].to_pylist(), self.table["row"].to_pylist(), strict=True))
+    def column(self, name: str) -> np.ndarray:
+        """One column's values for every sample, in row order (``height``, ``width`` ...)."""
+        return self._rows.column(name)
 
-    def _by_row(self, column: str, fill) -> np.ndarray:
-        values = np.full(self.num_rows, fill, dtype=np.asarray(fill).dtype)
-        values[self.table["row"].to_numpy()] = self.table[column].to_numpy()
+    @cached_property
+    def table(self) -> pa.Table:
+        """Every row, in row order, checked (the whole manifest in memory: for small data)."""
+        return self._rows.table()
+
+    @cached_property
+    def labels(self) -> "RowValues":
+        """Label per row id (-1 for unused ids), read shard by shard as asked."""
+        return RowValues(self, lambda i: self._rows.checked(i, ("label",))["label"].to_numpy(), -1)
+
+    @cached_property
+    def aspect(self) -> "RowValues":
+        """Height / width of the source image per row id (1 for unused ids)."""
+
+        def ratio(index: int) -> np.ndarray:
+            part = self._rows.shard(index, ("height", "width"))
+            return part["height"].to_numpy() / part["width"].to_numpy()
+
+        return RowValues(self, ratio, 1.0)
+
+
+class RowValues:
+    """Values indexed by row id (an int or an array of them), read a shard at a time and kept;
+    ids past a short shard's end give ``fill``."""
+
+    def __init__(self, manifest: Manifest, read, fill):
+        self.size, self.read, self.fill = manifest.shard_size, read, fill
+        self.num_rows, self._shards = manifest.num_rows, {}
+
+    def _of(self, index: int) -> np.ndarray:
+        values = self._shards.get(index)
+        if values is None:
+            values = self._shards[index] = self.read(index)
         return values
 
-    @cached_property
-    def labels(self) -> np.ndarray:
-        """Label per row id (-1 for unused ids)."""
-        return self._by_row("label", np.int64(-1))
+    def __len__(self) -> int:
+        return self.num_rows
 
-    @cached_property
-    def aspect(self) -> np.ndarray:
-        """Height / width of the source image per row id (1 for unused ids)."""
-        return self._by_row("height", np.float64(1)) / self._by_row("width", np.float64(1))
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        values = self[np.arange(self.num_rows)]
+        return values if dtype is None else values.astype(dtype)
+
+    def __getitem__(self, rows):
+        if isinstance(rows, slice):
+            rows = np.arange(*rows.indices(self.num_rows))
+        rows = np.asarray(rows)
+        if ((rows < 0) | (rows >= self.num_rows)).any():
+            raise IndexError(f"row ids outside 0..{self.num_rows - 1}")
+        if rows.ndim == 0:
+            values, position = self._of(int(rows) // self.size), int(rows) % self.size
+            return values[position] if position < len(values) else values.dtype.type(self.fill)
+        shard, position = np.divmod(rows, self.size)
+        out = None
+        for index in np.unique(shard):
+            values, at = self._of(int(index)), shard == index
+            if out is None:
+                out = np.full(rows.shape, self.fill, dtype=values.dtype)
+            inside = at & (position < len(values))
+            out[inside] = values[position[inside]]
+        return out if out is not None else np.full(rows.shape, self.fill)
+
+
+def _check_fingerprint(location: str, meta: dict) -> None:
+    """A format-3 manifest's metadata matches its fingerprint (checked before any of it is
+    used, so an edited field is refused as such)."""
+    found = meta_fingerprint(meta["classes"], meta["shard_size"], meta["shards"])
+    if found != meta["fingerprint"]:
+        raise ManifestError(
+            f"{location}: metadata does not match the stored fingerprint (stored "
+            f"{meta['fingerprint'][:12]}, computed {found[:12]}); the file was edited"
+        )
+
+
+def _current_rows(location: str, source, shards: list[ShardInfo]) -> ParquetRows:
+    """The rows of a format-3 manifest, after checking the footer's crc32 of the row groups
+    (no row is decoded here)."""
+    stored = (source.metadata.metadata or {}).get(DATA_CRC_KEY)
+    if stored is None or stored.decode() != str(source.data_crc32()):
+        what = "is missing" if stored is None else "does not match the row groups"
+        raise ManifestError(
+            f"{location}: footer field {DATA_CRC_KEY.decode()} {what}: the file was rewritten "
+            "since kdcache wrote it, so its rows cannot be trusted to match the fingerprint"
+        )
+    return ParquetRows(location, source, shards)
+
+
+def _old_rows(location: str, source, meta: dict, shards: list[ShardInfo]) -> TableRows:
+    """The rows of a format-1 or -2 manifest: read whole, checked by its fingerprint over
+    every row."""
+    table = source.columns(source.file.schema_arrow.names)
+    listed = shards if meta["format"] == OLD_FORMATS[1] else None
+    found = fingerprint(table, meta["classes"], meta["shard_size"], listed)
+    if found != meta["fingerprint"]:
+        raise ManifestError(
+            f"{location}: rows do not match the stored fingerprint "
+            f"(stored {meta['fingerprint'][:12]}, computed {found[:12]}); the file was edited"
+        )
+    return TableRows(table, shards)

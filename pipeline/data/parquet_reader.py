@@ -1,6 +1,7 @@
 """Samples of a Parquet file holding encoded images and labels (the layout Hugging Face
-datasets publish ImageNet in: ``image`` = struct{bytes, path}, ``label``), read row group by
-row group, as dicts like a tar's samples: ``__key__``, ``__url__``, one entry per column."""
+datasets publish ImageNet in: ``image`` = struct{bytes, path}, ``label``), decoded a few rows
+at a time whatever its row groups declare, as dicts like a tar's samples: ``__key__``,
+``__url__``, one entry per column."""
 
 import posixpath
 from collections.abc import Iterator
@@ -8,6 +9,9 @@ from collections.abc import Iterator
 import pyarrow as pa
 
 from kdcache.pipeline.data import urls
+
+BATCH_ROWS = 64  # rows decoded at a time, whatever a row group declares
+MIN_ROW_BYTES = 16  # an encoded image takes more; a footer declaring more rows is refused
 
 
 def row_key(location: str, row: int, path: str | None) -> str:
@@ -24,7 +28,9 @@ def parquet_samples(location: str, image_column: str, label_column: str) -> Iter
     ``__url__``, ``image_column`` (the encoded bytes), ``__path__`` (the image's recorded path,
     or None) and ``label_column`` (None where the row has none)."""
     row = 0
-    for table in urls.parquet_row_groups(location, [image_column, label_column]):
+    for table in urls.parquet_row_groups(
+        location, [image_column, label_column], BATCH_ROWS, MIN_ROW_BYTES
+    ):
         images = table.column(image_column).combine_chunks()
         labels = table.column(label_column).to_pylist()
         if pa.types.is_struct(images.type):

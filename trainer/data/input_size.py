@@ -15,8 +15,8 @@ from kdcache.pipeline.data import Manifest
 def default_resolution(manifest: Manifest, source, model: str | None = None) -> int:
     """The resolution for a run over ``manifest`` with ``source`` (a ``CachedTargets``, or
     planned views without a teacher) and the timm student ``model``."""
-    heights = manifest.table["height"].to_numpy()
-    widths = manifest.table["width"].to_numpy()
+    heights = manifest.column("height")
+    widths = manifest.column("width")
     if len(heights) and heights.min() == heights.max() and widths.min() == widths.max():
         return int(heights[0])
     store, teachers = getattr(source, "store", None), getattr(source, "teachers", [])

@@ -3,9 +3,11 @@
 ``KDLoader`` streams the shards, replays each sample's view for the epoch and joins it with
 the cached targets, like ``kdcache train`` does (it is the same :class:`TrainViews`). Its
 ``len()`` is the number of batches this rank yields in the current epoch, whatever the worker
-count; under DDP every rank yields the same number, padding with repeated samples (flagged in
-``KDBatch.padded``) instead of dropping any. Ranks come from ``torch.distributed`` when it is
-initialised, else from ``RANK``/``WORLD_SIZE``.
+count: whole batches and at most one partial one (none with ``drop_last=True``); under DDP every
+rank yields the same number, padding with repeated samples (flagged in ``KDBatch.padded``)
+instead of dropping any (with ``drop_last``, every rank takes the smallest rank's whole batches).
+Ranks come from ``torch.distributed`` when it is initialised, else from
+``RANK``/``WORLD_SIZE``.
 """
 
 from collections.abc import Iterator
@@ -14,6 +16,7 @@ from dataclasses import dataclass, fields
 import torch
 import webdataset as wds
 
+from kdcache.errors import ConfigError
 from kdcache.pipeline.data import Manifest, storage
 from kdcache.pipeline.views import ViewPlan, normalize
 from kdcache.trainer.data.input_size import default_resolution
@@ -70,9 +73,10 @@ class KDBatch:
     def targets(self) -> Targets:
         """The targets of the only teacher (use ``teacher_targets`` with several)."""
         if len(self.teacher_targets) != 1:
-            raise ValueError(
+            raise ConfigError(
                 f"the batch holds targets of teachers {sorted(self.teacher_targets)}; "
-                "pick one from teacher_targets"
+                "pick one from teacher_targets",
+                field="teachers",
             )
         return next(iter(self.teacher_targets.values()))
 
@@ -120,6 +124,7 @@ class KDLoader:
         shuffle_buffer: int = 2000,
         view_schedule: str = "cycle",
         pin_memory: bool = False,
+        drop_last: bool = False,
         storage_options: dict | None = None,
     ):
         self.storage_options = storage.resolve(storage_options)
@@ -142,9 +147,11 @@ class KDLoader:
                 split=split,
                 schedule=ViewSchedule(view_schedule, source.plan.views, seed),
             )
-            self.batch_size = batch_size
+            self.batch_size, self.drop_last = batch_size, drop_last
             self.world_size = wds.utils.pytorch_worker_info()[1]  # as the dataset splits shards
-            self._loader = make_loader(self.views, batch_size, workers, pin_memory, seed)
+            self._loader = make_loader(
+                self.views, batch_size, workers, pin_memory, seed, drop_last=drop_last
+            )
             self.workers = self._loader.num_workers
 
     def set_epoch(self, epoch: int) -> None:
@@ -152,7 +159,9 @@ class KDLoader:
 
     def steps(self, epoch: int) -> int:
         """Batches this rank yields in ``epoch`` (the same on every rank)."""
-        return self.views.epoch_steps(epoch, self.batch_size, self.workers, self.world_size)
+        return self.views.epoch_steps(
+            epoch, self.batch_size, self.workers, self.world_size, self.drop_last
+        )
 
     def __len__(self) -> int:
         return self.steps(self.views.epoch)

@@ -17,6 +17,7 @@ from kdcache.pipeline.cache import ShardTargets
 from kdcache.pipeline.data import Manifest, ShardInfo, checked_samples, sample_image, storage
 from kdcache.pipeline.views import ViewRenderer, check_renderer, eval_image, source_image
 from kdcache.trainer.data.label_mixing import mix_targets
+from kdcache.trainer.data.rebatch import RebatchedLoader
 from kdcache.trainer.data.targets import CachedTargets, PlannedViews, ShardBlock
 from kdcache.trainer.data.view_schedule import ViewSchedule
 
@@ -85,7 +86,7 @@ class ShardImages:
 
     def __getitem__(self, position: int):
         if position not in self.encoded:
-            raise ValueError(
+            raise ShardError(
                 f"{self.shard.file}: no sample at position {position} in the tar "
                 "(a mixing partner must be read from the same shard)"
             )
@@ -134,6 +135,7 @@ class TrainViews(_ShardStream):
         check_renderer(source.plan)  # before any loader worker starts and fails on it
         self.split = split
         self.batch_size, self.workers, self.rank, self.world_size = 1, 0, 0, 1
+        self.drop_last = False
         self.source = source
         self.seed = seed
         self.shuffle_buffer = shuffle_buffer
@@ -151,35 +153,53 @@ class TrainViews(_ShardStream):
         return order
 
     def epoch_split(
-        self, epoch: int, batch_size: int, workers: int, world_size: int = 1
+        self,
+        epoch: int,
+        batch_size: int,
+        workers: int,
+        world_size: int = 1,
+        drop_last: bool = False,
     ) -> EpochSplit:
         """Who reads what in ``epoch``, with the padding that gives every rank the same steps.
 
         Rank r reads ``order[r::W]`` and its DataLoader worker w ``order[r::W][w::workers]``
-        (workers are capped by the shard count, as :func:`make_loader` does); each worker
-        batches its own samples, its last batch maybe short. Every rank must take as many
-        steps as the busiest one, so a rank with fewer batches pads: its first worker repeats
-        its own first samples (flagged ``pad``), like ``DistributedSampler(drop_last=False)``.
-        No sample is dropped. A rank without a shard cannot train: refused.
+        (workers are capped by the shard count, as :func:`make_loader` does); the workers'
+        short last batches are joined (:mod:`trainer.data.rebatch`), so a rank yields whole
+        batches and at most one partial one. Every rank must take as many steps as the busiest
+        one, so a rank with fewer batches pads: its first worker repeats its own first samples
+        (flagged ``pad``), like ``DistributedSampler(drop_last=False)``; no sample is dropped.
+        With ``drop_last`` every rank takes the whole batches the smallest rank has, no padding.
+        A rank without a shard cannot train: refused.
         """
         order = self.epoch_order(epoch)
         if len(order) < world_size:
             raise DataSplitError(
                 f"{len(order)} {self.split} shards for {world_size} ranks: every rank needs a "
-                "shard (use fewer ranks, or shard the data with a smaller --shard-size)"
+                "shard (use fewer ranks, or shard the data with a smaller shard size)"
             )
         loaders = max(1, min(workers, len(self.shards)))
         reads = [
             [order[r::world_size][w::loaders] for w in range(loaders)] for r in range(world_size)
         ]
-        steps = [sum(math.ceil(_rows(ws) / batch_size) for ws in rank) for rank in reads]
+        rows = [sum(map(_rows, rank)) for rank in reads]
+        if drop_last:
+            no_pads = [[0] * loaders for _ in reads]
+            return EpochSplit(reads, no_pads, min(n // batch_size for n in rows))
+        steps = [math.ceil(n / batch_size) for n in rows]
         pads = [[(max(steps) - own) * batch_size if w == 0 else 0 for w in range(loaders)]
                 for own in steps]  # fmt: skip
         return EpochSplit(reads, pads, max(steps))
 
-    def epoch_steps(self, epoch: int, batch_size: int, workers: int, world_size: int = 1) -> int:
+    def epoch_steps(
+        self,
+        epoch: int,
+        batch_size: int,
+        workers: int,
+        world_size: int = 1,
+        drop_last: bool = False,
+    ) -> int:
         """Batches every rank trains on in ``epoch`` (see :meth:`epoch_split`)."""
-        return self.epoch_split(epoch, batch_size, workers, world_size).steps
+        return self.epoch_split(epoch, batch_size, workers, world_size, drop_last).steps
 
     def iter_views(self, shards: list[ShardInfo]) -> Iterator[dict]:
         """The given shards' samples in tar order, each in its view for the current epoch."""
@@ -246,16 +266,19 @@ class TrainViews(_ShardStream):
                 }  # fmt: skip
         return sample
 
-    def configure(self, batch_size: int, workers: int) -> None:
-        """The batch size and worker count the loader uses (they decide the padding), and this
-        process's rank, read here: DataLoader workers may not see the process group."""
-        self.batch_size, self.workers = batch_size, workers
+    def configure(self, batch_size: int, workers: int, drop_last: bool = False) -> None:
+        """The batch size, worker count and ``drop_last`` the loader uses (they decide the
+        padding), and this process's rank, read here: DataLoader workers may not see the
+        process group."""
+        self.batch_size, self.workers, self.drop_last = batch_size, workers, drop_last
         self.rank, self.world_size = wds.utils.pytorch_worker_info()[:2]
 
     def __iter__(self):
         rank, world_size = self.rank, self.world_size
         worker = wds.utils.pytorch_worker_info()[2]
-        split = self.epoch_split(self.epoch, self.batch_size, self.workers, world_size)
+        split = self.epoch_split(
+            self.epoch, self.batch_size, self.workers, world_size, self.drop_last
+        )
         shards = split.reads[rank][worker] if worker < len(split.reads[rank]) else []
         rng = random.Random(f"samples-{self.seed}-{self.epoch}-{rank}-{worker}")
         stream = self.iter_views(shards)
@@ -325,9 +348,16 @@ class EvalViews(_ShardStream):
 
 
 def make_loader(
-    dataset: IterableDataset, batch_size: int, workers: int, pin_memory: bool, seed: int = 0
-) -> DataLoader:
-    """A DataLoader over a streaming dataset (workers get disjoint shards).
+    dataset: IterableDataset,
+    batch_size: int,
+    workers: int,
+    pin_memory: bool,
+    seed: int = 0,
+    drop_last: bool = False,
+):
+    """A DataLoader over a streaming dataset (workers get disjoint shards); over
+    :class:`TrainViews`, one that yields whole batches and at most one partial batch per
+    epoch (none with ``drop_last``: :class:`~trainer.data.rebatch.RebatchedLoader`).
 
     The loader draws its workers' base seed from its own generator, never from the global
     torch RNG: a resumed run's dropout masks then follow the saved RNG state exactly. Its
@@ -335,8 +365,8 @@ def make_loader(
     """
     workers = min(workers, len(dataset.shards))
     if isinstance(dataset, TrainViews):
-        dataset.configure(batch_size, workers)
-    return DataLoader(
+        dataset.configure(batch_size, workers, drop_last)
+    loader = DataLoader(
         dataset,
         batch_size=batch_size,
         num_workers=workers,
@@ -346,6 +376,7 @@ def make_loader(
         generator=torch.Generator().manual_seed(seed),
         worker_init_fn=partial(_adopt_storage, dict(storage.current())) if workers else None,
     )
+    return RebatchedLoader(loader, drop_last) if isinstance(dataset, TrainViews) else loader
 
 
 def _adopt_storage(options: dict, worker: int) -> None:

@@ -9,13 +9,17 @@ requests, :mod:`pipeline.teach.feature_request`) are read in the same forward by
 job's hooks, projected by the same seeded matrix, and rounded as a fp16 cache stores them.
 """
 
+from dataclasses import asdict
+
 import torch
 
+from kdcache.errors import ConfigError
 from kdcache.pipeline.cache import projection_matrix, reduce_logits, stored_features
 from kdcache.pipeline.teach import (
     FeatureRequest,
     FeatureTaps,
     Teacher,
+    TeacherSource,
     load_teacher,
     resolve_targets,
 )
@@ -27,9 +31,10 @@ class OnlineTeacher:
 
     def __init__(
         self,
-        location: str,
+        location: "str | TeacherSource",
         *,
         num_classes: int,
+        class_names: list[str] | None = None,
         in_chans: int,
         device: torch.device,
         topk: int | None = None,
@@ -38,17 +43,21 @@ class OnlineTeacher:
         features: list[FeatureRequest] | None = None,
         feature_dim: int | None = None,
     ):
+        if not isinstance(location, TeacherSource):
+            location = TeacherSource(location=location, arch=arch)
+        options = {k: v for k, v in asdict(location).items() if k not in ("location", "name")}
         self.teacher: Teacher = load_teacher(
-            location,
+            location.location,
             name="online",
-            arch=arch,
             num_classes=num_classes,
+            class_names=class_names,
             in_chans=in_chans,
             device=device,
+            **options,
         )
-        self.topk = topk or num_classes
-        if not 1 <= self.topk <= num_classes:
-            raise ValueError(f"--topk must lie in 1..{num_classes}, got {self.topk}")
+        if topk is not None and topk < 1:
+            raise ConfigError(f"topk: must be at least 1, got {topk}", field="topk")
+        self.topk = min(topk or num_classes, num_classes)  # top-K of K or fewer classes: all
         self.device = device
         self.amp = amp
         spec = self.teacher.spec

@@ -1,11 +1,13 @@
 """``kdcache verify``: recompute a sample of cached views with the teacher, and check every
 done region's checksum; any mismatch is reported with its shard and row."""
 
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from kdcache.pipeline.cache import CacheStore, ShardTargets, region_checksum, sample_uniforms
+from kdcache.pipeline.cache.cache_manifest import manifest_for
 from kdcache.pipeline.data import Manifest, ShardInfo, recorded_code, recorded_teacher, storage
 from kdcache.pipeline.teach import (
     Teacher,
@@ -15,8 +17,7 @@ from kdcache.pipeline.teach import (
     teacher_targets,
 )
 from kdcache.pipeline.views import MAX_PIXELS, set_pixel_limit
-from kdcache.tools.cache.cache_manifest import manifest_for
-from kdcache.tools.cache.verify_replay import ReplayReport, replay_check, sample_done_rows
+from kdcache.verify_replay import ReplayReport, replay_check, sample_done_rows
 
 LOGIT_TOLERANCE = 2e-2  # fp16 storage plus batch-dependent float sums
 # feature and attention values: largest difference, beyond two fp16 steps of the view's
@@ -200,8 +201,10 @@ def _verify(
     rng = np.random.default_rng(seed)
     shards = manifest.shards_of(store.attrs["splits"])
     for name in store.teacher_names:
-        teacher = _checked_teacher(report, store, name, (teachers or {}).get(name), allow_code)
-        if teacher is None:
+        moved_to = (teachers or {}).get(name)
+        load = functools.partial(_checked_teacher, report, store, name, moved_to, allow_code)
+        teacher = _LazyTeacher(name, load)
+        if samples and teacher.get() is None:
             continue
         done = store.views_done(name)[:, : store.plan.views]
         picked = sample_done_rows(done, shards, samples, rng)
@@ -210,6 +213,20 @@ def _verify(
                 views = {v: picked.get((shard.id, v)) for v in np.flatnonzero(done[shard.id])}
                 _verify_shard(report, store, manifest, teacher, shard, views)
     return report
+
+
+class _LazyTeacher:
+    """A teacher loaded (and its weights checked) only once a view must be recomputed: a
+    checksum-only verify needs no weights."""
+
+    def __init__(self, name: str, load):
+        self.name, self._load, self._loaded = name, load, False
+        self._teacher: Teacher | None = None
+
+    def get(self) -> Teacher | None:
+        if not self._loaded:
+            self._teacher, self._loaded = self._load(), True
+        return self._teacher
 
 
 def _checked_teacher(
@@ -238,7 +255,7 @@ def _verify_shard(
     report: VerifyReport,
     store: CacheStore,
     manifest: Manifest,
-    teacher: Teacher,
+    teacher: "_LazyTeacher",
     shard: ShardInfo,
     views: dict[int, np.ndarray | None],
 ) -> None:
@@ -259,9 +276,12 @@ def _verify_shard(
         if sampled is not None:
             positions.append(sampled)
         for chosen in positions:
+            loaded = teacher.get()  # None: its weights are refused (a problem recorded)
+            if loaded is None:
+                break
             if images is None:  # read once, only for a shard with views to recompute
                 images = read_shard_images(manifest, shard, renderer=store.plan.renderer)
             stored = block.select(chosen, slice(view, view + 1))
-            fresh = _recompute(teacher, store, manifest, shard, images, chosen, view)
+            fresh = _recompute(loaded, store, manifest, shard, images, chosen, view)
             report.views_recomputed += len(chosen)
             _compare(report, shard, rows[chosen], view, stored, fresh, teacher.name)

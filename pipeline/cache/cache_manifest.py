@@ -1,6 +1,7 @@
-"""Finding the manifest a cache was built from (for inspect and verify)."""
+"""Finding the manifest a cache was built from (for inspect, verify and ``open_cache``)."""
 
-from kdcache.pipeline.cache import CacheMismatch, CacheStore
+from kdcache.errors import CacheMismatch, ConfigError
+from kdcache.pipeline.cache.store import CacheStore
 from kdcache.pipeline.data import Manifest, recorded_manifest
 
 
@@ -12,7 +13,9 @@ def manifest_for(
     a cache at a URL); fingerprint checked."""
     recorded = store.attrs["dataset"].get("manifest")
     if data is None and recorded is None:
-        raise ValueError(f"{store.location}: records no manifest location; pass --data")
+        raise ConfigError(
+            f"{store.location}: records no manifest location; give the manifest", field="data"
+        )
     location = data or recorded_manifest(store.location, recorded)
     manifest = Manifest.read(location, allow_remote_shards=allow_remote_shards)
     store.check_matches(manifest)
