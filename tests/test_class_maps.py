@@ -56,7 +56,7 @@ def test_imagenet_class_map_names_the_photos_in_teach_and_online_train(
                      *LITE0_OPTIONS, "--views", "1", "--topk", "2", "--crop-scale", "0.9", "1.0",
                      "--quiet", capsys=capsys)  # fmt: skip
     assert code == 0, out
-    opened = kdcache.open_cache(str(cache))
+    opened = kdcache.open_cache(str(cache), data=data.location)
     (name,) = opened.teachers
     assert opened.teacher(name)["class_map"] == IMAGENET_IDS
     rows = [s.id * 3 + i for s in data.shards_of("train") for i in range(s.num_rows)]

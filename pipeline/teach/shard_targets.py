@@ -258,13 +258,8 @@ def teacher_targets(
     n, v = len(positions), params.shape[1]
     spec = teacher.spec
     device = next(teacher.model.parameters()).device
-    logits_out = np.empty((n, v, topk), dtype=np.float32)  # stored per the cache's layout
-    index_out = np.empty((n, v, topk), dtype=np.int64)
-    lse_out = np.empty((n, v), dtype=np.float32)
-    samples_out = None if uniforms is None else np.empty(uniforms.shape, dtype=np.int64)
-    features = features or []
-    features_out = {t["name"]: np.empty((n, v, *t["shape"]), np.float32) for t in features}
-    taps = FeatureTaps(teacher.model, features, projections)
+    out = _TargetBuffers(n, v, topk, uniforms, features or [])
+    taps = FeatureTaps(teacher.model, features or [], projections)
     work = [(index, view, range(start, min(start + batch_size, n))) for index, (view, start)
             in enumerate((view, start) for view in range(v) for start in range(0, n, batch_size))]  # fmt: skip
     batches = rendered_batches(
@@ -277,22 +272,39 @@ def teacher_targets(
             batch = batch.contiguous(memory_format=torch.channels_last)
         with autocast_for(device, precision), taps:
             logits = teacher.model(batch)
-        for name, values in taps.collect().items():
-            features_out[name][rows.start : rows.stop, view] = values.cpu().numpy()
-        values, index, lse = reduce_logits(logits, topk)
-        logits_out[rows.start : rows.stop, view] = values.cpu().numpy()
-        index_out[rows.start : rows.stop, view] = index.cpu().numpy()
-        lse_out[rows.start : rows.stop, view] = lse.cpu().numpy()
-        if samples_out is not None:
-            draws = uniforms[rows.start : rows.stop, view]
-            samples_out[rows.start : rows.stop, view] = draw_classes(logits.float(), draws)
+        out.store(slice(rows.start, rows.stop), view, logits, taps.collect(), uniforms)
         timings["infer"] += time.perf_counter() - began
-    classes = index_dtype(spec.num_classes)
-    return ShardTargets(
-        params=params[positions],
-        topk_logits=logits_out,
-        topk_index=index_out.astype(classes),
-        logsumexp=lse_out,
-        sample_index=None if samples_out is None else samples_out.astype(classes),
-        features=features_out,
-    )
+    return out.targets(params[positions], index_dtype(spec.num_classes))
+
+
+class _TargetBuffers:
+    """A shard block's targets as they are computed: (n, v, ...) arrays filled batch by batch."""
+
+    def __init__(self, n: int, v: int, topk: int, uniforms, features: list[dict]):
+        self.topk = topk
+        self.logits = np.empty((n, v, topk), dtype=np.float32)  # stored per the cache's layout
+        self.index = np.empty((n, v, topk), dtype=np.int64)
+        self.lse = np.empty((n, v), dtype=np.float32)
+        self.samples = None if uniforms is None else np.empty(uniforms.shape, dtype=np.int64)
+        self.features = {t["name"]: np.empty((n, v, *t["shape"]), np.float32) for t in features}
+
+    def store(self, rows: slice, view: int, logits: torch.Tensor, taps: dict, uniforms) -> None:
+        """One batch's outputs (rows ``rows`` of view ``view``): top-k, features, samples."""
+        for name, values in taps.items():
+            self.features[name][rows, view] = values.cpu().numpy()
+        values, index, lse = reduce_logits(logits, self.topk)
+        self.logits[rows, view] = values.cpu().numpy()
+        self.index[rows, view] = index.cpu().numpy()
+        self.lse[rows, view] = lse.cpu().numpy()
+        if self.samples is not None:
+            self.samples[rows, view] = draw_classes(logits.float(), uniforms[rows, view])
+
+    def targets(self, params: np.ndarray, classes) -> ShardTargets:
+        return ShardTargets(
+            params=params,
+            topk_logits=self.logits,
+            topk_index=self.index.astype(classes),
+            logsumexp=self.lse,
+            sample_index=None if self.samples is None else self.samples.astype(classes),
+            features=self.features,
+        )
