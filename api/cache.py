@@ -118,7 +118,7 @@ class Cache:
         with the teacher (``data``: the manifest, default the one given to :func:`open_cache`
         or the cache names; ``teachers``: name -> weights moved or kept outside the cache's
         folder); returns the report (``report.ok``, ``report.problems``)."""
-        from kdcache.tools.cache.verify_cache import verify_cache
+        from kdcache.verify_cache import verify_cache
 
         return verify_cache(self.location, data or self._data, samples=samples, teachers=teachers)
 

@@ -194,5 +194,5 @@ def test_view_schedules_cycle_or_shuffle_each_samples_views():
     second = np.stack([shuffle.views_for(e, rows) for e in range(4, 8)], 1)
     assert (np.sort(second, 1) == np.arange(4)).all() and (second != first).any(1).mean() > 0.9
     assert (ViewSchedule("shuffle", 4, seed=2).views_for(0, rows) != first[:, 0]).mean() > 0.5
-    with pytest.raises(ValueError, match="--view-schedule"):
+    with pytest.raises(ValueError, match="view_schedule"):
         ViewSchedule("random", 4)

@@ -86,7 +86,9 @@ def test_bench_teach_compares_teach_with_raw_in_its_own_layout(tmp_path):
                   "--views", "1", "--workers", "2", "--raw-layouts", "1x1", "--repeats", "2",
                   "--warmup", "0")  # fmt: skip
     config = result["config"]
-    modes = ["raw 1x1", "raw 2x1", "raw 2x1, default allocator", "teach"]
+    cpus = os.cpu_count()
+    renders = ["render 1 CPU"] + ([f"render {cpus} CPUs"] if cpus > 1 else [])
+    modes = ["raw 1x1", "raw 2x1", "raw 2x1, default allocator", "teach", *renders]
     assert config["layouts"] == ["1x1", "2x1"]  # the one asked for, and teach's own
     _check(result, "bench-teach", modes, 2,
            {"teach_layout", "same_layout_mode", "best_layout_mode", "shards", "shard_size",
@@ -101,8 +103,13 @@ def test_bench_teach_compares_teach_with_raw_in_its_own_layout(tmp_path):
     assert all(s > 0 for s in teach["ray_start_s"]["runs"])  # the clock starts before Ray
     assert teach["actors"]["runs"] == [2, 2]  # the layout raw 2x1 matches
     for name in ("teach_over_raw_same_layout", "teach_over_raw_best_layout",
-                 "steady_over_raw_same_layout", "raw_reuse_over_default_allocator"):  # fmt: skip
+                 "steady_over_raw_same_layout", "raw_reuse_over_default_allocator",
+                 "render_all_cpus_over_one"):  # fmt: skip
         assert len(result["ratios"][name]["runs"]) == 2
+    for name in renders:  # the render stage alone, its pool sized from the CPUs
+        assert result["modes"][name]["views_per_s"]["min"] > 0
+    assert result["modes"]["render 1 CPU"]["render_threads"]["runs"] == [0, 0]  # serial
+    assert result["modes"][renders[-1]]["render_threads"]["median"] == (cpus if cpus > 1 else 0)
 
 
 def test_bench_replay_interleaves_every_configuration_path_and_mode(tmp_path):
@@ -213,6 +220,18 @@ def test_bench_timm_runs_through_the_harness(tmp_path, data, cache, teacher_path
     assert all(0 <= row["test_acc"] <= 100 and row["images_per_s"] > 0 for row in accuracy.values())
 
 
+def test_bench_replay_loaders_times_kdloader_against_timms_loader(tmp_path):
+    result = _run(tmp_path, "bench", "replay", "--loaders", "--loader-images", "100",
+                  "--resolution", "32", "--batch-size", "16", "--repeats", "2", "--warmup", "0",
+                  "--work", str(tmp_path / "work"))  # fmt: skip
+    modes = ["loader / kdcache", "loader / timm"]
+    config = _check(result, "bench-replay", modes, 2, {"images", "workers", "batch_size"})
+    assert config["workers"] == 2
+    for mode in modes:  # every image once per epoch
+        assert result["modes"][mode]["images"]["runs"] == [100, 100]
+    assert len(result["ratios"]["kdcache_over_timm"]["runs"]) == 2
+
+
 def test_gpu_views_interleaves_renderers(tmp_path):
     from kdcache.tools.bench.gpu_views import main
 
@@ -241,7 +260,8 @@ def test_a_work_folder_holding_other_files_is_refused(tmp_path):
 def test_bench_modules_import_no_torch():
     """The CLI loads benchmark modules lazily: importing one must not import torch."""
     modules = ["harness", "bench_data", "train_speed", "teach_speed", "kd_objectives",
-               "kd_features", "replay_cost", "mixing_accuracy", "versus_timm", "gpu_views"]  # fmt: skip
+               "kd_features", "replay_cost", "mixing_accuracy", "versus_timm", "gpu_views",
+               "view_quality"]  # fmt: skip
     code = (f"import importlib, sys\nfor m in {modules}:\n"
             "    importlib.import_module('kdcache.tools.bench.' + m)\n"
             "    print(m, 'torch' in sys.modules, 'numpy' in sys.modules)")  # fmt: skip

@@ -7,7 +7,7 @@ import pytest
 
 COMMANDS = ["shard", "index", "teach", "train", "catalog", "inspect", "verify", "plot", "demo",
             "bench"]  # fmt: skip
-BENCHMARKS = ["teach", "train", "kd", "replay", "reads", "mixing", "timm"]
+BENCHMARKS = ["teach", "train", "kd", "replay", "reads", "mixing", "timm", "quality", "scale"]
 
 
 def _kdcache(*args):

@@ -1,4 +1,4 @@
-"""Feature and attention targets (issue 18): a small ViT teacher cached with --features and
+"""Feature and attention targets: a small ViT teacher cached with --features and
 --attention (fp16 and q8), read back exactly, verified, sized by --dry-run; a ResNet student
 trained from the cache with feature + logit KD equals the online teacher's run; the cached
 timm FeatureDistillationTask equals timm's online one."""
@@ -30,7 +30,7 @@ from kdcache.pipeline.teach import (
 )
 from kdcache.pipeline.views import ViewPlan
 from kdcache.tools.cache.inspect_cache import inspect_cache
-from kdcache.tools.cache.verify_cache import verify_cache
+from kdcache.verify_cache import verify_cache
 from kdcache.trainer.data import KDLoader
 from kdcache.trainer.kd import CachedFeatureDistillationTask
 

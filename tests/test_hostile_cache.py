@@ -151,6 +151,7 @@ def test_an_edited_codec_chain_is_refused_before_any_chunk_is_read(w):
     error = next(line for line in output.splitlines() if ": error: " in line)
     assert "topk_logits/zarr.json" in error and "codecs" in error, error
     assert above < GIB, f"{above / 2**20:.0f} MiB above start-up"
+    print(f"edited codecs: refused at {above / 2**20:.0f} MiB above start-up; {error}")
     assert _files(w) == before
 
 

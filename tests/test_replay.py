@@ -14,7 +14,7 @@ from kdcache.errors import CacheCorrupt
 from kdcache.pipeline.cache import CacheStore
 from kdcache.pipeline.teach import load_teacher, read_shard_images, teacher_inputs
 from kdcache.pipeline.views import ViewPlan, ViewRenderer, normalize
-from kdcache.tools.cache.verify_replay import replay_check
+from kdcache.verify_replay import replay_check
 from kdcache.trainer.data import CachedTargets, LabelMixedTargets, PlannedViews, TrainViews
 from tests.conftest import MIXED_PLAN
 
@@ -146,7 +146,7 @@ def test_label_space_mixing_mixes_cached_targets_and_differs_from_the_teacher(
 
 
 def test_label_space_mixing_refuses_a_mixed_cache(data, mixed_cache):
-    with pytest.raises(ValueError, match="--mixing label needs a cache without mixing"):
+    with pytest.raises(ValueError, match="label mixing needs a cache without mixing"):
         LabelMixedTargets(mixed_cache, data, plan={"mixup_alpha": 1.0})
 
 

@@ -16,7 +16,7 @@ from kdcache.pipeline.cache import (
 )
 from kdcache.pipeline.teach import TeacherSource, load_teacher
 from kdcache.pipeline.views import normalize
-from kdcache.tools.cache.verify_cache import verify_cache
+from kdcache.verify_cache import verify_cache
 from kdcache.trainer.data import CachedTargets, TrainViews
 from tests.conftest import PLAN, SAMPLES, SHARD_SIZE, teach
 

@@ -7,6 +7,7 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
+from kdcache.errors import ConfigError
 from kdcache.pipeline.data import FASHION_MNIST_DIR, open_source, read_idx
 from tests.conftest import SHARD_SIZE, TEST_ROWS, TRAIN_ROWS, make_shards
 
@@ -55,13 +56,13 @@ def test_fingerprint_is_stable_and_follows_content(tmp_path, data):
 def test_existing_manifest_is_kept_and_bad_sources_are_named(tmp_path):
     make_shards(tmp_path / "d", train_rows=20, test_rows=10)
     before = (tmp_path / "d" / "manifest.parquet").read_bytes()
-    with pytest.raises(FileExistsError, match="--overwrite"):
+    with pytest.raises(FileExistsError, match="overwrite replaces it"):
         make_shards(tmp_path / "d", train_rows=30, test_rows=10)
     assert (tmp_path / "d" / "manifest.parquet").read_bytes() == before
-    with pytest.raises(FileNotFoundError, match="not a directory"):
+    with pytest.raises(ConfigError, match="not a directory"):
         open_source(str(tmp_path / "missing"))
     (tmp_path / "empty" / "train").mkdir(parents=True)
-    with pytest.raises(ValueError, match="no class folders"):
+    with pytest.raises(ConfigError, match="no class folders"):
         open_source(str(tmp_path / "empty"))
 
 

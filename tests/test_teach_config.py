@@ -77,8 +77,7 @@ def test_a_config_names_the_field_it_refuses(data):
     for bad, field in (({"topk": 0}, "topk"), ({"block_rows": 0}, "block_rows"),
                        ({"target_dtype": "q4"}, "target_dtype"), ({"teachers": []}, "teacher.location"),
                        ({"plan": {"view": 2}}, "plan")):  # fmt: skip
-        config = TeachConfig(**{**base.__dict__, **bad})
-        with pytest.raises(kdcache.errors.ConfigError) as refusal:
-            config.resolved()
+        with pytest.raises(kdcache.errors.ConfigError) as refusal:  # made, or resolved
+            TeachConfig(**{**base.__dict__, **bad}).resolved()
         assert refusal.value.field == field, (bad, refusal.value)
         assert "--" not in str(refusal.value)

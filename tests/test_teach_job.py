@@ -17,7 +17,7 @@ import zarr
 from kdcache.pipeline.cache import CacheMismatch, CacheStore
 from kdcache.pipeline.data import Manifest
 from kdcache.pipeline.teach import TeachFailed
-from kdcache.tools.cache.verify_cache import verify_cache
+from kdcache.verify_cache import verify_cache
 from tests.conftest import PLAN, teach
 
 ARRAYS = ["params"] + [
@@ -143,10 +143,10 @@ def test_only_shards_outside_the_manifest_or_the_splits_are_refused(
     tmp_path, data, teacher_path, ray_local
 ):
     location = tmp_path / "cache.zarr"
-    with pytest.raises(ValueError, match="--only-shards: no shard 9 ") as refusal:
+    with pytest.raises(ValueError, match="only_shards: no shard 9 ") as refusal:
         teach(data, teacher_path, str(location), only_shards=[0, 9])
     assert "\n" not in str(refusal.value)
-    with pytest.raises(ValueError, match="--only-shards: shard 5 is a test shard"):
+    with pytest.raises(ValueError, match="only_shards: shard 5 is a test shard"):
         teach(data, teacher_path, str(location), only_shards=[5])
     assert not location.exists()
 
@@ -155,11 +155,14 @@ def test_teacher_path_is_stored_resolved_so_verify_works_elsewhere(
     tmp_path, data, teacher_path, ray_local, monkeypatch
 ):
     location = str(tmp_path / "cache.zarr")
-    monkeypatch.chdir(os.path.dirname(teacher_path))
-    teach(data, os.path.basename(teacher_path), location, only_shards=[0])
-    assert CacheStore.open(location).teacher_identity("regnet")["source"] == teacher_path
+    shutil.copy(teacher_path, tmp_path / "teacher.pth")  # inside the cache's folder
     monkeypatch.chdir(tmp_path)
-    report = verify_cache(location, samples=4)
+    teach(data, "teacher.pth", location, only_shards=[0])
+    assert CacheStore.open(location).teacher_identity("regnet")["source"] == str(
+        tmp_path / "teacher.pth"
+    )
+    monkeypatch.chdir(os.path.dirname(teacher_path))
+    report = verify_cache(location, data.location, samples=4)
     assert report.ok and report.views_recomputed == 4, report.problems
 
 

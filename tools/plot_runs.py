@@ -4,6 +4,8 @@ import argparse
 import csv
 import os
 
+from kdcache.errors import ConfigError
+
 # (column of metrics.csv, panel title); a panel is drawn when some run has its column
 PANELS = (
     ("test_acc", "test accuracy (%)"),
@@ -32,7 +34,7 @@ def plot_runs(runs: list[str], out: str, labels: list[str] | None = None) -> lis
     import matplotlib.pyplot as plt
 
     if labels is not None and len(labels) != len(runs):
-        raise ValueError(f"--label given {len(labels)} times for {len(runs)} runs")
+        raise ConfigError(f"--label given {len(labels)} times for {len(runs)} runs")
     names = labels or [os.path.basename(os.path.normpath(run)) for run in runs]
     metrics = {name: read_metrics(run) for name, run in zip(names, runs, strict=True)}
     panels = [(c, t) for c, t in PANELS if any(c in rows[0] for rows in metrics.values() if rows)]

@@ -1,6 +1,6 @@
-"""The cache contract: the Zarr store of teacher targets, the catalogue of caches, the
-writers' lock, the sampled-id draws a cache records, its layout, quantised targets, feature
-targets and sizing."""
+"""The cache contract: the Zarr store of teacher targets (its ledger, target codecs and
+integrity checks), the catalogue of caches, the writers' lock, the sampled-id draws a cache
+records, its layout, quantised targets, feature targets and sizing."""
 
 from kdcache._lazy import lazy_face
 
@@ -11,13 +11,15 @@ __getattr__, __dir__, __all__ = lazy_face(
         "CachePlan": ".sizing",
         "CacheCorrupt": ".store",
         "CacheMismatch": ".store",
+        "Ledger": ".ledger",
+        "TargetCodec": ".codecs",
         "CacheStore": ".store",
         "Catalog": ".catalog",
-        "FORMAT": ".store",
-        "FORMATS": ".store",
+        "FORMAT": ".zarr_arrays",
+        "FORMATS": ".zarr_arrays",
         "format_size": ".sizing",
         "RunLock": ".run_lock",
-        "ShardTargets": ".store",
+        "ShardTargets": ".target_block",
         "catalog_root": ".catalog",
         "draw_classes": ".sampled_targets",
         "feature_view_bytes": ".feature_layout",
@@ -25,11 +27,11 @@ __getattr__, __dir__, __all__ = lazy_face(
         "projection_matrix": ".feature_layout",
         "projection_seed": ".feature_layout",
         "identity_key": ".catalog",
-        "index_dtype": ".store",
+        "index_dtype": ".target_block",
         "lock_holder": ".run_lock",
         "manifest_for": ".cache_manifest",
-        "reduce_logits": ".store",
-        "region_checksum": ".store",
+        "reduce_logits": ".target_block",
+        "region_checksum": ".target_block",
         "resolve_cache": ".catalog",
         "sample_uniforms": ".sampled_targets",
         "size_plan": ".sizing",

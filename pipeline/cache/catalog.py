@@ -18,6 +18,7 @@ import os
 
 import pyarrow as pa
 
+from kdcache.errors import CacheNotFound, ConfigError
 from kdcache.pipeline.cache.store import CacheStore
 from kdcache.pipeline.data import Manifest, catalogued_cache, storage, urls
 
@@ -225,20 +226,23 @@ def resolve_cache(
 ) -> tuple[str, str]:
     """The one complete cache (and teacher) in the catalogue that fits, for ``--cache auto``."""
     if root is None:
-        raise ValueError(f"--cache auto needs a catalogue: --catalog ROOT or ${CATALOG_ENV}")
+        raise ConfigError(
+            f"cache 'auto' needs a catalogue (its root, or ${CATALOG_ENV})", field="catalog"
+        )
     catalog = Catalog(root)
     rows = catalog.find(fingerprint=fingerprint, plan=plan, teacher=teacher)
     wanted = f"dataset {fingerprint[:12]}, plan {plan or 'any'}, teacher {teacher or 'any'}"
     if not rows:
         partial = catalog.find(fingerprint=fingerprint, plan=plan, teacher=teacher, complete=False)
         hint = f"; {len(partial)} unfinished (rerun kdcache teach)" if partial else ""
-        raise FileNotFoundError(f"{root}: no complete cache for {wanted}{hint}")
+        raise CacheNotFound(f"{root}: no complete cache for {wanted}{hint}")
     if len(rows) > 1:
         listed = ", ".join(
             f"{r['cache']} (teacher {r['teacher']}, seed {r['plan_seed']})" for r in rows
         )
-        raise ValueError(
-            f"{root}: {len(rows)} caches fit {wanted}: {listed}; pass --cache PATH "
-            "or narrow with --teacher-name / plan options"
+        raise ConfigError(
+            f"{root}: {len(rows)} caches fit {wanted}: {listed}; name the cache, or narrow "
+            "by teacher name or plan options",
+            field="cache",
         )
     return catalog.confined_cache(rows[0], writes=False), rows[0]["teacher"]

@@ -4,13 +4,15 @@ K = 10). Vectorised over views with numpy: ranks are little-endian base-2**32 li
 
 The rank of ascending ids ``c_0 < c_1 < ... < c_{K-1}`` is ``sum_i comb(c_i, i + 1)``; ranks
 run over 0 .. C(C, K) - 1, every set has one, and unranking takes for i = K-1 down to 0 the
-largest ``c_i`` with ``comb(c_i, i + 1) <= rest`` (README's format section says the same).
+largest ``c_i`` with ``comb(c_i, i + 1) <= rest`` (docs/format.md says the same).
 """
 
 import math
 from functools import lru_cache
 
 import numpy as np
+
+from kdcache.errors import ConfigError
 
 LIMB = 32
 MASK = (1 << LIMB) - 1
@@ -26,9 +28,10 @@ def check_codable(topk: int, num_classes: int) -> None:
     """Refuse set sizes whose ranks exceed :data:`MAX_RANK_BITS` bits."""
     bits = rank_bits(topk, num_classes)
     if bits > MAX_RANK_BITS:
-        raise ValueError(
-            f"top-{topk} of {num_classes} classes: a set rank takes {bits} bits, at most "
-            f"{MAX_RANK_BITS} are supported (use --target-dtype q8 or fp16)"
+        raise ConfigError(
+            f"target_dtype: q6 cannot hold top-{topk} of {num_classes} classes: a set rank "
+            f"takes {bits} bits, at most {MAX_RANK_BITS} are supported (use q8 or fp16)",
+            field="target_dtype",
         )
 
 

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 from kdcache.pipeline.cache.feature_layout import feature_specs, feature_view_bytes
 from kdcache.pipeline.cache.layout import params_spec, plan_size, teacher_specs
-from kdcache.pipeline.cache.store import index_dtype
+from kdcache.pipeline.cache.target_block import index_dtype
 
 
 @dataclass(frozen=True)

@@ -55,12 +55,59 @@ def read_shard_images(
     return images
 
 
-def row_blocks(rows: int, block_rows: int, batch_size: int) -> list[np.ndarray]:
+def row_blocks(
+    rows: int,
+    block_rows: int,
+    batch_size: int,
+    sizes: Sequence[int] | None = None,
+    budget: int | None = None,
+) -> list[np.ndarray]:
     """Positions ``0..rows-1`` in blocks of whole batches (``block_rows`` rounded down to a
     multiple of ``batch_size``, at least one batch): every batch of a blocked pass is then the
-    batch an unblocked pass makes, so the values are the same."""
+    batch an unblocked pass makes, so the values are the same. With each position's decoded
+    ``sizes`` (bytes) a block also ends before it holds more than ``budget`` bytes; a batch
+    whose images alone exceed it is split into blocks of at least one image."""
     step = max(1, block_rows // batch_size) * batch_size
-    return [np.arange(start, min(start + step, rows)) for start in range(0, rows, step)]
+    blocks = [np.arange(start, min(start + step, rows)) for start in range(0, rows, step)]
+    if sizes is None or budget is None:
+        return blocks
+    sized: list[np.ndarray] = []
+    for block in blocks:
+        held: list[np.ndarray] = []
+        for start in range(block[0], block[-1] + 1, batch_size):
+            batch = np.arange(start, min(start + batch_size, block[-1] + 1))
+            if held and _bytes(held, sizes) + _bytes([batch], sizes) > budget:
+                sized.append(np.concatenate(held))
+                held = []
+            held.append(batch)
+            if _bytes(held, sizes) > budget:  # one batch over the budget: split by images
+                sized += _split(np.concatenate(held), sizes, budget)
+                held = []
+        if held:
+            sized.append(np.concatenate(held))
+    return sized
+
+
+def _bytes(parts: list[np.ndarray], sizes: Sequence[int]) -> int:
+    return sum(int(sizes[i]) for part in parts for i in part)
+
+
+def _split(positions: np.ndarray, sizes: Sequence[int], budget: int) -> list[np.ndarray]:
+    """``positions`` in runs of at most ``budget`` bytes (at least one position each)."""
+    runs, run, held = [], [], 0
+    for position in positions:
+        if run and held + sizes[position] > budget:
+            runs.append(np.array(run))
+            run, held = [], 0
+        run.append(position)
+        held += sizes[position]
+    return [*runs, np.array(run)] if run else runs
+
+
+def decoded_bytes(images: Sequence[SourceImage]) -> list[int]:
+    """What decoding each image holds at most, counted as 3 bytes a pixel whatever its mode
+    (a decode and its conversion to the data's channels), from its header."""
+    return [image.width * image.height * 3 for image in images]
 
 
 def decode_block(

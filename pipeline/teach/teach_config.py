@@ -92,6 +92,9 @@ class TeacherSource:
         help="the teacher's whole-image centre-crop fraction, e.g. 0.875 (recorded)",
     )
 
+    def __post_init__(self):
+        self.check()
+
     def check(self) -> None:
         """Refuse, naming the field, an option of no known form (before any file is read)."""
         if self.arch and self.factory:
@@ -188,6 +191,13 @@ class TeachConfig:
         help="rows an actor decodes at once, rounded to whole batches; bounds its memory "
         "whatever the shard size",
     )
+    block_mib: int = option(
+        256,
+        metavar="MIB",
+        help="decoded pixels an actor holds at once (3 bytes a pixel, whatever the image's "
+        "mode): a block ends at whole batches within this, or splits a batch of larger images "
+        "(at least one image); bounds its memory whatever the images' sizes",
+    )
     workers: int | None = option(
         None,
         group=RAY,
@@ -235,7 +245,11 @@ class TeachConfig:
     )
     max_pixels: int = max_pixels_option()
     allow_remote_shards: bool = storage.remote_shards_option()
-    progress: bool = option(True, flag="--quiet", help="no progress bar")
+    progress: bool = option(
+        True,
+        flag="--quiet",
+        help="no progress output (on a terminal a bar; to a file or pipe, one line per shard)",
+    )
     storage_options: StorageOptions | None = storage.storage_option()
     dry_run: bool = option(
         False, help="print the cache's objects, bytes and read requests/s; run no teacher"
@@ -245,7 +259,7 @@ class TeachConfig:
     )
     run_id: str | None = None  # set by run_teach: the run lock this run holds
 
-    def resolve(self) -> "TeachConfig":
+    def resolve(self, num_classes: int | None = None) -> "TeachConfig":
         """:meth:`resolved` against the cache at ``cache``, if there is one."""
         from kdcache.pipeline.cache import CacheStore
 
@@ -253,15 +267,18 @@ class TeachConfig:
         if self.cache is not None:
             with contextlib.suppress(FileNotFoundError), storage.using(self.storage_options):
                 existing = CacheStore.open(self.cache)
-        return self.resolved(existing)
+        return self.resolved(existing, num_classes)
 
-    def resolved(self, existing: "CacheStore | None" = None) -> "TeachConfig":
+    def resolved(
+        self, existing: "CacheStore | None" = None, num_classes: int | None = None
+    ) -> "TeachConfig":
         """This config with every unset field given: ``topk``, ``samples``, ``target_dtype``,
         ``splits`` and the plan fields not set are the ``existing`` cache's (else the
-        defaults), so rerunning or extending a cache needs only what changes; then checked
-        (:meth:`check`)."""
+        defaults; the default ``topk`` at most the data's ``num_classes``), so rerunning or
+        extending a cache needs only what changes."""
         if existing is None:
             inherited, plan = dict(DEFAULTS), ViewPlan()
+            inherited["topk"] = min(inherited["topk"], num_classes or inherited["topk"])
         else:
             inherited = {"topk": existing.topk, "samples": existing.samples,
                          "target_dtype": existing.target_dtype,
@@ -278,13 +295,16 @@ class TeachConfig:
             if unknown:
                 raise ConfigError(f"plan: no field {unknown[0]!r} in a view plan", field="plan")
             plan = replace(plan, **self.plan)
-        config = replace(self, plan=plan, **values)
-        config.check()
-        return config
+        if not self.teachers:
+            raise ConfigError("teachers: none given", field="teacher.location")
+        return replace(self, plan=plan, **values)
+
+    def __post_init__(self):
+        self.check()
 
     def check(self) -> None:
         """Refuse, naming the field, a value out of range or of no known kind (no file is read
-        and no teacher loaded: this runs before any work)."""
+        and no teacher loaded: a config is checked when made, before any work)."""
         for name, ok, expected in _CHECKS:
             value = getattr(self, name)
             if value is not None and not ok(value):
@@ -296,8 +316,6 @@ class TeachConfig:
                 raise ConfigError(
                     f"{name}: {value!r}, expected one of {', '.join(kinds)}", field=name
                 )
-        if not self.teachers:
-            raise ConfigError("teachers: none given", field="teacher.location")
         for source in self.teachers:
             source.check()
 
@@ -316,6 +334,7 @@ _CHECKS = (  # (field, test, what is expected) of the fields :meth:`TeachConfig.
     ("samples", lambda v: v >= 0, "at least 0"),
     ("batch_size", _positive, "at least 1"),
     ("block_rows", _positive, "at least 1"),
+    ("block_mib", _positive, "at least 1"),
     ("workers", _positive, "at least 1"),
     ("cpus_per_worker", _positive, "above 0"),
     ("gpus_per_worker", lambda v: v >= 0, "at least 0"),

@@ -16,6 +16,8 @@ import tarfile
 import numpy as np
 from PIL import Image
 
+from kdcache.errors import ConfigError
+
 PHOTOS = ("chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg", "motorcycle_left.png",
           "horse.png", "hubble_deep_field.jpg", "retina.jpg", "color.png", "brick.png",
           "grass.png", "gravel.png")  # fmt: skip
@@ -26,7 +28,7 @@ def _photos() -> list[Image.Image]:
     try:
         import skimage
     except ImportError as error:  # a one-line message for the CLI
-        raise ValueError(
+        raise ConfigError(
             "the real-shape benchmark needs scikit-image: pip install scikit-image"
         ) from error
     folder = os.path.join(os.path.dirname(skimage.__file__), "data")

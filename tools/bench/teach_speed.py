@@ -11,6 +11,9 @@ own allocator (what the actors' allocator buys; ``--no-allocator-baseline`` leav
 top-k, Zarr writes, ledger) into a new cache, its clock started before Ray starts; Ray's start
 and the actors' start-up (importing torch, loading the teacher) are reported apart, and the
 steady rate without them. Teachers are randomly initialised: speed does not depend on the weights.
+``render 1 CPU`` and ``render N CPUs`` time one actor's render stage alone (decode and views,
+no model; ``tools.bench.teach_render``) with its torch threads, and so its render pool, set to
+1 and to all N CPUs of this machine.
 """
 
 import argparse
@@ -100,10 +103,28 @@ def _teach(args, data: str, checkpoint: str, plan, work: str) -> dict[str, float
             **{f"worker_share_{k}": v / worker_total for k, v in summary.timings.items()}}  # fmt: skip
 
 
+def _ratios(figures: dict, same_name: str, best: str, default: str | None) -> dict:
+    """teach (all and steady) over raw inference in teach's layout and in the best one; raw
+    with the reused host buffers over the default allocator, if measured."""
+    teach, same, top = figures["teach"], figures[same_name], figures[best]
+    ratios = {
+        "teach_over_raw_same_layout": ratio(teach["views_per_s"], same["views_per_s"]),
+        "steady_over_raw_same_layout": ratio(teach["steady_views_per_s"], same["views_per_s"]),
+        "teach_over_raw_best_layout": ratio(teach["views_per_s"], top["views_per_s"]),
+        "steady_over_raw_best_layout": ratio(teach["steady_views_per_s"], top["views_per_s"]),
+    }
+    if default:
+        ratios["raw_reuse_over_default_allocator"] = ratio(
+            same["views_per_s"], figures[default]["views_per_s"]
+        )
+    return ratios
+
+
 def run_benchmark(args: argparse.Namespace) -> dict:
     """Raw inference in every layout and the teacher pass, interleaved; the report as a dict."""
     from kdcache.pipeline.views import ViewPlan
     from kdcache.tools.bench.teach_raw import raw_layout
+    from kdcache.tools.bench.teach_render import render_only
 
     apply_shape(args, SHAPES)
     session = Session("bench-teach", options_of(args))
@@ -128,23 +149,18 @@ def run_benchmark(args: argparse.Namespace) -> dict:
                                                         args.batch_size, *same,
                                                         allocator="default")))  # fmt: skip
     modes.append(Mode("teach", lambda _: _teach(args, data, checkpoint, plan, work)))
+    render_modes = {count: f"render {count} CPU{'s' if count > 1 else ''}"
+                    for count in sorted({1, cpus})}  # fmt: skip
+    modes += [Mode(name, lambda _, n=n: render_only(data, spec, plan, args.batch_size, n))
+              for n, name in render_modes.items()]  # fmt: skip
     measured = interleave(modes, args.repeats, args.warmup, log=_log)
     figures = measured["modes"]
     same_name = f"raw {same[0]}x{same[1]}"
     best = max(raw_modes, key=lambda n: figures[n]["views_per_s"]["median"])
-    teach = figures["teach"]
-    measured["ratios"] = {
-        "teach_over_raw_same_layout": ratio(teach["views_per_s"], figures[same_name]["views_per_s"]),
-        "steady_over_raw_same_layout": ratio(teach["steady_views_per_s"],
-                                             figures[same_name]["views_per_s"]),
-        "teach_over_raw_best_layout": ratio(teach["views_per_s"], figures[best]["views_per_s"]),
-        "steady_over_raw_best_layout": ratio(teach["steady_views_per_s"],
-                                             figures[best]["views_per_s"]),
-    }  # fmt: skip
-    if default:
-        measured["ratios"]["raw_reuse_over_default_allocator"] = ratio(
-            figures[same_name]["views_per_s"], figures[default]["views_per_s"]
-        )
+    measured["ratios"] = _ratios(figures, same_name, best, default)
+    measured["ratios"]["render_all_cpus_over_one"] = ratio(
+        figures[render_modes[cpus]]["views_per_s"], figures[render_modes[1]]["views_per_s"]
+    )
     config = {"teach_layout": {"actors": same[0], "threads": same[1]},
               "same_layout_mode": same_name, "best_layout_mode": best,
               "default_allocator_mode": default, "host_allocator": "reuse",
@@ -202,8 +218,14 @@ def run_bench_command(args: argparse.Namespace) -> None:
         + "".join(
             f"  {name:10s} model(x) alone: {shown(figures[name]['views_per_s'], 1)} views/s\n"
             for name in figures
-            if name != "teach"
+            if name != "teach" and not name.startswith("render")
         )
+        + "".join(
+            f"  {name:10s} decode + views alone: {shown(figures[name]['views_per_s'], 1)} views/s\n"
+            for name in figures
+            if name.startswith("render")
+        )
+        + f"  render all CPUs / 1 CPU: {shown(ratios['render_all_cpus_over_one'])}\n"
         + f"  teach, whole command:         {shown(teach['views_per_s'], 1)} views/s "
         f"(Ray start {shown(teach['ray_start_s'], 1)} s, actor start-up "
         f"{shown(teach['actor_startup_s'], 1)} s)\n"

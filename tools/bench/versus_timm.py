@@ -20,6 +20,7 @@ all rebuilt in ``--work`` on every run.
 
 import argparse
 
+from kdcache.errors import ConfigError
 from kdcache.tools.bench.bench_data import IMAGENET_SHAPED, add_given_cache_options, given_or_made
 from kdcache.tools.bench.harness import (
     Mode,
@@ -59,7 +60,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
 
     apply_shape(args, SHAPES)
     if args.steps < 1 or args.warmup_steps < 0:
-        raise ValueError("need --steps >= 1 and --warmup-steps >= 0")
+        raise ConfigError("need --steps >= 1 and --warmup-steps >= 0")
     session = Session("bench-timm", options_of(args))
     threads = set_threads(args.threads)
     data, cache, checkpoint, plan, work = given_or_made(

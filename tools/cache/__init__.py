@@ -1,6 +1,6 @@
-"""Cache health: ``inspect_cache`` (completeness, accuracy, agreement, tail mass, bytes) and
-``verify_cache`` (checksums, teacher recomputation, replayed views), each imported from its
-module of that name; the face offers their helpers."""
+"""Cache health for the command line: ``inspect_cache`` (completeness, accuracy, agreement,
+tail mass, bytes; imported from its module) and its helpers. ``verify`` (checksums, teacher
+recomputation, replayed views) is library code: :mod:`kdcache.verify_cache`."""
 
 from kdcache._lazy import lazy_face
 
@@ -10,7 +10,5 @@ __getattr__, __dir__, __all__ = lazy_face(
         "bad_regions": ".inspect_cache",
         "format_report": ".inspect_cache",
         "plot_report": ".inspect_cache",
-        "replay_check": ".verify_replay",
-        "sample_done_rows": ".verify_replay",
     },
 )

@@ -1,20 +1,16 @@
-"""``kdcache inspect``: what a cache holds, how complete it is, and how good its targets are."""
+"""``kdcache inspect``: what a cache holds, how complete it is, and how good its targets are.
 
-import itertools
+One pass over the shards asked for, one shard at a time: each teacher's ledger is read once,
+each storage object of a shard once, and the figures are running sums and a reservoir sample
+(:mod:`running_stats`), so memory does not grow with the cache."""
 
 import numpy as np
 
-from kdcache.errors import CacheCorrupt
+from kdcache.errors import CacheCorrupt, ConfigError
 from kdcache.pipeline.cache import FORMAT, CacheStore
 from kdcache.pipeline.cache.cache_manifest import manifest_for
 from kdcache.pipeline.data import Manifest, storage, urls
-
-
-def _quantiles(values: np.ndarray) -> dict[str, float]:
-    if values.size == 0:
-        return {}
-    p05, p50, p95 = np.quantile(values, [0.05, 0.5, 0.95])
-    return {"mean": float(values.mean()), "p05": float(p05), "p50": float(p50), "p95": float(p95)}
+from kdcache.tools.cache.running_stats import PairAgreement, TeacherFigures
 
 
 def inspect_cache(
@@ -22,100 +18,133 @@ def inspect_cache(
     data: str | None = None,
     storage_options: dict | None = None,
     allow_remote_shards: bool = False,
+    shards: str | None = None,
 ) -> dict:
     """Every figure of ``kdcache inspect`` as a dict (computed over complete shards only;
     agreement between two teachers over the shards complete for both); ``storage_options``
-    (over ``$KDCACHE_STORAGE_OPTIONS``) reach URLs."""
+    (over ``$KDCACHE_STORAGE_OPTIONS``) reach URLs; ``shards`` (ids like ``0-9,12``) inspects
+    only those shards of the cache's splits."""
     with storage.using(storage_options):
-        return _inspect(location, data, allow_remote_shards)
+        return _inspect(location, data, allow_remote_shards, shards)
 
 
-def _inspect(location: str, data: str | None, allow_remote_shards: bool) -> dict:
+def shard_selection(text: str, count: int) -> set[int]:
+    """Shard ids ``0-9,12`` (each within ``0..count-1``), without building a list of a range
+    the text declares beyond the cache."""
+    ids: set[int] = set()
+    for part in text.split(","):
+        low, _, high = part.strip().partition("-")
+        if not low.isdigit() or (high and not high.isdigit()):
+            raise ConfigError(f"shards: expected ids like 0-9,12, got {text!r}", field="shards")
+        first, last = int(low), int(high or low)
+        if not first <= last < count:
+            raise ConfigError(
+                f"shards: {part!r} is not within the cache's shard ids 0..{count - 1}",
+                field="shards",
+            )
+        ids.update(range(first, last + 1))
+    return ids
+
+
+def _inspect(location: str, data: str | None, allow_remote_shards: bool, only: str | None) -> dict:
     store = CacheStore.open(location)
     manifest: Manifest = manifest_for(store, data, allow_remote_shards)
-    views = store.plan.views
     split_shards = manifest.shards_of(store.attrs["splits"])
-    report = {
+    if only is not None:
+        wanted = shard_selection(only, len(manifest.shards))
+        split_shards = [s for s in split_shards if s.id in wanted]
+    names = store.teacher_names
+    done = {name: store.views_done(name) for name in names}  # each ledger read once
+    figures = {name: TeacherFigures(store.plan.views) for name in names}
+    problems: dict[str, list[dict]] = {name: [] for name in names}
+    agreement, raw_bytes = PairAgreement(names), 0
+    for shard in split_shards:
+        raw_bytes += _inspect_shard(store, manifest, shard, done, figures, problems, agreement)
+    report = _header(store, location)
+    for name in names:
+        complete = done[name][:, : store.plan.views].all(axis=1)
+        report["teachers"][name] = {
+            "arch": store.teacher_identity(name)["arch"],
+            **figures[name].report(),
+            "shards_total": len(split_shards),
+            "missing": [s.file for s in split_shards if not complete[s.id]],
+            "problems": problems[name],
+            "quantisation_kl": _quantisation_kl(store, name, done[name]),
+            "features": {t["name"]: t["shape"] for t in store.feature_targets(name)},
+            "target_bytes_per_view": store.view_bytes(name) if store.format == FORMAT else None,
+        }
+    report["teacher_agreement"] = agreement.report()
+    report["storage"] = _storage(store, location, split_shards, done, raw_bytes)
+    return report
+
+
+def _header(store: CacheStore, location: str) -> dict:
+    return {
         "cache": location,
         "format": store.attrs["format"],
         "target_dtype": store.target_dtype,
         "dataset": store.attrs["dataset"]["name"],
         "fingerprint": store.attrs["dataset"]["fingerprint"],
         "splits": store.attrs["splits"],
-        "views": views,
+        "views": store.plan.views,
         "topk": store.topk,
         "samples": store.samples,
         "identity_hash": "checked" if store.identity_hashed else "absent (made before it existed)",
         "teachers": {},
     }
-    top1: dict[str, dict[int, np.ndarray]] = {}  # per teacher, per complete shard: (n, views)
-    raw_bytes, rows_total = 0, sum(s.num_rows for s in split_shards)
+
+
+def _inspect_shard(store, manifest, shard, done, figures, problems, agreement) -> int:
+    """Check every done region of one shard for every teacher (checksum, finite targets,
+    data behind its done flag; an unreadable chunk is a bad region) and add the shard's
+    complete teachers to the figures; returns the raw bytes of its targets read."""
+    views, top1, raw = store.plan.views, {}, 0
+    labels = None
     for name in store.teacher_names:
-        done = store.shard_done(name)
-        problems, read = _region_problems(store, name, split_shards)
-        complete, blocks = [s for s, _ in read], [b for _, b in read]
-        figures = _teacher_figures(store, manifest, name, complete, blocks)
-        missing = [s.file for s in split_shards if not done[s.id]]
-        report["teachers"][name] = {
-            **figures,
-            "shards_total": len(split_shards),
-            "missing": missing,
-            "problems": problems,
-            "quantisation_kl": _quantisation_kl(store, name),
-            "features": {t["name"]: t["shape"] for t in store.feature_targets(name)},
-            "target_bytes_per_view": store.view_bytes(name) if store.format == FORMAT else None,
-        }
-        top1[name] = {s.id: b.topk_index[..., 0] for s, b in zip(complete, blocks, strict=True)}
-        raw_bytes += sum(
-            array.nbytes for b in blocks for a, array in b.arrays().items() if a != "params"
-        )
-    report["teacher_agreement"] = _teacher_agreement(top1)
-    written = [
-        s for s in split_shards if any(store.shard_done(n)[s.id] for n in store.teacher_names)
-    ]
-    params = len(store.plan.param_names) * views * np.dtype(np.float32).itemsize
-    raw_bytes += sum(s.num_rows for s in written) * params
-    disk = urls.disk_bytes(location)
-    report["storage"] = {
-        "bytes_on_disk": disk,
-        "bytes_raw": raw_bytes,
-        "bytes_per_view": disk / max(rows_total * views, 1),
-        "compression_ratio": raw_bytes / disk if disk else None,
-    }
-    return report
-
-
-def _quantisation_kl(store: CacheStore, name: str) -> float | None:
-    """Mean KL(fp16 targets || stored q8/q6 targets) over a teacher's done regions, as measured
-    when they were written; None for fp16 targets."""
-    kl = store.quantisation_kl(name)
-    if kl is None:
-        return None
-    done = store.views_done(name)
-    return float(kl[done].mean()) if done.any() else None
-
-
-def _region_problems(store: CacheStore, name: str, shards: list) -> tuple[list[dict], list]:
-    """Every done (shard, view) region of a teacher checked (checksum, finite targets, data
-    behind its done flag): the problems found, and (shard, the plan's views of its block) of
-    each complete shard that could be read (for the figures), each shard read once."""
-    done = store.views_done(name)
-    problems, blocks = [], []
-    for shard in shards:
-        views = [int(v) for v in np.flatnonzero(done[shard.id])]
-        if not views:
+        done_views = [int(v) for v in np.flatnonzero(done[name][shard.id])]
+        if not done_views:
             continue
         try:
             block = store.read_shard(name, shard, views=store.array_views)
         except CacheCorrupt:  # a chunk cannot be read: find which, per view
-            for view, problem in _unreadable(store, name, shard, views).items():
-                problems.append({"shard": shard.file, "view": view, "problem": problem})
+            found = _unreadable(store, name, shard, done_views)
+        else:
+            found = store.region_problems(name, shard, block, done_views)
+        problems[name] += [{"shard": shard.file, "view": v, "problem": p} for v, p in found.items()]
+        if found or not done[name][shard.id, :views].all():
             continue
-        for view, problem in store.region_problems(name, shard, block, views).items():
-            problems.append({"shard": shard.file, "view": view, "problem": problem})
-        if done[shard.id, : store.plan.views].all():
-            blocks.append((shard, block.select(slice(None), slice(0, store.plan.views))))
-    return problems, blocks
+        block = block.select(slice(None), slice(0, views))
+        raw += sum(array.nbytes for a, array in block.arrays().items() if a != "params")
+        if labels is None:
+            labels = manifest.labels[manifest.shard_rows(shard)]
+        figures[name].add(labels, block.topk_index, block.topk_logits, block.logsumexp)
+        top1[name] = block.topk_index[..., 0]
+    agreement.add(top1)
+    return raw
+
+
+def _storage(store: CacheStore, location: str, shards: list, done: dict, raw: int) -> dict:
+    """Bytes on disk against the raw bytes of the targets and params read."""
+    written = [s for s in shards if any(d[s.id].any() for d in done.values())]
+    params = len(store.plan.param_names) * store.plan.views * np.dtype(np.float32).itemsize
+    raw += sum(s.num_rows for s in written) * params
+    disk = urls.disk_bytes(location)
+    rows_total = sum(s.num_rows for s in shards)
+    return {
+        "bytes_on_disk": disk,
+        "bytes_raw": raw,
+        "bytes_per_view": disk / max(rows_total * store.plan.views, 1),
+        "compression_ratio": raw / disk if disk else None,
+    }
+
+
+def _quantisation_kl(store: CacheStore, name: str, done: np.ndarray) -> float | None:
+    """Mean KL(fp32 targets || stored q8/q6 targets) over a teacher's done regions, as measured
+    when they were written; None for fp16 targets."""
+    kl = store.quantisation_kl(name)
+    if kl is None:
+        return None
+    return float(kl[done].mean()) if done.any() else None
 
 
 def _unreadable(store: CacheStore, name: str, shard, views: list[int]) -> dict[int, str]:
@@ -127,45 +156,6 @@ def _unreadable(store: CacheStore, name: str, shard, views: list[int]) -> dict[i
         except CacheCorrupt as error:
             found[view] = str(error).split(": ", 1)[-1]
     return found
-
-
-def _teacher_figures(
-    store: CacheStore, manifest: Manifest, name: str, complete: list, blocks: list
-) -> dict:
-    """One teacher's accuracy, agreement between views and top-k mass over ``complete`` shards."""
-    views = store.plan.views
-    labels = np.concatenate([manifest.labels[manifest.shard_rows(s)] for s in complete] or [[]])
-    empty = np.zeros((0, views, 1))
-    index = np.concatenate([b.topk_index for b in blocks]) if blocks else empty
-    logits = np.concatenate([b.topk_logits for b in blocks]) if blocks else empty
-    lse = np.concatenate([b.logsumexp for b in blocks]) if blocks else np.zeros((0, views))
-    correct = index[..., 0] == labels[:, None]
-    topk_mass = np.exp(logits.astype(np.float64) - lse[..., None]).sum(-1).ravel()
-    pairs = {
-        f"{a}-{b}": float((index[:, a, 0] == index[:, b, 0]).mean()) if len(index) else None
-        for a, b in itertools.combinations(range(views), 2)
-    }
-    return {
-        "arch": store.teacher_identity(name)["arch"],
-        "shards_done": len(complete),
-        "accuracy": float(correct.mean() * 100) if len(correct) else None,
-        "accuracy_per_view": [float(c * 100) for c in correct.mean(0)] if len(correct) else [],
-        "view_agreement": pairs,
-        "topk_mass": _quantiles(topk_mass),
-        "tail_mass": _quantiles(1 - topk_mass),
-    }
-
-
-def _teacher_agreement(top1: dict[str, dict[int, np.ndarray]]) -> dict[str, float]:
-    """Top-1 agreement of each pair of teachers over the rows both have (the shards complete
-    for both); a pair with no such rows is left out."""
-    agreement = {}
-    for a, b in itertools.combinations(top1, 2):
-        shared = sorted(top1[a].keys() & top1[b].keys())
-        if shared:
-            same = np.concatenate([(top1[a][s] == top1[b][s]).ravel() for s in shared])
-            agreement[f"{a}|{b}"] = float(same.mean())
-    return agreement
 
 
 def format_report(report: dict) -> str:

@@ -30,8 +30,14 @@ def add_inspect_parser(commands) -> None:
     parser.add_argument(
         "--strict",
         action="store_true",
-        help="exit 1 if any done region is bad (checksum mismatch, missing chunks, NaN/inf "
-        "targets, a done flag without data)",
+        help="exit 1 if any done region is bad (checksum mismatch, missing or unreadable "
+        "chunks, NaN/inf targets, a done flag without data)",
+    )
+    parser.add_argument(
+        "--shards",
+        default=None,
+        metavar="IDS",
+        help="inspect only these shard ids of the cache's splits, e.g. 0-9,12 (default: all)",
     )
     add_config_options(parser, CacheReadConfig)
     parser.set_defaults(run=run_inspect)
@@ -45,7 +51,9 @@ def run_inspect(args: argparse.Namespace) -> None:
         plot_report,
     )
 
-    report = inspect_cache(args.cache, args.data, args.storage_options, args.allow_remote_shards)
+    report = inspect_cache(
+        args.cache, args.data, args.storage_options, args.allow_remote_shards, args.shards
+    )
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     if args.plot:
         plot_report(report, args.plot)
@@ -93,7 +101,7 @@ def add_verify_parser(commands) -> None:
 
 
 def run_verify(args: argparse.Namespace) -> None:
-    from kdcache.tools.cache.verify_cache import verify_cache
+    from kdcache.verify_cache import verify_cache
 
     report = verify_cache(
         args.cache,

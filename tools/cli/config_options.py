@@ -71,11 +71,7 @@ def add_config_options(
         if "help" not in meta or spec.name in skip:
             continue
         flags[field_prefix + spec.name] = meta["flag"] or _flag(spec.name)
-        target = parser
-        if meta["group"]:
-            if meta["group"] not in groups:
-                groups[meta["group"]] = parser.add_argument_group(meta["group"])
-            target = groups[meta["group"]]
+        target = _group(parser, groups, meta["group"])
         default, kind = _default(spec), hints[spec.name]
         element, nargs = _value_type(kind)
         text = meta["help"].replace("%", "%%")
@@ -107,6 +103,15 @@ def add_config_options(
     add_field_flags(parser, flags)
 
 
+def _group(parser: argparse.ArgumentParser, groups: dict, name: str | None):
+    """The argument group ``name`` of ``parser`` (made on first use), or the parser itself."""
+    if not name:
+        return parser
+    if name not in groups:
+        groups[name] = parser.add_argument_group(name)
+    return groups[name]
+
+
 def add_field_flags(parser: argparse.ArgumentParser, flags: dict[str, str]) -> None:
     """Record which flag sets which config field (``args.field_flags``): a library error
     naming a field (``KdcacheError.field``) is then printed with the flag that sets it."""
@@ -115,8 +120,12 @@ def add_field_flags(parser: argparse.ArgumentParser, flags: dict[str, str]) -> N
 
 
 def flag_of(args: argparse.Namespace, field: str | None) -> str | None:
-    """The flag that sets ``field`` in the command ``args`` came from, if any."""
-    return (getattr(args, "field_flags", None) or {}).get(field) if field else None
+    """The flag that sets ``field`` in the command ``args`` came from, if any (a field the
+    command parses as an option of its own, such as ``source``, is its ``--field``)."""
+    if not field:
+        return None
+    flag = (getattr(args, "field_flags", None) or {}).get(field)
+    return flag if flag is not None or not hasattr(args, field) else _flag(field)
 
 
 def _checked(convert: Callable[[str], object]) -> Callable[[str], object]:

@@ -2,7 +2,9 @@
 
 import argparse
 import sys
+from dataclasses import replace
 
+from kdcache.errors import ConfigError
 from kdcache.pipeline.data import ShardConfig, StorageConfig
 from kdcache.pipeline.teach import TeachConfig
 from kdcache.tools.cli.arg_types import key_value
@@ -85,14 +87,18 @@ def add_teach_parser(commands) -> None:
 
 
 def run_teach(args: argparse.Namespace) -> None:
+    values, plan = config_values(TeachConfig, args), plan_overrides(args)
+    config = TeachConfig(**values, teachers=teacher_sources(args), plan=plan)  # checked here
     from kdcache.pipeline.cache import catalog_root
     from kdcache.pipeline.data import storage
     from kdcache.pipeline.teach import TeachFailed, run_teach
 
-    values = config_values(TeachConfig, args) | {"catalog": catalog_root(args.catalog)}
-    config = TeachConfig(**values, teachers=teacher_sources(args), plan=plan_overrides(args))
+    config = replace(config, catalog=catalog_root(args.catalog))
+
     if config.dry_run:
-        print(_dry_run(config.resolve()))
+        from kdcache.pipeline.teach.dry_run import dry_run_report
+
+        print(dry_run_report(config))
         return
     try:
         summary = run_teach(config)
@@ -100,34 +106,6 @@ def run_teach(args: argparse.Namespace) -> None:
         print(storage.scrub(str(error), args.storage_options), file=sys.stderr)
         raise SystemExit(1) from None
     print("\n".join(summary.lines()))
-
-
-def _dry_run(config: TeachConfig) -> str:
-    """``teach --dry-run``: the size of the cache ``config`` makes; no teacher runs (feature
-    or attention targets load the first teacher for one forward of a zero image: their shapes)."""
-    from kdcache.pipeline.cache import CachePlan, format_size, size_plan
-    from kdcache.pipeline.data import Manifest
-
-    manifest = Manifest.read(config.manifest)
-    features = ()
-    if config.features or config.attention:
-        from kdcache.pipeline.teach import teacher_identity
-
-        features = tuple(teacher_identity(config.teachers[0], manifest, config)["features"])
-    plan = CachePlan(
-        shards=len(manifest.shards_of(config.splits)),
-        shard_size=manifest.shard_size,
-        num_classes=manifest.num_classes,
-        views=config.plan.views,
-        topk=config.topk,
-        params=len(config.plan.param_names),
-        teachers=len(config.teachers),
-        samples=config.samples,
-        target_dtype=config.target_dtype,
-        student_rate=config.student_rate,
-        features=features,
-    )
-    return format_size(plan, size_plan(plan))
 
 
 def add_catalog_parser(commands) -> None:
@@ -160,7 +138,7 @@ def run_catalog(args: argparse.Namespace) -> None:
 
     root = catalog_root(args.catalog)
     if root is None:
-        raise ValueError("no catalogue: pass --catalog ROOT or set $KDCACHE_CATALOG")
+        raise ConfigError("no catalogue: pass --catalog ROOT or set $KDCACHE_CATALOG")
     with storage.using(args.storage_options):
         rows = Catalog(root).find(
             fingerprint=Manifest.read(args.data).fingerprint if args.data else None,

@@ -7,6 +7,7 @@ import sys
 from kdcache import __version__
 from kdcache.errors import KdcacheError
 from kdcache.pipeline.data import storage
+from kdcache.tools.bench.inspect_scale import add_bench_inspect_parser
 from kdcache.tools.bench.kd_objectives import add_bench_kd_parser
 from kdcache.tools.bench.mixing_accuracy import add_bench_mixing_parser
 from kdcache.tools.bench.replay_cost import add_bench_replay_parser
@@ -15,6 +16,7 @@ from kdcache.tools.bench.target_reads import add_bench_reads_parser
 from kdcache.tools.bench.teach_speed import add_bench_parser
 from kdcache.tools.bench.train_speed import add_bench_train_parser
 from kdcache.tools.bench.versus_timm import add_bench_timm_parser
+from kdcache.tools.bench.view_quality import add_bench_quality_parser
 from kdcache.tools.cli.cache_commands import add_inspect_parser, add_verify_parser
 from kdcache.tools.cli.config_options import flag_of
 from kdcache.tools.cli.data_commands import add_catalog_parser, add_shard_parser, add_teach_parser
@@ -70,7 +72,9 @@ def _add_bench_parsers(commands) -> None:
     add_bench_reads_parser(benches)
     add_bench_mixing_parser(benches)
     add_bench_timm_parser(benches)
+    add_bench_quality_parser(benches)
     add_bench_scale_parser(benches)
+    add_bench_inspect_parser(benches)
 
 
 # OSError: unwritable or full disks, missing files, refused connections (with the path)
@@ -86,7 +90,10 @@ def _is_store_error(error: BaseException) -> bool:
 def main(argv: list[str] | None = None) -> None:
     """Run one command; a user error is one line on stderr and exit 2 (``KDCACHE_DEBUG=1``:
     the traceback too)."""
-    args = build_parser().parse_args(argv)
+    parser, commands = _parser_and_commands()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # the command's usage, not the top level's
+        commands.choices[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         args.run(args)
     except Exception as error:

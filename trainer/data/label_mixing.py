@@ -18,6 +18,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 
+from kdcache.errors import ConfigError
 from kdcache.pipeline.cache import CacheMismatch
 from kdcache.pipeline.data import Manifest, ShardInfo
 from kdcache.pipeline.views import MIX_COLUMNS, MIX_FIELDS
@@ -31,18 +32,23 @@ class LabelMixedTargets(CachedTargets):
     def __init__(self, location: str, manifest: Manifest, *, plan: dict | None = None, **options):
         """``options`` as for :class:`CachedTargets` (top-k targets only)."""
         if options.get("sampled"):
-            raise ValueError("--mixing label mixes top-k distributions: not with --targets sampled")
+            raise ConfigError(
+                "mixing: label mixes top-k distributions, not sampled targets", field="mixing"
+            )
         plan = dict(plan or {})
         mixing = {name: plan.pop(name) for name in MIX_FIELDS if name in plan}
         super().__init__(location, manifest, plan=plan, **options)
         if self.plan.mixes:
             raise CacheMismatch(
                 f"{location}: its plan mixes views (the teacher saw mixed images); "
-                "--mixing label needs a cache without mixing (use --mixing exact)"
+                "label mixing needs a cache without mixing (mixing exact replays its mixed views)",
+                field="mixing",
             )
         self.plan = replace(self.plan, **mixing)
         if not self.plan.mixes:
-            raise ValueError("--mixing label needs --mixup-alpha or --cutmix-alpha")
+            raise ConfigError(
+                "mixing: label needs plan.mixup_alpha or plan.cutmix_alpha", field="mixing"
+            )
 
     def block(self, shard: ShardInfo, views: list[int] | None = None) -> ShardBlock:
         cached = super().block(shard, views)

@@ -13,6 +13,7 @@ from dataclasses import asdict
 
 import torch
 
+from kdcache.errors import ConfigError
 from kdcache.pipeline.cache import projection_matrix, reduce_logits, stored_features
 from kdcache.pipeline.teach import (
     FeatureRequest,
@@ -54,9 +55,9 @@ class OnlineTeacher:
             device=device,
             **options,
         )
-        self.topk = topk or num_classes
-        if not 1 <= self.topk <= num_classes:
-            raise ValueError(f"--topk must lie in 1..{num_classes}, got {self.topk}")
+        if topk is not None and topk < 1:
+            raise ConfigError(f"topk: must be at least 1, got {topk}", field="topk")
+        self.topk = min(topk or num_classes, num_classes)  # top-K of K or fewer classes: all
         self.device = device
         self.amp = amp
         spec = self.teacher.spec

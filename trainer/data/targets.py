@@ -74,7 +74,8 @@ class CachedTargets:
             if len(names) != 1:
                 raise CacheMismatch(
                     f"{location}: holds teachers {names}; pick one or several (an ensemble) "
-                    "with --teacher-name"
+                    "with teachers",
+                    field="teachers",
                 )
             teachers = names
         self.teachers = list(teachers)
@@ -100,13 +101,15 @@ class CachedTargets:
                 f"{location}: teacher {teacher} has not finished {len(missing)} {split} shards "
                 f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); rerun kdcache teach"
             )
+        self.store.shard_checksums(teacher)  # read once here: loader workers inherit it
 
     def _samples(self, location: str, wanted: int | None) -> int:
         held = self.store.samples
         if not held:
             raise CacheMismatch(
                 f"{location}: has no sampled targets (attrs.samples is 0 or absent); "
-                "make a cache with kdcache teach --samples D"
+                "teach the cache with samples D",
+                field="targets",
             )
         if wanted is not None and not 1 <= wanted <= held:
             raise CacheMismatch(

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from kdcache.errors import ConfigError
 from kdcache.pipeline.views import uniform
 
 SCHEDULES = ("cycle", "shuffle")
@@ -29,7 +30,10 @@ class ViewSchedule:
 
     def __post_init__(self):
         if self.kind not in SCHEDULES:
-            raise ValueError(f"--view-schedule must be one of {SCHEDULES}, got {self.kind!r}")
+            raise ConfigError(
+                f"view_schedule: must be one of {SCHEDULES}, got {self.kind!r}",
+                field="view_schedule",
+            )
 
     def views_for(self, epoch: int, rows: np.ndarray) -> np.ndarray:
         """The view index (int64) each of ``rows`` is shown in ``epoch``."""

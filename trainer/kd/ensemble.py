@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from kdcache.errors import ConfigError
 from kdcache.trainer.kd.sampled import sampled_probs
 from kdcache.trainer.kd.topk_tail import teacher_logits
 
@@ -54,21 +55,30 @@ def teacher_mix(
     student; return who teaches which head."""
     weights, head_teachers = weights or {}, head_teachers or {}
     if weights and set(weights) != set(teachers):
-        raise ValueError(
-            f"--teacher-weight: give a weight for every teacher {teachers} or none, "
-            f"got {sorted(weights)}"
+        raise ConfigError(
+            f"teacher_weights: give a weight for every teacher {teachers} or none, "
+            f"got {sorted(weights)}",
+            field="teacher_weights",
         )
     if any(w <= 0 for w in weights.values()):
-        raise ValueError(f"--teacher-weight: weights must be positive, got {weights}")
+        raise ConfigError(
+            f"teacher_weights: weights must be positive, got {weights}", field="teacher_weights"
+        )
     for head, name in head_teachers.items():
         if head not in HEADS:
-            raise ValueError(f"--head-teacher: head must be one of {HEADS}, got {head!r}")
+            raise ConfigError(
+                f"head_teachers: head must be one of {HEADS}, got {head!r}", field="head_teachers"
+            )
         if name not in teachers:
-            raise ValueError(f"--head-teacher {head}={name}: not among the teachers {teachers}")
+            raise ConfigError(
+                f"head_teachers: {head}={name}: not among the teachers {teachers}",
+                field="head_teachers",
+            )
     if "cls" in head_teachers and not two_heads:
-        raise ValueError(
-            "--head-teacher cls=...: the student has one head; use a model with a "
-            "distillation token (e.g. deit_tiny_distilled_patch16_224)"
+        raise ConfigError(
+            "head_teachers: cls=...: the student has one head; use a model with a "
+            "distillation token (e.g. deit_tiny_distilled_patch16_224)",
+            field="head_teachers",
         )
     raw = {name: weights.get(name, 1.0) for name in teachers}
     heads = {}
@@ -94,7 +104,9 @@ def teacher_probs(
     if tail == "renormalize":
         probs = torch.zeros(top.shape[0], num_classes, device=top.device)
         return probs.scatter_(1, target["topk_index"], F.softmax(top / tau, dim=-1))
-    raise ValueError(f"--tail {tail} cannot be averaged over teachers; use uniform or renormalize")
+    raise ConfigError(
+        f"tail: {tail} cannot be averaged over teachers; use uniform or renormalize", field="tail"
+    )
 
 
 def mixture_probs(

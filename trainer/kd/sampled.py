@@ -18,6 +18,8 @@ them (tempering would need the teacher's logits at the drawn classes, which are 
 import torch
 import torch.nn.functional as F
 
+from kdcache.errors import ConfigError
+
 
 def sampled_probs(sample_index: torch.Tensor, num_classes: int) -> torch.Tensor:
     """The empirical distribution (B, C) of drawn class ids (B, D): counts / D."""
@@ -39,4 +41,7 @@ def sampled_distillation(
         return total / (numel or student_logits.numel())
     if reduction == "batchmean":
         return total / student_logits.shape[0]
-    raise ValueError(f"KL reduction must be one of ('batchmean', 'deit'), got {reduction!r}")
+    raise ConfigError(
+        f"kl_reduction: must be one of ('batchmean', 'deit'), got {reduction!r}",
+        field="kl_reduction",
+    )

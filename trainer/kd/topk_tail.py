@@ -16,6 +16,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from kdcache.errors import ConfigError
 from kdcache.trainer.kd.modes import TAIL_MODES
 
 _TAIL_FLOOR = 1e-12
@@ -58,7 +59,7 @@ def distillation_bins(
         teacher = teacher_logits(topk_logits, topk_index, logsumexp, num_classes)
         return student_log, F.log_softmax(teacher / tau, dim=-1)
     if tail not in TAIL_MODES:
-        raise ValueError(f"--tail must be one of {TAIL_MODES}, got {tail!r}")
+        raise ConfigError(f"tail: must be one of {TAIL_MODES}, got {tail!r}", field="tail")
     top = topk_logits.float()
     student_top = student_log.gather(1, topk_index)
     k = top.shape[-1]

@@ -17,7 +17,7 @@ from kdcache.pipeline.teach import (
     teacher_targets,
 )
 from kdcache.pipeline.views import MAX_PIXELS, set_pixel_limit
-from kdcache.tools.cache.verify_replay import ReplayReport, replay_check, sample_done_rows
+from kdcache.verify_replay import ReplayReport, replay_check, sample_done_rows
 
 LOGIT_TOLERANCE = 2e-2  # fp16 storage plus batch-dependent float sums
 # feature and attention values: largest difference, beyond two fp16 steps of the view's

@@ -35,17 +35,18 @@ def sample_done_rows(
 ) -> dict[tuple[int, int], np.ndarray]:
     """``samples`` distinct (row, view) pairs (all if fewer) drawn uniformly from the regions
     ``done`` (S, V) marks done among ``shards``: sorted positions per (shard id, view)."""
-    regions = [(s, v) for s in shards for v in np.flatnonzero(done[s.id])]
-    sizes = np.array([s.num_rows for s, _ in regions], dtype=np.int64)
+    ids = np.array([s.id for s in shards], dtype=np.int64)
+    rows = np.array([s.num_rows for s in shards], dtype=np.int64)
+    where, views = np.nonzero(done[ids]) if len(ids) else (np.zeros(0, int), np.zeros(0, int))
+    sizes = rows[where]  # regions in shard order, then view order
     total = int(sizes.sum())
     picks = np.sort(rng.choice(total, size=min(samples, total), replace=False)) if total else []
     ends = np.cumsum(sizes)
+    region = np.searchsorted(ends, picks, side="right")
+    positions = np.asarray(picks, np.int64) - (ends[region] - sizes[region])
     picked: dict[tuple[int, int], list[int]] = {}
-    for pick in picks:
-        region = int(np.searchsorted(ends, pick, side="right"))
-        shard, view = regions[region]
-        position = int(pick - (ends[region] - sizes[region]))
-        picked.setdefault((shard.id, int(view)), []).append(position)
+    for r, position in zip(region.tolist(), positions.tolist(), strict=True):
+        picked.setdefault((int(ids[where[r]]), int(views[r])), []).append(position)
     return {key: np.array(positions) for key, positions in picked.items()}
 
 
