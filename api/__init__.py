@@ -15,6 +15,8 @@ Produce a cache once, then train any number of students from it:
   loop of your own (correct ``len()``, ``set_epoch``, no sample dropped under DDP);
 - ``kdcache.DistillationLoss`` turns a student's outputs (one or two heads), labels and those
   targets into one loss tensor (its parts in ``.parts``);
+- ``kdcache.KDTask`` is one training step with timm's ``TrainingTask`` contract (student,
+  criterion, optional online teacher): ``task(x, y, targets)`` returns the loss and its parts;
 - ``kdcache.evaluate_model(model, data, resolution=...)`` evaluates a model as the trainer does;
 - ``kdcache.train(TrainConfig(...))`` is the trainer behind ``kdcache train``.
 
@@ -45,6 +47,7 @@ __getattr__, __dir__, __all__ = lazy_face(
         "KDBatch": "kdcache.trainer.data.kd_loader",
         "Targets": "kdcache.trainer.data.kd_loader",
         "DistillationLoss": "kdcache.trainer.kd",
+        "KDTask": "kdcache.trainer.kd",
         "TrainConfig": "kdcache.trainer.run",
         "train": "kdcache.trainer.run",
         "evaluate_model": "kdcache.trainer.run",

@@ -99,5 +99,13 @@ class TargetsNotFinite(KdcacheError, ValueError):
     before anything is written."""
 
 
+class OutputExists(OutputError, FileExistsError):
+    """An output is already there and the options do not say to replace it."""
+
+
+class WeightsError(KdcacheError, ValueError):
+    """A weights file or checkpoint does not hold what it should (format, keys, shapes)."""
+
+
 class CacheNotFound(KdcacheError, FileNotFoundError):
     """No cache at a location, or none in the catalogue that fits."""

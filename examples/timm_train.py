@@ -62,6 +62,25 @@ def make_task(args: argparse.Namespace, model: torch.nn.Module):
     return CachedLogitDistillationTask(model, **weights)
 
 
+def train_one_epoch(task, loader, optimizer, scheduler, updates: int, kd_key: str):
+    """One epoch of timm-style steps through the task; (mean loss parts, updates so far)."""
+    task.train()
+    sums = {"loss": 0.0, "task_loss": 0.0, kd_key: 0.0}
+    batches = 0
+    for batch in loader:
+        result = task(batch.images, batch)  # labels and teacher targets from the batch
+        optimizer.zero_grad(set_to_none=True)
+        result["loss"].backward()
+        optimizer.step()
+        updates += 1
+        scheduler.step_update(num_updates=updates)
+        task.update_ema(step=updates)
+        for key in sums:
+            sums[key] += result[key].item()
+        batches += 1
+    return {key: value / max(batches, 1) for key, value in sums.items()}, updates
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     torch.manual_seed(args.seed)
@@ -104,22 +123,8 @@ def main(argv=None) -> None:
     updates = 0
     for epoch in range(epochs):
         loader.set_epoch(epoch)
-        task.train()
-        sums = {"loss": 0.0, "task_loss": 0.0, kd_key: 0.0}
-        batches = 0
-        for batch in loader:
-            result = task(batch.images, batch)  # labels and teacher targets from the batch
-            optimizer.zero_grad(set_to_none=True)
-            result["loss"].backward()
-            optimizer.step()
-            updates += 1
-            scheduler.step_update(num_updates=updates)
-            task.update_ema(step=updates)
-            for key in sums:
-                sums[key] += result[key].item()
-            batches += 1
+        means, updates = train_one_epoch(task, loader, optimizer, scheduler, updates, kd_key)
         scheduler.step(epoch + 1)
-        means = {key: value / max(batches, 1) for key, value in sums.items()}
         print(
             f"epoch {epoch + 1}/{epochs} loss {means['loss']:.4f} task_loss "
             f"{means['task_loss']:.4f} {kd_key} {means[kd_key]:.4f} "

@@ -34,6 +34,19 @@ MIXED_PLAN = ViewPlan(
 )
 
 
+def run_cli(*argv, capsys) -> tuple[int, str]:
+    """``kdcache ARGV`` in this process: its exit code and what it printed (out, then err)."""
+    from kdcache.tools.cli.main import main
+
+    try:
+        main([str(a) for a in argv])
+        code = 0
+    except SystemExit as stop:
+        code = stop.code
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
 def make_shards(root, train_rows=TRAIN_ROWS, test_rows=TEST_ROWS) -> Manifest:
     return write_shards(
         fashion_mnist(),

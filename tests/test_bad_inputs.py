@@ -1,4 +1,4 @@
-"""Bad inputs, as a careless user and a hostile disk make them (issue 16): each is refused by the
+"""Bad inputs, as a careless user and a hostile disk make them: each is refused by the
 real command line with exit != 0 and one line naming the culprit, and nothing written before
 (data, cache, a previous run) changes. One small world (2 train shards, a random-weight
 teacher, a 2-view cache, a one-epoch run) is built per module and copied for every case."""

@@ -108,6 +108,7 @@ def test_bench_teach_compares_teach_with_raw_in_its_own_layout(tmp_path):
         assert len(result["ratios"][name]["runs"]) == 2
     for name in renders:  # the render stage alone, its pool sized from the CPUs
         assert result["modes"][name]["views_per_s"]["min"] > 0
+    assert result["modes"]["render 1 CPU"]["render_threads"]["runs"] == [0, 0]  # serial
     assert result["modes"][renders[-1]]["render_threads"]["median"] == (cpus if cpus > 1 else 0)
 
 
@@ -217,6 +218,18 @@ def test_bench_timm_runs_through_the_harness(tmp_path, data, cache, teacher_path
     assert list(accuracy) == ["none", "none, seed + 1", "online", "cached"]
     assert [row["seed"] for row in accuracy.values()] == [0, 1, 0, 0]
     assert all(0 <= row["test_acc"] <= 100 and row["images_per_s"] > 0 for row in accuracy.values())
+
+
+def test_bench_replay_loaders_times_kdloader_against_timms_loader(tmp_path):
+    result = _run(tmp_path, "bench", "replay", "--loaders", "--loader-images", "100",
+                  "--resolution", "32", "--batch-size", "16", "--repeats", "2", "--warmup", "0",
+                  "--work", str(tmp_path / "work"))  # fmt: skip
+    modes = ["loader / kdcache", "loader / timm"]
+    config = _check(result, "bench-replay", modes, 2, {"images", "workers", "batch_size"})
+    assert config["workers"] == 2
+    for mode in modes:  # every image once per epoch
+        assert result["modes"][mode]["images"]["runs"] == [100, 100]
+    assert len(result["ratios"]["kdcache_over_timm"]["runs"]) == 2
 
 
 def test_gpu_views_interleaves_renderers(tmp_path):

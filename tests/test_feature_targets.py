@@ -1,4 +1,4 @@
-"""Feature and attention targets (issue 18): a small ViT teacher cached with --features and
+"""Feature and attention targets: a small ViT teacher cached with --features and
 --attention (fp16 and q8), read back exactly, verified, sized by --dry-run; a ResNet student
 trained from the cache with feature + logit KD equals the online teacher's run; the cached
 timm FeatureDistillationTask equals timm's online one."""

@@ -1,4 +1,4 @@
-"""Hostile inputs (issue 22): an edited manifest, catalogue row or cache description, or an
+"""Hostile inputs: an edited manifest, catalogue row or cache description, or an
 image that is small on disk and huge in pixels, cannot make kdcache write outside its folders,
 read outside them, fetch from the network or exhaust memory. Every case runs the real command
 line in its own process and asserts: exit != 0 with one line naming the culprit (or the skip

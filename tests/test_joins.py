@@ -1,4 +1,4 @@
-"""Joins under the ``shuffle`` schedule (issue 35): every sample a loader yields carries the
+"""Joins under the ``shuffle`` schedule: every sample a loader yields carries the
 cached targets of its own (row, view) — what ``kdcache.open_cache(...).targets(row, view)``
 reads — and the image the plan's renderer makes of that view without a cache. Under ``shuffle``
 one shard block holds several views, so a sample joined with another view's column of the

@@ -1,4 +1,4 @@
-"""The tree shows the data flow, and its dependency rules hold (README → Layout)."""
+"""The tree shows the data flow, and its dependency rules hold (docs/contributing.md → Layout)."""
 
 import ast
 import pathlib

@@ -1,5 +1,5 @@
 """Renderers: versions in the plan and the cache, cpu/1 kept for caches made before versions,
-cpu/2's and cpu/3's decode and reduced decode as the README's contract says, batched = single
+cpu/2's and cpu/3's decode and reduced decode as the replay contract (docs/guide/views.md) says, batched = single
 views, the teacher's normalised batches = the trainer's views normalised."""
 
 import io
@@ -234,7 +234,7 @@ def _cmyk_and_png(encoded: bytes) -> list[bytes]:
 
 
 def _contract_v3(encoded: bytes, values: dict, size: int) -> torch.Tensor:
-    """cpu/3 by the README's contract, for a baseline JPEG: simplejpeg's decode (at 1/r for a
+    """cpu/3 by the replay contract, for a baseline JPEG: simplejpeg's decode (at 1/r for a
     big crop), the box, torch's uint8 antialiased bilinear resize, the flip, / 255."""
     height, width, _, _ = simplejpeg.decode_jpeg_header(encoded)
     top, left, h, w = _box(values, height, width)

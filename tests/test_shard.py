@@ -56,7 +56,7 @@ def test_fingerprint_is_stable_and_follows_content(tmp_path, data):
 def test_existing_manifest_is_kept_and_bad_sources_are_named(tmp_path):
     make_shards(tmp_path / "d", train_rows=20, test_rows=10)
     before = (tmp_path / "d" / "manifest.parquet").read_bytes()
-    with pytest.raises(FileExistsError, match="--overwrite"):
+    with pytest.raises(FileExistsError, match="overwrite replaces it"):
         make_shards(tmp_path / "d", train_rows=30, test_rows=10)
     assert (tmp_path / "d" / "manifest.parquet").read_bytes() == before
     with pytest.raises(ConfigError, match="not a directory"):

@@ -54,5 +54,5 @@ def test_unreadable_options_are_one_line_errors_that_never_quote_the_text(tmp_pa
 def test_tensorboard_into_an_object_store_run_folder_is_refused(data):
     config = TrainConfig(manifest=data.location, out="s3://bucket/run", model="resnet10t",
                          tensorboard=True, workers=0, progress=False)  # fmt: skip
-    with pytest.raises(ConfigError, match="--tensorboard write only to a local run folder"):
+    with pytest.raises(ConfigError, match="tensorboard write only to a local run folder"):
         train(config)

@@ -12,7 +12,7 @@ from kdcache.pipeline.teach import (
     create_model,
     save_checkpoint,
 )
-from kdcache.tools.cli.main import main
+from tests.conftest import run_cli
 
 
 @pytest.fixture
@@ -24,22 +24,12 @@ def checkpoint(data, tmp_path) -> str:
     return path
 
 
-def _cli(*argv, capsys) -> tuple[int, str]:
-    try:
-        main([str(a) for a in argv])
-        code = 0
-    except SystemExit as stop:
-        code = stop.code
-    captured = capsys.readouterr()
-    return code, captured.out + captured.err
-
-
 def test_the_library_and_the_cli_rerun_extend_and_refuse_a_cache_alike(
     data, checkpoint, ray_local, tmp_path, capsys
 ):
     cache = str(tmp_path / "cache.zarr")
     common = ["--data", data.location, "--cache", cache, "--teacher", checkpoint, "--quiet"]
-    code, out = _cli("teach", *common, "--topk", "3", "--samples", "2", "--target-dtype", "q8",
+    code, out = run_cli("teach", *common, "--topk", "3", "--samples", "2", "--target-dtype", "q8",
                      "--views", "1", "--plan-seed", "7", capsys=capsys)  # fmt: skip
     assert code == 0, out
     store = CacheStore.open(cache)
@@ -55,7 +45,7 @@ def test_the_library_and_the_cli_rerun_extend_and_refuse_a_cache_alike(
     assert rerun.shards_done == [] and len(rerun.shards_skipped) == len(data.shards_of(["train"]))
     grown = api(plan={"views": 2})  # an extension: the cache's plan, one more view
     assert len(grown.shards_done) == len(rerun.shards_skipped)
-    code, out = _cli("teach", *common, capsys=capsys)  # the CLI reruns the grown cache
+    code, out = run_cli("teach", *common, capsys=capsys)  # the CLI reruns the grown cache
     assert code == 0 and "0 shards computed" in out, out
     store = CacheStore.open(cache)
     assert (store.topk, store.samples, store.target_dtype, store.plan.views) == (3, 2, "q8", 2)
@@ -63,11 +53,11 @@ def test_the_library_and_the_cli_rerun_extend_and_refuse_a_cache_alike(
     with pytest.raises(CacheMismatch, match="topk: 3 in cache vs 5") as refusal:
         api(topk=5)
     assert refusal.value.field == "topk"
-    code, out = _cli("teach", *common, "--topk", "5", capsys=capsys)
+    code, out = run_cli("teach", *common, "--topk", "5", capsys=capsys)
     assert code == 2 and "topk: 3 in cache vs 5" in out and "(option --topk)" in out, out
     with pytest.raises(CacheMismatch, match="holds 2 views; asked for 1"):
         api(plan={"views": 1})
-    code, out = _cli("teach", *common, "--views", "1", capsys=capsys)
+    code, out = run_cli("teach", *common, "--views", "1", capsys=capsys)
     assert code == 2 and "holds 2 views; asked for 1" in out and "--views" in out, out
     assert CacheStore.open(cache).plan.views == 2
 

@@ -74,9 +74,8 @@ def test_a_cache_recording_a_key_map_is_not_extended_by_a_plain_teacher(data, tm
     location = str(tmp_path / "cache.zarr")
     mapped = TeacherSource(checkpoint, name="regnet", key_map="strip-prefix")
     config = TeachConfig(manifest=data.location, cache=location, teachers=[mapped], plan=PLAN)
-    store = CacheStore.create(location, manifest=data, plan=PLAN, topk=config.topk,
-                              splits=config.splits)  # fmt: skip
-    store.add_teacher(teacher_identity(mapped, data, config))
+    store = CacheStore.create(location, manifest=data, plan=PLAN, topk=4, splits=["train"])
+    store.add_teacher(teacher_identity(mapped, data, config.resolved(store)))
 
     plain = TeacherSource(checkpoint, name="regnet")
     for views in (PLAN.views, PLAN.views + 1):  # a rerun, an extension

@@ -283,3 +283,31 @@ def test_example_trains_with_timms_pieces_from_a_real_cache(data, cache, options
     losses = run_example(data, cache, *options)
     assert len(losses) == 3
     assert losses[-1] < losses[0], losses
+
+
+def test_kdcache_train_and_the_timm_tasks_run_one_step():
+    """The cached timm tasks are KDTask configurations (one forward), and KDTask with an online
+    teacher gives the loss of the same targets given as cached ones."""
+    from kdcache.trainer.kd import CachedFeatureDistillationTask, KDTask
+
+    for task in (CachedLogitDistillationTask, CachedTokenDistillationTask,
+                 CachedFeatureDistillationTask):  # fmt: skip
+        assert issubclass(task, KDTask) and task.forward is KDTask.forward
+    student, teacher, labels = outputs(7, 1, fp16_exact=True)
+    targets = cached_targets(teacher, 4)
+    seen = []
+
+    def online(images):
+        seen.append(images)
+        return targets
+
+    loss = DistillationLoss("soft", C, alpha=0.3, tau=2.0)
+    x, teacher_x = torch.zeros(B, 1, 4, 4), torch.ones(B, 1, 8, 8)
+    ran = KDTask(FixedStudent(*student), loss, teacher=online)(
+        x, labels, {}, teacher_input=teacher_x
+    )
+    cached = KDTask(FixedStudent(*student), loss)(x, labels, {"t": targets})
+    assert seen[0] is teacher_x and set(ran) == {"loss", "output", "ce", "kd"}
+    for key in ("loss", "ce", "kd"):
+        torch.testing.assert_close(ran[key], cached[key], rtol=0, atol=0)
+    torch.testing.assert_close(cached["loss"], loss(student[0], labels, {"t": targets}))

@@ -59,9 +59,9 @@ def test_online_teacher_gives_the_cached_run_on_the_same_views(tmp_path, data, c
     assert online["train_kd"] == pytest.approx(cached["train_kd"], rel=1e-5)
     assert online["train_ce"] == pytest.approx(cached["train_ce"], rel=1e-5)
     assert abs(online["test_acc"] - cached["test_acc"]) <= 1.0
-    with pytest.raises(ValueError, match="--teacher online needs --teacher-checkpoint"):
+    with pytest.raises(ValueError, match="teacher online needs a teacher checkpoint"):
         train(TrainConfig(out=str(tmp_path / "x"), teacher="online", **common))
-    with pytest.raises(ValueError, match="--cache holds cached targets; --teacher online"):
+    with pytest.raises(ValueError, match="cache holds cached targets; teacher online"):
         train(
             TrainConfig(
                 out=str(tmp_path / "x"),
@@ -155,6 +155,43 @@ def test_torchrun_two_processes_train_one_model(tmp_path, data, cache):
     student.load_state_dict(checkpoint["model"])
     alone = evaluate_model(student, data.location, resolution=28)
     assert float(rows[-1]["test_acc"]) == pytest.approx(alone["acc"], abs=1e-9)
+
+
+def test_ddp_resume_mid_epoch_reports_the_uninterrupted_metrics(tmp_path, data, cache):
+    """2 gloo ranks stopped by SIGTERM (to one rank) inside epoch 1, then resumed: every rank
+    continues from its own partial loss sums, so the rows equal the uninterrupted run's."""
+    psutil = pytest.importorskip("psutil")
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    extra = ("--workers", "0", "--batch-size", "8", "--epochs", "2")
+
+    def command(out, *more):
+        line = _train_command(data, cache, out, *extra, *more)
+        model = line.index("--model")
+        line[model + 1 : model + 2 + len(DEIT_ARGS)] = ["resnet10t"]
+        return _torchrun(line, 2)
+
+    uncut = subprocess.Popen(command(whole))
+    try:
+        job = subprocess.Popen(command(cut), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        while not (cut / RESUME_FILE).exists():  # epoch 0 saved: a SIGTERM now stops epoch 1
+            assert job.poll() is None, "the run ended before it could be stopped"
+            time.sleep(0.01)
+        ranks = psutil.Process(job.pid).children(recursive=True)
+        ranks[-1].send_signal(signal.SIGTERM)  # one rank asks; all agree on a step and stop
+        assert job.wait(timeout=300) != 0
+        progress = torch.load(cut / RESUME_FILE, weights_only=True)["progress"]
+        assert progress["epoch"] == 1 and progress["step"] > 0, progress
+        subprocess.run(command(cut, "--resume"), check=True, timeout=600)
+        assert uncut.wait(timeout=600) == 0
+    finally:
+        uncut.kill()
+        uncut.wait()
+    resumed, uninterrupted = _rows(cut), _rows(whole)
+    assert len(resumed) == len(uninterrupted) == 2
+    for got, want in zip(resumed, uninterrupted, strict=True):
+        for name in want:
+            if name not in ("seconds", "train_images_per_s"):
+                assert got[name] == want[name], (name, got[name], want[name])
 
 
 def test_more_ranks_than_shards_is_refused(tmp_path, data, cache):

@@ -50,119 +50,97 @@ PRESETS = {
 }
 
 
-def run_demo(out: str, config: DemoConfig, progress: bool = True) -> dict:
-    """Run every phase into ``out``; return (and write) the report."""
-    from kdcache.pipeline.data import Manifest, open_source, write_shards
-    from kdcache.pipeline.teach import TeachConfig, TeacherSource, run_teach
-    from kdcache.pipeline.views import ViewPlan
-    from kdcache.trainer.run import TrainConfig, train
+class _DemoRun:
+    """One demo run's folders, common training options and the seconds of each phase."""
 
-    os.makedirs(out, exist_ok=True)
-    seconds: dict[str, float] = {}
-    manifest_path = os.path.join(out, "manifest.parquet")
-    cache = os.path.join(out, "cache.zarr")
-    teacher_path = os.path.join(out, "teacher.pth")
+    def __init__(self, out: str, config: DemoConfig, progress: bool):
+        from kdcache.pipeline.views import ViewPlan
 
-    def phase(name: str, action):
-        if progress:
+        self.out, self.config, self.progress = out, config, progress
+        self.seconds: dict[str, float] = {}
+        self.manifest_path = os.path.join(out, "manifest.parquet")
+        self.cache = os.path.join(out, "cache.zarr")
+        self.teacher_path = os.path.join(out, "teacher.pth")
+        self.plan = ViewPlan(seed=config.seed, views=config.views, crop_scale=config.crop_scale)
+        self.common = dict(
+            manifest=self.manifest_path,
+            batch_size=config.batch_size,
+            seed=config.seed,
+            workers=config.workers,
+            plan=asdict(self.plan),
+            progress=progress,
+            overwrite=True,  # a rerun of the demo replaces its runs, as it does its shards and cache
+        )
+
+    def phase(self, name: str, action):
+        """Run ``action``, timing it as phase ``name``."""
+        if self.progress:
             print(f"== demo: {name}", flush=True)
         began = time.perf_counter()
         result = action()
-        seconds[name] = round(time.perf_counter() - began, 1)
+        self.seconds[name] = round(time.perf_counter() - began, 1)
         return result
 
-    limits = {k: v for k, v in (("train", config.train_limit), ("test", config.test_limit)) if v}
-    manifest: Manifest = phase(
-        "shard",
-        lambda: write_shards(
-            open_source(config.source),
-            out,
-            shard_size=config.shard_size,
-            limits=limits,
-            overwrite=True,
-            progress=progress,
-        ),
-    )
-    plan = ViewPlan(seed=config.seed, views=config.views, crop_scale=config.crop_scale)
-    common = dict(
-        manifest=manifest_path,
-        batch_size=config.batch_size,
-        seed=config.seed,
-        workers=config.workers,
-        plan=asdict(plan),
-        progress=progress,
-        overwrite=True,  # a rerun of the demo replaces its runs, as it does its shards and cache
-    )
-    teacher_run = os.path.join(out, "runs", "teacher")
-    teacher = phase(
-        "teacher",
-        lambda: train(
-            TrainConfig(
-                out=teacher_run,
-                model=config.teacher,
-                resolution=config.teacher_resolution,
-                epochs=config.teacher_epochs,
-                lr=config.teacher_lr,
-                **common,
-            )
-        ),
-    )
-    os.replace(os.path.join(teacher_run, "checkpoint.pth"), teacher_path)
-    if os.path.exists(cache):
-        shutil.rmtree(cache)
-    summary = phase(
-        "teach",
-        lambda: run_teach(
-            TeachConfig(
-                manifest=manifest_path,
-                cache=cache,
-                teachers=[TeacherSource(teacher_path)],
-                plan=plan,
-                topk=config.topk,
-                progress=progress,
-            )
-        ),
-    )
-    student = dict(
-        model=config.student,
-        model_args=config.student_args,
-        resolution=config.student_resolution,
-        epochs=config.student_epochs,
-        lr=config.lr,
-        **common,
-    )
-    no_kd = phase(
-        "student_nokd",
-        lambda: train(TrainConfig(out=os.path.join(out, "runs", "student-nokd"), **student)),
-    )
-    kd = phase(
-        "student_kd",
-        lambda: train(
-            TrainConfig(
-                out=os.path.join(out, "runs", "student-kd"),
-                kd="soft",
-                cache=cache,
-                alpha=config.alpha,
-                tau=config.tau,
-                **student,
-            )
-        ),
-    )
-    online = phase(
-        "student_online",
-        lambda: train(
-            TrainConfig(
-                out=os.path.join(out, "runs", "student-online"),
-                kd="soft",
-                teacher="online",
-                teacher_checkpoint=teacher_path,
-                topk=config.topk,
-                alpha=config.alpha,
-                tau=config.tau,
-                **student,
-            )
-        ),
-    )
+    def shard(self):
+        from kdcache.pipeline.data import open_source, write_shards
+
+        config = self.config
+        limits = {
+            k: v for k, v in (("train", config.train_limit), ("test", config.test_limit)) if v
+        }
+        return self.phase("shard", lambda: write_shards(
+            open_source(config.source), self.out, shard_size=config.shard_size, limits=limits,
+            overwrite=True, progress=self.progress,
+        ))  # fmt: skip
+
+    def train_teacher(self) -> dict:
+        from kdcache.trainer.run import TrainConfig, train
+
+        config, run = self.config, os.path.join(self.out, "runs", "teacher")
+        result = self.phase("teacher", lambda: train(TrainConfig(
+            out=run, model=config.teacher, resolution=config.teacher_resolution,
+            epochs=config.teacher_epochs, lr=config.teacher_lr, **self.common,
+        )))  # fmt: skip
+        os.replace(os.path.join(run, "checkpoint.pth"), self.teacher_path)
+        return result
+
+    def teach(self):
+        from kdcache.pipeline.teach import TeachConfig, TeacherSource, run_teach
+
+        if os.path.exists(self.cache):
+            shutil.rmtree(self.cache)
+        return self.phase("teach", lambda: run_teach(TeachConfig(
+            manifest=self.manifest_path, cache=self.cache,
+            teachers=[TeacherSource(self.teacher_path)], plan=self.plan, topk=self.config.topk,
+            progress=self.progress,
+        )))  # fmt: skip
+
+    def student(self, name: str, **kd) -> dict:
+        """The same student, seed and views: ``kd`` says how it distils (nothing: no KD)."""
+        from kdcache.trainer.run import TrainConfig, train
+
+        config = self.config
+        options = dict(
+            model=config.student, model_args=config.student_args,
+            resolution=config.student_resolution, epochs=config.student_epochs, lr=config.lr,
+            **self.common, **kd,
+        )  # fmt: skip
+        out = os.path.join(self.out, "runs", f"student-{name}")
+        return self.phase(f"student_{name}", lambda: train(TrainConfig(out=out, **options)))
+
+
+def run_demo(out: str, config: DemoConfig, progress: bool = True) -> dict:
+    """Run every phase into ``out``; return (and write) the report."""
+    os.makedirs(out, exist_ok=True)
+    run = _DemoRun(out, config, progress)
+    manifest = run.shard()
+    teacher = run.train_teacher()
+    summary = run.teach()
+    soft = dict(kd="soft", alpha=config.alpha, tau=config.tau)
+    no_kd = run.student("nokd")
+    kd = run.student("kd", cache=run.cache, **soft)
+    online = run.student("online", teacher="online", teacher_checkpoint=run.teacher_path,
+                         topk=config.topk, **soft)  # fmt: skip
     train_rows = sum(s.num_rows for s in manifest.shards_of("train"))
     report = {
         "teacher_acc": round(teacher["test_acc"], 2),
@@ -180,7 +158,7 @@ def run_demo(out: str, config: DemoConfig, progress: bool = True) -> dict:
         "student_nokd_images_per_s": round(no_kd["train_images_per_s"], 1),
         "student_kd_images_per_s": round(kd["train_images_per_s"], 1),
         "student_online_images_per_s": round(online["train_images_per_s"], 1),
-        "seconds": {**seconds, "total": round(sum(seconds.values()), 1)},
+        "seconds": {**run.seconds, "total": round(sum(run.seconds.values()), 1)},
         "config": asdict(config),
     }
     text = json.dumps(report, indent=2)

@@ -14,6 +14,7 @@ that already fails would prove nothing. Exit status 0 only if every mutant is ki
 
 import argparse
 import dataclasses
+import json
 import pathlib
 import subprocess
 import sys
@@ -138,12 +139,34 @@ def _pytest(tests: list[str], timeout: float) -> tuple[int, float]:
     return code, time.perf_counter() - start
 
 
-def _nodes(tests: str) -> list[str]:
-    """The test ids pytest selects with ``tests`` (collected, not run)."""
-    command = [sys.executable, "-m", "pytest", "-q", "--collect-only", "-n", "0",
-               "-p", "no:cacheprovider", "-m", "not slow", *tests.split()]  # fmt: skip
+_COLLECT = """
+import json, sys
+import pytest
+
+class Collected:
+    def __init__(self):
+        self.ids = []
+
+    def pytest_collection_finish(self, session):
+        self.ids = [item.nodeid for item in session.items]
+
+found = []
+for selection in json.loads(sys.argv[1]):
+    plugin = Collected()
+    pytest.main(["-q", "--collect-only", "-n", "0", "-p", "no:cacheprovider", "-m", "not slow",
+                 *selection.split()], plugins=[plugin])
+    found += plugin.ids
+print("MUTANTS-NODES " + json.dumps(found))
+"""
+
+
+def _nodes(selections: list[str]) -> list[str]:
+    """The test ids pytest selects with each of ``selections`` (collected in one process, so
+    torch and the test modules are imported once), without repeats."""
+    command = [sys.executable, "-c", _COLLECT, json.dumps(selections)]
     listing = subprocess.run(command, cwd=ROOT, capture_output=True, text=True).stdout
-    return [line for line in listing.splitlines() if "::" in line]
+    line = next(line for line in listing.splitlines() if line.startswith("MUTANTS-NODES "))
+    return list(dict.fromkeys(json.loads(line.removeprefix("MUTANTS-NODES "))))
 
 
 def run_mutant(mutant: Mutant, timeout: float) -> tuple[str, float]:
@@ -178,8 +201,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     for file in restore_leftovers():
         print(f"restored {file} from a run that was interrupted")
-    selected = [node for tests in dict.fromkeys(m.tests for m in chosen) for node in _nodes(tests)]
-    code, seconds = _pytest(list(dict.fromkeys(selected)), args.timeout * 3)
+    selected = _nodes(list(dict.fromkeys(m.tests for m in chosen)))
+    code, seconds = _pytest(selected, args.timeout * 3)
     print(
         f"baseline: the {len(selected)} tests on the unmutated code: exit {code} ({seconds:.0f} s)"
     )

@@ -1,5 +1,5 @@
 """Feature and attention targets in a ``kdcache/2`` cache: their arrays, their q8 form and the
-fixed random projection (numpy only; README's format section says the same).
+fixed random projection (numpy only; docs/format.md says the same).
 
 A teacher's identity lists its extra targets (``features``: one dict per target with ``name``,
 ``kind``, ``layer``, ``pool``, ``shape`` (per view, after pooling and projection), ``dtype``

@@ -4,7 +4,7 @@ K = 10). Vectorised over views with numpy: ranks are little-endian base-2**32 li
 
 The rank of ascending ids ``c_0 < c_1 < ... < c_{K-1}`` is ``sum_i comb(c_i, i + 1)``; ranks
 run over 0 .. C(C, K) - 1, every set has one, and unranking takes for i = K-1 down to 0 the
-largest ``c_i`` with ``comb(c_i, i + 1) <= rest`` (README's format section says the same).
+largest ``c_i`` with ``comb(c_i, i + 1) <= rest`` (docs/format.md says the same).
 """
 
 import math

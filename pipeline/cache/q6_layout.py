@@ -1,6 +1,6 @@
 """The ``q6`` target layout of format ``kdcache/2``: a view's top-k targets in one packed
-uint8 array ``topk_packed`` (N, V, B), 19 B at K = 10, C = 1000 (numpy only; README's format
-section says the same). Per view, bit fields most significant bit first, concatenated and
+uint8 array ``topk_packed`` (N, V, B), 19 B at K = 10, C = 1000 (numpy only; docs/format.md
+says the same). Per view, bit fields most significant bit first, concatenated and
 zero-padded to whole bytes (``numpy.packbits`` order):
 
 1. ``rank`` (ceil(log2 C(C, K)) bits): the K class ids as a set, ascending (:mod:`id_sets`);

@@ -1,5 +1,5 @@
 """The ``q8`` target layout of format ``kdcache/2``: what is stored of a view's top-k targets,
-and how a reader gets them back (numpy only; README's format section says the same).
+and how a reader gets them back (numpy only; docs/format.md says the same).
 
 - ``topk_logits`` uint8 (K): ``q_k = round((l_0 - l_k) / scale)``, clipped to 0..255, where
   ``l_0`` is the view's largest logit and ``scale`` = (l_0 - l_{K-1}) / 255 (1 if that is 0);

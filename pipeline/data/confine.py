@@ -28,7 +28,8 @@ def shard_location(manifest: str, file: str, *, allow_remote: bool = False) -> s
             return file
         raise ManifestError(
             f"{manifest}: shard file {file!r} is a URL outside the manifest's folder; shard "
-            "files are paths relative to the manifest (--allow-remote-shards to read it)"
+            "files are paths relative to the manifest (allow_remote_shards to read it)",
+            field="allow_remote_shards",
         )
     if allow_remote and (file.startswith("/") or urls.is_url(file)):
         return file
@@ -36,7 +37,8 @@ def shard_location(manifest: str, file: str, *, allow_remote: bool = False) -> s
     if file.startswith("/") or urls.is_url(file) or normal == ".." or normal.startswith("../"):
         raise ManifestError(
             f"{manifest}: shard file {file!r} leaves the manifest's folder; shard files are "
-            "paths relative to it, without '..' (--allow-remote-shards to read files elsewhere)"
+            "paths relative to it, without '..' (allow_remote_shards to read files elsewhere)",
+            field="allow_remote_shards",
         )
     return urls.join(folder, normal)
 
@@ -89,7 +91,7 @@ def recorded_manifest(cache: str, recorded: str) -> str:
         if not _url_under(recorded, folder):
             raise ManifestError(
                 f"{where} is the URL {recorded!r}, outside the cache's folder; a manifest "
-                "recorded elsewhere is not fetched (give it with --data)",
+                "recorded elsewhere is not fetched (name the manifest)",
                 field="data",
             )
         return recorded
@@ -137,5 +139,6 @@ def recorded_code(cache: str, name: str, field: str, reference: str | None,
     if reference and ":" in reference and reference not in allowed:
         raise ManifestError(
             f"{cache}: teachers/{name} field {field} names the code {reference!r}; it is "
-            f"imported only when the command line allows it (--allow-code {reference})"
+            f"imported only when the user allows that code (allow_code {reference})",
+            field="allow_code",
         )

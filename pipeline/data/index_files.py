@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 from braceexpand import braceexpand
 from PIL import Image
 
-from kdcache.errors import ManifestError
+from kdcache.errors import ManifestError, OutputExists
 from kdcache.pipeline.data import storage, urls
 from kdcache.pipeline.data.index_config import IndexConfig
 from kdcache.pipeline.data.manifest import Manifest, ShardInfo, write_manifest
@@ -100,8 +100,8 @@ class IndexBuilder:
         self.out, self.config, self.samples = out, config, samples
         self.manifest_location = urls.join(out, "manifest.parquet")
         if urls.exists(self.manifest_location) and not config.overwrite:
-            raise FileExistsError(
-                f"{self.manifest_location} exists; pass --overwrite to replace it"
+            raise OutputExists(
+                f"{self.manifest_location} exists; overwrite replaces it", field="overwrite"
             )
         self.parts: list[pa.RecordBatch] = []  # the samples of each shard read
         self.current: dict[str, list] = {}  # the shard being read

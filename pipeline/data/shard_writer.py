@@ -6,6 +6,7 @@ import pyarrow as pa
 import webdataset as wds
 from tqdm import tqdm
 
+from kdcache.errors import ConfigError, OutputExists
 from kdcache.pipeline.data import storage, urls
 from kdcache.pipeline.data.file_identity import HashedFile
 from kdcache.pipeline.data.manifest import Manifest, ShardInfo, write_manifest
@@ -52,6 +53,23 @@ def write_shards(source: DatasetSource | str | None, out: str, **options) -> Man
         return _write_shards(source, out, config)
 
 
+def _check_request(source: DatasetSource, config: ShardConfig, manifest_location: str) -> None:
+    """Refuse, before anything is written, a bad shard size, an existing manifest (unless
+    ``overwrite``) or splits the source lacks."""
+    if config.shard_size < 1:
+        raise ConfigError(
+            f"shard_size must be at least 1, got {config.shard_size}", field="shard_size"
+        )
+    if urls.exists(manifest_location) and not config.overwrite:
+        raise OutputExists(f"{manifest_location} exists; overwrite replaces it", field="overwrite")
+    unknown = set(config.splits) - set(source.split_sizes)
+    if unknown:
+        raise ConfigError(
+            f"{source.name}: no split {sorted(unknown)}; it has {sorted(source.split_sizes)}",
+            field="splits",
+        )
+
+
 def _write_shards(source: DatasetSource | str | None, out: str, config: ShardConfig) -> Manifest:
     shard_size, splits, limits = config.shard_size, config.splits, config.limits
     if not isinstance(source, DatasetSource):
@@ -61,16 +79,8 @@ def _write_shards(source: DatasetSource | str | None, out: str, config: ShardCon
             shuffle_seed=config.shuffle_seed,
             follow_symlinks=config.follow_symlinks,
         )
-    if shard_size < 1:
-        raise ValueError(f"--shard-size must be at least 1, got {shard_size}")
     manifest_location = urls.join(out, "manifest.parquet")
-    if urls.exists(manifest_location) and not config.overwrite:
-        raise FileExistsError(f"{manifest_location} exists; pass --overwrite to replace it")
-    unknown = set(splits) - set(source.split_sizes)
-    if unknown:
-        raise ValueError(
-            f"{source.name}: no split {sorted(unknown)}; it has {sorted(source.split_sizes)}"
-        )
+    _check_request(source, config, manifest_location)
     fs, out_path = storage.filesystem(out)
     fs.makedirs(urls.join(out_path, "shards"), exist_ok=True)
 
@@ -102,7 +112,7 @@ def _write_shards(source: DatasetSource | str | None, out: str, config: ShardCon
         raise
     bar.close()
     if stats.count == 0:
-        raise ValueError(f"{source.name}: the train split is empty; nothing to shard")
+        raise ConfigError(f"{source.name}: the train split is empty; nothing to shard")
     pixel_mean, pixel_std = stats.result()
     if not any(columns["path"]):  # sources without files (IDX arrays) keep the old columns
         del columns["path"]

@@ -5,7 +5,7 @@ import io
 import random
 import re
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -206,62 +206,70 @@ def image_folder(
     classes = tuple(sorted(p.name for p in (root / "train").iterdir() if p.is_dir()))
     if not classes:
         raise ConfigError(f"{root / 'train'}: no class folders found", field="source")
-    files: dict[str, list[tuple[Path, int]]] = {}
-    for split in splits:
-        entries = []
-        for label, name in enumerate(classes):
-            folder = root / split / name
-            if folder.is_dir():
-                entries += [(path, label) for path in image_files(folder)]
-        if not follow_symlinks:
-            outside = next((path for path, _ in entries if _escapes(path, root)), None)
-            if outside is not None:
-                raise ManifestError(
-                    f"{outside}: a symlink leads outside the dataset root {root} (to "
-                    f"{outside.resolve()}); follow symlinks explicitly to read it"
-                )
-        order = stratified_order([label for _, label in entries], shuffle_seed)
-        files[split] = [entries[i] for i in order]
+    files = {split: _split_files(root, split, classes, shuffle_seed, follow_symlinks)
+             for split in splits}  # fmt: skip
     skipped: list[dict] = []
-
-    def iterator(split: str):
-        def iterate(limit: int | None) -> Iterator[SourceSample]:
-            count = 0
-            for path, label in files[split]:
-                if limit is not None and count == limit:
-                    return
-                relative = path.relative_to(root).as_posix()
-                try:
-                    data, height, width = _read_image(path)
-                except (OSError, ValueError, Image.DecompressionBombError) as error:
-                    if on_bad_image == "fail":
-                        raise ManifestError(
-                            f"{path}: unreadable image ({error}); fix or remove it, or skip "
-                            "bad images"
-                        ) from None
-                    skipped.append({"path": relative, "error": str(error)})
-                    continue
-                count += 1
-                yield SourceSample(
-                    key=sample_key(relative),
-                    image=data,
-                    ext=IMAGE_SUFFIXES[path.suffix.lower()],
-                    label=label,
-                    height=height,
-                    width=width,
-                    path=relative,
-                )
-
-        return iterate
-
+    iterators = {split: _folder_samples(root, files[split], on_bad_image, skipped)
+                 for split in splits}  # fmt: skip
     return DatasetSource(
         name=root.name,
         classes=classes,
         channels=3,
         split_sizes={split: len(entries) for split, entries in files.items()},
-        _iterators={split: iterator(split) for split in splits},
+        _iterators=iterators,
         skipped=skipped,
     )
+
+
+def _split_files(
+    root: Path, split: str, classes: tuple[str, ...], shuffle_seed: int, follow_symlinks: bool
+) -> list[tuple[Path, int]]:
+    """A split's (file, label) pairs in seeded, class-stratified shuffled order; a symlink
+    leading outside ``root`` refused unless ``follow_symlinks``."""
+    entries = []
+    for label, name in enumerate(classes):
+        folder = root / split / name
+        if folder.is_dir():
+            entries += [(path, label) for path in image_files(folder)]
+    if not follow_symlinks:
+        outside = next((path for path, _ in entries if _escapes(path, root)), None)
+        if outside is not None:
+            raise ManifestError(
+                f"{outside}: a symlink leads outside the dataset root {root} (to "
+                f"{outside.resolve()}); follow symlinks explicitly to read it"
+            )
+    order = stratified_order([label for _, label in entries], shuffle_seed)
+    return [entries[i] for i in order]
+
+
+def _folder_samples(
+    root: Path, files: list[tuple[Path, int]], on_bad_image: str, skipped: list[dict]
+) -> Callable[[int | None], Iterator[SourceSample]]:
+    """The samples of ``files`` (at most ``limit`` of them), each file's bytes as they are; a
+    bad image raises, or with ``on_bad_image="skip"`` is listed in ``skipped``."""
+
+    def iterate(limit: int | None) -> Iterator[SourceSample]:
+        count = 0
+        for path, label in files:
+            if limit is not None and count == limit:
+                return
+            relative = path.relative_to(root).as_posix()
+            try:
+                data, height, width = _read_image(path)
+            except (OSError, ValueError, Image.DecompressionBombError) as error:
+                if on_bad_image == "fail":
+                    raise ManifestError(
+                        f"{path}: unreadable image ({error}); fix or remove it, or skip bad images"
+                    ) from None
+                skipped.append({"path": relative, "error": str(error)})
+                continue
+            count += 1
+            yield SourceSample(
+                key=sample_key(relative), image=data, ext=IMAGE_SUFFIXES[path.suffix.lower()],
+                label=label, height=height, width=width, path=relative,
+            )  # fmt: skip
+
+    return iterate
 
 
 def open_source(source: str | None, **folder_options) -> DatasetSource:

@@ -155,8 +155,9 @@ def write_sealed_parquet(location: str, groups: Sequence[pa.Table], seal_key: by
     footer recording under ``seal_key`` the crc32 of every byte before the footer
     (:meth:`ParquetSource.data_crc32`). Written twice into Arrow memory: the first pass gives
     the crc of the row groups, which the second writes identically, then the footer."""
-    crc = None
+    crc = data = None
     for _ in range(2):
+        data = None  # the first pass's bytes go before the second is written
         sink = pa.BufferOutputStream()
         writer = pq.ParquetWriter(sink, groups[0].schema)
         for group in groups:

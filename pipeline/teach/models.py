@@ -18,7 +18,7 @@ import fsspec  # noqa: E402
 import timm  # noqa: E402
 import torch  # noqa: E402
 
-from kdcache.errors import ConfigError  # noqa: E402
+from kdcache.errors import ConfigError, WeightsError  # noqa: E402
 from kdcache.pipeline.data import storage, urls  # noqa: E402
 
 CHECKPOINT_FORMAT = "kdcache-checkpoint/1"
@@ -115,8 +115,9 @@ def read_checkpoint_meta(path: str) -> dict | None:
     payload = torch.load(path, map_location="cpu", weights_only=True)
     meta = payload.get("kdcache") if isinstance(payload, dict) else None
     if meta is not None and meta.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(
-            f"{path}: checkpoint format {meta.get('format')!r}, expected {CHECKPOINT_FORMAT!r}"
+        raise WeightsError(
+            f"{path}: checkpoint format {meta.get('format')!r}, expected {CHECKPOINT_FORMAT!r}",
+            field="teacher.location",
         )
     return meta
 

@@ -55,12 +55,59 @@ def read_shard_images(
     return images
 
 
-def row_blocks(rows: int, block_rows: int, batch_size: int) -> list[np.ndarray]:
+def row_blocks(
+    rows: int,
+    block_rows: int,
+    batch_size: int,
+    sizes: Sequence[int] | None = None,
+    budget: int | None = None,
+) -> list[np.ndarray]:
     """Positions ``0..rows-1`` in blocks of whole batches (``block_rows`` rounded down to a
     multiple of ``batch_size``, at least one batch): every batch of a blocked pass is then the
-    batch an unblocked pass makes, so the values are the same."""
+    batch an unblocked pass makes, so the values are the same. With each position's decoded
+    ``sizes`` (bytes) a block also ends before it holds more than ``budget`` bytes; a batch
+    whose images alone exceed it is split into blocks of at least one image."""
     step = max(1, block_rows // batch_size) * batch_size
-    return [np.arange(start, min(start + step, rows)) for start in range(0, rows, step)]
+    blocks = [np.arange(start, min(start + step, rows)) for start in range(0, rows, step)]
+    if sizes is None or budget is None:
+        return blocks
+    sized: list[np.ndarray] = []
+    for block in blocks:
+        held: list[np.ndarray] = []
+        for start in range(block[0], block[-1] + 1, batch_size):
+            batch = np.arange(start, min(start + batch_size, block[-1] + 1))
+            if held and _bytes(held, sizes) + _bytes([batch], sizes) > budget:
+                sized.append(np.concatenate(held))
+                held = []
+            held.append(batch)
+            if _bytes(held, sizes) > budget:  # one batch over the budget: split by images
+                sized += _split(np.concatenate(held), sizes, budget)
+                held = []
+        if held:
+            sized.append(np.concatenate(held))
+    return sized
+
+
+def _bytes(parts: list[np.ndarray], sizes: Sequence[int]) -> int:
+    return sum(int(sizes[i]) for part in parts for i in part)
+
+
+def _split(positions: np.ndarray, sizes: Sequence[int], budget: int) -> list[np.ndarray]:
+    """``positions`` in runs of at most ``budget`` bytes (at least one position each)."""
+    runs, run, held = [], [], 0
+    for position in positions:
+        if run and held + sizes[position] > budget:
+            runs.append(np.array(run))
+            run, held = [], 0
+        run.append(position)
+        held += sizes[position]
+    return [*runs, np.array(run)] if run else runs
+
+
+def decoded_bytes(images: Sequence[SourceImage]) -> list[int]:
+    """What decoding each image holds at most, counted as 3 bytes a pixel whatever its mode
+    (a decode and its conversion to the data's channels), from its header."""
+    return [image.width * image.height * 3 for image in images]
 
 
 def decode_block(
@@ -211,13 +258,8 @@ def teacher_targets(
     n, v = len(positions), params.shape[1]
     spec = teacher.spec
     device = next(teacher.model.parameters()).device
-    logits_out = np.empty((n, v, topk), dtype=np.float32)  # stored per the cache's layout
-    index_out = np.empty((n, v, topk), dtype=np.int64)
-    lse_out = np.empty((n, v), dtype=np.float32)
-    samples_out = None if uniforms is None else np.empty(uniforms.shape, dtype=np.int64)
-    features = features or []
-    features_out = {t["name"]: np.empty((n, v, *t["shape"]), np.float32) for t in features}
-    taps = FeatureTaps(teacher.model, features, projections)
+    out = _TargetBuffers(n, v, topk, uniforms, features or [])
+    taps = FeatureTaps(teacher.model, features or [], projections)
     work = [(index, view, range(start, min(start + batch_size, n))) for index, (view, start)
             in enumerate((view, start) for view in range(v) for start in range(0, n, batch_size))]  # fmt: skip
     batches = rendered_batches(
@@ -230,22 +272,39 @@ def teacher_targets(
             batch = batch.contiguous(memory_format=torch.channels_last)
         with autocast_for(device, precision), taps:
             logits = teacher.model(batch)
-        for name, values in taps.collect().items():
-            features_out[name][rows.start : rows.stop, view] = values.cpu().numpy()
-        values, index, lse = reduce_logits(logits, topk)
-        logits_out[rows.start : rows.stop, view] = values.cpu().numpy()
-        index_out[rows.start : rows.stop, view] = index.cpu().numpy()
-        lse_out[rows.start : rows.stop, view] = lse.cpu().numpy()
-        if samples_out is not None:
-            draws = uniforms[rows.start : rows.stop, view]
-            samples_out[rows.start : rows.stop, view] = draw_classes(logits.float(), draws)
+        out.store(slice(rows.start, rows.stop), view, logits, taps.collect(), uniforms)
         timings["infer"] += time.perf_counter() - began
-    classes = index_dtype(spec.num_classes)
-    return ShardTargets(
-        params=params[positions],
-        topk_logits=logits_out,
-        topk_index=index_out.astype(classes),
-        logsumexp=lse_out,
-        sample_index=None if samples_out is None else samples_out.astype(classes),
-        features=features_out,
-    )
+    return out.targets(params[positions], index_dtype(spec.num_classes))
+
+
+class _TargetBuffers:
+    """A shard block's targets as they are computed: (n, v, ...) arrays filled batch by batch."""
+
+    def __init__(self, n: int, v: int, topk: int, uniforms, features: list[dict]):
+        self.topk = topk
+        self.logits = np.empty((n, v, topk), dtype=np.float32)  # stored per the cache's layout
+        self.index = np.empty((n, v, topk), dtype=np.int64)
+        self.lse = np.empty((n, v), dtype=np.float32)
+        self.samples = None if uniforms is None else np.empty(uniforms.shape, dtype=np.int64)
+        self.features = {t["name"]: np.empty((n, v, *t["shape"]), np.float32) for t in features}
+
+    def store(self, rows: slice, view: int, logits: torch.Tensor, taps: dict, uniforms) -> None:
+        """One batch's outputs (rows ``rows`` of view ``view``): top-k, features, samples."""
+        for name, values in taps.items():
+            self.features[name][rows, view] = values.cpu().numpy()
+        values, index, lse = reduce_logits(logits, self.topk)
+        self.logits[rows, view] = values.cpu().numpy()
+        self.index[rows, view] = index.cpu().numpy()
+        self.lse[rows, view] = lse.cpu().numpy()
+        if self.samples is not None:
+            self.samples[rows, view] = draw_classes(logits.float(), uniforms[rows, view])
+
+    def targets(self, params: np.ndarray, classes) -> ShardTargets:
+        return ShardTargets(
+            params=params,
+            topk_logits=self.logits,
+            topk_index=self.index.astype(classes),
+            logsumexp=self.lse,
+            sample_index=None if self.samples is None else self.samples.astype(classes),
+            features=self.features,
+        )

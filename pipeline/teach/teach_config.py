@@ -191,6 +191,13 @@ class TeachConfig:
         help="rows an actor decodes at once, rounded to whole batches; bounds its memory "
         "whatever the shard size",
     )
+    block_mib: int = option(
+        256,
+        metavar="MIB",
+        help="decoded pixels an actor holds at once (3 bytes a pixel, whatever the image's "
+        "mode): a block ends at whole batches within this, or splits a batch of larger images "
+        "(at least one image); bounds its memory whatever the images' sizes",
+    )
     workers: int | None = option(
         None,
         group=RAY,
@@ -327,6 +334,7 @@ _CHECKS = (  # (field, test, what is expected) of the fields :meth:`TeachConfig.
     ("samples", lambda v: v >= 0, "at least 0"),
     ("batch_size", _positive, "at least 1"),
     ("block_rows", _positive, "at least 1"),
+    ("block_mib", _positive, "at least 1"),
     ("workers", _positive, "at least 1"),
     ("cpus_per_worker", _positive, "above 0"),
     ("gpus_per_worker", lambda v: v >= 0, "at least 0"),

@@ -149,9 +149,8 @@ def load_teacher(
     tensors first (:mod:`pipeline.teach.key_maps`), a timm stem is adapted to ``in_chans``.
     ``num_classes`` is the data's class count: the teacher's must equal it, or ``class_map``
     lists the teacher class id of each data class, or names a map made from the data's
-    ``class_names`` (``imagenet``: :mod:`pipeline.teach.class_maps`). ``replace_classifier``: the classifier is
-    built for ``num_classes`` and left out of the strict check (a deliberately new head).
-    """
+    ``class_names`` (``imagenet``: :mod:`pipeline.teach.class_maps`). ``replace_classifier``:
+    the classifier is built for ``num_classes`` and left out of the strict check."""
     path = local_copy(location)
     meta = read_checkpoint_meta(path)
     state = read_state_dict(path)
@@ -175,15 +174,7 @@ def load_teacher(
     model.eval().requires_grad_(False).to(device)
     if torch.device(device).type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    return Teacher(
-        name=name or spec.arch,
-        model=model,
-        spec=spec,
-        weights_sha256=file_sha256(path),
-        source=location,
-        key_map=key_map,
-        class_map=class_map,
-    )
+    return Teacher(name or spec.arch, model, spec, file_sha256(path), location, key_map, class_map)
 
 
 def _kdcache_model(location, meta, arch, in_chans, state: dict) -> tuple:

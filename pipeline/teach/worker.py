@@ -15,6 +15,7 @@ from kdcache.pipeline.data import Manifest, storage
 from kdcache.pipeline.teach.host_memory import use_host_allocator
 from kdcache.pipeline.teach.shard_targets import (
     decode_block,
+    decoded_bytes,
     joined,
     read_shard_images,
     release,
@@ -83,9 +84,10 @@ class ShardWorker:
 
     def _process(self, shard_id: int) -> dict:
         """Compute and write, for every teacher, the views of one shard it has not finished:
-        row block by row block (:func:`row_blocks`, ``config.block_rows``), all pending views
-        of every teacher for a block, then the next, each block's pixels freed after it, so
-        what the actor holds is the shard's encoded bytes and one block's pixels."""
+        row block by row block (:func:`row_blocks`: ``config.block_rows`` rows within
+        ``config.block_mib`` of decoded pixels), all pending views of every teacher for a
+        block, then the next, each block's pixels freed after it, so what the actor holds is
+        the shard's encoded bytes and one block's pixels."""
         timings: dict[str, float] = defaultdict(float)
         if self.teachers is None:
             began = time.perf_counter()
@@ -106,7 +108,9 @@ class ShardWorker:
                   for t in teachers}  # fmt: skip
         parts: dict[str, list] = {t.name: [] for t in teachers}
         url, keys = self.manifest.shard_url(shard), self.manifest.shard_keys(shard)
-        for positions in row_blocks(len(images), self.config.block_rows, self.config.batch_size):
+        blocks = row_blocks(len(images), self.config.block_rows, self.config.batch_size,
+                            decoded_bytes(images), self.config.block_mib << 20)  # fmt: skip
+        for positions in blocks:
             began = time.perf_counter()
             decode_block(images, positions, url, keys, self.config.plan.renderer)
             timings["decode"] += time.perf_counter() - began

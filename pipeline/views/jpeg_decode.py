@@ -15,7 +15,7 @@ import math
 import numpy as np
 import simplejpeg
 
-from kdcache.errors import ConfigError
+from kdcache.errors import ConfigError, ShardError
 from kdcache.pipeline.views.pixel_limit import check_size
 from kdcache.pipeline.views.plan import RENDERER_DECODERS
 
@@ -79,5 +79,5 @@ def decode_jpeg(
     )  # fmt: skip
     expected = (math.ceil(height / reduce), math.ceil(width / reduce))
     if pixels.shape[:2] != expected:
-        raise ValueError(f"JPEG decoded at 1/{reduce} to {pixels.shape[:2]}, expected {expected}")
+        raise ShardError(f"JPEG decoded at 1/{reduce} to {pixels.shape[:2]}, expected {expected}")
     return pixels

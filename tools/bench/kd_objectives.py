@@ -229,6 +229,17 @@ def _logit_caches(out: str, config: BenchConfig, common: dict, plan, manifest) -
     return teachers, phases, caches, kl, names
 
 
+def _teachers_and_runs(out: str, config: BenchConfig, common: dict, plan, manifest) -> tuple:
+    """Teachers, phase seconds, caches, quantisation KL, target sizes and the student runs:
+    of the feature rows' one ViT teacher, or of the logit rows' teachers and caches."""
+    if config.feature_rows:
+        made = feature_cache(out, config, common, plan)
+        return ({TEACHER: made.teacher}, made.seconds, {"fp16": made.cache}, {},
+                {TEACHER: made.sizes}, feature_runs(config, made.sizes))  # fmt: skip
+    teachers, phases, caches, kl, names = _logit_caches(out, config, common, plan, manifest)
+    return teachers, phases, caches, kl, {}, _runs(config, names)
+
+
 def run_bench(out: str, config: BenchConfig, progress: bool = True) -> dict:
     """Shards, teachers and one cache rebuilt in ``out``, then every student run, the runs
     interleaved for ``config.repeats`` rounds (round r: training seed + r); the report, also
@@ -246,14 +257,9 @@ def run_bench(out: str, config: BenchConfig, progress: bool = True) -> dict:
         manifest=manifest.location, batch_size=config.batch_size, workers=config.workers,
         plan=asdict(plan), progress=progress,
     )  # fmt: skip
-    if config.feature_rows:
-        made = feature_cache(out, config, common, plan)
-        teachers, phases, kl = {TEACHER: made.teacher}, made.seconds, {}
-        caches, sizes = {"fp16": made.cache}, {TEACHER: made.sizes}
-        runs = feature_runs(config, made.sizes)
-    else:
-        teachers, phases, caches, kl, names = _logit_caches(out, config, common, plan, manifest)
-        runs, sizes = _runs(config, names), {}
+    teachers, phases, caches, kl, sizes, runs = _teachers_and_runs(
+        out, config, common, plan, manifest
+    )
     student = dict(
         model=config.student, model_args=config.student_args,
         resolution=config.student_resolution, epochs=config.student_epochs, lr=config.lr,

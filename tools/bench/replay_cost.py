@@ -13,7 +13,9 @@ renderer versions), ``timm`` (``PIL.Image.open`` and ``transforms_imagenet_train
 ``Mixup`` in element mode on batches of 128, the last partial batch included, so every sample
 is mixed). Time is CPU time of this process (core-µs) on one torch thread, after a warm-up
 round, every (configuration, path, mode) interleaved (ABCABC) for several repeats: the table
-gives the median and the min-max per view, and views/s per core.
+gives the median and the min-max per view, and views/s per core. With ``--loaders`` it times
+instead, end to end, kdcache's training loader against timm's usual one
+(``tools.bench.loader_speed``).
 """
 
 import argparse
@@ -28,6 +30,7 @@ from kdcache.tools.bench.harness import (
     options_of,
     ratio,
     set_threads,
+    shown,
     work_folder,
     write_json,
 )
@@ -67,8 +70,33 @@ def _ratios(figures: dict) -> dict:
     return out
 
 
+def run_loaders(args: argparse.Namespace) -> dict:
+    """``--loaders``: KDLoader against timm's ImageFolder loader, interleaved; the report."""
+    from kdcache.tools.bench.loader_speed import loader_modes
+
+    session = Session("bench-replay", options_of(args))
+    work = work_folder(args.work, "bench-replay", session.options)
+    modes = loader_modes(work, args.loader_images, args.workers, args.batch_size, args.resolution)
+    print(f"bench-replay --loaders: {args.loader_images} JPEGs (~500x375) to {args.resolution} "
+          f"px, {args.workers} workers, batch {args.batch_size}, {args.repeats} repeats")  # fmt: skip
+    measured = interleave(modes, args.repeats, args.warmup, log=lambda _: None)
+    figures = measured["modes"]
+    measured["ratios"] = {"kdcache_over_timm": ratio(
+        figures["loader / kdcache"]["images_per_s"], figures["loader / timm"]["images_per_s"])}  # fmt: skip
+    config = {"images": args.loader_images, "workers": args.workers,
+              "batch_size": args.batch_size, "resolution": args.resolution, "work": work}  # fmt: skip
+    result = session.report(config, measured)
+    for name in figures:
+        print(f"  {name:18s} {shown(figures[name]['images_per_s'], 1)} images/s")
+    print(f"  kdcache / timm     {shown(measured['ratios']['kdcache_over_timm'], 2)}")
+    write_json(args.json, result)
+    return result
+
+
 def run_bench_replay(args: argparse.Namespace) -> dict:
     """Time every mode per configuration and path, interleaved; print and return the report."""
+    if args.loaders:
+        return run_loaders(args)
     import numpy as np
 
     from kdcache.pipeline.views.plan import DEFAULT_RENDERER
@@ -132,5 +160,13 @@ def add_bench_replay_parser(commands) -> None:
     parser.add_argument("--resolution", type=int, default=224, help="default: %(default)s")
     parser.add_argument("--views", type=int, default=8, help="teacher-path views per image")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated photos")
+    parser.add_argument("--loaders", action="store_true", help="instead: KDLoader against "
+                        "timm's ImageFolder + create_transform + DataLoader, images/s")  # fmt: skip
+    parser.add_argument("--loader-images", type=int, default=1000, help="--loaders: JPEGs "
+                        "per epoch (default: %(default)s)")  # fmt: skip
+    parser.add_argument("--workers", type=int, default=2, help="--loaders: DataLoader "
+                        "workers of both (default: %(default)s)")  # fmt: skip
+    parser.add_argument("--batch-size", type=int, default=64, help="--loaders: batch size "
+                        "(default: %(default)s)")  # fmt: skip
     add_common_options(parser, work="the generated JPEGs (saved only if given)", threads=1)
     parser.set_defaults(run=run_bench_replay)

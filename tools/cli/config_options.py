@@ -71,11 +71,7 @@ def add_config_options(
         if "help" not in meta or spec.name in skip:
             continue
         flags[field_prefix + spec.name] = meta["flag"] or _flag(spec.name)
-        target = parser
-        if meta["group"]:
-            if meta["group"] not in groups:
-                groups[meta["group"]] = parser.add_argument_group(meta["group"])
-            target = groups[meta["group"]]
+        target = _group(parser, groups, meta["group"])
         default, kind = _default(spec), hints[spec.name]
         element, nargs = _value_type(kind)
         text = meta["help"].replace("%", "%%")
@@ -105,6 +101,15 @@ def add_config_options(
         names["type"] = _checked(parse.get(spec.name, element))
         target.add_argument(meta["flag"] or _flag(spec.name), **names)
     add_field_flags(parser, flags)
+
+
+def _group(parser: argparse.ArgumentParser, groups: dict, name: str | None):
+    """The argument group ``name`` of ``parser`` (made on first use), or the parser itself."""
+    if not name:
+        return parser
+    if name not in groups:
+        groups[name] = parser.add_argument_group(name)
+    return groups[name]
 
 
 def add_field_flags(parser: argparse.ArgumentParser, flags: dict[str, str]) -> None:

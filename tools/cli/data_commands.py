@@ -4,6 +4,7 @@ import argparse
 import sys
 from dataclasses import replace
 
+from kdcache.errors import ConfigError
 from kdcache.pipeline.data import ShardConfig, StorageConfig
 from kdcache.pipeline.teach import TeachConfig
 from kdcache.tools.cli.arg_types import key_value
@@ -137,7 +138,7 @@ def run_catalog(args: argparse.Namespace) -> None:
 
     root = catalog_root(args.catalog)
     if root is None:
-        raise ValueError("no catalogue: pass --catalog ROOT or set $KDCACHE_CATALOG")
+        raise ConfigError("no catalogue: pass --catalog ROOT or set $KDCACHE_CATALOG")
     with storage.using(args.storage_options):
         rows = Catalog(root).find(
             fingerprint=Manifest.read(args.data).fingerprint if args.data else None,

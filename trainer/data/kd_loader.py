@@ -16,6 +16,7 @@ from dataclasses import dataclass, fields
 import torch
 import webdataset as wds
 
+from kdcache.errors import ConfigError
 from kdcache.pipeline.data import Manifest, storage
 from kdcache.pipeline.views import ViewPlan, normalize
 from kdcache.trainer.data.input_size import default_resolution
@@ -72,9 +73,10 @@ class KDBatch:
     def targets(self) -> Targets:
         """The targets of the only teacher (use ``teacher_targets`` with several)."""
         if len(self.teacher_targets) != 1:
-            raise ValueError(
+            raise ConfigError(
                 f"the batch holds targets of teachers {sorted(self.teacher_targets)}; "
-                "pick one from teacher_targets"
+                "pick one from teacher_targets",
+                field="teachers",
             )
         return next(iter(self.teacher_targets.values()))
 

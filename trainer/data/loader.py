@@ -86,7 +86,7 @@ class ShardImages:
 
     def __getitem__(self, position: int):
         if position not in self.encoded:
-            raise ValueError(
+            raise ShardError(
                 f"{self.shard.file}: no sample at position {position} in the tar "
                 "(a mixing partner must be read from the same shard)"
             )
@@ -175,7 +175,7 @@ class TrainViews(_ShardStream):
         if len(order) < world_size:
             raise DataSplitError(
                 f"{len(order)} {self.split} shards for {world_size} ranks: every rank needs a "
-                "shard (use fewer ranks, or shard the data with a smaller --shard-size)"
+                "shard (use fewer ranks, or shard the data with a smaller shard size)"
             )
         loaders = max(1, min(workers, len(self.shards)))
         reads = [

@@ -74,7 +74,8 @@ class CachedTargets:
             if len(names) != 1:
                 raise CacheMismatch(
                     f"{location}: holds teachers {names}; pick one or several (an ensemble) "
-                    "with --teacher-name"
+                    "with teachers",
+                    field="teachers",
                 )
             teachers = names
         self.teachers = list(teachers)
@@ -107,7 +108,8 @@ class CachedTargets:
         if not held:
             raise CacheMismatch(
                 f"{location}: has no sampled targets (attrs.samples is 0 or absent); "
-                "make a cache with kdcache teach --samples D"
+                "teach the cache with samples D",
+                field="targets",
             )
         if wanted is not None and not 1 <= wanted <= held:
             raise CacheMismatch(

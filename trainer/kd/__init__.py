@@ -1,6 +1,7 @@
 """Distillation objectives: label loss plus soft, hard or sampled distillation from cached
 top-k targets, several teachers, DeiT's two heads; feature and attention alignment
-(``FeatureAlignment``); timm ``TrainingTask`` classes on cached targets
+(``FeatureAlignment``); the training step as a timm ``TrainingTask`` (``KDTask``), and timm
+``TrainingTask`` classes on cached targets
 (``CachedLogitDistillationTask``, ``CachedTokenDistillationTask``,
 ``CachedFeatureDistillationTask``)."""
 
@@ -29,5 +30,6 @@ __getattr__, __dir__, __all__ = lazy_face(
         "soft_distillation": ".losses",
         "teacher_logits": ".topk_tail",
         "teacher_mix": ".ensemble",
+        "KDTask": ".task",
     },
 )

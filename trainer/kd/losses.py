@@ -16,9 +16,12 @@ The teacher distribution comes from the cached top-k logits and logsumexp with a
 teachers as a mixture, per student head (:mod:`trainer.teacher_mix`).
 """
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
+from kdcache.errors import ConfigError
 from kdcache.trainer.kd.ensemble import TeacherMix, mixture_probs
 from kdcache.trainer.kd.modes import KD_MODES, KL_REDUCTIONS, TAIL_MODES, TARGET_KINDS
 from kdcache.trainer.kd.sampled import sampled_distillation
@@ -45,7 +48,33 @@ def soft_distillation(
         return total / (numel or student_log.numel())
     if reduction == "batchmean":
         return total / student_log.shape[0]
-    raise ValueError(f"KL reduction must be one of {KL_REDUCTIONS}, got {reduction!r}")
+    raise ConfigError(
+        f"kl_reduction must be one of {KL_REDUCTIONS}, got {reduction!r}", field="kl_reduction"
+    )
+
+
+def _check_options(kd, alpha, tau, kl_reduction, tail, targets, mix) -> None:
+    """Refuse options out of range or that do not fit together, naming the field."""
+    for field, value, allowed in (("tail", tail, TAIL_MODES), ("kd", kd, KD_MODES),
+                                  ("kl_reduction", kl_reduction, KL_REDUCTIONS),
+                                  ("targets", targets, TARGET_KINDS)):  # fmt: skip
+        if value not in allowed:
+            raise ConfigError(f"{field} must be one of {allowed}, got {value!r}", field=field)
+    if not 0 <= alpha <= 1:
+        raise ConfigError(f"alpha must be in [0, 1], got {alpha}", field="alpha")
+    if tau <= 0:
+        raise ConfigError(f"tau must be positive, got {tau}", field="tau")
+    if targets == "sampled" and (kd != "soft" or tau != 1):
+        raise ConfigError(
+            f"targets sampled needs kd soft and tau 1 (ids drawn at tau = 1), got kd {kd} "
+            f"tau {tau}",
+            field="targets",
+        )
+    ensemble = mix is not None and any(len(w) > 1 for w in mix.heads.values())
+    if ensemble and tail == "bucket" and targets == "topk":
+        raise ConfigError(
+            "tail bucket takes one teacher; ensembles use uniform or renormalize", field="tail"
+        )
 
 
 class DistillationLoss(torch.nn.Module):
@@ -70,30 +99,15 @@ class DistillationLoss(torch.nn.Module):
         tail: str = "uniform",
         targets: str = "topk",
         mix: TeacherMix | None = None,
+        criterion: Callable | None = None,
+        weights: tuple[float, float] | None = None,
     ):
         super().__init__()
-        if tail not in TAIL_MODES:
-            raise ValueError(f"--tail must be one of {TAIL_MODES}, got {tail!r}")
-        if kd not in KD_MODES:
-            raise ValueError(f"--kd must be one of {KD_MODES}, got {kd!r}")
-        if kl_reduction not in KL_REDUCTIONS:
-            raise ValueError(f"--kl-reduction must be one of {KL_REDUCTIONS}, got {kl_reduction!r}")
-        if not 0 <= alpha <= 1 or tau <= 0:
-            raise ValueError(f"need 0 <= alpha <= 1 and tau > 0, got alpha={alpha} tau={tau}")
-        if targets not in TARGET_KINDS:
-            raise ValueError(f"--targets must be one of {TARGET_KINDS}, got {targets!r}")
-        if targets == "sampled" and (kd != "soft" or tau != 1):
-            raise ValueError(
-                f"--targets sampled needs --kd soft and --tau 1 (ids drawn at tau = 1), "
-                f"got --kd {kd} --tau {tau}"
-            )
-        ensemble = mix is not None and any(len(w) > 1 for w in mix.heads.values())
-        if ensemble and tail == "bucket" and targets == "topk":
-            raise ValueError(
-                "--tail bucket takes one teacher; ensembles use uniform or renormalize"
-            )
+        _check_options(kd, alpha, tau, kl_reduction, tail, targets, mix)
         self.kd, self.num_classes = kd, num_classes
         self.alpha, self.tau = alpha, tau
+        self.criterion = criterion
+        self.weights = weights if weights is not None else (1 - alpha, alpha)
         self.label_smoothing, self.kl_reduction = label_smoothing, kl_reduction
         self.tail, self.targets, self.mix = tail, targets, mix
         self.parts: dict[str, torch.Tensor] = {}
@@ -112,19 +126,27 @@ class DistillationLoss(torch.nn.Module):
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         two_heads = isinstance(outputs, tuple)
         class_logits, dist_logits = outputs if two_heads else (outputs, outputs)
-        ce = F.cross_entropy(class_logits.float(), labels, label_smoothing=self.label_smoothing)
+        if self.criterion is not None:
+            ce = self.criterion(class_logits, labels)
+        else:
+            ce = F.cross_entropy(class_logits.float(), labels, label_smoothing=self.label_smoothing)
         if self.kd == "none":
             return ce, {"ce": ce.detach(), "kd": torch.zeros_like(ce).detach()}
         mix = self.mix or TeacherMix.equal(sorted(targets))
         missing = [name for name in mix.teachers if name not in targets]
         if missing or not targets:
-            raise ValueError(f"--kd {self.kd}: no targets of teachers {missing or mix.teachers}")
+            raise ConfigError(
+                f"kd {self.kd}: no targets of teachers {missing or mix.teachers}", field="kd"
+            )
         if "cls" in mix.heads and not two_heads:
-            raise ValueError("a class-head teacher needs a student with a distillation token")
+            raise ConfigError(
+                "a class-head teacher needs a student with a distillation token",
+                field="head_teachers",
+            )
         head_logits = {"cls": class_logits, "dist": dist_logits}
         terms = [self._teacher_term(head_logits[h], targets, w) for h, w in mix.heads.items()]
         kd = torch.stack(terms).mean()
-        loss = (1 - self.alpha) * ce + self.alpha * kd
+        loss = self.weights[0] * ce + self.weights[1] * kd
         return loss, {"ce": ce.detach(), "kd": kd.detach()}
 
     def _teacher_term(

@@ -57,16 +57,16 @@ student has no timm task.
   ``projection`` is the task state timm checkpoints. The teacher's normalisation does not
   arise: the cache's teacher saw the view with its own.
 
-Calling: ``task(input, target, teacher_targets)`` with ``teacher_targets`` a batch's
-``targets`` (``{teacher_name: {topk_logits, topk_index, logsumexp}}``, or one teacher's dict),
-or ``task(input, batch)`` with the loader's batch dict as ``target`` (labels from ``label``,
-mixed with ``mix_lam``/``mix_label`` for mixing plans, targets from ``targets``): the two-argument
-call timm's loops make. The targets are moved to the input's device. A mixing plan's labels are
+Each is a :class:`~trainer.kd.task.KDTask` (the step ``kdcache train`` runs) with timm's
+criterion, weights and result keys. Calling: ``task(input, target, teacher_targets)`` with
+``teacher_targets`` a batch's ``targets`` (``{teacher_name: {topk_logits, topk_index,
+logsumexp}}``, or one teacher's dict), or ``task(input, batch)`` with a :class:`kdcache.KDBatch`
+as ``target`` (its labels, mixed for mixing plans, and its targets): the two-argument call
+timm's loops make. The targets are moved to the input's device. A mixing plan's labels are
 soft (B, C): give a criterion that takes them (timm's default ``nn.CrossEntropyLoss`` does;
 ``LabelSmoothingCrossEntropy``, from ``smoothing``, does not).
 """
 
-from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -75,11 +75,10 @@ from timm.task import FeatureDistillationTask, TrainingTask, resolve_classificat
 from timm.task.distillation import FeatureDistillationTrainableModule
 from timm.utils import unwrap_model
 
-from kdcache.trainer.kd.losses import soft_distillation
-from kdcache.trainer.kd.modes import TAIL_MODES
-from kdcache.trainer.kd.topk_tail import distillation_bins
+from kdcache.errors import ConfigError
+from kdcache.trainer.kd.losses import DistillationLoss
+from kdcache.trainer.kd.task import KDTask
 
-TARGET_KEYS = ("topk_logits", "topk_index", "logsumexp")
 DISTILL_TYPES = ("soft", "hard")
 
 
@@ -100,101 +99,38 @@ def from_alpha_tau(alpha: float, tau: float = 1.0) -> dict[str, float]:
     return {"task_loss_weight": 1.0 - alpha, "distill_loss_weight": alpha, "temperature": tau}
 
 
-class _CachedDistillationTask(TrainingTask):
-    """What the cached tasks share: the student as ``trainable_module``, timm's criterion and
-    weights, the teacher targets read from the batch; no teacher module."""
+class _CachedTask(KDTask):
+    """A :class:`KDTask` configured as a timm task: timm's criterion and weight modes, one
+    cached teacher (named, or the batch's only one), timm's result keys."""
 
-    def __init__(
-        self,
-        student_model: torch.nn.Module,
-        *,
-        teacher: str | None,
-        criterion,
-        criterion_kwargs: dict[str, Any] | None,
-        distill_loss_weight: float | None,
-        task_loss_weight: float | None,
-        temperature: float,
-        tail: str,
-        num_classes: int | None,
-        device: torch.device | None,
-        dtype: torch.dtype | None,
-        verbose: bool,
-    ):
-        super().__init__(device=device, dtype=dtype, verbose=verbose)
-        if tail not in TAIL_MODES:
-            raise ValueError(f"tail must be one of {TAIL_MODES}, got {tail!r}")
-        if temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {temperature}")
-        self.trainable_module = student_model
-        self.criterion = resolve_classification_loss(
-            criterion, self.device, criterion_kwargs=criterion_kwargs
-        )
-        self.teacher_name = teacher
-        self.temperature = temperature
-        self.tail = tail
-        self.num_classes = num_classes or unwrap_model(student_model).num_classes
-        self.task_loss_weight, self.distill_loss_weight = loss_weights(
-            task_loss_weight, distill_loss_weight
-        )
-
-    def prepare_distributed(self, device_ids: list | None = None, **ddp_kwargs):
-        """Wrap the student in DDP (there is no teacher to leave out)."""
-        from torch.nn.parallel import DistributedDataParallel
-
-        self.trainable_module = DistributedDataParallel(
-            self.trainable_module, device_ids=device_ids, **ddp_kwargs
-        )
-        return self
-
-    def compile(self, backend: str = "inductor", mode: str | None = None, **compile_kwargs):
-        """Compile the student; it is also the eval model (returned)."""
-        self.trainable_module = torch.compile(
-            self.trainable_module, backend=backend, mode=mode, **compile_kwargs
-        )
-        self.eval_model = self.trainable_module
-        return self.trainable_module
-
-    def split_target(
-        self, target, teacher_targets: Mapping | None, device: torch.device
-    ) -> tuple[torch.Tensor, Mapping]:
-        """(labels on ``device``, one teacher's targets) from the call's arguments: labels and
-        targets, or a :class:`kdcache.KDBatch` whose labels are already mixed for mixing plans."""
-        if teacher_targets is None:
-            if not hasattr(target, "teacher_targets"):
-                raise TypeError(
-                    f"{type(self).__name__} reads the teacher from the cache: call "
-                    "task(input, labels, targets) or task(input, batch) with a kdcache.KDBatch"
-                )
-            target, teacher_targets = target.labels, target.teacher_targets
-        if hasattr(teacher_targets, "as_dict"):  # one teacher's kdcache.Targets
-            teacher_targets = teacher_targets.as_dict()
-        if "topk_logits" not in teacher_targets and "features" not in teacher_targets:
-            names = sorted(teacher_targets)
-            name = self.teacher_name or (names[0] if len(names) == 1 else None)
-            if name is None or name not in teacher_targets:
-                raise ValueError(
-                    f"teacher targets hold {names}; pass teacher=<one of them> "
-                    "(ensembles: kdcache.trainer.kd.DistillationLoss)"
-                )
-            teacher_targets = teacher_targets[name]
-            if hasattr(teacher_targets, "as_dict"):
-                teacher_targets = teacher_targets.as_dict()
-        return target.to(device, non_blocking=True), teacher_targets
-
-    def soft_loss(self, logits: torch.Tensor, targets: Mapping) -> torch.Tensor:
-        """timm's ``T^2 * KL(teacher || student)``, batchmean, from the cached targets."""
-        device = logits.device
-        topk_logits, topk_index, logsumexp = (
-            targets[k].to(device, non_blocking=True) for k in TARGET_KEYS
-        )
-        bins = distillation_bins(
-            logits, topk_logits, topk_index.long(), logsumexp, self.num_classes,
-            self.temperature, self.tail,
+    def __init__(self, student_model, kd: str, kd_key: str, options: dict, **weights):
+        device = options.get("device")
+        criterion = resolve_classification_loss(
+            options.get("criterion"), device or torch.device("cpu"),
+            criterion_kwargs=options.get("criterion_kwargs"),
         )  # fmt: skip
-        return soft_distillation(*bins, self.temperature, "batchmean")
+        task_w, distill_w = loss_weights(
+            options.get("task_loss_weight"), options.get("distill_loss_weight")
+        )
+        temperature = options.get("temperature", 1.0)
+        if temperature <= 0:
+            raise ConfigError(f"temperature must be positive, got {temperature}", field="tau")
+        loss = DistillationLoss(
+            kd, options.get("num_classes") or unwrap_model(student_model).num_classes,
+            tau=temperature, tail=options.get("tail", "uniform"), criterion=criterion,
+            weights=(task_w, distill_w), **weights,
+        )  # fmt: skip
+        super().__init__(
+            student_model, loss, teacher_name=options.get("teacher"), one_teacher=True,
+            part_names={"ce": "task_loss", "kd": kd_key}, device=device,
+            dtype=options.get("dtype"), verbose=options.get("verbose", True),
+        )  # fmt: skip
+        self.task_loss_weight, self.distill_loss_weight = task_w, distill_w
+        self.temperature, self.tail = temperature, loss.tail
+        self.num_classes, self.teacher_name = loss.num_classes, options.get("teacher")
 
 
-class CachedLogitDistillationTask(_CachedDistillationTask):
+class CachedLogitDistillationTask(_CachedTask):
     """timm's ``LogitDistillationTask`` on cached teacher logits (one-head student).
 
     Args as timm's, without the teacher model: ``teacher`` names the cached teacher to read
@@ -220,41 +156,16 @@ class CachedLogitDistillationTask(_CachedDistillationTask):
         verbose: bool = True,
     ):
         if loss_type != "kl":
-            raise ValueError(
-                f"Unsupported loss_type '{loss_type}'. Currently only 'kl' is supported."
+            raise ConfigError(
+                f"Unsupported loss_type '{loss_type}'. Currently only 'kl' is supported.",
+                field="loss_type",
             )
-        super().__init__(
-            student_model,
-            teacher=teacher,
-            criterion=criterion,
-            criterion_kwargs=criterion_kwargs,
-            distill_loss_weight=distill_loss_weight,
-            task_loss_weight=task_loss_weight,
-            temperature=temperature,
-            tail=tail,
-            num_classes=num_classes,
-            device=device,
-            dtype=dtype,
-            verbose=verbose,
-        )
+        options = {k: v for k, v in locals().items() if k not in ("self", "student_model")}
+        super().__init__(student_model, "soft", "kd_loss", options)
         self.loss_type = loss_type
 
-    def forward(
-        self, input: torch.Tensor, target, teacher_targets: Mapping | None = None
-    ) -> dict[str, torch.Tensor]:
-        target, teacher_targets = self.split_target(target, teacher_targets, input.device)
-        student_logits = self.trainable_module(input)
-        task_loss = self.criterion(student_logits, target)
-        kd_loss = self.soft_loss(student_logits, teacher_targets)
-        return {
-            "loss": self.task_loss_weight * task_loss + self.distill_loss_weight * kd_loss,
-            "output": student_logits,
-            "task_loss": task_loss,
-            "kd_loss": kd_loss,
-        }
 
-
-class CachedTokenDistillationTask(_CachedDistillationTask):
+class CachedTokenDistillationTask(_CachedTask):
     """timm's ``TokenDistillationTask`` on cached teacher logits (a student with a
     distillation head, e.g. DeiT distilled: ``set_distilled_training(True)`` is called).
 
@@ -280,52 +191,49 @@ class CachedTokenDistillationTask(_CachedDistillationTask):
     ):
         student = unwrap_model(student_model)
         if not hasattr(student, "set_distilled_training"):
-            raise ValueError(
+            raise ConfigError(
                 f"Model {student.__class__.__name__} does not have 'set_distilled_training' "
                 "method. CachedTokenDistillationTask requires a model with a distillation head "
-                "(e.g., DeiT distilled variants)."
+                "(e.g., DeiT distilled variants).",
+                field="model",
             )
         if distill_type not in DISTILL_TYPES:
-            raise ValueError(
-                f"Unsupported distill_type '{distill_type}'. Must be 'soft' or 'hard'."
+            raise ConfigError(
+                f"Unsupported distill_type '{distill_type}'. Must be 'soft' or 'hard'.",
+                field="distill_type",
             )
         student.set_distilled_training(True)
-        super().__init__(
-            student_model,
-            teacher=teacher,
-            criterion=criterion,
-            criterion_kwargs=criterion_kwargs,
-            distill_loss_weight=distill_loss_weight,
-            task_loss_weight=task_loss_weight,
-            temperature=temperature,
-            tail=tail,
-            num_classes=num_classes,
-            device=device,
-            dtype=dtype,
-            verbose=verbose,
-        )
+        options = {k: v for k, v in locals().items() if k not in ("self", "student_model")}
+        super().__init__(student_model, distill_type, "distill_loss", options)
         self.distill_type = distill_type
 
-    def forward(
-        self, input: torch.Tensor, target, teacher_targets: Mapping | None = None
-    ) -> dict[str, torch.Tensor]:
-        target, teacher_targets = self.split_target(target, teacher_targets, input.device)
-        main_logits, dist_logits = self.trainable_module(input)
-        task_loss = self.criterion(main_logits, target)
-        if self.distill_type == "soft":
-            distill_loss = self.soft_loss(dist_logits, teacher_targets)
-        else:
-            top1 = teacher_targets["topk_index"][:, 0].to(dist_logits.device).long()
-            distill_loss = F.cross_entropy(dist_logits, top1)
-        return {
-            "loss": self.task_loss_weight * task_loss + self.distill_loss_weight * distill_loss,
-            "output": main_logits,
-            "task_loss": task_loss,
-            "distill_loss": distill_loss,
-        }
+
+class FeatureMatchLoss(torch.nn.Module):
+    """timm's feature distillation loss on a student giving (logits, projected features):
+    ``task_w * criterion(logits, y) + distill_w * MSE(features, the teacher's feature)``."""
+
+    def __init__(self, criterion, feature: str, weights: tuple[float, float]):
+        super().__init__()
+        self.criterion, self.feature, self.weights = criterion, feature, weights
+        self.parts: dict[str, torch.Tensor] = {}
+
+    def forward(self, outputs, labels: torch.Tensor, targets: dict) -> torch.Tensor:
+        logits, student_features = outputs
+        features = next(iter(targets.values())).get("features") or {}
+        if self.feature not in features:
+            raise ConfigError(
+                f"the teacher targets hold no feature {self.feature!r} (they hold "
+                f"{sorted(features)}); teach the cache with features {self.feature}",
+                field="features",
+            )
+        task_loss = self.criterion(logits, labels)
+        wanted = features[self.feature].to(student_features.dtype)
+        kd_loss = F.mse_loss(student_features, wanted)
+        self.parts = {"ce": task_loss.detach(), "kd": kd_loss.detach()}
+        return self.weights[0] * task_loss + self.weights[1] * kd_loss
 
 
-class CachedFeatureDistillationTask(_CachedDistillationTask):
+class CachedFeatureDistillationTask(KDTask):
     """timm's ``FeatureDistillationTask`` on a cached feature target (default
     ``pre_logits``; see the module's docstring).
 
@@ -354,28 +262,25 @@ class CachedFeatureDistillationTask(_CachedDistillationTask):
         dtype: torch.dtype | None = None,
         verbose: bool = True,
     ):
-        super().__init__(
-            student_model,
-            teacher=teacher,
-            criterion=criterion,
-            criterion_kwargs=criterion_kwargs,
-            distill_loss_weight=distill_loss_weight,
-            task_loss_weight=task_loss_weight,
-            temperature=1.0,
-            tail="uniform",
-            num_classes=None,
-            device=device,
-            dtype=dtype,
-            verbose=verbose,
+        resolved = resolve_classification_loss(
+            criterion, device or torch.device("cpu"), criterion_kwargs=criterion_kwargs
         )
+        weights = loss_weights(task_loss_weight, distill_loss_weight)
         if student_feature_dim is None:
             student_feature_dim = FeatureDistillationTask._detect_feature_dim(student_model)
         projection = None
         if student_feature_dim != teacher_feature_dim:
             projection = torch.nn.Linear(
-                student_feature_dim, teacher_feature_dim, device=self.device, dtype=self.dtype
+                student_feature_dim, teacher_feature_dim, device=device, dtype=dtype
             )
-        self.trainable_module = FeatureDistillationTrainableModule(student_model, projection)
+        super().__init__(
+            FeatureDistillationTrainableModule(student_model, projection),
+            FeatureMatchLoss(resolved, feature, weights),
+            teacher_name=teacher, one_teacher=True,
+            part_names={"ce": "task_loss", "kd": "kd_loss"},
+            device=device, dtype=dtype, verbose=verbose,
+        )  # fmt: skip
+        self.task_loss_weight, self.distill_loss_weight = weights
         self.feature = feature
 
     def compile(self, backend: str = "inductor", mode: str | None = None, **compile_kwargs):
@@ -396,24 +301,3 @@ class CachedFeatureDistillationTask(_CachedDistillationTask):
                 return current.student
             current = getattr(current, "module", None)
         return resolved
-
-    def forward(
-        self, input: torch.Tensor, target, teacher_targets: Mapping | None = None
-    ) -> dict[str, torch.Tensor]:
-        target, teacher_targets = self.split_target(target, teacher_targets, input.device)
-        features = teacher_targets.get("features") or {}
-        if self.feature not in features:
-            raise ValueError(
-                f"the teacher targets hold no feature {self.feature!r} (they hold "
-                f"{sorted(features)}); teach the cache with --features {self.feature}"
-            )
-        student_logits, student_features = self.trainable_module(input)
-        task_loss = self.criterion(student_logits, target)
-        wanted = features[self.feature].to(student_features.device, non_blocking=True)
-        kd_loss = F.mse_loss(student_features, wanted.to(student_features.dtype))
-        return {
-            "loss": self.task_loss_weight * task_loss + self.distill_loss_weight * kd_loss,
-            "output": student_logits,
-            "task_loss": task_loss,
-            "kd_loss": kd_loss,
-        }

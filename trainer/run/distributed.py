@@ -70,6 +70,15 @@ def sum_across(values: dict[str, float], world: World, device: torch.device) -> 
     return dict(zip(names, packed.tolist(), strict=True))
 
 
+def gather_across(value, world: World) -> list:
+    """Every rank's ``value`` (plain values and CPU tensors), by rank."""
+    if not world.distributed:
+        return [value]
+    gathered = [None] * world.size
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
 def check_in_sync(model: torch.nn.Module, world: World, device: torch.device) -> None:
     """Raise if the ranks' weights differ (DDP keeps them equal; a mismatch is a bug)."""
     if not world.distributed:

@@ -73,7 +73,9 @@ def load_state(path: str, config: dict) -> dict:
     The file is read as tensors and plain containers only (``weights_only=True``): a pickle
     that names any other object is refused, never run."""
     if not urls.exists(path):
-        raise FileNotFoundError(f"{path}: no resumable state (--resume needs a run folder)")
+        raise FileNotFoundError(
+            f"{path}: no resumable state (resuming needs a run folder that holds one)"
+        )
     with storage.open_file(path, "rb") as f:
         payload = f.read()
     try:
@@ -131,10 +133,40 @@ def restore_rng(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["rng"]["cuda"])
 
 
-def progress_from(state: dict, device: torch.device) -> Progress:
+def rank_progress(progress: Progress) -> dict:
+    """This rank's part of an epoch under way: its loss sums and images so far."""
+    return {"sums": {k: v.detach().cpu() for k, v in progress.sums.items()}, "seen": progress.seen}
+
+
+def progress_from(state: dict, device: torch.device, rank: int = 0, ranks: int = 1) -> Progress:
+    """Where the saved run was; under DDP each rank takes its own partial loss sums (saved by
+    rank in ``rank_progress``), so the epoch's metrics sum every rank's part once."""
     values = {name: state["progress"][name] for name in _PROGRESS_FIELDS}
+    saved = state.get("rank_progress")
+    if saved is not None or ranks > 1:
+        if not isinstance(saved, list) or len(saved) != ranks:
+            found = len(saved) if isinstance(saved, list) else 1
+            raise RunStateError(
+                f"field rank_progress: the state was saved by {found} process(es), this run "
+                f"has {ranks}; resume with as many"
+            )
+        values |= _checked_part(saved[rank], rank)
     values["sums"] = {name: value.to(device) for name, value in values["sums"].items()}
     return Progress(**values)
+
+
+def _checked_part(part, rank: int) -> dict:
+    """A rank's saved part, refused unless it holds scalar tensor sums and an image count."""
+    sums = part.get("sums") if isinstance(part, dict) else None
+    seen = part.get("seen") if isinstance(part, dict) else None
+    scalars = isinstance(sums, dict) and all(
+        isinstance(v, torch.Tensor) and v.numel() == 1 for v in sums.values()
+    )
+    if not scalars or not isinstance(seen, int) or isinstance(seen, bool):
+        raise RunStateError(
+            f"field rank_progress[{rank}]: expected loss sums (scalar tensors) and an image count"
+        )
+    return {"sums": sums, "seen": seen}
 
 
 class StopOnSignal:

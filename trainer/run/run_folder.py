@@ -43,16 +43,20 @@ def claim_run_folder(
     names the options asked for that write only to a local folder."""
     if urls.local_path(out) is None and local_only:
         raise ConfigError(
-            f"--out {out}: {' and '.join(local_only)} write only to a local run folder; "
-            "drop them or train into a local --out"
+            f"out {out}: {' and '.join(local_only)} write only to a local run folder; "
+            "drop them or train into a local out",
+            field="out",
         )
     if resume and overwrite:
-        raise ConfigError("--resume continues the run in --out, --overwrite replaces it: pick one")
+        raise ConfigError(
+            "resume continues the run in out, overwrite replaces it: pick one", field="resume"
+        )
     held = run_files(out)
     if held and not (resume or overwrite):
         raise OutputError(
-            f"{out}: holds another run ({', '.join(held)}); continue it with --resume (same "
-            "options) or replace it with --overwrite"
+            f"{out}: holds another run ({', '.join(held)}); continue it with resume (same "
+            "options) or replace it with overwrite",
+            field="out",
         )
     if urls.local_path(out) is None:  # an object store: writability shows at the first write
         return

@@ -4,9 +4,10 @@ is generated from these fields)."""
 from dataclasses import dataclass
 
 from kdcache._options import option
+from kdcache.errors import ConfigError
 from kdcache.pipeline.data import StorageOptions, storage
 from kdcache.pipeline.teach import ATTENTION_HELP, FEATURE_DIM_HELP, FEATURES_HELP, TeacherSource
-from kdcache.pipeline.views import max_pixels_option
+from kdcache.pipeline.views import ViewPlan, max_pixels_option
 from kdcache.trainer.data import SCHEDULES
 from kdcache.trainer.kd import (
     ATTENTION_LOSSES,
@@ -153,8 +154,10 @@ class TrainConfig:
         group=KD,
         help="with --targets sampled: use the first N drawn ids per view (default: all)",
     )
-    # plan fields set by the run; with a cache, checked against its plan (options: ViewPlan's)
-    plan: dict = option(factory=dict, help="view plan fields (the plan options below)")
+    # the run's view plan: a ViewPlan (with a cache, every field must be the cache's, views
+    # may be fewer), or a dict of the plan fields set (the others: the cache's, else the
+    # defaults), or None (the cache's plan, else the default plan); see plan_fields()
+    plan: ViewPlan | dict | None = option(None, help="view plan (the plan options below)")
     alpha: float = option(0.5, group=KD, help="weight of the teacher term")
     tau: float = option(1.0, group=KD, help="soft distillation temperature")
     kl_reduction: str = option(
@@ -270,3 +273,67 @@ class TrainConfig:
     )
     progress: bool = option(True, flag="--quiet", group=RUN, help="no progress output")
     storage_options: StorageOptions | None = storage.storage_option()
+
+    def teacher_mode(self) -> str:
+        """Where the distillation targets come from: ``teacher``, else cached with a cache,
+        else none."""
+        return self.teacher or ("cached" if self.cache else "none")
+
+    def plan_fields(self) -> dict:
+        """The plan fields this run sets (a ViewPlan sets them all), checked to be a plan's."""
+        if self.plan is None:
+            return {}
+        if isinstance(self.plan, ViewPlan):
+            return {name: getattr(self.plan, name) for name in ViewPlan.__dataclass_fields__}
+        if not isinstance(self.plan, dict):
+            raise ConfigError(
+                f"plan: expected a ViewPlan or a dict of its fields, got {type(self.plan).__name__}",
+                field="plan",
+            )
+        unknown = sorted(set(self.plan) - set(ViewPlan.__dataclass_fields__))
+        if unknown:
+            raise ConfigError(f"plan: no field {unknown[0]!r} in a view plan", field="plan")
+        return dict(self.plan)
+
+    def validate(self) -> "TrainConfig":
+        """Refuse options out of range or that do not fit together, before any work
+        (:class:`~kdcache.errors.ConfigError` naming the field); returns the config."""
+        mode = self.teacher_mode()
+        if mode not in TEACHER_MODES:
+            raise ConfigError(
+                f"teacher must be one of {TEACHER_MODES}, got {mode!r}", field="teacher"
+            )
+        if self.epochs < 1:
+            raise ConfigError(f"epochs must be at least 1, got {self.epochs}", field="epochs")
+        if mode == "none" and self.kd != "none":
+            raise ConfigError(
+                f"kd {self.kd} with teacher none: distillation needs a teacher (a cache for "
+                "cached targets, or teacher online with a teacher checkpoint)",
+                field="kd",
+            )
+        if mode != "none" and self.kd == "none":
+            raise ConfigError(f"teacher {mode} needs kd soft or hard", field="kd")
+        if mode == "online":
+            self._check_online()
+        if mode == "cached" and self.cache is None:
+            raise ConfigError("teacher cached needs a cache", field="cache")
+        if mode != "cached" and self.cache is not None:
+            raise ConfigError(
+                f"cache holds cached targets; teacher {mode} does not use one", field="cache"
+            )
+        if self.mixing == "label" and self.cache is None:
+            raise ConfigError("mixing label mixes cached targets: it needs a cache", field="mixing")
+        self.plan_fields()
+        return self
+
+    def _check_online(self) -> None:
+        if self.teacher_checkpoint is None and getattr(self, "teacher_source", None) is None:
+            raise ConfigError(
+                "teacher online needs a teacher checkpoint", field="teacher_checkpoint"
+            )
+        if self.teachers or self.targets == "sampled":
+            raise ConfigError(
+                "teacher online runs one teacher on top-k targets: teachers and targets "
+                "sampled are for cached teachers",
+                field="teacher",
+            )
