@@ -26,6 +26,8 @@ GIB = 2**30
 
 RUN = """
 import json, resource, sys, psutil
+import torch, zarr  # the libraries every command loads: start-up, not the command's work
+import kdcache.pipeline.cache.store, kdcache.tools.cache.inspect_cache
 from kdcache.tools.cli.main import main
 start = psutil.Process().memory_info().rss
 try:
