@@ -30,9 +30,9 @@ from kdcache.pipeline.teach import (
 )
 from kdcache.pipeline.views import ViewPlan
 from kdcache.tools.cache.inspect_cache import inspect_cache
-from kdcache.verify_cache import verify_cache
 from kdcache.trainer.data import KDLoader
 from kdcache.trainer.kd import CachedFeatureDistillationTask
+from kdcache.verify_cache import verify_cache
 
 PLAN = ViewPlan(seed=2, views=2)
 VIT = {"patch_size": 4, "embed_dim": 48, "depth": 2, "num_heads": 3}

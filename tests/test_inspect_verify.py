@@ -10,9 +10,9 @@ import zarr
 
 from kdcache.pipeline.cache import CacheStore, ShardTargets
 from kdcache.tools.cache.inspect_cache import format_report, inspect_cache, plot_report
+from kdcache.tools.cli.main import main
 from kdcache.verify_cache import verify_cache
 from kdcache.verify_replay import replay_check
-from kdcache.tools.cli.main import main
 from tests.conftest import PLAN, TOPK
 
 

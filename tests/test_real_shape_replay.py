@@ -30,7 +30,12 @@ def _photo_shards(tmp_path):
 
 def test_a_shard_read_decoded_holds_the_renderers_decode_alone(tmp_path):
     manifest = _photo_shards(tmp_path)
-    for renderer, decode in (("cpu/4", ("cpu/4", 1)), ("cpu/3", ("cpu/3", 1)), ("cpu/2", 1), ("cpu/1", "pil")):
+    for renderer, decode in (
+        ("cpu/4", ("cpu/4", 1)),
+        ("cpu/3", ("cpu/3", 1)),
+        ("cpu/2", 1),
+        ("cpu/1", "pil"),
+    ):
         for shard in manifest.shards_of("train"):
             images = read_shard_images(manifest, shard, renderer=renderer)
             # what the renderer's views are cut from, decoded once (verify and bench-teach's

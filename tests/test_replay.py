@@ -14,8 +14,8 @@ from kdcache.errors import CacheCorrupt
 from kdcache.pipeline.cache import CacheStore
 from kdcache.pipeline.teach import load_teacher, read_shard_images, teacher_inputs
 from kdcache.pipeline.views import ViewPlan, ViewRenderer, normalize
-from kdcache.verify_replay import replay_check
 from kdcache.trainer.data import CachedTargets, LabelMixedTargets, PlannedViews, TrainViews
+from kdcache.verify_replay import replay_check
 from tests.conftest import MIXED_PLAN
 
 RESOLUTION = 32

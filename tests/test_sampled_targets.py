@@ -16,8 +16,8 @@ from kdcache.pipeline.cache import (
 )
 from kdcache.pipeline.teach import TeacherSource, load_teacher
 from kdcache.pipeline.views import normalize
-from kdcache.verify_cache import verify_cache
 from kdcache.trainer.data import CachedTargets, TrainViews
+from kdcache.verify_cache import verify_cache
 from tests.conftest import PLAN, SAMPLES, SHARD_SIZE, teach
 
 

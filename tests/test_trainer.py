@@ -53,9 +53,7 @@ def test_refuses_incomplete_cache_and_kd_without_cache(tmp_path, data, teacher_p
     teach(data, teacher_path, partial, only_shards=[0, 1, 2])
     with pytest.raises(CacheMismatch, match="has not finished 2 train shards.*train-000003.tar"):
         train(_config(data, tmp_path / "run", kd="soft", cache=partial))
-    with pytest.raises(
-        ValueError, match="kd soft with teacher none: distillation needs a teacher"
-    ):
+    with pytest.raises(ValueError, match="kd soft with teacher none: distillation needs a teacher"):
         train(_config(data, tmp_path / "run", kd="soft"))
 
 

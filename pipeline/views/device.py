@@ -3,7 +3,8 @@
 The same operations in the same order as the CPU renderers, on float32 tensors where the
 device does the work: the image decoded on the device (nvjpeg through
 ``torchvision.io.decode_jpeg(device="cuda")`` for baseline JPEGs on CUDA; the CPU decode of
-``pipeline.views.source`` elsewhere), the box (step 2 of the replay contract in docs/guide/views.md, no reduced decode) cropped
+``pipeline.views.source`` elsewhere), the box (step 2 of the replay contract in
+docs/guide/views.md, no reduced decode) cropped
 *before* converting to float32 / 255, resized in float (``interpolate``, bilinear, antialias),
 flipped; RandAugment on the view rounded to uint8 with timm's PIL ops on the host (there is no
 device version of timm's ops; the one host round trip), then colour jitter (torchvision's
