@@ -7,6 +7,7 @@ own process stays under 1 GiB above its start-up."""
 import io
 import json
 import pathlib
+import pickle
 import subprocess
 import sys
 import tarfile
@@ -380,6 +381,9 @@ def test_shards_are_read_from_row_groups_of_whole_shards(tmp_path, monkeypatch):
         assert manifest.shard_keys(shard) == [f"s{shard.id}/{p}" for p in range(shard.num_rows)]
     assert manifest.labels[[0, 3, 4, 7, 8]].tolist() == [0, -1, 0, 0, 0]
     assert manifest.table["key"].to_pylist() == keys
+    again = pickle.loads(pickle.dumps(manifest))  # as DataLoader workers receive it
+    assert again.shard_keys(again.shards[3]) == manifest.shard_keys(manifest.shards[3])
+    assert again.labels[[0, 3, 4]].tolist() == [0, -1, 0]
 
 
 def test_a_format_2_manifest_is_still_read(tmp_path):

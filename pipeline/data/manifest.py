@@ -67,6 +67,9 @@ class Manifest:
         self.label_field: str = samples.get("label_field", LABEL_FIELD)
         self.shard_format: str = samples.get("format", "webdataset")  # or parquet
 
+    def __getstate__(self) -> dict:  # per-row values are read again where it is unpickled
+        return {k: v for k, v in self.__dict__.items() if k not in ("labels", "aspect", "table")}
+
     @classmethod
     def read(cls, location: str, *, allow_remote_shards: bool = False) -> "Manifest":
         """Read and check a manifest; a folder means ``<folder>/manifest.parquet``. Shard

@@ -33,6 +33,14 @@ class ParquetRows:
             )
         self._group = lru_cache(maxsize=2)(self._read_group)
 
+    def __getstate__(self) -> dict:  # for DataLoader workers: the file is opened again there
+        return {k: v for k, v in self.__dict__.items() if k not in ("source", "_group")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.source = ParquetSource(self.location)
+        self._group = lru_cache(maxsize=2)(self._read_group)
+
     def _read_group(self, group: int, columns: tuple[str, ...]) -> pa.Table:
         return self.source.row_group(group, columns)
 
