@@ -43,7 +43,7 @@ MUTANTS = [
     # views: where a crop lands, which way it flips, how big it is
     _m("crop box rounds its top edge down a pixel", "pipeline/views/render.py",
        'math.floor(values["crop_top"] * height + 0.5)', 'math.floor(values["crop_top"] * height)',
-       "tests/test_exact_box.py"),
+       "tests/test_reader.py"),
     _m("flip drawn the wrong way round", "pipeline/views/plan.py",
        "< self.flip_prob", "> self.flip_prob",
        "tests/test_plan.py::test_crops_follow_random_resized_crop_bounds"),
