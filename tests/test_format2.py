@@ -354,3 +354,19 @@ def test_a_reader_with_plain_zarr_decodes_q6_targets_as_readme_says(data, tmp_pa
         assert np.array_equal(np.float32(plain["logits"]), ours.topk_logits[position, 0])
         assert plain["ids"] == ours.topk_index[position, 0].tolist()
         assert np.isclose(plain["lse"], ours.logsumexp[position, 0], rtol=1e-6)
+
+
+def test_topk_kl_is_the_kl_of_top_k_plus_tail_as_one_outcome():
+    """The quantisation KL a cache records: KL(p || q) over the K shared classes and the tail
+    (1 - top-k mass) as one more outcome, against the same sum written out in float64."""
+    rng = np.random.default_rng(0)
+    full_p, full_q = rng.normal(0, 2, (6, 20)), rng.normal(0, 2, (6, 20))
+    ids = np.argsort(-full_p, axis=1)[:, :5]
+    lse_p = np.log(np.exp(full_p).sum(1))
+    lse_q = np.log(np.exp(full_q).sum(1))
+    top_p, top_q = np.take_along_axis(full_p, ids, 1), np.take_along_axis(full_q, ids, 1)
+    found = topk_kl(top_p, lse_p, top_q, lse_q)
+    p, q = np.exp(top_p - lse_p[:, None]), np.exp(top_q - lse_q[:, None])
+    tail_p, tail_q = 1 - p.sum(1), 1 - q.sum(1)
+    expected = (p * np.log(p / q)).sum(1) + tail_p * np.log(tail_p / tail_q)
+    np.testing.assert_allclose(found, expected, rtol=1e-9)
