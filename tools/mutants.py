@@ -90,9 +90,9 @@ MUTANTS = [
     _m("tail mass shared by one class too many", "trainer/kd/topk_tail.py",
        "share = lse + (tail_mass / (num_classes - k)).log()",
        "share = lse + (tail_mass / (num_classes - k + 1)).log()", "tests/test_losses.py"),
-    _m("rebuilt teacher logits with the tail's sign flipped", "trainer/kd/topk_tail.py",
-       "tail = (1 - top_mass).clamp_min", "tail = (top_mass - 1).abs().clamp_min",
-       "tests/test_losses.py"),
+    _m("rebuilt tail logits with the log of the tail's share negated", "trainer/kd/topk_tail.py",
+       "full = (logsumexp + tail.log()).expand(-1, num_classes).clone()",
+       "full = (logsumexp - tail.log()).expand(-1, num_classes).clone()", "tests/test_losses.py"),
     # joins: every sample meets its own view's targets
     _m("sample joined with the next view's targets", "trainer/data/loader.py",
        "view_targets(t, position, column) for name",
