@@ -91,7 +91,7 @@ def crop_box(values: dict[str, float], height: int, width: int) -> tuple[int, in
     """Pixel box (top, left, height, width) of one view's crop on a ``height x width`` source."""
     h = min(height, max(1, math.floor(values["crop_height"] * height + 0.5)))
     w = min(width, max(1, math.floor(values["crop_width"] * width + 0.5)))
-    top = min(height - h, math.floor(values["crop_top"] * height))
+    top = min(height - h, math.floor(values["crop_top"] * height + 0.5))
     left = min(width - w, math.floor(values["crop_left"] * width + 0.5))
     return top, left, h, w
 
