@@ -7,6 +7,7 @@ place (its original kept beside it as ``FILE.mutant-original``), the mutant's te
 pytest, and the original is put back byte for byte, also on Ctrl-C; a run killed harder leaves
 the ``.mutant-original`` copies, which the next run restores before anything else. A mutant
 whose line is no longer in the code is reported *stale* (fix the list), never silently skipped.
+Do not commit in the checkout while it runs: the mutant in place would be committed with it.
 
 First the tests of all selected mutants run on the unmutated code: a mutant "killed" by a test
 that already fails would prove nothing. Exit status 0 only if every mutant is killed.
