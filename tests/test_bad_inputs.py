@@ -319,7 +319,7 @@ CASES = [
     Case("truncated-tar", truncate_tar, PLAIN, [SHARD0]),
     Case("dropped-sample", drop_a_sample, PLAIN, [SHARD0, "key"]),
     # 5. train --out over another run
-    Case("out-holds-a-run", nothing, CACHED, ["{w}/run", "config.json", "--resume", "--overwrite"],
+    Case("out-holds-a-run", nothing, CACHED, ["{w}/run", "config.json", "with resume", "with overwrite"],
          out="{w}/run"),
     # 6. identity attrs edited
     Case("edited-topk", edit_topk, CACHED, ["topk", "identity"]),

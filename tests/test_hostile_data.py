@@ -408,3 +408,26 @@ def test_a_format_2_manifest_is_still_read(tmp_path):
     old = Manifest.read(str(location))
     assert old.shard_keys(old.shards[1]) == ["s1/0", "s1/1", "s1/2"]
     assert old.labels[old.shard_rows(old.shards[1])].tolist() == [0, 0, 0]
+
+
+@pytest.mark.parametrize("column", ["key", "sha1"])
+def test_an_identity_column_edited_with_the_file_resealed_is_refused(tmp_path, column):
+    """Every identity column is in its shard's row digest: a row's ``key`` or image ``sha1``
+    replaced (the footer's crc recomputed, as an editor would) is refused when the shard is read."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from kdcache.errors import ManifestError
+    from kdcache.pipeline.data import Manifest, urls
+    from kdcache.pipeline.data.manifest_format import DATA_CRC_KEY
+
+    location = _honest(tmp_path / "data", shards=3, rows=4)
+    table = pq.read_table(location)
+    values = table[column].to_pylist()
+    values[5] = "0" * 40 if column == "sha1" else values[0]  # a row of shard 1 edited
+    index = table.column_names.index(column)
+    table = table.set_column(index, column, pa.array(values, table.schema.field(column).type))
+    urls.write_sealed_parquet(str(location), [table], DATA_CRC_KEY)
+    manifest = Manifest.read(str(location))
+    with pytest.raises(ManifestError, match=r"rows of shard 1 \(s1.tar\).*rows_sha256"):
+        manifest.shard_entries(manifest.shards[1])

@@ -363,7 +363,8 @@ CASES = [
          ["teachers/regnet", "source", "{url}/teacher.pth"]),
     Case("verify-manifest-url", manifest_is_a_url, ["verify", "{w}/cache.zarr", "--samples", "2"],
          ["dataset field manifest", "{url}/m.parquet", "--data"]),
-    Case("verify-factory-in-attrs", factory_in_attrs, ["verify", "{w}/cache.zarr", "--samples", "2"],
+    Case("verify-factory-in-attrs", factory_in_attrs,
+         ["verify", "{w}/cache.zarr", "--samples", "2", "--teacher", "regnet={w}/teacher.pth"],
          ["teachers/regnet", "factory", "planted_code:make", "--allow-code"]),
     # 4. declared shapes
     Case("inspect-declared-1e10", _declared_views(10**10), ["inspect", "{w}/cache.zarr"],

@@ -104,7 +104,7 @@ def test_class_counts_must_agree_or_be_mapped(photo_folder, tmp_path, ray_local)
     top1 = [int(opened.targets(row, 0)["topk_index"][0]) for row in rows]
     assert top1 == photo_folder.labels[rows].tolist()  # every photo's class, from the teacher
     # verify rebuilds the teacher from the identity (key map, class map) and recomputes views
-    assert opened.verify(samples=3).ok
+    assert opened.verify(samples=3, teachers={"lite0": LITE0}).ok  # weights kept elsewhere: named
     # a student distils it at the teacher's 224 px (the photos' sizes vary: no size of theirs)
     from kdcache.trainer.run import TrainConfig
 

@@ -114,7 +114,7 @@ MUTANTS = [
     _m("a shard's row digest leaves out sha1", "pipeline/data/manifest_format.py",
        'IDENTITY_COLUMNS = ("row", "shard", "split", "key", "sha1")',
        'IDENTITY_COLUMNS = ("row", "shard", "split", "key")',
-       "tests/test_edited_identity.py -k sha1"),
+       "tests/test_hostile_data.py -k identity_column_edited"),
 ]  # fmt: skip
 
 
