@@ -125,10 +125,11 @@ def _gathered(out: torch.Tensor, futures: list[Future]) -> torch.Tensor:
     return out
 
 
-def prepare_all(positions: Sequence[int], prepare: Callable) -> None:
+def prepare_all(positions: Sequence[int], prepare: Callable, parallel: bool = True) -> None:
     """``prepare(position)`` for each position (decoding its image), on a thread per CPU of
-    the actor; errors are raised as a serial pass would raise them (the first position's)."""
-    threads = min(actor_cpus(), len(positions))
+    the actor (``parallel``, else in the caller); errors are raised as a serial pass would
+    raise them (the first position's)."""
+    threads = min(actor_cpus(), len(positions)) if parallel else 1
     if threads < 2:
         for position in positions:
             prepare(position)

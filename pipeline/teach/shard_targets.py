@@ -110,6 +110,11 @@ def decoded_bytes(images: Sequence[SourceImage]) -> list[int]:
     return [image.width * image.height * 3 for image in images]
 
 
+# images whose decoded pixels take more are decoded one at a time: a decoder's temporaries
+# are then one image's, not one per thread, and the block's byte budget holds
+PARALLEL_DECODE_BYTES = 64 << 20
+
+
 def decode_block(
     images: Sequence[SourceImage],
     positions: np.ndarray,
@@ -127,7 +132,8 @@ def decode_block(
         except Exception as error:  # PIL and decoder errors
             raise _unreadable(url, keys[position], error) from error
 
-    prepare_all(positions, prepare)
+    largest = max((images[p].height * images[p].width * 3 for p in positions), default=0)
+    prepare_all(positions, prepare, parallel=largest <= PARALLEL_DECODE_BYTES)
 
 
 def _unreadable(url: str, key: str, error: Exception) -> ShardError:
