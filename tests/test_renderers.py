@@ -4,6 +4,7 @@ views, the teacher's normalised batches = the trainer's views normalised."""
 
 import io
 import math
+import threading
 from dataclasses import replace
 
 import numpy as np
@@ -222,6 +223,30 @@ def test_the_teacher_renders_ahead_and_gets_the_serial_targets(photos):
                     assert np.array_equal(array, results[pool].arrays()[name]), (pool, name)
     finally:
         torch.set_num_threads(threads)
+
+
+def test_render_threads_run_torch_alone_and_leave_the_callers_threads():
+    # two render threads whose ops each started an OpenMP team of the caller's size would
+    # oversubscribe the cores; the caller (the model) keeps its own count, here in a thread
+    # that has not run a torch op yet, as an actor's may not have
+    from kdcache.pipeline.teach.render_pool import RenderPool
+
+    seen = {}
+
+    def caller() -> None:
+        torch.set_num_threads(2)
+        with RenderPool(2, lambda: None) as pool:
+            pool.each(lambda i: seen.setdefault(i, torch.get_num_threads()), [0, 1, 2, 3])
+        seen["caller"] = torch.get_num_threads()
+
+    threads = torch.get_num_threads()
+    try:
+        worker = threading.Thread(target=caller)
+        worker.start()
+        worker.join()
+    finally:
+        torch.set_num_threads(threads)
+    assert [seen[i] for i in range(4)] == [1, 1, 1, 1] and seen["caller"] == 2
 
 
 def _cmyk_and_png(encoded: bytes) -> list[bytes]:

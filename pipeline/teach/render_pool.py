@@ -49,6 +49,18 @@ def batch_buffers(count: int, pinned: bool = False):
     return buffer
 
 
+def one_intra_op_thread() -> None:
+    """Make torch's ops in the calling (pool) thread run on that thread alone.
+
+    The pool's threads are the parallelism: each thread's torch ops would otherwise start
+    their own team of ``torch.get_num_threads()`` OpenMP threads, oversubscribing the cores
+    (measured: 25-30 % more CPU per view with two render threads on two cores). The setting is
+    per thread for OpenMP; torch also keeps it as the default for threads that start later, so
+    it is called only in pool threads, after the caller's own thread count is set (the
+    caller's thread keeps its own)."""
+    torch.set_num_threads(1)
+
+
 class RenderPool:
     """``threads`` render threads (0: everything runs in the caller), each with its own
     renderer from ``make_renderer()``."""
@@ -59,7 +71,10 @@ class RenderPool:
         self._local = threading.local()
         self._pool = None
         if threads > 0:
-            self._pool = ThreadPoolExecutor(threads, thread_name_prefix="kdcache-render")
+            torch.get_num_threads()  # fixes the caller's thread count before the pool's threads
+            self._pool = ThreadPoolExecutor(
+                threads, thread_name_prefix="kdcache-render", initializer=one_intra_op_thread
+            )
 
     def __enter__(self) -> "RenderPool":
         return self
