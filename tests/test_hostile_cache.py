@@ -29,12 +29,8 @@ import json, sys
 import torch, zarr  # the libraries every command loads: start-up, not the command's work
 import kdcache.pipeline.cache.store, kdcache.tools.cache.inspect_cache
 from kdcache.tools.cli.main import main
-def status(field):  # this process's own figures (ru_maxrss would carry the parent's over fork)
-    with open("/proc/self/status") as f:
-        return next(int(l.split()[1]) for l in f if l.startswith(field + ":")) << 10
-with open("/proc/self/clear_refs", "w") as f:
-    f.write("5")  # the peak starts again from the RSS after the imports
-start = status("VmRSS")
+from kdcache.tools.bench.peak_memory import restart_peak, status
+start = restart_peak()  # the peak starts again from the RSS after the imports
 try:
     main(sys.argv[1:])
     code = 0

@@ -19,13 +19,9 @@ from PIL import Image
 GIB = 1 << 30
 PROBE = """
 import json, sys
-def status(field):  # this process's own figures (ru_maxrss would carry the parent's over fork)
-    with open("/proc/self/status") as f:
-        return next(int(l.split()[1]) for l in f if l.startswith(field + ":")) << 10
 import kdcache.tools.cli.main, kdcache.pipeline.data
-with open("/proc/self/clear_refs", "w") as f:
-    f.write("5")  # the peak starts again from the RSS after the imports
-base = status("VmRSS")
+from kdcache.tools.bench.peak_memory import restart_peak, status
+base = restart_peak()  # the peak starts again from the RSS after the imports
 code = 0
 try:
     exec(sys.argv[2])

@@ -43,15 +43,12 @@ def run_limited(argv: list[str], limit: int = 4 * GIB) -> tuple[subprocess.Compl
 PEAK_OF_MAIN = """
 import sys
 from kdcache.tools.cli.main import main
-def peak():
-    with open("/proc/self/status") as f:
-        return next(int(l.split()[1]) for l in f if l.startswith("VmHWM:")) << 10
-with open("/proc/self/clear_refs", "w") as f:
-    f.write("5")  # the peak starts again from the RSS after the imports
+from kdcache.tools.bench.peak_memory import restart_peak, status
+restart_peak()  # the peak starts again from the RSS after the imports
 try:
     main(sys.argv[1:])
 finally:
-    print(f"peak-rss {peak()}")
+    print(f"peak-rss {status('VmHWM')}")
 """
 
 

@@ -100,7 +100,7 @@ def test_sigterm_mid_epoch_then_resume_matches_the_uninterrupted_run(tmp_path, d
         epoch, step = state["progress"]["epoch"], state["progress"]["step"]
         views = TrainViews(data, CachedTargets(cache, data), resolution=28, seed=0)
         assert epoch in (1, 2)  # 2 only if this process slept through all of epoch 1
-        assert 0 < step < views.epoch_steps(epoch, 8, 2)  # inside the epoch
+        assert 0 < step < views.epoch_split(epoch, 8, 2).steps  # inside the epoch
         assert len(_rows(cut)) == epoch
 
         result = subprocess.run(

@@ -3,10 +3,22 @@ photos, randomly initialised teachers (speed does not depend on the weights) and
 cache of them, every one made afresh in the work folder on every run (a rerun with other
 options must not measure stale data). Imports no torch until a recipe runs."""
 
+import argparse
 import os
+from dataclasses import dataclass
 
 from kdcache.errors import ConfigError
-from kdcache.tools.bench.harness import fresh, work_folder
+from kdcache.tools.bench.harness import (
+    Session,
+    add_common_options,
+    add_data_options,
+    add_step_options,
+    apply_shape,
+    fresh,
+    options_of,
+    set_threads,
+    work_folder,
+)
 
 IMAGENET_SHAPED = "imagenet-shaped"
 IMAGENET_CLASSES = 1000
@@ -113,3 +125,40 @@ def given_or_made(args, benchmark: str, options: dict, resolution: int):
     work = work_folder(args.work, benchmark, options)
     data, cache, checkpoint, plan = one_view_cache(work, args, args.teacher, resolution, args.topk)
     return data, cache, checkpoint, asdict(plan), work
+
+
+def add_step_benchmark_options(parser, shapes: dict[str, dict], work: str) -> None:
+    """The options of a benchmark training step by step (bench-train, bench-timm) beyond its
+    own: a given data, cache and teacher (:func:`add_given_cache_options`), the slice made
+    otherwise, the per-run step budget and the common ones (``work``: what its folder holds)."""
+    add_given_cache_options(parser)
+    add_data_options(parser, shapes)
+    add_step_options(parser, shapes)
+    add_common_options(parser, work=work)
+
+
+@dataclass
+class StepSetup:
+    """What a benchmark training step by step runs on: its session, the torch threads in use,
+    and the given or made data, cache, teacher checkpoint, plan fields (None: the cache's) and
+    work folder (None when given)."""
+
+    session: Session
+    threads: int
+    data: str
+    cache: str
+    checkpoint: str
+    plan: dict | None
+    work: str | None
+
+
+def step_setup(args: argparse.Namespace, benchmark: str, shapes: dict[str, dict]) -> StepSetup:
+    """The shape's defaults, the step budget checked, the session started, torch's threads set
+    and the data, cache and teacher given or made (:func:`given_or_made`)."""
+    apply_shape(args, shapes)
+    if args.steps < 1 or args.warmup_steps < 0:
+        raise ConfigError("need --steps >= 1 and --warmup-steps >= 0")
+    session = Session(benchmark, options_of(args))
+    threads = set_threads(args.threads)
+    made = given_or_made(args, benchmark, session.options, args.teacher_resolution)
+    return StepSetup(session, threads, *made)

@@ -117,6 +117,43 @@ class StepModes:
             figures["teacher_ms_per_image"] = 1e3 * self.teacher_seconds / counted[0]
         return figures
 
+    def interleaved(self, modes: tuple[str, ...], repeats: int, warmup: int, log: Callable) -> dict:
+        """``modes`` run interleaved (:func:`interleave`), with ``ratios`` per repeat: cached /
+        none, cached / online, the ideal cached / online ``(t_cached + t_teacher) / t_cached``
+        (``t_teacher`` the teacher's time inside that repeat's online run, so ideal and measured
+        share one baseline and one condition) and the share of that ideal reached."""
+        runs = [Mode(name, lambda _, name=name: self.run(name)) for name in modes]
+        measured = interleave(runs, repeats, warmup, log=log)
+        rates = {m: f["images_per_s"] for m, f in measured["modes"].items()}
+        in_run = measured["modes"]["online"]["teacher_ms_per_image"]["runs"]
+        # (t_cached + t_teacher) / t_cached, t_cached = 1 / rate, t_teacher in ms per image
+        ideal = [1 + c * t / 1e3 for c, t in zip(rates["cached"]["runs"], in_run, strict=True)]
+        ratios = {
+            "cached_over_none": ratio(rates["cached"], rates["none"]),
+            "cached_over_online": ratio(rates["cached"], rates["online"]),
+            "ideal_cached_over_online": spread(ideal),
+        }
+        ratios["share_of_ideal"] = ratio(ratios["cached_over_online"],
+                                         ratios["ideal_cached_over_online"])  # fmt: skip
+        measured["ratios"] = ratios
+        return measured
+
+
+def step_lines(result: dict, targets: tuple[str, str] = ("", "")) -> str:
+    """What a benchmark of :class:`StepModes` prints below its heading: img/s per mode, the
+    teacher's time inside the online run and the ratios of :meth:`StepModes.interleaved`
+    (``targets``: text after cached / none and after the share of ideal)."""
+    rates = {mode: figures["images_per_s"] for mode, figures in result["modes"].items()}
+    ratios, teacher = result["ratios"], result["modes"]["online"]["teacher_ms_per_image"]
+    return (
+        "".join(f"  {mode:8s} {shown(rate, 1)} img/s\n" for mode, rate in rates.items())
+        + f"  teacher inside the online run: {shown(teacher, 2)} ms/img\n"
+        f"  cached / none:   {shown(ratios['cached_over_none'])}{targets[0]}\n"
+        f"  cached / online: {shown(ratios['cached_over_online'])}, ideal "
+        f"{shown(ratios['ideal_cached_over_online'])}\n"
+        f"  share of ideal:  {shown(ratios['share_of_ideal'])}{targets[1]}"
+    )
+
 
 def machine() -> dict:
     """The CPU count and model, the OS and the load average now."""

@@ -25,20 +25,16 @@ import numpy as np
 PER_TAR = 1000
 PROBE = """
 import json, sys, time
-def status(field):  # this process's own figures (ru_maxrss would carry the parent's over fork)
-    with open("/proc/self/status") as f:
-        return next(int(l.split()[1]) for l in f if l.startswith(field + ":")) >> 10
+from kdcache.tools.bench.peak_memory import restart_peak, status
 exec(sys.argv[2])  # the step's imports: not timed, and the base of its memory
-imports = status("VmHWM")
-with open("/proc/self/clear_refs", "w") as f:
-    f.write("5")  # the peak starts again from the RSS now
-base = status("VmRSS")
+imports = status("VmHWM") >> 20
+base = restart_peak() >> 20  # the peak starts again from the RSS now
 result = {}
 start = time.perf_counter()
 exec(sys.argv[3])
 result["seconds"] = round(time.perf_counter() - start, 3)
-result["peak_rss_mib"] = max(imports, status("VmHWM"))
-result["above_imports_mib"] = status("VmHWM") - base
+result["peak_rss_mib"] = max(imports, status("VmHWM") >> 20)
+result["above_imports_mib"] = (status("VmHWM") >> 20) - base
 open(sys.argv[1], "w").write(json.dumps(result))
 """
 # per step: its imports (untimed) and its work (timed), formatted with the size's locations

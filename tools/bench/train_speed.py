@@ -15,24 +15,13 @@ Teachers are randomly initialised: speed does not depend on the weights.
 
 import argparse
 
-from kdcache.tools.bench.bench_data import IMAGENET_SHAPED, add_given_cache_options, given_or_made
+from kdcache.tools.bench.bench_data import IMAGENET_SHAPED, add_step_benchmark_options, step_setup
 from kdcache.tools.bench.harness import (
-    Mode,
-    Session,
-    add_common_options,
-    add_data_options,
     add_shape_option,
-    add_step_options,
-    apply_shape,
     benchmark_parser,
-    interleave,
-    options_of,
     progress_log,
-    ratio,
-    set_threads,
     shaped,
-    shown,
-    spread,
+    step_lines,
     write_json,
 )
 
@@ -53,36 +42,19 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     """Teach a one-view cache, then time the modes interleaved; the report as a dict."""
     from kdcache.tools.bench.train_modes import TrainModes
 
-    apply_shape(args, SHAPES)
-    session = Session("bench-train", options_of(args))
-    threads = set_threads(args.threads)
-    data, cache, checkpoint, plan, work = given_or_made(
-        args, "bench-train", session.options, args.teacher_resolution
-    )
-    bench = TrainModes(args, data, cache, checkpoint, plan)
-    modes = [Mode(name, lambda _, name=name: bench.run(name)) for name in MODES]
-    measured = interleave(modes, args.repeats, args.warmup, log=_log)
-    rates = {m: f["images_per_s"] for m, f in measured["modes"].items()}
-    in_run = measured["modes"]["online"]["teacher_ms_per_image"]["runs"]
-    # (t_cached + t_teacher) / t_cached, t_cached = 1 / rate, t_teacher in ms per image
-    ideal = [1 + c * t / 1e3 for c, t in zip(rates["cached"]["runs"], in_run, strict=True)]
-    measured["ratios"] = {
-        "cached_over_none": ratio(rates["cached"], rates["none"]),
-        "cached_over_online": ratio(rates["cached"], rates["online"]),
-        "ideal_cached_over_online": spread(ideal),
-    }
-    measured["ratios"]["share_of_ideal"] = ratio(
-        measured["ratios"]["cached_over_online"], measured["ratios"]["ideal_cached_over_online"]
-    )
+    run = step_setup(args, "bench-train", SHAPES)
+    bench = TrainModes(args, run.data, run.cache, run.checkpoint, run.plan)
+    measured = bench.interleaved(MODES, args.repeats, args.warmup, log=_log)
     config = {
-        "modes": list(MODES), "torch_threads": threads, "loader_workers": args.workers,
+        "modes": list(MODES), "torch_threads": run.threads, "loader_workers": args.workers,
         "persistent_workers": args.workers > 0, "train_images": args.images,
         "views": bench.cached.plan.views, "plan": bench.cached.plan.to_attrs(),
-        "topk": bench.online.topk, "data": data, "cache": cache, "teacher_checkpoint": checkpoint,
-        "shard_size": args.shard_size, "student_args": bench.spec.model_args,
-        "teacher_resolution_online": bench.online.resolution, "work": work,
+        "topk": bench.online.topk, "data": run.data, "cache": run.cache,
+        "teacher_checkpoint": run.checkpoint, "shard_size": args.shard_size,
+        "student_args": bench.spec.model_args,
+        "teacher_resolution_online": bench.online.resolution, "work": run.work,
     }  # fmt: skip
-    return session.report(config, measured)
+    return run.session.report(config, measured)
 
 
 _log = progress_log("train")
@@ -102,28 +74,18 @@ def add_bench_train_parser(commands) -> None:
     shaped(parser, SHAPES, "--teacher", "timm architecture")
     shaped(parser, SHAPES, "--teacher-resolution", "teacher input size", type=int)
     parser.add_argument("--topk", type=int, default=5, help="default: %(default)s")
-    add_given_cache_options(parser)
-    add_data_options(parser, SHAPES)
-    add_step_options(parser, SHAPES)
-    add_common_options(parser, work="shards and cache")
+    add_step_benchmark_options(parser, SHAPES, work="shards and cache")
     parser.set_defaults(run=run_bench_train_command)
 
 
 def run_bench_train_command(args: argparse.Namespace) -> None:
     result = run_benchmark(args)
-    rates = {mode: figures["images_per_s"] for mode, figures in result["modes"].items()}
-    ratios, config = result["ratios"], result["config"]
-    teacher = result["modes"]["online"]["teacher_ms_per_image"]
+    config = result["config"]
     print(
         f"bench-train ({args.shape}): {args.student} at {args.resolution} px, teacher {args.teacher} at "
         f"{args.teacher_resolution} px, batch {args.batch_size}, {args.workers} workers, "
         f"{config['torch_threads']} threads, {args.repeats} repeats x {args.steps} steps, "
         f"{config['machine']['cpu_count']} CPUs; median (min-max)\n"
-        + "".join(f"  {mode:8s} {shown(rates[mode], 1)} img/s\n" for mode in MODES)
-        + f"  teacher inside the online run: {shown(teacher, 2)} ms/img\n"
-        f"  cached / none:   {shown(ratios['cached_over_none'])}  (target >= 0.95)\n"
-        f"  cached / online: {shown(ratios['cached_over_online'])}, ideal "
-        f"{shown(ratios['ideal_cached_over_online'])}\n"
-        f"  share of ideal:  {shown(ratios['share_of_ideal'])}  (target >= 0.9)"
+        + step_lines(result, ("  (target >= 0.95)", "  (target >= 0.9)"))
     )
     write_json(args.json, result)

@@ -20,25 +20,13 @@ all rebuilt in ``--work`` on every run.
 
 import argparse
 
-from kdcache.errors import ConfigError
-from kdcache.tools.bench.bench_data import IMAGENET_SHAPED, add_given_cache_options, given_or_made
+from kdcache.tools.bench.bench_data import IMAGENET_SHAPED, add_step_benchmark_options, step_setup
 from kdcache.tools.bench.harness import (
-    Mode,
-    Session,
-    add_common_options,
-    add_data_options,
     add_shape_option,
-    add_step_options,
-    apply_shape,
     benchmark_parser,
-    interleave,
-    options_of,
     progress_log,
-    ratio,
-    set_threads,
     shaped,
-    shown,
-    spread,
+    step_lines,
     write_json,
 )
 
@@ -58,39 +46,20 @@ SHAPES = {
 def run_benchmark(args: argparse.Namespace) -> dict:
     from kdcache.tools.bench.timm_modes import TimmModes
 
-    apply_shape(args, SHAPES)
-    if args.steps < 1 or args.warmup_steps < 0:
-        raise ConfigError("need --steps >= 1 and --warmup-steps >= 0")
-    session = Session("bench-timm", options_of(args))
-    threads = set_threads(args.threads)
-    data, cache, checkpoint, plan, work = given_or_made(
-        args, "bench-timm", session.options, args.teacher_resolution
-    )
-    bench = TimmModes(args, data, cache, checkpoint, plan)
-    modes = [Mode(name, lambda _, name=name: bench.run(name)) for name in MODES]
-    measured = interleave(modes, args.repeats, args.warmup, log=_log)
-    rates = {m: f["images_per_s"] for m, f in measured["modes"].items()}
-    in_run = measured["modes"]["online"]["teacher_ms_per_image"]["runs"]
-    # (t_cached + t_teacher) / t_cached, t_cached = 1 / rate, t_teacher in ms per image
-    ideal = [1 + c * t / 1e3 for c, t in zip(rates["cached"]["runs"], in_run, strict=True)]
-    ratios = {
-        "cached_over_none": ratio(rates["cached"], rates["none"]),
-        "cached_over_online": ratio(rates["cached"], rates["online"]),
-        "ideal_cached_over_online": spread(ideal),
-    }
-    ratios["share_of_ideal"] = ratio(ratios["cached_over_online"],
-                                     ratios["ideal_cached_over_online"])  # fmt: skip
-    measured["ratios"] = ratios
+    run = step_setup(args, "bench-timm", SHAPES)
+    bench = TimmModes(args, run.data, run.cache, run.checkpoint, run.plan)
+    measured = bench.interleaved(MODES, args.repeats, args.warmup, log=_log)
     token = bench.distill == "token"
     config = {
-        "modes": list(MODES), "data": data, "cache": cache, "teacher_checkpoint": checkpoint,
-        "work": work, "distill": bench.distill, "resolution": bench.resolution,
+        "modes": list(MODES), "data": run.data, "cache": run.cache,
+        "teacher_checkpoint": run.checkpoint, "work": run.work, "distill": bench.distill,
+        "resolution": bench.resolution,
         "student_kwargs": bench.model_kwargs(), "teacher_arch": bench.teacher.spec.arch,
         "teacher_resolution_cached": bench.teacher.spec.resolution,
         "teacher_resolution_online": bench.resolution, "topk": bench.cached.topk,
         "num_classes": bench.manifest.num_classes, "train_images": bench.train_images,
         "views": bench.cached.plan.views, "plan": bench.cached.plan.to_attrs(),
-        "torch_threads": threads, "loader_workers": args.workers,
+        "torch_threads": run.threads, "loader_workers": args.workers,
         "persistent_workers": args.workers > 0,
         "tasks": {
             "none": "timm.task.ClassificationTask",
@@ -104,8 +73,8 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     if args.accuracy_epochs:
         from kdcache.tools.bench.timm_accuracy import accuracy_rows
 
-        measured["accuracy"] = accuracy_rows(args, data, cache, checkpoint, plan)
-    return session.report(config, measured)
+        measured["accuracy"] = accuracy_rows(args, run.data, run.cache, run.checkpoint, run.plan)
+    return run.session.report(config, measured)
 
 
 _log = progress_log("timm")
@@ -131,7 +100,6 @@ def add_bench_timm_parser(commands) -> None:
     shaped(parser, SHAPES, "--teacher", "timm architecture of the teacher made here")
     shaped(parser, SHAPES, "--teacher-resolution", "input size of the teacher made here",
            type=int)  # fmt: skip
-    add_given_cache_options(parser)
     parser.add_argument(
         "--resolution",
         type=int,
@@ -149,27 +117,18 @@ def add_bench_timm_parser(commands) -> None:
                         help="also train each task E epochs and report test accuracy, with the "
                         "no-KD seed noise (needs a trained teacher: --data/--cache/"
                         "--teacher-checkpoint) (default: %(default)s, speed only)")  # fmt: skip
-    add_data_options(parser, SHAPES)
-    add_step_options(parser, SHAPES)
-    add_common_options(parser, work="shards, teacher and cache")
+    add_step_benchmark_options(parser, SHAPES, work="shards, teacher and cache")
     parser.set_defaults(run=run_bench_timm_command)
 
 
 def run_bench_timm_command(args: argparse.Namespace) -> None:
     result = run_benchmark(args)
-    rates = {mode: figures["images_per_s"] for mode, figures in result["modes"].items()}
-    ratios, config = result["ratios"], result["config"]
-    teacher = result["modes"]["online"]["teacher_ms_per_image"]
+    config = result["config"]
     print(
         f"bench-timm ({args.shape}): {args.student} at {config['resolution']} px ({config['distill']}), "
         f"teacher {config['teacher_arch']}, batch {args.batch_size}, {args.repeats} "
         f"repeats x {args.steps} steps, {config['machine']['cpu_count']} CPUs; median (min-max)\n"
-        + "".join(f"  {mode:8s} {shown(rates[mode], 1)} img/s\n" for mode in MODES)
-        + f"  teacher inside the online run: {shown(teacher, 2)} ms/img\n"
-        f"  cached / none:   {shown(ratios['cached_over_none'])}\n"
-        f"  cached / online: {shown(ratios['cached_over_online'])}, ideal "
-        f"{shown(ratios['ideal_cached_over_online'])}\n"
-        f"  share of ideal:  {shown(ratios['share_of_ideal'])}"
+        + step_lines(result)
     )
     for run, row in result.get("accuracy", {}).items():
         print(f"  {args.accuracy_epochs} epochs, {run:16s} test acc {row['test_acc']:.2f} % "

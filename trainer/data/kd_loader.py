@@ -159,9 +159,9 @@ class KDLoader:
 
     def steps(self, epoch: int) -> int:
         """Batches this rank yields in ``epoch`` (the same on every rank)."""
-        return self.views.epoch_steps(
+        return self.views.epoch_split(
             epoch, self.batch_size, self.workers, self.world_size, self.drop_last
-        )
+        ).steps
 
     def __len__(self) -> int:
         return self.steps(self.views.epoch)

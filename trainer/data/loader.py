@@ -190,17 +190,6 @@ class TrainViews(_ShardStream):
                 for own in steps]  # fmt: skip
         return EpochSplit(reads, pads, max(steps))
 
-    def epoch_steps(
-        self,
-        epoch: int,
-        batch_size: int,
-        workers: int,
-        world_size: int = 1,
-        drop_last: bool = False,
-    ) -> int:
-        """Batches every rank trains on in ``epoch`` (see :meth:`epoch_split`)."""
-        return self.epoch_split(epoch, batch_size, workers, world_size, drop_last).steps
-
     def iter_views(self, shards: list[ShardInfo]) -> Iterator[dict]:
         """The given shards' samples in tar order, each in its view for the current epoch."""
         renderer = ViewRenderer(self.source.plan)

@@ -48,7 +48,7 @@ def rebatched(batches, size: int, steps: int, drop_last: bool) -> Iterator[dict]
 
 class RebatchedLoader:
     """A training DataLoader (over :class:`~trainer.data.loader.TrainViews`) whose epochs
-    yield ``dataset.epoch_steps`` batches: whole ones, and one partial batch at most."""
+    yield the batches of ``dataset.epoch_split``: whole ones, and one partial batch at most."""
 
     def __init__(self, loader, drop_last: bool = False):
         self.loader, self.drop_last = loader, drop_last
@@ -56,5 +56,6 @@ class RebatchedLoader:
 
     def __iter__(self) -> Iterator[dict]:
         views = self.dataset
-        steps = views.epoch_steps(views.epoch, views.batch_size, views.workers, views.world_size)
+        split = views.epoch_split(views.epoch, views.batch_size, views.workers, views.world_size)
+        steps = split.steps
         return rebatched(iter(self.loader), views.batch_size, steps, self.drop_last)

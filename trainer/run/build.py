@@ -140,7 +140,7 @@ def _data(config, world, device, manifest, source, spec, evaluation, online) -> 
     )  # fmt: skip
     pin = device.type == "cuda"
     epoch_steps = [
-        train_set.epoch_steps(e, config.batch_size, config.workers, world.size)
+        train_set.epoch_split(e, config.batch_size, config.workers, world.size).steps
         for e in range(config.epochs)
     ]
     return Data(
