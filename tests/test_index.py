@@ -6,6 +6,8 @@ import io
 import json
 import os
 import pathlib
+import re
+import tarfile
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -189,3 +191,41 @@ def test_fsspec_urls_recorded_as_given_or_relative(tmp_path):
         read = [s["__key__"] for shard in manifest.shards for s in checked_samples(manifest, shard)]
         assert read == manifest.table["key"].to_pylist()
     fs.rm("/kdcache-index", recursive=True)
+
+
+def _read_with_tarfile_and_pillow(paths) -> list[tuple]:
+    """(key, label, height, width, sha1) per sample as tarfile and Pillow read the tars."""
+    samples: dict[str, dict] = {}
+    for path in paths:
+        with tarfile.open(path) as tar:
+            for info in tar:
+                key, ext = re.match(r"^((?:.*/|)[^.]+)[.]([^/]*)$", info.name).groups()
+                samples.setdefault(key, {})[ext] = tar.extractfile(info).read()
+    rows = []
+    for key, members in samples.items():
+        image = members.get("jpg") or members["png"]
+        with Image.open(io.BytesIO(image)) as opened:
+            width, height = opened.size
+        rows.append((key, int(members["cls"]), height, width, hashlib.sha1(image).hexdigest()))
+    return rows
+
+
+def test_the_manifest_holds_what_tarfile_and_pillow_read(tmp_path):
+    """Real photos (JPEG, some grey) in a plain tarfile tar, PNGs with long keys in a pax tar:
+    keys, labels, sizes and hashes as read by tarfile and Pillow."""
+    tars = write_wds_tars(str(tmp_path / "photos"), 40, per_tar=20, members=("jpg", "cls"))
+    pax = tmp_path / "photos" / "train-000002.tar"
+    with tarfile.open(pax, "w", format=tarfile.PAX_FORMAT) as tar:
+        for i, mode in enumerate(["RGB", "L", "RGBA", "P"]):
+            out = io.BytesIO()
+            Image.new(mode, (30 + i, 17)).save(out, "PNG")
+            key = f"{'long-folder-name/' * 8}png_{i}"
+            for ext, data in (("png", out.getvalue()), ("cls", str(i).encode())):
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    manifest = index_webdataset([*tars, str(pax)], str(tmp_path / "data"), progress=False)
+    table = manifest.table.sort_by("row")
+    found = list(zip(*(table[c].to_pylist() for c in ("key", "label", "height", "width", "sha1")),
+                     strict=True))  # fmt: skip
+    assert found == _read_with_tarfile_and_pillow([*tars, str(pax)])

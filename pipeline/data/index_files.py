@@ -19,6 +19,7 @@ from PIL import Image
 
 from kdcache.errors import ManifestError, OutputExists
 from kdcache.pipeline.data import storage, urls
+from kdcache.pipeline.data.image_header import image_size
 from kdcache.pipeline.data.index_config import IndexConfig
 from kdcache.pipeline.data.manifest import Manifest, ShardInfo, write_manifest
 from kdcache.pipeline.data.shard_writer import PixelStats
@@ -145,26 +146,33 @@ class IndexBuilder:
             raise ManifestError(f"{self.location}: sample {key} has no label {field!r}")
         if label < 0:
             raise ManifestError(f"{self.location}: sample {key} has label {label} ({field}) < 0")
+        width, height = image_size(image) or self._opened_size(key, image)
+        if shard.split == "train" and self.decoded < self.config.stats_images:
+            self.stats.add(decode_image(image, 3))
+            self.decoded += 1
+        columns = self.current
+        columns["key"].append(key)
+        columns["label"].append(label)
+        columns["height"].append(height)
+        columns["width"].append(width)
+        columns["sha1"].append(hashlib.sha1(image).hexdigest())
+
+    def _opened_size(self, key: str, image: bytes) -> tuple[int, int]:
+        """The size Pillow opens an image at (what :func:`image_size` leaves to it)."""
         try:
             with Image.open(io.BytesIO(image)) as opened:
-                width, height = opened.size
+                return opened.size
         except (OSError, ValueError, Image.DecompressionBombError) as error:
             raise ManifestError(
                 f"{self.location}: sample {key}: unreadable image ({type(error).__name__}: {error})"
             ) from None
-        if shard.split == "train" and self.decoded < self.config.stats_images:
-            self.stats.add(decode_image(image, 3))
-            self.decoded += 1
-        values = (key, label, height, width, hashlib.sha1(image).hexdigest())
-        for column, value in zip(self.current.values(), values, strict=True):
-            column.append(value)
-        self.shards[-1] = replace(shard, num_rows=shard.num_rows + 1)
 
     def _close_shard(self) -> None:
         """The shard read so far as Arrow arrays (its Python values let go)."""
         if not self.shards:
             return
-        shard, columns = self.shards[-1], self.current
+        columns = self.current
+        shard = self.shards[-1] = replace(self.shards[-1], num_rows=len(columns["key"]))
         self.parts.append(pa.record_batch({
             "key": pa.array(columns["key"], pa.string()),
             "shard": pa.array(np.full(shard.num_rows, shard.id, np.int32)),

@@ -9,7 +9,6 @@ memory is bounded by what a sample may hold, not by what a file declares.
 
 import json
 import re
-import tarfile
 from collections.abc import Iterable, Iterator, Sequence
 
 import webdataset as wds
@@ -17,6 +16,7 @@ from webdataset.tariterators import group_by_keys
 
 from kdcache.errors import ShardError
 from kdcache.pipeline.data import storage
+from kdcache.pipeline.data.tar_headers import regular_members
 
 MAX_MEMBER_BYTES = 256 << 20  # one member of a sample (an encoded image, a label, a JSON)
 _MAGIC = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "zstd"}
@@ -66,27 +66,12 @@ def _members(sample: dict) -> list[str]:
     return [k for k in sample if not k.startswith("__")]
 
 
-class _Prefixed:
-    """A stream with bytes already read from it put back in front."""
-
-    def __init__(self, head: bytes, stream):
-        self.head, self.stream = head, stream
-
-    def read(self, size: int = -1) -> bytes:
-        if not self.head:
-            return self.stream.read(size)
-        if size < 0:
-            data, self.head = self.head + self.stream.read(), b""
-            return data
-        data, self.head = self.head[:size], self.head[size:]
-        return data if len(data) == size else data + self.stream.read(size - len(data))
-
-
 def tar_members(stream, url: str) -> Iterator[dict]:
     """The regular members of the uncompressed tar read from ``stream`` (its location
-    ``url``), in order, as ``{"fname", "data", "__url__"}``. A compressed tar, or a member
-    above :data:`MAX_MEMBER_BYTES`, is a :class:`ShardError` raised before anything is
-    inflated or read into memory."""
+    ``url``), in order, as ``{"fname", "data", "__url__"}`` (webdataset's metadata members
+    skipped). A compressed tar, or a member above :data:`MAX_MEMBER_BYTES`, is a
+    :class:`ShardError` raised before anything is inflated or read into memory; a damaged tar
+    a ``tarfile.ReadError`` (:mod:`tar_headers`)."""
     head = stream.read(512)
     kind = next((name for magic, name in _MAGIC.items() if head.startswith(magic)), None)
     if kind is not None:
@@ -94,18 +79,8 @@ def tar_members(stream, url: str) -> Iterator[dict]:
             f"{url}: a {kind}-compressed tar; shards are read as uncompressed tars only "
             "(decompress it first)"
         )
-    with tarfile.open(fileobj=_Prefixed(head, stream), mode="r|") as archive:
-        for info in archive:
-            if not info.isreg() or _META.match(info.name):
-                continue
-            if info.size > MAX_MEMBER_BYTES:
-                raise ShardError(
-                    f"{url}: member {info.name} declares {info.size} bytes, above the "
-                    f"{MAX_MEMBER_BYTES >> 20} MiB a sample's member may hold"
-                )
-            data = archive.extractfile(info).read()
-            yield {"fname": info.name, "data": data, "__url__": url}
-            archive.members = []
+    for name, data in regular_members(stream.read, head, url, MAX_MEMBER_BYTES, _META):
+        yield {"fname": name, "data": data, "__url__": url}
 
 
 def _expand(sources: Iterable[dict]) -> Iterator[dict]:
