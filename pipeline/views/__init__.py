@@ -19,6 +19,7 @@ __getattr__, __dir__, __all__ = lazy_face(
         "check_pixels": ".pixel_limit",
         "check_renderer": ".render",
         "decode_image": ".render",
+        "float_batch": ".render",
         "eval_image": ".eval_input",
         "normalize": ".render",
         "parse_randaugment": ".randaugment",

@@ -49,6 +49,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from PIL import Image
+from torch.utils.data import get_worker_info
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
@@ -154,14 +155,11 @@ class ViewRenderer:
             )
         if self._device_views is not None:
             return self._device_views.base_views([as_source(i) for i in images], values, size)
-        pixels_of = {"cpu/3": self._pixels_v3, "cpu/4": self._pixels_v4}.get(
-            self.plan.renderer, self._pixels_v2
-        )
         views = None
         for index, (image, key, v) in enumerate(zip(images, keys, values, strict=True)):
             pixels = self._cached(key) if key is not None else None
             if pixels is None:
-                pixels = pixels_of(as_source(image), v, size)
+                pixels = self._uint8(as_source(image), v, size)
                 self._remember(key, pixels)
             if views is None:
                 views = _buffer(out, (len(images), *pixels.shape))
@@ -175,6 +173,28 @@ class ViewRenderer:
             if normalise is not None:
                 view.sub_(normalise[0]).div_(normalise[1])
         return views
+
+    def _uint8(self, source: SourceImage, values: dict[str, float], size: int) -> torch.Tensor:
+        """cpu/2, cpu/3 or cpu/4 steps 1-3 and colour jitter: uint8 (C, size, size)."""
+        pixels_of = {"cpu/3": self._pixels_v3, "cpu/4": self._pixels_v4}.get(
+            self.plan.renderer, self._pixels_v2
+        )
+        return pixels_of(source, values, size)
+
+    @property
+    def uint8_views(self) -> bool:
+        """True when a view is its uint8 pixels / 255, no step after (a uint8 renderer,
+        no erasing, no mixing): :meth:`render_uint8` then gives the view before that division."""
+        return (
+            self.plan.renderer in UINT8_RENDERERS
+            and self.plan.erase_prob == 0
+            and not self.plan.mixes
+        )
+
+    def render_uint8(self, images: Sequence, params: np.ndarray, position: int, size: int):
+        """The uint8 (C, size, size) pixels whose / 255 is :meth:`render`'s view (only when
+        :attr:`uint8_views`; :func:`float_batch` turns them into views, bitwise)."""
+        return self._uint8(as_source(images[position]), self.values(params[position]), size)
 
     def _cached(self, key) -> torch.Tensor | None:
         pixels = self._cache.get(key)
@@ -352,6 +372,36 @@ def normalize(
     ``batch``, the same values without a second batch in memory)."""
     mean_t, std_t = _stats_on(tuple(mean), tuple(std), batch.dtype, batch.device)
     return (batch.sub_(mean_t) if inplace else torch.sub(batch, mean_t)).div_(std_t)
+
+
+def float_batch(
+    views: Sequence[torch.Tensor], normalise: tuple[Sequence[float], Sequence[float]] | None = None
+) -> torch.Tensor:
+    """Views (C, H, W) as one float32 batch: uint8 ones (:meth:`ViewRenderer.render_uint8`)
+    divided by 255, float ones copied, each then normalised with ``normalise`` = (mean, std)
+    if given; bitwise ``normalize(torch.stack(rendered views), mean, std)``. In a DataLoader
+    worker the batch is made in shared memory (sent to the main process without a copy)."""
+    views = list(views)
+    out = _shared_empty((len(views), *views[0].shape))
+    stats = None if normalise is None else _stats(*normalise)
+    for view, slot in zip(views, out, strict=True):
+        if view.dtype == torch.uint8:
+            torch.div(view, 255.0, out=slot)  # as ViewRenderer._views does
+        else:
+            slot.copy_(view)
+        if stats is not None:
+            slot.sub_(stats[0]).div_(stats[1])
+    return out
+
+
+def _shared_empty(shape: tuple[int, ...]) -> torch.Tensor:
+    """An uninitialised float32 tensor, in shared memory inside a DataLoader worker (as
+    ``default_collate`` makes its batches there)."""
+    if get_worker_info() is None:
+        return torch.empty(shape, dtype=torch.float32)
+    base = torch.empty(0, dtype=torch.float32)
+    storage = base._typed_storage()._new_shared(math.prod(shape), device=base.device)
+    return base.new(storage).resize_(shape)
 
 
 @functools.lru_cache(maxsize=64)

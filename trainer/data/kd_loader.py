@@ -18,7 +18,7 @@ import webdataset as wds
 
 from kdcache.errors import ConfigError
 from kdcache.pipeline.data import Manifest, storage
-from kdcache.pipeline.views import ViewPlan, normalize
+from kdcache.pipeline.views import ViewPlan
 from kdcache.trainer.data.input_size import default_resolution
 from kdcache.trainer.data.label_mixing import label_targets
 from kdcache.trainer.data.loader import TrainViews, make_loader
@@ -149,8 +149,9 @@ class KDLoader:
             )
             self.batch_size, self.drop_last = batch_size, drop_last
             self.world_size = wds.utils.pytorch_worker_info()[1]  # as the dataset splits shards
+            stats = (self.manifest.pixel_mean, self.manifest.pixel_std)  # in the workers
             self._loader = make_loader(
-                self.views, batch_size, workers, pin_memory, seed, drop_last=drop_last
+                self.views, batch_size, workers, pin_memory, seed, drop_last, normalise=stats
             )
             self.workers = self._loader.num_workers
 
@@ -173,7 +174,7 @@ class KDLoader:
     def _batch(self, batch: dict) -> KDBatch:
         manifest = self.manifest
         return KDBatch(
-            images=normalize(batch["image"], manifest.pixel_mean, manifest.pixel_std),
+            images=batch["image"],  # normalised by the workers (collate_views)
             labels=label_targets(batch, manifest.num_classes),
             teacher_targets={name: Targets(**arrays) for name, arrays in batch["targets"].items()},
             rows=batch["row"],

@@ -3,7 +3,7 @@
 import itertools
 import math
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 
@@ -16,6 +16,7 @@ from kdcache.errors import DataSplitError, KdcacheError, ShardError
 from kdcache.pipeline.cache import ShardTargets
 from kdcache.pipeline.data import Manifest, ShardInfo, checked_samples, sample_image, storage
 from kdcache.pipeline.views import ViewRenderer, check_renderer, eval_image, source_image
+from kdcache.trainer.data.collate import collate_views
 from kdcache.trainer.data.label_mixing import mix_targets
 from kdcache.trainer.data.rebatch import RebatchedLoader
 from kdcache.trainer.data.targets import CachedTargets, PlannedViews, ShardBlock
@@ -105,8 +106,10 @@ class TrainViews(_ShardStream):
     """Training samples: each sample's view for the epoch, with its teacher targets.
 
     Yields dicts ``image`` (on [0, 1]; the training loop normalises whole batches on the
-    device), ``label``, ``row``, ``view`` and ``targets``: per teacher name a dict of
-    ``topk_logits``, ``topk_index`` and ``logsumexp`` (no teachers without a cache).
+    device; iterated as a dataset, a view that is uint8 pixels / 255 comes as those pixels and
+    :func:`collate_views`, the collate of :func:`make_loader`, divides them), ``label``,
+    ``row``, ``view`` and ``targets``: per teacher name a dict of ``topk_logits``,
+    ``topk_index`` and ``logsumexp`` (no teachers without a cache).
     Views of a mixing plan add ``mix_lam`` (weight of the sample's own label at this
     resolution, 1 if unmixed) and ``mix_label`` (the partner's label); with ``mix_targets``
     (label-space mixing) each teacher's targets are the lam-mixture of the sample's and the
@@ -190,9 +193,12 @@ class TrainViews(_ShardStream):
                 for own in steps]  # fmt: skip
         return EpochSplit(reads, pads, max(steps))
 
-    def iter_views(self, shards: list[ShardInfo]) -> Iterator[dict]:
-        """The given shards' samples in tar order, each in its view for the current epoch."""
+    def iter_views(self, shards: list[ShardInfo], uint8: bool = False) -> Iterator[dict]:
+        """The given shards' samples in tar order, each in its view for the current epoch;
+        with ``uint8``, a renderer's views that are uint8 pixels / 255 stay those pixels
+        (``ViewRenderer.render_uint8``; :func:`collate_views` divides them, bitwise)."""
         renderer = ViewRenderer(self.source.plan)
+        uint8 = uint8 and renderer.uint8_views
         for shard in shards:  # read and checked whole before any of its samples is yielded
             first = shard.id * self.manifest.shard_size
             images = ShardImages(shard, self.manifest.channels, self.manifest.shard_url(shard))
@@ -205,7 +211,7 @@ class TrainViews(_ShardStream):
             block = self.source.block(shard, sorted(set(views.tolist())))  # only those used
             for row, view in zip(rows, views.tolist(), strict=True):
                 try:
-                    made = self._sample(renderer, images, block, row - first, view)
+                    made = self._sample(renderer, images, block, row - first, view, uint8)
                 except KdcacheError:
                     raise
                 except Exception as error:  # PIL and decoder errors
@@ -219,15 +225,18 @@ class TrainViews(_ShardStream):
         block: ShardBlock,
         position: int,
         view: int,
+        uint8: bool = False,
     ) -> dict:
-        """One sample's dict: its view, label, targets and, for mixing plans, lam and partner label."""
+        """One sample's dict: its view (``uint8``: its uint8 pixels), label, targets and, for
+        mixing plans, lam and partner label."""
         column = block.column(view)
         params = block.params[:, column]
+        render = renderer.render_uint8 if uint8 else renderer.render
         first_row = images.shard.id * self.manifest.shard_size
         label = int(self.manifest.labels[first_row + position])
         targets = {name: view_targets(t, position, column) for name, t in block.targets.items()}
         sample = {
-            "image": renderer.render(images, params, position, self.resolution),
+            "image": render(images, params, position, self.resolution),
             "label": label,
             "row": first_row + position,
             "view": view,
@@ -237,9 +246,7 @@ class TrainViews(_ShardStream):
         if self.teacher_resolution == self.resolution:
             sample["teacher_image"] = sample["image"]
         elif self.teacher_resolution is not None:
-            sample["teacher_image"] = renderer.render(
-                images, params, position, self.teacher_resolution
-            )
+            sample["teacher_image"] = render(images, params, position, self.teacher_resolution)
         if renderer.plan.mixes:
             partner = renderer.partner(params[position])
             partner = position if partner is None else partner
@@ -270,10 +277,11 @@ class TrainViews(_ShardStream):
         )
         shards = split.reads[rank][worker] if worker < len(split.reads[rank]) else []
         rng = random.Random(f"samples-{self.seed}-{self.epoch}-{rank}-{worker}")
-        stream = self.iter_views(shards)
+        views = partial(self.iter_views, uint8=True)  # divided by 255 in collate_views
+        stream = views(shards)
         pad = split.pads[rank][worker] if shards else 0
         if pad:
-            stream = itertools.chain(stream, _padding(self.iter_views, shards, pad))
+            stream = itertools.chain(stream, _padding(views, shards, pad))
         if self.shuffle_buffer > 1:
             initial = min(100, self.shuffle_buffer)
             stream = wds.shuffle(self.shuffle_buffer, initial, rng=rng)(stream)
@@ -343,17 +351,21 @@ def make_loader(
     pin_memory: bool,
     seed: int = 0,
     drop_last: bool = False,
+    normalise: tuple[Sequence[float], Sequence[float]] | None = None,
 ):
     """A DataLoader over a streaming dataset (workers get disjoint shards); over
     :class:`TrainViews`, one that yields whole batches and at most one partial batch per
-    epoch (none with ``drop_last``: :class:`~trainer.data.rebatch.RebatchedLoader`).
+    epoch (none with ``drop_last``: :class:`~trainer.data.rebatch.RebatchedLoader`), its
+    images float32 on [0, 1], or normalised with ``normalise`` = (mean, std) by the workers
+    (:func:`collate_views`).
 
     The loader draws its workers' base seed from its own generator, never from the global
     torch RNG: a resumed run's dropout masks then follow the saved RNG state exactly. Its
     workers take the storage options current now, and open their own filesystems and stores.
     """
     workers = min(workers, len(dataset.shards))
-    if isinstance(dataset, TrainViews):
+    train = isinstance(dataset, TrainViews)
+    if train:
         dataset.configure(batch_size, workers, drop_last)
     loader = DataLoader(
         dataset,
@@ -364,8 +376,9 @@ def make_loader(
         prefetch_factor=4 if workers > 0 else None,
         generator=torch.Generator().manual_seed(seed),
         worker_init_fn=partial(_adopt_storage, dict(storage.current())) if workers else None,
+        collate_fn=partial(collate_views, normalise=normalise) if train else None,
     )
-    return RebatchedLoader(loader, drop_last) if isinstance(dataset, TrainViews) else loader
+    return RebatchedLoader(loader, drop_last) if train else loader
 
 
 def _adopt_storage(options: dict, worker: int) -> None:
