@@ -25,6 +25,25 @@ def _rows(run) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+def _resumed_rows(cut, whole, epochs: int) -> list[dict]:
+    """The resumed run's metrics rows, checked equal to the uninterrupted run's (timings
+    aside)."""
+    resumed, uninterrupted = _rows(cut), _rows(whole)
+    assert len(resumed) == len(uninterrupted) == epochs
+    for got, want in zip(resumed, uninterrupted, strict=True):
+        for name in want:
+            if name not in ("seconds", "train_images_per_s"):
+                assert got[name] == want[name], (name, got[name], want[name])
+    return resumed
+
+
+def _wait_for_epoch_0(job: subprocess.Popen, out) -> None:
+    """Until ``job`` has saved epoch 0 in ``out``: a SIGTERM then stops epoch 1."""
+    while not (out / RESUME_FILE).exists():
+        assert job.poll() is None, "the run ended before it could be stopped"
+        time.sleep(0.01)
+
+
 def _train_command(data, cache, out, *extra) -> list[str]:
     return [
         *(sys.executable, "-m", "kdcache", "train", "--data", data.location, "--out", str(out)),
@@ -90,9 +109,7 @@ def test_sigterm_mid_epoch_then_resume_matches_the_uninterrupted_run(tmp_path, d
     uncut = subprocess.Popen(_train_command(data, cache, whole, *extra))
     try:
         job = subprocess.Popen(_train_command(data, cache, cut, *extra), stdout=subprocess.PIPE)
-        while not (cut / RESUME_FILE).exists():  # epoch 0 saved: a SIGTERM now stops epoch 1
-            assert job.poll() is None, "the run ended before it could be stopped"
-            time.sleep(0.01)
+        _wait_for_epoch_0(job, cut)
         job.send_signal(signal.SIGTERM)
         assert job.wait(timeout=120) == 143
         assert b"--resume" in job.stdout.read()
@@ -115,12 +132,7 @@ def test_sigterm_mid_epoch_then_resume_matches_the_uninterrupted_run(tmp_path, d
     finally:
         uncut.kill()  # (a no-op once it ended)
         uncut.wait()
-    resumed, uninterrupted = _rows(cut), _rows(whole)
-    assert len(resumed) == len(uninterrupted) == 3
-    for got, want in zip(resumed, uninterrupted, strict=True):
-        for name in want:
-            if name not in ("seconds", "train_images_per_s"):
-                assert got[name] == want[name], name  # identical rows
+    resumed = _resumed_rows(cut, whole, 3)
     assert "test_ema_acc" in resumed[-1]
     assert os.listdir(cut / "tensorboard") and (cut / "checkpoint-ema.pth").exists()
 
@@ -173,9 +185,7 @@ def test_ddp_resume_mid_epoch_reports_the_uninterrupted_metrics(tmp_path, data, 
     uncut = subprocess.Popen(command(whole))
     try:
         job = subprocess.Popen(command(cut), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        while not (cut / RESUME_FILE).exists():  # epoch 0 saved: a SIGTERM now stops epoch 1
-            assert job.poll() is None, "the run ended before it could be stopped"
-            time.sleep(0.01)
+        _wait_for_epoch_0(job, cut)
         ranks = psutil.Process(job.pid).children(recursive=True)
         ranks[-1].send_signal(signal.SIGTERM)  # one rank asks; all agree on a step and stop
         assert job.wait(timeout=300) != 0
@@ -186,12 +196,7 @@ def test_ddp_resume_mid_epoch_reports_the_uninterrupted_metrics(tmp_path, data, 
     finally:
         uncut.kill()
         uncut.wait()
-    resumed, uninterrupted = _rows(cut), _rows(whole)
-    assert len(resumed) == len(uninterrupted) == 2
-    for got, want in zip(resumed, uninterrupted, strict=True):
-        for name in want:
-            if name not in ("seconds", "train_images_per_s"):
-                assert got[name] == want[name], (name, got[name], want[name])
+    _resumed_rows(cut, whole, 2)
 
 
 def test_more_ranks_than_shards_is_refused(tmp_path, data, cache):

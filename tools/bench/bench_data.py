@@ -13,9 +13,7 @@ from kdcache.tools.bench.harness import (
     add_common_options,
     add_data_options,
     add_step_options,
-    apply_shape,
     fresh,
-    options_of,
     set_threads,
     work_folder,
 )
@@ -155,10 +153,9 @@ class StepSetup:
 def step_setup(args: argparse.Namespace, benchmark: str, shapes: dict[str, dict]) -> StepSetup:
     """The shape's defaults, the step budget checked, the session started, torch's threads set
     and the data, cache and teacher given or made (:func:`given_or_made`)."""
-    apply_shape(args, shapes)
+    session = Session.start(benchmark, args, shapes)
     if args.steps < 1 or args.warmup_steps < 0:
         raise ConfigError("need --steps >= 1 and --warmup-steps >= 0")
-    session = Session(benchmark, options_of(args))
     threads = set_threads(args.threads)
     made = given_or_made(args, benchmark, session.options, args.teacher_resolution)
     return StepSetup(session, threads, *made)

@@ -19,7 +19,6 @@ from kdcache.tools.bench.harness import (
     Session,
     add_common_options,
     interleave,
-    options_of,
     set_threads,
     write_json,
 )
@@ -134,7 +133,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict:
     from kdcache.tools.bench.replay_plans import CONFIGURATIONS
 
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    session = Session("gpu-views", options_of(args))
+    session = Session.start("gpu-views", args)
     threads = set_threads(args.threads)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():

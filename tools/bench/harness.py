@@ -190,6 +190,16 @@ class Session:
     began: float = field(default_factory=time.perf_counter)
     machine: dict = field(default_factory=machine)
 
+    @classmethod
+    def start(
+        cls, benchmark: str, args: argparse.Namespace, shapes: dict[str, dict] | None = None
+    ) -> "Session":
+        """The session of a run from the command line: ``shapes``' defaults applied first
+        (:func:`apply_shape`), so that the options it records are those the run uses."""
+        if shapes is not None:
+            apply_shape(args, shapes)
+        return cls(benchmark, options_of(args))
+
     def report(self, config: dict, measured: dict) -> dict:
         """The JSON: the full configuration (options, ``config``, machine, versions; load average
         at the end) beside ``measured`` (``order``, ``modes``, ratios...)."""

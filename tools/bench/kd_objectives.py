@@ -17,7 +17,7 @@ import argparse
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 from kdcache.errors import ConfigError
 from kdcache.tools.bench.bench_data import bench_manifest
@@ -370,22 +370,9 @@ def add_bench_kd_parser(commands) -> None:
 
 
 def run_bench_command(args: argparse.Namespace) -> None:
-    config = BenchConfig(
-        train_limit=args.train_limit,
-        test_limit=args.test_limit,
-        views=args.views,
-        student_epochs=args.student_epochs,
-        teacher_epochs=args.teacher_epochs,
-        seed=args.seed,
-        repeats=args.repeats,
-        warmup=args.warmup,
-        threads=args.threads,
-        q8=args.q8,
-        q6=args.q6,
-        objectives=not args.dtype_rows,
-        feature_rows=args.feature_rows,
-        feature_students=tuple(args.feature_students),
-    )
+    given = {f.name: getattr(args, f.name) for f in fields(BenchConfig) if hasattr(args, f.name)}
+    given["feature_students"] = tuple(args.feature_students)
+    config = BenchConfig(**given, objectives=not args.dtype_rows)
     report = run_bench(args.work, config, progress=not args.quiet)
     print(format_table(report))
     print(f"bench-kd: report written to {os.path.join(args.work, 'bench.json')}")

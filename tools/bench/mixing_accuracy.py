@@ -26,11 +26,9 @@ from kdcache.tools.bench.harness import (
     Session,
     add_common_options,
     add_data_options,
-    apply_shape,
     benchmark_parser,
     fresh,
     interleave,
-    options_of,
     progress_log,
     set_threads,
     shown,
@@ -51,8 +49,7 @@ def run_bench_mixing(args: argparse.Namespace) -> dict:
     from kdcache.pipeline.views import ViewPlan
     from kdcache.trainer.run import TrainConfig, train
 
-    apply_shape(args, SHAPES)
-    session = Session("bench-mixing", options_of(args))
+    session = Session.start("bench-mixing", args, SHAPES)
     threads = set_threads(args.threads)
     work = work_folder(args.work, "bench-mixing", session.options)
     manifest = bench_manifest(os.path.join(work, "data"), args.source, args.images,

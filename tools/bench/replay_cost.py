@@ -27,7 +27,6 @@ from kdcache.tools.bench.harness import (
     add_common_options,
     benchmark_parser,
     interleave,
-    options_of,
     ratio,
     set_threads,
     shown,
@@ -74,7 +73,7 @@ def run_loaders(args: argparse.Namespace) -> dict:
     """``--loaders``: KDLoader against timm's ImageFolder loader, interleaved; the report."""
     from kdcache.tools.bench.loader_speed import loader_modes
 
-    session = Session("bench-replay", options_of(args))
+    session = Session.start("bench-replay", args)
     work = work_folder(args.work, "bench-replay", session.options)
     modes = loader_modes(work, args.loader_images, args.workers, args.batch_size, args.resolution)
     print(f"bench-replay --loaders: {args.loader_images} JPEGs (~500x375) to {args.resolution} "
@@ -103,7 +102,7 @@ def run_bench_replay(args: argparse.Namespace) -> dict:
     from kdcache.tools.bench.photo_set import photo_jpegs
     from kdcache.tools.bench.replay_plans import CONFIGURATIONS, MEAN, STD
 
-    session = Session("bench-replay", options_of(args))
+    session = Session.start("bench-replay", args)
     threads = set_threads(args.threads)
     encoded = photo_jpegs(args.images, seed=args.seed)
     if args.work:

@@ -19,7 +19,6 @@ from kdcache.tools.bench.harness import (
     add_common_options,
     fresh,
     interleave,
-    options_of,
     shown,
     work_folder,
     write_json,
@@ -143,7 +142,7 @@ def moto_server():
 
 def run_bench(out: str, args: argparse.Namespace) -> dict:
     """The caches built in ``out`` (and uploaded to moto with ``args.s3``), then every mode."""
-    session = Session("bench-reads", options_of(args))
+    session = Session.start("bench-reads", args)
     out = work_folder(out, "bench-reads", session.options)
     manifest = bench_manifest(os.path.join(out, "data"), "fashion-mnist", args.images, 0,
                               args.shard_size)  # fmt: skip

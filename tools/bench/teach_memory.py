@@ -18,25 +18,17 @@ from kdcache.pipeline.teach import HOST_ALLOCATORS
 def measure(images: int, block_rows: int, work: str, host_allocator: str = "reuse") -> dict:
     """Shard ``images`` photos (made once in ``work``) as one shard, teach it, report the peak."""
     from kdcache.pipeline.data import write_shards
-    from kdcache.pipeline.teach import (
-        ModelSpec,
-        TeachConfig,
-        TeacherSource,
-        create_model,
-        run_teach,
-        save_checkpoint,
-    )
+    from kdcache.pipeline.teach import TeachConfig, TeacherSource, run_teach
     from kdcache.pipeline.views import ViewPlan
-    from kdcache.tools.bench.bench_data import photo_folder
+    from kdcache.tools.bench.bench_data import photo_folder, random_teacher
 
     photos = photo_folder(os.path.join(work, "photos"), images, 0, classes=2)
     data = os.path.join(work, f"data{images}")
     shutil.rmtree(data, ignore_errors=True)
-    write_shards(photos, data, shard_size=images, splits=["train"], limits={"train": images},
-                 progress=False)  # fmt: skip
+    manifest = write_shards(photos, data, shard_size=images, splits=["train"],
+                            limits={"train": images}, progress=False)  # fmt: skip
     checkpoint = os.path.join(work, "teacher.pth")
-    spec = ModelSpec("resnet10t", 2, 3, 224, (0.5,) * 3, (0.25,) * 3)
-    save_checkpoint(checkpoint, create_model(spec), spec)
+    random_teacher(manifest, "resnet10t", 224, checkpoint)
     cache = os.path.join(work, f"cache{images}-{block_rows}.zarr")
     shutil.rmtree(cache, ignore_errors=True)
     summary = run_teach(TeachConfig(

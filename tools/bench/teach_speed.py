@@ -27,11 +27,9 @@ from kdcache.tools.bench.harness import (
     add_common_options,
     add_data_options,
     add_shape_option,
-    apply_shape,
     benchmark_parser,
     fresh,
     interleave,
-    options_of,
     progress_log,
     ratio,
     shaped,
@@ -126,8 +124,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     from kdcache.tools.bench.teach_raw import raw_layout
     from kdcache.tools.bench.teach_render import render_only
 
-    apply_shape(args, SHAPES)
-    session = Session("bench-teach", options_of(args))
+    session = Session.start("bench-teach", args, SHAPES)
     work = work_folder(args.work, "bench-teach", session.options)
     data = os.path.join(work, "data")
     manifest = bench_manifest(data, args.source, args.images, args.test_images, args.shard_size)

@@ -23,7 +23,6 @@ from kdcache.errors import ConfigError
 from kdcache.tools.bench.harness import (
     Session,
     benchmark_parser,
-    options_of,
     set_threads,
     write_json,
 )
@@ -293,7 +292,7 @@ def run_bench_quality(args: argparse.Namespace) -> dict:
     from kdcache.tools.bench.harness import progress_log
     from kdcache.tools.bench.photo_set import photo_jpegs
 
-    session = Session("bench-quality", options_of(args))
+    session = Session.start("bench-quality", args)
     threads = set_threads(args.threads)
     encoded = photo_jpegs(args.images, seed=args.seed)
     encoded += large_photo_jpegs(args.large_images, seed=args.seed)

@@ -10,7 +10,7 @@ from dataclasses import replace
 
 from kdcache.errors import ConfigError
 from kdcache.pipeline.teach.teach_config import TeacherSource
-from kdcache.tools.cli.config_options import _checked, add_field_flags
+from kdcache.tools.cli.config_options import _checked, _flag, add_field_flags
 
 DEST = "teacher_"  # args.teacher_<field>
 GROUP_HELP = (
@@ -75,8 +75,9 @@ def add_teacher_arguments(
             options.update(action="append", default=[])
         else:
             options["default"] = None
-        group.add_argument(meta["flag"], **options)
-        flags[f"teacher.{spec.name}"] = meta["flag"]
+        flag = meta["flag"] or _flag(DEST + spec.name)  # --teacher-<field>
+        group.add_argument(flag, **options)
+        flags[f"teacher.{spec.name}"] = flag
     add_field_flags(parser, flags)
 
 
