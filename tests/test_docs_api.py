@@ -211,7 +211,8 @@ class Resolver:
             if base is None:
                 return None
             found, problem = _member(base, node.attr)
-            self.problems += [(self.line, f"{dotted}: {problem}")] if problem else []
+            if problem and not re.fullmatch(r"[A-Z][A-Z0-9_]*", node.attr):  # not `kdcache.X`
+                self.problems.append((self.line, f"{dotted}: {problem}"))
             return found
         if isinstance(node, ast.Call):
             return self._call(node)
