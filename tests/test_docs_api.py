@@ -33,18 +33,22 @@ VARIABLES = {
     "error": "kdcache.KdcacheError",
 }
 # names of other libraries the docs use the way they use kdcache's (a class, or a call with
-# keywords): listed with their library, so a kdcache name that is renamed cannot hide as one
+# keywords), with where they live (checked where that imports): a kdcache name that is renamed
+# cannot hide as one, and a library's name the docs rely on is there
 FOREIGN_NAMES = {
     "ClassificationTask": "timm.task", "LogitDistillationTask": "timm.task",
     "TokenDistillationTask": "timm.task", "FeatureDistillationTask": "timm.task",
     "TrainingTask": "timm.task", "ModelEmaV3": "timm.utils", "create_transform": "timm.data",
-    "VisionTransformerDistilled": "timm.models", "RandomErasing": "timm.data",
-    "PosterizeIncreasing": "timm's RandAugment op", "forward_head": "timm models",
+    "Mixup": "timm.data", "RandomErasing": "timm.data.random_erasing",
+    "PosterizeIncreasing": "timm.data.auto_augment.NAME_TO_OP",
+    "VisionTransformerDistilled": "timm.models.deit",
+    "forward_head": "timm.models.VisionTransformer",
     "ImageFolder": "torchvision.datasets", "ColorJitter": "torchvision.transforms",
     "DataLoader": "torch.utils.data", "DistributedSampler": "torch.utils.data",
-    "KLDivLoss": "torch.nn", "LightningDataModule": "lightning", "LightningModule": "lightning",
-    "Image": "PIL", "ImageEnhance": "PIL", "decode_jpeg": "simplejpeg, torchvision.io",
-    "RayJob": "KubeRay", "interpolate": "torch.nn.functional", "Mixup": "timm.data",
+    "KLDivLoss": "torch.nn", "interpolate": "torch.nn.functional",
+    "decode_jpeg": "simplejpeg", "Image": "PIL", "ImageEnhance": "PIL",
+    "LightningDataModule": "lightning", "LightningModule": "lightning",
+    "RayJob": "KubeRay (a Kubernetes resource, not imported)",
 }  # fmt: skip
 # text in code that looks like an API name and is not one
 NOT_API = {
@@ -438,6 +442,31 @@ for batch in loader:
 def broken(:
 ```
 """
+
+
+def _owner(path: str) -> object | None:
+    """The object at a dotted path (a module, then attributes), or None if none imports."""
+    words = path.split(" ")[0].split(".")
+    for cut in range(len(words), 0, -1):
+        try:
+            found = importlib.import_module(".".join(words[:cut]))
+        except ImportError:
+            continue
+        for word in words[cut:]:
+            found = getattr(found, word, None)
+        return found
+    return None
+
+
+def test_the_other_libraries_names_the_docs_use_are_there():
+    missing = []
+    for name, where in FOREIGN_NAMES.items():
+        owner = _owner(where)
+        if owner is None or (isinstance(owner, dict) and name in owner):
+            continue
+        if not hasattr(owner, name) and _owner(f"{where}.{name}") is None:  # PIL.Image
+            missing.append(f"{name}: not in {where}")
+    assert not missing, missing
 
 
 def test_a_wrong_name_keyword_or_signature_is_reported_with_page_and_line(tmp_path):
