@@ -559,6 +559,20 @@ def test_every_command_benchmark_and_option_is_in_the_command_reference():
     assert not gaps, "\n".join(gaps)
 
 
+def test_the_environment_variables_the_docs_name_are_the_ones_the_code_reads():
+    def named(texts):
+        return {v for text in texts for v in re.findall(r"\bKDCACHE_[A-Z_]+[A-Z]\b", text)}
+
+    documented = named(page.read_text("utf-8") for page in doc_files())
+    sources = [
+        p
+        for folder in ("api", "pipeline", "trainer", "tools")
+        for p in (ROOT / folder).rglob("*.py")
+    ]
+    read = {v for p in sources for v in re.findall(r"[\"'](KDCACHE_[A-Z_]+)[\"']", p.read_text())}
+    assert documented == read, f"docs only: {documented - read}; code only: {read - documented}"
+
+
 BROKEN_PAGE = """# A page
 
 ```bash
