@@ -84,7 +84,9 @@ def snippets(page: pathlib.Path) -> list[Snippet]:
             continue
         if fence is not None:
             if line.strip().startswith(fence):
-                fence = None
+                if pending is not None:  # a last line ending in a continuation
+                    found.append(Snippet(_relative(page), *pending, True, language))
+                fence, pending = None, None
             elif language in _SHELL_LANGUAGES and pending is not None:
                 pending = (pending[0], pending[1] + " " + line.strip())
             else:
@@ -186,8 +188,11 @@ def commands(page: pathlib.Path, page_snippets: list[Snippet] | None = None) -> 
         if snippet.fenced and not shell:
             continue
         text = snippet.text
+        tool = re.match(r"^([a-z_]+) --?[a-z]", text)
         if not snippet.fenced and _BARE.match(text) and not text.startswith("kdcache"):
             text = "kdcache " + text
+        elif not snippet.fenced and tool and _is_bench_tool(tool.group(1)):
+            text = "python -m kdcache.tools.bench." + text  # `teach_memory --images N`
         elif not snippet.fenced and not text.startswith(("kdcache ", "python")):
             continue
         text = re.sub(r"<([\w .-]+)>", lambda m: m.group(1).upper().replace(" ", "_"), text)
@@ -201,6 +206,11 @@ def commands(page: pathlib.Path, page_snippets: list[Snippet] | None = None) -> 
         for module, argv in _invocations(_words(text, pipes=not synopsis), pipes=not synopsis):
             found.append(Command(snippet, tuple(argv), synopsis, module))
     return found
+
+
+def _is_bench_tool(name: str) -> bool:
+    """A module of kdcache.tools.bench run on its own (`python -m kdcache.tools.bench.NAME`)."""
+    return importlib.util.find_spec(f"kdcache.tools.bench.{name}") is not None
 
 
 def _is_placeholder(word: str) -> bool:
@@ -331,7 +341,7 @@ def _target(argv: tuple[str, ...]) -> tuple[argparse.ArgumentParser | None, list
 
 def _parse_problem(command: Command) -> str:
     """Why the real command line refuses a whole command, placeholders given valid values."""
-    parser, words, problem = _target(command.argv)
+    parser, _, problem = _target(command.argv)
     if problem or parser is None:
         return problem
     argv = list(command.argv)
@@ -365,6 +375,7 @@ def _module_flags(module: str) -> set[str] | None:
 
 
 def _module_problems(command: Command) -> list[str]:
+    """A ``python -m kdcache.tools.NAME`` line's missing module or unknown options."""
     if re.search(r"\.[A-Z]+$", command.module):  # python -m kdcache.tools.bench.NAME
         return []
     flags = _module_flags(command.module)
@@ -546,6 +557,20 @@ def test_every_command_benchmark_and_option_is_in_the_command_reference():
     gaps = reference_gaps()
     gaps += [f"kdcache {n}: undocumented {', '.join(o)}" for n, o in undocumented_options().items()]
     assert not gaps, "\n".join(gaps)
+
+
+def test_the_environment_variables_the_docs_name_are_the_ones_the_code_reads():
+    def named(texts):
+        return {v for text in texts for v in re.findall(r"\bKDCACHE_[A-Z_]+[A-Z]\b", text)}
+
+    documented = named(page.read_text("utf-8") for page in doc_files())
+    sources = [
+        p
+        for folder in ("api", "pipeline", "trainer", "tools")
+        for p in (ROOT / folder).rglob("*.py")
+    ]
+    read = {v for p in sources for v in re.findall(r"[\"'](KDCACHE_[A-Z_]+)[\"']", p.read_text())}
+    assert documented == read, f"docs only: {documented - read}; code only: {read - documented}"
 
 
 BROKEN_PAGE = """# A page

@@ -3,6 +3,7 @@ q8 and q6 targets, and a crc32c on every read (a flipped byte names teacher, sha
 
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -271,29 +272,38 @@ def test_a_format1_cache_is_still_read_and_catalogued_as_such(data, tmp_path):
     assert [(r["format"], r["target_dtype"]) for r in stored] == expected[::-1]
 
 
-Q8_READER = r"""
+FORMAT_PAGE = Path(__file__).resolve().parents[1] / "docs" / "format.md"
+_READER_HEAD = r"""
 import json, math, sys
 sys.modules["kdcache"] = None  # importing kdcache's code would fail here
 import numpy as np, zarr
 cache, row, view = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-g = zarr.open_group(cache, mode="r"); t = g["teachers/t"]; K = g.attrs["topk"]
-assert g.attrs["format"] == "kdcache/2" and g.attrs["layout"]["target_dtype"] == "q8"
-C = g.attrs["dataset"]["num_classes"]; b = max(1, math.ceil(math.log2(max(C, 2))))
-level, scale = t["topk_logits"][row, view], t["logit_scale"][row, view]
-logits = -level.astype(np.float32) * np.float32(scale); lse = np.float32(t["logsumexp"][row, view])
-bits = np.unpackbits(t["topk_index"][row, view], count=K * b).reshape(K, b)
-ids = (bits.astype(np.int64) << np.arange(b - 1, -1, -1)).sum(-1)
-print(json.dumps({"logits": logits.tolist(), "lse": float(lse), "ids": ids.tolist()}))
+assert zarr.open_group(cache, mode="r").attrs["layout"]["target_dtype"] == "{dtype}"
+"""
+_READER_TAIL = """
+print(json.dumps({"logits": logits.tolist(), "lse": float(lse), "ids": np.asarray(ids).tolist()}))
 """
 
 
-def test_a_reader_with_plain_zarr_decodes_q8_targets_as_readme_says(data, tmp_path):
+def format_page_reader(dtype: str) -> str:
+    """The plain-zarr reader docs/format.md gives under ``### q8`` or ``### q6``, as written
+    (teacher ``NAME`` is ``t`` here), as a script of (cache, row, view) printing what it
+    decodes."""
+    text = FORMAT_PAGE.read_text()
+    section = text[text.index(f"\n### {dtype}\n") :]
+    block = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    assert '"teachers/NAME"' in block
+    body = block.replace('"teachers/NAME"', '"teachers/t"')
+    return _READER_HEAD.replace("{dtype}", dtype) + body + _READER_TAIL
+
+
+def test_format_md_s_plain_zarr_reader_decodes_q8_targets(data, tmp_path):
     import json
 
     location = str(tmp_path / "q.zarr")
     write_cache(location, data, views=2, topk=4, target_dtype="q8")
     row, view, shard = 234, 1, data.shards[2]
-    result = subprocess.run([sys.executable, "-c", Q8_READER, location, str(row), str(view)],
+    result = subprocess.run([sys.executable, "-c", format_page_reader("q8"), location, str(row), str(view)],
                             capture_output=True, text=True, check=True)  # fmt: skip
     plain = json.loads(result.stdout)
     ours = CachedTargets(location, data).block(shard, [view]).targets["t"]
@@ -303,49 +313,13 @@ def test_a_reader_with_plain_zarr_decodes_q8_targets_as_readme_says(data, tmp_pa
     assert np.float32(plain["lse"]) == ours.logsumexp[position, 0]
 
 
-Q6_READER = r"""
-import json, math, sys
-sys.modules["kdcache"] = None  # importing kdcache's code would fail here
-import numpy as np, zarr
-cache, row, view = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-g = zarr.open_group(cache, mode="r"); t = g["teachers/t"]
-assert g.attrs["format"] == "kdcache/2" and g.attrs["layout"]["target_dtype"] == "q6"
-K, C = g.attrs["topk"], g.attrs["dataset"]["num_classes"]
-widths = [(math.comb(C, K) - 1).bit_length(), (K - 1).bit_length(), 6 * (K - 1), 8, 8]
-bits = "".join(map(str, np.unpackbits(t["topk_packed"][row, view])))
-fields, at = [], 0
-for width in widths:
-    fields.append(int(bits[at:at + width] or "0", 2))
-    at += width
-rank, top, levels, scale, tail = fields
-ids = []
-for i in range(K - 1, -1, -1):  # the largest c with comb(c, i + 1) <= rank
-    c = i
-    while c + 1 < C and math.comb(c + 1, i + 1) <= rank:
-        c += 1
-    ids.insert(0, c)
-    rank -= math.comb(c, i + 1)
-level = [(levels >> 6 * (K - 2 - j)) & 63 for j in range(K - 1)]
-level.insert(top, 0)
-units = [L + max(0, L - 32) for L in level]
-unit = (16 + (scale & 15)) * 2.0 ** ((scale >> 4) - 16)
-logits = -np.array(units, np.float32) * np.float32(unit)
-lse = math.log(sum(math.exp(x) for x in logits.astype(float)))
-if K < C:
-    lse += math.log1p(math.exp(-12 + tail * (math.log((C - K) / K) + 12) / 255))
-order = np.lexsort((np.arange(K), np.arange(K) != top, -logits))  # the argmax first
-print(json.dumps({"logits": logits[order].tolist(), "lse": lse,
-                  "ids": np.array(ids)[order].tolist()}))
-"""
-
-
-def test_a_reader_with_plain_zarr_decodes_q6_targets_as_readme_says(data, tmp_path):
+def test_format_md_s_plain_zarr_reader_decodes_q6_targets(data, tmp_path):
     import json
 
     location = str(tmp_path / "q.zarr")
     write_cache(location, data, views=2, topk=4, target_dtype="q6")
     for row, view in ((234, 1), (449, 0)):
-        result = subprocess.run([sys.executable, "-c", Q6_READER, location, str(row), str(view)],
+        result = subprocess.run([sys.executable, "-c", format_page_reader("q6"), location, str(row), str(view)],
                                 capture_output=True, text=True, check=True)  # fmt: skip
         plain = json.loads(result.stdout)
         shard = data.shards[row // data.shard_size]
