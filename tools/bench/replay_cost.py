@@ -168,7 +168,8 @@ def add_bench_replay_parser(commands) -> None:
     parser.add_argument("--views", type=int, default=8, help="teacher-path views per image")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated photos")
     parser.add_argument("--loaders", action="store_true", help="instead: KDLoader against "
-                        "timm's ImageFolder + create_transform + DataLoader, images/s")  # fmt: skip
+                        "timm's ImageFolder + create_transform + DataLoader, images/s and "
+                        "CPU ms per image of workers and main process")  # fmt: skip
     parser.add_argument("--loader-images", type=int, default=1000, help="--loaders: JPEGs "
                         "per epoch (default: %(default)s)")  # fmt: skip
     parser.add_argument("--workers", type=int, default=2, help="--loaders: DataLoader "
