@@ -229,7 +229,10 @@ def test_bench_replay_loaders_times_kdloader_against_timms_loader(tmp_path):
     assert config["workers"] == 2
     for mode in modes:  # every image once per epoch
         assert result["modes"][mode]["images"]["runs"] == [100, 100]
+        for figure in ("worker_cpu_ms_per_image", "main_cpu_ms_per_image"):  # workers counted
+            assert all(ms > 0 for ms in result["modes"][mode][figure]["runs"]), (mode, figure)
     assert len(result["ratios"]["kdcache_over_timm"]["runs"]) == 2
+    assert len(result["ratios"]["timm_cpu_over_kdcache"]["runs"]) == 2
 
 
 def test_gpu_views_interleaves_renderers(tmp_path):

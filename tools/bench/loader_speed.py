@@ -7,10 +7,14 @@ torchvision's ``ImageFolder`` over the same JPEGs with ``create_transform(224,
 is_training=True, color_jitter=None)`` (random resized crop and flip, bilinear, normalised) and
 a shuffling ``DataLoader``. Both with the same batch size and DataLoader workers; each epoch
 makes a fresh loader iteration (workers started per epoch by both), images/s by the wall clock
-over the whole epoch.
+over the whole epoch, and the CPU time per image of the DataLoader workers (the finished
+children's) and of the main process: on a shared machine the wall clock shows the scheduler's
+share, the CPU time what each loader costs.
 """
 
+import gc
 import os
+import resource
 import time
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -31,11 +35,24 @@ def loader_modes(work: str, images: int, workers: int, batch_size: int, size: in
 
 
 def _timed(batches) -> dict[str, float]:
-    began, count = time.perf_counter(), 0
-    for images in batches:
-        count += len(images)
+    """Images/s of one epoch (``batches()``: its image batches) and CPU ms per image of the
+    workers (counted once the epoch's workers have exited) and of the main process."""
+    main, workers = _cpu(resource.RUSAGE_SELF), _cpu(resource.RUSAGE_CHILDREN)
+    began = time.perf_counter()
+    count = sum(len(images) for images in batches())
     seconds = time.perf_counter() - began
-    return {"images_per_s": count / seconds, "images": count}
+    main = _cpu(resource.RUSAGE_SELF) - main
+    gc.collect()  # the epoch's iterator surely gone: its workers joined
+    workers = _cpu(resource.RUSAGE_CHILDREN) - workers
+    return {"images_per_s": count / seconds, "images": count,
+            "worker_cpu_ms_per_image": 1e3 * workers / count,
+            "main_cpu_ms_per_image": 1e3 * main / count,
+            "cpu_ms_per_image": 1e3 * (workers + main) / count}  # fmt: skip
+
+
+def _cpu(who: int) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _kdcache_epoch(data: str, workers: int, batch_size: int, size: int):
@@ -46,7 +63,7 @@ def _kdcache_epoch(data: str, workers: int, batch_size: int, size: int):
 
     def run(repeat: int) -> dict[str, float]:
         loader.set_epoch(max(0, repeat))
-        return _timed(batch.images for batch in loader)
+        return _timed(lambda: (batch.images for batch in loader))
 
     return run
 
@@ -62,6 +79,6 @@ def _timm_epoch(folder: str, workers: int, batch_size: int, size: int):
                         shuffle=True, num_workers=workers)  # fmt: skip
 
     def run(_repeat: int) -> dict[str, float]:
-        return _timed(images for images, _ in loader)
+        return _timed(lambda: (images for images, _ in loader))
 
     return run

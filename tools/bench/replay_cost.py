@@ -80,14 +80,21 @@ def run_loaders(args: argparse.Namespace) -> dict:
           f"px, {args.workers} workers, batch {args.batch_size}, {args.repeats} repeats")  # fmt: skip
     measured = interleave(modes, args.repeats, args.warmup, log=lambda _: None)
     figures = measured["modes"]
-    measured["ratios"] = {"kdcache_over_timm": ratio(
-        figures["loader / kdcache"]["images_per_s"], figures["loader / timm"]["images_per_s"])}  # fmt: skip
+    kd, timm = figures["loader / kdcache"], figures["loader / timm"]
+    measured["ratios"] = {"kdcache_over_timm": ratio(kd["images_per_s"], timm["images_per_s"]),
+                          "timm_cpu_over_kdcache": ratio(timm["cpu_ms_per_image"],
+                                                         kd["cpu_ms_per_image"])}  # fmt: skip
     config = {"images": args.loader_images, "workers": args.workers,
               "batch_size": args.batch_size, "resolution": args.resolution, "work": work}  # fmt: skip
     result = session.report(config, measured)
-    for name in figures:
-        print(f"  {name:18s} {shown(figures[name]['images_per_s'], 1)} images/s")
-    print(f"  kdcache / timm     {shown(measured['ratios']['kdcache_over_timm'], 2)}")
+    for name, mode in figures.items():
+        print(f"  {name:18s} {shown(mode['images_per_s'], 1)} images/s; CPU ms/image: workers "
+              f"{shown(mode['worker_cpu_ms_per_image'], 2)}, main "
+              f"{shown(mode['main_cpu_ms_per_image'], 2)}")  # fmt: skip
+    print(
+        f"  kdcache / timm     {shown(measured['ratios']['kdcache_over_timm'], 2)} images/s; "
+        f"CPU per image timm / kdcache {shown(measured['ratios']['timm_cpu_over_kdcache'], 2)}"
+    )
     write_json(args.json, result)
     return result
 
@@ -160,7 +167,8 @@ def add_bench_replay_parser(commands) -> None:
     parser.add_argument("--views", type=int, default=8, help="teacher-path views per image")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated photos")
     parser.add_argument("--loaders", action="store_true", help="instead: KDLoader against "
-                        "timm's ImageFolder + create_transform + DataLoader, images/s")  # fmt: skip
+                        "timm's ImageFolder + create_transform + DataLoader, images/s and "
+                        "CPU ms per image of workers and main process")  # fmt: skip
     parser.add_argument("--loader-images", type=int, default=1000, help="--loaders: JPEGs "
                         "per epoch (default: %(default)s)")  # fmt: skip
     parser.add_argument("--workers", type=int, default=2, help="--loaders: DataLoader "
