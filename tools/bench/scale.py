@@ -34,10 +34,9 @@ with open("/proc/self/clear_refs", "w") as f:
     f.write("5")  # the peak starts again from the RSS now
 base = status("VmRSS")
 result = {}
-start, cpu = time.perf_counter(), time.process_time()
+start = time.perf_counter()
 exec(sys.argv[3])
 result["seconds"] = round(time.perf_counter() - start, 3)
-result["cpu_seconds"] = round(time.process_time() - cpu, 3)  # this process's own CPU
 result["peak_rss_mib"] = max(imports, status("VmHWM"))
 result["above_imports_mib"] = status("VmHWM") - base
 open(sys.argv[1], "w").write(json.dumps(result))
@@ -242,8 +241,7 @@ def format_table(report: dict) -> str:
             else:
                 memory = figures["above_imports_mib" if step == "manifest_read" else "peak_rss_mib"]
                 extra = "".join(f", {k} {v}" for k, v in figures.items()
-                                if k not in ("seconds", "peak_rss_mib", "above_imports_mib",
-                                             "cpu_seconds"))  # fmt: skip
+                                if k not in ("seconds", "peak_rss_mib", "above_imports_mib"))  # fmt: skip
                 cells.append(f"{figures['seconds']:.2f} s / {memory} MiB{extra}")
         if any(c != "–" for c in cells):
             lines.append(f"| {step} | " + " | ".join(cells) + " |")
