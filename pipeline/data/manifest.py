@@ -131,6 +131,11 @@ class Manifest:
         rows = self._rows.checked(shard.id, ENTRY_COLUMNS)
         return rows["key"].to_pylist(), rows["sha1"].to_pylist()
 
+    def shard_labels(self, shard: ShardInfo) -> np.ndarray:
+        """Labels of a shard's samples, in tar order, checked against the shard's digest and
+        not kept (a pass over every shard holds one shard's; :attr:`labels` keeps them)."""
+        return self._rows.checked(shard.id, ("label",))["label"].to_numpy()
+
     def column(self, name: str) -> np.ndarray:
         """One column's values for every sample, in row order (``height``, ``width`` ...)."""
         return self._rows.column(name)
@@ -143,7 +148,7 @@ class Manifest:
     @cached_property
     def labels(self) -> "RowValues":
         """Label per row id (-1 for unused ids), read shard by shard as asked."""
-        return RowValues(self, lambda i: self._rows.checked(i, ("label",))["label"].to_numpy(), -1)
+        return RowValues(self, lambda i: self.shard_labels(self.shards[i]), -1)
 
     @cached_property
     def aspect(self) -> "RowValues":

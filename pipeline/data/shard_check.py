@@ -23,7 +23,7 @@ def checked_samples(manifest: Manifest, shard: ShardInfo) -> Iterator[dict]:
     is checked too (a sample short is an error, raised after the last good sample)."""
     url = manifest.shard_url(shard)
     keys, sha1s = manifest.shard_entries(shard)
-    labels = manifest.labels[manifest.shard_rows(shard)]
+    labels = manifest.shard_labels(shard)
     position = 0
     try:
         for sample in _read(manifest, url):

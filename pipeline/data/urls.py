@@ -38,9 +38,26 @@ def local_path(location: str) -> str | None:
 
 
 def disk_bytes(location: str) -> int:
-    """Bytes stored at ``location`` (a file, or everything under a folder); 0 if absent."""
+    """Bytes stored at ``location`` (a file, or everything under a folder); 0 if absent. A
+    local folder is summed as it is walked (memory of one directory's entries, not of every
+    file's); an object store is listed whole (one request per 1,000 objects)."""
+    path = local_path(location)
+    if path is not None and os.path.isdir(path):
+        return _folder_bytes(path)
     fs, path = filesystem(location)
     return int(fs.du(path)) if fs.exists(path) else 0
+
+
+def _folder_bytes(path: str) -> int:
+    total, folders = 0, [path]
+    while folders:
+        with os.scandir(folders.pop()) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    folders.append(entry.path)
+                elif entry.is_file(follow_symlinks=False):
+                    total += entry.stat(follow_symlinks=False).st_size
+    return total
 
 
 def exists(location: str) -> bool:

@@ -4,7 +4,8 @@ For each row count a synthetic manifest (shards of ``--shard-size`` rows, their 
 written: inspect reads labels and the cache, never the tars) and a complete synthetic cache
 of it (random top-k targets written by the store itself) are made once in the work folder;
 then ``kdcache inspect`` runs in a fresh process per size: wall and CPU time of the command,
-peak RSS of that process, and that peak above its start-up (``resource`` in the child).
+peak RSS of that process, and that peak above its start-up (``VmHWM`` in the child, restarted
+after its imports: a child's ``ru_maxrss`` carries the parent's peak, e.g. of making a cache).
 """
 
 import argparse
@@ -22,14 +23,14 @@ from kdcache.tools.bench.harness import write_json
 SAMPLE_BYTES = 2048  # a small JPEG's tar member, declared for each synthetic shard file
 
 RUN = """
-import json, resource, sys, time, psutil
+import json, sys, time
+from kdcache.tools.bench.peak_memory import restart_peak, status
 from kdcache.tools.cli.main import main
-start = psutil.Process().memory_info().rss
-began = time.perf_counter()
+start = restart_peak()  # this process's own peak (ru_maxrss would carry its parent's)
+began, cpu = time.perf_counter(), time.process_time()
 main(sys.argv[1:])
-seconds = time.perf_counter() - began
-usage = resource.getrusage(resource.RUSAGE_SELF)
-peak, cpu = usage.ru_maxrss * 1024, usage.ru_utime + usage.ru_stime
+seconds, cpu = time.perf_counter() - began, time.process_time() - cpu
+peak = status("VmHWM")
 print(json.dumps({"seconds": seconds, "cpu": cpu, "peak": peak, "above_start": peak - start}),
       file=sys.stderr)
 """

@@ -116,7 +116,7 @@ def _inspect_shard(store, manifest, shard, done, figures, problems, agreement) -
         block = block.select(slice(None), slice(0, views))
         raw += sum(array.nbytes for a, array in block.arrays().items() if a != "params")
         if labels is None:
-            labels = manifest.labels[manifest.shard_rows(shard)]
+            labels = manifest.shard_labels(shard)
         figures[name].add(labels, block.topk_index, block.topk_logits, block.logsumexp)
         top1[name] = block.topk_index[..., 0]
     agreement.add(top1)
