@@ -19,7 +19,11 @@ _COMPRESSORS = (BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle"),)  # fo
 def open_group(location: str, mode: str, storage_options: dict | None) -> zarr.Group:
     """The Zarr group at ``location``; a URL opened with ``storage_options`` (default: the
     current ones)."""
-    options = storage.options_for(location) if storage_options is None else storage_options
+    options = (
+        storage.options_for(location)
+        if storage_options is None
+        else storage.with_defaults(location, storage_options)
+    )
     extra = {"storage_options": options} if options and urls.local_path(location) is None else {}
     return zarr.open_group(_zarr_location(location), mode=mode, **extra)
 

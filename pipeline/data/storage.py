@@ -186,7 +186,22 @@ def _local(location: str) -> bool:
 
 def options_for(location: str) -> dict:
     """The options fsspec (or Zarr's ``storage_options``) needs for ``location``."""
-    return {} if _local(location) else dict(current())
+    return {} if _local(location) else with_defaults(location, dict(current()))
+
+
+S3_DEFAULTS = {
+    # s3fs (max_concurrency > 1) asks an object's size with a HEAD before reading it whole, to
+    # split large objects into parallel ranged GETs; a cache's objects (a view block of one
+    # array, a ledger row) are far smaller than its 50 MB blocks, so that HEAD only doubles the
+    # requests: one GET per whole object instead
+    "max_concurrency": 1,
+}
+
+
+def with_defaults(location: str, options: dict) -> dict:
+    """``options`` over kdcache's defaults for ``location``'s protocol (the user's win)."""
+    protocol = location.split("://", 1)[0] if "://" in location else ""
+    return (S3_DEFAULTS | options) if protocol in ("s3", "s3a") else options
 
 
 def filesystem(location: str):
