@@ -49,6 +49,9 @@ FOREIGN_NAMES = {
     "decode_jpeg": "simplejpeg", "Image": "PIL", "ImageEnhance": "PIL",
     "LightningDataModule": "lightning", "LightningModule": "lightning",
     "RayJob": "KubeRay (a Kubernetes resource, not imported)",
+    "HeadObject": "the S3 API (an operation, not imported)",
+    "GetObject": "the S3 API (an operation, not imported)",
+    "VmHWM": "Linux's /proc/PID/status (a field, not imported)",
 }  # fmt: skip
 # text in code that looks like an API name and is not one
 NOT_API = {
