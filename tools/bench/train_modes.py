@@ -26,6 +26,7 @@ from kdcache.trainer.data import (
     TrainViews,
     label_targets,
 )
+from kdcache.trainer.data.collate import collate_views
 from kdcache.trainer.kd import DistillationLoss, teacher_mix
 
 PREFETCH = 4  # batches per DataLoader worker
@@ -36,7 +37,7 @@ def persistent_batches(dataset: TrainViews, batch_size: int, workers: int):
     workers = min(workers, len(dataset.shards))
     dataset.configure(batch_size, workers)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers,
-                        persistent_workers=workers > 0,
+                        collate_fn=collate_views, persistent_workers=workers > 0,
                         prefetch_factor=PREFETCH if workers else None)  # fmt: skip
     while True:
         yield from loader
