@@ -49,9 +49,8 @@ FOREIGN_NAMES = {
     "decode_jpeg": "simplejpeg", "Image": "PIL", "ImageEnhance": "PIL",
     "LightningDataModule": "lightning", "LightningModule": "lightning",
     "RayJob": "KubeRay (a Kubernetes resource, not imported)",
-    "HeadObject": "the S3 API (an operation, not imported)",
-    "GetObject": "the S3 API (an operation, not imported)",
-    "VmHWM": "Linux's /proc/PID/status (a field, not imported)",
+    # not imported: S3 API operations and a field of Linux's /proc/PID/status
+    "HeadObject": "S3", "GetObject": "S3", "VmHWM": "/proc",
 }  # fmt: skip
 # text in code that looks like an API name and is not one
 NOT_API = {
