@@ -238,6 +238,9 @@ def test_render_threads_run_torch_alone_and_leave_the_callers_threads():
         with RenderPool(2, lambda: None) as pool:
             pool.each(lambda i: seen.setdefault(i, torch.get_num_threads()), [0, 1, 2, 3])
         seen["caller"] = torch.get_num_threads()
+        later = threading.Thread(target=lambda: seen.setdefault("later", torch.get_num_threads()))
+        later.start()
+        later.join()
 
     threads = torch.get_num_threads()
     try:
@@ -247,6 +250,7 @@ def test_render_threads_run_torch_alone_and_leave_the_callers_threads():
     finally:
         torch.set_num_threads(threads)
     assert [seen[i] for i in range(4)] == [1, 1, 1, 1] and seen["caller"] == 2
+    assert seen["later"] == 2  # a thread started after the pool gets torch's default back
 
 
 def _cmyk_and_png(encoded: bytes) -> list[bytes]:

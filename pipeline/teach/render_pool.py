@@ -57,7 +57,7 @@ def one_intra_op_thread() -> None:
     (measured: 25-30 % more CPU per view with two render threads on two cores). The setting is
     per thread for OpenMP; torch also keeps it as the default for threads that start later, so
     it is called only in pool threads, after the caller's own thread count is set (the
-    caller's thread keeps its own)."""
+    caller's thread keeps its own), and the pool puts the default back when it closes."""
     torch.set_num_threads(1)
 
 
@@ -70,8 +70,8 @@ class RenderPool:
         self._make = make_renderer
         self._local = threading.local()
         self._pool = None
+        self._caller_threads = torch.get_num_threads()  # fixed before the pool's threads start
         if threads > 0:
-            torch.get_num_threads()  # fixes the caller's thread count before the pool's threads
             self._pool = ThreadPoolExecutor(
                 threads, thread_name_prefix="kdcache-render", initializer=one_intra_op_thread
             )
@@ -82,6 +82,7 @@ class RenderPool:
     def __exit__(self, *exc) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
+            torch.set_num_threads(self._caller_threads)  # torch's default for later threads
 
     def renderer(self):
         """The calling thread's renderer (made on first use)."""
