@@ -132,7 +132,7 @@ def decode_block(
         except Exception as error:  # PIL and decoder errors
             raise _unreadable(url, keys[position], error) from error
 
-    largest = max((images[p].height * images[p].width * 3 for p in positions), default=0)
+    largest = max(decoded_bytes([images[p] for p in positions]), default=0)
     prepare_all(positions, prepare, parallel=largest <= PARALLEL_DECODE_BYTES)
 
 
