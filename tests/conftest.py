@@ -189,3 +189,13 @@ def s3_server():
     boto3.client("s3", **client_kwargs, **credentials).create_bucket(Bucket="kdcache")
     yield {"key": S3_KEY, "secret": S3_SECRET, "client_kwargs": client_kwargs}
     server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads_restored():
+    """Each test starts with this worker's torch thread count: an in-process command may set
+    its own (a benchmark's ``--threads``), and a later test comparing an in-process run with a
+    fresh process's would compare different thread counts (float sums differ with threads)."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)

@@ -9,7 +9,6 @@ import sys
 import tarfile
 
 import pytest
-import torch
 
 from kdcache.errors import ConfigError
 from kdcache.tools.bench.harness import STAMP, work_folder
@@ -51,11 +50,7 @@ def _main(tmp_path, *args) -> dict:
     from kdcache.tools.cli.main import main
 
     out = tmp_path / "result.json"
-    threads = torch.get_num_threads()  # a benchmark's --threads is its process's, not the
-    try:  # pytest worker's: later tests in this worker compare runs at the default count
-        main([*args, "--json", str(out)])
-    finally:
-        torch.set_num_threads(threads)
+    main([*args, "--json", str(out)])
     return json.loads(out.read_text())
 
 
