@@ -1,5 +1,10 @@
 """``kdcache demo``: the whole product on real Fashion-MNIST, with a report of measured figures.
 
+On Fashion-MNIST: shard, train a RegNetY teacher, cache V views with top-k targets, train the
+same DeiT student without KD, with cached KD and with the teacher online (same seed and views),
+and write DIR/report.json. Full: about 20 minutes on 2 CPU cores; --quick: a subset in about 3
+minutes.
+
 shard -> train a RegNetY teacher -> cache V views with top-k (Ray) -> train the same student
 three times on the same views and seed (no KD, cached KD, online KD: the teacher run on every
 batch with its logits reduced like the cache's) -> report.json and a table.
@@ -12,22 +17,22 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
 
+from kdcache.tools.cli.arg_types import command_parser
+
 
 @dataclass(frozen=True)
-class DemoConfig:
-    """Sizes and models of a demo run."""
+class FashionRecipe:
+    """The Fashion-MNIST recipe of the demo and the objectives benchmark: data sizes, the
+    teacher's training, the views and the DeiT student's training."""
 
-    source: str = "fashion-mnist"
     train_limit: int | None = None
     test_limit: int | None = None
     shard_size: int = 1000
-    teacher: str = "regnety_002"
     teacher_resolution: int = 32
     teacher_epochs: int = 3
     teacher_lr: float = 5e-3
     views: int = 4
     crop_scale: tuple[float, float] = (0.35, 1.0)
-    topk: int = 5
     student: str = "deit_tiny_distilled_patch16_224"
     student_args: dict = field(
         default_factory=lambda: {"patch_size": 7, "embed_dim": 128, "depth": 6, "num_heads": 4}
@@ -37,9 +42,18 @@ class DemoConfig:
     batch_size: int = 128
     lr: float = 2e-3
     alpha: float = 0.5
-    tau: float = 1.0
     workers: int = 2
     seed: int = 0
+
+
+@dataclass(frozen=True)
+class DemoConfig(FashionRecipe):
+    """Sizes and models of a demo run."""
+
+    source: str = "fashion-mnist"
+    teacher: str = "regnety_002"
+    topk: int = 5
+    tau: float = 1.0
 
 
 PRESETS = {
@@ -188,14 +202,7 @@ def format_table(report: dict) -> str:
 
 
 def add_demo_parser(commands) -> None:
-    parser = commands.add_parser(
-        "demo",
-        help="run shard -> teacher -> cache -> students on real Fashion-MNIST and report",
-        description="On Fashion-MNIST: shard, train a RegNetY teacher, cache V views with top-k "
-        "targets, train the same DeiT student without KD, with cached KD and with the teacher "
-        "online (same seed and views), and write DIR/report.json. Full: about 20 minutes on 2 "
-        "CPU cores; --quick: a subset in about 3 minutes.",
-    )
+    parser = command_parser(commands, "demo", __doc__)
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--quick", action="store_true", help="small subset, fewer epochs")
     parser.add_argument(

@@ -1,10 +1,14 @@
-"""``kdcache plot RUN... --out curves.png``: training curves of several runs side by side."""
+"""``kdcache plot RUN... --out curves.png``: training curves of several runs side by side.
+
+Read RUN/metrics.csv of each run and draw one panel per metric, a line per run.
+"""
 
 import argparse
 import csv
 import os
 
 from kdcache.errors import ConfigError
+from kdcache.tools.cli.arg_types import command_parser
 
 # (column of metrics.csv, panel title); a panel is drawn when some run has its column
 PANELS = (
@@ -61,12 +65,7 @@ def plot_runs(runs: list[str], out: str, labels: list[str] | None = None) -> lis
 
 
 def add_plot_parser(commands) -> None:
-    parser = commands.add_parser(
-        "plot",
-        help="draw PNG curves (accuracy, losses, speed) comparing training runs",
-        description="Read RUN/metrics.csv of each run and draw one panel per metric, a line "
-        "per run.",
-    )
+    parser = command_parser(commands, "plot", __doc__)
     parser.add_argument("runs", nargs="+", metavar="RUN", help="kdcache train --out folders")
     parser.add_argument("--out", default="runs.png", help="PNG to write (default: runs.png)")
     parser.add_argument(

@@ -210,11 +210,6 @@ class Session:
                 "seconds": round(time.perf_counter() - self.began, 1)}  # fmt: skip
 
 
-def benchmark_parser(benches, name: str, help: str, doc: str) -> argparse.ArgumentParser:
-    """``kdcache bench NAME``'s parser, described by the second paragraph of the module's ``doc``."""
-    return benches.add_parser(name, help=help, description=doc.split("\n\n")[1].replace("\n", " "))
-
-
 def progress_log(name: str) -> Callable[[str], None]:
     """A benchmark's progress lines, ``bench-NAME:`` first, flushed at once."""
     return lambda line: print(f"bench-{name}:{line}", flush=True)

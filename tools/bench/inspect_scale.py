@@ -1,5 +1,8 @@
 """``kdcache bench inspect``: the time and peak memory of ``kdcache inspect`` as a cache grows.
 
+Make synthetic manifests and complete caches of the given row counts (once, in --work), then
+time kdcache inspect on each in a fresh process.
+
 For each row count a synthetic manifest (shards of ``--shard-size`` rows, their files not
 written: inspect reads labels and the cache, never the tars) and a complete synthetic cache
 of it (random top-k targets written by the store itself) are made once in the work folder;
@@ -19,6 +22,7 @@ import time
 import numpy as np
 
 from kdcache.tools.bench.harness import write_json
+from kdcache.tools.cli.arg_types import command_parser
 
 SAMPLE_BYTES = 2048  # a small JPEG's tar member, declared for each synthetic shard file
 
@@ -88,12 +92,7 @@ def measure(cache: str) -> dict:
 
 
 def add_bench_inspect_parser(commands) -> None:
-    parser = commands.add_parser(
-        "inspect",
-        help="time and peak memory of kdcache inspect on synthetic caches of growing size",
-        description="Make synthetic manifests and complete caches of the given row counts "
-        "(once, in --work), then time kdcache inspect on each in a fresh process.",
-    )
+    parser = command_parser(commands, "inspect", __doc__)
     parser.add_argument("--work", default="bench-inspect", help="folder for the caches")
     parser.add_argument("--rows", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--shard-size", type=int, default=1000, help="default: %(default)s")

@@ -1,5 +1,11 @@
 """``kdcache bench kd``: distillation objectives side by side on Fashion-MNIST.
 
+Train two teachers on a Fashion-MNIST subset, cache both (top-10 and sampled ids) in one teacher
+pass, then train the same student with the same seed, views and budget once per objective: no
+KD, soft and hard KD, top-K x tail options, sampled ids at the bytes of top-K, and the two
+teachers' mean. Writes DIR/bench.json and prints a Markdown table; --repeats rounds of every
+run, round r with training seed + r.
+
 Trains two teachers, caches both in one Ray pass (top-10 = all classes, and sampled ids),
 then trains the same student (same seed, views and budget) once per objective: no KD, soft
 KD from full logits, hard KD, top-K for K in {1, 3, 5} with each tail option (the first K of
@@ -33,6 +39,8 @@ from kdcache.tools.bench.harness import (
     write_json,
 )
 from kdcache.tools.bench.kd_features import DEIT, TEACHER, feature_cache, feature_runs
+from kdcache.tools.cli.arg_types import command_parser
+from kdcache.tools.demo import FashionRecipe
 
 TAILS = ("uniform", "renormalize", "bucket")
 FEATURE_STUDENTS = ("resnet10t", DEIT)
@@ -62,30 +70,18 @@ def sampled_bytes(draws: int) -> int:
 
 
 @dataclass(frozen=True)
-class BenchConfig:
-    """The benchmark's data, models and budget."""
+class BenchConfig(FashionRecipe):
+    """The benchmark's data, models and budget: the demo's recipe on a smaller subset, two
+    views and a smaller student, with two teachers."""
 
-    train_limit: int = 3000
+    train_limit: int | None = 3000
     test_limit: int | None = 2000
-    shard_size: int = 1000
-    teachers: tuple[str, ...] = ("regnety_002", "resnet10t")
-    teacher_resolution: int = 32
-    teacher_epochs: int = 3
-    teacher_lr: float = 5e-3
     views: int = 2
-    crop_scale: tuple[float, float] = (0.35, 1.0)
-    topks: tuple[int, ...] = (1, 3, 5)
-    student: str = "deit_tiny_distilled_patch16_224"
     student_args: dict = field(
         default_factory=lambda: {"patch_size": 7, "embed_dim": 96, "depth": 4, "num_heads": 3}
     )
-    student_resolution: int = 28
-    student_epochs: int = 2
-    lr: float = 2e-3
-    alpha: float = 0.5
-    batch_size: int = 128
-    workers: int = 2
-    seed: int = 0
+    teachers: tuple[str, ...] = ("regnety_002", "resnet10t")
+    topks: tuple[int, ...] = (1, 3, 5)
     noise_seed: int | None = 1  # a second no-KD run with this training seed
     repeats: int = 3  # rounds of every run, round r with training seed + r
     warmup: int = 0
@@ -323,15 +319,7 @@ def format_table(report: dict) -> str:
 
 
 def add_bench_kd_parser(commands) -> None:
-    parser = commands.add_parser(
-        "kd",
-        help="distillation objectives side by side on Fashion-MNIST (same student and budget)",
-        description="Train two teachers on a Fashion-MNIST subset, cache both (top-10 and "
-        "sampled ids) in one teacher pass, then train the same student with the same seed, views "
-        "and budget once per objective: no KD, soft and hard KD, top-K x tail options, sampled "
-        "ids at the bytes of top-K, and the two teachers' mean. Writes DIR/bench.json and prints "
-        "a Markdown table; --repeats rounds of every run, round r with training seed + r.",
-    )
+    parser = command_parser(commands, "kd", __doc__)
     add_common_options(parser, work="shards, teachers, cache, runs and bench.json", warmup=0,
                        work_required=True, work_flags=("--out", "--work"))  # fmt: skip
     parser.add_argument("--train-limit", type=int, default=3000, help="default: %(default)s")

@@ -1,5 +1,5 @@
-"""``kdcache bench mixing``: accuracy of cached KD with exact mixing, label-space mixing and
-no mixing, on a Fashion-MNIST subset, same student, seed, views and budget.
+"""``kdcache bench mixing``: accuracy of cached KD with exact, label-space and no mixing,
+same student, seed, views and budget.
 
 It shards the subset, trains a ``regnety_002`` teacher at 32 px, caches its targets twice
 (a plan with Mixup/CutMix, which the teacher sees, and the same plan without mixing), then
@@ -26,7 +26,6 @@ from kdcache.tools.bench.harness import (
     Session,
     add_common_options,
     add_data_options,
-    benchmark_parser,
     fresh,
     interleave,
     progress_log,
@@ -35,6 +34,9 @@ from kdcache.tools.bench.harness import (
     work_folder,
     write_json,
 )
+from kdcache.tools.cli.arg_types import command_parser
+
+_log = progress_log("mixing")
 
 STUDENT = "deit_tiny_distilled_patch16_224"
 STUDENT_ARGS = {"patch_size": 7, "embed_dim": 64, "depth": 3, "num_heads": 2}
@@ -97,9 +99,6 @@ def run_bench_mixing(args: argparse.Namespace) -> dict:
     return session.report(config, measured)
 
 
-_log = progress_log("mixing")
-
-
 def run_bench_mixing_command(args: argparse.Namespace) -> None:
     result = run_bench_mixing(args)
     print(f"bench-mixing: teacher regnety_002 at 32 px: "
@@ -115,12 +114,7 @@ def run_bench_mixing_command(args: argparse.Namespace) -> None:
 
 
 def add_bench_mixing_parser(commands) -> None:
-    parser = benchmark_parser(
-        commands,
-        "mixing",
-        "accuracy of cached KD with exact, label-space and no mixing",
-        __doc__,
-    )
+    parser = command_parser(commands, "mixing", __doc__)
     add_data_options(parser, SHAPES)
     parser.add_argument("--views", type=int, default=3, help="default: %(default)s")
     parser.add_argument(

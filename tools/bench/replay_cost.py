@@ -1,6 +1,5 @@
-"""``kdcache bench replay``: per-view cost of kdcache's renderers at the real shape (RGB JPEGs
-of about 500x375 to 224 px) against today's renderer and timm's training transform, side by
-side in one process.
+"""``kdcache bench replay``: per-view cost of kdcache's renderers against timm's training
+transform, from ~500x375 JPEGs to 224 px, side by side in one process.
 
 Every mode starts from the same encoded JPEGs in memory (``tools.bench.photo_set``, made from
 scikit-image's photos) and ends with normalised float tensors at the same size. Trainer path:
@@ -25,7 +24,6 @@ from kdcache.tools.bench.harness import (
     Mode,
     Session,
     add_common_options,
-    benchmark_parser,
     interleave,
     ratio,
     set_threads,
@@ -33,6 +31,7 @@ from kdcache.tools.bench.harness import (
     work_folder,
     write_json,
 )
+from kdcache.tools.cli.arg_types import command_parser
 
 MODES = ("kdcache", "cpu2", "today", "timm", "decode")  # decode: torchvision's JPEG decode alone
 PATHS = ("trainer", "teacher")
@@ -156,12 +155,7 @@ def _print(result: dict) -> None:
 
 
 def add_bench_replay_parser(commands) -> None:
-    parser = benchmark_parser(
-        commands,
-        "replay",
-        "per-view cost of kdcache's renderers against today's and timm's at 224 px",
-        __doc__,
-    )
+    parser = command_parser(commands, "replay", __doc__)
     parser.add_argument("--images", type=int, default=200, help="default: %(default)s")
     parser.add_argument("--resolution", type=int, default=224, help="default: %(default)s")
     parser.add_argument("--views", type=int, default=8, help="teacher-path views per image")

@@ -245,11 +245,9 @@ def format_table(report: dict) -> str:
 
 
 def add_bench_scale_parser(benches) -> None:
-    from kdcache.tools.bench.harness import benchmark_parser
+    from kdcache.tools.cli.arg_types import command_parser
 
-    parser = benchmark_parser(
-        benches, "scale", "time and peak RSS per step at 10 k to 14.2 M rows", __doc__
-    )
+    parser = command_parser(benches, "scale", __doc__)
     parser.add_argument("--sizes", default="10k,1M,14.2M", help="row counts (default: %(default)s)")
     parser.add_argument("--real", default="1M", help="rows of real tars (default: %(default)s)")
     parser.add_argument("--steps", default=",".join(STEPS), help="default: all")

@@ -1,5 +1,9 @@
-"""``kdcache bench reads``: one epoch of a trainer's target reads, format 1 vs format 2, from
-local disk and (with ``--s3``, when moto is installed) from a moto S3 server on 127.0.0.1.
+"""``kdcache bench reads``: one epoch of target reads, format 1 vs 2, from local disk and a
+moto S3 server.
+
+Write synthetic caches (format 1, format 2 fp16 and q8) of a Fashion-MNIST slice, then read one
+view per sample for an epoch, as the trainer does, from local disk and, with --s3, from a moto
+S3 server on 127.0.0.1: views/s, requests and bytes.
 
 The caches hold synthetic top-k targets written by the store itself (reads do not depend on
 the values); the format-1 cache is the same arrays with format 1's chunks (shard, 1, K) and
@@ -23,6 +27,7 @@ from kdcache.tools.bench.harness import (
     work_folder,
     write_json,
 )
+from kdcache.tools.cli.arg_types import command_parser
 
 TEACHER = {"name": "t", "arch": "synthetic", "weights_sha256": "0" * 64, "model_args": {},
            "preprocessing": {}}  # fmt: skip
@@ -195,13 +200,7 @@ def format_table(report: dict) -> str:
 
 
 def add_bench_reads_parser(commands) -> None:
-    parser = commands.add_parser(
-        "reads",
-        help="one epoch of target reads, format 1 vs 2, local and on a moto S3 server",
-        description="Write synthetic caches (format 1, format 2 fp16 and q8) of a Fashion-MNIST "
-        "slice, then read one view per sample for an epoch, as the trainer does, from local disk "
-        "and, with --s3, from a moto S3 server on 127.0.0.1: views/s, requests and bytes.",
-    )
+    parser = command_parser(commands, "reads", __doc__)
     add_common_options(parser, work="shards, caches and bench.json", with_threads=False)
     parser.add_argument("--images", type=int, default=10000, help="default: %(default)s")
     parser.add_argument("--shard-size", type=int, default=1000, help="default: %(default)s")

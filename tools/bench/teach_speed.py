@@ -27,7 +27,6 @@ from kdcache.tools.bench.harness import (
     add_common_options,
     add_data_options,
     add_shape_option,
-    benchmark_parser,
     fresh,
     interleave,
     progress_log,
@@ -37,6 +36,9 @@ from kdcache.tools.bench.harness import (
     work_folder,
     write_json,
 )
+from kdcache.tools.cli.arg_types import command_parser
+
+_log = progress_log("teach")
 
 SHAPES = {
     "fmnist": {"source": "fashion-mnist", "teacher": "regnety_016", "resolution": 64,
@@ -171,16 +173,8 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     return session.report(config, measured)
 
 
-_log = progress_log("teach")
-
-
 def add_bench_parser(commands) -> None:
-    parser = benchmark_parser(
-        commands,
-        "teach",
-        "benchmark the teacher pass against raw teacher inference in the same layout",
-        __doc__,
-    )
+    parser = command_parser(commands, "teach", __doc__)
     add_shape_option(parser, SHAPES)
     shaped(parser, SHAPES, "--teacher", "timm architecture")
     shaped(parser, SHAPES, "--resolution", "teacher input size", type=int)

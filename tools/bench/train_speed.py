@@ -1,5 +1,5 @@
-"""``kdcache bench train``: student training speed without a teacher, from the cache, and with
-the teacher online, interleaved in one process.
+"""``kdcache bench train``: student training with no teacher, cached targets and the teacher
+online, interleaved in one process.
 
 The same seeded student, views and batch size train four ways, each with its own persistent
 DataLoader: ``none`` (plain supervised training, the floor), ``cached`` (targets read from a
@@ -18,12 +18,14 @@ import argparse
 from kdcache.tools.bench.bench_data import IMAGENET_SHAPED, add_step_benchmark_options, step_setup
 from kdcache.tools.bench.harness import (
     add_shape_option,
-    benchmark_parser,
     progress_log,
     shaped,
     step_lines,
     write_json,
 )
+from kdcache.tools.cli.arg_types import command_parser
+
+_log = progress_log("train")
 
 MODES = ("none", "cached", "online", "teacher")
 SHAPES = {
@@ -57,16 +59,8 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     return run.session.report(config, measured)
 
 
-_log = progress_log("train")
-
-
 def add_bench_train_parser(commands) -> None:
-    parser = benchmark_parser(
-        commands,
-        "train",
-        "benchmark student training: no teacher vs cached targets vs online teacher",
-        __doc__,
-    )
+    parser = command_parser(commands, "train", __doc__)
     add_shape_option(parser, SHAPES)
     shaped(parser, SHAPES, "--student", "timm architecture (a DeiT below 224 px gets the "
            "demo's small size)")  # fmt: skip

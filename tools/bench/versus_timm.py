@@ -1,5 +1,5 @@
-"""``kdcache bench timm``: the same student on the same data through timm's own tasks, no KD
-and online KD, against kdcache's cached task, interleaved in one run.
+"""``kdcache bench timm``: no KD and timm's online KD through timm's own tasks against
+kdcache's cached task, interleaved in one run.
 
 Three modes train the same seeded student with timm's ``create_optimizer_v2`` (AdamW) on the
 same replayed views: ``none``, timm's ``ClassificationTask`` (the floor); ``online``, timm's
@@ -23,12 +23,14 @@ import argparse
 from kdcache.tools.bench.bench_data import IMAGENET_SHAPED, add_step_benchmark_options, step_setup
 from kdcache.tools.bench.harness import (
     add_shape_option,
-    benchmark_parser,
     progress_log,
     shaped,
     step_lines,
     write_json,
 )
+from kdcache.tools.cli.arg_types import command_parser
+
+_log = progress_log("timm")
 
 MODES = ("none", "online", "cached", "teacher")
 SHAPES = {
@@ -77,16 +79,8 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     return run.session.report(config, measured)
 
 
-_log = progress_log("timm")
-
-
 def add_bench_timm_parser(commands) -> None:
-    parser = benchmark_parser(
-        commands,
-        "timm",
-        "benchmark against timm's tasks: no KD vs timm online KD vs kdcache's cached task",
-        __doc__,
-    )
+    parser = command_parser(commands, "timm", __doc__)
     add_shape_option(parser, SHAPES)
     shaped(parser, SHAPES, "--student", "timm architecture (a DeiT below 224 px gets a small "
            "size unless --model-kwargs)")  # fmt: skip

@@ -22,10 +22,10 @@ import math
 from kdcache.errors import ConfigError
 from kdcache.tools.bench.harness import (
     Session,
-    benchmark_parser,
     set_threads,
     write_json,
 )
+from kdcache.tools.cli.arg_types import command_parser
 
 RENDERERS = ("cpu/4", "cpu/3", "cpu/2", "cpu/1", "timm", "uint8 reference")
 AREAS = ((0.0, 0.2, "area<0.2"), (0.2, 0.6, "area 0.2-0.6"), (0.6, 1.01, "area>0.6"))
@@ -315,16 +315,11 @@ def run_bench_quality(args: argparse.Namespace) -> dict:
 
 
 def add_bench_quality_parser(commands) -> None:
-    parser = benchmark_parser(
-        commands, "quality", "view quality of every renderer and timm's against the exact view",
-        __doc__,
-    )  # fmt: skip
-    parser.add_argument("--images", type=int, default=160, help="~500x375 JPEGs (default: "
-                        "%(default)s)")  # fmt: skip
-    parser.add_argument("--large-images", type=int, default=96, help="~1200x900 JPEGs "
-                        "(default: %(default)s)")  # fmt: skip
-    parser.add_argument("--views", type=int, default=4, help="boxes per image (default: "
-                        "%(default)s)")  # fmt: skip
+    parser = command_parser(commands, "quality", __doc__)
+    sizes = (("--images", 160, "~500x375 JPEGs"), ("--large-images", 96, "~1200x900 JPEGs"),
+             ("--views", 4, "boxes per image"))  # fmt: skip
+    for flag, default, text in sizes:
+        parser.add_argument(flag, type=int, default=default, help=f"{text} (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the photos and boxes")
     parser.add_argument("--no-teacher", action="store_true", help="pixels only (no lite0)")
     parser.add_argument("--json", default=None, metavar="FILE", help="also write the result here")

@@ -7,18 +7,19 @@ from functools import partial
 
 from kdcache.pipeline.data import CacheReadConfig
 from kdcache.tools.cache.verify_config import VerifyConfig
-from kdcache.tools.cli.arg_types import key_value
+from kdcache.tools.cli.arg_types import command_parser, key_value
 from kdcache.tools.cli.config_options import add_config_options
 
 
 def add_inspect_parser(commands) -> None:
-    parser = commands.add_parser(
-        "inspect",
-        help="completeness, teacher accuracy and agreement, tail mass and bytes of a cache",
-        description="Show a cache's completeness (shards done/missing), per-teacher and per-view "
-        "accuracy against the labels, agreement between views and between teachers, the "
-        "distribution of top-k and tail mass, bytes per view on disk and the compression ratio.",
-    )
+    """``kdcache inspect``: completeness, teacher accuracy and agreement, tail mass and bytes of a
+    cache.
+
+    Show a cache's completeness (shards done/missing), per-teacher and per-view accuracy against
+    the labels, agreement between views and between teachers, the distribution of top-k and tail
+    mass, bytes per view on disk and the compression ratio.
+    """
+    parser = command_parser(commands, "inspect", add_inspect_parser.__doc__)
     parser.add_argument("cache", help="cache location")
     parser.add_argument(
         "--data", default=None, help="manifest folder (default: the one the cache records)"
@@ -62,14 +63,15 @@ def run_inspect(args: argparse.Namespace) -> None:
 
 
 def add_verify_parser(commands) -> None:
-    parser = commands.add_parser(
-        "verify",
-        help="recompute sampled views with the teacher and check every region's checksum",
-        description="Check the checksum of every done (shard, view) region against its data "
-        "(a failing region is recomputed row by row), and recompute a random sample of "
-        "(row, view) with the teacher, reporting the largest logit difference and top-k "
-        "mismatches. Exits 1 on any mismatch, naming shard and row.",
-    )
+    """``kdcache verify``: recompute sampled views with the teacher and check every region's
+    checksum.
+
+    Check the checksum of every done (shard, view) region against its data (a failing region is
+    recomputed row by row), and recompute a random sample of (row, view) with the teacher,
+    reporting the largest logit difference and top-k mismatches. Exits 1 on any mismatch, naming
+    shard and row.
+    """
+    parser = command_parser(commands, "verify", add_verify_parser.__doc__)
     parser.add_argument("cache", help="cache location")
     parser.add_argument(
         "--data", default=None, help="manifest folder (default: the one the cache records)"

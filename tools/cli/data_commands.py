@@ -7,7 +7,7 @@ from dataclasses import replace
 from kdcache.errors import ConfigError
 from kdcache.pipeline.data import ShardConfig, StorageConfig
 from kdcache.pipeline.teach import TeachConfig
-from kdcache.tools.cli.arg_types import key_value
+from kdcache.tools.cli.arg_types import command_parser, key_value
 from kdcache.tools.cli.config_options import add_config_options, config_values
 from kdcache.tools.cli.plan_options import add_plan_arguments, plan_overrides
 from kdcache.tools.cli.teacher_options import add_teacher_arguments, teacher_sources
@@ -31,13 +31,13 @@ def _shard_ids(text: str) -> list[int]:
 
 
 def add_shard_parser(commands) -> None:
-    parser = commands.add_parser(
-        "shard",
-        help="write a dataset as WebDataset tar shards plus manifest.parquet",
-        description="Write train and test splits as WebDataset tars (__key__, image, cls) with a "
-        "fixed number of samples per shard, and manifest.parquet (row, key, shard, label, split) "
-        "with the dataset fingerprint.",
-    )
+    """``kdcache shard``: write a dataset as WebDataset tar shards plus manifest.parquet.
+
+    Write train and test splits as WebDataset tars (__key__, image, cls) with a fixed number of
+    samples per shard, and manifest.parquet (row, key, shard, label, split) with the dataset
+    fingerprint.
+    """
+    parser = command_parser(commands, "shard", add_shard_parser.__doc__)
     parser.add_argument(
         "--source",
         default="fashion-mnist",
@@ -65,13 +65,13 @@ def run_shard(args: argparse.Namespace) -> None:
 
 
 def add_teach_parser(commands) -> None:
-    parser = commands.add_parser(
-        "teach",
-        help="run teachers over the planned views and cache top-k targets (Ray job)",
-        description="Run a Ray job with one unit of work per shard: decode, build V planned views, "
-        "run the teacher(s), write top-k logits, class ids, logsumexp and view params into the "
-        "Zarr cache, then mark the shard done. Rerunning skips done shards.",
-    )
+    """``kdcache teach``: run teachers over the planned views and cache top-k targets (Ray job).
+
+    Run a Ray job with one unit of work per shard: decode, build V planned views, run the
+    teacher(s), write top-k logits, class ids, logsumexp and view params into the Zarr cache,
+    then mark the shard done. Rerunning skips done shards.
+    """
+    parser = command_parser(commands, "teach", add_teach_parser.__doc__)
     add_config_options(parser, TeachConfig, parse={"only_shards": _shard_ids})
     parser.add_argument(
         "--teacher",
@@ -109,13 +109,13 @@ def run_teach(args: argparse.Namespace) -> None:
 
 
 def add_catalog_parser(commands) -> None:
-    parser = commands.add_parser(
-        "catalog",
-        help="list the caches of a catalogue, with filters",
-        description="List the catalogue's caches, one row per (cache, teacher): identity, "
-        "dataset fingerprint, teacher and weights hash, plan, K, completeness, size. The table "
-        "is ROOT/catalog/*.parquet, readable by pandas, pyarrow or duckdb.",
-    )
+    """``kdcache catalog``: list the caches of a catalogue, with filters.
+
+    List the catalogue's caches, one row per (cache, teacher): identity, dataset fingerprint,
+    teacher and weights hash, plan, K, completeness, size. The table is ROOT/catalog/*.parquet,
+    readable by pandas, pyarrow or duckdb.
+    """
+    parser = command_parser(commands, "catalog", add_catalog_parser.__doc__)
     parser.add_argument(
         "--catalog", default=None, help="catalogue root (default: $KDCACHE_CATALOG)"
     )

@@ -3,7 +3,7 @@
 import argparse
 
 from kdcache.pipeline.data import IndexConfig
-from kdcache.tools.cli.arg_types import key_value
+from kdcache.tools.cli.arg_types import command_parser, key_value
 from kdcache.tools.cli.config_options import add_config_options, config_values
 
 
@@ -19,13 +19,14 @@ def _extensions(text: str) -> list[str]:
 
 
 def add_index_parser(commands) -> None:
-    parser = commands.add_parser(
-        "index",
-        help="write manifest.parquet over existing WebDataset tars or Parquet files in place",
-        description="Index existing shards without rewriting them: per sample its key, the "
-        "sha1 of its image, its label and image size; splits by file-name pattern. teach, "
-        "train, inspect and verify then read the files as they are.",
-    )
+    """``kdcache index``: write manifest.parquet over existing WebDataset tars or Parquet files in
+    place.
+
+    Index existing shards without rewriting them: per sample its key, the sha1 of its image, its
+    label and image size; splits by file-name pattern. teach, train, inspect and verify then
+    read the files as they are.
+    """
+    parser = command_parser(commands, "index", add_index_parser.__doc__)
     parser.add_argument(
         "files",
         nargs="+",

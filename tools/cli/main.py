@@ -17,6 +17,7 @@ from kdcache.tools.bench.teach_speed import add_bench_parser
 from kdcache.tools.bench.train_speed import add_bench_train_parser
 from kdcache.tools.bench.versus_timm import add_bench_timm_parser
 from kdcache.tools.bench.view_quality import add_bench_quality_parser
+from kdcache.tools.cli.arg_types import command_parser
 from kdcache.tools.cli.cache_commands import add_inspect_parser, add_verify_parser
 from kdcache.tools.cli.config_options import flag_of
 from kdcache.tools.cli.data_commands import add_catalog_parser, add_shard_parser, add_teach_parser
@@ -58,12 +59,12 @@ def _parser_and_commands() -> tuple[argparse.ArgumentParser, argparse.Action]:
 
 
 def _add_bench_parsers(commands) -> None:
-    """``kdcache bench NAME``: every benchmark under one command."""
-    bench = commands.add_parser(
-        "bench",
-        help="benchmarks: side-by-side ratios against timm, raw model(x) and plain training",
-        description="Run one benchmark; each saves its full config and JSON results.",
-    )
+    """``kdcache bench NAME``: benchmarks: side-by-side ratios against timm, raw model(x) and plain
+    training.
+
+    Run one benchmark; each saves its full config and JSON results.
+    """
+    bench = command_parser(commands, "bench", _add_bench_parsers.__doc__)
     benches = bench.add_subparsers(dest="benchmark", required=True, metavar="NAME")
     add_bench_parser(benches)
     add_bench_train_parser(benches)

@@ -4,7 +4,7 @@ import argparse
 import ast
 from functools import partial
 
-from kdcache.tools.cli.arg_types import key_value
+from kdcache.tools.cli.arg_types import command_parser, key_value
 from kdcache.tools.cli.config_options import add_config_options, config_values
 from kdcache.tools.cli.plan_options import add_plan_arguments, plan_overrides
 from kdcache.tools.cli.teacher_options import add_teacher_arguments, teacher_source
@@ -27,15 +27,16 @@ def _teacher_weight(text: str) -> tuple[str, float]:
 
 
 def add_train_parser(commands) -> None:
-    parser = commands.add_parser(
-        "train",
-        help="train a student (or a teacher) on the planned views, with cached distillation",
-        description="Stream the train shards, show each sample the view planned for the epoch, "
-        "join it with the cached teacher targets and train a timm model with cross-entropy plus "
-        "soft or hard distillation (DeiT). A DeiT student with a distillation token learns the "
-        "labels on its class head and the teacher on its distillation head. Evaluates on the "
-        "test split every epoch; writes config.json, metrics.csv and checkpoint.pth to --out.",
-    )
+    """``kdcache train``: train a student (or a teacher) on the planned views, with cached
+    distillation.
+
+    Stream the train shards, show each sample the view planned for the epoch, join it with the
+    cached teacher targets and train a timm model with cross-entropy plus soft or hard
+    distillation (DeiT). A DeiT student with a distillation token learns the labels on its class
+    head and the teacher on its distillation head. Evaluates on the test split every epoch;
+    writes config.json, metrics.csv and checkpoint.pth to --out.
+    """
+    parser = command_parser(commands, "train", add_train_parser.__doc__)
     configure_train_parser(parser)
 
 
