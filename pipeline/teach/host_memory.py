@@ -33,3 +33,14 @@ def _reuse_freed_memory() -> bool:
     except (OSError, AttributeError, TypeError):  # no C library by that name, or no mallopt
         return False
     return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
+
+
+def return_free_memory() -> bool:
+    """Hand the heap's free pages back to the kernel now (glibc's ``malloc_trim``), whatever
+    the allocator: after a block of huge images, whose temporaries the next block would not
+    reuse, so resident memory follows the largest block instead of climbing with every new
+    record size. Whether anything was returned (False where the C library is not glibc)."""
+    try:
+        return bool(ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim(0))
+    except (OSError, AttributeError, TypeError):
+        return False

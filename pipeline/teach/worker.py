@@ -12,8 +12,9 @@ import torch
 
 from kdcache.pipeline.cache import CacheBusy, CacheStore, lock_holder, sample_uniforms
 from kdcache.pipeline.data import Manifest, storage
-from kdcache.pipeline.teach.host_memory import use_host_allocator
+from kdcache.pipeline.teach.host_memory import return_free_memory, use_host_allocator
 from kdcache.pipeline.teach.shard_targets import (
+    PARALLEL_DECODE_BYTES,
     decode_block,
     decoded_bytes,
     joined,
@@ -108,8 +109,9 @@ class ShardWorker:
                   for t in teachers}  # fmt: skip
         parts: dict[str, list] = {t.name: [] for t in teachers}
         url, keys = self.manifest.shard_url(shard), self.manifest.shard_keys(shard)
+        sizes = decoded_bytes(images)
         blocks = row_blocks(len(images), self.config.block_rows, self.config.batch_size,
-                            decoded_bytes(images), self.config.block_mib << 20)  # fmt: skip
+                            sizes, self.config.block_mib << 20)  # fmt: skip
         for positions in blocks:
             began = time.perf_counter()
             decode_block(images, positions, url, keys, self.config.plan.renderer)
@@ -120,6 +122,8 @@ class ShardWorker:
                                   pending[teacher.name], positions, timings)
                 )  # fmt: skip
             release(images)
+            if max(sizes[p] for p in positions) > PARALLEL_DECODE_BYTES:
+                return_free_memory()  # a huge image's temporaries, not kept for the next block
         for teacher in teachers:
             self._write(teacher, shard, pending[teacher.name], joined(parts[teacher.name]), timings)
         computed = sum(len(images) * len(pending[t.name]) for t in teachers)

@@ -15,7 +15,9 @@ largest such r of 8, 4, 2; else r = 1), where source pixel column x maps to x / 
   covers the planned box, not one snapped to the reduced grid.
 """
 
+import contextlib
 import math
+import threading
 
 import numpy as np
 import torch
@@ -23,6 +25,11 @@ from PIL import Image
 
 REDUCTIONS = (8, 4, 2)  # DCT scalings of a baseline JPEG (besides 1)
 REDUCE_MARGIN = 2  # the reduced box keeps at least this many pixels per output pixel
+# a resize whose float32 copy of its crop would take more runs alone in the process: torch
+# resizes a 1-channel uint8 crop through float32 (4x the crop; 3 and 4 channels stay uint8),
+# so concurrent render threads on huge grey images would each hold one
+LARGE_RESIZE_BYTES = 64 << 20
+_large_resize = threading.Lock()
 
 
 def reduction(is_jpeg: bool, height: int, width: int, size: int) -> int:
@@ -41,12 +48,7 @@ def box_view(
     top, left, h, w = box
     if reduce == 1:
         crop = decoded[top : top + h, left : left + w].permute(2, 0, 1)[None]
-        if (h, w) == (size, size):
-            return crop[0]
-        crop = crop.contiguous(memory_format=torch.channels_last)
-        return torch.nn.functional.interpolate(
-            crop, size=(size, size), mode="bilinear", antialias=True, align_corners=False
-        )[0]
+        return crop[0] if (h, w) == (size, size) else resize_uint8(crop, size)[0]
     edges = (top / reduce, left / reduce, (top + h) / reduce, (left + w) / reduce)
     row0, col0 = math.floor(edges[0]), math.floor(edges[1])
     row1 = min(math.ceil(edges[2]), decoded.shape[0])
@@ -57,3 +59,14 @@ def box_view(
     view = np.asarray(image.resize((size, size), Image.Resampling.BILINEAR, box=fractional))
     view = view[:, :, None] if view.ndim == 2 else view
     return torch.from_numpy(view.copy()).permute(2, 0, 1)
+
+
+def resize_uint8(crop: torch.Tensor, size: int) -> torch.Tensor:
+    """A uint8 (1, C, h, w) crop resized to (1, C, size, size): bilinear, antialiased (torch's
+    port of Pillow's filter); a large one alone in the process (``LARGE_RESIZE_BYTES``)."""
+    large = 4 * crop.numel() > LARGE_RESIZE_BYTES
+    with _large_resize if large else contextlib.nullcontext():
+        return torch.nn.functional.interpolate(
+            crop.contiguous(memory_format=torch.channels_last), size=(size, size),
+            mode="bilinear", antialias=True, align_corners=False,
+        )  # fmt: skip

@@ -53,7 +53,7 @@ from torch.utils.data import get_worker_info
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
-from kdcache.pipeline.views.exact_box import box_view, reduction
+from kdcache.pipeline.views.exact_box import box_view, reduction, resize_uint8
 from kdcache.pipeline.views.jpeg_decode import check_decoder
 from kdcache.pipeline.views.mix import mix_weight
 from kdcache.pipeline.views.pixel_limit import check_pixels
@@ -239,10 +239,7 @@ class ViewRenderer:
             top, left, h, w = crop_box(values, *source.reduced_size(reduce))
         crop = decoded(reduce)[top : top + h, left : left + w].permute(2, 0, 1)[None]
         if (h, w) != (size, size):
-            crop = torch.nn.functional.interpolate(
-                crop.contiguous(memory_format=torch.channels_last), size=(size, size),
-                mode="bilinear", antialias=True, align_corners=False,
-            )  # fmt: skip
+            crop = resize_uint8(crop, size)
         return self._finish(crop[0], values)
 
     def _pixels_v4(self, source: SourceImage, values: dict[str, float], size: int):
