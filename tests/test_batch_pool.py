@@ -9,30 +9,19 @@ import kdcache
 PLAN = {"crop_scale": (0.08, 1.0), "views": 2, "seed": 4}
 
 
-def _digest(batch) -> tuple[tuple[int, ...], str]:
-    return tuple(batch.rows.tolist()), hashlib.sha1(batch.images.numpy().tobytes()).hexdigest()
-
-
 def _loader(data, workers: int) -> kdcache.KDLoader:
     return kdcache.KDLoader(data.location, batch_size=8, workers=workers, plan=PLAN)
-
-
-def _by_row(digests) -> dict:
-    return {rows: digest for rows, digest in digests}
 
 
 def _reference(data) -> dict:
     """Each sample's image bytes from a loader without workers (no pool), by row."""
     loader = _loader(data, 0)
     loader.set_epoch(1)
-    return {
-        row: hashlib.sha1(image.numpy().tobytes()).hexdigest()
-        for batch in loader
-        for row, image in zip(batch.rows.tolist(), batch.images, strict=True)
-    }
+    return {row: digest for batch in loader for row, digest in _rows_of(batch).items()}
 
 
 def _rows_of(batch) -> dict:
+    """sha1 of each image of a batch, by row."""
     return {
         row: hashlib.sha1(image.numpy().tobytes()).hexdigest()
         for row, image in zip(batch.rows.tolist(), batch.images, strict=True)
