@@ -54,3 +54,29 @@ def test_held_batches_are_never_written_again(data):
     assert at_receipt == reference
     assert after == reference
     assert loader._loader.pool.reused == 0
+
+
+def _online_batches(data, workers: int) -> dict:
+    """sha1 of each sample's student and teacher view (an online teacher at another size), by
+    row, from ``make_loader`` with ``workers``; and the pool's reuse count (None without)."""
+    from kdcache.pipeline.views import ViewPlan
+    from kdcache.trainer.data import TrainViews, make_loader
+    from kdcache.trainer.data.targets import PlannedViews
+
+    views = TrainViews(data, PlannedViews(ViewPlan(**PLAN), data), resolution=28,
+                       teacher_resolution=32)  # fmt: skip
+    loader = make_loader(views, 8, workers, False)
+    views.set_epoch(1)
+    seen = {}
+    for batch in loader:
+        for key in ("image", "teacher_image"):
+            for row, image in zip(batch["row"].tolist(), batch[key], strict=True):
+                seen[key, row] = hashlib.sha1(image.numpy().tobytes()).hexdigest()
+    return seen, getattr(loader, "pool", None) and loader.pool.reused
+
+
+def test_teacher_views_have_their_own_reused_batches(data):
+    reference, _ = _online_batches(data, 0)
+    seen, reused = _online_batches(data, 2)
+    assert seen == reference
+    assert reused > 0
