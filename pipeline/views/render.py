@@ -372,14 +372,17 @@ def normalize(
 
 
 def float_batch(
-    views: Sequence[torch.Tensor], normalise: tuple[Sequence[float], Sequence[float]] | None = None
+    views: Sequence[torch.Tensor],
+    normalise: tuple[Sequence[float], Sequence[float]] | None = None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Views (C, H, W) as one float32 batch: uint8 ones (:meth:`ViewRenderer.render_uint8`)
     divided by 255, float ones copied, each then normalised with ``normalise`` = (mean, std)
-    if given; bitwise ``normalize(torch.stack(rendered views), mean, std)``. In a DataLoader
-    worker the batch is made in shared memory (sent to the main process without a copy)."""
+    if given; bitwise ``normalize(torch.stack(rendered views), mean, std)``. Written into
+    ``out`` (float32 (B, C, H, W)) if given, else into a new batch: in a DataLoader worker in
+    shared memory (sent to the main process without a copy)."""
     views = list(views)
-    out = _shared_empty((len(views), *views[0].shape))
+    out = shared_empty((len(views), *views[0].shape)) if out is None else out
     stats = None if normalise is None else _stats(*normalise)
     for view, slot in zip(views, out, strict=True):
         if view.dtype == torch.uint8:
@@ -391,7 +394,7 @@ def float_batch(
     return out
 
 
-def _shared_empty(shape: tuple[int, ...]) -> torch.Tensor:
+def shared_empty(shape: tuple[int, ...]) -> torch.Tensor:
     """An uninitialised float32 tensor, in shared memory inside a DataLoader worker (as
     ``default_collate`` makes its batches there)."""
     if get_worker_info() is None:

@@ -16,7 +16,8 @@ from kdcache.errors import DataSplitError, KdcacheError, ShardError
 from kdcache.pipeline.cache import ShardTargets
 from kdcache.pipeline.data import Manifest, ShardInfo, checked_samples, sample_image, storage
 from kdcache.pipeline.views import ViewRenderer, check_renderer, eval_image, source_image
-from kdcache.trainer.data.collate import collate_views
+from kdcache.trainer.data.batch_pool import BatchPool
+from kdcache.trainer.data.collate import IMAGE_KEYS, collate_views
 from kdcache.trainer.data.label_mixing import mix_targets
 from kdcache.trainer.data.rebatch import RebatchedLoader
 from kdcache.trainer.data.targets import CachedTargets, PlannedViews, ShardBlock
@@ -357,7 +358,8 @@ def make_loader(
     :class:`TrainViews`, one that yields whole batches and at most one partial batch per
     epoch (none with ``drop_last``: :class:`~trainer.data.rebatch.RebatchedLoader`), its
     images float32 on [0, 1], or normalised with ``normalise`` = (mean, std) by the workers
-    (:func:`collate_views`).
+    (:func:`collate_views`; with workers, into shared batches they reuse once the main
+    process has dropped them: :mod:`trainer.data.batch_pool`).
 
     The loader draws its workers' base seed from its own generator, never from the global
     torch RNG: a resumed run's dropout masks then follow the saved RNG state exactly. Its
@@ -365,6 +367,7 @@ def make_loader(
     """
     workers = min(workers, len(dataset.shards))
     train = isinstance(dataset, TrainViews)
+    pool = BatchPool(workers, IMAGE_KEYS) if train and workers > 0 else None
     if train:
         dataset.configure(batch_size, workers, drop_last)
     loader = DataLoader(
@@ -376,9 +379,9 @@ def make_loader(
         prefetch_factor=4 if workers > 0 else None,
         generator=torch.Generator().manual_seed(seed),
         worker_init_fn=partial(_adopt_storage, dict(storage.current())) if workers else None,
-        collate_fn=partial(collate_views, normalise=normalise) if train else None,
+        collate_fn=partial(collate_views, normalise=normalise, pool=pool) if train else None,
     )
-    return RebatchedLoader(loader, drop_last) if train else loader
+    return RebatchedLoader(loader, drop_last, pool) if train else loader
 
 
 def _adopt_storage(options: dict, worker: int) -> None:

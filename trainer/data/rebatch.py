@@ -50,12 +50,13 @@ class RebatchedLoader:
     """A training DataLoader (over :class:`~trainer.data.loader.TrainViews`) whose epochs
     yield the batches of ``dataset.epoch_split``: whole ones, and one partial batch at most."""
 
-    def __init__(self, loader, drop_last: bool = False):
-        self.loader, self.drop_last = loader, drop_last
+    def __init__(self, loader, drop_last: bool = False, pool=None):
+        self.loader, self.drop_last, self.pool = loader, drop_last, pool
         self.dataset, self.num_workers = loader.dataset, loader.num_workers
 
     def __iter__(self) -> Iterator[dict]:
         views = self.dataset
         split = views.epoch_split(views.epoch, views.batch_size, views.workers, views.world_size)
         steps = split.steps
-        return rebatched(iter(self.loader), views.batch_size, steps, self.drop_last)
+        batches = iter(self.loader) if self.pool is None else self.pool.tracked(self.loader)
+        return rebatched(batches, views.batch_size, steps, self.drop_last)
