@@ -144,8 +144,11 @@ class Manifest:
 
     @cached_property
     def table(self) -> pa.Table:
-        """Every row, in row order, checked (the whole manifest in memory: for small data)."""
-        return self._rows.table()
+        """Every row, in row order, checked, the file's metadata on its schema (the whole
+        manifest in memory: for small data; the metadata is read from the footer again)."""
+        stored = urls.ParquetSource(self.location, lean_footer=True).pop_key_values()
+        stored.pop(DATA_CRC_KEY, None)  # the file's seal, not the table's
+        return self._rows.table().replace_schema_metadata(stored)
 
     @cached_property
     def labels(self) -> "RowValues":
