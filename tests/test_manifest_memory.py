@@ -1,13 +1,17 @@
 """An open manifest holds neither its file's pages nor its footer's shard list in Arrow: what
-it keeps does not grow with what is read from it, and its key-value footer is read once."""
+it keeps does not grow with what is read from it, and its key-value footer is read once; a
+whole ledger array is read in blocks of shards."""
 
 import pyarrow.parquet as pq
 import pytest
+import zarr
 
 from kdcache.errors import ManifestError
+from kdcache.pipeline.cache import ledger
 from kdcache.pipeline.data import Manifest, urls
 from kdcache.pipeline.data.parquet_footer import without_key_values
 from kdcache.tools.bench.inspect_scale import synthetic_manifest
+from kdcache.tools.bench.target_reads import synthetic_cache
 
 
 @pytest.fixture(scope="module")
@@ -59,3 +63,14 @@ def test_a_footer_that_is_not_thrift_is_refused(tmp_path):
     path.write_bytes(b"PAR1" + b"\x00" * 20)
     with pytest.raises(ManifestError, match="not a Parquet file"):
         Manifest.read(str(path))
+
+
+def test_a_ledger_read_by_blocks_is_the_whole_array(tmp_path, monkeypatch):
+    """A whole ledger array is read a block of shard rows at a time (one call over every
+    storage object made zarr hold work for all of them); what it gives is the array."""
+    manifest = synthetic_manifest(str(tmp_path / "m"), 50, 10)  # 5 shards
+    store = synthetic_cache(str(tmp_path / "c.zarr"), manifest, 2, 3, "fp16")
+    monkeypatch.setattr(ledger, "BLOCK", 2)
+    arrays = zarr.open_group(str(tmp_path / "c.zarr"), mode="r")["teachers/t"]
+    assert (store.shard_checksums("t") == arrays["shard_checksum"][:]).all()
+    assert store.views_done("t").all() and store.views_done("t").shape == (5, 2)

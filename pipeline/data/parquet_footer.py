@@ -84,21 +84,22 @@ class _Reader:
             raise ValueError(f"Thrift type {kind}")
 
     def key_values(self) -> dict[bytes, memoryview | None]:
+        """A ``list<KeyValue>`` (field 1 the key, field 2 the value, both binary)."""
         size, element = self.list_header()
         if element != _STRUCT:
             raise ValueError("key_value_metadata is not a list of structs")
         found = {}
         for _ in range(size):
-            key = value = None
+            entry: dict[int, memoryview] = {}
             last, kind = self.field(0)
             while kind:
                 if last in (1, 2) and kind == _BINARY:
-                    key, value = (self.binary(), value) if last == 1 else (key, self.binary())
+                    entry[last] = self.binary()
                 else:
                     self.skip(kind)
                 last, kind = self.field(last)
-            if key is not None:
-                found[bytes(key)] = value
+            if 1 in entry:
+                found[bytes(entry[1])] = entry.get(2)
         return found
 
 
