@@ -42,7 +42,8 @@ ENTRY_COLUMNS = (*IDENTITY_COLUMNS, "label")
 
 class Manifest:
     """A read-only view of ``manifest.parquet``: its shards, and per-row values read by shard
-    when asked (:class:`RowValues`)."""
+    when asked (:class:`RowValues`). ``meta`` is its metadata but for the shard list, which
+    is :attr:`shards` (one :class:`ShardInfo` each, not also their dicts)."""
 
     def __init__(
         self, location: str, rows, meta: dict, shards: list[ShardInfo], *,
@@ -79,9 +80,9 @@ class Manifest:
             location = urls.join(location, "manifest.parquet")
         if not urls.exists(location):
             raise FileNotFoundError(f"{location}: no manifest here (run `kdcache shard` first)")
-        source = urls.ParquetSource(location)
-        footer = source.metadata
-        meta = checked_meta(location, (footer.metadata or {}).get(METADATA_KEY))
+        source = urls.ParquetSource(location, lean_footer=True)
+        footer, stored = source.metadata, source.pop_key_values()
+        meta = checked_meta(location, stored.pop(METADATA_KEY, None))
         missing = set(SCHEMA.names) - set(source.file.schema_arrow.names)
         if missing:
             raise ManifestError(f"{location}: missing columns {sorted(missing)}")
@@ -90,9 +91,10 @@ class Manifest:
         shards = shard_infos(location, meta)
         check_sizes(location, meta, shards, footer.num_rows, source.size)
         if meta["format"] == MANIFEST_FORMAT:
-            rows = _current_rows(location, source, shards)
+            rows = _current_rows(location, source, shards, stored.get(DATA_CRC_KEY))
         else:
             rows = _old_rows(location, source, meta, shards)
+        meta = {k: v for k, v in meta.items() if k != "shards"}  # kept as ShardInfo alone
         return cls(location, rows, meta, shards, allow_remote_shards=allow_remote_shards)
 
     @property
@@ -142,8 +144,11 @@ class Manifest:
 
     @cached_property
     def table(self) -> pa.Table:
-        """Every row, in row order, checked (the whole manifest in memory: for small data)."""
-        return self._rows.table()
+        """Every row, in row order, checked, the file's metadata on its schema (the whole
+        manifest in memory: for small data; the metadata is read from the footer again)."""
+        stored = urls.ParquetSource(self.location, lean_footer=True).pop_key_values()
+        stored.pop(DATA_CRC_KEY, None)  # the file's seal, not the table's
+        return self._rows.table().replace_schema_metadata(stored)
 
     @cached_property
     def labels(self) -> "RowValues":
@@ -213,10 +218,11 @@ def _check_fingerprint(location: str, meta: dict) -> None:
         )
 
 
-def _current_rows(location: str, source, shards: list[ShardInfo]) -> ParquetRows:
+def _current_rows(
+    location: str, source, shards: list[ShardInfo], stored: bytes | None
+) -> ParquetRows:
     """The rows of a format-3 manifest, after checking the footer's crc32 of the row groups
-    (no row is decoded here)."""
-    stored = (source.metadata.metadata or {}).get(DATA_CRC_KEY)
+    (``stored``; no row is decoded here)."""
     if stored is None or stored.decode() != str(source.data_crc32()):
         what = "is missing" if stored is None else "does not match the row groups"
         raise ManifestError(

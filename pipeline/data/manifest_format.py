@@ -11,6 +11,7 @@ refused at once. Formats 1 and 2 (a fingerprint over every row) are still read w
 
 import hashlib
 import json
+import sys
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
@@ -42,7 +43,7 @@ MIN_MANIFEST_ROW_BYTES = 8  # a row (distinct id, key and image hash) takes more
 MIN_SAMPLE_BYTES = {"webdataset": 1024, "parquet": 16}  # a tar member is 512 + 512 at least
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a manifest holds one per shard
 class ShardInfo:
     """One shard: its id (index in the manifest), file (a tar, or an indexed Parquet file;
     relative to the manifest's folder, or as confined by :mod:`confine`), split, rows, the
@@ -168,6 +169,8 @@ def shard_infos(location: str, meta: dict) -> list[ShardInfo]:
             raise ManifestError(
                 f"{location}: metadata field shards[{at}].num_rows or file is invalid"
             )
+        if isinstance(shard.get("split"), str):  # one string per split, not one per shard
+            shard = {**shard, "split": sys.intern(shard["split"])}
         shards.append(ShardInfo(**shard))
     return shards
 

@@ -38,7 +38,7 @@ class ParquetRows:
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-        self.source = ParquetSource(self.location)
+        self.source = ParquetSource(self.location, lean_footer=True)
         self._group = lru_cache(maxsize=2)(self._read_group)
 
     def _read_group(self, group: int, columns: tuple[str, ...]) -> pa.Table:

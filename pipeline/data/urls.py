@@ -9,7 +9,8 @@ from collections.abc import Iterator, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from kdcache.errors import OutputError, ShardError
+from kdcache.errors import ManifestError, OutputError, ShardError
+from kdcache.pipeline.data.parquet_footer import without_key_values
 from kdcache.pipeline.data.storage import filesystem, open_file
 
 
@@ -67,6 +68,7 @@ def exists(location: str) -> bool:
 
 
 _COPY_CHUNK = 16 << 20
+_MAGIC = b"PAR1"
 
 
 def read_parquet(location: str) -> pa.Table:
@@ -91,14 +93,18 @@ def read_parquet(location: str) -> pa.Table:
 
 class ParquetSource:
     """A Parquet file opened to read parts of it: its footer first, then row groups or columns.
-    A local file is opened by Arrow itself (memory-mapped: no Python object, only what is read
-    is touched); a URL is copied into Arrow memory first, as :func:`read_parquet` does."""
+    A local file is opened by Arrow itself and read with positioned reads: only the column
+    chunks asked for, into Arrow memory freed with the table (a memory map would keep every
+    page it touched resident: a pass over a 14.2 M-row manifest's labels grew by 100 MiB). A
+    URL is copied into Arrow memory first, as :func:`read_parquet` does. ``lean_footer``
+    keeps the footer's key-value metadata out of Arrow (:mod:`parquet_footer`: a manifest's
+    shard list is not held parsed while the file is open); :meth:`pop_key_values` has it."""
 
-    def __init__(self, location: str):
+    def __init__(self, location: str, lean_footer: bool = False):
         self.location, path = location, local_path(location)
         if path is not None:
             self._buffer, self.size = None, os.path.getsize(path)
-            source = pa.memory_map(path)
+            source = pa.OSFile(path)
         else:
             sink = pa.BufferOutputStream()
             with open_file(location, "rb") as f:
@@ -106,8 +112,17 @@ class ParquetSource:
                     sink.write(chunk)
             self._buffer = sink.getvalue()
             self.size, source = self._buffer.size, pa.BufferReader(self._buffer)
-        self.file = pq.ParquetFile(source)
-        self.metadata = self.file.metadata  # the footer: row groups, key-value metadata
+        if lean_footer:
+            self.metadata, self._key_values = _lean_footer(source, self.size, location)
+            self.file = pq.ParquetFile(source, metadata=self.metadata)
+        else:
+            self.file, self._key_values = pq.ParquetFile(source), None
+            self.metadata = self.file.metadata  # the footer: row groups, key-value metadata
+
+    def pop_key_values(self) -> dict[bytes, bytes | None]:
+        """The footer's key-value metadata, handed over once (a lean source keeps none)."""
+        found, self._key_values = self._key_values, {}
+        return dict(self.metadata.metadata or {}) if found is None else found
 
     def row_group(self, index: int, columns: Sequence[str]) -> pa.Table:
         return self.file.read_row_group(index, columns=list(columns), use_threads=False)
@@ -140,6 +155,19 @@ class ParquetSource:
         with open(local_path(self.location), "rb") as f:
             f.seek(self.size - 8)
             return f.read(8)
+
+
+def _lean_footer(file: pa.NativeFile, size: int, location: str):
+    """The footer of the Parquet ``file`` (``size`` bytes) as Arrow's ``FileMetaData`` with an
+    empty key-value list, and that list as a dict of bytes (:mod:`parquet_footer`)."""
+    tail = file.read_at(8, size - 8) if size >= 12 else b""
+    length = struct.unpack("<i", tail[:4])[0] if tail[4:] == _MAGIC else -1
+    if not 0 < length <= size - 12:
+        raise ManifestError(f"{location}: not a Parquet file (its last 8 bytes)")
+    footer = memoryview(file.read_at(length, size - 8 - length))
+    kept, found = without_key_values(footer, location)
+    whole = _MAGIC + kept + struct.pack("<i", len(kept)) + _MAGIC
+    return pq.read_metadata(pa.BufferReader(whole)), found
 
 
 def _data_end(size: int, tail: bytes) -> int:
