@@ -65,6 +65,29 @@ def test_a_footer_that_is_not_thrift_is_refused(tmp_path):
         Manifest.read(str(path))
 
 
+def _varint(value: int) -> bytes:
+    out = b""
+    while value >= 0x80:
+        out, value = out + bytes([value & 0x7F | 0x80]), value >> 7
+    return out + bytes([value])
+
+
+@pytest.mark.parametrize(
+    "footer",
+    [
+        b"\x1c" * 5000 + b"\x00" * 5001,  # structs nested 5,000 deep: no recursion error
+        b"\x19\xf1" + _varint(1 << 40) + b"\x01" * 8,  # 2^40 bools declared in 8 bytes
+        b"\x1b" + _varint(1 << 40) + b"\x11" + b"\x01" * 8,  # a map of 2^40 bool pairs
+    ],
+    ids=["deep", "long-list", "long-map"],
+)
+def test_a_hostile_footer_is_refused_at_once(footer):
+    """A few bytes of footer cannot make the walker recurse without bound or loop over
+    counts its bytes cannot hold."""
+    with pytest.raises(ManifestError, match="footer cannot be read"):
+        without_key_values(memoryview(footer), "m.parquet")
+
+
 def test_a_ledger_read_by_blocks_is_the_whole_array(tmp_path, monkeypatch):
     """A whole ledger array is read a block of shard rows at a time (one call over every
     storage object made zarr hold work for all of them); what it gives is the array."""

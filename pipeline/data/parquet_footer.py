@@ -14,6 +14,8 @@ _STRUCT, _LIST, _SET, _MAP, _BINARY = 12, 9, 10, 11, 8
 _FIXED = {1: 0, 2: 0, 3: 1, 7: 8}  # bool true/false (in the header), byte, double
 _VARINT = (4, 5, 6)  # i16, i32, i64
 _EMPTY_LIST = bytes([_STRUCT])  # a list of 0 structs
+_BOOLS = (1, 2)  # a bool in a list or map is one byte
+MAX_DEPTH = 64  # nested values a footer may hold (Parquet's own footers nest a few levels)
 
 
 class _Reader:
@@ -58,7 +60,16 @@ class _Reader:
         size = header >> 4
         return (self.varint() if size == 15 else size), header & 0x0F
 
-    def skip(self, kind: int) -> None:
+    def count(self, size: int) -> int:
+        """A container's element count, refused when its elements (a byte each at least)
+        could not fit in the bytes left: a few bytes cannot declare billions of values."""
+        if size > len(self.data) - self.at:
+            raise ValueError(f"{size} values declared with {len(self.data) - self.at} bytes left")
+        return size
+
+    def skip(self, kind: int, depth: int = 0) -> None:
+        if depth > MAX_DEPTH:
+            raise ValueError(f"values nested deeper than {MAX_DEPTH}")
         if kind in _FIXED:
             self.at += _FIXED[kind]
         elif kind in _VARINT:
@@ -67,21 +78,28 @@ class _Reader:
             self.binary()
         elif kind in (_LIST, _SET):
             size, element = self.list_header()
-            for _ in range(size):
-                self.skip(1 if element == 2 else element)  # a listed bool is one byte
+            for _ in range(self.count(size)):
+                self._skip_element(element, depth)
         elif kind == _MAP:
-            size = self.varint()
+            size = self.count(self.varint())
             types = self.byte() if size else 0
             for _ in range(size):
-                self.skip(types >> 4)
-                self.skip(types & 0x0F)
+                self._skip_element(types >> 4, depth)
+                self._skip_element(types & 0x0F, depth)
         elif kind == _STRUCT:
             last, kind = self.field(0)
             while kind:
-                self.skip(kind)
+                self.skip(kind, depth + 1)
                 last, kind = self.field(last)
         else:
             raise ValueError(f"Thrift type {kind}")
+
+    def _skip_element(self, kind: int, depth: int) -> None:
+        """One element of a list, set or map."""
+        if kind in _BOOLS:
+            self.at += 1
+        else:
+            self.skip(kind, depth + 1)
 
     def key_values(self) -> dict[bytes, memoryview | None]:
         """A ``list<KeyValue>`` (field 1 the key, field 2 the value, both binary)."""
@@ -89,14 +107,14 @@ class _Reader:
         if element != _STRUCT:
             raise ValueError("key_value_metadata is not a list of structs")
         found = {}
-        for _ in range(size):
+        for _ in range(self.count(size)):
             entry: dict[int, memoryview] = {}
             last, kind = self.field(0)
             while kind:
                 if last in (1, 2) and kind == _BINARY:
                     entry[last] = self.binary()
                 else:
-                    self.skip(kind)
+                    self.skip(kind, 1)
                 last, kind = self.field(last)
             if 1 in entry:
                 found[bytes(entry[1])] = entry.get(2)
