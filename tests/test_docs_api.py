@@ -45,6 +45,7 @@ FOREIGN_NAMES = {
     "forward_head": "timm.models.VisionTransformer",
     "ImageFolder": "torchvision.datasets", "ColorJitter": "torchvision.transforms",
     "DataLoader": "torch.utils.data", "DistributedSampler": "torch.utils.data",
+    "StorageWeakRef": "torch.multiprocessing.reductions",
     "KLDivLoss": "torch.nn", "interpolate": "torch.nn.functional",
     "decode_jpeg": "simplejpeg", "Image": "PIL", "ImageEnhance": "PIL",
     "LightningDataModule": "lightning", "LightningModule": "lightning",

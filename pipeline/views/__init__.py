@@ -20,6 +20,7 @@ __getattr__, __dir__, __all__ = lazy_face(
         "check_renderer": ".render",
         "decode_image": ".render",
         "float_batch": ".render",
+        "shared_empty": ".render",
         "eval_image": ".eval_input",
         "normalize": ".render",
         "parse_randaugment": ".randaugment",

@@ -19,7 +19,7 @@ import torch
 from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils.data import get_worker_info
 
-from kdcache.pipeline.views.render import shared_empty
+from kdcache.pipeline.views import shared_empty
 
 SLOTS = 8  # batches a worker keeps: its prefetched ones, one being made, the caller's
 SLOT_KEY = "_pool_slots"  # collated batches carry their (key, worker, slot) rows here
