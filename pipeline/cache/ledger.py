@@ -28,7 +28,9 @@ def _whole(array: zarr.Array) -> np.ndarray:
     objects (one per data shard) made zarr hold work for every one of them at once (+14 MiB
     at 14,200 shards, kept by the allocator); by blocks that is bounded."""
     parts = [array[start : start + BLOCK] for start in range(0, array.shape[0], BLOCK)]
-    return np.concatenate(parts) if len(parts) > 1 else array[:]
+    if len(parts) == 1:
+        return parts[0]  # read once, not again as a whole
+    return np.concatenate(parts) if parts else array[:]
 
 
 class Ledger:

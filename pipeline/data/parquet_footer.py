@@ -41,7 +41,7 @@ class _Reader:
         size = self.varint()
         self.at += size
         if self.at > len(self.data):
-            raise IndexError("binary past the end")
+            raise ManifestError("binary past the end")
         return self.data[self.at - size : self.at]
 
     def field(self, last: int) -> tuple[int, int]:
@@ -64,12 +64,14 @@ class _Reader:
         """A container's element count, refused when its elements (a byte each at least)
         could not fit in the bytes left: a few bytes cannot declare billions of values."""
         if size > len(self.data) - self.at:
-            raise ValueError(f"{size} values declared with {len(self.data) - self.at} bytes left")
+            raise ManifestError(
+                f"{size} values declared with {len(self.data) - self.at} bytes left"
+            )
         return size
 
     def skip(self, kind: int, depth: int = 0) -> None:
         if depth > MAX_DEPTH:
-            raise ValueError(f"values nested deeper than {MAX_DEPTH}")
+            raise ManifestError(f"values nested deeper than {MAX_DEPTH}")
         if kind in _FIXED:
             self.at += _FIXED[kind]
         elif kind in _VARINT:
@@ -92,7 +94,7 @@ class _Reader:
                 self.skip(kind, depth + 1)
                 last, kind = self.field(last)
         else:
-            raise ValueError(f"Thrift type {kind}")
+            raise ManifestError(f"Thrift type {kind}")
 
     def _skip_element(self, kind: int, depth: int) -> None:
         """One element of a list, set or map."""
@@ -105,7 +107,7 @@ class _Reader:
         """A ``list<KeyValue>`` (field 1 the key, field 2 the value, both binary)."""
         size, element = self.list_header()
         if element != _STRUCT:
-            raise ValueError("key_value_metadata is not a list of structs")
+            raise ManifestError("key_value_metadata is not a list of structs")
         found = {}
         for _ in range(self.count(size)):
             entry: dict[int, memoryview] = {}
@@ -137,6 +139,6 @@ def without_key_values(footer: memoryview, location: str) -> tuple[bytes, dict]:
                               if k != b"ARROW:schema"}  # fmt: skip
             reader.skip(kind)
             last, kind = reader.field(last)
-    except (IndexError, ValueError) as error:
+    except (IndexError, ManifestError) as error:
         raise ManifestError(f"{location}: Parquet footer cannot be read ({error})") from None
     return bytes(footer), {}
