@@ -121,9 +121,10 @@ def decode_block(
     url: str,
     keys: Sequence[str],
     renderer: str = DEFAULT_RENDERER,
-) -> None:
+) -> bool:
     """Decode the images at ``positions`` now, as ``renderer`` renders from them (a corrupt
-    one is the shard's error, named by its key), on a thread per CPU of the actor;
+    one is the shard's error, named by its key), on a thread per CPU of the actor, or one at
+    a time when one is over :data:`PARALLEL_DECODE_BYTES`; whether one was (huge images).
     :func:`release` frees them after the block."""
 
     def prepare(position: int) -> None:
@@ -132,8 +133,9 @@ def decode_block(
         except Exception as error:  # PIL and decoder errors
             raise _unreadable(url, keys[position], error) from error
 
-    largest = max(decoded_bytes([images[p] for p in positions]), default=0)
-    prepare_all(positions, prepare, parallel=largest <= PARALLEL_DECODE_BYTES)
+    huge = max(decoded_bytes([images[p] for p in positions]), default=0) > PARALLEL_DECODE_BYTES
+    prepare_all(positions, prepare, parallel=not huge)
+    return huge
 
 
 def _unreadable(url: str, key: str, error: Exception) -> ShardError:

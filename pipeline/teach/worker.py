@@ -14,7 +14,6 @@ from kdcache.pipeline.cache import CacheBusy, CacheStore, lock_holder, sample_un
 from kdcache.pipeline.data import Manifest, storage
 from kdcache.pipeline.teach.host_memory import return_free_memory, use_host_allocator
 from kdcache.pipeline.teach.shard_targets import (
-    PARALLEL_DECODE_BYTES,
     decode_block,
     decoded_bytes,
     joined,
@@ -109,12 +108,11 @@ class ShardWorker:
                   for t in teachers}  # fmt: skip
         parts: dict[str, list] = {t.name: [] for t in teachers}
         url, keys = self.manifest.shard_url(shard), self.manifest.shard_keys(shard)
-        sizes = decoded_bytes(images)
         blocks = row_blocks(len(images), self.config.block_rows, self.config.batch_size,
-                            sizes, self.config.block_mib << 20)  # fmt: skip
+                            decoded_bytes(images), self.config.block_mib << 20)  # fmt: skip
         for positions in blocks:
             began = time.perf_counter()
-            decode_block(images, positions, url, keys, self.config.plan.renderer)
+            huge = decode_block(images, positions, url, keys, self.config.plan.renderer)
             timings["decode"] += time.perf_counter() - began
             for teacher in teachers:
                 parts[teacher.name].append(
@@ -122,7 +120,7 @@ class ShardWorker:
                                   pending[teacher.name], positions, timings)
                 )  # fmt: skip
             release(images)
-            if max(sizes[p] for p in positions) > PARALLEL_DECODE_BYTES:
+            if huge:
                 return_free_memory()  # a huge image's temporaries, not kept for the next block
         for teacher in teachers:
             self._write(teacher, shard, pending[teacher.name], joined(parts[teacher.name]), timings)
